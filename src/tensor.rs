@@ -1,0 +1,148 @@
+//! Dense tensors that own their data: what weights load into, what IR constants hold and what the
+//! evaluators compute on.
+//!
+//! Storage keeps the element type it was given (f32 or f16) so that an fp16 cast changes the
+//! representation once, and writers emit exactly the stored bits. Evaluation always happens in
+//! f32 (`to_f32`), which is exact for f16 and bf16 values.
+
+use half::f16;
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F32,
+    F16,
+    I32,
+    /// Only as a MIL `cast` target or a loaded value; the IR computes in F32/F16.
+    Bool,
+}
+
+impl DType {
+    /// Name as MIL text prints it (`fp32`, `fp16`, `int32`, `bool`).
+    pub fn mil_name(self) -> &'static str {
+        match self {
+            DType::F32 => "fp32",
+            DType::F16 => "fp16",
+            DType::I32 => "int32",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub fn byte_size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 => 2,
+            DType::Bool => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.mil_name())
+    }
+}
+
+/// The elements of a tensor in their stored type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    I32(Vec<i32>),
+    Bool(Vec<bool>),
+}
+
+/// A dense, row-major tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// An f32 tensor; panics if `data.len()` is not the product of `shape` (a programming error).
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        Tensor { shape, data: TensorData::F32(data) }
+    }
+
+    pub fn f16(shape: Vec<usize>, data: Vec<f16>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        Tensor { shape, data: TensorData::F16(data) }
+    }
+
+    pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
+        Tensor { shape, data: TensorData::I32(data) }
+    }
+
+    /// A rank-0 f32 tensor.
+    pub fn scalar(v: f32) -> Tensor {
+        Tensor::f32(vec![], vec![v])
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F16(_) => DType::F16,
+            TensorData::I32(_) => DType::I32,
+            TensorData::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to f32 (exact for f16; i32 and bool converted by value).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f32).collect(),
+        }
+    }
+
+    /// The same values stored in `dtype` (f16 rounds to nearest even).
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let shape = self.shape.clone();
+        match dtype {
+            DType::F32 => Tensor::f32(shape, self.to_f32()),
+            DType::F16 => Tensor::f16(shape, self.to_f32().into_iter().map(f16::from_f32).collect()),
+            DType::I32 => Tensor::i32(shape, self.to_f32().into_iter().map(|x| x as i32).collect()),
+            DType::Bool => Tensor {
+                shape,
+                data: TensorData::Bool(self.to_f32().into_iter().map(|x| x != 0.0).collect()),
+            },
+        }
+    }
+
+    /// Little-endian bytes of the stored elements, as weight files and blobs hold them.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
+    /// Same data, new shape with the same element count.
+    pub fn reshaped(&self, shape: Vec<usize>) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), self.len(), "reshape {:?} -> {shape:?}", self.shape);
+        Tensor { shape, data: self.data.clone() }
+    }
+}
