@@ -1,11 +1,29 @@
 //! mlc: a pure-Rust model compiler for Apple Core ML.
 //!
-//! The pipeline (see README and DESIGN.md):
+//! The pipeline, each stage knowing only the one before it:
 //! weights ([`weights`]) → model builder ([`models`]) → IR ([`ir`]) → passes ([`passes`]) →
-//! MIL program ([`mil`]) → `.mlpackage` ([`package`]). Each stage knows only the one before it.
+//! MIL program ([`mil`]) → `.mlpackage` ([`package`]). [`compiler::build`] runs it all; the CLI
+//! ([`cli`]) is a thin layer over it. [`mil::eval`] and [`run`] evaluate what was emitted.
+//!
+//! ```no_run
+//! let mut opts = mlc::compiler::BuildOptions::new("flux2", "taef2_decoder.safetensors");
+//! opts.output = Some("taef2.mlpackage".into());
+//! let report = mlc::compiler::build(&opts)?;
+//! println!("{} ops in {}", report.ops, report.package.display());
+//! # Ok::<(), mlc::compiler::BuildError>(())
+//! ```
 
+pub mod cli;
+pub mod compiler;
+pub mod inspect;
+pub mod ir;
 pub mod kernels;
+pub mod mil;
+pub mod models;
+pub mod package;
+#[path = "../passes/mod.rs"]
+pub mod passes;
 pub mod proto;
+pub mod run;
 pub mod tensor;
 pub mod weights;
-pub mod package;

@@ -62,18 +62,39 @@ pub struct Tensor {
 impl Tensor {
     /// An f32 tensor; panics if `data.len()` is not the product of `shape` (a programming error).
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
-        Tensor { shape, data: TensorData::F32(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?}"
+        );
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
     }
 
     pub fn f16(shape: Vec<usize>, data: Vec<f16>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
-        Tensor { shape, data: TensorData::F16(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?}"
+        );
+        Tensor {
+            shape,
+            data: TensorData::F16(data),
+        }
     }
 
     pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?}");
-        Tensor { shape, data: TensorData::I32(data) }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "shape {shape:?}"
+        );
+        Tensor {
+            shape,
+            data: TensorData::I32(data),
+        }
     }
 
     /// A rank-0 f32 tensor.
@@ -121,7 +142,10 @@ impl Tensor {
         let shape = self.shape.clone();
         match dtype {
             DType::F32 => Tensor::f32(shape, self.to_f32()),
-            DType::F16 => Tensor::f16(shape, self.to_f32().into_iter().map(f16::from_f32).collect()),
+            DType::F16 => Tensor::f16(
+                shape,
+                self.to_f32().into_iter().map(f16::from_f32).collect(),
+            ),
             DType::I32 => Tensor::i32(shape, self.to_f32().into_iter().map(|x| x as i32).collect()),
             DType::Bool => Tensor {
                 shape,
@@ -142,7 +166,15 @@ impl Tensor {
 
     /// Same data, new shape with the same element count.
     pub fn reshaped(&self, shape: Vec<usize>) -> Tensor {
-        assert_eq!(shape.iter().product::<usize>(), self.len(), "reshape {:?} -> {shape:?}", self.shape);
-        Tensor { shape, data: self.data.clone() }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.len(),
+            "reshape {:?} -> {shape:?}",
+            self.shape
+        );
+        Tensor {
+            shape,
+            data: self.data.clone(),
+        }
     }
 }

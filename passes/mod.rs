@@ -1,0 +1,121 @@
+//! Graph-to-graph passes and the pipeline that orders them.
+//!
+//! Each pass is one file with one job; it consumes a graph and returns a rewritten one. The
+//! verifier runs after every pass, so a pass bug surfaces with the pass's name on it, and any
+//! pass's output can be dumped (`--dump-passes`).
+
+pub mod cast_fp16;
+pub mod dce;
+pub mod fold_constants;
+pub mod lower_group_norm;
+
+use crate::ir::{verify::verify, Graph, IrError};
+
+/// A named graph transform.
+pub trait Pass {
+    fn name(&self) -> &'static str;
+    fn run(&self, g: Graph) -> Result<Graph, IrError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pass {pass}: {source}")]
+pub struct PassError {
+    pub pass: &'static str,
+    #[source]
+    pub source: IrError,
+}
+
+/// Which options shape the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// Weights and compute in fp16.
+    pub fp16: bool,
+    /// With `fp16`: the model takes and returns fp16 arrays (iOS16+) instead of casting at its
+    /// boundary.
+    pub fp16_io: bool,
+}
+
+/// The passes for `opts`, in order.
+pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
+    let mut passes: Vec<Box<dyn Pass>> = vec![
+        // Before folding: the lowering reshapes gamma/beta, which folding then precomputes.
+        Box::new(lower_group_norm::LowerGroupNorm),
+        Box::new(fold_constants::FoldConstants),
+    ];
+    if opts.fp16 {
+        // After folding, so that folded constants are computed in f32 and rounded once.
+        passes.push(Box::new(cast_fp16::CastFp16 {
+            fp16_io: opts.fp16_io,
+        }));
+    }
+    // Last: earlier passes leave the constants they replaced behind.
+    passes.push(Box::new(dce::Dce));
+    passes
+}
+
+/// Runs `passes` in order, verifying after each and handing every result to `after` (for dumps
+/// and timings).
+pub fn run(
+    mut g: Graph,
+    passes: &[Box<dyn Pass>],
+    mut after: impl FnMut(&dyn Pass, &Graph),
+) -> Result<Graph, PassError> {
+    verify(&g).map_err(|source| PassError {
+        pass: "input",
+        source,
+    })?;
+    for p in passes {
+        g = p.run(g).map_err(|source| PassError {
+            pass: p.name(),
+            source,
+        })?;
+        verify(&g).map_err(|source| PassError {
+            pass: p.name(),
+            source,
+        })?;
+        after(p.as_ref(), &g);
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Equivalence checking: a pass is correct when the graph computes the same before and after.
+    use crate::ir::{eval::evaluate, Graph};
+    use crate::kernels::Array;
+    use std::collections::BTreeMap;
+
+    /// Deterministic pseudo-random values in [-scale, scale).
+    pub fn random(shape: &[usize], seed: u64, scale: f32) -> Array {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Array::new(shape.to_vec(), data)
+    }
+
+    /// Largest absolute difference between the outputs of two graphs on the same inputs.
+    pub fn max_diff(a: &Graph, b: &Graph, inputs: &BTreeMap<String, Array>) -> f32 {
+        let (ra, rb) = (evaluate(a, inputs).unwrap(), evaluate(b, inputs).unwrap());
+        assert_eq!(ra.keys().collect::<Vec<_>>(), rb.keys().collect::<Vec<_>>());
+        ra.iter()
+            .map(|(k, x)| {
+                let y = &rb[k];
+                assert_eq!(x.shape, y.shape, "output {k}");
+                x.data
+                    .iter()
+                    .zip(&y.data)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max)
+            })
+            .fold(0.0, f32::max)
+    }
+}

@@ -1,0 +1,202 @@
+//! The reference evaluator: runs a graph on the CPU in f32.
+//!
+//! Values stored as fp16 (constants after the fp16 pass) are widened exactly, and `cast` to fp16
+//! rounds, so the evaluator sees precisely the numbers a package holds while computing in f32.
+//! Intermediates are dropped after their last use: a decoder at 1024x1024 would otherwise hold
+//! tens of gigabytes.
+
+use super::{Dim, Graph, IrError, Op, ValueId};
+use crate::kernels::{self, Array};
+use crate::tensor::DType;
+use half::f16;
+use std::collections::BTreeMap;
+
+/// Evaluates `g` on named inputs, returning its named outputs.
+pub fn evaluate(
+    g: &Graph,
+    inputs: &BTreeMap<String, Array>,
+) -> Result<BTreeMap<String, Array>, IrError> {
+    let mut uses = g.use_counts();
+    let mut values: Vec<Option<Array>> = vec![None; g.len()];
+    let mut symbols: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, node) in g.nodes() {
+        let err = |reason: String| IrError::Eval {
+            node: node.name.clone(),
+            reason,
+        };
+        let out = {
+            let args: Vec<&Array> = node
+                .inputs
+                .iter()
+                .map(|v| {
+                    values[v.index()]
+                        .as_ref()
+                        .ok_or_else(|| err(format!("input {v} has no value")))
+                })
+                .collect::<Result<_, _>>()?;
+            match &node.op {
+                Op::Input { name } => {
+                    let a = inputs
+                        .get(name)
+                        .ok_or_else(|| err(format!("no value given for input {name:?}")))?;
+                    bind_shape(&node.ty.shape, &a.shape, &mut symbols).map_err(err)?;
+                    let mut a = a.clone();
+                    if node.ty.dtype == DType::F16 {
+                        round_f16(&mut a);
+                    }
+                    a
+                }
+                op => eval_op(op, &args).map_err(err)?,
+            }
+        };
+        values[id.index()] = Some(out);
+        for v in &node.inputs {
+            release(&mut uses, &mut values, *v);
+        }
+    }
+    g.outputs()
+        .iter()
+        .map(|(name, v)| {
+            Ok((
+                name.clone(),
+                values[v.index()].clone().expect("outputs are kept alive"),
+            ))
+        })
+        .collect()
+}
+
+fn release(uses: &mut [usize], values: &mut [Option<Array>], v: ValueId) {
+    uses[v.index()] -= 1;
+    if uses[v.index()] == 0 {
+        values[v.index()] = None;
+    }
+}
+
+/// Checks a given shape against a declared one, binding symbols on first sight.
+fn bind_shape(
+    declared: &[Dim],
+    given: &[usize],
+    symbols: &mut BTreeMap<String, usize>,
+) -> Result<(), String> {
+    let bad = || format!("given shape {given:?} does not fit declared {declared:?}");
+    if declared.len() != given.len() {
+        return Err(bad());
+    }
+    for (d, &n) in declared.iter().zip(given) {
+        match d {
+            Dim::Known(k) if *k == n => {}
+            Dim::Sym { symbol, factor } if n % factor == 0 => {
+                let v = *symbols.entry(symbol.clone()).or_insert(n / factor);
+                if v * factor != n {
+                    return Err(bad());
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
+fn round_f16(a: &mut Array) {
+    for x in &mut a.data {
+        *x = f16::from_f32(*x).to_f32();
+    }
+}
+
+/// One op on f32 arrays: the semantics every lowering must preserve.
+pub fn eval_op(op: &Op, args: &[&Array]) -> Result<Array, String> {
+    let binary = |f: fn(f32, f32) -> f32| {
+        kernels::binary(args[0], args[1], f).ok_or_else(|| {
+            format!(
+                "shapes {:?} and {:?} do not broadcast",
+                args[0].shape, args[1].shape
+            )
+        })
+    };
+    Ok(match op {
+        Op::Input { .. } => unreachable!("inputs are bound by the caller"),
+        Op::Const(c) => {
+            let t = c.dense();
+            Array::new(t.shape.clone(), t.to_f32())
+        }
+        Op::Conv2d(p) => {
+            let bias = args.get(2).map(|b| b.data.as_slice());
+            let k = kernels::Conv2d {
+                strides: p.strides,
+                pads: p.pads,
+                dilations: p.dilations,
+                groups: p.groups,
+            };
+            kernels::conv2d(args[0], args[1], bias, &k)
+        }
+        Op::Relu => kernels::map(args[0], |x| x.max(0.0)),
+        Op::Tanh => kernels::map(args[0], f32::tanh),
+        Op::Add => binary(|a, b| a + b)?,
+        Op::Sub => binary(|a, b| a - b)?,
+        Op::Mul => binary(|a, b| a * b)?,
+        Op::Div => binary(|a, b| a / b)?,
+        Op::Rsqrt { epsilon } => {
+            let e = *epsilon;
+            kernels::map(args[0], move |x| 1.0 / (x + e).sqrt())
+        }
+        Op::Upsample { scale } => kernels::upsample_nearest(args[0], *scale, *scale),
+        Op::GroupNorm { groups, epsilon } => {
+            group_norm(args[0], &args[1].data, &args[2].data, *groups, *epsilon)?
+        }
+        Op::ReduceMean { axes, keep_dims } => kernels::reduce_mean(args[0], axes, *keep_dims),
+        Op::Reshape { shape } => {
+            if shape.iter().product::<usize>() != args[0].len() {
+                return Err(format!("cannot reshape {:?} to {shape:?}", args[0].shape));
+            }
+            args[0].clone().reshape(shape.clone())
+        }
+        Op::Tile { reps } => kernels::tile(args[0], reps),
+        Op::Transpose { perm } => kernels::transpose(args[0], perm),
+        Op::Cast { dtype } => {
+            let mut a = args[0].clone();
+            match dtype {
+                DType::F16 => round_f16(&mut a),
+                DType::I32 => a.data.iter_mut().for_each(|x| *x = x.trunc()),
+                DType::F32 | DType::Bool => {}
+            }
+            a
+        }
+    })
+}
+
+/// Group normalisation computed directly (two-pass, f64 sums), independent of the lowering that
+/// replaces it, so the lowering is checked against a separate formulation.
+fn group_norm(
+    x: &Array,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    eps: f32,
+) -> Result<Array, String> {
+    let [n, c, h, w] = x.shape[..] else {
+        return Err(format!("group_norm needs rank 4, got {:?}", x.shape));
+    };
+    let (cg, hw) = (c / groups, h * w);
+    let mut out = x.clone();
+    for b in 0..n {
+        for g in 0..groups {
+            let start = (b * c + g * cg) * hw;
+            let chunk = &x.data[start..start + cg * hw];
+            let mean = chunk.iter().map(|&v| v as f64).sum::<f64>() / chunk.len() as f64;
+            let var = chunk
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / chunk.len() as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for ch in 0..cg {
+                let ci = g * cg + ch;
+                let o = &mut out.data[start + ch * hw..start + (ch + 1) * hw];
+                for v in o.iter_mut() {
+                    *v = (((*v as f64 - mean) * inv) as f32) * gamma[ci] + beta[ci];
+                }
+            }
+        }
+    }
+    Ok(out)
+}

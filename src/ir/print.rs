@@ -1,0 +1,87 @@
+//! The IR's textual form, one node per line, for pass tests and `--dump-passes`:
+//!
+//! ```text
+//! graph taesd_decoder {
+//!   %latent: fp32[1,4,8,8] = input("latent")
+//!   %clamp_div_y: fp32[] = const(3.0)
+//!   %clamp_div: fp32[1,4,8,8] = div(%latent, %clamp_div_y)
+//!   ...
+//!   return image=%l19_conv
+//! }
+//! ```
+//! Constants of more than eight elements print as a summary, not their data.
+
+use super::{ConstData, Graph, Op};
+use crate::tensor::TensorData;
+use std::fmt::Write;
+
+pub fn print(g: &Graph) -> String {
+    let mut s = format!("graph {} {{\n", g.name);
+    for (_, node) in g.nodes() {
+        let args: Vec<String> = node
+            .inputs
+            .iter()
+            .map(|&v| format!("%{}", g.node(v).name))
+            .collect();
+        let body = match &node.op {
+            Op::Input { name } => format!("input({name:?})"),
+            Op::Const(c) => format!("const({})", const_summary(c)),
+            op => {
+                let attrs = attrs(op);
+                let sep = if attrs.is_empty() { "" } else { " " };
+                format!("{}({}){sep}{attrs}", op.name(), args.join(", "))
+            }
+        };
+        let _ = writeln!(s, "  %{}: {} = {body}", node.name, node.ty);
+    }
+    let outs: Vec<String> = g
+        .outputs()
+        .iter()
+        .map(|(n, v)| format!("{n}=%{}", g.node(*v).name))
+        .collect();
+    let _ = writeln!(s, "  return {}\n}}", outs.join(", "));
+    s
+}
+
+fn const_summary(c: &ConstData) -> String {
+    let ConstData::Dense(t) = c;
+    if t.len() > 8 {
+        return format!("dense, {} elements", t.len());
+    }
+    let vals: Vec<String> = match &t.data {
+        TensorData::F32(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        TensorData::F16(v) => v.iter().map(|x| format!("{:?}", x.to_f32())).collect(),
+        TensorData::I32(v) => v.iter().map(|x| x.to_string()).collect(),
+        TensorData::Bool(v) => v.iter().map(|x| x.to_string()).collect(),
+    };
+    if t.shape.is_empty() {
+        vals.join("")
+    } else {
+        format!("[{}]", vals.join(", "))
+    }
+}
+
+fn attrs(op: &Op) -> String {
+    match op {
+        Op::Conv2d(p) => format!(
+            "strides={:?} pads={:?} dilations={:?} groups={}",
+            p.strides, p.pads, p.dilations, p.groups
+        ),
+        Op::Rsqrt { epsilon } => format!("epsilon={epsilon:?}"),
+        Op::Upsample { scale } => format!("scale={scale}"),
+        Op::GroupNorm { groups, epsilon } => format!("groups={groups} epsilon={epsilon:?}"),
+        Op::ReduceMean { axes, keep_dims } => format!("axes={axes:?} keep_dims={keep_dims}"),
+        Op::Reshape { shape } => format!("shape={shape:?}"),
+        Op::Tile { reps } => format!("reps={reps:?}"),
+        Op::Transpose { perm } => format!("perm={perm:?}"),
+        Op::Cast { dtype } => format!("dtype={dtype}"),
+        Op::Input { .. }
+        | Op::Const(_)
+        | Op::Relu
+        | Op::Tanh
+        | Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div => String::new(),
+    }
+}

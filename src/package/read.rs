@@ -1,0 +1,240 @@
+//! Reading a `.mlpackage` back into memory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use super::blob::BlobReader;
+use super::manifest::{Manifest, DATA_DIR, MANIFEST_FILE, WEIGHTS_FILE};
+use super::PackageError;
+use crate::proto::specification::Model;
+
+/// A package read from disk.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// The `.mlpackage` directory.
+    pub path: PathBuf,
+    pub model: Model,
+    /// `weight.bin` bytes, if the package has that file. Its header has been validated.
+    pub weights: Option<Vec<u8>>,
+}
+
+impl Package {
+    /// A reader over the weights, if there are any. Blob errors name the weight file's full path.
+    pub fn blobs(&self) -> Result<Option<BlobReader<'_>>, PackageError> {
+        let Some(bytes) = &self.weights else {
+            return Ok(None);
+        };
+        BlobReader::new(bytes)
+            .map(Some)
+            .map_err(|e| e.in_file(&self.weights_path()))
+    }
+
+    /// Where `@model_path/weights/weight.bin` resolves to for this package's root model.
+    /// Only meaningful for the standard layout, which is all mlc writes; used in error messages.
+    fn weights_path(&self) -> PathBuf {
+        self.path
+            .join(DATA_DIR)
+            .join(super::manifest::WEIGHTS_DIR_PATH)
+            .join(WEIGHTS_FILE)
+    }
+}
+
+/// Reads a package: `Manifest.json`, the root model it names, and the weights next to that model
+/// (`@model_path/weights/weight.bin`, where `@model_path` is the model file's directory).
+/// Works on packages coremltools wrote as well as on mlc's own.
+pub fn read_package(path: &Path) -> Result<Package, PackageError> {
+    let manifest_path = path.join(MANIFEST_FILE);
+    let manifest_bytes = fs::read(&manifest_path).map_err(PackageError::io(&manifest_path))?;
+    let manifest = Manifest::parse(&manifest_bytes, &manifest_path)?;
+    let model_rel = manifest.root_model_path(&manifest_path)?;
+
+    let model_path = path.join(DATA_DIR).join(&model_rel);
+    let model_bytes = fs::read(&model_path).map_err(PackageError::io(&model_path))?;
+    let model = Model::decode(model_bytes.as_slice()).map_err(|source| PackageError::Model {
+        path: model_path.clone(),
+        source,
+    })?;
+
+    let weights_path = model_path
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join("weights")
+        .join(WEIGHTS_FILE);
+    let weights = match fs::read(&weights_path) {
+        Ok(bytes) => {
+            BlobReader::new(&bytes).map_err(|e| e.in_file(&weights_path))?;
+            Some(bytes)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(PackageError::Io {
+                path: weights_path,
+                source,
+            })
+        }
+    };
+
+    Ok(Package {
+        path: path.to_path_buf(),
+        model,
+        weights,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::blob::tests::Rng;
+    use crate::package::BlobDType;
+    use crate::proto::specification::model;
+
+    const CT_PACKAGE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/ct_conv_relu.mlpackage"
+    );
+
+    /// A writable copy of the coremltools package.
+    fn ct_copy() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("ct.mlpackage");
+        for rel in [
+            "Manifest.json",
+            "Data/com.apple.CoreML/model.mlmodel",
+            "Data/com.apple.CoreML/weights/weight.bin",
+        ] {
+            let to = dst.join(rel);
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(Path::new(CT_PACKAGE).join(rel), to).unwrap();
+        }
+        (tmp, dst)
+    }
+
+    fn err_text(path: &Path) -> String {
+        read_package(path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_coremltools_package() {
+        let p = read_package(Path::new(CT_PACKAGE)).unwrap();
+        assert_eq!(p.model.specification_version, 7);
+        assert!(matches!(p.model.r#type, Some(model::Type::MlProgram(_))));
+        let blobs = p.blobs().unwrap().unwrap();
+        assert_eq!(blobs.len(), 1);
+        let (dtype, data) = blobs.get(64).unwrap();
+        assert_eq!((dtype, data.len()), (BlobDType::F16, 8 * 4 * 3 * 3 * 2));
+    }
+
+    #[test]
+    fn missing_manifest_names_it() {
+        let (_tmp, pkg) = ct_copy();
+        fs::remove_file(pkg.join("Manifest.json")).unwrap();
+        let e = read_package(&pkg).unwrap_err();
+        assert!(
+            matches!(e, PackageError::Io { ref path, .. } if path == &pkg.join("Manifest.json"))
+        );
+        let e = read_package(Path::new("/nonexistent/x.mlpackage")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/x.mlpackage/Manifest.json"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_json_and_missing_root_name_the_manifest() {
+        let (_tmp, pkg) = ct_copy();
+        let manifest = pkg.join("Manifest.json");
+        fs::write(&manifest, b"{\"fileFormatVersion\": ").unwrap();
+        let e = err_text(&pkg);
+        assert!(
+            e.starts_with(&format!("{}: invalid manifest", manifest.display())),
+            "{e}"
+        );
+
+        fs::write(
+            &manifest,
+            br#"{"itemInfoEntries": {}, "rootModelIdentifier": "abc"}"#,
+        )
+        .unwrap();
+        let e = err_text(&pkg);
+        assert!(e.contains("Manifest.json") && e.contains("\"abc\""), "{e}");
+    }
+
+    #[test]
+    fn undecodable_model_names_it() {
+        let (_tmp, pkg) = ct_copy();
+        let model = pkg.join("Data/com.apple.CoreML/model.mlmodel");
+        fs::write(&model, [0x0a, 0xff, 0xff]).unwrap();
+        let e = read_package(&pkg).unwrap_err();
+        assert!(
+            matches!(e, PackageError::Model { ref path, .. } if path == &model),
+            "{e}"
+        );
+        fs::remove_file(&model).unwrap();
+        assert!(err_text(&pkg).contains("model.mlmodel"));
+    }
+
+    #[test]
+    fn corrupt_weights_name_the_file() {
+        let (_tmp, pkg) = ct_copy();
+        let weights = pkg.join("Data/com.apple.CoreML/weights/weight.bin");
+        fs::write(&weights, [1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let e = read_package(&pkg).unwrap_err();
+        assert!(
+            matches!(e, PackageError::Blob { ref path, offset: 0, .. } if path == &weights),
+            "{e}"
+        );
+
+        // A header that is fine but a record cut short only shows when the blob is read; the
+        // error then still names the package's weight file.
+        let good = fs::read(Path::new(CT_PACKAGE).join("Data/com.apple.CoreML/weights/weight.bin"))
+            .unwrap();
+        fs::write(&weights, &good[..good.len() - 2]).unwrap();
+        let p = read_package(&pkg).unwrap();
+        let e = p.blobs().unwrap().unwrap().get(64).unwrap_err();
+        assert!(matches!(e, PackageError::Blob { offset: 64, .. }), "{e}");
+        let e = p.blobs().unwrap().unwrap().get(100).unwrap_err();
+        assert!(matches!(e, PackageError::Blob { offset: 100, .. }), "{e}");
+
+        fs::remove_file(&weights).unwrap();
+        assert!(read_package(&pkg).unwrap().weights.is_none());
+    }
+
+    /// Mangled manifests, models and weight files on disk give errors, never panics.
+    #[test]
+    fn corrupt_packages_never_panic() {
+        let (_tmp, pkg) = ct_copy();
+        let files = [
+            "Manifest.json",
+            "Data/com.apple.CoreML/model.mlmodel",
+            "Data/com.apple.CoreML/weights/weight.bin",
+        ];
+        let originals: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| fs::read(pkg.join(f)).unwrap())
+            .collect();
+        let mut rng = Rng(0xC0FFEE);
+        for _ in 0..300 {
+            let which = rng.below(files.len());
+            let mut b = originals[which].clone();
+            if rng.below(3) == 0 {
+                b.truncate(rng.below(b.len() + 1));
+            } else {
+                for _ in 0..1 + rng.below(4) {
+                    let i = rng.below(b.len());
+                    b[i] = rng.next() as u8;
+                }
+            }
+            fs::write(pkg.join(files[which]), &b).unwrap();
+            if let Ok(p) = read_package(&pkg) {
+                if let Ok(Some(r)) = p.blobs() {
+                    let _ = r.offsets();
+                    let _ = r.get(64);
+                }
+            }
+            fs::write(pkg.join(files[which]), &originals[which]).unwrap();
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Writing a `.mlpackage` atomically.
+//!
+//! The package is assembled in a hidden sibling directory and renamed into place only once every
+//! file is written, so a reader (or Xcode) never sees a half-written package and a failed write
+//! leaves whatever was at the destination as it was.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use prost::Message;
+
+use super::manifest::{
+    Manifest, DATA_DIR, MANIFEST_FILE, MODEL_PATH, WEIGHTS_DIR_PATH, WEIGHTS_FILE,
+};
+use super::PackageError;
+use crate::proto::specification::Model;
+
+/// Writes `out` (a directory ending in .mlpackage) atomically: everything goes to a temporary
+/// sibling directory, which is renamed over `out` only when complete (an existing package at
+/// `out` is replaced). Deterministic: same inputs, same bytes (fixed item identifiers, sorted
+/// JSON).
+///
+/// `weight_bin` is the whole `weight.bin` (see [`BlobWriter`](super::BlobWriter)); with `None`
+/// the package has no weights entry. Missing parent directories are created. Something at `out`
+/// that is not a package (a file, or a non-empty directory without `Manifest.json`) is refused
+/// rather than deleted.
+pub fn write_package(
+    out: &Path,
+    model: &Model,
+    weight_bin: Option<&[u8]>,
+) -> Result<(), PackageError> {
+    write_package_with(out, model, weight_bin, &mut |_| Ok(()))
+}
+
+/// [`write_package`] with a hook called after each file is written, so tests can make a write
+/// fail midway.
+pub(crate) fn write_package_with(
+    out: &Path,
+    model: &Model,
+    weight_bin: Option<&[u8]>,
+    after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    let invalid = |reason: &str| PackageError::InvalidOutput {
+        path: out.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.ends_with(".mlpackage") && n.len() > ".mlpackage".len())
+        .ok_or_else(|| invalid("a package path must end in a name like model.mlpackage"))?;
+    check_replaceable(out)?;
+
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(PackageError::io(&parent))?;
+
+    let tmp = unique_sibling(&parent, name, "tmp");
+    fs::create_dir(&tmp).map_err(PackageError::io(&tmp))?;
+    let result =
+        fill(&tmp, model, weight_bin, after_file).and_then(|()| replace(&tmp, out, &parent, name));
+    if result.is_err() {
+        // Best effort: the original error is the one worth reporting.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Refuses to replace anything that does not look like a package, so a mistyped `-o` cannot
+/// delete unrelated data.
+fn check_replaceable(out: &Path) -> Result<(), PackageError> {
+    let meta = match fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PackageError::Io {
+                path: out.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let refuse = |reason: &str| {
+        Err(PackageError::InvalidOutput {
+            path: out.to_path_buf(),
+            reason: reason.to_owned(),
+        })
+    };
+    if !meta.is_dir() {
+        return refuse("exists and is not a directory; refusing to replace it");
+    }
+    let empty = fs::read_dir(out)
+        .map_err(PackageError::io(out))?
+        .next()
+        .is_none();
+    if !empty && !out.join(MANIFEST_FILE).is_file() {
+        return refuse("exists and is not a .mlpackage (no Manifest.json); refusing to replace it");
+    }
+    Ok(())
+}
+
+/// A hidden name next to `out` that no other write (in this or another process) is using.
+fn unique_sibling(parent: &Path, name: &str, kind: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    parent.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
+}
+
+fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    let mut f = fs::File::create(path).map_err(PackageError::io(path))?;
+    f.write_all(bytes).map_err(PackageError::io(path))?;
+    // Flushed to disk before the rename publishes it, so a crash cannot leave a complete-looking
+    // package with empty files.
+    f.sync_all().map_err(PackageError::io(path))?;
+    after_file(path)
+}
+
+fn fill(
+    dir: &Path,
+    model: &Model,
+    weight_bin: Option<&[u8]>,
+    after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    let data = dir.join(DATA_DIR);
+    let model_path = data.join(MODEL_PATH);
+    let model_dir = model_path.parent().expect("MODEL_PATH has a directory");
+    fs::create_dir_all(model_dir).map_err(PackageError::io(model_dir))?;
+    write_file(&model_path, &model.encode_to_vec(), after_file)?;
+    if let Some(bytes) = weight_bin {
+        let weights_dir = data.join(WEIGHTS_DIR_PATH);
+        fs::create_dir(&weights_dir).map_err(PackageError::io(&weights_dir))?;
+        write_file(&weights_dir.join(WEIGHTS_FILE), bytes, after_file)?;
+    }
+    let manifest = Manifest::for_model(weight_bin.is_some()).to_json();
+    write_file(&dir.join(MANIFEST_FILE), &manifest, after_file)
+}
+
+/// Moves the finished `tmp` to `out`. A directory cannot be renamed over a non-empty one, so an
+/// existing package is first moved aside, and moved back if the final rename fails.
+fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), PackageError> {
+    if fs::symlink_metadata(out).is_err() {
+        return fs::rename(tmp, out).map_err(PackageError::io(out));
+    }
+    let old = unique_sibling(parent, name, "old");
+    fs::rename(out, &old).map_err(PackageError::io(out))?;
+    if let Err(source) = fs::rename(tmp, out) {
+        let _ = fs::rename(&old, out);
+        return Err(PackageError::Io {
+            path: out.to_path_buf(),
+            source,
+        });
+    }
+    // The new package is in place, so the write has succeeded; failing to delete the old copy
+    // only wastes space in a hidden sibling and is no reason to report failure.
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::{read_package, BlobDType, BlobWriter, WEIGHTS_FILE_REF};
+    use crate::proto::specification::{model, ModelDescription};
+
+    const CT_PACKAGE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/ct_conv_relu.mlpackage"
+    );
+
+    fn ct() -> (Model, Vec<u8>) {
+        let p = read_package(Path::new(CT_PACKAGE)).unwrap();
+        (p.model, p.weights.unwrap())
+    }
+
+    /// Every file under `dir`, relative path → bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            let mut entries: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            entries.sort();
+            for p in entries {
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    out.push((
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        fs::read(&p).unwrap(),
+                    ));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn round_trips_coremltools_package() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.mlpackage");
+        write_package(&out, &model, Some(&weights)).unwrap();
+        assert_eq!(
+            dir_names(tmp.path()),
+            ["m.mlpackage"],
+            "temporary directory left behind"
+        );
+
+        let files: Vec<PathBuf> = snapshot(&out).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            files,
+            [
+                Path::new("Data/com.apple.CoreML/model.mlmodel"),
+                Path::new("Data/com.apple.CoreML/weights/weight.bin"),
+                Path::new("Manifest.json"),
+            ]
+        );
+        let back = read_package(&out).unwrap();
+        assert_eq!(back.path, out);
+        assert_eq!(back.model, model);
+        assert_eq!(back.weights.as_deref(), Some(weights.as_slice()));
+        let blobs = back.blobs().unwrap().unwrap();
+        assert_eq!(blobs.get(64).unwrap().0, BlobDType::F16);
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a.mlpackage");
+        let b = tmp.path().join("sub/b.mlpackage");
+        write_package(&a, &model, Some(&weights)).unwrap();
+        write_package(&b, &model, Some(&weights)).unwrap();
+        assert_eq!(snapshot(&a), snapshot(&b));
+        let manifest = fs::read_to_string(a.join("Manifest.json")).unwrap();
+        assert!(manifest.contains(&format!(
+            "\"rootModelIdentifier\": \"{}\"",
+            super::super::MODEL_ITEM_ID
+        )));
+    }
+
+    #[test]
+    fn writes_model_without_weights() {
+        let model = Model {
+            specification_version: 7,
+            description: Some(ModelDescription::default()),
+            r#type: Some(model::Type::MlProgram(Default::default())),
+            ..Default::default()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("w.mlpackage");
+        write_package(&out, &model, None).unwrap();
+        let back = read_package(&out).unwrap();
+        assert_eq!(back.model, model);
+        assert!(back.weights.is_none());
+        assert!(back.blobs().unwrap().is_none());
+        let manifest = fs::read_to_string(out.join("Manifest.json")).unwrap();
+        assert!(!manifest.contains("weights"), "{manifest}");
+    }
+
+    #[test]
+    fn replaces_existing_package() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.mlpackage");
+        write_package(&out, &model, Some(&weights)).unwrap();
+        let mut w = BlobWriter::new();
+        w.add(BlobDType::F32, &[0; 16]);
+        let new_weights = w.finish();
+        write_package(&out, &model, Some(&new_weights)).unwrap();
+        assert_eq!(read_package(&out).unwrap().weights.unwrap(), new_weights);
+        assert_eq!(dir_names(tmp.path()), ["m.mlpackage"]);
+        // An empty directory is fair game too (e.g. one a user pre-created).
+        let empty = tmp.path().join("e.mlpackage");
+        fs::create_dir(&empty).unwrap();
+        write_package(&empty, &model, None).unwrap();
+        assert!(empty.join("Manifest.json").is_file());
+    }
+
+    #[test]
+    fn failed_write_leaves_existing_package_untouched() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.mlpackage");
+        write_package(&out, &model, Some(&weights)).unwrap();
+        let before = snapshot(&out);
+
+        // Fail after each file in turn: the package must never be half-replaced.
+        for fail_at in 0..3 {
+            let mut n = 0;
+            let mut hook = |p: &Path| {
+                n += 1;
+                if n > fail_at {
+                    Err(PackageError::Io {
+                        path: p.to_path_buf(),
+                        source: std::io::Error::other("injected failure"),
+                    })
+                } else {
+                    Ok(())
+                }
+            };
+            let mut other = model.clone();
+            other.specification_version = 8;
+            let e = write_package_with(&out, &other, Some(&[0; 64]), &mut hook).unwrap_err();
+            assert!(e.to_string().contains("injected failure"), "{e}");
+            assert_eq!(
+                snapshot(&out),
+                before,
+                "failing at file {fail_at} changed the package"
+            );
+            assert_eq!(
+                dir_names(tmp.path()),
+                ["m.mlpackage"],
+                "temporary directory left behind"
+            );
+        }
+    }
+
+    #[test]
+    fn unwritable_output_names_the_path_and_leaves_nothing() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        // A regular file where a parent directory should be: fails even when running as root.
+        let blocker = tmp.path().join("blocker");
+        fs::write(&blocker, b"not a directory").unwrap();
+        let out = blocker.join("m.mlpackage");
+        let e = write_package(&out, &model, Some(&weights)).unwrap_err();
+        assert!(matches!(e, PackageError::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains(&*blocker.to_string_lossy()), "{e}");
+        assert_eq!(dir_names(tmp.path()), ["blocker"]);
+        assert_eq!(fs::read(&blocker).unwrap(), b"not a directory");
+    }
+
+    #[test]
+    fn refuses_to_replace_non_packages() {
+        let (model, _) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+
+        let e = write_package(&tmp.path().join("model.bin"), &model, None).unwrap_err();
+        assert!(matches!(e, PackageError::InvalidOutput { .. }), "{e}");
+        assert!(e.to_string().contains("model.bin"), "{e}");
+
+        let file = tmp.path().join("f.mlpackage");
+        fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            write_package(&file, &model, None),
+            Err(PackageError::InvalidOutput { .. })
+        ));
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+
+        let dir = tmp.path().join("d.mlpackage");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("precious.txt"), b"keep").unwrap();
+        let e = write_package(&dir, &model, None).unwrap_err();
+        assert!(e.to_string().contains("Manifest.json"), "{e}");
+        assert_eq!(fs::read(dir.join("precious.txt")).unwrap(), b"keep");
+        assert_eq!(dir_names(tmp.path()), ["d.mlpackage", "f.mlpackage"]);
+    }
+
+    #[test]
+    fn blob_reference_constant_matches_coremltools() {
+        // The constant must be what coremltools puts in BlobFileValue.fileName, or Core ML will
+        // not find the weights.
+        let bytes =
+            fs::read(Path::new(CT_PACKAGE).join("Data/com.apple.CoreML/model.mlmodel")).unwrap();
+        let needle = WEIGHTS_FILE_REF.as_bytes();
+        assert!(bytes.windows(needle.len()).any(|w| w == needle));
+    }
+}

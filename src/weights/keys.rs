@@ -1,0 +1,249 @@
+//! Key-style detection and normalisation to upstream keys.
+//!
+//! Upstream TAESD names decoder tensors by `nn.Sequential` index (`1.weight`,
+//! `3.conv.0.weight`); diffusers' `AutoencoderTiny` drops the parameter-free Clamp at index 0,
+//! so its `decoder.layers.N` is upstream index `N + 1`. Full-autoencoder files carry encoder
+//! tensors too, which a decoder never needs and are dropped here.
+
+use std::path::Path;
+
+use super::{KeyStyle, WeightError};
+
+/// How one key was read.
+#[derive(Debug, PartialEq, Eq)]
+enum Class {
+    /// A decoder tensor: its style, a label for messages, and its upstream key.
+    Decoder(Style, String),
+    Encoder,
+    Unknown,
+}
+
+/// Finer than [`KeyStyle`]: bare and `decoder.`-prefixed upstream keys are both upstream, but a
+/// file mixing them is ambiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Style {
+    Bare,
+    Prefixed,
+    Diffusers,
+}
+
+/// A module index as PyTorch prints it: decimal without leading zeros, so that two different
+/// keys can never normalise to the same one.
+fn parse_index(s: &str) -> Option<u64> {
+    let ok = !s.is_empty()
+        && s.len() <= 9
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if ok {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// `"<index>.<module path>"` → (index, module path); the path is dot-separated identifiers.
+fn split_index(s: &str) -> Option<(u64, &str)> {
+    let (idx, rest) = s.split_once('.')?;
+    let idx = parse_index(idx)?;
+    let path_ok = rest
+        .split('.')
+        .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    path_ok.then_some((idx, rest))
+}
+
+fn classify(key: &str) -> Class {
+    if let Some(r) = key.strip_prefix("decoder.layers.") {
+        return match split_index(r) {
+            Some((i, rest)) => Class::Decoder(Style::Diffusers, format!("{}.{rest}", i + 1)),
+            None => Class::Unknown,
+        };
+    }
+    if let Some(r) = key
+        .strip_prefix("encoder.layers.")
+        .or_else(|| key.strip_prefix("encoder."))
+    {
+        return if split_index(r).is_some() {
+            Class::Encoder
+        } else {
+            Class::Unknown
+        };
+    }
+    if let Some(r) = key.strip_prefix("decoder.") {
+        return match split_index(r) {
+            Some(_) => Class::Decoder(Style::Prefixed, r.to_string()),
+            None => Class::Unknown,
+        };
+    }
+    match split_index(key) {
+        Some(_) => Class::Decoder(Style::Bare, key.to_string()),
+        None => Class::Unknown,
+    }
+}
+
+/// How many offending keys an error lists.
+const SHOWN: usize = 5;
+
+/// Detects the key style of `keys` (all tensor names in the file) and returns, sorted by
+/// upstream key, `(index into keys, upstream key)` for every decoder tensor.
+pub(crate) fn normalise(
+    path: &Path,
+    keys: &[String],
+) -> Result<(KeyStyle, Vec<(usize, String)>), WeightError> {
+    let classes: Vec<Class> = keys.iter().map(|k| classify(k)).collect();
+
+    let mut unknown: Vec<String> = keys
+        .iter()
+        .zip(&classes)
+        .filter(|(_, c)| **c == Class::Unknown)
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        unknown.truncate(SHOWN);
+        return Err(WeightError::UnexpectedKeys {
+            path: path.to_path_buf(),
+            keys: unknown,
+        });
+    }
+
+    // A couple of example keys per style seen, so a mixed-style error shows both sides.
+    let mut examples: Vec<(Style, Vec<String>)> = Vec::new();
+    let has_encoder = classes.contains(&Class::Encoder);
+    let mut sorted: Vec<&String> = keys.iter().collect();
+    sorted.sort();
+    for key in sorted {
+        if let Class::Decoder(style, _) = classify(key) {
+            match examples.iter_mut().find(|(s, _)| *s == style) {
+                Some((_, v)) if v.len() < 2 => v.push(key.clone()),
+                Some(_) => {}
+                None => examples.push((style, vec![key.clone()])),
+            }
+        }
+    }
+    // Bare indices next to encoder tensors could belong to either half of the autoencoder.
+    let bare_with_encoder = has_encoder && examples.iter().any(|(s, _)| *s == Style::Bare);
+    if examples.len() > 1 || bare_with_encoder {
+        let mut shown: Vec<String> = examples.into_iter().flat_map(|(_, v)| v).collect();
+        if bare_with_encoder {
+            let enc = keys
+                .iter()
+                .zip(&classes)
+                .filter(|(_, c)| **c == Class::Encoder);
+            shown.extend(enc.map(|(k, _)| k.clone()).min());
+        }
+        return Err(WeightError::MixedKeyStyles {
+            path: path.to_path_buf(),
+            keys: shown,
+        });
+    }
+    let style = match examples.first() {
+        None => {
+            return Err(WeightError::NoDecoderTensors {
+                path: path.to_path_buf(),
+            })
+        }
+        Some((Style::Diffusers, _)) => KeyStyle::Diffusers,
+        Some(_) => KeyStyle::Upstream,
+    };
+
+    let mut out: Vec<(usize, String)> = classes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Class::Decoder(_, up) => Some((i, up)),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    if let Some(w) = out.windows(2).find(|w| w[0].1 == w[1].1) {
+        // Only reachable through duplicate names in the container itself.
+        return Err(super::corrupt(
+            path,
+            format!("tensor \"{}\" appears twice", keys[w[1].0]),
+        ));
+    }
+    Ok((style, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), WeightError> {
+        let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+        normalise(Path::new("w.safetensors"), &keys)
+            .map(|(s, v)| (s, v.into_iter().map(|(_, k)| k).collect()))
+    }
+
+    #[test]
+    fn diffusers_index_is_upstream_minus_one() {
+        let (style, keys) =
+            norm(&["decoder.layers.0.weight", "decoder.layers.2.pool.1.bias"]).unwrap();
+        assert_eq!(style, KeyStyle::Diffusers);
+        assert_eq!(keys, ["1.weight", "3.pool.1.bias"]);
+    }
+
+    #[test]
+    fn upstream_bare_and_prefixed() {
+        let (s, k) = norm(&["3.conv.0.weight", "1.weight"]).unwrap();
+        assert_eq!(
+            (s, k),
+            (
+                KeyStyle::Upstream,
+                vec!["1.weight".into(), "3.conv.0.weight".into()]
+            )
+        );
+        let (s, k) = norm(&["decoder.1.weight", "encoder.0.weight"]).unwrap();
+        assert_eq!((s, k), (KeyStyle::Upstream, vec!["1.weight".into()]));
+    }
+
+    #[test]
+    fn encoder_tensors_are_dropped() {
+        let (s, k) = norm(&["encoder.layers.0.weight", "decoder.layers.0.bias"]).unwrap();
+        assert_eq!((s, k), (KeyStyle::Diffusers, vec!["1.bias".into()]));
+    }
+
+    #[test]
+    fn rejects_odd_keys() {
+        for bad in [
+            "weight",
+            "01.weight",
+            "1.",
+            "1..weight",
+            "decoder.layers.x.weight",
+            "a.1.w",
+        ] {
+            let e = norm(&["1.weight", bad]).unwrap_err();
+            assert!(
+                matches!(&e, WeightError::UnexpectedKeys { keys, .. } if keys == &[bad]),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_styles_name_both_sides() {
+        let e = norm(&["1.weight", "decoder.layers.0.bias"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"1.weight\"") && e.contains("\"decoder.layers.0.bias\""),
+            "{e}"
+        );
+        let e = norm(&["1.weight", "encoder.layers.0.weight"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"encoder.layers.0.weight\""), "{e}");
+        assert!(norm(&["1.weight", "decoder.2.weight"]).is_err());
+    }
+
+    #[test]
+    fn encoder_only_has_no_decoder() {
+        let e = norm(&["encoder.layers.0.weight"]).unwrap_err();
+        assert!(matches!(e, WeightError::NoDecoderTensors { .. }));
+        assert!(matches!(
+            norm(&[]).unwrap_err(),
+            WeightError::NoDecoderTensors { .. }
+        ));
+    }
+}

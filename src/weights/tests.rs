@@ -1,0 +1,295 @@
+//! Tests that need crate internals: synthetic `.pth` archives written byte by byte, and the
+//! robustness sweep over damaged copies of the real files (in memory, through
+//! `Weights::load_bytes`, which is `Weights::load` minus the file read).
+
+use std::io::Write;
+use std::path::Path;
+
+use super::*;
+
+const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/weights/");
+
+/// One tensor of a synthetic checkpoint: (key, storage type, storage key, storage numel, offset,
+/// size, stride).
+type Entry<'a> = (&'a str, &'a str, &'a str, u32, u32, &'a [u32], &'a [u32]);
+
+/// A protocol-2 pickle shaped like `torch.save(state_dict)` output (no memo, which the VM does
+/// not need).
+fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
+    fn s(p: &mut Vec<u8>, v: &str) {
+        p.push(b'X');
+        p.extend((v.len() as u32).to_le_bytes());
+        p.extend(v.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: u32) {
+        p.push(b'J');
+        p.extend(v.to_le_bytes());
+    }
+    let mut p = vec![0x80, 2];
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    for &(key, storage_type, skey, numel, offset, size, stride) in entries {
+        s(&mut p, key);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        s(&mut p, "storage");
+        p.extend(format!("ctorch\n{storage_type}\n").as_bytes());
+        s(&mut p, skey);
+        s(&mut p, "cpu");
+        int(&mut p, numel);
+        p.extend(b"tQ");
+        int(&mut p, offset);
+        for dims in [size, stride] {
+            p.push(b'(');
+            for &d in dims {
+                int(&mut p, d);
+            }
+            p.push(b't');
+        }
+        p.push(0x89);
+        p.extend(b"ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend(b"u.");
+    p
+}
+
+fn zip_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in files {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn pth_honours_offset_and_strides() {
+    let storage: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let pickle = state_dict_pickle(&[
+        // A [2, 3] transpose of a row-major [3, 2] that starts at element 2.
+        ("1.weight", "HalfStorage", "0", 8, 2, &[2, 3], &[1, 2]),
+        // Contiguous slice [2..5) of the same storage.
+        ("1.bias", "HalfStorage", "0", 8, 2, &[3], &[1]),
+        // Size-1 dims may carry any stride.
+        ("2.bias", "HalfStorage", "0", 8, 7, &[1, 1], &[5, 9]),
+    ]);
+    let data = f16_bytes(&storage);
+    let bytes = zip_archive(&[
+        ("ckpt/data.pkl", &pickle),
+        ("ckpt/byteorder", b"little"),
+        ("ckpt/data/0", &data),
+    ]);
+    let w = Weights::load_bytes(Path::new("synthetic.pth"), &bytes).unwrap();
+    assert_eq!(w.format, WeightFormat::Pth);
+    assert_eq!(
+        w.tensors["1.weight"],
+        Tensor::f32(vec![2, 3], vec![2., 4., 6., 3., 5., 7.])
+    );
+    assert_eq!(w.tensors["1.bias"], Tensor::f32(vec![3], vec![2., 3., 4.]));
+    assert_eq!(w.tensors["2.bias"], Tensor::f32(vec![1, 1], vec![7.]));
+}
+
+#[test]
+fn pth_rejects_views_outside_storage_and_bad_storage_sizes() {
+    let data = f16_bytes(&[0.0; 4]);
+    let cases: [(Entry, &str); 3] = [
+        (
+            ("1.weight", "HalfStorage", "0", 4, 1, &[4], &[1]),
+            "reaches element 4",
+        ),
+        (
+            ("1.weight", "HalfStorage", "0", 4, 0, &[2, 2], &[1, 3]),
+            "reaches element 4",
+        ),
+        (
+            ("1.weight", "HalfStorage", "0", 5, 0, &[4], &[1]),
+            "holds 8 bytes, expected 10",
+        ),
+    ];
+    for (entry, want) in cases {
+        let pickle = state_dict_pickle(&[entry]);
+        let bytes = zip_archive(&[("c/data.pkl", &pickle), ("c/data/0", &data)]);
+        let e = Weights::load_bytes(Path::new("v.pth"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("v.pth: ") && e.contains(want), "{e}");
+    }
+
+    // Two tensors over one storage that disagree about its length.
+    let pickle = state_dict_pickle(&[
+        ("1.bias", "HalfStorage", "0", 4, 0, &[4], &[1]),
+        ("1.weight", "HalfStorage", "0", 8, 4, &[4], &[1]),
+    ]);
+    let bytes = zip_archive(&[("c/data.pkl", &pickle), ("c/data/0", &data)]);
+    let e = Weights::load_bytes(Path::new("v.pth"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"1.weight\": c/data/0 holds 8 bytes, expected 16"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pth_unsupported_storage_names_key_and_type() {
+    let pickle = state_dict_pickle(&[("3.conv.0.weight", "DoubleStorage", "0", 1, 0, &[1], &[1])]);
+    let bytes = zip_archive(&[("c/data.pkl", &pickle), ("c/data/0", &[0u8; 8])]);
+    let e = Weights::load_bytes(Path::new("d.pth"), &bytes).unwrap_err();
+    assert!(matches!(e, WeightError::UnsupportedDtype { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("d.pth")
+            && e.contains("\"3.conv.0.weight\"")
+            && e.contains("torch.DoubleStorage"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pth_refuses_unknown_globals_and_opcodes() {
+    let evil = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.".to_vec();
+    let bytes = zip_archive(&[("c/data.pkl", &evil)]);
+    let e = Weights::load_bytes(Path::new("e.pth"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("e.pth") && e.contains("unsupported pickle global os.system"),
+        "{e}"
+    );
+
+    // STACK_GLOBAL (protocol 4) is one of the opcodes the VM deliberately lacks.
+    let p4 = b"\x80\x04\x8c\x02os\x8c\x06system\x93.".to_vec();
+    let bytes = zip_archive(&[("c/data.pkl", &p4)]);
+    let e = Weights::load_bytes(Path::new("e.pth"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unsupported pickle opcode STACK_GLOBAL (0x93) at byte 14"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pth_without_pickle_or_with_big_endian_data_is_rejected() {
+    let bytes = zip_archive(&[("c/readme.txt", b"hi")]);
+    let e = Weights::load_bytes(Path::new("n.pth"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n.pth") && e.contains("no data.pkl"), "{e}");
+
+    let pickle = state_dict_pickle(&[("1.bias", "FloatStorage", "0", 1, 0, &[1], &[1])]);
+    let bytes = zip_archive(&[
+        ("c/data.pkl", &pickle),
+        ("c/byteorder", b"big"),
+        ("c/data/0", &[0; 4]),
+    ]);
+    let e = Weights::load_bytes(Path::new("b.pth"), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("byteorder is \"big\""), "{e}");
+}
+
+/// splitmix64: deterministic and good enough to pick cut points and bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Damaged copies of `original`: truncations and 1–4 byte flips, mostly aimed at the `hot`
+/// structural byte ranges (headers, pickle, zip directory) where a parser has most to get wrong,
+/// the rest anywhere (which, for safetensors, lands in tensor data nobody validates and loads).
+fn variants(
+    original: &[u8],
+    hot: Vec<std::ops::Range<usize>>,
+    n: usize,
+    seed: u64,
+) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut rng = Rng(seed);
+    let len = original.len();
+    let pick = move |rng: &mut Rng| {
+        if rng.below(10) == 0 {
+            return rng.below(len);
+        }
+        let r = &hot[rng.below(hot.len())];
+        r.start + rng.below(r.len())
+    };
+    (0..n).map(move |i| {
+        if i % 4 == 0 {
+            original[..pick(&mut rng)].to_vec()
+        } else {
+            let mut v = original.to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = pick(&mut rng);
+                v[at] ^= 1 + rng.below(255) as u8;
+            }
+            v
+        }
+    })
+}
+
+/// Never a panic, whatever the damage. For `.pth` also: the zip CRCs cover every entry, so a
+/// damaged archive that still loads must give exactly the original tensors.
+#[test]
+fn damaged_files_never_panic() {
+    let mut tried = 0;
+    for (file, n, seed) in [
+        ("taef2_decoder.pth", 2000, 1),
+        ("taef2_decoder.safetensors", 1000, 2),
+        ("taef2_diffusers_style.safetensors", 500, 3),
+    ] {
+        let path = Path::new(SHARED).join(file);
+        let original = std::fs::read(&path).unwrap();
+        let reference = Weights::load_bytes(&path, &original).unwrap();
+        let len = original.len();
+        let checksummed = reference.format == WeightFormat::Pth;
+        let hot = if checksummed {
+            // data.pkl is the first entry; the central directory is at the end.
+            vec![0..12 * 1024, len - 12 * 1024..len]
+        } else {
+            let header = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+            // The length prefix gets as many hits as the whole JSON header.
+            vec![0..8, 8..8 + header]
+        };
+        let (mut ok, mut err) = (0, 0);
+        for v in variants(&original, hot, n, seed) {
+            match Weights::load_bytes(&path, &v) {
+                Ok(w) => {
+                    ok += 1;
+                    if checksummed {
+                        assert!(
+                            w.tensors == reference.tensors,
+                            "{file}: damage went unnoticed"
+                        );
+                    }
+                }
+                Err(e) => {
+                    err += 1;
+                    let msg = e.to_string();
+                    let named = msg.starts_with(&path.display().to_string());
+                    assert!(named && !msg.contains('\n'), "{msg}");
+                }
+            }
+        }
+        tried += n;
+        eprintln!("{file}: {n} damaged variants, {ok} loaded, {err} rejected");
+    }
+    eprintln!("robustness: {tried} inputs, no panic");
+}

@@ -1,0 +1,251 @@
+//! The real binary: successful runs, and bad input with a one-line cause and nothing left behind.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mlc(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a build that must fail; returns its error line and checks the directory stays empty.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = mlc(args, dir);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure for {args:?}");
+    // 1: mlc's own error, one line; 2: a usage error from clap.
+    match o.status.code() {
+        Some(1) => assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+            "{err}"
+        ),
+        Some(2) => assert!(
+            err.starts_with("error: ") && err.contains("--help"),
+            "{err}"
+        ),
+        other => panic!("exit code {other:?}: {err}"),
+    }
+    // Inputs the test wrote stay; nothing else may appear (no package, no temporary).
+    let left: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.contains("mlpackage") || name.starts_with('.') || name.contains("tmp")
+        })
+        .collect();
+    assert!(left.is_empty(), "{args:?} left {left:?} behind");
+    err
+}
+
+fn weights() -> String {
+    taef2_weights().display().to_string()
+}
+
+#[test]
+fn build_inspect_run_round_trip() {
+    let dir = out_dir("cli_round_trip");
+    let o = mlc(
+        &[
+            "build",
+            "flux2",
+            "--weights",
+            &weights(),
+            "--latent-size",
+            "32",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pkg = dir.join("taef2_decoder.mlpackage");
+    assert!(pkg.join("Manifest.json").is_file());
+
+    let o = mlc(&["inspect", "taef2_decoder.mlpackage"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "conv 41",
+        "upsample_nearest_neighbor 3",
+        "// input latent: multiarray float16 [1, 32, 32, 32]",
+        "main[CoreML6](%latent: (1, 32, 32, 32, fp16)(Tensor))",
+        "} -> (%image)",
+        "weight.bin 2",
+    ] {
+        assert!(
+            text.contains(needle),
+            "inspect output lacks {needle:?}:\n{}",
+            &text[..text.len().min(3000)]
+        );
+    }
+
+    let fixture = shared("fixtures/taef2/seed0_32x32.safetensors");
+    let o = mlc(
+        &[
+            "run",
+            "taef2_decoder.mlpackage",
+            "--input",
+            &fixture.display().to_string(),
+            "--output",
+            "img.png",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(dir.join("img.png")).unwrap(),
+    ));
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    assert_eq!(
+        (info.width, info.height, info.color_type),
+        (256, 256, png::ColorType::Rgb)
+    );
+    oracle(&dir);
+}
+
+#[test]
+fn bad_input_gives_one_line_cause_and_no_output() {
+    let dir = out_dir("cli_errors");
+    let w = weights();
+
+    let e = fails(
+        &dir,
+        &["build", "flux2", "--weights", "missing.safetensors"],
+    );
+    assert!(e.contains("missing.safetensors"), "{e}");
+
+    std::fs::write(dir.join("empty.safetensors"), b"").unwrap();
+    let e = fails(&dir, &["build", "flux2", "--weights", "empty.safetensors"]);
+    assert!(e.contains("empty.safetensors"), "{e}");
+
+    let bytes = std::fs::read(taef2_weights()).unwrap();
+    std::fs::write(dir.join("cut.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = fails(&dir, &["build", "flux2", "--weights", "cut.safetensors"]);
+    assert!(e.contains("cut.safetensors"), "{e}");
+
+    let mut garbled = bytes.clone();
+    garbled[8..40].fill(b'#');
+    std::fs::write(dir.join("garbled.safetensors"), &garbled).unwrap();
+    let e = fails(
+        &dir,
+        &["build", "flux2", "--weights", "garbled.safetensors"],
+    );
+    assert!(e.contains("garbled.safetensors"), "{e}");
+
+    let pth = std::fs::read(shared("weights/taef2_decoder.pth")).unwrap();
+    std::fs::write(dir.join("cut.pth"), &pth[..pth.len() - 5000]).unwrap();
+    let e = fails(&dir, &["build", "flux2", "--weights", "cut.pth"]);
+    assert!(e.contains("cut.pth"), "{e}");
+
+    // Right file, wrong model: a 32-channel TAEF2 decoder is not taesd3's 16-channel one.
+    let e = fails(&dir, &["build", "taesd3", "--weights", &w]);
+    assert!(
+        e.contains("taef2 decoder (32 latent channels")
+            && e.contains("not taesd3 (16 latent channels"),
+        "{e}"
+    );
+
+    let e = fails(&dir, &["build", "sdxl-vae", "--weights", &w]);
+    assert!(
+        e.contains("unknown model \"sdxl-vae\"") && e.contains("flux2"),
+        "{e}"
+    );
+
+    // Wrong key set and wrong shapes, written with the safetensors crate.
+    let mut t = mlc::run::read_safetensors(&taef2_weights()).unwrap();
+    t.remove("4.conv.2.bias");
+    write_st(&dir.join("nokey.safetensors"), &t);
+    let e = fails(&dir, &["build", "flux2", "--weights", "nokey.safetensors"]);
+    assert!(
+        e.contains("nokey.safetensors") && e.contains("4.conv.2.bias"),
+        "{e}"
+    );
+
+    let mut t = mlc::run::read_safetensors(&taef2_weights()).unwrap();
+    t.insert(
+        "8.conv.0.weight".into(),
+        mlc::kernels::Array::new(vec![64, 32, 3, 3], vec![0.0; 64 * 32 * 9]),
+    );
+    write_st(&dir.join("shape.safetensors"), &t);
+    let e = fails(&dir, &["build", "flux2", "--weights", "shape.safetensors"]);
+    assert!(
+        e.contains("shape.safetensors")
+            && e.contains("8.conv.0.weight")
+            && e.contains("[64, 32, 3, 3]")
+            && e.contains("[64, 64, 3, 3]"),
+        "{e}"
+    );
+
+    let mut t = mlc::run::read_safetensors(&taef2_weights()).unwrap();
+    t.insert(
+        "20.weight".into(),
+        mlc::kernels::Array::new(vec![3], vec![0.0; 3]),
+    );
+    write_st(&dir.join("extra.safetensors"), &t);
+    let e = fails(&dir, &["build", "flux2", "--weights", "extra.safetensors"]);
+    assert!(
+        e.contains("extra.safetensors") && e.contains("20.weight"),
+        "{e}"
+    );
+
+    // Unwritable output: a path under a regular file.
+    std::fs::write(dir.join("afile"), b"x").unwrap();
+    let e = fails(
+        &dir,
+        &[
+            "build",
+            "flux2",
+            "--weights",
+            &w,
+            "-o",
+            "afile/out.mlpackage",
+        ],
+    );
+    assert!(e.contains("afile/out.mlpackage"), "{e}");
+    std::fs::remove_file(dir.join("afile")).unwrap();
+
+    let e = fails(
+        &dir,
+        &["build", "flux2", "--weights", &w, "--image-size", "100"],
+    );
+    assert!(e.contains("multiple of 8"), "{e}");
+    let e = fails(
+        &dir,
+        &["build", "flux2", "--weights", &w, "--target", "ios12"],
+    );
+    assert!(e.contains("ios12"), "{e}");
+}
+
+fn write_st(path: &Path, t: &std::collections::BTreeMap<String, mlc::kernels::Array>) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = t
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                a.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                a.shape.clone(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}

@@ -1,0 +1,141 @@
+//! Package-level properties: determinism, container independence, interface and metadata.
+
+mod common;
+
+use common::*;
+use mlc::compiler::{build, BuildOptions};
+use mlc::package::read_package;
+use mlc::proto::specification as spec;
+use std::path::Path;
+
+fn files(pkg: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![pkg.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(pkg).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn build_from(weights: &Path, out: &Path) {
+    let mut o = BuildOptions::new("taef2", weights);
+    o.output = Some(out.to_path_buf());
+    o.latent_size = [32, 32];
+    build(&o).unwrap();
+}
+
+#[test]
+fn same_inputs_same_bytes_and_containers_do_not_matter() {
+    let dir = out_dir("determinism");
+    build_from(&taef2_weights(), &dir.join("a.mlpackage"));
+    build_from(&taef2_weights(), &dir.join("b.mlpackage"));
+    build_from(
+        &shared("weights/taef2_decoder.pth"),
+        &dir.join("pth.mlpackage"),
+    );
+    let a = files(&dir.join("a.mlpackage"));
+    assert_eq!(
+        a.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "Data/com.apple.CoreML/model.mlmodel",
+            "Data/com.apple.CoreML/weights/weight.bin",
+            "Manifest.json"
+        ]
+    );
+    assert_eq!(a, files(&dir.join("b.mlpackage")), "two builds differ");
+    assert_eq!(
+        a,
+        files(&dir.join("pth.mlpackage")),
+        ".pth and .safetensors builds differ"
+    );
+
+    // Diffusers-style keys: same tensors, so the same graph, weights and digest; only the
+    // recorded source (the file stem) differs.
+    build_from(
+        &shared("weights/taef2_diffusers_style.safetensors"),
+        &dir.join("diffusers.mlpackage"),
+    );
+    let d = files(&dir.join("diffusers.mlpackage"));
+    assert_eq!(a[1], d[1], "weight.bin differs for diffusers-style keys");
+    let meta = |p: &str| {
+        read_package(&dir.join(p))
+            .unwrap()
+            .model
+            .description
+            .unwrap()
+            .metadata
+            .unwrap()
+            .user_defined
+    };
+    let (ma, md) = (meta("a.mlpackage"), meta("diffusers.mlpackage"));
+    assert_eq!(ma["mlc.weights.sha256"], md["mlc.weights.sha256"]);
+    assert_eq!(ma["mlc.weights.source"], "taef2_decoder");
+    assert_eq!(md["mlc.weights.source"], "taef2_diffusers_style");
+    oracle(&dir);
+}
+
+#[test]
+fn interface_and_metadata() {
+    let dir = out_dir("interface");
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.output = Some(dir.join("m.mlpackage"));
+    o.latent_size = [32, 48];
+    o.target = mlc::mil::Target::Ios17;
+    let report = build(&o).unwrap();
+    assert!(
+        report.weight_bytes > 2_600_000 && report.weight_bytes < 2_800_000,
+        "{}",
+        report.weight_bytes
+    );
+    let m = read_package(&report.package).unwrap().model;
+    assert_eq!(m.specification_version, 8);
+    let d = m.description.as_ref().unwrap();
+    let array =
+        |f: &spec::FeatureDescription| match f.r#type.as_ref().unwrap().r#type.as_ref().unwrap() {
+            spec::feature_type::Type::MultiArrayType(a) => (a.shape.clone(), a.data_type),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(d.input.len(), 1);
+    assert_eq!(d.input[0].name, "latent");
+    assert_eq!(
+        array(&d.input[0]),
+        (
+            vec![1, 32, 32, 48],
+            spec::array_feature_type::ArrayDataType::Float16 as i32
+        )
+    );
+    assert_eq!(d.output[0].name, "image");
+    assert_eq!(
+        array(&d.output[0]),
+        (
+            vec![1, 3, 256, 384],
+            spec::array_feature_type::ArrayDataType::Float16 as i32
+        )
+    );
+    let meta = &d.metadata.as_ref().unwrap().user_defined;
+    assert_eq!(meta["mlc.model"], "taef2");
+    assert_eq!(meta["mlc.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(meta["mlc.weights.sha256"].len(), 64);
+    let Some(spec::model::Type::MlProgram(p)) = &m.r#type else {
+        panic!("not a program")
+    };
+    assert_eq!(p.functions["main"].opset, "CoreML7");
+    // No group_norm survives, and every conv weight is fp16 in the blob file.
+    let ops = &p.functions["main"].block_specializations["CoreML7"].operations;
+    let count = |t: &str| ops.iter().filter(|o| o.r#type == t).count();
+    assert_eq!(count("conv"), 3 * 2 + 10 * 3 + 3 + 2);
+    assert_eq!(count("upsample_nearest_neighbor"), 3);
+    assert_eq!(count("cast"), 0, "fp16 I/O needs no casts");
+    oracle(&dir);
+}
