@@ -1,8 +1,9 @@
 //! fp16 cast: weights and compute in fp16.
 //!
 //! Constants are rounded to fp16 once; every op is re-added so its type is re-inferred as fp16.
-//! With `fp16_io` (iOS16+) the model's inputs and outputs become fp16 arrays too; otherwise the
-//! model keeps fp32 I/O with one cast at each boundary.
+//! With fp16 I/O (iOS16+) the model's inputs and outputs become fp16 arrays too; otherwise the
+//! model keeps fp32 I/O with one cast at each boundary (inputs and outputs are chosen apart, since
+//! Core ML image outputs need fp32).
 //!
 //! ```text
 //! %x: fp32[..] = input("x")              %x: fp32[..] = input("x")
@@ -10,7 +11,7 @@
 //! %y: fp32[..] = conv2d(%x, %w)   ==>    %w: fp16[..] = const(..)
 //! return y=%y                            %y: fp16[..] = conv2d(%x_fp16, %w)
 //!                                        %y_fp32: fp32[..] = cast(%y) dtype=fp32
-//!                                        return y=%y_fp32          (without fp16_io)
+//!                                        return y=%y_fp32          (fp32 I/O)
 //! ```
 
 use super::Pass;
@@ -18,7 +19,10 @@ use crate::ir::{ConstData, Graph, IrError, Op, Rebuilder, ValueId};
 use crate::tensor::DType;
 
 pub struct CastFp16 {
-    pub fp16_io: bool,
+    /// The model's inputs become fp16 arrays (otherwise: fp32 inputs, cast inside).
+    pub fp16_inputs: bool,
+    /// The model's outputs are fp16 arrays (otherwise: cast back to fp32).
+    pub fp16_outputs: bool,
 }
 
 impl Pass for CastFp16 {
@@ -33,7 +37,7 @@ impl Pass for CastFp16 {
             let old = ValueId(i as u32);
             match node.op {
                 Op::Input { .. } if node.ty.dtype == DType::F32 => {
-                    if self.fp16_io {
+                    if self.fp16_inputs {
                         node.ty.dtype = DType::F16;
                         r.copy(old, node);
                     } else {
@@ -60,29 +64,13 @@ impl Pass for CastFp16 {
                 }
             }
         }
-        if !self.fp16_io {
-            let mut outs = Vec::new();
-            for (name, v) in &outputs {
-                let nv = r.get(*v);
-                if r.graph.ty(nv).dtype == DType::F16 {
-                    let cast_name = r
-                        .graph
-                        .fresh_name(&format!("{}_fp32", r.graph.node(nv).name));
-                    let c = r
-                        .graph
-                        .add(Op::Cast { dtype: DType::F32 }, &[nv], cast_name)?;
-                    outs.push((name.clone(), c));
-                } else {
-                    outs.push((name.clone(), nv));
-                }
+        r.finish_with(&outputs, |g, v| {
+            if self.fp16_outputs || g.ty(v).dtype != DType::F16 {
+                return Ok(v);
             }
-            let mut g = r.graph;
-            for (name, v) in outs {
-                g.set_output(&name, v);
-            }
-            return Ok(g);
-        }
-        Ok(r.finish(&outputs))
+            let name = g.fresh_name(&format!("{}_fp32", g.node(v).name));
+            g.add(Op::Cast { dtype: DType::F32 }, &[v], name)
+        })
     }
 }
 
@@ -108,7 +96,12 @@ mod tests {
     #[test]
     fn fp16_io_makes_everything_fp16_within_rounding() {
         let g = conv_graph();
-        let h = CastFp16 { fp16_io: true }.run(g.clone()).unwrap();
+        let h = CastFp16 {
+            fp16_inputs: true,
+            fp16_outputs: true,
+        }
+        .run(g.clone())
+        .unwrap();
         verify(&h).unwrap();
         let text = print(&h);
         assert!(!text.contains("fp32"), "{text}");
@@ -123,7 +116,12 @@ mod tests {
 
     #[test]
     fn fp32_io_casts_at_the_boundary() {
-        let h = CastFp16 { fp16_io: false }.run(conv_graph()).unwrap();
+        let h = CastFp16 {
+            fp16_inputs: false,
+            fp16_outputs: false,
+        }
+        .run(conv_graph())
+        .unwrap();
         verify(&h).unwrap();
         let text = print(&h);
         assert!(text.contains("%x: fp32[1,3,6,6] = input(\"x\")"), "{text}");

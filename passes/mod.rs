@@ -4,10 +4,14 @@
 //! verifier runs after every pass, so a pass bug surfaces with the pass's name on it, and any
 //! pass's output can be dumped (`--dump-passes`).
 
+pub mod cancel_transposes;
+pub mod canonicalize_layout;
 pub mod cast_fp16;
 pub mod dce;
 pub mod fold_constants;
+pub mod image_output;
 pub mod lower_group_norm;
+pub mod specialize_shapes;
 
 use crate::ir::{verify::verify, Graph, IrError};
 
@@ -26,13 +30,21 @@ pub struct PassError {
 }
 
 /// Which options shape the pipeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineOptions {
     /// Weights and compute in fp16.
     pub fp16: bool,
-    /// With `fp16`: the model takes and returns fp16 arrays (iOS16+) instead of casting at its
-    /// boundary.
-    pub fp16_io: bool,
+    /// With `fp16`: the model takes fp16 arrays (iOS16+) instead of casting at its boundary.
+    pub fp16_inputs: bool,
+    /// With `fp16`: the model returns fp16 arrays.
+    pub fp16_outputs: bool,
+    /// Channels-last model input / output (`[1, H, W, C]`); inside, everything stays NCHW.
+    pub input_nhwc: bool,
+    pub output_nhwc: bool,
+    /// The output is an 8-bit image: clamp to [0, 1] and scale to [0, 255] in the model.
+    pub image_output: bool,
+    /// Symbol values of every enumerated size, when the graph has symbolic sizes.
+    pub sizes: Vec<specialize_shapes::Bindings>,
 }
 
 /// The passes for `opts`, in order.
@@ -40,16 +52,34 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
         // Before folding: the lowering reshapes gamma/beta, which folding then precomputes.
         Box::new(lower_group_norm::LowerGroupNorm),
-        Box::new(fold_constants::FoldConstants),
     ];
+    if opts.image_output {
+        // Before the layout pass, so scaling happens on NCHW values like every other op.
+        passes.push(Box::new(image_output::ImageOutput));
+    }
+    if opts.input_nhwc || opts.output_nhwc {
+        passes.push(Box::new(canonicalize_layout::CanonicalizeLayout {
+            input_nhwc: opts.input_nhwc,
+            output_nhwc: opts.output_nhwc,
+        }));
+        passes.push(Box::new(cancel_transposes::CancelTransposes));
+    }
+    passes.push(Box::new(fold_constants::FoldConstants));
     if opts.fp16 {
         // After folding, so that folded constants are computed in f32 and rounded once.
         passes.push(Box::new(cast_fp16::CastFp16 {
-            fp16_io: opts.fp16_io,
+            fp16_inputs: opts.fp16_inputs,
+            fp16_outputs: opts.fp16_outputs,
         }));
     }
-    // Last: earlier passes leave the constants they replaced behind.
+    // Late: earlier passes leave the constants and transposes they replaced behind.
     passes.push(Box::new(dce::Dce));
+    if !opts.sizes.is_empty() {
+        // Last: proves the final graph valid at every enumerated size.
+        passes.push(Box::new(specialize_shapes::CheckSizes {
+            sizes: opts.sizes.clone(),
+        }));
+    }
     passes
 }
 

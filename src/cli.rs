@@ -1,6 +1,6 @@
 //! The command line: flags are parsed and resolved into library options here, in one place.
 
-use crate::compiler::{self, BuildOptions, Precision};
+use crate::compiler::{self, BuildOptions, Layout, OutputType, Precision};
 use crate::mil::Target;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -54,18 +54,53 @@ pub struct BuildArgs {
     /// Deployment target: ios16 (spec 7), ios17, ios18, or macos13, macos14, macos15.
     #[arg(long, default_value = "ios16", value_parser = parse_target)]
     pub target: Target,
-    /// Latent size, N or HxW (the image is 8 times larger) [default: 96, i.e. 768x768 images].
-    #[arg(long, value_name = "N|HxW", conflicts_with = "image_size", value_parser = parse_size)]
-    pub latent_size: Option<[usize; 2]>,
-    /// Image size, N or HxW, each a multiple of 8.
-    #[arg(long, value_name = "N|HxW", value_parser = parse_size)]
-    pub image_size: Option<[usize; 2]>,
+    /// Latent sizes, comma-separated, each N or HxW; the first is the default. One size gives a
+    /// static model; several give one package that accepts each of them [default: 96].
+    #[arg(long, value_name = "N|HxW,...", conflicts_with = "image_size", value_parser = parse_sizes)]
+    pub latent_size: Option<Sizes>,
+    /// Image sizes, comma-separated, each N or HxW and a multiple of 8 (the latent is 8x
+    /// smaller); the first is the default. E.g. 768,1024 or 768x1024.
+    #[arg(long, value_name = "N|HxW,...", value_parser = parse_sizes)]
+    pub image_size: Option<Sizes>,
+    /// One fully static function per size (the Neural Engine runs static shapes best), sharing
+    /// one copy of the weights; needs --target ios18 and two or more sizes.
+    #[arg(long)]
+    pub multifunction: bool,
+    /// Layout of the latent input: nchw [1, C, H, W] or nhwc [1, H, W, C] (channels last).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Nchw)]
+    pub input_layout: LayoutArg,
+    /// Layout of the image output array.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Nchw)]
+    pub output_layout: LayoutArg,
+    /// array: an [1, 3, H, W] multi-array in about [0, 1]; image: a Core ML RGB image (the
+    /// clamping and the scaling to [0, 255] happen inside the model).
+    #[arg(long, value_enum, default_value_t = OutputTypeArg::Array)]
+    pub output_type: OutputTypeArg,
+}
+
+/// Sizes as given on the command line, `[height, width]` each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sizes(pub Vec<[usize; 2]>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    Nchw,
+    Nhwc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputTypeArg {
+    Array,
+    Image,
 }
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// The .mlpackage to describe (mlc's or coremltools').
     pub package: PathBuf,
+    /// Report, op by op, whether the model fits the Neural Engine's known constraints.
+    #[arg(long)]
+    pub ane: bool,
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +114,9 @@ pub struct RunArgs {
     /// Where to write the output image (PNG, values clamped to [0, 1]).
     #[arg(long, value_name = "FILE.png")]
     pub output: PathBuf,
+    /// The function to run in a multifunction package [default: the package's default].
+    #[arg(long)]
+    pub function: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,21 +138,27 @@ fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s)
 }
 
-/// `N` or `HxW`.
-fn parse_size(s: &str) -> Result<[usize; 2], String> {
+/// `N` or `HxW`, comma-separated.
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
     let parse = |p: &str| {
         p.trim()
             .parse::<usize>()
             .map_err(|_| format!("{p:?} is not a whole number"))
     };
-    let size = match s.split_once(['x', 'X']) {
-        Some((h, w)) => [parse(h)?, parse(w)?],
-        None => [parse(s)?; 2],
-    };
-    if size.contains(&0) {
-        return Err(format!("sizes must be positive, got {s:?}"));
-    }
-    Ok(size)
+    let sizes = s
+        .split(',')
+        .map(|item| {
+            let size = match item.split_once(['x', 'X']) {
+                Some((h, w)) => [parse(h)?, parse(w)?],
+                None => [parse(item)?; 2],
+            };
+            if size.contains(&0) {
+                return Err(format!("sizes must be positive, got {item:?}"));
+            }
+            Ok(size)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Sizes(sizes))
 }
 
 impl BuildArgs {
@@ -125,15 +169,32 @@ impl BuildArgs {
         o.precision = self.precision.into();
         o.io_precision = self.io_precision.map(Into::into);
         o.target = self.target;
-        if let Some(s) = self.latent_size {
-            o.latent_size = s;
+        if let Some(Sizes(s)) = &self.latent_size {
+            o.latent_sizes = s.clone();
         }
-        if let Some([h, w]) = self.image_size {
-            if h % 8 != 0 || w % 8 != 0 {
-                bail!("--image-size {h}x{w}: each size must be a multiple of 8 (the decoder upsamples latents 8x)");
-            }
-            o.latent_size = [h / 8, w / 8];
+        if let Some(Sizes(s)) = &self.image_size {
+            o.latent_sizes = s
+                .iter()
+                .map(|&[h, w]| {
+                    if h % 8 != 0 || w % 8 != 0 {
+                        bail!("--image-size {h}x{w}: each size must be a multiple of 8 (the decoder upsamples latents 8x)");
+                    }
+                    Ok([h / 8, w / 8])
+                })
+                .collect::<Result<_>>()?;
         }
+        o.multifunction = self.multifunction;
+        let layout = |l: LayoutArg| match l {
+            LayoutArg::Nchw => Layout::Nchw,
+            LayoutArg::Nhwc => Layout::Nhwc,
+        };
+        o.input_layout = layout(self.input_layout);
+        o.output_layout = layout(self.output_layout);
+        o.output_type = match self.output_type {
+            OutputTypeArg::Array => OutputType::Array,
+            OutputTypeArg::Image => OutputType::Image,
+        };
+        o.validate()?;
         Ok(o)
     }
 }
@@ -151,17 +212,40 @@ pub fn main(cli: Cli) -> Result<()> {
                 r.model.name(),
                 opts.target
             );
+            if !r.ane.fits() {
+                eprintln!("warning: {}", r.ane.verdict());
+                for n in &r.ane.notes {
+                    eprintln!("warning: {n}");
+                }
+                for o in r.ane.misfits().take(5) {
+                    eprintln!(
+                        "warning: {} ({}): {}",
+                        o.name,
+                        o.op_type,
+                        o.reasons.join("; ")
+                    );
+                }
+                eprintln!("(details: mlc inspect {} --ane)", r.package.display());
+            }
             Ok(())
         }
         Command::Inspect(a) => {
             let pkg = crate::package::read_package(&a.package)?;
-            print!("{}", crate::inspect::describe(&pkg)?);
+            if a.ane {
+                print!("{}", crate::ane::report(&pkg.model));
+            } else {
+                print!("{}", crate::inspect::describe(&pkg)?);
+            }
             Ok(())
         }
         Command::Run(a) => {
             let pkg = crate::package::read_package(&a.package)?;
+            let function = a
+                .function
+                .clone()
+                .unwrap_or_else(|| crate::run::default_function(&pkg));
             let mut tensors = crate::run::read_safetensors(&a.input)?;
-            let names = crate::run::input_names(&pkg);
+            let names = crate::run::input_names(&pkg, &function);
             let mut inputs = std::collections::BTreeMap::new();
             for name in &names {
                 let t = match tensors.remove(name) {
@@ -176,12 +260,17 @@ pub fn main(cli: Cli) -> Result<()> {
                 };
                 inputs.insert(name.clone(), t);
             }
-            let outputs = crate::run::run(&pkg, "main", &inputs)
+            let outputs = crate::run::run(&pkg, &function, &inputs)
                 .with_context(|| format!("evaluating {}", a.package.display()))?;
             let (name, image) = outputs.iter().next().context("the model has no outputs")?;
-            crate::run::write_png(image, &a.output)?;
+            let peak = if crate::run::is_image_output(&pkg, &function, name) {
+                255.0
+            } else {
+                1.0
+            };
+            crate::run::write_png(image, peak, &a.output)?;
             println!(
-                "wrote {} (output {name}, shape {:?})",
+                "wrote {} (function {function}, output {name}, shape {:?})",
                 a.output.display(),
                 image.shape
             );

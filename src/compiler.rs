@@ -2,9 +2,10 @@
 //! scripts both call [`build`]; nothing here prints.
 
 use crate::ir::{Dim, Graph};
-use crate::mil::{self, ModelInfo, Target};
+use crate::mil::{self, lower::Interface, ModelInfo, Target};
 use crate::models::{self, ModelError, ModelKind};
 use crate::package::{self, PackageError};
+use crate::passes::specialize_shapes::{specialize, Bindings};
 use crate::passes::{self, PassError, PipelineOptions};
 use crate::weights::Weights;
 use std::collections::BTreeMap;
@@ -16,6 +17,26 @@ pub enum Precision {
     Fp16,
     Fp32,
 }
+
+/// Memory layout of a model input or output array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[1, C, H, W]`, what the decoder computes in.
+    Nchw,
+    /// `[1, H, W, C]`, channels last.
+    Nhwc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputType {
+    /// A multi-array with values in about [0, 1].
+    Array,
+    /// A Core ML RGB image (clamped and scaled to [0, 255] inside the model).
+    Image,
+}
+
+/// The most sizes one package may enumerate (Core ML compiles every one of them).
+pub const MAX_SIZES: usize = 128;
 
 /// Everything that decides what gets built.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,12 +50,18 @@ pub struct BuildOptions {
     /// Precision of the model's input and output arrays; defaults to `precision`.
     pub io_precision: Option<Precision>,
     pub target: Target,
-    /// Latent height and width (image size / 8).
-    pub latent_size: [usize; 2],
+    /// Latent sizes `[height, width]` (image size / 8), the default first. One size gives a
+    /// static model; several give enumerated shapes, or one function each with `multifunction`.
+    pub latent_sizes: Vec<[usize; 2]>,
+    /// One fully static function per size (iOS18+), sharing the weights.
+    pub multifunction: bool,
+    pub input_layout: Layout,
+    pub output_layout: Layout,
+    pub output_type: OutputType,
 }
 
 impl BuildOptions {
-    /// Defaults: fp16, iOS16, 96x96 latents (768x768 images).
+    /// Defaults: fp16, iOS16, one 96x96 latent size (768x768 images), NCHW arrays.
     pub fn new(model: &str, weights: impl Into<PathBuf>) -> BuildOptions {
         BuildOptions {
             model: model.to_string(),
@@ -43,7 +70,11 @@ impl BuildOptions {
             precision: Precision::Fp16,
             io_precision: None,
             target: Target::Ios16,
-            latent_size: [96, 96],
+            latent_sizes: vec![[96, 96]],
+            multifunction: false,
+            input_layout: Layout::Nchw,
+            output_layout: Layout::Nchw,
+            output_type: OutputType::Array,
         }
     }
 
@@ -53,6 +84,89 @@ impl BuildOptions {
             .output
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}_decoder.mlpackage", kind.name()))))
+    }
+
+    /// Checks option combinations before any work is done.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let bad = |m: String| Err(BuildError::Options(m));
+        let sizes = &self.latent_sizes;
+        if sizes.is_empty() {
+            return bad("no size given".into());
+        }
+        if sizes.len() > MAX_SIZES {
+            return bad(format!(
+                "{} sizes given; at most {MAX_SIZES} can be enumerated",
+                sizes.len()
+            ));
+        }
+        for (i, s) in sizes.iter().enumerate() {
+            if s.contains(&0) {
+                return bad(format!("latent size {}x{} is empty", s[0], s[1]));
+            }
+            if sizes[..i].contains(s) {
+                return bad(format!(
+                    "size {}x{} (image {}x{}) is given twice",
+                    s[0],
+                    s[1],
+                    8 * s[0],
+                    8 * s[1]
+                ));
+            }
+        }
+        if self.multifunction {
+            if self.target < Target::Ios18 {
+                return bad(format!(
+                    "--multifunction needs --target ios18 or newer (got {})",
+                    self.target
+                ));
+            }
+            if sizes.len() < 2 {
+                return bad(
+                    "--multifunction needs at least two sizes (one function per size)".into(),
+                );
+            }
+        }
+        if self.output_type == OutputType::Image {
+            if self.io_precision == Some(Precision::Fp16) {
+                return bad("--output-type image: Core ML image outputs are fp32 arrays; drop --io-precision fp16".into());
+            }
+            if self.output_layout == Layout::Nhwc {
+                return bad(
+                    "--output-type image has its own layout; drop --output-layout nhwc".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Symbol values per size for the axes whose size varies (empty for a static model).
+    fn bindings(&self) -> Vec<Bindings> {
+        let (hs, ws) = self.symbolic_axes();
+        if !hs && !ws {
+            return vec![];
+        }
+        self.latent_sizes
+            .iter()
+            .map(|&[h, w]| {
+                let mut b = Bindings::new();
+                if hs {
+                    b.insert("H".into(), h);
+                }
+                if ws {
+                    b.insert("W".into(), w);
+                }
+                b
+            })
+            .collect()
+    }
+
+    /// Whether height and width vary across the sizes.
+    fn symbolic_axes(&self) -> (bool, bool) {
+        let first = self.latent_sizes[0];
+        (
+            self.latent_sizes.iter().any(|s| s[0] != first[0]),
+            self.latent_sizes.iter().any(|s| s[1] != first[1]),
+        )
     }
 }
 
@@ -67,6 +181,8 @@ pub struct BuildReport {
     pub weights_sha256: String,
     /// Wall time of each stage, in order.
     pub timings: Vec<(String, Duration)>,
+    /// How the emitted program fits the Neural Engine.
+    pub ane: crate::ane::AneReport,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +195,8 @@ pub enum BuildError {
     Lower(#[from] mil::LowerError),
     #[error(transparent)]
     Package(#[from] PackageError),
-    #[error("--latent-size: {0}")]
-    Size(String),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// A built model in memory, before it is written.
@@ -91,29 +207,41 @@ pub struct Compiled {
     pub timings: Vec<(String, Duration)>,
 }
 
-/// The IR of `opts`' model as the builder declares it (before any pass).
+/// The IR of `opts`' model as the builder declares it (before any pass). A spatial axis whose
+/// size differs between the enumerated sizes is symbolic (`H`, `W`).
 pub fn declare(opts: &BuildOptions, weights: &Weights) -> Result<Graph, BuildError> {
+    opts.validate()?;
     let kind = ModelKind::parse(&opts.model)?;
-    let [h, w] = opts.latent_size;
-    if h == 0 || w == 0 {
-        return Err(BuildError::Size(format!(
-            "sizes must be positive, got {h}x{w}"
-        )));
-    }
-    Ok(models::build_decoder(
-        kind,
-        weights,
-        [Dim::Known(h), Dim::Known(w)],
-    )?)
+    let (hs, ws) = opts.symbolic_axes();
+    let [h, w] = opts.latent_sizes[0];
+    let h = if hs { Dim::sym("H") } else { Dim::Known(h) };
+    let w = if ws { Dim::sym("W") } else { Dim::Known(w) };
+    Ok(models::build_decoder(kind, weights, [h, w])?)
 }
 
 /// The pass pipeline `opts` asks for.
 pub fn pipeline_options(opts: &BuildOptions) -> PipelineOptions {
     let fp16 = opts.precision == Precision::Fp16;
+    let fp16_io = fp16 && opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
+    let image = opts.output_type == OutputType::Image;
     PipelineOptions {
         fp16,
-        fp16_io: fp16 && opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16,
+        fp16_inputs: fp16_io,
+        fp16_outputs: fp16_io && !image,
+        input_nhwc: opts.input_layout == Layout::Nhwc,
+        output_nhwc: opts.output_layout == Layout::Nhwc,
+        image_output: image,
+        sizes: if opts.multifunction {
+            vec![]
+        } else {
+            opts.bindings()
+        },
     }
+}
+
+/// Function names of a multifunction package: the image size each decodes to.
+pub fn function_name(latent: [usize; 2]) -> String {
+    format!("decode_{}x{}", 8 * latent[0], 8 * latent[1])
 }
 
 /// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the graph after
@@ -155,7 +283,33 @@ pub fn compile_weights(
     let t = Instant::now();
     let weights_sha256 = weights.content_sha256();
     let info = model_info(kind, weights, &weights_sha256, opts);
-    let lowered = mil::lower(&g, opts.target, &info)?;
+    let iface = Interface {
+        sizes: if opts.multifunction {
+            vec![]
+        } else {
+            opts.bindings()
+        },
+        image_outputs: opts.output_type == OutputType::Image,
+    };
+    let lowered = if opts.multifunction {
+        let functions = opts
+            .latent_sizes
+            .iter()
+            .zip(opts.bindings())
+            .map(|(&size, b)| {
+                Ok((
+                    function_name(size),
+                    specialize(&g, &b).map_err(|source| PassError {
+                        pass: "specialize_shapes",
+                        source,
+                    })?,
+                ))
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        mil::lower::lower_multifunction(&functions, opts.target, &info, &iface)?
+    } else {
+        mil::lower(&g, opts.target, &info, &iface)?
+    };
     timings.push(("lower".to_string(), t.elapsed()));
     Ok(Compiled {
         model: kind,
@@ -184,6 +338,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         weight_bytes: lowered.weight_bin.as_ref().map_or(0, Vec::len),
         weights_sha256,
         timings,
+        ane: crate::ane::analyze(&lowered.model),
     })
 }
 
@@ -202,7 +357,11 @@ fn count_ops(model: &crate::proto::specification::Model) -> usize {
 
 fn model_info(kind: ModelKind, weights: &Weights, sha256: &str, opts: &BuildOptions) -> ModelInfo {
     let cfg = kind.config();
-    let [h, w] = opts.latent_size;
+    let sizes: Vec<String> = opts
+        .latent_sizes
+        .iter()
+        .map(|s| format!("{}x{}", 8 * s[0], 8 * s[1]))
+        .collect();
     let user_defined = BTreeMap::from([
         ("mlc.model".to_string(), kind.name().to_string()),
         (
@@ -210,6 +369,7 @@ fn model_info(kind: ModelKind, weights: &Weights, sha256: &str, opts: &BuildOpti
             env!("CARGO_PKG_VERSION").to_string(),
         ),
         ("mlc.target".to_string(), opts.target.name().to_string()),
+        ("mlc.image_sizes".to_string(), sizes.join(",")),
         (
             "mlc.weights.source".to_string(),
             weight_source(&weights.path),
@@ -218,19 +378,24 @@ fn model_info(kind: ModelKind, weights: &Weights, sha256: &str, opts: &BuildOpti
     ]);
     ModelInfo {
         short_description: format!(
-            "{} decoder (Tiny AutoEncoder): latent [1, {}, {h}, {w}] to RGB image [1, 3, {}, {}] in about [0, 1]",
+            "{} decoder (Tiny AutoEncoder): {}-channel latents to RGB images ({})",
             kind.name().to_uppercase(),
             cfg.latent_channels,
-            8 * h,
-            8 * w
+            sizes.join(", ")
         ),
         author: "mlc (decoder weights: madebyollin/taesd, MIT)".to_string(),
         license: "MIT".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         user_defined,
         feature_descriptions: BTreeMap::from([
-            ("latent".to_string(), format!("Diffusion latent, {} channels, NCHW", cfg.latent_channels)),
-            ("image".to_string(), "RGB image, NCHW, values in about [0, 1] (not clamped)".to_string()),
+            (
+                "latent".to_string(),
+                format!("Diffusion latent, {} channels, NCHW", cfg.latent_channels),
+            ),
+            (
+                "image".to_string(),
+                "RGB image, NCHW, values in about [0, 1] (not clamped)".to_string(),
+            ),
         ]),
     }
 }

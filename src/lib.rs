@@ -13,6 +13,7 @@
 //! # Ok::<(), mlc::compiler::BuildError>(())
 //! ```
 
+pub mod ane;
 pub mod cli;
 pub mod compiler;
 pub mod inspect;

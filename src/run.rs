@@ -36,21 +36,64 @@ pub fn run(
     Ok(evaluate(program, function, blobs.as_ref(), inputs)?)
 }
 
-/// Reads and evaluates the package at `path`.
+/// Reads and evaluates the default function of the package at `path`.
 pub fn run_path(
     path: &Path,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, RunError> {
-    run(&read_package(path)?, "main", inputs)
+    let pkg = read_package(path)?;
+    run(&pkg, &default_function(&pkg), inputs)
 }
 
-/// The names of a model's inputs, in order.
-pub fn input_names(pkg: &Package) -> Vec<String> {
-    pkg.model
+/// The function a plain prediction runs: the declared default of a multifunction package, else
+/// `main`.
+pub fn default_function(pkg: &Package) -> String {
+    match pkg
+        .model
         .description
         .as_ref()
-        .map(|d| d.input.iter().map(|f| f.name.clone()).collect())
-        .unwrap_or_default()
+        .map(|d| d.default_function_name.as_str())
+    {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => "main".to_string(),
+    }
+}
+
+/// Input and output feature descriptions of `function`.
+pub fn features<'a>(
+    pkg: &'a Package,
+    function: &str,
+) -> (
+    &'a [spec::FeatureDescription],
+    &'a [spec::FeatureDescription],
+) {
+    let Some(d) = pkg.model.description.as_ref() else {
+        return (&[], &[]);
+    };
+    match d.functions.iter().find(|f| f.name == function) {
+        Some(f) => (&f.input, &f.output),
+        None => (&d.input, &d.output),
+    }
+}
+
+/// The names of a function's inputs, in order.
+pub fn input_names(pkg: &Package, function: &str) -> Vec<String> {
+    features(pkg, function)
+        .0
+        .iter()
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// Whether output `name` of `function` is a Core ML image (values in [0, 255]).
+pub fn is_image_output(pkg: &Package, function: &str, name: &str) -> bool {
+    features(pkg, function).1.iter().any(|f| {
+        f.name == name
+            && matches!(
+                f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+                Some(spec::feature_type::Type::ImageType(_))
+            )
+    })
 }
 
 /// Every f32/f16/bf16 tensor of a safetensors file, as f32 arrays.
@@ -89,8 +132,16 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError
     Ok(out)
 }
 
-/// Writes a `[1, 3, H, W]` array as an 8-bit RGB PNG, values clamped to [0, 1]. Atomic.
-pub fn write_png(image: &Array, path: &Path) -> Result<(), RunError> {
+/// Writes a `[1, 3, H, W]` (or channels-last `[1, H, W, 3]`) array as an 8-bit RGB PNG, values
+/// divided by `peak` and clamped to [0, 1]. Atomic.
+pub fn write_png(image: &Array, peak: f32, path: &Path) -> Result<(), RunError> {
+    let nchw;
+    let image = if image.shape.len() == 4 && image.shape[3] == 3 && image.shape[1] != 3 {
+        nchw = crate::kernels::transpose(image, &[0, 3, 1, 2]);
+        &nchw
+    } else {
+        image
+    };
     let err = |reason: String| RunError::Output {
         path: path.display().to_string(),
         reason,
@@ -105,7 +156,7 @@ pub fn write_png(image: &Array, path: &Path) -> Result<(), RunError> {
     let mut rgb = Vec::with_capacity(3 * plane);
     for i in 0..plane {
         for c in 0..3 {
-            rgb.push((image.data[c * plane + i].clamp(0.0, 1.0) * 255.0).round() as u8);
+            rgb.push(((image.data[c * plane + i] / peak).clamp(0.0, 1.0) * 255.0).round() as u8);
         }
     }
     let tmp = path.with_file_name(format!(

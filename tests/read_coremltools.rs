@@ -38,7 +38,7 @@ fn evaluates_a_coremltools_package() {
     };
     let expected = kernels::map(&kernels::conv2d(&x16, &w, None, &p), |v| v.max(0.0));
 
-    let input_name = mlc::run::input_names(&pkg)[0].clone();
+    let input_name = mlc::run::input_names(&pkg, "main")[0].clone();
     let out = mlc::run::run(&pkg, "main", &BTreeMap::from([(input_name, x)])).unwrap();
     let (_, y) = out.into_iter().next().unwrap();
     assert_eq!(y.shape, vec![1, 8, 8, 8]);

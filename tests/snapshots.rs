@@ -19,7 +19,7 @@ fn mil_text(
     let mut o = BuildOptions::new(model, "unused");
     o.precision = precision;
     o.target = target;
-    o.latent_size = [latent, latent];
+    o.latent_sizes = vec![[latent, latent]];
     let c = compile_weights(&o, weights, |_, _| {}).unwrap();
     print_model(&c.lowered.model)
 }
@@ -56,5 +56,37 @@ fn synthetic_taesd_fp16_ios18() {
     snapshot!(
         "taesd_synthetic_fp16_ios18",
         mil_text("taesd", &w, Precision::Fp16, Target::Ios18, 8)
+    );
+}
+
+#[test]
+fn taef2_enumerated_sizes() {
+    let w = Weights::load(&taef2_weights()).unwrap();
+    let mut o = BuildOptions::new("flux2", "unused");
+    o.latent_sizes = vec![[96, 96], [128, 128], [96, 128]];
+    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    snapshot!("taef2_fp16_enumerated", print_model(&c.lowered.model));
+}
+
+#[test]
+fn synthetic_taesd_nhwc() {
+    let mut o = BuildOptions::new("taesd", "unused");
+    o.latent_sizes = vec![[8, 8]];
+    o.input_layout = mlc::compiler::Layout::Nhwc;
+    o.output_layout = mlc::compiler::Layout::Nhwc;
+    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    snapshot!("taesd_synthetic_nhwc", print_model(&c.lowered.model));
+}
+
+#[test]
+fn synthetic_taesd_multifunction() {
+    let mut o = BuildOptions::new("taesd", "unused");
+    o.latent_sizes = vec![[8, 8], [8, 16]];
+    o.multifunction = true;
+    o.target = Target::Ios18;
+    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    snapshot!(
+        "taesd_synthetic_multifunction_ios18",
+        print_model(&c.lowered.model)
     );
 }

@@ -225,6 +225,24 @@ impl Rebuilder {
         new
     }
 
+    /// Like [`Rebuilder::finish`], letting `f` put ops in front of each output (a cast, a
+    /// transpose) and return the value the output should take.
+    pub fn finish_with(
+        mut self,
+        outputs: &[(String, ValueId)],
+        mut f: impl FnMut(&mut Graph, ValueId) -> Result<ValueId, IrError>,
+    ) -> Result<Graph, IrError> {
+        let mapped: Vec<(String, ValueId)> = outputs
+            .iter()
+            .map(|(n, v)| (n.clone(), self.get(*v)))
+            .collect();
+        for (name, v) in mapped {
+            let out = f(&mut self.graph, v)?;
+            self.graph.set_output(&name, out);
+        }
+        Ok(self.graph)
+    }
+
     pub fn finish(mut self, outputs: &[(String, ValueId)]) -> Graph {
         for (name, v) in outputs {
             let nv = self.get(*v);

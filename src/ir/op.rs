@@ -72,6 +72,11 @@ pub enum Op {
     Rsqrt {
         epsilon: f32,
     },
+    /// `min(max(x, min), max)`.
+    Clip {
+        min: f32,
+        max: f32,
+    },
     /// Nearest-neighbour upsampling of H and W by an integer factor.
     Upsample {
         scale: usize,
@@ -114,6 +119,7 @@ impl Op {
             Op::Mul => "mul",
             Op::Div => "div",
             Op::Rsqrt { .. } => "rsqrt",
+            Op::Clip { .. } => "clip",
             Op::Upsample { .. } => "upsample",
             Op::GroupNorm { .. } => "group_norm",
             Op::ReduceMean { .. } => "reduce_mean",
@@ -198,7 +204,7 @@ impl Op {
                     ],
                 ))
             }
-            Op::Relu | Op::Tanh | Op::Rsqrt { .. } => {
+            Op::Relu | Op::Tanh | Op::Rsqrt { .. } | Op::Clip { .. } => {
                 arity(1..=1)?;
                 float(inputs[0])?;
                 Ok(inputs[0].clone())

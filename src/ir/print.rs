@@ -68,6 +68,7 @@ fn attrs(op: &Op) -> String {
             p.strides, p.pads, p.dilations, p.groups
         ),
         Op::Rsqrt { epsilon } => format!("epsilon={epsilon:?}"),
+        Op::Clip { min, max } => format!("min={min:?} max={max:?}"),
         Op::Upsample { scale } => format!("scale={scale}"),
         Op::GroupNorm { groups, epsilon } => format!("groups={groups} epsilon={epsilon:?}"),
         Op::ReduceMean { axes, keep_dims } => format!("axes={axes:?} keep_dims={keep_dims}"),

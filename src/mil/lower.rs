@@ -10,8 +10,9 @@ use super::values::{
     arg, blob_value, bool_value, f16_bytes_value, floats_value, ints_value, name_attr, named,
     string_value, tensor_type,
 };
-use crate::ir::{ConstData, Graph, Op, TensorType, ValueId};
+use crate::ir::{ConstData, Dim, Graph, Op, TensorType, ValueId};
 use crate::package::{BlobDType, BlobWriter};
+use crate::passes::specialize_shapes::Bindings;
 use crate::proto::mil_spec as pb;
 use crate::proto::specification as spec;
 use crate::tensor::{DType, Tensor, TensorData};
@@ -38,6 +39,14 @@ pub enum LowerError {
     Unlowered { node: String, op: &'static str },
     #[error("feature {name}: shape {ty} has symbolic dimensions but no enumerated sizes")]
     Symbolic { name: String, ty: TensorType },
+    #[error("feature {name}: {why}, got {ty}")]
+    Image {
+        name: String,
+        ty: TensorType,
+        why: String,
+    },
+    #[error("multifunction packages need iOS18 or newer, not {0}")]
+    Multifunction(Target),
     #[error("value name {0:?} is taken twice (an output must not be named like another value)")]
     NameClash(String),
 }
@@ -48,8 +57,109 @@ pub struct Lowered {
     pub weight_bin: Option<Vec<u8>>,
 }
 
-/// Lowers a verified graph whose ops all have MIL forms.
-pub fn lower(g: &Graph, target: Target, info: &ModelInfo) -> Result<Lowered, LowerError> {
+/// How the model's features are described beyond their MIL types.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Interface {
+    /// Symbol values of each enumerated size, default first; empty for static shapes.
+    pub sizes: Vec<Bindings>,
+    /// Outputs are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]).
+    pub image_outputs: bool,
+}
+
+/// Lowers a verified graph whose ops all have MIL forms into a model with one function, `main`.
+pub fn lower(
+    g: &Graph,
+    target: Target,
+    info: &ModelInfo,
+    iface: &Interface,
+) -> Result<Lowered, LowerError> {
+    let mut blobs = BlobWriter::default();
+    let function = lower_function(g, target, &mut blobs)?;
+    let (input, output) = features(g, info, iface)?;
+    let description = spec::ModelDescription {
+        input,
+        output,
+        metadata: Some(metadata(info)),
+        ..Default::default()
+    };
+    Ok(finish(
+        target,
+        description,
+        BTreeMap::from([("main".to_string(), function)]),
+        blobs,
+    ))
+}
+
+/// Lowers one static graph per function into a multifunction model (iOS18+). Identical weights
+/// are stored once and shared by every function.
+pub fn lower_multifunction(
+    functions: &[(String, Graph)],
+    target: Target,
+    info: &ModelInfo,
+    iface: &Interface,
+) -> Result<Lowered, LowerError> {
+    if target < Target::Ios18 {
+        return Err(LowerError::Multifunction(target));
+    }
+    let mut blobs = BlobWriter::default();
+    let mut fns = BTreeMap::new();
+    let mut descriptions = Vec::new();
+    for (name, g) in functions {
+        fns.insert(name.clone(), lower_function(g, target, &mut blobs)?);
+        let (input, output) = features(g, info, iface)?;
+        descriptions.push(spec::FunctionDescription {
+            name: name.clone(),
+            input,
+            output,
+            ..Default::default()
+        });
+    }
+    let description = spec::ModelDescription {
+        default_function_name: functions
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default(),
+        functions: descriptions,
+        metadata: Some(metadata(info)),
+        ..Default::default()
+    };
+    Ok(finish(target, description, fns, blobs))
+}
+
+fn finish(
+    target: Target,
+    description: spec::ModelDescription,
+    functions: BTreeMap<String, pb::Function>,
+    blobs: BlobWriter,
+) -> Lowered {
+    let program = pb::Program {
+        version: 1,
+        functions,
+        doc_string: String::new(),
+        attributes: Default::default(),
+    };
+    let model = spec::Model {
+        specification_version: target.spec_version(),
+        description: Some(description),
+        is_updatable: false,
+        r#type: Some(spec::model::Type::MlProgram(program)),
+    };
+    let weight_bin = (!blobs.is_empty()).then(|| blobs.finish());
+    Lowered { model, weight_bin }
+}
+
+fn metadata(info: &ModelInfo) -> spec::Metadata {
+    spec::Metadata {
+        short_description: info.short_description.clone(),
+        version_string: info.version.clone(),
+        author: info.author.clone(),
+        license: info.license.clone(),
+        user_defined: info.user_defined.clone().into_iter().collect(),
+    }
+}
+
+/// Value names: node names, except that an output's value is named after the output feature.
+fn value_names(g: &Graph) -> Result<Vec<String>, LowerError> {
     let mut names: Vec<String> = g.nodes().map(|(_, n)| n.name.clone()).collect();
     for (out, v) in g.outputs() {
         if names
@@ -61,11 +171,20 @@ pub fn lower(g: &Graph, target: Target, info: &ModelInfo) -> Result<Lowered, Low
         }
         names[v.index()] = out.clone();
     }
+    Ok(names)
+}
+
+fn lower_function(
+    g: &Graph,
+    target: Target,
+    blobs: &mut BlobWriter,
+) -> Result<pb::Function, LowerError> {
+    let names = value_names(g)?;
     let mut f = FnLowering {
         g,
         names: &names,
         ops: Vec::new(),
-        blobs: BlobWriter::default(),
+        blobs,
     };
     let mut inputs = Vec::new();
     for (id, node) in g.nodes() {
@@ -80,64 +199,143 @@ pub fn lower(g: &Graph, target: Target, info: &ModelInfo) -> Result<Lowered, Low
         operations: f.ops,
         attributes: Default::default(),
     };
-    let function = pb::Function {
+    Ok(pb::Function {
         inputs,
         opset: target.opset().to_string(),
         block_specializations: BTreeMap::from([(target.opset().to_string(), block)]),
         attributes: Default::default(),
-    };
-    let program = pb::Program {
-        version: 1,
-        functions: BTreeMap::from([("main".to_string(), function)]),
-        doc_string: String::new(),
-        attributes: Default::default(),
-    };
-    let feature = |name: &str, v: ValueId| feature(name, g.ty(v), info);
-    let description = spec::ModelDescription {
-        input: g
-            .inputs()
-            .iter()
-            .map(|&v| feature(&names[v.index()], v))
-            .collect::<Result<_, _>>()?,
-        output: g
-            .outputs()
-            .iter()
-            .map(|(n, v)| feature(n, *v))
-            .collect::<Result<_, _>>()?,
-        metadata: Some(spec::Metadata {
-            short_description: info.short_description.clone(),
-            version_string: info.version.clone(),
-            author: info.author.clone(),
-            license: info.license.clone(),
-            user_defined: info.user_defined.clone().into_iter().collect(),
-        }),
-        ..Default::default()
-    };
-    let model = spec::Model {
-        specification_version: target.spec_version(),
-        description: Some(description),
-        is_updatable: false,
-        r#type: Some(spec::model::Type::MlProgram(program)),
-    };
-    let weight_bin = (!f.blobs.is_empty()).then(|| f.blobs.finish());
-    Ok(Lowered { model, weight_bin })
+    })
 }
 
-fn feature(
+/// Input and output feature descriptions of a graph.
+fn features(g: &Graph, info: &ModelInfo, iface: &Interface) -> Result<FeaturePair, LowerError> {
+    let names = value_names(g)?;
+    let inputs = g
+        .inputs()
+        .iter()
+        .map(|&v| array_feature(&names[v.index()], g.ty(v), info, &iface.sizes, true))
+        .collect::<Result<_, _>>()?;
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|(n, v)| {
+            if iface.image_outputs {
+                image_feature(n, g.ty(*v), info, &iface.sizes)
+            } else {
+                array_feature(n, g.ty(*v), info, &iface.sizes, false)
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((inputs, outputs))
+}
+
+type FeaturePair = (Vec<spec::FeatureDescription>, Vec<spec::FeatureDescription>);
+
+fn resolve(ty: &TensorType, b: Option<&Bindings>) -> Option<Vec<usize>> {
+    ty.shape
+        .iter()
+        .map(|d| d.resolve(&|s| b.and_then(|b| b.get(s).copied())))
+        .collect()
+}
+
+/// A multi-array feature. A symbolic input lists its enumerated shapes (default first); a
+/// symbolic output has no fixed shape, as coremltools writes it.
+fn array_feature(
     name: &str,
     ty: &TensorType,
     info: &ModelInfo,
+    sizes: &[Bindings],
+    input: bool,
 ) -> Result<spec::FeatureDescription, LowerError> {
-    let shape = ty.known_shape().ok_or_else(|| LowerError::Symbolic {
+    use spec::array_feature_type::{ArrayDataType, EnumeratedShapes, Shape, ShapeFlexibility};
+    let data_type = match ty.dtype {
+        DType::F16 => ArrayDataType::Float16,
+        DType::I32 => ArrayDataType::Int32,
+        _ => ArrayDataType::Float32,
+    };
+    let mut array = spec::ArrayFeatureType {
+        data_type: data_type as i32,
+        ..Default::default()
+    };
+    match (ty.known_shape(), input) {
+        (Some(shape), _) => array.shape = shape.iter().map(|&n| n as i64).collect(),
+        (None, true) => {
+            let all: Vec<Vec<i64>> = sizes
+                .iter()
+                .map(|b| resolve(ty, Some(b)).map(|s| s.iter().map(|&n| n as i64).collect()))
+                .collect::<Option<_>>()
+                .filter(|v: &Vec<Vec<i64>>| !v.is_empty())
+                .ok_or_else(|| LowerError::Symbolic {
+                    name: name.to_string(),
+                    ty: ty.clone(),
+                })?;
+            array.shape = all[0].clone();
+            array.shape_flexibility = Some(ShapeFlexibility::EnumeratedShapes(EnumeratedShapes {
+                shapes: all.into_iter().map(|shape| Shape { shape }).collect(),
+            }));
+        }
+        (None, false) => {}
+    }
+    Ok(describe(
+        name,
+        info,
+        spec::feature_type::Type::MultiArrayType(array),
+    ))
+}
+
+/// An RGB image feature from an fp32 `[1, 3, H, W]` value.
+fn image_feature(
+    name: &str,
+    ty: &TensorType,
+    info: &ModelInfo,
+    sizes: &[Bindings],
+) -> Result<spec::FeatureDescription, LowerError> {
+    use spec::image_feature_type::{ColorSpace, EnumeratedImageSizes, ImageSize, SizeFlexibility};
+    let bad = |why: &str| LowerError::Image {
         name: name.to_string(),
         ty: ty.clone(),
-    })?;
-    let data_type = match ty.dtype {
-        DType::F16 => spec::array_feature_type::ArrayDataType::Float16,
-        DType::I32 => spec::array_feature_type::ArrayDataType::Int32,
-        _ => spec::array_feature_type::ArrayDataType::Float32,
+        why: why.to_string(),
     };
-    Ok(spec::FeatureDescription {
+    if ty.dtype != DType::F32 || ty.rank() != 4 || ty.shape[..2] != [Dim::Known(1), Dim::Known(3)] {
+        return Err(bad("an RGB image output must be fp32 [1, 3, H, W]"));
+    }
+    let dims: Vec<Vec<usize>> = if sizes.is_empty() {
+        vec![ty
+            .known_shape()
+            .ok_or_else(|| bad("symbolic size without enumerated sizes"))?]
+    } else {
+        sizes
+            .iter()
+            .map(|b| resolve(ty, Some(b)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("unbound size"))?
+    };
+    let mut image = spec::ImageFeatureType {
+        height: dims[0][2] as i64,
+        width: dims[0][3] as i64,
+        color_space: ColorSpace::Rgb as i32,
+        size_flexibility: None,
+    };
+    if ty.known_shape().is_none() {
+        image.size_flexibility = Some(SizeFlexibility::EnumeratedSizes(EnumeratedImageSizes {
+            sizes: dims
+                .iter()
+                .map(|d| ImageSize {
+                    width: d[3] as u64,
+                    height: d[2] as u64,
+                })
+                .collect(),
+        }));
+    }
+    Ok(describe(
+        name,
+        info,
+        spec::feature_type::Type::ImageType(image),
+    ))
+}
+
+fn describe(name: &str, info: &ModelInfo, t: spec::feature_type::Type) -> spec::FeatureDescription {
+    spec::FeatureDescription {
         name: name.to_string(),
         short_description: info
             .feature_descriptions
@@ -146,22 +344,16 @@ fn feature(
             .unwrap_or_default(),
         r#type: Some(spec::FeatureType {
             is_optional: false,
-            r#type: Some(spec::feature_type::Type::MultiArrayType(
-                spec::ArrayFeatureType {
-                    shape: shape.iter().map(|&n| n as i64).collect(),
-                    data_type: data_type as i32,
-                    ..Default::default()
-                },
-            )),
+            r#type: Some(t),
         }),
-    })
+    }
 }
 
 struct FnLowering<'a> {
     g: &'a Graph,
     names: &'a [String],
     ops: Vec<pb::Operation>,
-    blobs: BlobWriter,
+    blobs: &'a mut BlobWriter,
 }
 
 impl FnLowering<'_> {
@@ -269,6 +461,11 @@ impl FnLowering<'_> {
             Op::Rsqrt { epsilon } => {
                 let eps = self.scalar(&out, "epsilon", *epsilon, dtype);
                 ("rsqrt", vec![("x", x(0)), ("epsilon", eps)])
+            }
+            Op::Clip { min, max } => {
+                let lo = self.scalar(&out, "alpha", *min, dtype);
+                let hi = self.scalar(&out, "beta", *max, dtype);
+                ("clip", vec![("x", x(0)), ("alpha", lo), ("beta", hi)])
             }
             Op::Upsample { scale } => {
                 let sh = self.konst(

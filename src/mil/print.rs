@@ -36,6 +36,22 @@ pub fn print_model(model: &spec::Model) -> String {
                 );
             }
         }
+        if !d.default_function_name.is_empty() {
+            let _ = writeln!(s, "// default function {}", d.default_function_name);
+        }
+        for func in &d.functions {
+            for (kind, feats) in [("input", &func.input), ("output", &func.output)] {
+                for f in feats {
+                    let _ = writeln!(
+                        s,
+                        "// function {} {kind} {}: {}",
+                        func.name,
+                        f.name,
+                        feature_type(f.r#type.as_ref())
+                    );
+                }
+            }
+        }
         if let Some(m) = &d.metadata {
             for (k, v) in m.user_defined.iter().collect::<BTreeMap<_, _>>() {
                 let _ = writeln!(s, "// metadata {k} = {v}");
@@ -55,7 +71,32 @@ fn feature_type(t: Option<&spec::FeatureType>) -> String {
             let dt = spec::array_feature_type::ArrayDataType::try_from(a.data_type)
                 .map(|d| format!("{d:?}").to_lowercase())
                 .unwrap_or_else(|_| format!("dtype {}", a.data_type));
-            format!("multiarray {dt} {:?}", a.shape)
+            let mut text = format!("multiarray {dt} {:?}", a.shape);
+            if let Some(spec::array_feature_type::ShapeFlexibility::EnumeratedShapes(e)) =
+                &a.shape_flexibility
+            {
+                let shapes: Vec<String> =
+                    e.shapes.iter().map(|s| format!("{:?}", s.shape)).collect();
+                text.push_str(&format!(" enumerated {}", shapes.join(" ")));
+            }
+            text
+        }
+        Some(spec::feature_type::Type::ImageType(i)) => {
+            let cs = spec::image_feature_type::ColorSpace::try_from(i.color_space)
+                .map(|c| format!("{c:?}").to_uppercase())
+                .unwrap_or_else(|_| format!("colorspace {}", i.color_space));
+            let mut text = format!("image {cs} {}x{} (WxH)", i.width, i.height);
+            if let Some(spec::image_feature_type::SizeFlexibility::EnumeratedSizes(e)) =
+                &i.size_flexibility
+            {
+                let sizes: Vec<String> = e
+                    .sizes
+                    .iter()
+                    .map(|s| format!("{}x{}", s.width, s.height))
+                    .collect();
+                text.push_str(&format!(" enumerated {}", sizes.join(" ")));
+            }
+            text
         }
         Some(other) => format!("{other:?}"),
         None => "(no type)".to_string(),

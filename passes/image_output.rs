@@ -1,0 +1,62 @@
+//! Image output: Core ML image outputs take 8-bit RGB values, so the decoder's [0, 1] output is
+//! clamped and scaled to [0, 255] inside the model.
+//!
+//! ```text
+//!                                    %image_clip: fp32[1,3,H,W] = clip(%y) min=0.0 max=1.0
+//! return image=%y             ==>    %image_255: fp32[1,3,H,W] = mul(%image_clip, %image_255_y)
+//!                                    return image=%image_255
+//! ```
+
+use super::Pass;
+use crate::ir::{Graph, IrError, Op, Rebuilder};
+use crate::tensor::Tensor;
+
+pub struct ImageOutput;
+
+impl Pass for ImageOutput {
+    fn name(&self) -> &'static str {
+        "image_output"
+    }
+
+    fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        let (name, nodes, outputs) = g.into_parts();
+        let mut r = Rebuilder::new(name, nodes.len());
+        for (i, node) in nodes.into_iter().enumerate() {
+            r.copy(crate::ir::ValueId(i as u32), node);
+        }
+        r.finish_with(&outputs, |g, v| {
+            let base = g.node(v).name.clone();
+            let clip = g.fresh_name(&format!("{base}_clip"));
+            let c = g.add(Op::Clip { min: 0.0, max: 1.0 }, &[v], clip)?;
+            let k = g.fresh_name(&format!("{base}_255_y"));
+            let k = g.constant(k, Tensor::scalar(255.0).cast(g.ty(v).dtype));
+            let scaled = g.fresh_name(&format!("{base}_255"));
+            g.add(Op::Mul, &[c, k], scaled)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{eval::evaluate, verify::verify, TensorType};
+    use crate::kernels::Array;
+    use crate::tensor::DType;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn clamps_and_scales_to_255() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 3, 1, 2]));
+        let y = g.add(Op::Relu, &[x], "y").unwrap();
+        g.set_output("image", y);
+        let h = ImageOutput.run(g).unwrap();
+        verify(&h).unwrap();
+        let x = Array::new(vec![1, 3, 1, 2], vec![-1.0, 0.0, 0.25, 0.5, 1.0, 2.0]);
+        let out = evaluate(&h, &BTreeMap::from([("x".into(), x)])).unwrap();
+        assert_eq!(
+            out["image"].data,
+            vec![0.0, 0.0, 63.75, 127.5, 255.0, 255.0]
+        );
+    }
+}
