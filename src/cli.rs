@@ -38,9 +38,11 @@ pub struct BuildArgs {
     /// taef2 / flux2 (32). The architecture variant is checked against the weights.
     pub model: String,
     /// Decoder weights: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
-    /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint.
+    /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Without it, the model's published
+    /// weights are taken from the Hugging Face cache ($HF_HOME/hub), downloaded there first if
+    /// missing ($HF_ENDPOINT picks the host; HF_HUB_OFFLINE=1 forbids the network).
     #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     /// Output package [default: <model>_decoder.mlpackage]. Written atomically.
     #[arg(short, long, value_name = "OUT.mlpackage")]
     pub output: Option<PathBuf>,
@@ -164,7 +166,8 @@ fn parse_sizes(s: &str) -> Result<Sizes, String> {
 impl BuildArgs {
     /// Resolves flags into library options.
     pub fn options(&self) -> Result<BuildOptions> {
-        let mut o = BuildOptions::new(&self.model, &self.weights);
+        let mut o = BuildOptions::published(&self.model);
+        o.weights = self.weights.clone();
         o.output = self.output.clone();
         o.precision = self.precision.into();
         o.io_precision = self.io_precision.map(Into::into);

@@ -43,7 +43,9 @@ pub const MAX_SIZES: usize = 128;
 pub struct BuildOptions {
     /// `taesd`, `taesdxl`, `taesd3`, `taef1`/`flux1`, `taef2`/`flux2`.
     pub model: String,
-    pub weights: PathBuf,
+    /// The weights file; `None` takes the model's published weights from the Hugging Face cache,
+    /// downloading them there first if needed (see [`crate::hub`]).
+    pub weights: Option<PathBuf>,
     /// Defaults to `<model>_decoder.mlpackage` in the current directory.
     pub output: Option<PathBuf>,
     pub precision: Precision,
@@ -65,7 +67,7 @@ impl BuildOptions {
     pub fn new(model: &str, weights: impl Into<PathBuf>) -> BuildOptions {
         BuildOptions {
             model: model.to_string(),
-            weights: weights.into(),
+            weights: Some(weights.into()),
             output: None,
             precision: Precision::Fp16,
             io_precision: None,
@@ -76,6 +78,23 @@ impl BuildOptions {
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
         }
+    }
+
+    /// Options for the model's published weights (from the Hugging Face cache or the hub).
+    pub fn published(model: &str) -> BuildOptions {
+        BuildOptions {
+            weights: None,
+            ..BuildOptions::new(model, "")
+        }
+    }
+
+    /// The weights file to read: the given one, or the published one, fetched if not cached.
+    pub fn weights_path(&self) -> Result<PathBuf, BuildError> {
+        if let Some(p) = &self.weights {
+            return Ok(p.clone());
+        }
+        let src = crate::hub::require_source(&self.model)?;
+        Ok(crate::hub::resolve(src, &crate::hub::HubConfig::from_env())?.path)
     }
 
     pub fn output_path(&self) -> Result<PathBuf, BuildError> {
@@ -197,6 +216,8 @@ pub enum BuildError {
     Package(#[from] PackageError),
     #[error("{0}")]
     Options(String),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 /// A built model in memory, before it is written.
@@ -252,7 +273,8 @@ pub fn compile(
 ) -> Result<Compiled, BuildError> {
     let t = Instant::now();
     ModelKind::parse(&opts.model)?;
-    let weights = Weights::load(&opts.weights).map_err(ModelError::from)?;
+    let path = opts.weights_path()?;
+    let weights = Weights::load(&path).map_err(ModelError::from)?;
     let mut c = compile_weights(opts, &weights, after_pass)?;
     c.timings
         .insert(0, ("load weights".to_string(), t.elapsed()));

@@ -16,6 +16,7 @@
 pub mod ane;
 pub mod cli;
 pub mod compiler;
+pub mod hub;
 pub mod inspect;
 pub mod ir;
 pub mod kernels;

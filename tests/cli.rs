@@ -249,3 +249,71 @@ fn write_st(path: &Path, t: &std::collections::BTreeMap<String, mlc::kernels::Ar
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
+
+#[test]
+fn published_weights_come_from_the_hugging_face_cache() {
+    let dir = out_dir("cli_hub");
+    let home = dir.join("hf");
+    // A cache laid out as huggingface_hub does it, holding (synthetic) taesd decoder weights.
+    let repo = home.join("hub/models--madebyollin--taesd");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let t: std::collections::BTreeMap<String, mlc::kernels::Array> = synthetic_taesd(4, false)
+        .tensors
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                mlc::kernels::Array::new(v.shape.clone(), v.to_f32()),
+            )
+        })
+        .collect();
+    write_st(
+        &repo
+            .join("snapshots")
+            .join(commit)
+            .join("taesd_decoder.safetensors"),
+        &t,
+    );
+
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mlc"))
+            .args(["build", model, "--latent-size", "8", "-o", "m.mlpackage"])
+            .current_dir(&dir)
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HUGGINGFACE_HUB_CACHE")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run("taesd");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let meta = mlc::package::read_package(&dir.join("m.mlpackage"))
+        .unwrap()
+        .model
+        .description
+        .unwrap()
+        .metadata
+        .unwrap();
+    assert_eq!(meta.user_defined["mlc.weights.source"], "taesd_decoder");
+
+    // Not cached, and offline: a clear error that says what to do, nothing written.
+    std::fs::remove_dir_all(dir.join("m.mlpackage")).unwrap();
+    let o = run("flux2");
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("HF_HUB_OFFLINE") && e.contains("--weights"),
+        "{e}"
+    );
+    assert!(!dir.join("m.mlpackage").exists());
+    // taesd3 has no single published decoder file.
+    let o = run("taesd3");
+    assert!(
+        !o.status.success() && stderr(&o).contains("--weights"),
+        "{}",
+        stderr(&o)
+    );
+}

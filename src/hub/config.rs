@@ -1,0 +1,124 @@
+//! Where the cache is and whether the network may be used, read the way `huggingface_hub`
+//! reads them so both tools agree on one cache.
+
+use std::path::PathBuf;
+
+/// The hub's public endpoint, used when `HF_ENDPOINT` is unset.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Settings for finding and fetching hub files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+    /// `~/.cache/huggingface/hub`.
+    pub cache_dir: PathBuf,
+    /// `$HF_ENDPOINT` (without trailing `/`), else [`DEFAULT_ENDPOINT`].
+    pub endpoint: String,
+    /// `HF_HUB_OFFLINE` set to 1/true/yes/on: use the cache only.
+    pub offline: bool,
+}
+
+impl HubConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> HubConfig {
+        HubConfig::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `lookup` (variable name → value), so callers and tests need not
+    /// touch the process environment. Empty values count as unset, as in `huggingface_hub`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> HubConfig {
+        let get = |k: &str| lookup(k).filter(|v| !v.is_empty());
+        let cache_dir = get("HF_HUB_CACHE")
+            // The pre-2023 name; huggingface_hub still honours it.
+            .or_else(|| get("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .or_else(|| get("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+            .or_else(|| {
+                get("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface").join("hub"))
+            })
+            .unwrap_or_else(|| {
+                let home = get("HOME")
+                    .or_else(|| get("USERPROFILE"))
+                    .map(PathBuf::from)
+                    // No home at all (some CI sandboxes): a relative path beats refusing to run.
+                    .unwrap_or_default();
+                home.join(".cache").join("huggingface").join("hub")
+            });
+        let endpoint = get("HF_ENDPOINT")
+            .map(|e| e.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let offline = get("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v));
+        HubConfig {
+            cache_dir,
+            endpoint,
+            offline,
+        }
+    }
+}
+
+/// huggingface_hub's ENV_VARS_TRUE_VALUES.
+fn is_truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> HubConfig {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HubConfig::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn cache_dir_precedence() {
+        let all = [
+            ("HF_HUB_CACHE", "/a"),
+            ("HF_HOME", "/b"),
+            ("XDG_CACHE_HOME", "/c"),
+            ("HOME", "/d"),
+        ];
+        assert_eq!(cfg(&all).cache_dir, PathBuf::from("/a"));
+        assert_eq!(cfg(&all[1..]).cache_dir, PathBuf::from("/b/hub"));
+        assert_eq!(
+            cfg(&all[2..]).cache_dir,
+            PathBuf::from("/c/huggingface/hub")
+        );
+        assert_eq!(
+            cfg(&all[3..]).cache_dir,
+            PathBuf::from("/d/.cache/huggingface/hub")
+        );
+        assert_eq!(
+            cfg(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/b")]).cache_dir,
+            PathBuf::from("/b/hub")
+        );
+        assert_eq!(
+            cfg(&[("HUGGINGFACE_HUB_CACHE", "/legacy"), ("HF_HOME", "/b")]).cache_dir,
+            PathBuf::from("/legacy")
+        );
+    }
+
+    #[test]
+    fn endpoint_and_offline() {
+        let c = cfg(&[]);
+        assert_eq!(c.endpoint, "https://huggingface.co");
+        assert!(!c.offline);
+        assert_eq!(
+            cfg(&[("HF_ENDPOINT", "http://127.0.0.1:9/")]).endpoint,
+            "http://127.0.0.1:9"
+        );
+        for yes in ["1", "true", "TRUE", "yes", "On"] {
+            assert!(cfg(&[("HF_HUB_OFFLINE", yes)]).offline, "{yes}");
+        }
+        for no in ["0", "false", "", "no", "2"] {
+            assert!(!cfg(&[("HF_HUB_OFFLINE", no)]).offline, "{no}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Finding, or fetching, a model's published decoder weights the way Hugging Face tools do.
+//!
+//! `mlc build flux2` without `--weights` resolves [`source`]`("flux2")` with
+//! [`HubConfig::from_env`]: a file already in the Hugging Face cache is used as is (after
+//! checking its pinned sha256); otherwise it is downloaded into that cache, in the layout
+//! `huggingface_hub` uses (see [`cache`]), so Python tools and mlc share one copy. A download
+//! either lands whole and verified or leaves nothing behind. Nothing here prints: callers get
+//! a [`Resolved`] and may watch [`Progress`].
+
+pub mod cache;
+mod config;
+mod download;
+mod sources;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{HubConfig, DEFAULT_ENDPOINT};
+pub use download::resolve_url;
+pub use sources::{require_source, source, Source, SOURCES};
+
+/// What [`resolve`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The weights file, inside the cache's `snapshots/`.
+    pub path: PathBuf,
+    /// Lower-case hex sha256 of the file as found or fetched.
+    pub sha256: String,
+    /// Whether `sha256` was checked against a pin. When false the source named a branch with
+    /// no known digest, and the caller should record `sha256` to make the build reproducible.
+    pub pinned: bool,
+    /// The snapshot directory's name: the commit, or the branch name when the server did not
+    /// say which commit it served.
+    pub commit: String,
+    /// True if this call downloaded the file, false on a cache hit.
+    pub downloaded: bool,
+}
+
+/// Download progress: bytes received so far, and the total if the server announced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub received: u64,
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("no published single-file weights for {model}; pass --weights FILE")]
+    NotPublished { model: String },
+    #[error(
+        "unknown model {model}: published weights are known for taef2 (flux2), taef1 (flux1), \
+         taesd and taesdxl; otherwise pass --weights FILE"
+    )]
+    UnknownModel { model: String },
+    #[error(
+        "weights for {model} are not in the Hugging Face cache ({}) and HF_HUB_OFFLINE=1 \
+         forbids downloading; pass --weights FILE",
+        path.display()
+    )]
+    Offline { model: String, path: PathBuf },
+    #[error("download {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("download {url}: {cause}")]
+    Transport { url: String, cause: String },
+    #[error(
+        "download {url}: body ended after {got} of {expected} bytes{}",
+        cause.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+    )]
+    ShortBody {
+        url: String,
+        got: u64,
+        expected: u64,
+        cause: Option<String>,
+    },
+    #[error("download {url}: sha256 is {got}, expected {expected}")]
+    DownloadDigest {
+        url: String,
+        got: String,
+        expected: String,
+    },
+    #[error(
+        "{}: sha256 is {got}, expected {expected}; this cached file does not match the pinned \
+         revision (left in place: remove it to re-download, or pass --weights FILE)",
+        path.display()
+    )]
+    CachedDigest {
+        path: PathBuf,
+        got: String,
+        expected: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl HubError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> HubError {
+        HubError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn hit(src: &Source, path: PathBuf, commit: String, sha256: String) -> Resolved {
+    Resolved {
+        path,
+        sha256,
+        pinned: src.sha256.is_some(),
+        commit,
+        downloaded: false,
+    }
+}
+
+/// The cached file for `src`, if present (verified against its pin); never uses the network.
+pub fn cached(src: &Source, cfg: &HubConfig) -> Result<Option<Resolved>, HubError> {
+    Ok(match cache::lookup(src, &cfg.cache_dir)? {
+        cache::Lookup::Hit {
+            path,
+            commit,
+            sha256,
+        } => Some(hit(src, path, commit, sha256)),
+        cache::Lookup::Miss { .. } => None,
+    })
+}
+
+/// The local path of `src`: a cache hit, else a fresh download into the cache (refused when
+/// `cfg.offline`).
+pub fn resolve(src: &Source, cfg: &HubConfig) -> Result<Resolved, HubError> {
+    resolve_with_progress(src, cfg, &mut |_| {})
+}
+
+/// [`resolve`], reporting download progress to `progress` (not called on a cache hit).
+pub fn resolve_with_progress(
+    src: &Source,
+    cfg: &HubConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Resolved, HubError> {
+    match cache::lookup(src, &cfg.cache_dir)? {
+        cache::Lookup::Hit {
+            path,
+            commit,
+            sha256,
+        } => Ok(hit(src, path, commit, sha256)),
+        cache::Lookup::Miss { path } if cfg.offline => Err(HubError::Offline {
+            model: src.model.to_string(),
+            path,
+        }),
+        cache::Lookup::Miss { .. } => download::download(src, cfg, progress),
+    }
+}

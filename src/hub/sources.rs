@@ -1,0 +1,145 @@
+//! Where each model's published decoder weights live on the Hugging Face hub.
+
+use super::HubError;
+
+/// One published weights file: a file at a revision of a hub model repo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The model name mlc uses for it (`taef2`, `taesd`, ...).
+    pub model: &'static str,
+    /// `org/name` on the hub.
+    pub repo: &'static str,
+    /// Path of the file inside the repo.
+    pub file: &'static str,
+    /// A 40-hex commit, or a branch name such as `main`.
+    pub revision: &'static str,
+    /// Lower-case hex sha256 of the file at `revision`, when known. `None` means whatever
+    /// the branch holds today is accepted, so the caller should record the digest it got.
+    pub sha256: Option<&'static str>,
+}
+
+/// The published decoder weights mlc knows how to fetch.
+///
+/// | model | repo | file | revision | sha256 |
+/// | --- | --- | --- | --- | --- |
+/// | taef2 | `madebyollin/taef2` | `taef2.safetensors` | `bd244eb…` | `701d31c…` |
+/// | taef1 | `madebyollin/taef1` | `diffusion_pytorch_model.safetensors` | `b1b2d00…` | `47a6c2b…` |
+/// | taesd | `madebyollin/taesd` | `taesd_decoder.safetensors` | `main` | not pinned |
+/// | taesdxl | `madebyollin/taesdxl` | `taesdxl_decoder.safetensors` | `main` | not pinned |
+///
+/// taef2's file holds encoder and decoder with diffusers-style keys; the weights loader picks
+/// out the decoder. taesd3 has no single-file decoder published there, so it is absent.
+pub static SOURCES: &[Source] = &[
+    Source {
+        model: "taef2",
+        repo: "madebyollin/taef2",
+        file: "taef2.safetensors",
+        revision: "bd244ebfe4398c84fbf312a2f1c868c676b500e3",
+        sha256: Some("701d31c0ecbef3b609fe236e2e3a65ffb17f3a94237acdd771e8ea3194df557a"),
+    },
+    Source {
+        model: "taef1",
+        repo: "madebyollin/taef1",
+        file: "diffusion_pytorch_model.safetensors",
+        revision: "b1b2d00e9e440cfbf3dedb34266864da86016ceb",
+        sha256: Some("47a6c2bff850da04b267cab70fe3553fef57255eb9a8e76852baa0a87850e54d"),
+    },
+    Source {
+        model: "taesd",
+        repo: "madebyollin/taesd",
+        file: "taesd_decoder.safetensors",
+        revision: "main",
+        sha256: None,
+    },
+    Source {
+        model: "taesdxl",
+        repo: "madebyollin/taesdxl",
+        file: "taesdxl_decoder.safetensors",
+        revision: "main",
+        sha256: None,
+    },
+];
+
+/// Models mlc can build but whose weights must come from `--weights`.
+const UNPUBLISHED: &[&str] = &["taesd3"];
+
+/// Maps the names a user may type (model or pipeline name) to the table's model name.
+fn canonical(model_name: &str) -> String {
+    let lower = model_name.to_ascii_lowercase();
+    match lower.as_str() {
+        "flux2" => "taef2".to_string(),
+        "flux1" => "taef1".to_string(),
+        _ => lower,
+    }
+}
+
+/// The published source for a model name (`taef2`/`flux2`, `taef1`/`flux1`, `taesd`,
+/// `taesdxl`; case-insensitive), or `None` when nothing is published (taesd3) or the name is
+/// unknown.
+pub fn source(model_name: &str) -> Option<&'static Source> {
+    let name = canonical(model_name);
+    SOURCES.iter().find(|s| s.model == name)
+}
+
+/// Like [`source`], but says why there is none, in words fit for the user.
+pub fn require_source(model_name: &str) -> Result<&'static Source, HubError> {
+    if let Some(src) = source(model_name) {
+        return Ok(src);
+    }
+    let name = canonical(model_name);
+    if UNPUBLISHED.contains(&name.as_str()) {
+        Err(HubError::NotPublished { model: name })
+    } else {
+        Err(HubError::UnknownModel {
+            model: model_name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_map_to_the_table() {
+        assert_eq!(source("taef2").unwrap().repo, "madebyollin/taef2");
+        assert_eq!(source("flux2").unwrap().model, "taef2");
+        assert_eq!(source("FLUX2").unwrap().model, "taef2");
+        assert_eq!(source("flux1").unwrap().model, "taef1");
+        assert_eq!(
+            source("taef1").unwrap().file,
+            "diffusion_pytorch_model.safetensors"
+        );
+        assert_eq!(source("taesd").unwrap().file, "taesd_decoder.safetensors");
+        assert_eq!(
+            source("taesdxl").unwrap().file,
+            "taesdxl_decoder.safetensors"
+        );
+        assert!(source("taesd3").is_none());
+        assert!(source("nope").is_none());
+    }
+
+    #[test]
+    fn pins_are_well_formed() {
+        for s in SOURCES {
+            match s.sha256 {
+                Some(h) => {
+                    assert!(super::super::cache::is_commit(s.revision), "{}", s.model);
+                    assert_eq!(h.len(), 64, "{}", s.model);
+                    assert!(h
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+                }
+                None => assert_eq!(s.revision, "main", "{}", s.model),
+            }
+        }
+    }
+
+    #[test]
+    fn unpublished_and_unknown_models_say_so() {
+        let e = require_source("taesd3").unwrap_err().to_string();
+        assert!(e.contains("taesd3") && e.contains("--weights"), "{e}");
+        let e = require_source("bogus").unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("taef2"), "{e}");
+    }
+}

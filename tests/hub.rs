@@ -1,0 +1,537 @@
+//! mlc::hub against a throwaway HTTP server on 127.0.0.1 standing in for the hub.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mlc::hub::{self, HubConfig, HubError, Source};
+
+const WEIGHTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/weights/taef2_decoder.safetensors"
+);
+const WEIGHTS_SHA: &str = "6f9d7bfb4929acbbb78ef115858f21b55bfd09bb43d4c4f5032fdf5dce19e49b";
+const OTHER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/weights/taef2_diffusers_style.safetensors"
+);
+const OTHER_SHA: &str = "43060e4121bc22bb93d3a48142444fd9bec7089ad2dba8bf49a0a0b474a04e1d";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+const PINNED: Source = Source {
+    model: "taef2",
+    repo: "test-org/taef2",
+    file: "taef2_decoder.safetensors",
+    revision: COMMIT,
+    sha256: Some(WEIGHTS_SHA),
+};
+
+const UNPINNED: Source = Source {
+    model: "taesd",
+    repo: "test-org/taesd",
+    file: "taef2_decoder.safetensors",
+    revision: "main",
+    sha256: None,
+};
+
+#[derive(Clone)]
+enum Reply {
+    /// 200 with the file's bytes and extra headers.
+    File(&'static str, Vec<(&'static str, String)>),
+    /// 302 to a path on this server, with extra headers.
+    Redirect(&'static str, Vec<(&'static str, String)>),
+    Status(u16),
+    /// Announces the whole file's length, sends half of it, then closes.
+    Truncated(&'static str),
+}
+
+/// Serves fixed replies by path, one request per connection, and counts requests. It stops
+/// when dropped, and by itself after a deadline so a failing test cannot leave it running.
+struct Server {
+    addr: String,
+    hits: Arc<AtomicUsize>,
+    paths: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(routes: Vec<(&'static str, Reply)>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let routes: HashMap<String, Reply> = routes
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, p, s) = (hits.clone(), paths.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = serve(stream, &routes, &p);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Server {
+            addr,
+            hits,
+            paths,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    routes: &HashMap<String, Reply>,
+    paths: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    paths.lock().unwrap().push(path.clone());
+    let mut out = stream;
+    let head = |status: &str, len: usize, extra: &[(&str, String)]| {
+        let mut s = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n");
+        for (k, v) in extra {
+            s.push_str(&format!("{k}: {v}\r\n"));
+        }
+        s + "\r\n"
+    };
+    match routes.get(&path) {
+        Some(Reply::File(file, extra)) => {
+            let body = fs::read(file)?;
+            out.write_all(head("200 OK", body.len(), extra).as_bytes())?;
+            out.write_all(&body)?;
+        }
+        Some(Reply::Redirect(to, extra)) => {
+            let mut extra = extra.clone();
+            extra.push(("Location", to.to_string()));
+            out.write_all(head("302 Found", 0, &extra).as_bytes())?;
+        }
+        Some(Reply::Status(code)) => {
+            let body = b"boom";
+            out.write_all(head(&format!("{code} Oops"), body.len(), &[]).as_bytes())?;
+            out.write_all(body)?;
+        }
+        Some(Reply::Truncated(file)) => {
+            let body = fs::read(file)?;
+            out.write_all(head("200 OK", body.len(), &[]).as_bytes())?;
+            out.write_all(&body[..body.len() / 2])?;
+        }
+        None => {
+            out.write_all(head("404 Not Found", 0, &[]).as_bytes())?;
+        }
+    }
+    out.flush()?;
+    out.shutdown(std::net::Shutdown::Both)
+}
+
+fn config(cache: &Path, server: &Server, offline: bool) -> HubConfig {
+    HubConfig {
+        cache_dir: cache.to_path_buf(),
+        endpoint: server.addr.clone(),
+        offline,
+    }
+}
+
+fn resolve_path(src: &Source) -> String {
+    format!("/{}/resolve/{}/{}", src.repo, src.revision, src.file)
+}
+
+/// Every file and symlink under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_cache_empty(cache: &Path) {
+    assert_eq!(files_under(cache), Vec::<PathBuf>::new());
+    // Directories the failed download made are gone too.
+    assert!(!cache.join("models--test-org--taef2").exists());
+}
+
+#[test]
+fn downloads_into_hf_layout_then_hits_cache_without_requests() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+
+    let mut seen = Vec::new();
+    let got = hub::resolve_with_progress(&PINNED, &cfg, &mut |p| seen.push(p)).unwrap();
+    let repo = tmp.path().join("models--test-org--taef2");
+    let snap = repo
+        .join("snapshots")
+        .join(COMMIT)
+        .join("taef2_decoder.safetensors");
+    assert_eq!(got.path, snap);
+    assert_eq!(got.sha256, WEIGHTS_SHA);
+    assert!(got.pinned && got.downloaded);
+    assert_eq!(got.commit, COMMIT);
+    assert_eq!(fs::read(&snap).unwrap(), fs::read(WEIGHTS).unwrap());
+    #[cfg(unix)]
+    assert_eq!(
+        fs::read_link(&snap).unwrap(),
+        Path::new("../../blobs").join(WEIGHTS_SHA)
+    );
+    assert_eq!(
+        files_under(tmp.path()),
+        vec![
+            PathBuf::from("models--test-org--taef2/blobs").join(WEIGHTS_SHA),
+            PathBuf::from("models--test-org--taef2/snapshots")
+                .join(COMMIT)
+                .join("taef2_decoder.safetensors"),
+        ],
+        "a pinned commit needs no refs/ entry"
+    );
+    let len = fs::metadata(WEIGHTS).unwrap().len();
+    let last = seen.last().unwrap();
+    assert_eq!((last.received, last.total), (len, Some(len)));
+    assert_eq!(server.hits(), 1);
+
+    let again = hub::resolve(&PINNED, &cfg).unwrap();
+    assert_eq!(again.path, snap);
+    assert!(!again.downloaded);
+    assert_eq!(again.sha256, WEIGHTS_SHA);
+    assert_eq!(server.hits(), 1, "cache hit must not touch the network");
+    assert!(hub::cached(&PINNED, &cfg).unwrap().is_some());
+}
+
+#[test]
+fn follows_redirect_and_records_repo_commit_for_a_branch() {
+    let server = Server::start(vec![
+        (
+            "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+            Reply::Redirect("/cdn/blob", vec![("X-Repo-Commit", COMMIT.to_string())]),
+        ),
+        ("/cdn/blob", Reply::File(WEIGHTS, vec![])),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+
+    let got = hub::resolve(&UNPINNED, &cfg).unwrap();
+    assert_eq!(
+        server.paths(),
+        vec![resolve_path(&UNPINNED), "/cdn/blob".to_string()]
+    );
+    let repo = tmp.path().join("models--test-org--taesd");
+    assert_eq!(
+        got.path,
+        repo.join("snapshots")
+            .join(COMMIT)
+            .join("taef2_decoder.safetensors")
+    );
+    assert_eq!(got.commit, COMMIT);
+    assert_eq!(
+        got.sha256, WEIGHTS_SHA,
+        "unpinned still reports what it got"
+    );
+    assert!(!got.pinned);
+    assert_eq!(
+        fs::read_to_string(repo.join("refs").join("main")).unwrap(),
+        COMMIT
+    );
+    assert!(repo.join("blobs").join(WEIGHTS_SHA).is_file());
+
+    // refs/main now leads to the snapshot: no second request.
+    let again = hub::resolve(&UNPINNED, &cfg).unwrap();
+    assert_eq!(again.path, got.path);
+    assert!(!again.downloaded);
+    assert_eq!(server.hits(), 2);
+}
+
+#[test]
+fn branch_without_commit_header_uses_branch_name_as_snapshot() {
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let got = hub::resolve(&UNPINNED, &cfg).unwrap();
+    let repo = tmp.path().join("models--test-org--taesd");
+    assert_eq!(
+        got.path,
+        repo.join("snapshots/main/taef2_decoder.safetensors")
+    );
+    assert!(!repo.join("refs").exists());
+    assert!(!hub::resolve(&UNPINNED, &cfg).unwrap().downloaded);
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn hash_mismatch_leaves_nothing() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(OTHER, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::DownloadDigest { .. }), "{err:?}");
+    let msg = err.to_string();
+    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    assert_eq!(
+        msg,
+        format!("download {url}: sha256 is {OTHER_SHA}, expected {WEIGHTS_SHA}")
+    );
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn http_500_leaves_nothing() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::Status(500),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    assert_eq!(err.to_string(), format!("download {url}: HTTP 500"));
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn error_after_redirect_names_both_urls() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::Redirect("/cdn/missing", vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let msg = hub::resolve(&PINNED, &cfg).unwrap_err().to_string();
+    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    assert_eq!(
+        msg,
+        format!(
+            "download {url} (redirected to {}/cdn/missing): HTTP 404",
+            server.addr
+        )
+    );
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn truncated_body_leaves_nothing() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::Truncated(WEIGHTS),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    let msg = err.to_string();
+    assert!(matches!(err, HubError::ShortBody { .. }), "{err:?}");
+    let len = fs::metadata(WEIGHTS).unwrap().len();
+    assert!(
+        msg.starts_with(&format!("download {url}: body ended after "))
+            && msg.contains(&format!("of {len} bytes")),
+        "{msg}"
+    );
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn connection_refused_is_a_clear_error() {
+    // Bind then drop, so the port is (almost certainly) closed.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = HubConfig {
+        cache_dir: tmp.path().to_path_buf(),
+        endpoint: format!("http://127.0.0.1:{port}"),
+        offline: false,
+    };
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::Transport { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "download http://127.0.0.1:{port}/test-org/taef2/resolve/"
+        )),
+        "{err}"
+    );
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn offline_with_empty_cache_refuses_without_requests() {
+    let server = Server::start(vec![]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, true);
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    let snap = tmp
+        .path()
+        .join("models--test-org--taef2/snapshots")
+        .join(COMMIT)
+        .join("taef2_decoder.safetensors");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "weights for taef2 are not in the Hugging Face cache ({}) and HF_HUB_OFFLINE=1 \
+             forbids downloading; pass --weights FILE",
+            snap.display()
+        )
+    );
+    assert_eq!(server.hits(), 0);
+    assert_cache_empty(tmp.path());
+}
+
+#[test]
+fn offline_with_populated_cache_hits() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    hub::resolve(&PINNED, &config(tmp.path(), &server, false)).unwrap();
+    let got = hub::resolve(&PINNED, &config(tmp.path(), &server, true)).unwrap();
+    assert!(!got.downloaded);
+    assert_eq!(got.sha256, WEIGHTS_SHA);
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn offline_hit_through_refs_written_by_another_tool() {
+    // The layout huggingface_hub writes for a branch, built by hand: plain file, no symlink.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models--test-org--taesd");
+    let snap = repo.join("snapshots").join(COMMIT);
+    fs::create_dir_all(&snap).unwrap();
+    fs::copy(WEIGHTS, snap.join("taef2_decoder.safetensors")).unwrap();
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs/main"), format!("{COMMIT}\n")).unwrap();
+    let cfg = HubConfig {
+        cache_dir: tmp.path().to_path_buf(),
+        endpoint: "http://127.0.0.1:9".into(),
+        offline: true,
+    };
+    let got = hub::resolve(&UNPINNED, &cfg).unwrap();
+    assert_eq!(got.path, snap.join("taef2_decoder.safetensors"));
+    assert_eq!(got.commit, COMMIT);
+    assert_eq!(got.sha256, WEIGHTS_SHA);
+    assert!(!got.pinned);
+}
+
+#[test]
+fn cached_file_with_wrong_hash_is_an_error_and_kept() {
+    let server = Server::start(vec![]);
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp
+        .path()
+        .join("models--test-org--taef2/snapshots")
+        .join(COMMIT);
+    fs::create_dir_all(&snap).unwrap();
+    let file = snap.join("taef2_decoder.safetensors");
+    fs::copy(OTHER, &file).unwrap();
+    let err = hub::resolve(&PINNED, &config(tmp.path(), &server, false)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}: sha256 is {OTHER_SHA}, expected {WEIGHTS_SHA}",
+            file.display()
+        )),
+        "{msg}"
+    );
+    assert!(file.is_file(), "the user's file must not be deleted");
+    assert_eq!(server.hits(), 0);
+}
+
+#[test]
+fn config_from_lookup_reads_hf_vars() {
+    let vars: HashMap<&str, &str> = [
+        ("HF_HOME", "/srv/hf"),
+        ("HF_ENDPOINT", "http://127.0.0.1:8080/"),
+        ("HF_HUB_OFFLINE", "true"),
+        ("HOME", "/home/u"),
+    ]
+    .into();
+    let cfg = HubConfig::from_lookup(|k| vars.get(k).map(|v| v.to_string()));
+    assert_eq!(cfg.cache_dir, PathBuf::from("/srv/hf/hub"));
+    assert_eq!(cfg.endpoint, "http://127.0.0.1:8080");
+    assert!(cfg.offline);
+
+    let cfg = HubConfig::from_lookup(|k| (k == "HOME").then(|| "/home/u".to_string()));
+    assert_eq!(
+        cfg.cache_dir,
+        PathBuf::from("/home/u/.cache/huggingface/hub")
+    );
+    assert_eq!(cfg.endpoint, hub::DEFAULT_ENDPOINT);
+    assert!(!cfg.offline);
+}
+
+#[test]
+fn real_sources_and_unpublished_model() {
+    let taef2 = hub::source("flux2").unwrap();
+    assert_eq!(
+        hub::resolve_url(taef2, hub::DEFAULT_ENDPOINT),
+        "https://huggingface.co/madebyollin/taef2/resolve/bd244ebfe4398c84fbf312a2f1c868c676b500e3/taef2.safetensors"
+    );
+    assert!(hub::source("taesd").unwrap().sha256.is_none());
+    let err = hub::require_source("taesd3").unwrap_err().to_string();
+    assert!(err.contains("--weights"), "{err}");
+}
