@@ -78,6 +78,23 @@ pub struct BuildArgs {
     /// clamping and the scaling to [0, 255] happen inside the model).
     #[arg(long, value_enum, default_value_t = OutputTypeArg::Array)]
     pub output_type: OutputTypeArg,
+    /// After each pass, write the IR (.ir.txt), a Graphviz graph (.dot), the MIL text (.mil.txt)
+    /// and a package Netron opens (.mlpackage) into DIR, named NN_<pass>.
+    #[arg(long, value_name = "DIR")]
+    pub dump_passes: Option<PathBuf>,
+    /// Compile the package with Apple's coremlc (`xcrun coremlc compile`; macOS with Xcode).
+    #[arg(long)]
+    pub compile: bool,
+    /// Where --compile writes the .mlmodelc [default: beside the package]. Implies --compile.
+    #[arg(long, value_name = "DIR")]
+    pub compile_to: Option<PathBuf>,
+    /// Print the time each stage and pass took.
+    #[arg(long)]
+    pub timings: bool,
+    /// Print a machine-readable JSON report (inputs, outputs, sizes, op counts, timings) instead
+    /// of the summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Sizes as given on the command line, `[height, width]` each.
@@ -103,6 +120,9 @@ pub struct InspectArgs {
     /// Report, op by op, whether the model fits the Neural Engine's known constraints.
     #[arg(long)]
     pub ane: bool,
+    /// Print the program as a Graphviz graph (one node per op) instead.
+    #[arg(long, conflicts_with = "ane")]
+    pub dot: bool,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +207,7 @@ impl BuildArgs {
                 .collect::<Result<_>>()?;
         }
         o.multifunction = self.multifunction;
+        o.dump_passes = self.dump_passes.clone();
         let layout = |l: LayoutArg| match l {
             LayoutArg::Nchw => Layout::Nchw,
             LayoutArg::Nhwc => Layout::Nhwc,
@@ -207,14 +228,29 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Build(a) => {
             let opts = a.options()?;
             let r = compiler::build(&opts)?;
-            println!(
-                "wrote {} ({} ops, {} weight bytes, {} {})",
-                r.package.display(),
-                r.ops,
-                r.weight_bytes,
-                r.model.name(),
-                opts.target
-            );
+            if a.json {
+                let pkg = crate::package::read_package(&r.package)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&crate::report::build_json(&r, &pkg))?
+                );
+            } else {
+                println!(
+                    "wrote {} ({} ops, {} weight bytes, {} {})",
+                    r.package.display(),
+                    r.ops,
+                    r.weight_bytes,
+                    r.model.name(),
+                    opts.target
+                );
+            }
+            if a.timings {
+                let total: f64 = r.timings.iter().map(|(_, t)| t.as_secs_f64()).sum();
+                for (stage, t) in &r.timings {
+                    eprintln!("{:>9.3} ms  {stage}", t.as_secs_f64() * 1e3);
+                }
+                eprintln!("{:>9.3} ms  total", total * 1e3);
+            }
             if !r.ane.fits() {
                 eprintln!("warning: {}", r.ane.verdict());
                 for n in &r.ane.notes {
@@ -230,12 +266,30 @@ pub fn main(cli: Cli) -> Result<()> {
                 }
                 eprintln!("(details: mlc inspect {} --ane)", r.package.display());
             }
+            if a.compile || a.compile_to.is_some() {
+                let dir = a
+                    .compile_to
+                    .clone()
+                    .unwrap_or_else(|| r.package.parent().map(PathBuf::from).unwrap_or_default());
+                let dir = if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir
+                };
+                let c = crate::coremlc::compile(&r.package, &dir)?;
+                if !c.output.is_empty() {
+                    eprintln!("{}", c.output);
+                }
+                println!("compiled {}", c.mlmodelc.display());
+            }
             Ok(())
         }
         Command::Inspect(a) => {
             let pkg = crate::package::read_package(&a.package)?;
             if a.ane {
                 print!("{}", crate::ane::report(&pkg.model));
+            } else if a.dot {
+                print!("{}", crate::inspect::dot(&pkg.model));
             } else {
                 print!("{}", crate::inspect::describe(&pkg)?);
             }

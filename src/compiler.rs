@@ -57,6 +57,8 @@ pub struct BuildOptions {
     pub latent_sizes: Vec<[usize; 2]>,
     /// One fully static function per size (iOS18+), sharing the weights.
     pub multifunction: bool,
+    /// Write the graph after every pass here (IR text, Graphviz, MIL text, a package).
+    pub dump_passes: Option<PathBuf>,
     pub input_layout: Layout,
     pub output_layout: Layout,
     pub output_type: OutputType,
@@ -74,6 +76,7 @@ impl BuildOptions {
             target: Target::Ios16,
             latent_sizes: vec![[96, 96]],
             multifunction: false,
+            dump_passes: None,
             input_layout: Layout::Nchw,
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
@@ -218,6 +221,8 @@ pub enum BuildError {
     Options(String),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
+    #[error("--dump-passes: {0}")]
+    Dump(std::io::Error),
 }
 
 /// A built model in memory, before it is written.
@@ -265,8 +270,8 @@ pub fn function_name(latent: [usize; 2]) -> String {
     format!("decode_{}x{}", 8 * latent[0], 8 * latent[1])
 }
 
-/// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the graph after
-/// each pass.
+/// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the declared graph
+/// (as `"declare"`) and the graph after each pass.
 pub fn compile(
     opts: &BuildOptions,
     after_pass: impl FnMut(&str, &Graph),
@@ -293,6 +298,7 @@ pub fn compile_weights(
     let t = Instant::now();
     let g = declare(opts, weights)?;
     timings.push(("declare".to_string(), t.elapsed()));
+    after_pass("declare", &g);
 
     let list = passes::pipeline(&pipeline_options(opts));
     let mut t = Instant::now();
@@ -305,14 +311,7 @@ pub fn compile_weights(
     let t = Instant::now();
     let weights_sha256 = weights.content_sha256();
     let info = model_info(kind, weights, &weights_sha256, opts);
-    let iface = Interface {
-        sizes: if opts.multifunction {
-            vec![]
-        } else {
-            opts.bindings()
-        },
-        image_outputs: opts.output_type == OutputType::Image,
-    };
+    let iface = interface(opts);
     let lowered = if opts.multifunction {
         let functions = opts
             .latent_sizes
@@ -344,12 +343,27 @@ pub fn compile_weights(
 /// Builds the package `opts` describes and writes it atomically.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let out = opts.output_path()?;
+    let mut dumper = match &opts.dump_passes {
+        Some(dir) => Some(
+            crate::dump::Dumper::new(dir, opts.target, interface(opts))
+                .map_err(BuildError::Dump)?,
+        ),
+        None => None,
+    };
+    let compiled = compile(opts, |pass, g| {
+        if let Some(d) = dumper.as_mut() {
+            d.dump(pass, g);
+        }
+    })?;
+    if let Some(d) = dumper {
+        d.finish().map_err(BuildError::Dump)?;
+    }
     let Compiled {
         model,
         lowered,
         weights_sha256,
         mut timings,
-    } = compile(opts, |_, _| {})?;
+    } = compiled;
     let t = Instant::now();
     package::write_package(&out, &lowered.model, lowered.weight_bin.as_deref())?;
     timings.push(("write".to_string(), t.elapsed()));
@@ -362,6 +376,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         timings,
         ane: crate::ane::analyze(&lowered.model),
     })
+}
+
+/// How the package's features are described for `opts`.
+fn interface(opts: &BuildOptions) -> Interface {
+    Interface {
+        sizes: if opts.multifunction {
+            vec![]
+        } else {
+            opts.bindings()
+        },
+        image_outputs: opts.output_type == OutputType::Image,
+    }
 }
 
 fn count_ops(model: &crate::proto::specification::Model) -> usize {

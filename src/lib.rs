@@ -16,6 +16,8 @@
 pub mod ane;
 pub mod cli;
 pub mod compiler;
+pub mod coremlc;
+pub mod dump;
 pub mod hub;
 pub mod inspect;
 pub mod ir;
@@ -26,6 +28,7 @@ pub mod package;
 #[path = "../passes/mod.rs"]
 pub mod passes;
 pub mod proto;
+pub mod report;
 pub mod run;
 pub mod tensor;
 pub mod weights;

@@ -10,6 +10,7 @@
 //! Invariants: definitions come before uses (arena order is topological), every handle is valid,
 //! every stored type equals the type its op infers from its inputs, node names are unique.
 
+pub mod dot;
 pub mod eval;
 pub mod graph;
 pub mod op;
