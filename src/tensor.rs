@@ -6,6 +6,7 @@
 //! f32 (`to_f32`), which is exact for f16 and bf16 values.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,10 +143,15 @@ impl Tensor {
         let shape = self.shape.clone();
         match dtype {
             DType::F32 => Tensor::f32(shape, self.to_f32()),
-            DType::F16 => Tensor::f16(
-                shape,
-                self.to_f32().into_iter().map(f16::from_f32).collect(),
-            ),
+            DType::F16 => {
+                // The slice conversion uses the CPU's f16 instructions where it has them.
+                let mut out = vec![f16::ZERO; self.len()];
+                match &self.data {
+                    TensorData::F32(v) => out.convert_from_f32_slice(v),
+                    _ => out.convert_from_f32_slice(&self.to_f32()),
+                }
+                Tensor::f16(shape, out)
+            }
             DType::I32 => Tensor::i32(shape, self.to_f32().into_iter().map(|x| x as i32).collect()),
             DType::Bool => Tensor {
                 shape,
@@ -156,9 +162,18 @@ impl Tensor {
 
     /// Little-endian bytes of the stored elements, as weight files and blobs hold them.
     pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * self.dtype().byte_size());
         match &self.data {
-            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorData::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            _ => return self.other_le_bytes(),
+        }
+        out
+    }
+
+    fn other_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(_) | TensorData::F16(_) => unreachable!("handled by to_le_bytes"),
             TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::Bool(v) => v.iter().map(|&x| x as u8).collect(),
         }
