@@ -11,6 +11,8 @@ pub mod dce;
 pub mod fold_constants;
 pub mod image_output;
 pub mod lower_group_norm;
+pub mod palettize;
+pub mod quantize;
 pub mod specialize_shapes;
 
 use crate::ir::{verify::verify, Graph, IrError};
@@ -45,6 +47,23 @@ pub struct PipelineOptions {
     pub image_output: bool,
     /// Symbol values of every enumerated size, when the graph has symbolic sizes.
     pub sizes: Vec<specialize_shapes::Bindings>,
+    /// Weight compression, if any.
+    pub compression: Option<Compression>,
+}
+
+/// How weights are compressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Palettize {
+        bits: u32,
+        group_size: Option<usize>,
+        min_elements: usize,
+    },
+    Quantize {
+        mode: quantize::Mode,
+        block_size: Option<usize>,
+        min_elements: usize,
+    },
 }
 
 /// The passes for `opts`, in order.
@@ -71,6 +90,28 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
             fp16_inputs: opts.fp16_inputs,
             fp16_outputs: opts.fp16_outputs,
         }));
+    }
+    // After the fp16 cast: tables and scales are fitted to the values the model stores.
+    match opts.compression.clone() {
+        Some(Compression::Palettize {
+            bits,
+            group_size,
+            min_elements,
+        }) => passes.push(Box::new(palettize::Palettize {
+            bits,
+            group_size,
+            min_elements,
+        })),
+        Some(Compression::Quantize {
+            mode,
+            block_size,
+            min_elements,
+        }) => passes.push(Box::new(quantize::Quantize {
+            mode,
+            block_size,
+            min_elements,
+        })),
+        None => {}
     }
     // Late: earlier passes leave the constants and transposes they replaced behind.
     passes.push(Box::new(dce::Dce));

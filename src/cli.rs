@@ -1,6 +1,6 @@
 //! The command line: flags are parsed and resolved into library options here, in one place.
 
-use crate::compiler::{self, BuildOptions, Layout, OutputType, Precision};
+use crate::compiler::{self, BuildOptions, Compression, Layout, OutputType, Precision, QuantMode};
 use crate::mil::Target;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -78,6 +78,25 @@ pub struct BuildArgs {
     /// clamping and the scaling to [0, 255] happen inside the model).
     #[arg(long, value_enum, default_value_t = OutputTypeArg::Array)]
     pub output_type: OutputTypeArg,
+    /// Palettize weights: each weight tensor becomes a table of 2^BITS values (exact optimal
+    /// k-means) plus BITS-bit indices. BITS: 1, 2, 4, 6, 8 (and 3 at --target ios18).
+    #[arg(long, value_name = "BITS")]
+    pub palettize: Option<u32>,
+    /// With --palettize: per-tensor (one table per weight) or per-grouped-channel=G (one table
+    /// per G output channels; --target ios18).
+    #[arg(long, value_name = "per-tensor|per-grouped-channel=G", value_parser = parse_granularity, requires = "palettize")]
+    pub granularity: Option<Granularity>,
+    /// Quantize weights to 8 bits: int8 (symmetric, one scale per output channel) or uint8
+    /// (asymmetric, with zero points).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub quantize: Option<QuantArg>,
+    /// With --quantize int8: one scale per B input channels of each output channel
+    /// (--target ios18).
+    #[arg(long, value_name = "B", requires = "quantize")]
+    pub block_size: Option<usize>,
+    /// Compress only weights with at least N elements (smaller ones stay dense).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub min_elements: usize,
     /// After each pass, write the IR (.ir.txt), a Graphviz graph (.dot), the MIL text (.mil.txt)
     /// and a package Netron opens (.mlpackage) into DIR, named NN_<pass>.
     #[arg(long, value_name = "DIR")]
@@ -95,6 +114,28 @@ pub struct BuildArgs {
     /// of the summary line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--granularity` as given: `None` per tensor, `Some(G)` per group of G output channels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granularity(pub Option<usize>);
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    if s == "per-tensor" {
+        return Ok(Granularity(None));
+    }
+    let g = s
+        .strip_prefix("per-grouped-channel=")
+        .ok_or_else(|| format!("{s:?}: expected per-tensor or per-grouped-channel=G"))?;
+    g.parse::<usize>()
+        .map(|g| Granularity(Some(g)))
+        .map_err(|_| format!("{g:?} is not a whole number"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantArg {
+    Int8,
+    Uint8,
 }
 
 /// Sizes as given on the command line, `[height, width]` each.
@@ -217,6 +258,25 @@ impl BuildArgs {
         o.output_type = match self.output_type {
             OutputTypeArg::Array => OutputType::Array,
             OutputTypeArg::Image => OutputType::Image,
+        };
+        o.compression = match (self.palettize, self.quantize) {
+            (Some(_), Some(_)) => {
+                bail!("--palettize and --quantize together have no defined meaning; choose one")
+            }
+            (Some(bits), None) => Some(Compression::Palettize {
+                bits,
+                group_size: self.granularity.clone().and_then(|g| g.0),
+                min_elements: self.min_elements,
+            }),
+            (None, Some(q)) => Some(Compression::Quantize {
+                mode: match q {
+                    QuantArg::Int8 => QuantMode::Int8,
+                    QuantArg::Uint8 => QuantMode::Uint8,
+                },
+                block_size: self.block_size,
+                min_elements: self.min_elements,
+            }),
+            (None, None) => None,
         };
         o.validate()?;
         Ok(o)

@@ -5,7 +5,9 @@ use crate::ir::{Dim, Graph};
 use crate::mil::{self, lower::Interface, ModelInfo, Target};
 use crate::models::{self, ModelError, ModelKind};
 use crate::package::{self, PackageError};
+pub use crate::passes::quantize::Mode as QuantMode;
 use crate::passes::specialize_shapes::{specialize, Bindings};
+pub use crate::passes::Compression;
 use crate::passes::{self, PassError, PipelineOptions};
 use crate::weights::Weights;
 use std::collections::BTreeMap;
@@ -59,6 +61,8 @@ pub struct BuildOptions {
     pub multifunction: bool,
     /// Write the graph after every pass here (IR text, Graphviz, MIL text, a package).
     pub dump_passes: Option<PathBuf>,
+    /// Weight compression (palettization or 8-bit quantization).
+    pub compression: Option<Compression>,
     pub input_layout: Layout,
     pub output_layout: Layout,
     pub output_type: OutputType,
@@ -77,6 +81,7 @@ impl BuildOptions {
             latent_sizes: vec![[96, 96]],
             multifunction: false,
             dump_passes: None,
+            compression: None,
             input_layout: Layout::Nchw,
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
@@ -147,6 +152,64 @@ impl BuildOptions {
                     "--multifunction needs at least two sizes (one function per size)".into(),
                 );
             }
+        }
+        match &self.compression {
+            Some(Compression::Palettize {
+                bits, group_size, ..
+            }) => {
+                let ok: &[u32] = if self.target >= Target::Ios18 {
+                    &[1, 2, 3, 4, 6, 8]
+                } else {
+                    &[1, 2, 4, 6, 8]
+                };
+                if !ok.contains(bits) {
+                    let also = if *bits == 3 {
+                        " (3 needs --target ios18)"
+                    } else {
+                        ""
+                    };
+                    return bad(format!(
+                        "--palettize {bits}: {} supports {ok:?} bits{also}",
+                        self.target
+                    ));
+                }
+                if let Some(g) = group_size {
+                    if *g == 0 {
+                        return bad(
+                            "--granularity per-grouped-channel=0: the group size must be positive"
+                                .into(),
+                        );
+                    }
+                    if self.target < Target::Ios18 {
+                        return bad(format!(
+                            "--granularity per-grouped-channel needs --target ios18 (got {})",
+                            self.target
+                        ));
+                    }
+                }
+            }
+            Some(Compression::Quantize {
+                mode,
+                block_size: Some(b),
+                ..
+            }) => {
+                if *b == 0 {
+                    return bad("--block-size 0: the block size must be positive".into());
+                }
+                if self.target < Target::Ios18 {
+                    return bad(format!(
+                        "--block-size needs --target ios18 (got {})",
+                        self.target
+                    ));
+                }
+                if *mode == QuantMode::Uint8 {
+                    return bad("--block-size works with --quantize int8 only".into());
+                }
+            }
+            Some(Compression::Quantize {
+                block_size: None, ..
+            }) => {}
+            None => {}
         }
         if self.output_type == OutputType::Image {
             if self.io_precision == Some(Precision::Fp16) {
@@ -262,6 +325,7 @@ pub fn pipeline_options(opts: &BuildOptions) -> PipelineOptions {
         } else {
             opts.bindings()
         },
+        compression: opts.compression.clone(),
     }
 }
 
@@ -341,6 +405,25 @@ pub fn compile_weights(
 }
 
 /// Builds the package `opts` describes and writes it atomically.
+///
+/// Prints nothing, so it can run in a build script: with mlc as a build dependency, an app crate
+/// compiles its decoder into `OUT_DIR` and bakes the path in (examples/buildscript does this).
+///
+/// ```no_run
+/// // build.rs
+/// use mlc::compiler::{build, BuildOptions};
+/// use std::path::PathBuf;
+///
+/// let weights = "weights/taef2_decoder.safetensors";
+/// println!("cargo:rerun-if-changed={weights}");
+/// let mut opts = BuildOptions::new("flux2", weights);
+/// let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+/// opts.output = Some(out_dir.join("taef2.mlpackage"));
+/// opts.latent_sizes = vec![[32, 32]]; // 256x256 images
+/// let report = build(&opts).unwrap_or_else(|e| panic!("mlc: {e}"));
+/// // In the crate: `env!("TAEF2_MLPACKAGE")`.
+/// println!("cargo:rustc-env=TAEF2_MLPACKAGE={}", report.package.display());
+/// ```
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let out = opts.output_path()?;
     let mut dumper = match &opts.dump_passes {

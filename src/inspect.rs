@@ -45,9 +45,141 @@ pub fn describe(pkg: &Package) -> Result<String, PackageError> {
         pkg.weights.as_ref().map_or(0, Vec::len),
         blobs.as_ref().map_or(0, |b| b.len())
     );
+    s.push_str(&compression(pkg)?);
     s.push('\n');
     s.push_str(&print_model(&pkg.model));
     Ok(s)
+}
+
+/// One line per compressed weight (kind, bits, tables, stored bytes vs fp16 dense bytes) and the
+/// total; empty for a model without compressed weights.
+pub fn compression(pkg: &Package) -> Result<String, PackageError> {
+    use crate::proto::mil_spec as pb;
+    let Some(spec::model::Type::MlProgram(p)) = &pkg.model.r#type else {
+        return Ok(String::new());
+    };
+    let blobs = pkg.blobs()?;
+    let mut lines = Vec::new();
+    let (mut stored_total, mut dense_total) = (0usize, 0usize);
+    for f in p.functions.values().take(1) {
+        for b in f.block_specializations.values() {
+            let consts: std::collections::HashMap<&str, &pb::Operation> = b
+                .operations
+                .iter()
+                .filter(|o| o.r#type == "const")
+                .filter_map(|o| o.outputs.first().map(|n| (n.name.as_str(), o)))
+                .collect();
+            // Bytes a const takes: its blob's data, or its immediate's encoded size.
+            let bytes = |name: &str| -> usize {
+                let Some(op) = consts.get(name) else { return 0 };
+                match op.attributes.get("val").and_then(|v| v.value.as_ref()) {
+                    Some(pb::value::Value::BlobFileValue(bv)) => blobs
+                        .as_ref()
+                        .and_then(|r| r.get(bv.offset).ok())
+                        .map_or(0, |(_, d)| d.len()),
+                    Some(pb::value::Value::ImmediateValue(iv)) => prost::Message::encoded_len(iv),
+                    None => 0,
+                }
+            };
+            let dims = |name: &str| -> Vec<u64> {
+                let Some(op) = consts.get(name) else {
+                    return vec![];
+                };
+                match op.outputs[0]
+                    .r#type
+                    .as_ref()
+                    .and_then(|t| t.r#type.as_ref())
+                {
+                    Some(pb::value_type::Type::TensorType(t)) => t
+                        .dimensions
+                        .iter()
+                        .filter_map(|d| match &d.dimension {
+                            Some(pb::dimension::Dimension::Constant(c)) => Some(c.size),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => vec![],
+                }
+            };
+            for op in b
+                .operations
+                .iter()
+                .filter(|o| o.r#type.starts_with("constexpr_"))
+            {
+                let arg = |k: &str| -> String {
+                    match op
+                        .inputs
+                        .get(k)
+                        .and_then(|a| a.arguments.first())
+                        .and_then(|b| b.binding.as_ref())
+                    {
+                        Some(pb::argument::binding::Binding::Name(n)) => n.clone(),
+                        _ => String::new(),
+                    }
+                };
+                let out = &op.outputs[0];
+                let n: u64 = match out.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+                    Some(pb::value_type::Type::TensorType(t)) => t
+                        .dimensions
+                        .iter()
+                        .map(|d| match &d.dimension {
+                            Some(pb::dimension::Dimension::Constant(c)) => c.size,
+                            _ => 0,
+                        })
+                        .product(),
+                    _ => 0,
+                };
+                let (kind, stored) = match op.r#type.as_str() {
+                    "constexpr_lut_to_dense" => {
+                        let lut = dims(&arg("lut"));
+                        let (tables, entries) = if lut.len() >= 3 {
+                            (
+                                lut[..lut.len() - 2].iter().product::<u64>(),
+                                lut[lut.len() - 2],
+                            )
+                        } else {
+                            (1, lut.iter().product())
+                        };
+                        let bits = entries.trailing_zeros();
+                        (
+                            format!("palettized {bits}-bit, {tables} table(s) of {entries}"),
+                            bytes(&arg("indices")) + bytes(&arg("lut")),
+                        )
+                    }
+                    "constexpr_affine_dequantize" => (
+                        "8-bit, per channel".to_string(),
+                        bytes(&arg("quantized_data"))
+                            + bytes(&arg("scale"))
+                            + bytes(&arg("zero_point")),
+                    ),
+                    "constexpr_blockwise_shift_scale" => {
+                        let scale = dims(&arg("scale"));
+                        (
+                            format!("8-bit, scales {scale:?}"),
+                            bytes(&arg("data")) + bytes(&arg("scale")) + bytes(&arg("offset")),
+                        )
+                    }
+                    other => (other.to_string(), 0),
+                };
+                let dense = 2 * n as usize;
+                stored_total += stored;
+                dense_total += dense;
+                lines.push(format!(
+                    "  {:<24} {kind}: {stored} bytes (fp16 dense {dense})",
+                    out.name
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    let ratio = dense_total as f64 / stored_total.max(1) as f64;
+    Ok(format!(
+        "compressed weights: {} tensors, {stored_total} bytes (fp16 dense {dense_total}, {ratio:.2}x smaller)\n{}\n",
+        lines.len(),
+        lines.join("\n")
+    ))
 }
 
 /// The program of a package as a Graphviz graph: inputs and non-const ops as nodes, dataflow

@@ -16,6 +16,7 @@
 pub mod ane;
 pub mod cli;
 pub mod compiler;
+pub mod compress;
 pub mod coremlc;
 pub mod dump;
 pub mod hub;

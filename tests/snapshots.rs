@@ -90,3 +90,53 @@ fn synthetic_taesd_multifunction() {
         print_model(&c.lowered.model)
     );
 }
+
+#[test]
+fn synthetic_taesd_compressed() {
+    use mlc::compiler::{Compression, QuantMode};
+    for (name, target, c) in [
+        (
+            "taesd_synthetic_palettize4_ios16",
+            Target::Ios16,
+            Compression::Palettize {
+                bits: 4,
+                group_size: None,
+                min_elements: 2048,
+            },
+        ),
+        (
+            "taesd_synthetic_palettize3_grouped16_ios18",
+            Target::Ios18,
+            Compression::Palettize {
+                bits: 3,
+                group_size: Some(16),
+                min_elements: 2048,
+            },
+        ),
+        (
+            "taesd_synthetic_int8_ios16",
+            Target::Ios16,
+            Compression::Quantize {
+                mode: QuantMode::Int8,
+                block_size: None,
+                min_elements: 2048,
+            },
+        ),
+        (
+            "taesd_synthetic_int8_block4_ios18",
+            Target::Ios18,
+            Compression::Quantize {
+                mode: QuantMode::Int8,
+                block_size: Some(4),
+                min_elements: 2048,
+            },
+        ),
+    ] {
+        let mut o = BuildOptions::new("taesd", "unused");
+        o.latent_sizes = vec![[8, 8]];
+        o.target = target;
+        o.compression = Some(c);
+        let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+        snapshot!(name, print_model(&c.lowered.model));
+    }
+}

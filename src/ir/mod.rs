@@ -19,7 +19,7 @@ pub mod types;
 pub mod verify;
 
 pub use graph::{Graph, Node, Rebuilder, ValueId};
-pub use op::{ConstData, Conv2d, Op};
+pub use op::{ConstData, Conv2d, Op, Palettized, Quantized};
 pub use types::{Dim, TensorType};
 
 /// What can be wrong with a graph, naming the node at fault.

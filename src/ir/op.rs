@@ -7,24 +7,65 @@
 use super::types::{Dim, TensorType};
 use crate::tensor::{DType, Tensor};
 
-/// Constant data. Weights change representation (dense now; palettized and quantized forms are
-/// further variants), never identity.
+/// Constant data. Weights change representation (dense, palettized, linearly quantized), never
+/// identity: every form has the same type and stands for the same (approximate) values.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConstData {
     Dense(Tensor),
+    Palettized(Palettized),
+    Quantized(Quantized),
+}
+
+/// `value[e] = lut[g][indices[e]]`, where `g` is the group of `e`'s output channel (axis 0):
+/// `shape[0] / group_size` look-up tables of `2^bits` entries each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Palettized {
+    pub shape: Vec<usize>,
+    pub bits: u32,
+    /// Output channels per table (`shape[0]` for one table per tensor).
+    pub group_size: usize,
+    /// `[groups, 2^bits]`, in the model's dtype; unused entries are zero.
+    pub lut: Tensor,
+    pub indices: Vec<u16>,
+}
+
+/// Linear quantization: `value = scale * (q - zero_point)` per block (see
+/// [`crate::compress::quantize::Quantized`]), with scales in `dtype`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized {
+    pub q: crate::compress::quantize::Quantized,
+    pub dtype: DType,
 }
 
 impl ConstData {
     pub fn ty(&self) -> TensorType {
         match self {
             ConstData::Dense(t) => TensorType::known(t.dtype(), &t.shape),
+            ConstData::Palettized(p) => TensorType::known(p.lut.dtype(), &p.shape),
+            ConstData::Quantized(q) => TensorType::known(q.dtype, &q.q.shape),
         }
     }
 
-    /// The values as the model computes with them.
-    pub fn dense(&self) -> &Tensor {
+    /// The values as the model computes with them (decompressed for compressed forms).
+    pub fn dense(&self) -> std::borrow::Cow<'_, Tensor> {
+        use std::borrow::Cow;
         match self {
-            ConstData::Dense(t) => t,
+            ConstData::Dense(t) => Cow::Borrowed(t),
+            ConstData::Palettized(p) => {
+                let lut = p.lut.to_f32();
+                let table = 1usize << p.bits;
+                let per_group = p.group_size * p.shape[1..].iter().product::<usize>();
+                let values = p
+                    .indices
+                    .iter()
+                    .enumerate()
+                    .map(|(e, &i)| lut[(e / per_group) * table + i as usize])
+                    .collect();
+                Cow::Owned(Tensor::f32(p.shape.clone(), values).cast(p.lut.dtype()))
+            }
+            ConstData::Quantized(q) => {
+                Cow::Owned(Tensor::f32(q.q.shape.clone(), q.q.dequantize()).cast(q.dtype))
+            }
         }
     }
 }

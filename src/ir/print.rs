@@ -44,7 +44,24 @@ pub fn print(g: &Graph) -> String {
 }
 
 fn const_summary(c: &ConstData) -> String {
-    let ConstData::Dense(t) = c;
+    let t = match c {
+        ConstData::Dense(t) => t,
+        ConstData::Palettized(p) => {
+            return format!(
+                "palettized, {}-bit, {} table(s) of {}",
+                p.bits,
+                p.shape[0] / p.group_size,
+                p.lut.dtype()
+            )
+        }
+        ConstData::Quantized(q) => {
+            let kind = match q.q.data {
+                crate::compress::quantize::QuantData::Symmetric(_) => "int8",
+                crate::compress::quantize::QuantData::Affine { .. } => "uint8",
+            };
+            return format!("{kind}, scales {:?} of {}", q.q.scale_shape, q.dtype);
+        }
+    };
     if t.len() > 8 {
         return format!("dense, {} elements", t.len());
     }

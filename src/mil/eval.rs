@@ -137,8 +137,10 @@ pub fn evaluate(
         };
         let mut val = val;
         if let (Val::Num(a), Some((dt, _))) = (&mut val, &out_type) {
-            // The caller receives fp16 outputs as fp16.
-            if *dt == pb::DataType::Float16 && block.outputs.contains(&name) {
+            // fp16 outputs reach the caller as fp16; decompressed weights are stored as fp16.
+            if *dt == pb::DataType::Float16
+                && (block.outputs.contains(&name) || op.r#type.starts_with("constexpr_"))
+            {
                 round_f16(&mut a.data);
             }
         }
@@ -224,7 +226,7 @@ fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
                 V::LongInts(i) => i.values.iter().map(|&x| x as f32).collect(),
                 V::Bools(b) => b.values.iter().map(|&x| x as u8 as f32).collect(),
                 V::Strings(s) => return Ok(Val::Str(s.values.clone())),
-                V::Bytes(b) => decode(&b.values, dt)?,
+                V::Bytes(b) => decode(&b.values, dt, n)?,
             }
         }
         pb::value::Value::BlobFileValue(bv) => {
@@ -237,6 +239,11 @@ fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
                 pb::DataType::Float32 => BlobDType::F32,
                 pb::DataType::Uint8 => BlobDType::U8,
                 pb::DataType::Int8 => BlobDType::I8,
+                pb::DataType::Uint1 => BlobDType::U1,
+                pb::DataType::Uint2 => BlobDType::U2,
+                pb::DataType::Uint3 => BlobDType::U3,
+                pb::DataType::Uint4 => BlobDType::U4,
+                pb::DataType::Uint6 => BlobDType::U6,
                 other => return Err(format!("blob values of type {other:?} are not supported")),
             };
             if bdt != expect {
@@ -245,7 +252,7 @@ fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
                     bv.offset
                 ));
             }
-            decode(bytes, dt)?
+            decode(bytes, dt, n)?
         }
     };
     if data.len() != n {
@@ -257,8 +264,30 @@ fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
     Ok(Val::Num(Array::new(shape, data)))
 }
 
-fn decode(bytes: &[u8], dt: pb::DataType) -> Result<Vec<f32>, String> {
+/// Values of `dt` from their stored bytes (`n` elements; sub-byte types are packed LSB-first).
+fn decode(bytes: &[u8], dt: pb::DataType, n: usize) -> Result<Vec<f32>, String> {
+    let sub_byte = |bits: u32| -> Result<Vec<f32>, String> {
+        if bytes.len() < (n * bits as usize).div_ceil(8) {
+            return Err(format!(
+                "{} bytes cannot hold {n} {bits}-bit values",
+                bytes.len()
+            ));
+        }
+        Ok(crate::compress::pack::unpack_bits(bytes, bits, n)
+            .into_iter()
+            .map(f32::from)
+            .collect())
+    };
     Ok(match dt {
+        pb::DataType::Uint1 => sub_byte(1)?,
+        pb::DataType::Uint2 => sub_byte(2)?,
+        pb::DataType::Uint3 => sub_byte(3)?,
+        pb::DataType::Uint4 => sub_byte(4)?,
+        pb::DataType::Uint6 => sub_byte(6)?,
+        pb::DataType::Uint32 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
         pb::DataType::Float16 => bytes
             .chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -477,6 +506,52 @@ fn run_op<'a>(kind: &str, arg: &dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, 
             }
             a
         }
+        "constexpr_lut_to_dense" => lut_to_dense(
+            num("indices")?,
+            num("lut")?,
+            arg("shape").map(|_| num("shape")).transpose()?,
+        )?,
+        "constexpr_affine_dequantize" => {
+            let (q, zp, scale) = (num("quantized_data")?, num("zero_point")?, num("scale")?);
+            let axis = num("axis")?.data[0] as usize;
+            if axis >= q.shape.len() {
+                return Err(format!("axis {axis} out of range for {:?}", q.shape));
+            }
+            let inner: usize = q.shape[axis + 1..].iter().product();
+            let c = q.shape[axis];
+            if (scale.len() != 1 && scale.len() != c) || (zp.len() != 1 && zp.len() != c) {
+                return Err(format!(
+                    "scale {:?} / zero_point {:?} do not fit axis {axis} of {:?}",
+                    scale.shape, zp.shape, q.shape
+                ));
+            }
+            let pick = |v: &Array, ch: usize| if v.len() == 1 { v.data[0] } else { v.data[ch] };
+            let data = q.data.iter().enumerate().map(|(e, &v)| {
+                let ch = (e / inner) % c;
+                pick(scale, ch) * (v - pick(zp, ch))
+            });
+            Array::new(q.shape.clone(), data.collect())
+        }
+        "constexpr_blockwise_shift_scale" => {
+            let (d, scale) = (num("data")?, num("scale")?);
+            let offset = arg("offset").map(|_| num("offset")).transpose()?;
+            if scale.shape.len() != d.shape.len()
+                || d.shape
+                    .iter()
+                    .zip(&scale.shape)
+                    .any(|(a, b)| *b == 0 || a % b != 0)
+            {
+                return Err(format!(
+                    "scale {:?} does not tile data {:?}",
+                    scale.shape, d.shape
+                ));
+            }
+            let data = d.data.iter().enumerate().map(|(e, &v)| {
+                let b = block_index(e, &d.shape, &scale.shape);
+                scale.data[b] * (v - offset.map_or(0.0, |o| o.data[b]))
+            });
+            Array::new(d.shape.clone(), data.collect())
+        }
         other => {
             return Err(format!(
                 "op type {other:?} is not supported by the evaluator"
@@ -484,4 +559,75 @@ fn run_op<'a>(kind: &str, arg: &dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, 
         }
     };
     Ok(Val::Num(out))
+}
+
+/// The flat index, in a tensor of `coarse` shape, of the block that element `e` of a tensor of
+/// `fine` shape falls in (each dimension of `fine` a multiple of `coarse`'s).
+fn block_index(e: usize, fine: &[usize], coarse: &[usize]) -> usize {
+    let mut rest = e;
+    let mut idx = 0;
+    let mut stride = 1;
+    for d in (0..fine.len()).rev() {
+        let i = rest % fine[d];
+        rest /= fine[d];
+        idx += (i / (fine[d] / coarse[d])) * stride;
+        stride *= coarse[d];
+    }
+    idx
+}
+
+/// `constexpr_lut_to_dense`: the iOS16 form (packed uint8 `indices`, a 1-D `lut`, `shape`) or
+/// the iOS18 form (`indices` of the output's shape, `lut` of rank + 2 with one table per block).
+fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<Array, String> {
+    match shape {
+        Some(shape) => {
+            let shape: Vec<usize> = shape.data.iter().map(|&d| d as usize).collect();
+            let n: usize = shape.iter().product();
+            let table = lut.len();
+            if !table.is_power_of_two() || !(2..=256).contains(&table) {
+                return Err(format!("lut of {table} entries is not 2^bits"));
+            }
+            let bits = table.trailing_zeros();
+            let bytes: Vec<u8> = indices.data.iter().map(|&b| b as u8).collect();
+            if bytes.len() < (n * bits as usize).div_ceil(8) {
+                return Err(format!(
+                    "{} index bytes cannot hold {n} {bits}-bit indices",
+                    bytes.len()
+                ));
+            }
+            let idx = crate::compress::pack::unpack_bits(&bytes, bits, n);
+            Ok(Array::new(
+                shape,
+                idx.iter().map(|&i| lut.data[i as usize]).collect(),
+            ))
+        }
+        None => {
+            let rank = indices.shape.len();
+            if lut.shape.len() != rank + 2 || lut.shape[rank + 1] != 1 {
+                return Err(format!(
+                    "lut {:?} must have rank {} and vector size 1",
+                    lut.shape,
+                    rank + 2
+                ));
+            }
+            let coarse = &lut.shape[..rank];
+            if indices
+                .shape
+                .iter()
+                .zip(coarse)
+                .any(|(a, b)| *b == 0 || a % b != 0)
+            {
+                return Err(format!(
+                    "lut {:?} does not tile indices {:?}",
+                    lut.shape, indices.shape
+                ));
+            }
+            let table = lut.shape[rank];
+            let data = indices.data.iter().enumerate().map(|(e, &i)| {
+                let b = block_index(e, &indices.shape, coarse);
+                lut.data[b * table + i as usize]
+            });
+            Ok(Array::new(indices.shape.clone(), data.collect()))
+        }
+    }
 }

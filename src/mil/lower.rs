@@ -8,9 +8,9 @@
 use super::target::Target;
 use super::values::{
     arg, blob_value, bool_value, f16_bytes_value, floats_value, ints_value, name_attr, named,
-    string_value, tensor_type,
+    raw_blob_value, raw_bytes_value, string_value, tensor_type,
 };
-use crate::ir::{ConstData, Dim, Graph, Op, TensorType, ValueId};
+use crate::ir::{ConstData, Dim, Graph, Op, Palettized, Quantized, TensorType, ValueId};
 use crate::package::{BlobDType, BlobWriter};
 use crate::passes::specialize_shapes::Bindings;
 use crate::proto::mil_spec as pb;
@@ -45,6 +45,8 @@ pub enum LowerError {
         ty: TensorType,
         why: String,
     },
+    #[error("weight {node}: {why}")]
+    Compression { node: String, why: String },
     #[error("multifunction packages need iOS18 or newer, not {0}")]
     Multifunction(Target),
     #[error("value name {0:?} is taken twice (an output must not be named like another value)")]
@@ -182,6 +184,7 @@ fn lower_function(
     let names = value_names(g)?;
     let mut f = FnLowering {
         g,
+        target,
         names: &names,
         ops: Vec::new(),
         blobs,
@@ -351,6 +354,7 @@ fn describe(name: &str, info: &ModelInfo, t: spec::feature_type::Type) -> spec::
 
 struct FnLowering<'a> {
     g: &'a Graph,
+    target: Target,
     names: &'a [String],
     ops: Vec<pb::Operation>,
     blobs: &'a mut BlobWriter,
@@ -404,6 +408,193 @@ impl FnLowering<'_> {
         }
     }
 
+    /// Raw integer data as a const: in `weight.bin` from 10 elements on (packed for sub-byte
+    /// types), inline otherwise.
+    fn raw_const(
+        &mut self,
+        name: String,
+        dt: pb::DataType,
+        shape: &[usize],
+        bytes: Vec<u8>,
+        blob: BlobDType,
+    ) -> String {
+        let count: usize = shape.iter().product();
+        let val = if count >= BLOB_MIN_ELEMENTS {
+            let offset = if blob.is_sub_byte() {
+                self.blobs.add_sub_byte(blob, &bytes, count as u64)
+            } else {
+                self.blobs.add(blob, &bytes)
+            };
+            raw_blob_value(dt, shape, offset)
+        } else {
+            raw_bytes_value(dt, shape, bytes)
+        };
+        self.konst(name, val)
+    }
+
+    fn constexpr(&mut self, kind: &str, out: &str, ty: &TensorType, inputs: Vec<(&str, String)>) {
+        self.ops.push(pb::Operation {
+            r#type: kind.to_string(),
+            inputs: inputs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), arg(&v)))
+                .collect(),
+            outputs: vec![named(out, tensor_type(ty))],
+            blocks: vec![],
+            attributes: [name_attr(out)].into_iter().collect(),
+        });
+    }
+
+    /// iOS16/17: `constexpr_lut_to_dense(indices: packed uint8, lut: [2^bits], shape: uint32)`,
+    /// one table per tensor. iOS18: `constexpr_lut_to_dense(indices: uintN[shape],
+    /// lut: [groups, 1, …, 2^bits, 1])`, one table per group of output channels.
+    fn palettized(&mut self, out: &str, ty: &TensorType, p: &Palettized) -> Result<(), LowerError> {
+        let table = 1usize << p.bits;
+        let groups = p.shape[0] / p.group_size;
+        let packed = crate::compress::pack::pack_bits(&p.indices, p.bits);
+        let bad = |why: String| {
+            Err(LowerError::Compression {
+                node: out.to_string(),
+                why,
+            })
+        };
+        if self.target < Target::Ios18 {
+            if groups != 1 {
+                return bad(format!(
+                    "{groups} look-up tables (per-grouped-channel) need --target ios18"
+                ));
+            }
+            if ![1, 2, 4, 6, 8].contains(&p.bits) {
+                return bad(format!("{}-bit palettes need --target ios18", p.bits));
+            }
+            let n = packed.len();
+            let indices = self.raw_const(
+                format!("{out}_indices"),
+                pb::DataType::Uint8,
+                &[n],
+                packed,
+                BlobDType::U8,
+            );
+            let lut = self.tensor_value(&p.lut.reshaped(vec![table]));
+            let lut = self.konst(format!("{out}_lut"), lut);
+            let shape: Vec<u8> = p
+                .shape
+                .iter()
+                .flat_map(|&d| (d as u32).to_le_bytes())
+                .collect();
+            let shape = self.konst(
+                format!("{out}_shape"),
+                raw_bytes_value(pb::DataType::Uint32, &[p.shape.len()], shape),
+            );
+            self.constexpr(
+                "constexpr_lut_to_dense",
+                out,
+                ty,
+                vec![("indices", indices), ("lut", lut), ("shape", shape)],
+            );
+        } else {
+            let (dt, blob) = match p.bits {
+                1 => (pb::DataType::Uint1, BlobDType::U1),
+                2 => (pb::DataType::Uint2, BlobDType::U2),
+                3 => (pb::DataType::Uint3, BlobDType::U3),
+                4 => (pb::DataType::Uint4, BlobDType::U4),
+                6 => (pb::DataType::Uint6, BlobDType::U6),
+                8 => (pb::DataType::Uint8, BlobDType::U8),
+                b => return bad(format!("{b}-bit palettes are not supported")),
+            };
+            let indices = self.raw_const(format!("{out}_indices"), dt, &p.shape, packed, blob);
+            let mut lut_shape = vec![groups];
+            lut_shape.extend(std::iter::repeat_n(1, p.shape.len() - 1));
+            lut_shape.extend([table, 1]);
+            let lut = self.tensor_value(&p.lut.reshaped(lut_shape));
+            let lut = self.konst(format!("{out}_lut"), lut);
+            self.constexpr(
+                "constexpr_lut_to_dense",
+                out,
+                ty,
+                vec![("indices", indices), ("lut", lut)],
+            );
+        }
+        Ok(())
+    }
+
+    /// iOS16/17: `constexpr_affine_dequantize` (per output channel); iOS18:
+    /// `constexpr_blockwise_shift_scale` (any block shape).
+    fn quantized(&mut self, out: &str, ty: &TensorType, q: &Quantized) -> Result<(), LowerError> {
+        use crate::compress::quantize::QuantData;
+        let shape = &q.q.shape;
+        let (dt, blob, data, zero_points): (_, _, Vec<u8>, Option<&Vec<u8>>) = match &q.q.data {
+            QuantData::Symmetric(v) => (
+                pb::DataType::Int8,
+                BlobDType::I8,
+                v.iter().map(|&x| x as u8).collect(),
+                None,
+            ),
+            QuantData::Affine { data, zero_point } => (
+                pb::DataType::Uint8,
+                BlobDType::U8,
+                data.clone(),
+                Some(zero_point),
+            ),
+        };
+        let data = self.raw_const(format!("{out}_data"), dt, shape, data, blob);
+        let scale_t = Tensor::f32(q.q.scale_shape.clone(), q.q.scale.clone()).cast(q.dtype);
+        if self.target < Target::Ios18 {
+            let Some(axis) = q.q.axis() else {
+                return Err(LowerError::Compression {
+                    node: out.to_string(),
+                    why: "per-block scales need --target ios18".into(),
+                });
+            };
+            let c = shape[axis];
+            let scale = self.tensor_value(&scale_t.reshaped(vec![c]));
+            let scale = self.konst(format!("{out}_scale"), scale);
+            let zp = match zero_points {
+                None => self.konst(
+                    format!("{out}_zero_point"),
+                    raw_bytes_value(pb::DataType::Int8, &[], vec![0]),
+                ),
+                Some(z) => self.raw_const(
+                    format!("{out}_zero_point"),
+                    pb::DataType::Uint8,
+                    &[c],
+                    z.clone(),
+                    BlobDType::U8,
+                ),
+            };
+            let axis = self.konst(format!("{out}_axis"), ints_value(&[], vec![axis as i32]));
+            self.constexpr(
+                "constexpr_affine_dequantize",
+                out,
+                ty,
+                vec![
+                    ("quantized_data", data),
+                    ("zero_point", zp),
+                    ("scale", scale),
+                    ("axis", axis),
+                ],
+            );
+        } else {
+            let scale = self.tensor_value(&scale_t);
+            let scale = self.konst(format!("{out}_scale"), scale);
+            let mut inputs = vec![("data", data), ("scale", scale)];
+            if let Some(z) = zero_points {
+                inputs.push((
+                    "offset",
+                    self.raw_const(
+                        format!("{out}_offset"),
+                        pb::DataType::Uint8,
+                        &q.q.scale_shape,
+                        z.clone(),
+                        BlobDType::U8,
+                    ),
+                ));
+            }
+            self.constexpr("constexpr_blockwise_shift_scale", out, ty, inputs);
+        }
+        Ok(())
+    }
+
     fn ints(&mut self, op: &str, param: &str, v: &[usize]) -> String {
         self.konst(
             format!("{op}_{param}"),
@@ -433,6 +624,8 @@ impl FnLowering<'_> {
                 self.konst(out, val);
                 return Ok(());
             }
+            Op::Const(ConstData::Palettized(p)) => return self.palettized(&out, &node.ty, p),
+            Op::Const(ConstData::Quantized(q)) => return self.quantized(&out, &node.ty, q),
             Op::Conv2d(p) => {
                 let mut inputs = vec![("x", x(0)), ("weight", x(1))];
                 if node.inputs.len() > 2 {

@@ -271,7 +271,26 @@ fn immediate(iv: &pb::value::ImmediateValue, ty: Option<&pb::ValueType>) -> Stri
             .chunks_exact(2)
             .map(|c| format!("{:?}", half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
             .collect(),
-        Some(V::Bytes(v)) => vec![format!("<{} bytes>", v.values.len())],
+        Some(V::Bytes(v)) => {
+            let dt = match ty.and_then(|t| t.r#type.as_ref()) {
+                Some(pb::value_type::Type::TensorType(tt)) => {
+                    pb::DataType::try_from(tt.data_type).ok()
+                }
+                _ => None,
+            };
+            match dt {
+                Some(pb::DataType::Uint8) => v.values.iter().map(|b| b.to_string()).collect(),
+                Some(pb::DataType::Int8) => {
+                    v.values.iter().map(|&b| (b as i8).to_string()).collect()
+                }
+                Some(pb::DataType::Uint32) => v
+                    .values
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]).to_string())
+                    .collect(),
+                _ => vec![format!("<{} bytes>", v.values.len())],
+            }
+        }
         None => vec![],
     };
     if scalar && items.len() == 1 {

@@ -145,3 +145,18 @@ pub fn arg(name: &str) -> pb::Argument {
 pub fn name_attr(name: &str) -> (String, pb::Value) {
     ("name".to_string(), string_value(name))
 }
+
+/// A tensor of `data_type` (uint8, int8, uint32, uintN…) whose immediate value is its raw
+/// little-endian bytes, as MIL stores these types.
+pub fn raw_bytes_value(data_type: pb::DataType, shape: &[usize], bytes: Vec<u8>) -> pb::Value {
+    use pb::tensor_value::{RepeatedBytes, Value};
+    immediate(
+        raw_tensor_type(data_type, &dims(shape)),
+        Value::Bytes(RepeatedBytes { values: bytes }),
+    )
+}
+
+/// A tensor of `data_type` stored in `weight.bin` at `offset`.
+pub fn raw_blob_value(data_type: pb::DataType, shape: &[usize], offset: u64) -> pb::Value {
+    blob_value(raw_tensor_type(data_type, &dims(shape)), offset)
+}

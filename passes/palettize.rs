@@ -1,0 +1,167 @@
+//! Palettization: every constant of at least `min_elements` elements becomes a look-up table of
+//! `2^bits` values plus one index per element, by exact optimal 1-D k-means
+//! ([`crate::compress::kmeans`]). Runs after the fp16 cast, so tables hold the model's dtype and
+//! each value is assigned to its nearest stored (rounded) entry.
+//!
+//! ```text
+//! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(palettized, 4-bit, 1 table(s) of fp16)
+//! ```
+
+use super::Pass;
+use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
+use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
+use crate::tensor::{DType, Tensor};
+
+pub struct Palettize {
+    pub bits: u32,
+    /// Output channels per table; `None` for one table per tensor.
+    pub group_size: Option<usize>,
+    pub min_elements: usize,
+}
+
+impl Pass for Palettize {
+    fn name(&self) -> &'static str {
+        "palettize"
+    }
+
+    fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        let k = 1usize << self.bits;
+        let (name, mut nodes, outputs) = g.into_parts();
+        let chosen: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(&n.op, Op::Const(ConstData::Dense(t)) if t.len() >= self.min_elements && matches!(t.dtype(), DType::F16 | DType::F32)))
+            .map(|(i, _)| i)
+            .collect();
+        let values: Vec<Vec<f32>> = chosen.iter().map(|&i| dense(&nodes[i]).to_f32()).collect();
+        let palettes: Vec<Vec<Palette>> = match self.group_size {
+            None => {
+                let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+                kmeans_1d_batch(&slices, k).into_iter().map(|p| vec![p]).collect()
+            }
+            Some(gs) => chosen
+                .iter()
+                .zip(&values)
+                .map(|(&i, v)| {
+                    let shape = &dense(&nodes[i]).shape;
+                    if shape.is_empty() || shape[0] % gs != 0 {
+                        return Err(IrError::Type {
+                            node: nodes[i].name.clone(),
+                            op: "palettize",
+                            reason: format!("group size {gs} does not divide the {} output channels of {shape:?}", shape.first().unwrap_or(&0)),
+                        });
+                    }
+                    Ok(palettize_grouped(v, shape, gs, k))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        for ((&i, v), group_palettes) in chosen.iter().zip(&values).zip(palettes) {
+            let t = dense(&nodes[i]);
+            let (shape, dtype) = (t.shape.clone(), t.dtype());
+            let groups = group_palettes.len();
+            let per_group = v.len() / groups;
+            let mut lut = vec![0f32; groups * k];
+            let mut indices = Vec::with_capacity(v.len());
+            for (gi, p) in group_palettes.into_iter().enumerate() {
+                // Tables are stored in the model's dtype; re-assigning to the rounded entries can
+                // only lower the error.
+                let p = if dtype == DType::F16 {
+                    p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group])
+                } else {
+                    p
+                };
+                lut[gi * k..gi * k + p.lut.len()].copy_from_slice(&p.lut);
+                indices.extend_from_slice(&p.indices);
+            }
+            let lut = Tensor::f32(vec![groups, k], lut).cast(dtype);
+            let group_size = shape[0] / groups;
+            nodes[i].op = Op::Const(ConstData::Palettized(Palettized {
+                shape,
+                bits: self.bits,
+                group_size,
+                lut,
+                indices,
+            }));
+        }
+        let mut g = Graph::new(name);
+        for n in nodes {
+            g.push(n);
+        }
+        for (n, v) in outputs {
+            g.set_output(&n, v);
+        }
+        Ok(g)
+    }
+}
+
+fn dense(n: &Node) -> &Tensor {
+    match &n.op {
+        Op::Const(ConstData::Dense(t)) => t,
+        _ => unreachable!("only dense constants are chosen"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{print::print, verify::verify, Conv2d, TensorType};
+    use crate::passes::testing::{max_diff, random};
+    use std::collections::BTreeMap;
+
+    fn conv_graph() -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F16, &[1, 8, 5, 5]));
+        let w = random(&[8, 8, 3, 3], 3, 0.5);
+        let w = g.constant("w", Tensor::f32(w.shape, w.data).cast(DType::F16));
+        let b = g.constant("b", Tensor::f32(vec![8], vec![0.1; 8]).cast(DType::F16));
+        let y = g
+            .add(Op::Conv2d(Conv2d::same(3)), &[x, w, b], "conv")
+            .unwrap();
+        g.set_output("y", y);
+        g
+    }
+
+    #[test]
+    fn big_weights_become_tables_and_stay_close() {
+        let g = conv_graph();
+        for (bits, group_size, tables) in [(2, None, 1), (4, None, 1), (4, Some(2), 4)] {
+            let p = Palettize {
+                bits,
+                group_size,
+                min_elements: 100,
+            }
+            .run(g.clone())
+            .unwrap();
+            verify(&p).unwrap();
+            let text = print(&p);
+            assert!(
+                text.contains(&format!(
+                    "const(palettized, {bits}-bit, {tables} table(s) of fp16)"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains("%b: fp16[8] = const([0.099975586"),
+                "small constants stay dense: {text}"
+            );
+            let inputs = BTreeMap::from([("x".to_string(), random(&[1, 8, 5, 5], 1, 1.0))]);
+            let d = max_diff(&g, &p, &inputs);
+            assert!(
+                d > 0.0 && d < 2.0 / (1 << bits) as f32 * 8.0,
+                "{bits}-bit: {d}"
+            );
+        }
+        let e = Palettize {
+            bits: 4,
+            group_size: Some(3),
+            min_elements: 100,
+        }
+        .run(g)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("group size 3 does not divide the 8 output channels"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Linear 8-bit weight quantization of every constant of at least `min_elements` elements
+//! ([`crate::compress::quantize`]): symmetric int8 per output channel, affine uint8 per output
+//! channel with zero points, or symmetric int8 per block of input channels (iOS18). Runs after
+//! the fp16 cast so that scales are quantized against the values the model stores.
+//!
+//! ```text
+//! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(int8, scales [64, 1, 1, 1] of fp16)
+//! ```
+
+use super::Pass;
+use crate::compress::quantize::{
+    quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, ScaleType,
+};
+use crate::ir::{ConstData, Graph, IrError, Op, Quantized};
+use crate::tensor::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Symmetric int8, one scale per output channel (or per block with `block_size`).
+    Int8,
+    /// Affine uint8 with a zero point per output channel.
+    Uint8,
+}
+
+pub struct Quantize {
+    pub mode: Mode,
+    /// Input channels per scale (iOS18 blockwise); `None` for one scale per output channel.
+    pub block_size: Option<usize>,
+    pub min_elements: usize,
+}
+
+impl Pass for Quantize {
+    fn name(&self) -> &'static str {
+        "quantize"
+    }
+
+    fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        let (name, mut nodes, outputs) = g.into_parts();
+        for n in &mut nodes {
+            let Op::Const(ConstData::Dense(t)) = &n.op else {
+                continue;
+            };
+            if t.len() < self.min_elements
+                || !matches!(t.dtype(), DType::F16 | DType::F32)
+                || t.shape.len() < 2
+            {
+                continue;
+            }
+            let dtype = t.dtype();
+            let scale_type = if dtype == DType::F16 {
+                ScaleType::F16
+            } else {
+                ScaleType::F32
+            };
+            let v = t.to_f32();
+            let q = match (self.mode, self.block_size) {
+                (Mode::Int8, None) => quantize_per_channel_i8(&v, &t.shape, scale_type),
+                (Mode::Uint8, None) => quantize_per_channel_u8(&v, &t.shape, scale_type),
+                (Mode::Int8, Some(b)) => {
+                    if b == 0 || t.shape[1] % b != 0 {
+                        return Err(IrError::Type {
+                            node: n.name.clone(),
+                            op: "quantize",
+                            reason: format!(
+                                "block size {b} does not divide the {} input channels of {:?}",
+                                t.shape[1], t.shape
+                            ),
+                        });
+                    }
+                    quantize_blockwise_i8(&v, &t.shape, b, scale_type)
+                }
+                (Mode::Uint8, Some(_)) => {
+                    return Err(IrError::Type {
+                        node: n.name.clone(),
+                        op: "quantize",
+                        reason: "per-block scales are int8 only".into(),
+                    })
+                }
+            };
+            n.op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
+        }
+        let mut g = Graph::new(name);
+        for n in nodes {
+            g.push(n);
+        }
+        for (n, v) in outputs {
+            g.set_output(&n, v);
+        }
+        Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{print::print, verify::verify, Conv2d, TensorType};
+    use crate::passes::testing::{max_diff, random};
+    use crate::tensor::Tensor;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn int8_uint8_and_blockwise_stay_close() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 8, 5, 5]));
+        let w = random(&[4, 8, 3, 3], 3, 0.5);
+        let w = g.constant("w", Tensor::f32(w.shape, w.data));
+        let y = g.add(Op::Conv2d(Conv2d::same(3)), &[x, w], "conv").unwrap();
+        g.set_output("y", y);
+        let inputs = BTreeMap::from([("x".to_string(), random(&[1, 8, 5, 5], 1, 1.0))]);
+        for (mode, block, summary) in [
+            (Mode::Int8, None, "int8, scales [4, 1, 1, 1]"),
+            (Mode::Uint8, None, "uint8, scales [4, 1, 1, 1]"),
+            (Mode::Int8, Some(4), "int8, scales [4, 2, 1, 1]"),
+        ] {
+            let q = Quantize {
+                mode,
+                block_size: block,
+                min_elements: 100,
+            }
+            .run(g.clone())
+            .unwrap();
+            verify(&q).unwrap();
+            assert!(print(&q).contains(summary), "{}", print(&q));
+            let d = max_diff(&g, &q, &inputs);
+            assert!(d > 0.0 && d < 0.05, "{mode:?} {block:?}: {d}");
+        }
+        let e = Quantize {
+            mode: Mode::Int8,
+            block_size: Some(3),
+            min_elements: 100,
+        }
+        .run(g)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("block size 3 does not divide the 8 input channels"),
+            "{e}"
+        );
+    }
+}

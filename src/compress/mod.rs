@@ -1,0 +1,19 @@
+//! Weight compression numerics: the pure functions behind Core ML's palettized and linearly
+//! quantized constants. Nothing here knows about the IR or Core ML's file formats; the passes
+//! that emit `constexpr_*` ops call into this module.
+//!
+//! * [`kmeans`]: exact, optimal 1-D k-means (palettization) in memory linear in the tensor size.
+//! * [`quantize`]: linear int8/uint8 quantization per output channel or per block, and the
+//!   matching dequantization.
+//! * [`pack`]: sub-byte packing of indices in Core ML's bit order.
+
+pub mod kmeans;
+pub mod pack;
+pub mod quantize;
+
+pub use kmeans::{kmeans_1d, kmeans_1d_batch, palettize_grouped, Palette};
+pub use pack::{pack_bits, unpack_bits};
+pub use quantize::{
+    quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, QuantData, Quantized,
+    ScaleType,
+};
