@@ -171,6 +171,12 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Palette {
         };
     }
 
+    if values.len() >= COUNTING_MIN {
+        if let Some(keys) = f16_keys(values) {
+            return HISTOGRAM.with(|h| counting_kmeans(&keys, k, &mut h.borrow_mut()));
+        }
+    }
+
     let sorted = sort_with_index(values);
     // Unique values with their counts, in ascending order.
     let mut uniq: Vec<f32> = Vec::new();
@@ -186,32 +192,9 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Palette {
             prev_key = Some(key);
         }
     }
-    let n = uniq.len();
-
-    // starts[c] = first unique index of cluster c; starts[clusters] = n.
-    let starts: Vec<usize> = if n <= k {
-        (0..=n).collect()
-    } else {
-        let prefix = Prefix::new(&uniq, &counts);
-        optimal_starts(&prefix, n, k)
-    };
-    let clusters = starts.len() - 1;
-
-    let mut lut = Vec::with_capacity(clusters);
-    let mut cluster_of_unique = Vec::with_capacity(n);
-    for c in 0..clusters {
-        let (a, b) = (starts[c], starts[c + 1]);
-        let (mut sw, mut sx) = (0.0f64, 0.0f64);
-        for u in a..b {
-            sw += f64::from(counts[u]);
-            sx += f64::from(counts[u]) * f64::from(uniq[u]);
-        }
-        lut.push((sx / sw) as f32);
-        cluster_of_unique.extend(std::iter::repeat_n(c as u16, b - a));
-    }
+    let (lut, cluster_of_unique, sse) = cluster_unique(&uniq, &counts, k);
 
     let mut indices = vec![0u16; values.len()];
-    let mut sse = 0.0f64;
     let mut u = usize::MAX;
     let mut prev_key = None;
     for &e in &sorted {
@@ -220,10 +203,136 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Palette {
             u = u.wrapping_add(1);
             prev_key = Some(key);
         }
-        let c = cluster_of_unique[u];
-        indices[(e & 0xffff_ffff) as usize] = c;
-        let d = f64::from(uniq[u]) - f64::from(lut[usize::from(c)]);
-        sse += d * d;
+        indices[(e & 0xffff_ffff) as usize] = cluster_of_unique[u];
+    }
+    Palette { lut, indices, sse }
+}
+
+/// Tensors at least this large whose values are all fp16-exact are counted over the 65536 fp16
+/// bit patterns instead of sorted (below it, scanning the table costs more than the sort).
+const COUNTING_MIN: usize = 4096;
+
+thread_local! {
+    /// Per-thread counting table over order-preserving fp16 keys; all zero between calls.
+    static HISTOGRAM: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Optimal LUT of the sorted unique values `uniq` with element `counts`, the cluster of each
+/// unique value, and the squared error (in f64, against the f32 LUT).
+fn cluster_unique(uniq: &[f32], counts: &[u32], k: usize) -> (Vec<f32>, Vec<u16>, f64) {
+    let n = uniq.len();
+    // starts[c] = first unique index of cluster c; starts[clusters] = n.
+    let starts: Vec<usize> = if n <= k {
+        (0..=n).collect()
+    } else {
+        let prefix = Prefix::new(uniq, counts);
+        optimal_starts(&prefix, n, k)
+    };
+    let clusters = starts.len() - 1;
+
+    let mut lut = Vec::with_capacity(clusters);
+    let mut cluster_of_unique = Vec::with_capacity(n);
+    let mut sse = 0.0f64;
+    for c in 0..clusters {
+        let (a, b) = (starts[c], starts[c + 1]);
+        let (mut sw, mut sx) = (0.0f64, 0.0f64);
+        for u in a..b {
+            sw += f64::from(counts[u]);
+            sx += f64::from(counts[u]) * f64::from(uniq[u]);
+        }
+        let centroid = (sx / sw) as f32;
+        lut.push(centroid);
+        for u in a..b {
+            let d = f64::from(uniq[u]) - f64::from(centroid);
+            sse += f64::from(counts[u]) * (d * d);
+        }
+        cluster_of_unique.extend(std::iter::repeat_n(c as u16, b - a));
+    }
+    (lut, cluster_of_unique, sse)
+}
+
+/// Order-preserving 16-bit key of every value if all are fp16-exact (`-0.0` as `0.0`): the fp16
+/// bit pattern with the sign handled like [`f32_key`].
+fn f16_keys(values: &[f32]) -> Option<Vec<u16>> {
+    let mut keys = Vec::with_capacity(values.len());
+    let mut exact = true;
+    for &v in values {
+        let (key, ok) = f16_key(v);
+        exact &= ok;
+        keys.push(key);
+    }
+    exact.then_some(keys)
+}
+
+/// `(key, exact)`: the order-preserving fp16 key of `x`, valid if `exact` (`x` is fp16-exact).
+#[inline]
+fn f16_key(x: f32) -> (u16, bool) {
+    let b = (x + 0.0).to_bits();
+    let a = b & 0x7fff_ffff;
+    let exp = a >> 23;
+    let (h, exact) = if a == 0 {
+        (0, true)
+    } else if (113..=142).contains(&exp) {
+        // Normal fp16: rebias the exponent, drop 13 mantissa bits.
+        ((a - (112 << 23)) >> 13, a & 0x1fff == 0)
+    } else if (103..=112).contains(&exp) {
+        // Subnormal fp16: the significand with its implicit bit, shifted to units of 2^-24.
+        let m = 0x80_0000 | (a & 0x7f_ffff);
+        let shift = 126 - exp;
+        (m >> shift, m & ((1 << shift) - 1) == 0)
+    } else {
+        (0, false)
+    };
+    let h = h as u16;
+    let key = if b & 0x8000_0000 != 0 {
+        !(h | 0x8000)
+    } else {
+        h | 0x8000
+    };
+    (key, exact)
+}
+
+/// The value of an order-preserving fp16 key.
+fn f16_key_to_f32(key: u16) -> f32 {
+    let h = if key & 0x8000 != 0 {
+        key & 0x7fff
+    } else {
+        !key
+    };
+    f16::from_bits(h).to_f32()
+}
+
+/// [`kmeans_1d`] by counting the fp16 keys of the values: O(N + 65536), no sort.
+fn counting_kmeans(keys: &[u16], k: usize, hist: &mut Vec<u32>) -> Palette {
+    hist.resize(1 << 16, 0);
+    let (mut lo, mut hi) = (u16::MAX, 0u16);
+    for &key in keys {
+        hist[usize::from(key)] += 1;
+        lo = lo.min(key);
+        hi = hi.max(key);
+    }
+    let mut uniq_keys: Vec<u16> = Vec::new();
+    let mut uniq: Vec<f32> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    for key in lo..=hi {
+        let c = hist[usize::from(key)];
+        if c != 0 {
+            uniq_keys.push(key);
+            uniq.push(f16_key_to_f32(key));
+            counts.push(c);
+        }
+    }
+    let (lut, cluster_of_unique, sse) = cluster_unique(&uniq, &counts, k);
+    // The table now maps each key to its cluster.
+    for (&key, &c) in uniq_keys.iter().zip(&cluster_of_unique) {
+        hist[usize::from(key)] = u32::from(c);
+    }
+    let indices = keys
+        .iter()
+        .map(|&key| hist[usize::from(key)] as u16)
+        .collect();
+    for &key in &uniq_keys {
+        hist[usize::from(key)] = 0;
     }
     Palette { lut, indices, sse }
 }
@@ -405,6 +514,7 @@ impl Prefix {
     }
 
     /// Weighted squared error of unique values `i..j` around their mean.
+    #[cfg(test)]
     fn cost(&self, i: usize, j: usize) -> f64 {
         let d = self.s1[j] - self.s1[i];
         (self.s2[j] - self.s2[i]) - d * d * self.recip[(self.w[j] - self.w[i]) as usize]
@@ -1067,6 +1177,74 @@ mod tests {
         assert_eq!(ps.len(), 4);
         for (g, p) in ps.iter().enumerate() {
             assert_eq!(p, &kmeans_1d(&values[g * 24..(g + 1) * 24], 4));
+        }
+    }
+
+    #[test]
+    fn f16_keys_order_every_fp16_value() {
+        let mut seen = Vec::new();
+        for h in 0..=u16::MAX {
+            let x = f16::from_bits(h).to_f32();
+            if !x.is_finite() {
+                continue;
+            }
+            let (key, exact) = f16_key(x);
+            assert!(exact, "{x}");
+            assert_eq!(f16_key_to_f32(key), x + 0.0, "{h:#x}");
+            seen.push((x, key));
+        }
+        seen.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(seen
+            .windows(2)
+            .all(|w| (w[0].0 + 0.0 == w[1].0 + 0.0) == (w[0].1 == w[1].1)));
+        assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1));
+        for x in [
+            1.0f32 + f32::EPSILON,
+            1e-8,
+            70000.0,
+            3e-5 + 1e-9,
+            f32::MIN_POSITIVE,
+        ] {
+            assert!(!f16_key(x).1, "{x}");
+        }
+    }
+
+    /// The counting path (large fp16-exact tensors) and the sorting path agree.
+    #[test]
+    fn counting_path_matches_sorting_path() {
+        let mut rng = Rng(31);
+        let values: Vec<f32> = (0..3 * COUNTING_MIN)
+            .map(|_| f16::from_f32((rng.below(40_000) as f32 - 20_000.0) * 3e-6).to_f32())
+            .collect();
+        assert!(f16_keys(&values).is_some());
+        // One value that is not fp16-exact sends the whole tensor down the sorting path.
+        let mut perturbed = values.clone();
+        perturbed.push(1.0 + f32::EPSILON);
+        assert!(f16_keys(&perturbed).is_none());
+        for k in [1, 5, 16, 256] {
+            check_consistent(&values, &kmeans_1d(&values, k), k);
+            check_consistent(&perturbed, &kmeans_1d(&perturbed, k), k);
+        }
+        // The counting path's result equals the sorting path's on the same values.
+        let sorted = sort_with_index(&values);
+        let p = kmeans_1d(&values, 16);
+        let mut uniq: Vec<f32> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
+        for &e in &sorted {
+            let v = key_to_f32((e >> 32) as u32);
+            if uniq.last() == Some(&v) {
+                *counts.last_mut().unwrap() += 1;
+            } else {
+                uniq.push(v);
+                counts.push(1);
+            }
+        }
+        let (lut, cluster_of_unique, sse) = cluster_unique(&uniq, &counts, 16);
+        assert_eq!((p.lut.clone(), p.sse), (lut, sse));
+        for &e in &sorted {
+            let v = key_to_f32((e >> 32) as u32);
+            let u = uniq.partition_point(|&x| x < v);
+            assert_eq!(p.indices[(e & 0xffff_ffff) as usize], cluster_of_unique[u]);
         }
     }
 

@@ -359,6 +359,12 @@ fn run_op<'a>(kind: &str, arg: &dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, 
         "conv" => {
             let x = num("x")?;
             let w = num("weight")?;
+            if w.shape.len() != 4 || w.shape.contains(&0) {
+                return Err(format!(
+                    "weight {:?} is not a non-empty [O, I, kh, kw] tensor",
+                    w.shape
+                ));
+            }
             let bias = arg("bias").map(|_| num("bias")).transpose()?;
             let pair = |k: &str| -> Result<[usize; 2], String> {
                 match arg(k) {
@@ -393,15 +399,19 @@ fn run_op<'a>(kind: &str, arg: &dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, 
                 }
                 other => return Err(format!("pad_type {other:?} is not supported")),
             };
-            if x.shape.len() != 4
-                || w.shape.len() != 4
-                || groups == 0
-                || x.shape[1] != w.shape[1] * groups
-            {
-                return Err(format!(
-                    "x {:?} and weight {:?} do not fit (groups {groups})",
-                    x.shape, w.shape
-                ));
+            let fits = x.shape.len() == 4
+                && groups > 0
+                && x.shape[1] == w.shape[1] * groups
+                && w.shape[0] % groups == 0
+                && bias.is_none_or(|b| b.len() == w.shape[0])
+                && !strides.contains(&0)
+                && !dilations.contains(&0)
+                && (0..2).all(|a| {
+                    x.shape[2 + a] + pads[2 * a] + pads[2 * a + 1]
+                        > dilations[a] * (w.shape[2 + a].max(1) - 1)
+                });
+            if !fits {
+                return Err(format!("x {:?}, weight {:?}, bias, strides {strides:?}, dilations {dilations:?}, pads {pads:?} and groups {groups} do not fit", x.shape, w.shape));
             }
             let p = kernels::Conv2d {
                 strides,
@@ -425,14 +435,17 @@ fn run_op<'a>(kind: &str, arg: &dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, 
                     }
                 }
             };
-            kernels::upsample_nearest(
-                num("x")?,
-                s("scale_factor_height")?,
-                s("scale_factor_width")?,
-            )
+            let x = num("x")?;
+            if x.shape.len() < 3 {
+                return Err(format!("upsample needs rank >= 3, got {:?}", x.shape));
+            }
+            kernels::upsample_nearest(x, s("scale_factor_height")?, s("scale_factor_width")?)
         }
         "reduce_mean" => {
             let x = num("x")?;
+            if x.shape.is_empty() {
+                return Err("reduce_mean of a scalar".into());
+            }
             let rank = x.shape.len() as i64;
             let axes: Vec<usize> = match arg("axes") {
                 None => (0..x.shape.len()).collect(),
