@@ -83,14 +83,7 @@ impl Pass for Palettize {
                 indices,
             }));
         }
-        let mut g = Graph::new(name);
-        for n in nodes {
-            g.push(n);
-        }
-        for (n, v) in outputs {
-            g.set_output(&n, v);
-        }
-        Ok(g)
+        Ok(Graph::from_parts(name, nodes, outputs))
     }
 }
 

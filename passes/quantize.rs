@@ -79,14 +79,7 @@ impl Pass for Quantize {
             };
             n.op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
         }
-        let mut g = Graph::new(name);
-        for n in nodes {
-            g.push(n);
-        }
-        for (n, v) in outputs {
-            g.set_output(&n, v);
-        }
-        Ok(g)
+        Ok(Graph::from_parts(name, nodes, outputs))
     }
 }
 

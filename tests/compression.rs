@@ -260,11 +260,7 @@ fn compression_flags_reject_undefined_combinations() {
             "bad.mlpackage",
         ];
         all.extend_from_slice(args);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
-            .args(&all)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
+        let o = mlc(&all, &dir);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success() && err.contains(needle),

@@ -229,19 +229,11 @@ fn ane_report_flags_what_does_not_fit() {
     oracle(&dir);
 }
 
-fn mlc_cli(args: &[&str], cwd: &Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn cli_sizes_layouts_and_bad_input() {
     let dir = out_dir("shapes_cli");
     let w = taef2_weights().display().to_string();
-    let ok = mlc_cli(
+    let ok = mlc(
         &[
             "build",
             "flux2",
@@ -266,14 +258,14 @@ fn cli_sizes_layouts_and_bad_input() {
         stderr.contains("only the default shape"),
         "build warns about flexible shapes: {stderr}"
     );
-    let inspect = mlc_cli(&["inspect", "e.mlpackage", "--ane"], &dir);
+    let inspect = mlc(&["inspect", "e.mlpackage", "--ane"], &dir);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(
         text.contains("Neural Engine: all") && text.contains("note: flexible"),
         "{text}"
     );
 
-    let mf = mlc_cli(
+    let mf = mlc(
         &[
             "build",
             "flux2",
@@ -297,7 +289,7 @@ fn cli_sizes_layouts_and_bad_input() {
     let fixture = shared("fixtures/taef2/seed0_32x32.safetensors")
         .display()
         .to_string();
-    let run = mlc_cli(
+    let run = mlc(
         &[
             "run",
             "mf.mlpackage",
@@ -350,7 +342,7 @@ fn cli_sizes_layouts_and_bad_input() {
     for (args, needle) in bad {
         let mut all = vec!["build", "flux2", "--weights", &w, "-o", "bad.mlpackage"];
         all.extend_from_slice(args);
-        let o = mlc_cli(&all, &dir);
+        let o = mlc(&all, &dir);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             !o.status.success() && err.contains(needle),

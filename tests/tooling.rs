@@ -7,7 +7,7 @@ use common::*;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn mlc(args: &[&str], cwd: &Path, path_env: Option<&Path>) -> Output {
+fn mlc_with_path(args: &[&str], cwd: &Path, path_env: Option<&Path>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
     c.args(args).current_dir(cwd);
     if let Some(p) = path_env {
@@ -24,7 +24,7 @@ fn text(b: &[u8]) -> String {
 fn dump_passes_writes_every_stage_in_order() {
     let dir = out_dir("tooling_dump");
     let w = taef2_weights().display().to_string();
-    let o = mlc(
+    let o = mlc_with_path(
         &[
             "build",
             "flux2",
@@ -101,7 +101,7 @@ fn dump_passes_writes_every_stage_in_order() {
 fn timings_and_json_reports() {
     let dir = out_dir("tooling_reports");
     let w = taef2_weights().display().to_string();
-    let o = mlc(
+    let o = mlc_with_path(
         &[
             "build",
             "flux2",
@@ -164,7 +164,7 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
         std::env::var("PATH").unwrap_or_default()
     );
 
-    let o = mlc(
+    let o = mlc_with_path(
         &[
             "build",
             "flux2",
@@ -195,7 +195,7 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
 
     // No xcrun at all: a clear error; the package is still there.
     std::fs::remove_dir_all(dir.join("m.mlpackage")).unwrap();
-    let o = mlc(
+    let o = mlc_with_path(
         &[
             "build",
             "flux2",
@@ -223,7 +223,7 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
 fn inspect_dot_draws_the_program() {
     let dir = out_dir("tooling_dot");
     let w = taef2_weights().display().to_string();
-    assert!(mlc(
+    assert!(mlc_with_path(
         &[
             "build",
             "flux2",
@@ -239,7 +239,7 @@ fn inspect_dot_draws_the_program() {
     )
     .status
     .success());
-    let o = mlc(&["inspect", "m.mlpackage", "--dot"], &dir, None);
+    let o = mlc_with_path(&["inspect", "m.mlpackage", "--dot"], &dir, None);
     let dot = text(&o.stdout);
     assert!(dot.starts_with("digraph {"), "{dot}");
     assert_eq!(dot.matches(": conv\"").count(), 41);

@@ -160,6 +160,18 @@ impl Graph {
         &self.outputs
     }
 
+    /// A graph from parts taken with [`Graph::into_parts`] and changed in place (handles kept).
+    pub fn from_parts(name: String, nodes: Vec<Node>, outputs: Vec<(String, ValueId)>) -> Graph {
+        let mut g = Graph::new(name);
+        for n in nodes {
+            g.push(n);
+        }
+        for (n, v) in outputs {
+            g.set_output(&n, v);
+        }
+        g
+    }
+
     /// Consumes the graph into its parts, for passes that rebuild it.
     pub fn into_parts(self) -> (String, Vec<Node>, Vec<(String, ValueId)>) {
         (self.name, self.nodes, self.outputs)

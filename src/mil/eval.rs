@@ -71,12 +71,7 @@ pub fn evaluate(
             .ok_or_else(|| err("no value given".into()))?;
         let (dt, dims) =
             tensor_type(i.r#type.as_ref()).ok_or_else(|| err("not a tensor".into()))?;
-        if dims.len() != a.shape.len()
-            || dims
-                .iter()
-                .zip(&a.shape)
-                .any(|(d, &n)| d.is_some_and(|d| d != n))
-        {
+        if !fits(&dims, &a.shape) {
             return Err(err(format!(
                 "given shape {:?} does not fit declared {dims:?}",
                 a.shape
@@ -145,12 +140,7 @@ pub fn evaluate(
             }
         }
         if let (Val::Num(a), Some((_, dims))) = (&val, &out_type) {
-            if dims.len() != a.shape.len()
-                || dims
-                    .iter()
-                    .zip(&a.shape)
-                    .any(|(d, &n)| d.is_some_and(|d| d != n))
-            {
+            if !fits(dims, &a.shape) {
                 return Err(err(format!(
                     "computed shape {:?} differs from declared {dims:?}",
                     a.shape
@@ -183,6 +173,15 @@ pub fn evaluate(
             }),
         })
         .collect()
+}
+
+/// Whether a concrete shape matches declared dims (`None` matches any size).
+fn fits(dims: &[Option<usize>], shape: &[usize]) -> bool {
+    dims.len() == shape.len()
+        && dims
+            .iter()
+            .zip(shape)
+            .all(|(d, &n)| d.is_none_or(|d| d == n))
 }
 
 /// dtype and dims (None for unknown) of a tensor type.

@@ -6,7 +6,7 @@ use mlc::tensor::Tensor;
 use mlc::weights::Weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -126,4 +126,13 @@ pub fn oracle(dir: &Path) {
 /// Max abs error, mean abs error and PSNR of `out` against `reference`.
 pub fn compare(out: &Array, reference: &Array) -> mlc::run::Compare {
     mlc::run::compare(out, reference)
+}
+
+/// Runs the mlc binary in `cwd`.
+pub fn mlc(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
 }
