@@ -838,8 +838,8 @@ mod tests {
         total
     }
 
-    /// Minimum over every split of the sorted unique values into exactly `k` runs.
-    fn brute_force(values: &[f32], k: usize) -> f64 {
+    /// Sorted unique values with their counts, as the references see the data.
+    fn weighted_unique(values: &[f32]) -> Vec<(f64, f64)> {
         let mut u: Vec<f32> = values.to_vec();
         u.sort_by(f32::total_cmp);
         let mut xs: Vec<(f64, f64)> = Vec::new();
@@ -849,6 +849,12 @@ mod tests {
                 _ => xs.push((f64::from(v), 1.0)),
             }
         }
+        xs
+    }
+
+    /// Minimum over every split of the sorted unique values into exactly `k` runs.
+    fn brute_force(values: &[f32], k: usize) -> f64 {
+        let xs = weighted_unique(values);
         let n = xs.len();
         if n <= k {
             return 0.0;
@@ -961,15 +967,7 @@ mod tests {
     /// O(k·n²) reference DP with a complete table and no monotonicity assumptions; the chosen
     /// partition is re-scored exactly.
     fn full_table_dp(values: &[f32], k: usize) -> f64 {
-        let mut u: Vec<f32> = values.to_vec();
-        u.sort_by(f32::total_cmp);
-        let mut xs: Vec<(f64, f64)> = Vec::new();
-        for v in u {
-            match xs.last_mut() {
-                Some(last) if last.0 == f64::from(v) => last.1 += 1.0,
-                _ => xs.push((f64::from(v), 1.0)),
-            }
-        }
+        let xs = weighted_unique(values);
         let n = xs.len();
         if n <= k {
             return 0.0;

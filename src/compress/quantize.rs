@@ -96,9 +96,14 @@ pub fn quantize_per_channel_i8(
     shape: &[usize],
     scale_type: ScaleType,
 ) -> Quantized {
+    quantize(values, shape, &per_output_channel(shape), false, scale_type)
+}
+
+/// Blocks spanning everything but the output-channel axis (axis 0).
+fn per_output_channel(shape: &[usize]) -> Vec<usize> {
     let mut block = shape.to_vec();
     block[0] = 1;
-    quantize(values, shape, &block, false, scale_type)
+    block
 }
 
 /// Affine uint8 with one scale and zero point per output channel (axis 0).
@@ -107,9 +112,7 @@ pub fn quantize_per_channel_u8(
     shape: &[usize],
     scale_type: ScaleType,
 ) -> Quantized {
-    let mut block = shape.to_vec();
-    block[0] = 1;
-    quantize(values, shape, &block, true, scale_type)
+    quantize(values, shape, &per_output_channel(shape), true, scale_type)
 }
 
 /// Symmetric int8 with one scale per output channel and per `block_size` input channels

@@ -141,13 +141,8 @@ pub fn upsample_nearest(x: &Array, scale_h: usize, scale_w: usize) -> Array {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::Lcg;
+    use super::super::test_util::{iota, Lcg};
     use super::*;
-
-    fn iota(shape: &[usize]) -> Array {
-        let n = shape.iter().product::<usize>();
-        Array::new(shape.to_vec(), (0..n).map(|v| v as f32).collect())
-    }
 
     #[test]
     fn transpose_small_cases() {

@@ -157,6 +157,14 @@ where
 
 #[cfg(test)]
 pub(crate) mod test_util {
+    use super::Array;
+
+    /// `0, 1, 2, …` laid out in `shape`: every element names its own position.
+    pub fn iota(shape: &[usize]) -> Array {
+        let n = shape.iter().product::<usize>();
+        Array::new(shape.to_vec(), (0..n).map(|v| v as f32).collect())
+    }
+
     /// Deterministic data for tests: a 64-bit LCG mapped to [-1, 1).
     pub struct Lcg(pub u64);
 

@@ -80,12 +80,8 @@ pub fn reduce_mean(x: &Array, axes: &[usize], keep_dims: bool) -> Array {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::iota;
     use super::*;
-
-    fn iota(shape: &[usize]) -> Array {
-        let n = shape.iter().product::<usize>();
-        Array::new(shape.to_vec(), (0..n).map(|v| v as f32).collect())
-    }
 
     #[test]
     fn mean_over_various_axes() {
