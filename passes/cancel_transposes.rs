@@ -49,6 +49,7 @@ impl Pass for CancelTransposes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Unary;
     use crate::ir::{print::print, verify::verify, TensorType};
     use crate::passes::testing::{max_diff, random};
     use crate::tensor::DType;
@@ -94,7 +95,7 @@ mod tests {
                 "d",
             )
             .unwrap();
-        let y = g.add(Op::Relu, &[d], "y").unwrap();
+        let y = g.add(Op::Unary(Unary::Relu), &[d], "y").unwrap();
         g.set_output("y", y);
         let h = crate::passes::dce::Dce
             .run(CancelTransposes.run(g.clone()).unwrap())

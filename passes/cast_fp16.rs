@@ -77,6 +77,7 @@ impl Pass for CastFp16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Unary;
     use crate::ir::{print::print, verify::verify, Conv2d, TensorType};
     use crate::passes::testing::{max_diff, random};
     use crate::tensor::Tensor;
@@ -88,7 +89,7 @@ mod tests {
         let w = random(&[4, 3, 3, 3], 7, 0.5);
         let w = g.constant("w", Tensor::f32(w.shape, w.data));
         let y = g.add(Op::Conv2d(Conv2d::same(3)), &[x, w], "conv").unwrap();
-        let y = g.add(Op::Relu, &[y], "relu").unwrap();
+        let y = g.add(Op::Unary(Unary::Relu), &[y], "relu").unwrap();
         g.set_output("y", y);
         g
     }

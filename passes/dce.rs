@@ -46,6 +46,7 @@ impl Pass for Dce {
 mod tests {
     use super::*;
     use crate::ir::{print::print, TensorType};
+    use crate::ir::{Binary, Unary};
     use crate::tensor::{DType, Tensor};
 
     #[test]
@@ -54,9 +55,9 @@ mod tests {
         let x = g.input("x", TensorType::known(DType::F32, &[2]));
         let _unused_in = g.input("y", TensorType::known(DType::F32, &[2]));
         let c = g.constant("c", Tensor::f32(vec![2], vec![1.0, 2.0]));
-        let dead = g.add(Op::Add, &[x, c], "dead").unwrap();
-        let _deader = g.add(Op::Relu, &[dead], "deader").unwrap();
-        let r = g.add(Op::Relu, &[x], "r").unwrap();
+        let dead = g.add(Op::Binary(Binary::Add), &[x, c], "dead").unwrap();
+        let _deader = g.add(Op::Unary(Unary::Relu), &[dead], "deader").unwrap();
+        let r = g.add(Op::Unary(Unary::Relu), &[x], "r").unwrap();
         g.set_output("out", r);
         let out = Dce.run(g).unwrap();
         crate::ir::verify::verify(&out).unwrap();

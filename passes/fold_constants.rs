@@ -14,7 +14,7 @@
 //! ```
 
 use super::Pass;
-use crate::ir::{eval::eval_op, ConstData, Graph, IrError, Node, Op, Rebuilder, ValueId};
+use crate::ir::{eval::eval_op, Binary, ConstData, Graph, IrError, Node, Op, Rebuilder, ValueId};
 use crate::kernels::Array;
 use crate::tensor::Tensor;
 
@@ -51,12 +51,14 @@ impl Pass for FoldConstants {
                     let new = r.graph.constant(node.name, t);
                     r.set(old, new);
                 }
-                (Op::Div, None) if as_const(&r.graph, inputs[1]).is_some() => {
+                (Op::Binary(Binary::Div), None) if as_const(&r.graph, inputs[1]).is_some() => {
                     let divisor = as_const(&r.graph, inputs[1]).expect("checked");
                     let recip: Vec<f32> = divisor.to_f32().iter().map(|d| 1.0 / d).collect();
                     let t = Tensor::f32(divisor.shape.clone(), recip).cast(divisor.dtype());
                     let c = r.graph.constant(format!("{}_recip", node.name), t);
-                    let new = r.graph.add(Op::Mul, &[inputs[0], c], node.name)?;
+                    let new = r
+                        .graph
+                        .add(Op::Binary(Binary::Mul), &[inputs[0], c], node.name)?;
                     r.set(old, new);
                 }
                 _ => {
@@ -84,6 +86,7 @@ fn as_const(g: &Graph, v: ValueId) -> Option<&Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::{known_dims, Unary};
     use crate::ir::{print::print, verify::verify, TensorType};
     use crate::passes::testing::{max_diff, random};
     use crate::tensor::DType;
@@ -94,20 +97,22 @@ mod tests {
         let mut g = Graph::new("t");
         let x = g.input("x", TensorType::known(DType::F32, &[1, 4, 3, 3]));
         let three = g.constant("three", Tensor::scalar(3.0));
-        let d = g.add(Op::Div, &[x, three], "div").unwrap();
-        let t = g.add(Op::Tanh, &[d], "tanh").unwrap();
-        let y = g.add(Op::Mul, &[t, three], "clamp").unwrap();
+        let d = g.add(Op::Binary(Binary::Div), &[x, three], "div").unwrap();
+        let t = g.add(Op::Unary(Unary::Tanh), &[d], "tanh").unwrap();
+        let y = g
+            .add(Op::Binary(Binary::Mul), &[t, three], "clamp")
+            .unwrap();
         let gamma = g.constant("gamma", Tensor::f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]));
         let g4 = g
             .add(
                 Op::Reshape {
-                    shape: vec![1, 4, 1, 1],
+                    shape: known_dims(&[1, 4, 1, 1]),
                 },
                 &[gamma],
                 "gamma4",
             )
             .unwrap();
-        let out = g.add(Op::Mul, &[y, g4], "out").unwrap();
+        let out = g.add(Op::Binary(Binary::Mul), &[y, g4], "out").unwrap();
         g.set_output("y", out);
 
         let folded = FoldConstants.run(g.clone()).unwrap();

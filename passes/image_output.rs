@@ -8,7 +8,7 @@
 //! ```
 
 use super::Pass;
-use crate::ir::{Graph, IrError, Op, Rebuilder};
+use crate::ir::{Binary, Graph, IrError, Op, Rebuilder};
 use crate::tensor::Tensor;
 
 pub struct ImageOutput;
@@ -31,7 +31,7 @@ impl Pass for ImageOutput {
             let k = g.fresh_name(&format!("{base}_255_y"));
             let k = g.constant(k, Tensor::scalar(255.0).cast(g.ty(v).dtype));
             let scaled = g.fresh_name(&format!("{base}_255"));
-            g.add(Op::Mul, &[c, k], scaled)
+            g.add(Op::Binary(Binary::Mul), &[c, k], scaled)
         })
     }
 }
@@ -39,6 +39,7 @@ impl Pass for ImageOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Unary;
     use crate::ir::{eval::evaluate, verify::verify, TensorType};
     use crate::kernels::Array;
     use crate::tensor::DType;
@@ -48,7 +49,7 @@ mod tests {
     fn clamps_and_scales_to_255() {
         let mut g = Graph::new("t");
         let x = g.input("x", TensorType::known(DType::F32, &[1, 3, 1, 2]));
-        let y = g.add(Op::Relu, &[x], "y").unwrap();
+        let y = g.add(Op::Unary(Unary::Relu), &[x], "y").unwrap();
         g.set_output("image", y);
         let h = ImageOutput.run(g).unwrap();
         verify(&h).unwrap();

@@ -18,7 +18,7 @@
 //! so the mean of channel means is the group mean).
 
 use super::Pass;
-use crate::ir::{Dim, Graph, IrError, Op, Rebuilder, ValueId};
+use crate::ir::{known_dims, Binary, Dim, Graph, IrError, Op, Rebuilder, ValueId};
 
 pub struct LowerGroupNorm;
 
@@ -60,8 +60,8 @@ impl Pass for LowerGroupNorm {
                 "mean_hw",
             )?;
             let mean = e.group_mean(mc, n, c, groups, "mean")?;
-            let d = e.op(Op::Sub, &[x, mean], "centered")?;
-            let sq = e.op(Op::Mul, &[d, d], "squared")?;
+            let d = e.op(Op::Binary(Binary::Sub), &[x, mean], "centered")?;
+            let sq = e.op(Op::Binary(Binary::Mul), &[d, d], "squared")?;
             let vc = e.op(
                 Op::ReduceMean {
                     axes: vec![2, 3],
@@ -74,21 +74,23 @@ impl Pass for LowerGroupNorm {
             let inv = e.op(Op::Rsqrt { epsilon }, &[var], "inv_std")?;
             let gamma = e.op(
                 Op::Reshape {
-                    shape: vec![1, c, 1, 1],
+                    shape: known_dims(&[1, c, 1, 1]),
                 },
                 &[gamma],
                 "gamma",
             )?;
             let beta = e.op(
                 Op::Reshape {
-                    shape: vec![1, c, 1, 1],
+                    shape: known_dims(&[1, c, 1, 1]),
                 },
                 &[beta],
                 "beta",
             )?;
-            let scale = e.op(Op::Mul, &[inv, gamma], "scale")?;
-            let y = e.op(Op::Mul, &[d, scale], "scaled")?;
-            let y = r.graph.add(Op::Add, &[y, beta], node.name)?;
+            let scale = e.op(Op::Binary(Binary::Mul), &[inv, gamma], "scale")?;
+            let y = e.op(Op::Binary(Binary::Mul), &[d, scale], "scaled")?;
+            let y = r
+                .graph
+                .add(Op::Binary(Binary::Add), &[y, beta], node.name)?;
             r.set(old, y);
         }
         Ok(r.finish(&outputs))
@@ -118,7 +120,7 @@ impl Emitter<'_> {
         let cg = c / groups;
         let t = self.op(
             Op::Reshape {
-                shape: vec![n, groups, cg, 1],
+                shape: known_dims(&[n, groups, cg, 1]),
             },
             &[t],
             &format!("{tag}_grouped"),
@@ -140,7 +142,7 @@ impl Emitter<'_> {
         )?;
         self.op(
             Op::Reshape {
-                shape: vec![n, c, 1, 1],
+                shape: known_dims(&[n, c, 1, 1]),
             },
             &[t],
             &format!("{tag}_per_channel"),

@@ -15,24 +15,24 @@
 //! ```
 
 use super::Pass;
-use crate::ir::{Dim, Graph, IrError, Op, Rebuilder, TensorType, ValueId};
+use crate::ir::{Graph, IrError, Op, Rebuilder, TensorType, ValueId};
 use std::collections::BTreeMap;
 
 /// Symbol values for one enumerated size, e.g. `{H: 96, W: 128}`.
 pub type Bindings = BTreeMap<String, usize>;
 
-fn bind(ty: &TensorType, b: &Bindings) -> TensorType {
+fn bind(ty: &TensorType, b: &Bindings) -> Result<TensorType, IrError> {
     let shape = ty
         .shape
         .iter()
-        .map(|d| match d {
-            Dim::Sym { symbol, factor } => b
-                .get(symbol)
-                .map_or_else(|| d.clone(), |v| Dim::Known(v * factor)),
-            known => known.clone(),
-        })
-        .collect();
-    TensorType::new(ty.dtype, shape)
+        .map(|d| d.bind(b))
+        .collect::<Option<_>>()
+        .ok_or_else(|| IrError::Type {
+            node: String::new(),
+            op: "input",
+            reason: format!("{ty} is not a whole size at {}", describe(b)),
+        })?;
+    Ok(TensorType::new(ty.dtype, shape))
 }
 
 fn describe(b: &Bindings) -> String {
@@ -49,20 +49,41 @@ pub fn specialize(g: &Graph, b: &Bindings) -> Result<Graph, IrError> {
         let mut node = node.clone();
         match node.op {
             Op::Input { .. } | Op::Const(_) => {
-                node.ty = bind(&node.ty, b);
+                node.ty = bind(&node.ty, b).map_err(|e| named(e, &node.name))?;
                 r.copy(id, node);
             }
             _ => {
                 let inputs: Vec<ValueId> = node.inputs.iter().map(|&v| r.get(v)).collect();
+                let op = bound_op(&node.op, b, &node.name)?;
                 let new = r
                     .graph
-                    .add(node.op, &inputs, node.name)
+                    .add(op, &inputs, node.name)
                     .map_err(|e| at_size(e, b))?;
                 r.set(id, new);
             }
         }
     }
     Ok(r.finish(g.outputs()))
+}
+
+fn named(e: IrError, name: &str) -> IrError {
+    match e {
+        IrError::Type { op, reason, .. } => IrError::Type {
+            node: name.to_string(),
+            op,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// The op with the sizes in its attributes (a reshape's target) bound.
+fn bound_op(op: &Op, b: &Bindings, name: &str) -> Result<Op, IrError> {
+    op.bind_sizes(b).ok_or_else(|| IrError::Type {
+        node: name.to_string(),
+        op: op.name(),
+        reason: format!("a size in its attributes is not whole at {}", describe(b)),
+    })
 }
 
 fn at_size(e: IrError, b: &Bindings) -> IrError {
@@ -73,6 +94,23 @@ fn at_size(e: IrError, b: &Bindings) -> IrError {
             reason: format!("{reason} (at {})", describe(b)),
         },
         other => other,
+    }
+}
+
+/// [`specialize`] as a pass: the graph of one function of a multifunction package.
+pub struct Specialize {
+    pub sizes: Bindings,
+    /// The function it becomes, for dumps and messages.
+    pub function: String,
+}
+
+impl Pass for Specialize {
+    fn name(&self) -> &'static str {
+        "specialize_shapes"
+    }
+
+    fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        specialize(&g, &self.sizes)
     }
 }
 
@@ -92,10 +130,13 @@ impl Pass for CheckSizes {
             let mut types: Vec<TensorType> = Vec::with_capacity(g.len());
             for (_, node) in g.nodes() {
                 let ty = match &node.op {
-                    Op::Input { .. } | Op::Const(_) => bind(&node.ty, b),
+                    Op::Input { .. } | Op::Const(_) => {
+                        bind(&node.ty, b).map_err(|e| named(e, &node.name))?
+                    }
                     op => {
                         let ins: Vec<&TensorType> =
                             node.inputs.iter().map(|v| &types[v.index()]).collect();
+                        let op = bound_op(op, b, &node.name)?;
                         op.infer(&ins).map_err(|reason| {
                             at_size(
                                 IrError::Type {
@@ -118,6 +159,7 @@ impl Pass for CheckSizes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Dim;
     use crate::ir::{print::print, verify::verify, Conv2d};
     use crate::passes::testing::random;
     use crate::tensor::{DType, Tensor};

@@ -9,53 +9,13 @@
 //! compiled for it. A "fits" verdict is therefore necessary, not sufficient: only a device run
 //! (Xcode's performance report) proves placement.
 
+use crate::mil::ops::Ane;
 use crate::proto::mil_spec as pb;
 use crate::proto::specification as spec;
 use std::fmt::Write;
 
 /// Largest dimension the ANE is known to accept.
 pub const MAX_DIM: u64 = 16384;
-
-/// Op types known to run on the ANE (as MIL op names). `const` and the `constexpr_*` weight
-/// decompression ops are resolved when the model loads and are not listed.
-const ANE_OPS: &[&str] = &[
-    "add",
-    "avg_pool",
-    "batch_norm",
-    "clip",
-    "concat",
-    "conv",
-    "conv_transpose",
-    "gelu",
-    "instance_norm",
-    "layer_norm",
-    "leaky_relu",
-    "linear",
-    "matmul",
-    "max_pool",
-    "maximum",
-    "minimum",
-    "mul",
-    "pad",
-    "real_div",
-    "reduce_mean",
-    "reduce_sum",
-    "relu",
-    "reshape",
-    "rsqrt",
-    "sigmoid",
-    "slice_by_index",
-    "softmax",
-    "split",
-    "sqrt",
-    "squeeze",
-    "sub",
-    "tanh",
-    "tile",
-    "transpose",
-    "upsample_nearest_neighbor",
-    "expand_dims",
-];
 
 /// One op's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,11 +84,13 @@ pub fn analyze(model: &spec::Model) -> AneReport {
                 continue;
             }
             let mut reasons = Vec::new();
-            if !ANE_OPS.contains(&op.r#type.as_str()) {
-                reasons.push(match op.r#type.as_str() {
-                    "cast" => "cast between fp32 and fp16 runs outside the ANE (fp32 model I/O; build with fp16 I/O to avoid it)".to_string(),
-                    other => format!("op type {other} is not known to run on the ANE"),
-                });
+            match crate::mil::ops::lookup(&op.r#type).map(|d| d.ane) {
+                Some(Ane::Yes) => {}
+                Some(Ane::No(why)) => reasons.push(why.to_string()),
+                None => reasons.push(format!(
+                    "op type {} is not known to run on the ANE",
+                    op.r#type
+                )),
             }
             for o in &op.outputs {
                 let Some(pb::value_type::Type::TensorType(t)) =

@@ -1,7 +1,10 @@
 //! The command line: flags are parsed and resolved into library options here, in one place.
 
-use crate::compiler::{self, BuildOptions, Compression, Layout, OutputType, Precision, QuantMode};
+use crate::compiler::{
+    self, BuildOptions, Compression, Layout, OutputType, Precision, QuantMode, Sizes,
+};
 use crate::mil::Target;
+use crate::models::Part;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ pub struct BuildArgs {
     /// Model: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels), taesd3, taef1 / flux1 (16),
     /// taef2 / flux2 (32). The architecture variant is checked against the weights.
     pub model: String,
+    /// Which part of the autoencoder: decoder (latent → image) or encoder (image → latent).
+    #[arg(long, value_enum, default_value_t = PartArg::Decoder)]
+    pub part: PartArg,
     /// Decoder weights: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Without it, the model's published
     /// weights are taken from the Hugging Face cache ($HF_HOME/hub), downloaded there first if
@@ -57,13 +63,14 @@ pub struct BuildArgs {
     #[arg(long, default_value = "ios16", value_parser = parse_target)]
     pub target: Target,
     /// Latent sizes, comma-separated, each N or HxW; the first is the default. One size gives a
-    /// static model; several give one package that accepts each of them [default: 96].
+    /// static model; several give one package that accepts each of them [default: 96 for a
+    /// decoder; an encoder's default image is 768].
     #[arg(long, value_name = "N|HxW,...", conflicts_with = "image_size", value_parser = parse_sizes)]
-    pub latent_size: Option<Sizes>,
+    pub latent_size: Option<SizeList>,
     /// Image sizes, comma-separated, each N or HxW and a multiple of 8 (the latent is 8x
     /// smaller); the first is the default. E.g. 768,1024 or 768x1024.
     #[arg(long, value_name = "N|HxW,...", value_parser = parse_sizes)]
-    pub image_size: Option<Sizes>,
+    pub image_size: Option<SizeList>,
     /// One fully static function per size (the Neural Engine runs static shapes best), sharing
     /// one copy of the weights; needs --target ios18 and two or more sizes.
     #[arg(long)]
@@ -133,6 +140,12 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PartArg {
+    Decoder,
+    Encoder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QuantArg {
     Int8,
     Uint8,
@@ -140,7 +153,7 @@ pub enum QuantArg {
 
 /// Sizes as given on the command line, `[height, width]` each.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sizes(pub Vec<[usize; 2]>);
+pub struct SizeList(pub Vec<[usize; 2]>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LayoutArg {
@@ -202,7 +215,7 @@ fn parse_target(s: &str) -> Result<Target, String> {
 }
 
 /// `N` or `HxW`, comma-separated.
-fn parse_sizes(s: &str) -> Result<Sizes, String> {
+fn parse_sizes(s: &str) -> Result<SizeList, String> {
     let parse = |p: &str| {
         p.trim()
             .parse::<usize>()
@@ -221,7 +234,7 @@ fn parse_sizes(s: &str) -> Result<Sizes, String> {
             Ok(size)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Sizes(sizes))
+    Ok(SizeList(sizes))
 }
 
 impl BuildArgs {
@@ -233,19 +246,26 @@ impl BuildArgs {
         o.precision = self.precision.into();
         o.io_precision = self.io_precision.map(Into::into);
         o.target = self.target;
-        if let Some(Sizes(s)) = &self.latent_size {
-            o.latent_sizes = s.clone();
-        }
-        if let Some(Sizes(s)) = &self.image_size {
-            o.latent_sizes = s
-                .iter()
-                .map(|&[h, w]| {
-                    if h % 8 != 0 || w % 8 != 0 {
-                        bail!("--image-size {h}x{w}: each size must be a multiple of 8 (the decoder upsamples latents 8x)");
-                    }
-                    Ok([h / 8, w / 8])
-                })
-                .collect::<Result<_>>()?;
+        o.part = Some(match self.part {
+            PartArg::Decoder => Part::Decoder,
+            PartArg::Encoder => Part::Encoder,
+        });
+        let flag = match (&self.latent_size, &self.image_size) {
+            (Some(SizeList(s)), _) => {
+                o.sizes = Sizes::Latent(s.clone());
+                "--latent-size"
+            }
+            (None, Some(SizeList(s))) => {
+                o.sizes = Sizes::Image(s.clone());
+                "--image-size"
+            }
+            (None, None) => "",
+        };
+        if let Err(e) = o.size_bindings() {
+            return Err(match flag {
+                "" => e.into(),
+                flag => anyhow::Error::new(e).context(flag),
+            });
         }
         o.multifunction = self.multifunction;
         o.dump_passes = self.dump_passes.clone();
@@ -296,11 +316,12 @@ pub fn main(cli: Cli) -> Result<()> {
                 );
             } else {
                 println!(
-                    "wrote {} ({} ops, {} weight bytes, {} {})",
+                    "wrote {} ({} ops, {} weight bytes, {} {} {})",
                     r.package.display(),
                     r.ops,
                     r.weight_bytes,
-                    r.model.name(),
+                    r.model,
+                    r.part,
                     opts.target
                 );
             }

@@ -1,12 +1,12 @@
 //! The library entry point: build options in, package path and report out. The CLI and build
 //! scripts both call [`build`]; nothing here prints.
 
-use crate::ir::{Dim, Graph};
+use crate::ir::Graph;
 use crate::mil::{self, lower::Interface, ModelInfo, Target};
-use crate::models::{self, ModelError, ModelKind};
+use crate::models::{self, Model, ModelError, Part, Role};
 use crate::package::{self, PackageError};
 pub use crate::passes::quantize::Mode as QuantMode;
-use crate::passes::specialize_shapes::{specialize, Bindings};
+use crate::passes::specialize_shapes::{Bindings, Specialize};
 pub use crate::passes::Compression;
 use crate::passes::{self, PassError, PipelineOptions};
 use crate::weights::Weights;
@@ -40,11 +40,24 @@ pub enum OutputType {
 /// The most sizes one package may enumerate (Core ML compiles every one of them).
 pub const MAX_SIZES: usize = 128;
 
+/// The sizes a package is built for, as the user names them; each is `[height, width]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    /// The model's default size.
+    Default,
+    /// Spatial sizes of the model's latent (input of a decoder, output of an encoder).
+    Latent(Vec<[usize; 2]>),
+    /// Spatial sizes of the model's image.
+    Image(Vec<[usize; 2]>),
+}
+
 /// Everything that decides what gets built.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildOptions {
-    /// `taesd`, `taesdxl`, `taesd3`, `taef1`/`flux1`, `taef2`/`flux2`.
+    /// A name in the model registry (`mlc::models::known_names()`), e.g. `flux2`.
     pub model: String,
+    /// Which part of the model; `None` builds its first (the decoder).
+    pub part: Option<Part>,
     /// The weights file; `None` takes the model's published weights from the Hugging Face cache,
     /// downloading them there first if needed (see [`crate::hub`]).
     pub weights: Option<PathBuf>,
@@ -54,9 +67,9 @@ pub struct BuildOptions {
     /// Precision of the model's input and output arrays; defaults to `precision`.
     pub io_precision: Option<Precision>,
     pub target: Target,
-    /// Latent sizes `[height, width]` (image size / 8), the default first. One size gives a
-    /// static model; several give enumerated shapes, or one function each with `multifunction`.
-    pub latent_sizes: Vec<[usize; 2]>,
+    /// The sizes, the default first. One size gives a static model; several give enumerated
+    /// shapes, or one function each with `multifunction`.
+    pub sizes: Sizes,
     /// One fully static function per size (iOS18+), sharing the weights.
     pub multifunction: bool,
     /// Write the graph after every pass here (IR text, Graphviz, MIL text, a package).
@@ -69,16 +82,18 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    /// Defaults: fp16, iOS16, one 96x96 latent size (768x768 images), NCHW arrays.
+    /// Defaults: the decoder, fp16, iOS16, the model's default size (96x96 latents for TAESD
+    /// decoders), NCHW arrays.
     pub fn new(model: &str, weights: impl Into<PathBuf>) -> BuildOptions {
         BuildOptions {
             model: model.to_string(),
+            part: None,
             weights: Some(weights.into()),
             output: None,
             precision: Precision::Fp16,
             io_precision: None,
             target: Target::Ios16,
-            latent_sizes: vec![[96, 96]],
+            sizes: Sizes::Default,
             multifunction: false,
             dump_passes: None,
             compression: None,
@@ -96,27 +111,66 @@ impl BuildOptions {
         }
     }
 
+    /// The model and part asked for.
+    pub fn model_part(&self) -> Result<(&'static dyn Model, Part), BuildError> {
+        let model = models::lookup(&self.model)?;
+        let part = match self.part {
+            None => model.parts()[0],
+            Some(p) if model.parts().contains(&p) => p,
+            Some(p) => {
+                return Err(ModelError::NoPart {
+                    model: model.name(),
+                    part: p,
+                    has: model
+                        .parts()
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into())
+            }
+        };
+        Ok((model, part))
+    }
+
     /// The weights file to read: the given one, or the published one, fetched if not cached.
     pub fn weights_path(&self) -> Result<PathBuf, BuildError> {
         if let Some(p) = &self.weights {
             return Ok(p.clone());
         }
-        let src = crate::hub::require_source(&self.model)?;
+        let (model, part) = self.model_part()?;
+        let src = match (model.published(part), part) {
+            (Some(src), _) => src,
+            (None, Part::Decoder) => crate::hub::require_source(model.name())?,
+            (None, Part::Encoder) => {
+                return Err(BuildError::Options(format!(
+                    "no published {part} weights for {} are known; give a weights file",
+                    model.name()
+                )))
+            }
+        };
         Ok(crate::hub::resolve(src, &crate::hub::HubConfig::from_env())?.path)
     }
 
     pub fn output_path(&self) -> Result<PathBuf, BuildError> {
-        let kind = ModelKind::parse(&self.model)?;
+        let (model, part) = self.model_part()?;
         Ok(self
             .output
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}_decoder.mlpackage", kind.name()))))
+            .unwrap_or_else(|| PathBuf::from(format!("{}_{part}.mlpackage", model.name()))))
     }
 
-    /// Checks option combinations before any work is done.
-    pub fn validate(&self) -> Result<(), BuildError> {
+    /// The interface symbols' values for every size, the default first.
+    pub fn size_bindings(&self) -> Result<Vec<Bindings>, BuildError> {
+        let (model, part) = self.model_part()?;
+        let iface = model.interface(part);
+        let (role, sizes) = match &self.sizes {
+            Sizes::Default => return Ok(vec![iface.default_size.clone()]),
+            Sizes::Latent(s) => (Role::Latent, s),
+            Sizes::Image(s) => (Role::Image, s),
+        };
         let bad = |m: String| Err(BuildError::Options(m));
-        let sizes = &self.latent_sizes;
         if sizes.is_empty() {
             return bad("no size given".into());
         }
@@ -126,20 +180,29 @@ impl BuildOptions {
                 sizes.len()
             ));
         }
-        for (i, s) in sizes.iter().enumerate() {
+        let mut out: Vec<Bindings> = Vec::with_capacity(sizes.len());
+        for s in sizes {
             if s.contains(&0) {
-                return bad(format!("latent size {}x{} is empty", s[0], s[1]));
+                return bad(format!("{} size {}x{} is empty", role.name(), s[0], s[1]));
             }
-            if sizes[..i].contains(s) {
+            let b = iface.bindings(role, *s)?;
+            if out.contains(&b) {
                 return bad(format!(
-                    "size {}x{} (image {}x{}) is given twice",
+                    "{} size {}x{} is given twice",
+                    role.name(),
                     s[0],
-                    s[1],
-                    8 * s[0],
-                    8 * s[1]
+                    s[1]
                 ));
             }
+            out.push(b);
         }
+        Ok(out)
+    }
+
+    /// Checks option combinations before any work is done.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let bad = |m: String| Err(BuildError::Options(m));
+        let sizes = self.size_bindings()?;
         if self.multifunction {
             if self.target < Target::Ios18 {
                 return bad(format!(
@@ -224,42 +287,43 @@ impl BuildOptions {
         Ok(())
     }
 
-    /// Symbol values per size for the axes whose size varies (empty for a static model).
-    fn bindings(&self) -> Vec<Bindings> {
-        let (hs, ws) = self.symbolic_axes();
-        if !hs && !ws {
-            return vec![];
+    /// Symbol values per size for the symbols whose size varies (empty for a static model).
+    fn bindings(&self) -> Result<Vec<Bindings>, BuildError> {
+        let all = self.size_bindings()?;
+        let fixed = fixed_symbols(&all);
+        if all.len() < 2 {
+            return Ok(vec![]);
         }
-        self.latent_sizes
-            .iter()
-            .map(|&[h, w]| {
-                let mut b = Bindings::new();
-                if hs {
-                    b.insert("H".into(), h);
-                }
-                if ws {
-                    b.insert("W".into(), w);
-                }
-                b
+        Ok(all
+            .into_iter()
+            .map(|b| {
+                b.into_iter()
+                    .filter(|(k, _)| !fixed.contains_key(k))
+                    .collect()
             })
-            .collect()
+            .collect())
     }
+}
 
-    /// Whether height and width vary across the sizes.
-    fn symbolic_axes(&self) -> (bool, bool) {
-        let first = self.latent_sizes[0];
-        (
-            self.latent_sizes.iter().any(|s| s[0] != first[0]),
-            self.latent_sizes.iter().any(|s| s[1] != first[1]),
-        )
-    }
+/// The symbols whose value is the same at every size, with that value.
+fn fixed_symbols(all: &[Bindings]) -> Bindings {
+    let Some(first) = all.first() else {
+        return Bindings::new();
+    };
+    first
+        .iter()
+        .filter(|(k, v)| all.iter().all(|b| b.get(*k) == Some(v)))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
 }
 
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildReport {
     pub package: PathBuf,
-    pub model: ModelKind,
+    /// The model's canonical name.
+    pub model: &'static str,
+    pub part: Part,
     /// Non-const MIL ops.
     pub ops: usize,
     pub weight_bytes: usize,
@@ -290,30 +354,28 @@ pub enum BuildError {
 
 /// A built model in memory, before it is written.
 pub struct Compiled {
-    pub model: ModelKind,
+    pub model: &'static str,
+    pub part: Part,
     pub lowered: mil::Lowered,
     pub weights_sha256: String,
     pub timings: Vec<(String, Duration)>,
 }
 
-/// The IR of `opts`' model as the builder declares it (before any pass). A spatial axis whose
-/// size differs between the enumerated sizes is symbolic (`H`, `W`).
+/// The IR of `opts`' model as the builder declares it (before any pass). A size whose value
+/// differs between the enumerated sizes stays symbolic (`H`, `W`).
 pub fn declare(opts: &BuildOptions, weights: &Weights) -> Result<Graph, BuildError> {
     opts.validate()?;
-    let kind = ModelKind::parse(&opts.model)?;
-    let (hs, ws) = opts.symbolic_axes();
-    let [h, w] = opts.latent_sizes[0];
-    let h = if hs { Dim::sym("H") } else { Dim::Known(h) };
-    let w = if ws { Dim::sym("W") } else { Dim::Known(w) };
-    Ok(models::build_decoder(kind, weights, [h, w])?)
+    let (model, part) = opts.model_part()?;
+    let fixed = fixed_symbols(&opts.size_bindings()?);
+    Ok(model.build(part, weights, &fixed)?)
 }
 
 /// The pass pipeline `opts` asks for.
-pub fn pipeline_options(opts: &BuildOptions) -> PipelineOptions {
+pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildError> {
     let fp16 = opts.precision == Precision::Fp16;
     let fp16_io = fp16 && opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
     let image = opts.output_type == OutputType::Image;
-    PipelineOptions {
+    Ok(PipelineOptions {
         fp16,
         fp16_inputs: fp16_io,
         fp16_outputs: fp16_io && !image,
@@ -323,15 +385,20 @@ pub fn pipeline_options(opts: &BuildOptions) -> PipelineOptions {
         sizes: if opts.multifunction {
             vec![]
         } else {
-            opts.bindings()
+            opts.bindings()?
         },
         compression: opts.compression.clone(),
-    }
+    })
 }
 
-/// Function names of a multifunction package: the image size each decodes to.
-pub fn function_name(latent: [usize; 2]) -> String {
-    format!("decode_{}x{}", 8 * latent[0], 8 * latent[1])
+/// Function names of a multifunction package: what it does and the image size it does it at
+/// (`decode_768x1024`).
+pub fn function_name(part: Part, image: [usize; 2]) -> String {
+    let verb = match part {
+        Part::Decoder => "decode",
+        Part::Encoder => "encode",
+    };
+    format!("{verb}_{}x{}", image[0], image[1])
 }
 
 /// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the declared graph
@@ -341,7 +408,7 @@ pub fn compile(
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
     let t = Instant::now();
-    ModelKind::parse(&opts.model)?;
+    opts.model_part()?;
     let path = opts.weights_path()?;
     let weights = Weights::load(&path).map_err(ModelError::from)?;
     let mut c = compile_weights(opts, &weights, after_pass)?;
@@ -357,14 +424,14 @@ pub fn compile_weights(
     mut after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
     let mut timings = Vec::new();
-    let kind = ModelKind::parse(&opts.model)?;
+    let (model, part) = opts.model_part()?;
 
     let t = Instant::now();
     let g = declare(opts, weights)?;
     timings.push(("declare".to_string(), t.elapsed()));
     after_pass("declare", &g);
 
-    let list = passes::pipeline(&pipeline_options(opts));
+    let list = passes::pipeline(&pipeline_options(opts)?);
     let mut t = Instant::now();
     let g = passes::run(g, &list, |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
@@ -374,30 +441,30 @@ pub fn compile_weights(
 
     let t = Instant::now();
     let weights_sha256 = weights.content_sha256();
-    let info = model_info(kind, weights, &weights_sha256, opts);
-    let iface = interface(opts);
+    let info = model_info(model, part, weights, &weights_sha256, opts)?;
+    let iface = interface(opts)?;
     let lowered = if opts.multifunction {
-        let functions = opts
-            .latent_sizes
-            .iter()
-            .zip(opts.bindings())
-            .map(|(&size, b)| {
-                Ok((
-                    function_name(size),
-                    specialize(&g, &b).map_err(|source| PassError {
-                        pass: "specialize_shapes",
-                        source,
-                    })?,
-                ))
-            })
-            .collect::<Result<Vec<_>, BuildError>>()?;
+        let image_sizes = image_sizes(opts)?;
+        let mut functions = Vec::new();
+        // Each function is its own run of the pass manager: specialised, verified, dumpable.
+        for (b, size) in opts.bindings()?.into_iter().zip(image_sizes) {
+            let name = function_name(part, size);
+            let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(Specialize {
+                sizes: b,
+                function: name.clone(),
+            })];
+            let f = passes::run(g.clone(), &list, |p, g| after_pass(p.name(), g))?;
+            functions.push((name, f));
+        }
+        timings.push(("specialize_shapes".to_string(), t.elapsed()));
         mil::lower::lower_multifunction(&functions, opts.target, &info, &iface)?
     } else {
         mil::lower(&g, opts.target, &info, &iface)?
     };
     timings.push(("lower".to_string(), t.elapsed()));
     Ok(Compiled {
-        model: kind,
+        model: model.name(),
+        part,
         lowered,
         weights_sha256,
         timings,
@@ -419,7 +486,7 @@ pub fn compile_weights(
 /// let mut opts = BuildOptions::new("flux2", weights);
 /// let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
 /// opts.output = Some(out_dir.join("taef2.mlpackage"));
-/// opts.latent_sizes = vec![[32, 32]]; // 256x256 images
+/// opts.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]); // 256x256 images
 /// let report = build(&opts).unwrap_or_else(|e| panic!("mlc: {e}"));
 /// // In the crate: `env!("TAEF2_MLPACKAGE")`.
 /// println!("cargo:rustc-env=TAEF2_MLPACKAGE={}", report.package.display());
@@ -428,7 +495,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let out = opts.output_path()?;
     let mut dumper = match &opts.dump_passes {
         Some(dir) => Some(
-            crate::dump::Dumper::new(dir, opts.target, interface(opts))
+            crate::dump::Dumper::new(dir, opts.target, interface(opts)?)
                 .map_err(BuildError::Dump)?,
         ),
         None => None,
@@ -443,6 +510,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     }
     let Compiled {
         model,
+        part,
         lowered,
         weights_sha256,
         mut timings,
@@ -453,6 +521,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     Ok(BuildReport {
         package: out,
         model,
+        part,
         ops: count_ops(&lowered.model),
         weight_bytes: lowered.weight_bin.as_ref().map_or(0, Vec::len),
         weights_sha256,
@@ -462,15 +531,29 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
 }
 
 /// How the package's features are described for `opts`.
-fn interface(opts: &BuildOptions) -> Interface {
-    Interface {
+fn interface(opts: &BuildOptions) -> Result<Interface, BuildError> {
+    Ok(Interface {
         sizes: if opts.multifunction {
             vec![]
         } else {
-            opts.bindings()
+            opts.bindings()?
         },
         image_outputs: opts.output_type == OutputType::Image,
-    }
+    })
+}
+
+/// The image size at every enumerated size, `[height, width]`.
+fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
+    let (model, part) = opts.model_part()?;
+    let iface = model.interface(part);
+    opts.size_bindings()?
+        .iter()
+        .map(|b| {
+            iface
+                .size_of(Role::Image, b)
+                .ok_or_else(|| BuildError::Options(format!("{} has no image size", model.name())))
+        })
+        .collect()
 }
 
 fn count_ops(model: &crate::proto::specification::Model) -> usize {
@@ -486,15 +569,19 @@ fn count_ops(model: &crate::proto::specification::Model) -> usize {
     }
 }
 
-fn model_info(kind: ModelKind, weights: &Weights, sha256: &str, opts: &BuildOptions) -> ModelInfo {
-    let cfg = kind.config();
-    let sizes: Vec<String> = opts
-        .latent_sizes
+fn model_info(
+    model: &dyn Model,
+    part: Part,
+    weights: &Weights,
+    sha256: &str,
+    opts: &BuildOptions,
+) -> Result<ModelInfo, BuildError> {
+    let sizes: Vec<String> = image_sizes(opts)?
         .iter()
-        .map(|s| format!("{}x{}", 8 * s[0], 8 * s[1]))
+        .map(|s| format!("{}x{}", s[0], s[1]))
         .collect();
-    let user_defined = BTreeMap::from([
-        ("mlc.model".to_string(), kind.name().to_string()),
+    let mut user_defined = BTreeMap::from([
+        ("mlc.model".to_string(), model.name().to_string()),
         (
             "mlc.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
@@ -507,28 +594,24 @@ fn model_info(kind: ModelKind, weights: &Weights, sha256: &str, opts: &BuildOpti
         ),
         ("mlc.weights.sha256".to_string(), sha256.to_string()),
     ]);
-    ModelInfo {
-        short_description: format!(
-            "{} decoder (Tiny AutoEncoder): {}-channel latents to RGB images ({})",
-            kind.name().to_uppercase(),
-            cfg.latent_channels,
-            sizes.join(", ")
-        ),
-        author: "mlc (decoder weights: madebyollin/taesd, MIT)".to_string(),
-        license: "MIT".to_string(),
+    if part != model.parts()[0] {
+        user_defined.insert("mlc.part".to_string(), part.name().to_string());
+    }
+    let d = model.description(part, &sizes.join(", "));
+    let iface = model.interface(part);
+    Ok(ModelInfo {
+        short_description: d.short,
+        author: d.author,
+        license: d.license,
         version: env!("CARGO_PKG_VERSION").to_string(),
         user_defined,
-        feature_descriptions: BTreeMap::from([
-            (
-                "latent".to_string(),
-                format!("Diffusion latent, {} channels, NCHW", cfg.latent_channels),
-            ),
-            (
-                "image".to_string(),
-                "RGB image, NCHW, values in about [0, 1] (not clamped)".to_string(),
-            ),
-        ]),
-    }
+        feature_descriptions: iface
+            .inputs
+            .iter()
+            .chain(&iface.outputs)
+            .map(|f| (f.name.clone(), f.description.clone()))
+            .collect(),
+    })
 }
 
 /// The weights' source as recorded in metadata: the file stem, so that the same weights in

@@ -47,7 +47,8 @@ pub fn build_json(r: &BuildReport, pkg: &Package) -> Value {
         .collect();
     json!({
         "package": r.package.display().to_string(),
-        "model": r.model.name(),
+        "model": r.model,
+        "part": r.part.name(),
         "specification_version": pkg.model.specification_version,
         "inputs": d.input.iter().map(feature).collect::<Vec<_>>(),
         "outputs": d.output.iter().map(feature).collect::<Vec<_>>(),

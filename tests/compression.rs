@@ -30,7 +30,7 @@ fn quantize(mode: QuantMode, block_size: Option<usize>) -> Compression {
 fn total_sse(c: Compression, target: Target) -> (f64, usize) {
     let w = Weights::load(&taef2_weights()).unwrap();
     let mut o = BuildOptions::new("flux2", "unused");
-    o.latent_sizes = vec![[8, 8]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
     o.target = target;
     o.compression = Some(c);
     let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
@@ -173,7 +173,7 @@ fn packages_are_small_accurate_and_load_in_coremltools() {
     ] {
         let mut o = BuildOptions::new("flux2", taef2_weights());
         o.output = Some(dir.join(format!("{name}.mlpackage")));
-        o.latent_sizes = vec![[32, 32]];
+        o.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]);
         o.target = target;
         o.compression = Some(c);
         let r = build(&o).unwrap();

@@ -31,7 +31,7 @@ fn files(pkg: &Path) -> Vec<(String, Vec<u8>)> {
 fn build_from(weights: &Path, out: &Path) {
     let mut o = BuildOptions::new("taef2", weights);
     o.output = Some(out.to_path_buf());
-    o.latent_sizes = vec![[32, 32]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]);
     build(&o).unwrap();
 }
 
@@ -90,7 +90,7 @@ fn interface_and_metadata() {
     let dir = out_dir("interface");
     let mut o = BuildOptions::new("flux2", taef2_weights());
     o.output = Some(dir.join("m.mlpackage"));
-    o.latent_sizes = vec![[32, 48]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[32, 48]]);
     o.target = mlc::mil::Target::Ios17;
     let report = build(&o).unwrap();
     assert!(

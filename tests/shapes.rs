@@ -23,7 +23,7 @@ const FIXTURES: [(&str, [usize; 2]); 4] = [
 fn opts(out: &Path, sizes: &[[usize; 2]]) -> BuildOptions {
     let mut o = BuildOptions::new("flux2", taef2_weights());
     o.output = Some(out.to_path_buf());
-    o.latent_sizes = sizes.to_vec();
+    o.sizes = mlc::compiler::Sizes::Latent(sizes.to_vec());
     o
 }
 

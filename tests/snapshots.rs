@@ -19,15 +19,30 @@ fn mil_text(
     let mut o = BuildOptions::new(model, "unused");
     o.precision = precision;
     o.target = target;
-    o.latent_sizes = vec![[latent, latent]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[latent, latent]]);
     let c = compile_weights(&o, weights, |_, _| {}).unwrap();
     print_model(&c.lowered.model)
+}
+
+/// The text with the crate version blanked, so a release does not rewrite every snapshot.
+fn unversioned(text: String) -> String {
+    let marker = "// metadata mlc.version = ";
+    text.lines()
+        .map(|l| match l.strip_prefix(marker) {
+            Some(v) => {
+                assert_eq!(v, env!("CARGO_PKG_VERSION"));
+                format!("{marker}<version>")
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 macro_rules! snapshot {
     ($name:expr, $text:expr) => {
         insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false, omit_expression => true }, {
-            insta::assert_snapshot!($name, $text);
+            insta::assert_snapshot!($name, unversioned($text));
         });
     };
 }
@@ -63,7 +78,7 @@ fn synthetic_taesd_fp16_ios18() {
 fn taef2_enumerated_sizes() {
     let w = Weights::load(&taef2_weights()).unwrap();
     let mut o = BuildOptions::new("flux2", "unused");
-    o.latent_sizes = vec![[96, 96], [128, 128], [96, 128]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[96, 96], [128, 128], [96, 128]]);
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
     snapshot!("taef2_fp16_enumerated", print_model(&c.lowered.model));
 }
@@ -71,7 +86,7 @@ fn taef2_enumerated_sizes() {
 #[test]
 fn synthetic_taesd_nhwc() {
     let mut o = BuildOptions::new("taesd", "unused");
-    o.latent_sizes = vec![[8, 8]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
     o.input_layout = mlc::compiler::Layout::Nhwc;
     o.output_layout = mlc::compiler::Layout::Nhwc;
     let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
@@ -81,7 +96,7 @@ fn synthetic_taesd_nhwc() {
 #[test]
 fn synthetic_taesd_multifunction() {
     let mut o = BuildOptions::new("taesd", "unused");
-    o.latent_sizes = vec![[8, 8], [8, 16]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8], [8, 16]]);
     o.multifunction = true;
     o.target = Target::Ios18;
     let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
@@ -133,7 +148,7 @@ fn synthetic_taesd_compressed() {
         ),
     ] {
         let mut o = BuildOptions::new("taesd", "unused");
-        o.latent_sizes = vec![[8, 8]];
+        o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
         o.target = target;
         o.compression = Some(c);
         let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();

@@ -21,7 +21,7 @@ fn build_pkg(
     o.output = Some(dir.join(name));
     o.precision = precision;
     o.io_precision = io;
-    o.latent_sizes = vec![[latent, latent]];
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[latent, latent]]);
     o.target = target;
     build(&o).unwrap().package
 }

@@ -26,7 +26,7 @@ fn main() {
     let mut opts = BuildOptions::new("flux2", &weights);
     opts.output = Some(out_dir.join("taef2_decoder.mlpackage"));
     // One 32x32 latent (256x256 images): small and quick to build. Add sizes for more.
-    opts.latent_sizes = vec![[32, 32]];
+    opts.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]);
 
     match build(&opts) {
         Ok(report) => println!(

@@ -27,6 +27,7 @@ pub fn to_dot(g: &Graph) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::ir::{Binary, Unary};
     use crate::ir::{Graph, Op, TensorType};
     use crate::tensor::DType;
 
@@ -34,8 +35,8 @@ mod tests {
     fn every_node_and_edge_appears() {
         let mut g = Graph::new("t");
         let x = g.input("x", TensorType::known(DType::F32, &[2]));
-        let r = g.add(Op::Relu, &[x], "r").unwrap();
-        let y = g.add(Op::Add, &[r, x], "y").unwrap();
+        let r = g.add(Op::Unary(Unary::Relu), &[x], "r").unwrap();
+        let y = g.add(Op::Binary(Binary::Add), &[r, x], "y").unwrap();
         g.set_output("y", y);
         let dot = super::to_dot(&g);
         assert!(dot.starts_with("digraph {"), "{dot}");

@@ -46,7 +46,7 @@ pub fn evaluate(
                     }
                     a
                 }
-                op => eval_op(op, &args).map_err(err)?,
+                op => eval_op_at(op, &args, &symbols).map_err(err)?,
             }
         };
         values[id.index()] = Some(out);
@@ -72,26 +72,29 @@ fn release(uses: &mut [usize], values: &mut [Option<Array>], v: ValueId) {
     }
 }
 
-/// Checks a given shape against a declared one, binding symbols on first sight.
+/// Checks a given shape against a declared one, binding symbols on first sight (dimensions are
+/// taken in order, so `H` binds before `H*W` needs it).
 fn bind_shape(
     declared: &[Dim],
     given: &[usize],
     symbols: &mut BTreeMap<String, usize>,
 ) -> Result<(), String> {
-    let bad = || format!("given shape {given:?} does not fit declared {declared:?}");
+    let bad = || {
+        let declared: Vec<String> = declared.iter().map(|d| d.to_string()).collect();
+        format!(
+            "given shape {given:?} does not fit declared [{}]",
+            declared.join(", ")
+        )
+    };
     if declared.len() != given.len() {
         return Err(bad());
     }
     for (d, &n) in declared.iter().zip(given) {
-        match d {
-            Dim::Known(k) if *k == n => {}
-            Dim::Sym { symbol, factor } if n % factor == 0 => {
-                let v = *symbols.entry(symbol.clone()).or_insert(n / factor);
-                if v * factor != n {
-                    return Err(bad());
-                }
-            }
-            _ => return Err(bad()),
+        if let Some((sym, v)) = d.solve(n, symbols) {
+            symbols.insert(sym, v);
+        }
+        if d.resolve(&|s| symbols.get(s).copied()) != Some(n) {
+            return Err(bad());
         }
     }
     Ok(())
@@ -105,6 +108,15 @@ fn round_f16(a: &mut Array) {
 
 /// One op on f32 arrays: the semantics every lowering must preserve.
 pub fn eval_op(op: &Op, args: &[&Array]) -> Result<Array, String> {
+    eval_op_at(op, args, &BTreeMap::new())
+}
+
+/// [`eval_op`] with the model's sizes bound (symbolic reshape targets need them).
+pub fn eval_op_at(
+    op: &Op,
+    args: &[&Array],
+    sizes: &BTreeMap<String, usize>,
+) -> Result<Array, String> {
     let binary = |f: fn(f32, f32) -> f32| {
         kernels::binary(args[0], args[1], f).ok_or_else(|| {
             format!(
@@ -129,12 +141,8 @@ pub fn eval_op(op: &Op, args: &[&Array]) -> Result<Array, String> {
             };
             kernels::conv2d(args[0], args[1], bias, &k)
         }
-        Op::Relu => kernels::map(args[0], |x| x.max(0.0)),
-        Op::Tanh => kernels::map(args[0], f32::tanh),
-        Op::Add => binary(|a, b| a + b)?,
-        Op::Sub => binary(|a, b| a - b)?,
-        Op::Mul => binary(|a, b| a * b)?,
-        Op::Div => binary(|a, b| a / b)?,
+        Op::Unary(u) => kernels::map(args[0], u.kernel()),
+        Op::Binary(b) => binary(b.kernel())?,
         Op::Rsqrt { epsilon } => {
             let e = *epsilon;
             kernels::map(args[0], move |x| 1.0 / (x + e).sqrt())
@@ -149,10 +157,8 @@ pub fn eval_op(op: &Op, args: &[&Array]) -> Result<Array, String> {
         }
         Op::ReduceMean { axes, keep_dims } => kernels::reduce_mean(args[0], axes, *keep_dims),
         Op::Reshape { shape } => {
-            if shape.iter().product::<usize>() != args[0].len() {
-                return Err(format!("cannot reshape {:?} to {shape:?}", args[0].shape));
-            }
-            args[0].clone().reshape(shape.clone())
+            let shape = reshape_target(shape, &args[0].shape, sizes)?;
+            args[0].clone().reshape(shape)
         }
         Op::Tile { reps } => kernels::tile(args[0], reps),
         Op::Transpose { perm } => kernels::transpose(args[0], perm),
@@ -201,6 +207,35 @@ fn group_norm(
                 }
             }
         }
+    }
+    Ok(out)
+}
+
+/// The concrete target of a reshape: symbolic dimensions resolve with the bound sizes, or, when
+/// exactly one does not, from the input's element count (as a MIL reshape's `-1` would).
+fn reshape_target(
+    shape: &[Dim],
+    input: &[usize],
+    sizes: &BTreeMap<String, usize>,
+) -> Result<Vec<usize>, String> {
+    let n: usize = input.iter().product();
+    let known: Vec<Option<usize>> = shape
+        .iter()
+        .map(|d| d.resolve(&|s| sizes.get(s).copied()))
+        .collect();
+    let unknown = known.iter().filter(|d| d.is_none()).count();
+    let rest: usize = known.iter().flatten().product();
+    let out: Vec<usize> = match unknown {
+        0 => known.into_iter().flatten().collect(),
+        1 if rest > 0 && n % rest == 0 => known.iter().map(|d| d.unwrap_or(n / rest)).collect(),
+        _ => {
+            return Err(format!(
+                "reshape of {input:?} to {shape:?}: more than one dimension depends on the input"
+            ))
+        }
+    };
+    if out.iter().product::<usize>() != n {
+        return Err(format!("cannot reshape {input:?} to {out:?}"));
     }
     Ok(out)
 }

@@ -19,8 +19,8 @@ pub mod types;
 pub mod verify;
 
 pub use graph::{Graph, Node, Rebuilder, ValueId};
-pub use op::{ConstData, Conv2d, Op, Palettized, Quantized};
-pub use types::{Dim, TensorType};
+pub use op::{Binary, ConstData, Conv2d, Op, Palettized, Quantized, Unary};
+pub use types::{known_dims, Dim, SymDim, TensorType};
 
 /// What can be wrong with a graph, naming the node at fault.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -93,6 +93,70 @@ impl Conv2d {
     }
 }
 
+/// Unary elementwise ops, one row each: variant, printed name, f32 kernel (the semantics every
+/// lowering must keep), MIL op name, whether the Neural Engine is known to run it. The IR
+/// evaluator, the MIL lowering, the MIL evaluator and the ANE report all read this table.
+macro_rules! unary_ops {
+    ($($variant:ident => $name:literal, $kernel:expr, $mil:literal, ane: $ane:literal;)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Unary { $($variant),* }
+
+        impl Unary {
+            pub const ALL: &'static [Unary] = &[$(Unary::$variant),*];
+            pub fn name(self) -> &'static str { match self { $(Unary::$variant => $name),* } }
+            pub fn kernel(self) -> fn(f32) -> f32 { match self { $(Unary::$variant => $kernel),* } }
+            pub fn mil_name(self) -> &'static str { match self { $(Unary::$variant => $mil),* } }
+            pub fn ane(self) -> bool { match self { $(Unary::$variant => $ane),* } }
+        }
+    };
+}
+
+unary_ops! {
+    Relu => "relu", |x: f32| x.max(0.0), "relu", ane: true;
+    Tanh => "tanh", f32::tanh, "tanh", ane: true;
+    Sigmoid => "sigmoid", sigmoid, "sigmoid", ane: true;
+    Silu => "silu", |x: f32| x * sigmoid(x), "silu", ane: true;
+    Exp => "exp", f32::exp, "exp", ane: true;
+    Sqrt => "sqrt", f32::sqrt, "sqrt", ane: true;
+}
+
+/// Binary elementwise ops with numpy broadcasting (inputs x, y), one row each like [`Unary`].
+macro_rules! binary_ops {
+    ($($variant:ident => $name:literal, $kernel:expr, $mil:literal, ane: $ane:literal;)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Binary { $($variant),* }
+
+        impl Binary {
+            pub const ALL: &'static [Binary] = &[$(Binary::$variant),*];
+            pub fn name(self) -> &'static str { match self { $(Binary::$variant => $name),* } }
+            pub fn kernel(self) -> fn(f32, f32) -> f32 { match self { $(Binary::$variant => $kernel),* } }
+            pub fn mil_name(self) -> &'static str { match self { $(Binary::$variant => $mil),* } }
+            pub fn ane(self) -> bool { match self { $(Binary::$variant => $ane),* } }
+        }
+    };
+}
+
+binary_ops! {
+    Add => "add", |a: f32, b: f32| a + b, "add", ane: true;
+    Sub => "sub", |a: f32, b: f32| a - b, "sub", ane: true;
+    Mul => "mul", |a: f32, b: f32| a * b, "mul", ane: true;
+    Div => "div", |a: f32, b: f32| a / b, "real_div", ane: true;
+    Maximum => "maximum", f32::max, "maximum", ane: true;
+    Minimum => "minimum", f32::min, "minimum", ane: true;
+}
+
+/// The logistic function, without overflow for large |x|.
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// The closed set of IR ops, grouped by family: elementwise ops are table rows ([`Unary`],
+/// [`Binary`]); the others carry their attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A graph input, named as the model's feature.
@@ -100,15 +164,10 @@ pub enum Op {
         name: String,
     },
     Const(ConstData),
+    Unary(Unary),
+    Binary(Binary),
     /// Inputs: x, weight, optional bias.
     Conv2d(Conv2d),
-    Relu,
-    Tanh,
-    /// Binary elementwise ops with numpy broadcasting. Inputs: x, y.
-    Add,
-    Sub,
-    Mul,
-    Div,
     /// `1 / sqrt(x + epsilon)`.
     Rsqrt {
         epsilon: f32,
@@ -131,9 +190,9 @@ pub enum Op {
         axes: Vec<usize>,
         keep_dims: bool,
     },
-    /// Static target shape with the same element count; the input shape must be fully known.
+    /// Target shape with the same element count; dimensions may be symbolic (`H*W`).
     Reshape {
-        shape: Vec<usize>,
+        shape: Vec<Dim>,
     },
     Tile {
         reps: Vec<usize>,
@@ -152,13 +211,9 @@ impl Op {
         match self {
             Op::Input { .. } => "input",
             Op::Const(_) => "const",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
             Op::Conv2d(_) => "conv2d",
-            Op::Relu => "relu",
-            Op::Tanh => "tanh",
-            Op::Add => "add",
-            Op::Sub => "sub",
-            Op::Mul => "mul",
-            Op::Div => "div",
             Op::Rsqrt { .. } => "rsqrt",
             Op::Clip { .. } => "clip",
             Op::Upsample { .. } => "upsample",
@@ -169,6 +224,16 @@ impl Op {
             Op::Transpose { .. } => "transpose",
             Op::Cast { .. } => "cast",
         }
+    }
+
+    /// The op with the symbols of its size attributes bound (None if a quotient is not whole).
+    pub fn bind_sizes(&self, b: &std::collections::BTreeMap<String, usize>) -> Option<Op> {
+        Some(match self {
+            Op::Reshape { shape } => Op::Reshape {
+                shape: shape.iter().map(|d| d.bind(b)).collect::<Option<_>>()?,
+            },
+            op => op.clone(),
+        })
     }
 
     /// The output type for these input types, or why they do not fit.
@@ -231,8 +296,18 @@ impl Op {
                             Ok(Dim::Known((n + pad - span - 1) / s + 1))
                         }
                         Dim::Known(n) => Err(format!("input size {n} is smaller than the kernel")),
-                        Dim::Sym { .. } if s == 1 && pad == span => Ok(d.clone()),
-                        Dim::Sym { .. } => Err(format!("symbolic size {d} would change size")),
+                        // floor((n + pad - span - 1) / s) + 1 is exactly n / s for every n that
+                        // s divides when 0 <= pad - span - 1 + s < s; binding checks s | n.
+                        Dim::Sym(_) => {
+                            let c = pad as isize - span as isize - 1 + s as isize;
+                            if (0..s as isize).contains(&c) {
+                                d.divided(s).ok_or_else(|| format!("stride {s} of {d}"))
+                            } else {
+                                Err(format!(
+                                    "symbolic size {d} with padding {pad} and stride {s} is not {d}/{s}"
+                                ))
+                            }
+                        }
                     }
                 };
                 Ok(TensorType::new(
@@ -245,12 +320,12 @@ impl Op {
                     ],
                 ))
             }
-            Op::Relu | Op::Tanh | Op::Rsqrt { .. } | Op::Clip { .. } => {
+            Op::Unary(_) | Op::Rsqrt { .. } | Op::Clip { .. } => {
                 arity(1..=1)?;
                 float(inputs[0])?;
                 Ok(inputs[0].clone())
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            Op::Binary(_) => {
                 arity(2..=2)?;
                 let (a, b) = (inputs[0], inputs[1]);
                 float(a)?;
@@ -312,13 +387,11 @@ impl Op {
             Op::Reshape { shape } => {
                 arity(1..=1)?;
                 let x = inputs[0];
-                let from = x
-                    .known_shape()
-                    .ok_or_else(|| format!("cannot reshape symbolic {x}"))?;
-                if from.iter().product::<usize>() != shape.iter().product::<usize>() {
-                    return Err(format!("cannot reshape {x} to {shape:?}"));
+                let to = TensorType::new(x.dtype, shape.clone());
+                if x.elements() != to.elements() {
+                    return Err(format!("cannot reshape {x} to {to}"));
                 }
-                Ok(TensorType::known(x.dtype, shape))
+                Ok(to)
             }
             Op::Tile { reps } => {
                 arity(1..=1)?;

@@ -89,17 +89,13 @@ fn attrs(op: &Op) -> String {
         Op::Upsample { scale } => format!("scale={scale}"),
         Op::GroupNorm { groups, epsilon } => format!("groups={groups} epsilon={epsilon:?}"),
         Op::ReduceMean { axes, keep_dims } => format!("axes={axes:?} keep_dims={keep_dims}"),
-        Op::Reshape { shape } => format!("shape={shape:?}"),
+        Op::Reshape { shape } => {
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("shape=[{}]", dims.join(", "))
+        }
         Op::Tile { reps } => format!("reps={reps:?}"),
         Op::Transpose { perm } => format!("perm={perm:?}"),
         Op::Cast { dtype } => format!("dtype={dtype}"),
-        Op::Input { .. }
-        | Op::Const(_)
-        | Op::Relu
-        | Op::Tanh
-        | Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div => String::new(),
+        Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) => String::new(),
     }
 }

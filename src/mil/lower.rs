@@ -49,6 +49,13 @@ pub enum LowerError {
     Compression { node: String, why: String },
     #[error("multifunction packages need iOS18 or newer, not {0}")]
     Multifunction(Target),
+    #[error("node {node}: MIL op {op} needs target {since} or newer, not {target}")]
+    TargetTooOld {
+        node: String,
+        op: &'static str,
+        since: Target,
+        target: Target,
+    },
     #[error("value name {0:?} is taken twice (an output must not be named like another value)")]
     NameClash(String),
 }
@@ -432,7 +439,14 @@ impl FnLowering<'_> {
         self.konst(name, val)
     }
 
-    fn constexpr(&mut self, kind: &str, out: &str, ty: &TensorType, inputs: Vec<(&str, String)>) {
+    fn constexpr(
+        &mut self,
+        kind: &'static str,
+        out: &str,
+        ty: &TensorType,
+        inputs: Vec<(&str, String)>,
+    ) -> Result<(), LowerError> {
+        self.check_target(kind, out)?;
         self.ops.push(pb::Operation {
             r#type: kind.to_string(),
             inputs: inputs
@@ -443,6 +457,24 @@ impl FnLowering<'_> {
             blocks: vec![],
             attributes: [name_attr(out)].into_iter().collect(),
         });
+        Ok(())
+    }
+
+    /// Refuses an op the target's opset does not have (the op table knows since when it has).
+    fn check_target(&self, op: &'static str, node: &str) -> Result<(), LowerError> {
+        let def = super::ops::lookup(op).ok_or_else(|| LowerError::Unlowered {
+            node: node.to_string(),
+            op,
+        })?;
+        if def.since > self.target {
+            return Err(LowerError::TargetTooOld {
+                node: node.to_string(),
+                op,
+                since: def.since,
+                target: self.target,
+            });
+        }
+        Ok(())
     }
 
     /// iOS16/17: `constexpr_lut_to_dense(indices: packed uint8, lut: [2^bits], shape: uint32)`,
@@ -491,7 +523,7 @@ impl FnLowering<'_> {
                 out,
                 ty,
                 vec![("indices", indices), ("lut", lut), ("shape", shape)],
-            );
+            )?;
         } else {
             let (dt, blob) = match p.bits {
                 1 => (pb::DataType::Uint1, BlobDType::U1),
@@ -513,7 +545,7 @@ impl FnLowering<'_> {
                 out,
                 ty,
                 vec![("indices", indices), ("lut", lut)],
-            );
+            )?;
         }
         Ok(())
     }
@@ -573,7 +605,7 @@ impl FnLowering<'_> {
                     ("scale", scale),
                     ("axis", axis),
                 ],
-            );
+            )?;
         } else {
             let scale = self.tensor_value(&scale_t);
             let scale = self.konst(format!("{out}_scale"), scale);
@@ -590,7 +622,7 @@ impl FnLowering<'_> {
                     ),
                 ));
             }
-            self.constexpr("constexpr_blockwise_shift_scale", out, ty, inputs);
+            self.constexpr("constexpr_blockwise_shift_scale", out, ty, inputs)?;
         }
         Ok(())
     }
@@ -645,12 +677,8 @@ impl FnLowering<'_> {
                 inputs.push(("groups", groups));
                 ("conv", inputs)
             }
-            Op::Relu => ("relu", vec![("x", x(0))]),
-            Op::Tanh => ("tanh", vec![("x", x(0))]),
-            Op::Add => ("add", vec![("x", x(0)), ("y", x(1))]),
-            Op::Sub => ("sub", vec![("x", x(0)), ("y", x(1))]),
-            Op::Mul => ("mul", vec![("x", x(0)), ("y", x(1))]),
-            Op::Div => ("real_div", vec![("x", x(0)), ("y", x(1))]),
+            Op::Unary(u) => (u.mil_name(), vec![("x", x(0))]),
+            Op::Binary(b) => (b.mil_name(), vec![("x", x(0)), ("y", x(1))]),
             Op::Rsqrt { epsilon } => {
                 let eps = self.scalar(&out, "epsilon", *epsilon, dtype);
                 ("rsqrt", vec![("x", x(0)), ("epsilon", eps)])
@@ -692,10 +720,14 @@ impl FnLowering<'_> {
                     vec![("x", x(0)), ("axes", a), ("keep_dims", k)],
                 )
             }
-            Op::Reshape { shape } => (
-                "reshape",
-                vec![("x", x(0)), ("shape", self.ints(&out, "shape", shape))],
-            ),
+            Op::Reshape { shape } => {
+                let target = reshape_spec(shape).ok_or_else(|| LowerError::Unlowered {
+                    node: node.name.clone(),
+                    op: "reshape with more than one symbolic dimension",
+                })?;
+                let shape = self.konst(format!("{out}_shape"), ints_value(&[target.len()], target));
+                ("reshape", vec![("x", x(0)), ("shape", shape)])
+            }
             Op::Tile { reps } => (
                 "tile",
                 vec![("x", x(0)), ("reps", self.ints(&out, "reps", reps))],
@@ -709,6 +741,7 @@ impl FnLowering<'_> {
                 ("cast", vec![("x", x(0)), ("dtype", d)])
             }
         };
+        self.check_target(ty, &node.name)?;
         self.ops.push(pb::Operation {
             r#type: ty.to_string(),
             inputs: inputs
@@ -721,4 +754,19 @@ impl FnLowering<'_> {
         });
         Ok(())
     }
+}
+
+/// A MIL reshape target: known sizes, and `-1` for the one symbolic dimension (MIL infers it from
+/// the element count); None with two or more symbolic dimensions.
+fn reshape_spec(shape: &[Dim]) -> Option<Vec<i32>> {
+    if shape.iter().filter(|d| d.known().is_none()).count() > 1 {
+        return None;
+    }
+    shape
+        .iter()
+        .map(|d| match d.known() {
+            Some(n) => i32::try_from(n).ok(),
+            None => Some(-1),
+        })
+        .collect()
 }

@@ -5,6 +5,8 @@
 
 pub mod eval;
 pub mod lower;
+pub mod op_eval;
+pub mod ops;
 pub mod print;
 pub mod target;
 pub mod values;

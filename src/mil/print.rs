@@ -148,7 +148,8 @@ fn print_block(s: &mut String, b: &pb::Block, index: usize, depth: usize) {
             continue;
         }
         let mut keys: Vec<&String> = op.inputs.keys().collect();
-        keys.sort_by_key(|k| (input_rank(k), k.as_str()));
+        let order = super::ops::lookup(&op.r#type).map(|d| d.inputs);
+        keys.sort_by_key(|k| (input_rank(order, k), k.as_str()));
         let args: Vec<String> = keys
             .into_iter()
             .map(|k| {
@@ -197,8 +198,12 @@ fn print_block(s: &mut String, b: &pb::Block, index: usize, depth: usize) {
     let _ = writeln!(s, "{pad}}} -> ({})", outs.join(", "));
 }
 
-/// Data inputs first, in the order MIL op definitions list them; parameters after, by name.
-fn input_rank(k: &str) -> usize {
+/// Data inputs first, in the order the op table lists them (for ops it does not know, a common
+/// order of data input names); parameters after, by name.
+fn input_rank(order: Option<&[&str]>, k: &str) -> usize {
+    if let Some(order) = order {
+        return order.iter().position(|n| *n == k).unwrap_or(100);
+    }
     [
         "x",
         "y",

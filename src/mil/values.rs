@@ -28,7 +28,7 @@ fn dimension(d: &Dim) -> pb::Dimension {
     pb::Dimension {
         dimension: Some(match d {
             Dim::Known(n) => Dimension::Constant(ConstantDimension { size: *n as u64 }),
-            Dim::Sym { .. } => Dimension::Unknown(UnknownDimension { variadic: false }),
+            Dim::Sym(_) => Dimension::Unknown(UnknownDimension { variadic: false }),
         }),
     }
 }

@@ -1,28 +1,286 @@
-//! Model builders: each declares an architecture family as an IR graph from loaded weights.
+//! Model families as plug-ins: each family file declares its models ([`Model`]), and
+//! [`registry`] lists them. Nothing outside a family's file knows its keys, sizes or names.
+//!
+//! Adding a model: implement [`Model`] in one file (its interface, how it recognises its weights,
+//! how it builds the graph with the layer library in [`nn`]) and add it to [`REGISTRY`].
 
+pub mod nn;
 pub mod taesd;
 
-pub use taesd::{build_decoder, detect, DecoderConfig, ModelKind};
+use crate::hub::Source;
+use crate::ir::{Dim, Graph, IrError};
+use crate::passes::specialize_shapes::Bindings;
+use crate::weights::{WeightError, Weights};
+use std::fmt;
 
-use crate::ir::IrError;
-use crate::weights::WeightError;
+/// Which half of an autoencoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// Latent → image.
+    Decoder,
+    /// Image → latent.
+    Encoder,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Decoder => "decoder",
+            Part::Encoder => "encoder",
+        }
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a feature is to the application; sizes given on the command line name a role
+/// (`--latent-size`, `--image-size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Latent,
+    Image,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Latent => "latent",
+            Role::Image => "image",
+        }
+    }
+}
+
+/// One input or output of a model: `[N, C, H, W]` with spatial sizes over the interface's
+/// symbols.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    pub role: Role,
+    pub shape: Vec<Dim>,
+    pub description: String,
+}
+
+/// A model's inputs and outputs, the symbols their sizes are written in, and the default size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interface {
+    pub inputs: Vec<Feature>,
+    pub outputs: Vec<Feature>,
+    /// The sizes a build without sizes uses.
+    pub default_size: Bindings,
+}
+
+impl Interface {
+    /// The feature playing `role` (inputs first).
+    pub fn feature(&self, role: Role) -> Option<&Feature> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .find(|f| f.role == role)
+    }
+
+    /// The symbol values that give the feature of `role` the spatial size `[h, w]`, checked to
+    /// give every feature whole sizes.
+    pub fn bindings(&self, role: Role, [h, w]: [usize; 2]) -> Result<Bindings, ModelError> {
+        let f = self.feature(role).ok_or_else(|| ModelError::Size {
+            reason: format!("the model has no {} to size", role.name()),
+        })?;
+        let mut b = Bindings::new();
+        let [.., dh, dw] = &f.shape[..] else {
+            return Err(ModelError::Size {
+                reason: format!("{} has no spatial size", f.name),
+            });
+        };
+        for (d, n) in [(dh, h), (dw, w)] {
+            if let Some((sym, v)) = d.solve(n, &b) {
+                b.insert(sym, v);
+            }
+            if d.resolve(&|s| b.get(s).copied()) != Some(n) {
+                let multiple = match d {
+                    Dim::Sym(s) if s.coefficient().0 > 1 => {
+                        format!(": {n} is not a multiple of {}", s.coefficient().0)
+                    }
+                    _ => String::new(),
+                };
+                return Err(ModelError::Size {
+                    reason: format!(
+                        "{} size {h}x{w} does not fit {} [{}]{multiple}",
+                        role.name(),
+                        f.name,
+                        shape_text(&f.shape)
+                    ),
+                });
+            }
+        }
+        for g in self.inputs.iter().chain(&self.outputs) {
+            for d in &g.shape {
+                if d.resolve(&|s| b.get(s).copied()).is_none() {
+                    let den = match d {
+                        Dim::Sym(s) => s.coefficient().1,
+                        Dim::Known(_) => 1,
+                    };
+                    let at: Vec<String> = b.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    return Err(ModelError::Size {
+                        reason: format!(
+                            "{} size {h}x{w} gives {} a fractional size ({d} at {}): sizes must be multiples of {den}",
+                            role.name(),
+                            g.name,
+                            at.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// The spatial size `[h, w]` the feature of `role` has under `b`.
+    pub fn size_of(&self, role: Role, b: &Bindings) -> Option<[usize; 2]> {
+        let f = self.feature(role)?;
+        let [.., dh, dw] = &f.shape[..] else {
+            return None;
+        };
+        let r = |d: &Dim| d.resolve(&|s| b.get(s).copied());
+        Some([r(dh)?, r(dw)?])
+    }
+}
+
+/// A feature's shape with the symbols in `fixed` bound.
+pub fn bind_shape(shape: &[Dim], fixed: &Bindings) -> Result<Vec<Dim>, ModelError> {
+    shape
+        .iter()
+        .map(|d| {
+            d.bind(fixed).ok_or_else(|| ModelError::Size {
+                reason: format!("{d} is not a whole size"),
+            })
+        })
+        .collect()
+}
+
+fn shape_text(shape: &[Dim]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Package metadata a model contributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Description {
+    pub short: String,
+    pub author: String,
+    pub license: String,
+}
+
+/// An architecture mlc can build.
+pub trait Model: Sync {
+    /// The canonical name (metadata, default output names).
+    fn name(&self) -> &'static str;
+    /// Other names users type for it.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The parts it has; the first is built when none is asked for.
+    fn parts(&self) -> &'static [Part];
+    fn interface(&self, part: Part) -> Interface;
+    /// Checks that `weights` are this model's (a one-line error naming the key that disagrees)
+    /// and declares the graph, with the interface's symbols in `fixed` bound (the others, whose
+    /// size varies between enumerated sizes, stay symbolic).
+    fn build(&self, part: Part, weights: &Weights, fixed: &Bindings) -> Result<Graph, ModelError>;
+    /// The published weights file for a part, when there is one to download.
+    fn published(&self, _part: Part) -> Option<&'static Source> {
+        None
+    }
+    fn description(&self, part: Part, sizes: &str) -> Description;
+}
+
+/// Every model mlc knows, in the order `--help` lists them.
+pub static REGISTRY: &[&dyn Model] = &[
+    &taesd::TAESD,
+    &taesd::TAESDXL,
+    &taesd::TAESD3,
+    &taesd::TAEF1,
+    &taesd::TAEF2,
+];
+
+pub fn registry() -> &'static [&'static dyn Model] {
+    REGISTRY
+}
+
+/// The model called `name` or one of its aliases (case-insensitive).
+pub fn lookup(name: &str) -> Result<&'static dyn Model, ModelError> {
+    let lower = name.to_ascii_lowercase();
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|m| m.name() == lower || m.aliases().contains(&lower.as_str()))
+        .ok_or_else(|| ModelError::UnknownModel {
+            name: name.to_string(),
+            known: known_names(),
+        })
+}
+
+/// Every accepted name, comma-separated.
+pub fn known_names() -> String {
+    REGISTRY
+        .iter()
+        .flat_map(|m| std::iter::once(m.name()).chain(m.aliases().iter().copied()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("unknown model {name:?}; known models: {known}")]
     UnknownModel { name: String, known: String },
-    #[error("{file}: these weights are a {found} decoder ({channels} latent channels{pool}), not {model} ({expected} latent channels{expected_pool})")]
-    WrongVariant {
-        file: String,
+    #[error("{model} has no {part} (it has: {has})")]
+    NoPart {
         model: &'static str,
-        found: &'static str,
-        channels: usize,
-        pool: &'static str,
-        expected: usize,
-        expected_pool: &'static str,
+        part: Part,
+        has: String,
     },
+    #[error("{file}: {reason}")]
+    WrongModel { file: String, reason: String },
+    #[error("{reason}")]
+    Size { reason: String },
     #[error(transparent)]
     Weights(#[from] WeightError),
     #[error("building the graph: {0}")]
     Ir(#[from] IrError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_are_unique_and_found() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in REGISTRY {
+            for n in std::iter::once(m.name()).chain(m.aliases().iter().copied()) {
+                assert!(seen.insert(n), "{n} names two models");
+                assert_eq!(lookup(&n.to_uppercase()).unwrap().name(), m.name());
+            }
+        }
+        let e = lookup("nope").err().unwrap().to_string();
+        assert!(e.contains("flux2") && e.contains("taesdxl"), "{e}");
+    }
+
+    #[test]
+    fn sizes_resolve_through_either_role() {
+        let i = lookup("flux2").unwrap().interface(Part::Decoder);
+        let b = i.bindings(Role::Image, [768, 1024]).unwrap();
+        assert_eq!(i.size_of(Role::Latent, &b), Some([96, 128]));
+        let e = i.bindings(Role::Image, [100, 96]).unwrap_err().to_string();
+        assert!(e.contains("100x96"), "{e}");
+        let enc = lookup("flux2").unwrap().interface(Part::Encoder);
+        let b = enc.bindings(Role::Latent, [8, 6]).unwrap();
+        assert_eq!(enc.size_of(Role::Image, &b), Some([64, 48]));
+        let e = enc.bindings(Role::Image, [60, 64]).unwrap_err().to_string();
+        assert!(e.contains("fractional"), "{e}");
+    }
 }

@@ -1,7 +1,8 @@
-//! The TAESD decoder family (taesd, taesdxl, taesd3, taef1, taef2) as an IR graph.
+//! The TAESD family (taesd, taesdxl, taesd3, taef1, taef2): tiny autoencoders whose decoder and
+//! encoder are `nn.Sequential`s of 64-channel blocks.
 //!
-//! Upstream `Decoder` is an `nn.Sequential`; node names follow its indices so that a name in the
-//! printed graph leads straight to the weight key (`l3_conv2` ↔ `3.conv.2.weight`):
+//! Node names follow the upstream `nn.Sequential` indices, so a name in the printed graph leads
+//! straight to the weight key (`l3_conv2` ↔ `3.conv.2.weight`). Decoder:
 //!
 //! ```text
 //! 0 clamp tanh(x/3)*3   1 conv Cl→64 (+bias)   2 relu   3-5 Block
@@ -9,299 +10,386 @@
 //! 11 upsample x2  12 conv (no bias)  13-15 Block
 //! 16 upsample x2  17 conv (no bias)  18 Block   19 conv 64→3 (+bias)
 //! ```
+//! Encoder (image in [0, 1]):
+//!
+//! ```text
+//! 0 conv 3→64 (+bias)   1 Block
+//! 2 conv stride 2 (no bias)   3-5 Block
+//! 6 conv stride 2 (no bias)   7-9 Block
+//! 10 conv stride 2 (no bias)  11-13 Block   14 conv 64→Cl (+bias)
+//! ```
 //! `Block(x) = relu(conv4(relu(conv2(relu(conv0(x))))) + x)`; with the mid-block group-norm pool
-//! (taef2), blocks 3-5 first do `x = x + conv1x1(relu(group_norm4(conv1x1(x, 4C))), C)`.
-//! The variant is read off the weights: latent channels from `1.weight`, the pool branch from
-//! `3.pool.0.weight`.
+//! (taef2: the decoder's blocks 3-5, the encoder's 11-13), a block first does
+//! `x = x + conv1x1(relu(group_norm4(conv1x1(x, 4C))), C)`. The variant is read off the weights
+//! (latent channels, the pool branch) and checked against the model asked for.
 
-use super::ModelError;
-use crate::ir::{Conv2d, Dim, Graph, Op, TensorType, ValueId};
+use super::nn::{self, ConvSpec, Params, Scope};
+use super::{Description, Feature, Interface, Model, ModelError, Part, Role};
+use crate::hub::Source;
+use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
+use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
-use crate::weights::{WeightError, Weights};
-use std::collections::BTreeSet;
+use crate::weights::Weights;
 
 const CH: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelKind {
-    Taesd,
-    Taesdxl,
-    Taesd3,
-    Taef1,
-    Taef2,
+/// One TAESD-family model: its names and the architecture its published weights have.
+pub struct Taesd {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    /// What it decodes, for descriptions.
+    pipeline: &'static str,
+    latent_channels: usize,
+    /// Mid-block group-norm pool branch (TAEF2).
+    pool: bool,
 }
 
-/// Names accepted on the command line, with the model each picks.
-const NAMES: &[(&str, ModelKind)] = &[
-    ("taesd", ModelKind::Taesd),
-    ("taesdxl", ModelKind::Taesdxl),
-    ("taesd3", ModelKind::Taesd3),
-    ("taef1", ModelKind::Taef1),
-    ("flux1", ModelKind::Taef1),
-    ("taef2", ModelKind::Taef2),
-    ("flux2", ModelKind::Taef2),
-];
+pub static TAESD: Taesd = Taesd {
+    name: "taesd",
+    aliases: &[],
+    pipeline: "SD 1.x / 2.x",
+    latent_channels: 4,
+    pool: false,
+};
+pub static TAESDXL: Taesd = Taesd {
+    name: "taesdxl",
+    aliases: &[],
+    pipeline: "SDXL",
+    latent_channels: 4,
+    pool: false,
+};
+pub static TAESD3: Taesd = Taesd {
+    name: "taesd3",
+    aliases: &[],
+    pipeline: "SD3",
+    latent_channels: 16,
+    pool: false,
+};
+pub static TAEF1: Taesd = Taesd {
+    name: "taef1",
+    aliases: &["flux1"],
+    pipeline: "FLUX.1",
+    latent_channels: 16,
+    pool: false,
+};
+pub static TAEF2: Taesd = Taesd {
+    name: "taef2",
+    aliases: &["flux2"],
+    pipeline: "FLUX.2",
+    latent_channels: 32,
+    pool: true,
+};
 
-impl ModelKind {
-    pub fn parse(name: &str) -> Result<ModelKind, ModelError> {
-        let lower = name.to_ascii_lowercase();
-        NAMES
-            .iter()
-            .find(|(n, _)| *n == lower)
-            .map(|(_, k)| *k)
-            .ok_or_else(|| ModelError::UnknownModel {
-                name: name.to_string(),
-                known: NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            })
+impl Model for Taesd {
+    fn name(&self) -> &'static str {
+        self.name
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Taesd => "taesd",
-            ModelKind::Taesdxl => "taesdxl",
-            ModelKind::Taesd3 => "taesd3",
-            ModelKind::Taef1 => "taef1",
-            ModelKind::Taef2 => "taef2",
-        }
+    fn aliases(&self) -> &'static [&'static str] {
+        self.aliases
     }
 
-    /// The decoder configuration this model's published weights have.
-    pub fn config(self) -> DecoderConfig {
-        match self {
-            ModelKind::Taesd | ModelKind::Taesdxl => DecoderConfig {
-                latent_channels: 4,
-                pool: false,
+    fn parts(&self) -> &'static [Part] {
+        &[Part::Decoder, Part::Encoder]
+    }
+
+    fn interface(&self, part: Part) -> Interface {
+        let (h, w) = (Dim::sym("H"), Dim::sym("W"));
+        let c = self.latent_channels;
+        let latent_desc = format!("Diffusion latent, {c} channels, NCHW");
+        match part {
+            Part::Decoder => Interface {
+                inputs: vec![feature(
+                    "latent",
+                    Role::Latent,
+                    c,
+                    [h.clone(), w.clone()],
+                    latent_desc,
+                )],
+                outputs: vec![feature(
+                    "image",
+                    Role::Image,
+                    3,
+                    [h.scaled(8), w.scaled(8)],
+                    "RGB image, NCHW, values in about [0, 1] (not clamped)".into(),
+                )],
+                default_size: size(96, 96),
             },
-            ModelKind::Taesd3 | ModelKind::Taef1 => DecoderConfig {
-                latent_channels: 16,
-                pool: false,
+            Part::Encoder => Interface {
+                inputs: vec![feature(
+                    "image",
+                    Role::Image,
+                    3,
+                    [h.clone(), w.clone()],
+                    "RGB image, NCHW, values in [0, 1]".into(),
+                )],
+                outputs: vec![feature(
+                    "latent",
+                    Role::Latent,
+                    c,
+                    [eighth(&h), eighth(&w)],
+                    latent_desc,
+                )],
+                default_size: size(768, 768),
             },
-            ModelKind::Taef2 => DecoderConfig {
-                latent_channels: 32,
-                pool: true,
-            },
+        }
+    }
+
+    fn build(&self, part: Part, weights: &Weights, fixed: &Bindings) -> Result<Graph, ModelError> {
+        self.check(part, weights)?;
+        let params = Params::new(weights);
+        let iface = self.interface(part);
+        let mut g = Graph::new(format!("{}_{part}", self.name));
+        let input = &iface.inputs[0];
+        let x = g.input(
+            &input.name,
+            TensorType::new(DType::F32, super::bind_shape(&input.shape, fixed)?),
+        );
+        let top = params.scope("");
+        let y = match part {
+            Part::Decoder => self.decoder(&mut g, &top, x)?,
+            Part::Encoder => self.encoder(&mut g, &top, x)?,
+        };
+        g.set_output(&iface.outputs[0].name, y);
+        params.finish()?;
+        Ok(g)
+    }
+
+    fn published(&self, part: Part) -> Option<&'static Source> {
+        match part {
+            Part::Decoder => crate::hub::source(self.name),
+            Part::Encoder => None,
+        }
+    }
+
+    fn description(&self, part: Part, sizes: &str) -> Description {
+        let c = self.latent_channels;
+        let what = match part {
+            Part::Decoder => format!("{c}-channel latents to RGB images"),
+            Part::Encoder => format!("RGB images to {c}-channel latents"),
+        };
+        Description {
+            short: format!(
+                "{} {part} (Tiny AutoEncoder, {}): {what} ({sizes})",
+                self.name.to_uppercase(),
+                self.pipeline
+            ),
+            author: format!("mlc ({part} weights: madebyollin/taesd, MIT)"),
+            license: "MIT".into(),
         }
     }
 }
 
-/// What the weights say about the architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecoderConfig {
-    pub latent_channels: usize,
-    /// Mid-block group-norm pool branch in blocks 3-5 (TAEF2).
-    pub pool: bool,
-}
-
-impl DecoderConfig {
-    fn family(self) -> &'static str {
-        match (self.latent_channels, self.pool) {
-            (4, false) => "taesd/taesdxl",
-            (16, false) => "taesd3/taef1",
-            (32, true) => "taef2",
-            _ => "TAESD-style",
-        }
+fn feature(name: &str, role: Role, c: usize, [h, w]: [Dim; 2], description: String) -> Feature {
+    Feature {
+        name: name.into(),
+        role,
+        shape: vec![Dim::Known(1), Dim::Known(c), h, w],
+        description,
     }
 }
 
-/// Reads the variant off the weights.
-pub fn detect(w: &Weights) -> Result<DecoderConfig, ModelError> {
-    let first = w
-        .tensors
-        .get("1.weight")
-        .ok_or_else(|| WeightError::MissingKey {
-            path: w.path.clone(),
-            key: "1.weight".into(),
-        })?;
-    let latent_channels = match first.shape[..] {
-        [CH, c, 3, 3] => c,
-        _ => {
-            return Err(WeightError::ShapeMismatch {
-                path: w.path.clone(),
-                key: "1.weight".into(),
-                expected: vec![CH, 0, 3, 3],
-                found: first.shape.clone(),
-            }
-            .into())
-        }
-    };
-    Ok(DecoderConfig {
-        latent_channels,
-        pool: w.has("3.pool.0.weight"),
-    })
+fn eighth(d: &Dim) -> Dim {
+    d.divided(8).expect("8 > 0")
 }
 
-/// Builds the decoder of `kind` from `w` for latents of spatial size `latent_hw` (known or
-/// symbolic), with fp32 input `latent` and output `image`.
-pub fn build_decoder(
-    kind: ModelKind,
-    w: &Weights,
-    latent_hw: [Dim; 2],
-) -> Result<Graph, ModelError> {
-    let cfg = detect(w)?;
-    let expected = kind.config();
-    if cfg != expected {
-        let pool = |p: bool| if p { ", group-norm pool" } else { "" };
-        return Err(ModelError::WrongVariant {
+fn size(h: usize, w: usize) -> Bindings {
+    Bindings::from([("H".to_string(), h), ("W".to_string(), w)])
+}
+
+impl Taesd {
+    /// The variant the weights hold: latent channels and whether blocks have the pool branch.
+    fn detect(&self, part: Part, w: &Weights) -> Result<(usize, bool), ModelError> {
+        let (key, pool_key) = match part {
+            Part::Decoder => ("1.weight", "3.pool.0.weight"),
+            Part::Encoder => ("14.weight", "11.pool.0.weight"),
+        };
+        let t = w.tensors.get(key).ok_or_else(|| ModelError::WrongModel {
             file: w.path.display().to_string(),
-            model: kind.name(),
-            found: cfg.family(),
-            channels: cfg.latent_channels,
-            pool: pool(cfg.pool),
-            expected: expected.latent_channels,
-            expected_pool: pool(expected.pool),
-        });
+            reason: format!(
+                "no tensor \"{key}\": not a TAESD-family {part} (a {} file has {})",
+                other(part),
+                match other(part) {
+                    Part::Decoder => "\"1.weight\"",
+                    Part::Encoder => "\"14.weight\"",
+                }
+            ),
+        })?;
+        let c = match (part, &t.shape[..]) {
+            (Part::Decoder, [CH, c, 3, 3]) => *c,
+            (Part::Encoder, [c, CH, 3, 3]) => *c,
+            (_, s) => {
+                return Err(ModelError::WrongModel {
+                    file: w.path.display().to_string(),
+                    reason: format!(
+                        "tensor \"{key}\" has shape {s:?}, not a TAESD-family {part}'s"
+                    ),
+                })
+            }
+        };
+        Ok((c, w.has(pool_key)))
     }
-    let mut b = Builder {
-        g: Graph::new(format!("{}_decoder", kind.name())),
-        w,
-        used: BTreeSet::new(),
-    };
-    let [h, wd] = latent_hw;
-    let x = b.g.input(
-        "latent",
-        TensorType::new(
-            DType::F32,
-            vec![Dim::Known(1), Dim::Known(cfg.latent_channels), h, wd],
-        ),
-    );
 
-    let three = b.g.constant("l0_three", Tensor::scalar(3.0));
-    let x = b.g.add(Op::Div, &[x, three], "l0_div")?;
-    let x = b.g.add(Op::Tanh, &[x], "l0_tanh")?;
-    let x = b.g.add(Op::Mul, &[x, three], "l0_clamp")?;
-
-    let mut x = b.conv("l1", "1", x, cfg.latent_channels, CH, 3, true)?;
-    x = b.g.add(Op::Relu, &[x], "l2_relu")?;
-    for i in 3..=5 {
-        x = b.block(i, x, cfg.pool)?;
-    }
-    for (up, conv, blocks) in [(6, 7, 8..=10), (11, 12, 13..=15), (16, 17, 18..=18)] {
-        x =
-            b.g.add(Op::Upsample { scale: 2 }, &[x], format!("l{up}_upsample"))?;
-        x = b.conv(&format!("l{conv}"), &conv.to_string(), x, CH, CH, 3, false)?;
-        for i in blocks {
-            x = b.block(i, x, false)?;
+    fn check(&self, part: Part, w: &Weights) -> Result<(), ModelError> {
+        let (c, pool) = self.detect(part, w)?;
+        if (c, pool) != (self.latent_channels, self.pool) {
+            let pool_text = |p: bool| if p { ", group-norm pool" } else { "" };
+            let family = match (c, pool) {
+                (4, false) => "taesd/taesdxl",
+                (16, false) => "taesd3/taef1",
+                (32, true) => "taef2",
+                _ => "TAESD-style",
+            };
+            return Err(ModelError::WrongModel {
+                file: w.path.display().to_string(),
+                reason: format!(
+                    "these weights are a {family} {part} ({c} latent channels{}), not {} ({} latent channels{})",
+                    pool_text(pool),
+                    self.name,
+                    self.latent_channels,
+                    pool_text(self.pool)
+                ),
+            });
         }
-    }
-    let image = b.conv("l19", "19", x, CH, 3, 3, true)?;
-    b.g.set_output("image", image);
-
-    let unused: Vec<String> = w
-        .tensors
-        .keys()
-        .filter(|k| !b.used.contains(*k))
-        .cloned()
-        .collect();
-    if !unused.is_empty() {
-        return Err(WeightError::UnexpectedKeys {
-            path: w.path.clone(),
-            keys: unused,
-        }
-        .into());
-    }
-    Ok(b.g)
-}
-
-struct Builder<'w> {
-    g: Graph,
-    w: &'w Weights,
-    used: BTreeSet<String>,
-}
-
-impl Builder<'_> {
-    fn weight(&mut self, key: &str, shape: &[usize], name: String) -> Result<ValueId, ModelError> {
-        let t = self.w.get(key, shape)?;
-        self.used.insert(key.to_string());
-        Ok(self.g.constant(name, t.clone()))
+        Ok(())
     }
 
-    /// A same-padded conv named `{name}` with weights under `{key}.weight` / `{key}.bias`.
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        name: &str,
-        key: &str,
-        x: ValueId,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        bias: bool,
-    ) -> Result<ValueId, ModelError> {
-        let mut args = vec![
+    fn decoder(&self, g: &mut Graph, p: &Scope, x: ValueId) -> Result<ValueId, ModelError> {
+        let three = g.constant("l0_three", Tensor::scalar(3.0));
+        let x = g.add(Op::Binary(Binary::Div), &[x, three], "l0_div")?;
+        let x = g.add(Op::Unary(Unary::Tanh), &[x], "l0_tanh")?;
+        let x = g.add(Op::Binary(Binary::Mul), &[x, three], "l0_clamp")?;
+        let mut x = conv(
+            g,
+            p,
+            1,
             x,
-            self.weight(
-                &format!("{key}.weight"),
-                &[cout, cin, k, k],
-                format!("{name}_weight"),
-            )?,
-        ];
-        if bias {
-            args.push(self.weight(&format!("{key}.bias"), &[cout], format!("{name}_bias"))?);
+            ConvSpec::same(self.latent_channels, CH, 3, true),
+        )?;
+        x = g.add(Op::Unary(Unary::Relu), &[x], "l2_relu")?;
+        for i in 3..=5 {
+            x = block(g, p, i, x, self.pool)?;
         }
-        Ok(self
-            .g
-            .add(Op::Conv2d(Conv2d::same(k)), &args, format!("{name}_conv"))?)
-    }
-
-    fn block(&mut self, i: usize, mut x: ValueId, pool: bool) -> Result<ValueId, ModelError> {
-        let (n, k) = (format!("l{i}"), i.to_string());
-        if pool {
-            let c4 = CH * 4;
-            let p = self.conv(
-                &format!("{n}_pool0"),
-                &format!("{k}.pool.0"),
-                x,
-                CH,
-                c4,
-                1,
-                false,
-            )?;
-            let gamma = self.weight(
-                &format!("{k}.pool.1.weight"),
-                &[c4],
-                format!("{n}_pool1_gamma"),
-            )?;
-            let beta = self.weight(
-                &format!("{k}.pool.1.bias"),
-                &[c4],
-                format!("{n}_pool1_beta"),
-            )?;
-            let p = self.g.add(
-                Op::GroupNorm {
-                    groups: 4,
-                    epsilon: 1e-5,
-                },
-                &[p, gamma, beta],
-                format!("{n}_pool1_gn"),
-            )?;
-            let p = self.g.add(Op::Relu, &[p], format!("{n}_pool2_relu"))?;
-            let p = self.conv(
-                &format!("{n}_pool3"),
-                &format!("{k}.pool.3"),
-                p,
-                c4,
-                CH,
-                1,
-                false,
-            )?;
-            x = self.g.add(Op::Add, &[x, p], format!("{n}_pool_add"))?;
-        }
-        let mut y = x;
-        for j in [0, 2, 4] {
-            y = self.conv(
-                &format!("{n}_conv{j}"),
-                &format!("{k}.conv.{j}"),
-                y,
-                CH,
-                CH,
-                3,
-                true,
-            )?;
-            if j < 4 {
-                y = self.g.add(Op::Relu, &[y], format!("{n}_relu{}", j + 1))?;
+        for (up, c, blocks) in [(6, 7, 8..=10), (11, 12, 13..=15), (16, 17, 18..=18)] {
+            x = nn::upsample(g, &format!("l{up}_upsample"), x, 2)?;
+            x = conv(g, p, c, x, ConvSpec::same(CH, CH, 3, false))?;
+            for i in blocks {
+                x = block(g, p, i, x, false)?;
             }
         }
-        let sum = self.g.add(Op::Add, &[y, x], format!("{n}_skip_add"))?;
-        Ok(self.g.add(Op::Relu, &[sum], format!("{n}_fuse_relu"))?)
+        conv(g, p, 19, x, ConvSpec::same(CH, 3, 3, true))
     }
+
+    fn encoder(&self, g: &mut Graph, p: &Scope, x: ValueId) -> Result<ValueId, ModelError> {
+        let mut x = conv(g, p, 0, x, ConvSpec::same(3, CH, 3, true))?;
+        x = block(g, p, 1, x, false)?;
+        for (down, blocks, pool) in [
+            (2, 3..=5, false),
+            (6, 7..=9, false),
+            (10, 11..=13, self.pool),
+        ] {
+            let spec = ConvSpec::same(CH, CH, 3, false).strided(2, [1, 1, 1, 1]);
+            x = conv(g, p, down, x, spec)?;
+            for i in blocks {
+                x = block(g, p, i, x, pool)?;
+            }
+        }
+        conv(
+            g,
+            p,
+            14,
+            x,
+            ConvSpec::same(CH, self.latent_channels, 3, true),
+        )
+    }
+}
+
+fn other(part: Part) -> Part {
+    match part {
+        Part::Decoder => Part::Encoder,
+        Part::Encoder => Part::Decoder,
+    }
+}
+
+/// The conv at sequential index `i`, its nodes named `l{i}_…`.
+fn conv(
+    g: &mut Graph,
+    p: &Scope,
+    i: usize,
+    x: ValueId,
+    spec: ConvSpec,
+) -> Result<ValueId, ModelError> {
+    nn::conv2d(g, &named(p, i, ""), x, &spec)
+}
+
+/// A scope for key `{i}.{path}` whose nodes are named `l{i}{suffix}_…`.
+fn named<'p, 'w>(p: &Scope<'p, 'w>, i: usize, path: &str) -> Scope<'p, 'w> {
+    let key = if path.is_empty() {
+        i.to_string()
+    } else {
+        format!("{i}.{path}")
+    };
+    p.child(key)
+        .renamed_nodes(format!("l{i}{}", node_suffix(path)))
+}
+
+/// `conv.2` → `_conv2`, `pool.0` → `_pool0`: the node names the decoder has always had.
+fn node_suffix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("_{}", path.replace('.', ""))
+    }
+}
+
+fn block(
+    g: &mut Graph,
+    p: &Scope,
+    i: usize,
+    mut x: ValueId,
+    pool: bool,
+) -> Result<ValueId, ModelError> {
+    let n = format!("l{i}");
+    if pool {
+        let c4 = CH * 4;
+        let y = nn::conv2d(
+            g,
+            &named(p, i, "pool.0"),
+            x,
+            &ConvSpec::same(CH, c4, 1, false),
+        )?;
+        let gn = named(p, i, "pool.1");
+        let gamma = gn.constant_named(g, "weight", &[c4], &format!("{n}_pool1_gamma"))?;
+        let beta = gn.constant_named(g, "bias", &[c4], &format!("{n}_pool1_beta"))?;
+        let y = g.add(
+            Op::GroupNorm {
+                groups: 4,
+                epsilon: 1e-5,
+            },
+            &[y, gamma, beta],
+            format!("{n}_pool1_gn"),
+        )?;
+        let y = g.add(Op::Unary(Unary::Relu), &[y], format!("{n}_pool2_relu"))?;
+        let y = nn::conv2d(
+            g,
+            &named(p, i, "pool.3"),
+            y,
+            &ConvSpec::same(c4, CH, 1, false),
+        )?;
+        x = g.add(Op::Binary(Binary::Add), &[x, y], format!("{n}_pool_add"))?;
+    }
+    let mut y = x;
+    for j in [0, 2, 4] {
+        y = nn::conv2d(
+            g,
+            &named(p, i, &format!("conv.{j}")),
+            y,
+            &ConvSpec::same(CH, CH, 3, true),
+        )?;
+        if j < 4 {
+            y = g.add(Op::Unary(Unary::Relu), &[y], format!("{n}_relu{}", j + 1))?;
+        }
+    }
+    let sum = g.add(Op::Binary(Binary::Add), &[y, x], format!("{n}_skip_add"))?;
+    Ok(g.add(Op::Unary(Unary::Relu), &[sum], format!("{n}_fuse_relu"))?)
 }

@@ -1,0 +1,392 @@
+//! What each MIL op computes, for the evaluator: one function per op type over its named
+//! arguments, referenced from the op table ([`super::ops`]). Parameters come from the package and
+//! are checked before use.
+
+use super::eval::Val;
+use crate::kernels::{self, Array};
+use half::f16;
+
+/// An op's named arguments, as bound in the program.
+pub struct Args<'a> {
+    pub(crate) get: &'a dyn Fn(&str) -> Option<&'a Val>,
+}
+
+impl<'a> Args<'a> {
+    pub fn has(&self, k: &str) -> bool {
+        (self.get)(k).is_some()
+    }
+
+    pub fn num(&self, k: &str) -> Result<&'a Array, String> {
+        match (self.get)(k) {
+            Some(Val::Num(a)) => Ok(a),
+            Some(Val::Str(_)) => Err(format!("input {k} is a string")),
+            None => Err(format!("missing input {k}")),
+        }
+    }
+
+    pub fn opt(&self, k: &str) -> Result<Option<&'a Array>, String> {
+        if self.has(k) {
+            self.num(k).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The one value of a scalar (or one-element) argument.
+    pub fn scalar(&self, k: &str) -> Result<f32, String> {
+        match &self.num(k)?.data[..] {
+            [v] => Ok(*v),
+            d => Err(format!("{k} must hold one value, got {}", d.len())),
+        }
+    }
+
+    pub fn ints(&self, k: &str) -> Result<Vec<usize>, String> {
+        self.num(k)?
+            .data
+            .iter()
+            .map(|&x| {
+                if x >= 0.0 && x.fract() == 0.0 && x < 1e15 {
+                    Ok(x as usize)
+                } else {
+                    Err(format!("{k} has value {x}, not a size"))
+                }
+            })
+            .collect()
+    }
+
+    pub fn string(&self, k: &str) -> Result<String, String> {
+        match (self.get)(k) {
+            Some(Val::Str(s)) if s.len() == 1 => Ok(s[0].clone()),
+            _ => Err(format!("input {k} must be a string")),
+        }
+    }
+}
+
+pub fn unary(a: &Args, f: fn(f32) -> f32) -> Result<Array, String> {
+    Ok(kernels::map(a.num("x")?, f))
+}
+
+pub fn binary(a: &Args, f: fn(f32, f32) -> f32) -> Result<Array, String> {
+    let (x, y) = (a.num("x")?, a.num("y")?);
+    kernels::binary(x, y, f)
+        .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", x.shape, y.shape))
+}
+
+pub fn identity(a: &Args) -> Result<Array, String> {
+    Ok(a.num("x")?.clone())
+}
+
+pub fn rsqrt(a: &Args) -> Result<Array, String> {
+    let eps = match a.opt("epsilon")? {
+        Some(_) => a.scalar("epsilon")?,
+        None => 1e-12,
+    };
+    Ok(kernels::map(a.num("x")?, move |x| 1.0 / (x + eps).sqrt()))
+}
+
+pub fn clip(a: &Args) -> Result<Array, String> {
+    let (lo, hi) = (a.scalar("alpha")?, a.scalar("beta")?);
+    Ok(kernels::map(a.num("x")?, move |x| x.clamp(lo, hi)))
+}
+
+pub fn conv(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let w = a.num("weight")?;
+    if w.shape.len() != 4 || w.shape.contains(&0) {
+        return Err(format!(
+            "weight {:?} is not a non-empty [O, I, kh, kw] tensor",
+            w.shape
+        ));
+    }
+    let bias = a.opt("bias")?;
+    let pair = |k: &str| -> Result<[usize; 2], String> {
+        match a.opt(k)? {
+            None => Ok([1, 1]),
+            Some(_) => a
+                .ints(k)?
+                .try_into()
+                .map_err(|_| format!("{k} must have 2 values")),
+        }
+    };
+    let (strides, dilations) = (pair("strides")?, pair("dilations")?);
+    let groups = match a.opt("groups")? {
+        Some(_) => a.scalar("groups")? as usize,
+        None => 1,
+    };
+    let pad_type = if a.has("pad_type") {
+        a.string("pad_type")?
+    } else {
+        "valid".into()
+    };
+    let pads: [usize; 4] = match pad_type.as_str() {
+        "custom" => a
+            .ints("pad")?
+            .try_into()
+            .map_err(|_| "pad must have 4 values".to_string())?,
+        "valid" => [0; 4],
+        "same" if strides == [1, 1] => {
+            let (kh, kw) = (
+                dilations[0] * (w.shape[2] - 1),
+                dilations[1] * (w.shape[3] - 1),
+            );
+            [kh / 2, kh - kh / 2, kw / 2, kw - kw / 2]
+        }
+        other => return Err(format!("pad_type {other:?} is not supported")),
+    };
+    let fits = x.shape.len() == 4
+        && groups > 0
+        && x.shape[1] == w.shape[1] * groups
+        && w.shape[0] % groups == 0
+        && bias.is_none_or(|b| b.len() == w.shape[0])
+        && !strides.contains(&0)
+        && !dilations.contains(&0)
+        && (0..2).all(|i| {
+            x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
+                > dilations[i] * (w.shape[2 + i].max(1) - 1)
+        });
+    if !fits {
+        return Err(format!("x {:?}, weight {:?}, bias, strides {strides:?}, dilations {dilations:?}, pads {pads:?} and groups {groups} do not fit", x.shape, w.shape));
+    }
+    let p = kernels::Conv2d {
+        strides,
+        pads,
+        dilations,
+        groups,
+    };
+    Ok(kernels::conv2d(x, w, bias.map(|b| b.data.as_slice()), &p))
+}
+
+pub fn upsample_nearest_neighbor(a: &Args) -> Result<Array, String> {
+    let s = |k: &str| -> Result<usize, String> {
+        match a.opt(k)? {
+            None => Ok(1),
+            Some(_) => {
+                let v = a.scalar(k)?;
+                if v >= 1.0 && v.fract() == 0.0 {
+                    Ok(v as usize)
+                } else {
+                    Err(format!("{k} = {v} is not a whole number"))
+                }
+            }
+        }
+    };
+    let x = a.num("x")?;
+    if x.shape.len() < 3 {
+        return Err(format!("upsample needs rank >= 3, got {:?}", x.shape));
+    }
+    Ok(kernels::upsample_nearest(
+        x,
+        s("scale_factor_height")?,
+        s("scale_factor_width")?,
+    ))
+}
+
+pub fn reduce_mean(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    if x.shape.is_empty() {
+        return Err("reduce_mean of a scalar".into());
+    }
+    let rank = x.shape.len() as i64;
+    let axes: Vec<usize> = match a.opt("axes")? {
+        None => (0..x.shape.len()).collect(),
+        Some(axes) => axes
+            .data
+            .iter()
+            .map(|&v| (v as i64).rem_euclid(rank) as usize)
+            .collect(),
+    };
+    let keep = match a.opt("keep_dims")? {
+        Some(_) => a.scalar("keep_dims")? != 0.0,
+        None => false,
+    };
+    Ok(kernels::reduce_mean(x, &axes, keep))
+}
+
+pub fn reshape(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let spec: Vec<i64> = a.num("shape")?.data.iter().map(|&v| v as i64).collect();
+    let known: usize = spec
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if d == 0 {
+                x.shape.get(i).copied().unwrap_or(1)
+            } else if d < 0 {
+                1
+            } else {
+                d as usize
+            }
+        })
+        .product();
+    let shape: Vec<usize> = spec
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            -1 if known > 0 => x.len() / known,
+            0 => x.shape.get(i).copied().unwrap_or(0),
+            d => d as usize,
+        })
+        .collect();
+    if shape.iter().product::<usize>() != x.len() {
+        return Err(format!("cannot reshape {:?} to {spec:?}", x.shape));
+    }
+    Ok(x.clone().reshape(shape))
+}
+
+pub fn tile(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let reps = a.ints("reps")?;
+    if reps.len() != x.shape.len() {
+        return Err(format!("reps {reps:?} do not match rank {}", x.shape.len()));
+    }
+    Ok(kernels::tile(x, &reps))
+}
+
+pub fn transpose(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let perm = a.ints("perm")?;
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..x.shape.len()).collect::<Vec<_>>() {
+        return Err(format!("perm {perm:?} is not a permutation"));
+    }
+    Ok(kernels::transpose(x, &perm))
+}
+
+pub fn cast(a: &Args) -> Result<Array, String> {
+    let mut x = a.num("x")?.clone();
+    match a.string("dtype")?.as_str() {
+        "fp16" => round_f16(&mut x.data),
+        "fp32" => {}
+        "int32" => x.data.iter_mut().for_each(|v| *v = v.trunc()),
+        other => return Err(format!("cast to {other:?} is not supported")),
+    }
+    Ok(x)
+}
+
+pub(crate) fn round_f16(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+}
+
+pub fn constexpr_lut_to_dense(a: &Args) -> Result<Array, String> {
+    lut_to_dense(a.num("indices")?, a.num("lut")?, a.opt("shape")?)
+}
+
+pub fn constexpr_affine_dequantize(a: &Args) -> Result<Array, String> {
+    let (q, zp, scale) = (
+        a.num("quantized_data")?,
+        a.num("zero_point")?,
+        a.num("scale")?,
+    );
+    let axis = a.scalar("axis")? as usize;
+    if axis >= q.shape.len() {
+        return Err(format!("axis {axis} out of range for {:?}", q.shape));
+    }
+    let inner: usize = q.shape[axis + 1..].iter().product();
+    let c = q.shape[axis];
+    if (scale.len() != 1 && scale.len() != c) || (zp.len() != 1 && zp.len() != c) {
+        return Err(format!(
+            "scale {:?} / zero_point {:?} do not fit axis {axis} of {:?}",
+            scale.shape, zp.shape, q.shape
+        ));
+    }
+    let pick = |v: &Array, ch: usize| if v.len() == 1 { v.data[0] } else { v.data[ch] };
+    let data = q.data.iter().enumerate().map(|(e, &v)| {
+        let ch = (e / inner) % c;
+        pick(scale, ch) * (v - pick(zp, ch))
+    });
+    Ok(Array::new(q.shape.clone(), data.collect()))
+}
+
+pub fn constexpr_blockwise_shift_scale(a: &Args) -> Result<Array, String> {
+    let (d, scale) = (a.num("data")?, a.num("scale")?);
+    let offset = a.opt("offset")?;
+    if scale.shape.len() != d.shape.len()
+        || d.shape
+            .iter()
+            .zip(&scale.shape)
+            .any(|(a, b)| *b == 0 || a % b != 0)
+        || offset.is_some_and(|o| o.shape != scale.shape)
+    {
+        return Err(format!(
+            "scale {:?} does not tile data {:?}",
+            scale.shape, d.shape
+        ));
+    }
+    let data = d.data.iter().enumerate().map(|(e, &v)| {
+        let b = block_index(e, &d.shape, &scale.shape);
+        scale.data[b] * (v - offset.map_or(0.0, |o| o.data[b]))
+    });
+    Ok(Array::new(d.shape.clone(), data.collect()))
+}
+
+/// The flat index, in a tensor of `coarse` shape, of the block that element `e` of a tensor of
+/// `fine` shape falls in (each dimension of `fine` a multiple of `coarse`'s).
+fn block_index(e: usize, fine: &[usize], coarse: &[usize]) -> usize {
+    let mut rest = e;
+    let mut idx = 0;
+    let mut stride = 1;
+    for d in (0..fine.len()).rev() {
+        let i = rest % fine[d];
+        rest /= fine[d];
+        idx += (i / (fine[d] / coarse[d])) * stride;
+        stride *= coarse[d];
+    }
+    idx
+}
+
+/// `constexpr_lut_to_dense`: the iOS16 form (packed uint8 `indices`, a 1-D `lut`, `shape`) or
+/// the iOS18 form (`indices` of the output's shape, `lut` of rank + 2 with one table per block).
+fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<Array, String> {
+    match shape {
+        Some(shape) => {
+            let shape: Vec<usize> = shape.data.iter().map(|&d| d as usize).collect();
+            let n: usize = shape.iter().product();
+            let table = lut.len();
+            if !table.is_power_of_two() || !(2..=256).contains(&table) {
+                return Err(format!("lut of {table} entries is not 2^bits"));
+            }
+            let bits = table.trailing_zeros();
+            let bytes: Vec<u8> = indices.data.iter().map(|&b| b as u8).collect();
+            if bytes.len() < (n * bits as usize).div_ceil(8) {
+                return Err(format!(
+                    "{} index bytes cannot hold {n} {bits}-bit indices",
+                    bytes.len()
+                ));
+            }
+            let idx = crate::compress::pack::unpack_bits(&bytes, bits, n);
+            Ok(Array::new(
+                shape,
+                idx.iter().map(|&i| lut.data[i as usize]).collect(),
+            ))
+        }
+        None => {
+            let rank = indices.shape.len();
+            if lut.shape.len() != rank + 2 || lut.shape[rank + 1] != 1 {
+                return Err(format!(
+                    "lut {:?} must have rank {} and vector size 1",
+                    lut.shape,
+                    rank + 2
+                ));
+            }
+            let coarse = &lut.shape[..rank];
+            if indices
+                .shape
+                .iter()
+                .zip(coarse)
+                .any(|(a, b)| *b == 0 || a % b != 0)
+            {
+                return Err(format!(
+                    "lut {:?} does not tile indices {:?}",
+                    lut.shape, indices.shape
+                ));
+            }
+            let table = lut.shape[rank];
+            let data = indices.data.iter().enumerate().map(|(e, &i)| {
+                let b = block_index(e, &indices.shape, coarse);
+                lut.data[b * table + i as usize]
+            });
+            Ok(Array::new(indices.shape.clone(), data.collect()))
+        }
+    }
+}

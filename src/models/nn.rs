@@ -1,0 +1,364 @@
+//! The layer library the model families share, over a parameter [`Scope`] that records which
+//! weight keys were read, so that missing keys fail where they are asked for and unused keys are
+//! one error at the end ([`Params::finish`]).
+//!
+//! Layers add IR ops and name their nodes after the weight keys they read (`mid.attn.q` reads
+//! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor.
+
+use super::ModelError;
+use crate::ir::{Binary, Conv2d, Graph, Op, Unary, ValueId};
+use crate::tensor::Tensor;
+use crate::weights::{WeightError, Weights};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+/// The weights of one model being built, and the keys read so far.
+pub struct Params<'w> {
+    weights: &'w Weights,
+    /// How a model's key (`decoder.conv_in.weight`) is found in the file, when the file uses
+    /// another layout than the one the model is written against.
+    rename: Box<dyn Fn(&str) -> String + 'w>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl<'w> Params<'w> {
+    pub fn new(weights: &'w Weights) -> Params<'w> {
+        Params {
+            weights,
+            rename: Box::new(|k| k.to_string()),
+            used: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// Params whose keys are looked up in the file under `rename(key)`.
+    pub fn renamed(weights: &'w Weights, rename: impl Fn(&str) -> String + 'w) -> Params<'w> {
+        Params {
+            rename: Box::new(rename),
+            ..Params::new(weights)
+        }
+    }
+
+    /// The scope of keys under `prefix` (empty for the top level).
+    pub fn scope(&self, prefix: &str) -> Scope<'_, 'w> {
+        Scope {
+            params: self,
+            prefix: prefix.to_string(),
+            node_base: None,
+        }
+    }
+
+    /// The tensor under the model's `key`, checked against the shape the model expects.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<&'w Tensor, ModelError> {
+        let file_key = (self.rename)(key);
+        let t = self.weights.get(&file_key, shape)?;
+        self.used.borrow_mut().insert(file_key);
+        Ok(t)
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.weights.has(&(self.rename)(key))
+    }
+
+    /// Errors with the keys of the file that the model never read.
+    pub fn finish(self) -> Result<(), ModelError> {
+        let used = self.used.into_inner();
+        let unused: Vec<String> = self
+            .weights
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .take(5)
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(WeightError::UnexpectedKeys {
+                path: self.weights.path.clone(),
+                keys: unused,
+            }
+            .into())
+        }
+    }
+}
+
+/// A key prefix (`3.conv`, `decoder.mid_block.attentions.0`) within a model's parameters.
+#[derive(Clone)]
+pub struct Scope<'p, 'w> {
+    params: &'p Params<'w>,
+    prefix: String,
+    /// Node names start with this instead of the key (families with established node names).
+    node_base: Option<String>,
+}
+
+impl<'p, 'w> Scope<'p, 'w> {
+    /// The scope of keys under `self.prefix + "." + name`.
+    pub fn child(&self, name: impl std::fmt::Display) -> Scope<'p, 'w> {
+        Scope {
+            params: self.params,
+            prefix: self.key(&name.to_string()),
+            node_base: None,
+        }
+    }
+
+    /// This scope with its nodes named `{base}_…`.
+    pub fn renamed_nodes(mut self, base: impl Into<String>) -> Scope<'p, 'w> {
+        self.node_base = Some(base.into());
+        self
+    }
+
+    /// The full key of `name` in this scope.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// A node name for this scope: the key with dots as underscores, plus a suffix.
+    pub fn node(&self, suffix: &str) -> String {
+        let base = match &self.node_base {
+            Some(b) => b.clone(),
+            None => self.prefix.replace('.', "_"),
+        };
+        match (base.is_empty(), suffix.is_empty()) {
+            (true, _) => suffix.to_string(),
+            (false, true) => base,
+            (false, false) => format!("{base}_{suffix}"),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.params.has(&self.key(name))
+    }
+
+    /// The tensor `name` of this scope, with the shape the model expects.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<&'w Tensor, ModelError> {
+        self.params.get(&self.key(name), shape)
+    }
+
+    /// The tensor `name` as a constant node named after its key.
+    pub fn constant(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<ValueId, ModelError> {
+        self.constant_named(g, name, shape, &self.node(name))
+    }
+
+    /// [`Scope::constant`] with its node named `node`.
+    pub fn constant_named(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        shape: &[usize],
+        node: &str,
+    ) -> Result<ValueId, ModelError> {
+        let t = self.tensor(name, shape)?;
+        Ok(g.constant(node, t.clone()))
+    }
+}
+
+/// `conv2d` with `weight` [cout, cin/groups, k, k] and, when `bias`, `bias` [cout]; named after
+/// the scope.
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub bias: bool,
+    pub attrs: Conv2d,
+}
+
+impl ConvSpec {
+    /// Stride 1, `kernel/2` zero padding: the size-keeping convolution.
+    pub fn same(cin: usize, cout: usize, kernel: usize, bias: bool) -> ConvSpec {
+        ConvSpec {
+            cin,
+            cout,
+            kernel,
+            bias,
+            attrs: Conv2d::same(kernel),
+        }
+    }
+
+    /// With these strides and `[top, bottom, left, right]` padding.
+    pub fn strided(mut self, stride: usize, pads: [usize; 4]) -> ConvSpec {
+        self.attrs.strides = [stride, stride];
+        self.attrs.pads = pads;
+        self
+    }
+}
+
+pub fn conv2d(
+    g: &mut Graph,
+    p: &Scope,
+    x: ValueId,
+    spec: &ConvSpec,
+) -> Result<ValueId, ModelError> {
+    let groups = spec.attrs.groups.max(1);
+    let k = spec.kernel;
+    let mut args = vec![
+        x,
+        p.constant(g, "weight", &[spec.cout, spec.cin / groups, k, k])?,
+    ];
+    if spec.bias {
+        args.push(p.constant(g, "bias", &[spec.cout])?);
+    }
+    Ok(g.add(Op::Conv2d(spec.attrs.clone()), &args, p.node("conv"))?)
+}
+
+/// A unary op named `{scope}_{what}`.
+pub fn unary(
+    g: &mut Graph,
+    p: &Scope,
+    op: Unary,
+    x: ValueId,
+    what: &str,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(Op::Unary(op), &[x], p.node(what))?)
+}
+
+/// A binary op named `{scope}_{what}`.
+pub fn binary(
+    g: &mut Graph,
+    p: &Scope,
+    op: Binary,
+    x: ValueId,
+    y: ValueId,
+    what: &str,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(Op::Binary(op), &[x, y], p.node(what))?)
+}
+
+/// Group normalisation over `channels` with affine `weight`/`bias` of this scope.
+pub fn group_norm(
+    g: &mut Graph,
+    p: &Scope,
+    x: ValueId,
+    channels: usize,
+    groups: usize,
+    epsilon: f32,
+) -> Result<ValueId, ModelError> {
+    let gamma = p.constant(g, "weight", &[channels])?;
+    let beta = p.constant(g, "bias", &[channels])?;
+    Ok(g.add(
+        Op::GroupNorm { groups, epsilon },
+        &[x, gamma, beta],
+        p.node("gn"),
+    )?)
+}
+
+/// Nearest-neighbour upsampling by `scale`.
+pub fn upsample(
+    g: &mut Graph,
+    name: &str,
+    x: ValueId,
+    scale: usize,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(Op::Upsample { scale }, &[x], name)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Dim, TensorType};
+    use crate::tensor::DType;
+    use std::collections::BTreeMap;
+
+    fn weights() -> Weights {
+        let t = |shape: Vec<usize>| Tensor::f32(shape.clone(), vec![0.5; shape.iter().product()]);
+        Weights::from_tensors(
+            "w.safetensors".into(),
+            BTreeMap::from([
+                ("a.conv.weight".to_string(), t(vec![4, 2, 3, 3])),
+                ("a.conv.bias".to_string(), t(vec![4])),
+                ("extra".to_string(), t(vec![1])),
+            ]),
+        )
+    }
+
+    fn input(g: &mut Graph) -> ValueId {
+        g.input(
+            "x",
+            TensorType::new(
+                DType::F32,
+                vec![Dim::Known(1), Dim::Known(2), Dim::sym("H"), Dim::sym("W")],
+            ),
+        )
+    }
+
+    #[test]
+    fn scopes_name_keys_and_nodes() {
+        let w = weights();
+        let params = Params::new(&w);
+        let s = params.scope("a").child("conv");
+        assert_eq!(s.key("weight"), "a.conv.weight");
+        assert_eq!(s.node("conv"), "a_conv_conv");
+        assert_eq!(params.scope("").child(3).key("bias"), "3.bias");
+    }
+
+    #[test]
+    fn unused_keys_are_one_error_naming_them() {
+        let w = weights();
+        let params = Params::new(&w);
+        let mut g = Graph::new("t");
+        let x = input(&mut g);
+        conv2d(
+            &mut g,
+            &params.scope("a.conv"),
+            x,
+            &ConvSpec::same(2, 4, 3, true),
+        )
+        .unwrap();
+        let e = params.finish().unwrap_err().to_string();
+        assert!(e.contains("\"extra\"") && !e.contains("a.conv"), "{e}");
+    }
+
+    #[test]
+    fn missing_keys_and_wrong_shapes_name_the_key() {
+        let w = weights();
+        let params = Params::new(&w);
+        let mut g = Graph::new("t");
+        let x = input(&mut g);
+        let e = conv2d(
+            &mut g,
+            &params.scope("b"),
+            x,
+            &ConvSpec::same(2, 4, 3, true),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing tensor \"b.weight\""), "{e}");
+        let e = conv2d(
+            &mut g,
+            &params.scope("a.conv"),
+            x,
+            &ConvSpec::same(2, 8, 3, true),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"a.conv.weight\"") && e.contains("[8, 2, 3, 3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn renamed_params_read_the_files_layout() {
+        let w = weights();
+        let params = Params::renamed(&w, |k| format!("a.{k}"));
+        let mut g = Graph::new("t");
+        let x = input(&mut g);
+        conv2d(
+            &mut g,
+            &params.scope("conv"),
+            x,
+            &ConvSpec::same(2, 4, 3, true),
+        )
+        .unwrap();
+        let e = params.finish().unwrap_err().to_string();
+        assert!(e.contains("\"extra\""), "{e}");
+    }
+}
