@@ -15,12 +15,14 @@
 pub mod conv;
 pub mod elementwise;
 pub mod layout;
+pub mod linalg;
 pub mod reduce;
 pub mod special;
 
 pub use conv::{conv2d, Conv2d};
 pub use elementwise::{binary, broadcast_shape, map};
 pub use layout::{tile, transpose, upsample_nearest};
+pub use linalg::matmul;
 pub use reduce::reduce_mean;
 pub use special::{erf, gelu_erf, gelu_tanh, sigmoid, silu};
 
