@@ -16,6 +16,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod layout;
 pub mod linalg;
+pub mod norm;
 pub mod reduce;
 pub mod special;
 
@@ -23,6 +24,7 @@ pub use conv::{conv2d, Conv2d};
 pub use elementwise::{binary, broadcast_shape, map};
 pub use layout::{tile, transpose, upsample_nearest};
 pub use linalg::matmul;
+pub use norm::{layer_norm, softmax};
 pub use reduce::reduce_mean;
 pub use special::{erf, gelu_erf, gelu_tanh, sigmoid, silu};
 
