@@ -18,6 +18,7 @@ pub mod layout;
 pub mod linalg;
 pub mod norm;
 pub mod reduce;
+pub mod slicing;
 pub mod special;
 
 pub use conv::{conv2d, Conv2d};
@@ -26,6 +27,7 @@ pub use layout::{tile, transpose, upsample_nearest};
 pub use linalg::matmul;
 pub use norm::{layer_norm, softmax};
 pub use reduce::reduce_mean;
+pub use slicing::{concat, pad_constant, pixel_shuffle, slice};
 pub use special::{erf, gelu_erf, gelu_tanh, sigmoid, silu};
 
 use std::sync::OnceLock;
