@@ -10,6 +10,7 @@ pub mod cast_fp16;
 pub mod dce;
 pub mod fold_constants;
 pub mod image_output;
+pub mod lower_attention;
 pub mod lower_group_norm;
 pub mod palettize;
 pub mod quantize;
@@ -49,6 +50,8 @@ pub struct PipelineOptions {
     pub sizes: Vec<specialize_shapes::Bindings>,
     /// Weight compression, if any.
     pub compression: Option<Compression>,
+    /// Keep attention as one fused op (iOS18's `scaled_dot_product_attention`).
+    pub fused_attention: bool,
 }
 
 /// How weights are compressed.
@@ -71,6 +74,11 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
         // Before folding: the lowering reshapes gamma/beta, which folding then precomputes.
         Box::new(lower_group_norm::LowerGroupNorm),
+        Box::new(lower_attention::LowerAttention {
+            fused: opts.fused_attention,
+            max_bytes: lower_attention::MAX_SCORE_BYTES,
+            element_bytes: if opts.fp16 { 2 } else { 4 },
+        }),
     ];
     if opts.image_output {
         // Before the layout pass, so scaling happens on NCHW values like every other op.

@@ -3,7 +3,7 @@
 
 use crate::ir::Graph;
 use crate::mil::{self, lower::Interface, ModelInfo, Target};
-use crate::models::{self, Model, ModelError, Part, Role};
+use crate::models::{self, Model, ModelError, ModelOptions, Part, Role};
 use crate::package::{self, PackageError};
 pub use crate::passes::quantize::Mode as QuantMode;
 use crate::passes::specialize_shapes::{Bindings, Specialize};
@@ -11,7 +11,7 @@ pub use crate::passes::Compression;
 use crate::passes::{self, PassError, PipelineOptions};
 use crate::weights::Weights;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct BuildOptions {
     pub model: String,
     /// Which part of the model; `None` builds its first (the decoder).
     pub part: Option<Part>,
+    /// Folded pre/post-processing (latent scaling, packed input, logvar output).
+    pub model_options: ModelOptions,
     /// The weights file; `None` takes the model's published weights from the Hugging Face cache,
     /// downloading them there first if needed (see [`crate::hub`]).
     pub weights: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl BuildOptions {
         BuildOptions {
             model: model.to_string(),
             part: None,
+            model_options: ModelOptions::default(),
             weights: Some(weights.into()),
             output: None,
             precision: Precision::Fp16,
@@ -164,7 +167,7 @@ impl BuildOptions {
     /// The interface symbols' values for every size, the default first.
     pub fn size_bindings(&self) -> Result<Vec<Bindings>, BuildError> {
         let (model, part) = self.model_part()?;
-        let iface = model.interface(part);
+        let iface = model.interface(part, &self.model_options);
         let (role, sizes) = match &self.sizes {
             Sizes::Default => return Ok(vec![iface.default_size.clone()]),
             Sizes::Latent(s) => (Role::Latent, s),
@@ -203,6 +206,8 @@ impl BuildOptions {
     pub fn validate(&self) -> Result<(), BuildError> {
         let bad = |m: String| Err(BuildError::Options(m));
         let sizes = self.size_bindings()?;
+        let (model, part) = self.model_part()?;
+        model.check_options(part, &self.model_options)?;
         if self.multifunction {
             if self.target < Target::Ios18 {
                 return bad(format!(
@@ -367,7 +372,7 @@ pub fn declare(opts: &BuildOptions, weights: &Weights) -> Result<Graph, BuildErr
     opts.validate()?;
     let (model, part) = opts.model_part()?;
     let fixed = fixed_symbols(&opts.size_bindings()?);
-    Ok(model.build(part, weights, &fixed)?)
+    Ok(model.build(part, weights, &fixed, &opts.model_options)?)
 }
 
 /// The pass pipeline `opts` asks for.
@@ -388,6 +393,7 @@ pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildErr
             opts.bindings()?
         },
         compression: opts.compression.clone(),
+        fused_attention: opts.target >= Target::Ios18,
     })
 }
 
@@ -408,9 +414,10 @@ pub fn compile(
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
     let t = Instant::now();
-    opts.model_part()?;
+    let (model, part) = opts.model_part()?;
+    model.check_options(part, &opts.model_options)?;
     let path = opts.weights_path()?;
-    let weights = Weights::load(&path).map_err(ModelError::from)?;
+    let weights = model.load(part, &path, &opts.model_options)?;
     let mut c = compile_weights(opts, &weights, after_pass)?;
     c.timings
         .insert(0, ("load weights".to_string(), t.elapsed()));
@@ -545,7 +552,7 @@ fn interface(opts: &BuildOptions) -> Result<Interface, BuildError> {
 /// The image size at every enumerated size, `[height, width]`.
 fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
     let (model, part) = opts.model_part()?;
-    let iface = model.interface(part);
+    let iface = model.interface(part, &opts.model_options);
     opts.size_bindings()?
         .iter()
         .map(|b| {
@@ -588,17 +595,16 @@ fn model_info(
         ),
         ("mlc.target".to_string(), opts.target.name().to_string()),
         ("mlc.image_sizes".to_string(), sizes.join(",")),
-        (
-            "mlc.weights.source".to_string(),
-            weight_source(&weights.path),
-        ),
         ("mlc.weights.sha256".to_string(), sha256.to_string()),
     ]);
+    if let Some(source) = model.weights_source(&weights.path) {
+        user_defined.insert("mlc.weights.source".to_string(), source);
+    }
     if part != model.parts()[0] {
         user_defined.insert("mlc.part".to_string(), part.name().to_string());
     }
     let d = model.description(part, &sizes.join(", "));
-    let iface = model.interface(part);
+    let iface = model.interface(part, &opts.model_options);
     Ok(ModelInfo {
         short_description: d.short,
         author: d.author,
@@ -612,12 +618,4 @@ fn model_info(
             .map(|f| (f.name.clone(), f.description.clone()))
             .collect(),
     })
-}
-
-/// The weights' source as recorded in metadata: the file stem, so that the same weights in
-/// another container (`taef2_decoder.pth`, `taef2_decoder.safetensors`) give the same package.
-fn weight_source(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }

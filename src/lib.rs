@@ -33,6 +33,4 @@ pub mod report;
 pub mod run;
 pub mod tensor;
 // Temporary home of the full-VAE key layouts until they join the model registry.
-#[path = "models/vae/keys.rs"]
-pub mod vae_keys;
 pub mod weights;

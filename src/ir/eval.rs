@@ -162,6 +162,27 @@ pub fn eval_op_at(
         }
         Op::Tile { reps } => kernels::tile(args[0], reps),
         Op::Transpose { perm } => kernels::transpose(args[0], perm),
+        Op::MatMul {
+            transpose_x,
+            transpose_y,
+        } => kernels::matmul(args[0], args[1], *transpose_x, *transpose_y).ok_or_else(|| {
+            format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape)
+        })?,
+        Op::Softmax { axis } => kernels::softmax(args[0], *axis),
+        Op::Attention { scale } => attention(args[0], args[1], args[2], *scale)?,
+        Op::Slice { axis, begin, end } => {
+            let x = args[0];
+            let mut b = vec![0; x.shape.len()];
+            let mut e = x.shape.clone();
+            b[*axis] = *begin;
+            e[*axis] = *end;
+            kernels::slice(x, &b, &e, &vec![1; x.shape.len()])
+        }
+        Op::ReshapeLike => args[0].clone().reshape(args[1].shape.clone()),
+        Op::Concat { axis } => kernels::concat(args, *axis)
+            .ok_or_else(|| format!("inputs do not join along axis {axis}"))?,
+        Op::PixelShuffle { factor } => kernels::pixel_shuffle(args[0], *factor)
+            .ok_or_else(|| format!("{:?} does not shuffle by {factor}", args[0].shape))?,
         Op::Cast { dtype } => {
             let mut a = args[0].clone();
             match dtype {
@@ -238,4 +259,40 @@ fn reshape_target(
         return Err(format!("cannot reshape {input:?} to {out:?}"));
     }
     Ok(out)
+}
+
+/// Attention computed directly, row by row with f64 sums (independent of the matmul/softmax
+/// lowering that replaces it, so the lowering is checked against a separate formulation).
+fn attention(q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array, String> {
+    let (&[b, l, d], &[_, s, _], &[_, _, e]) = (&q.shape[..], &k.shape[..], &v.shape[..]) else {
+        return Err("attention needs rank-3 q, k, v".into());
+    };
+    let mut out = vec![0f32; b * l * e];
+    let mut scores = vec![0f64; s];
+    for bi in 0..b {
+        for i in 0..l {
+            let qi = &q.data[(bi * l + i) * d..][..d];
+            let mut max = f64::NEG_INFINITY;
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let kj = &k.data[(bi * s + j) * d..][..d];
+                let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                *sc = dot * scale as f64;
+                max = max.max(*sc);
+            }
+            let mut total = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - max).exp();
+                total += *sc;
+            }
+            let o = &mut out[(bi * l + i) * e..][..e];
+            for (j, sc) in scores.iter().enumerate() {
+                let w = sc / total;
+                let vj = &v.data[(bi * s + j) * e..][..e];
+                for (oc, vc) in o.iter_mut().zip(vj) {
+                    *oc += (w * *vc as f64) as f32;
+                }
+            }
+        }
+    }
+    Ok(Array::new(vec![b, l, e], out))
 }

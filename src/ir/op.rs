@@ -114,8 +114,8 @@ macro_rules! unary_ops {
 unary_ops! {
     Relu => "relu", |x: f32| x.max(0.0), "relu", ane: true;
     Tanh => "tanh", f32::tanh, "tanh", ane: true;
-    Sigmoid => "sigmoid", sigmoid, "sigmoid", ane: true;
-    Silu => "silu", |x: f32| x * sigmoid(x), "silu", ane: true;
+    Sigmoid => "sigmoid", crate::kernels::sigmoid, "sigmoid", ane: true;
+    Silu => "silu", crate::kernels::silu, "silu", ane: true;
     Exp => "exp", f32::exp, "exp", ane: true;
     Sqrt => "sqrt", f32::sqrt, "sqrt", ane: true;
 }
@@ -143,16 +143,6 @@ binary_ops! {
     Div => "div", |a: f32, b: f32| a / b, "real_div", ane: true;
     Maximum => "maximum", f32::max, "maximum", ane: true;
     Minimum => "minimum", f32::min, "minimum", ane: true;
-}
-
-/// The logistic function, without overflow for large |x|.
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// The closed set of IR ops, grouped by family: elementwise ops are table rows ([`Unary`],
@@ -203,6 +193,40 @@ pub enum Op {
     Cast {
         dtype: DType,
     },
+    /// Batched matrix product of x [.., M, K] and y [.., K, N] (each optionally transposed in its
+    /// last two axes), batch axes broadcast.
+    MatMul {
+        transpose_x: bool,
+        transpose_y: bool,
+    },
+    /// Softmax along `axis`.
+    Softmax {
+        axis: usize,
+    },
+    /// `softmax(q kᵀ · scale) v` for q [B, L, D], k [B, S, D], v [B, S, E] → [B, L, E]. A pass
+    /// lowers it for the target (one MIL op on iOS18, matmuls and a softmax before, split into
+    /// query chunks when the score matrix would be large).
+    Attention {
+        scale: f32,
+    },
+    /// Elements `begin..end` of `axis` (static bounds).
+    Slice {
+        axis: usize,
+        begin: usize,
+        end: usize,
+    },
+    /// x reshaped to the shape of a reference value (inputs x, reference): how a size that only
+    /// the running model knows (an enumerated `H` and `W`) is restored after a flattening.
+    ReshapeLike,
+    /// Inputs joined along `axis`.
+    Concat {
+        axis: usize,
+    },
+    /// [N, C·r², H, W] → [N, C, H·r, W·r] (channel c·r² + i·r + j goes to row h·r + i, column
+    /// w·r + j), as PyTorch's `pixel_shuffle` and MIL's.
+    PixelShuffle {
+        factor: usize,
+    },
 }
 
 impl Op {
@@ -223,6 +247,13 @@ impl Op {
             Op::Tile { .. } => "tile",
             Op::Transpose { .. } => "transpose",
             Op::Cast { .. } => "cast",
+            Op::MatMul { .. } => "matmul",
+            Op::Softmax { .. } => "softmax",
+            Op::Attention { .. } => "attention",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::ReshapeLike => "reshape_like",
+            Op::PixelShuffle { .. } => "pixel_shuffle",
         }
     }
 
@@ -423,6 +454,130 @@ impl Op {
             Op::Cast { dtype } => {
                 arity(1..=1)?;
                 Ok(inputs[0].with_dtype(*dtype))
+            }
+            Op::MatMul {
+                transpose_x,
+                transpose_y,
+            } => {
+                arity(2..=2)?;
+                let (x, y) = (inputs[0], inputs[1]);
+                float(x)?;
+                if x.dtype != y.dtype || x.rank() < 2 || y.rank() < 2 {
+                    return Err(format!("needs two float operands of rank >= 2, got {x} and {y}"));
+                }
+                let last2 = |t: &TensorType, tr: bool| {
+                    let (a, b) = (t.shape[t.rank() - 2].clone(), t.shape[t.rank() - 1].clone());
+                    if tr {
+                        (b, a)
+                    } else {
+                        (a, b)
+                    }
+                };
+                let (m, k) = last2(x, *transpose_x);
+                let (k2, n) = last2(y, *transpose_y);
+                if k != k2 {
+                    return Err(format!("inner sizes {k} and {k2} differ ({x} by {y})"));
+                }
+                let mut shape = broadcast(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
+                    .ok_or_else(|| format!("batch axes of {x} and {y} do not broadcast"))?;
+                shape.extend([m, n]);
+                Ok(TensorType::new(x.dtype, shape))
+            }
+            Op::Softmax { axis } => {
+                arity(1..=1)?;
+                float(inputs[0])?;
+                if *axis >= inputs[0].rank() {
+                    return Err(format!("axis {axis} out of range for {}", inputs[0]));
+                }
+                Ok(inputs[0].clone())
+            }
+            Op::Attention { .. } => {
+                arity(3..=3)?;
+                let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                float(q)?;
+                let ok = [q, k, v].iter().all(|t| t.rank() == 3 && t.dtype == q.dtype)
+                    && q.shape[0] == k.shape[0]
+                    && k.shape[0] == v.shape[0]
+                    && q.shape[2] == k.shape[2]
+                    && k.shape[1] == v.shape[1];
+                if !ok {
+                    return Err(format!(
+                        "needs q [B, L, D], k [B, S, D], v [B, S, E], got {q}, {k}, {v}"
+                    ));
+                }
+                Ok(TensorType::new(
+                    q.dtype,
+                    vec![q.shape[0].clone(), q.shape[1].clone(), v.shape[2].clone()],
+                ))
+            }
+            Op::Slice { axis, begin, end } => {
+                arity(1..=1)?;
+                let x = inputs[0];
+                let n = x.shape.get(*axis).and_then(Dim::known).ok_or_else(|| {
+                    format!("axis {axis} of {x} must exist and have a known size")
+                })?;
+                if begin >= end || *end > n {
+                    return Err(format!("{begin}..{end} is not a slice of {n} elements"));
+                }
+                let mut shape = x.shape.clone();
+                shape[*axis] = Dim::Known(end - begin);
+                Ok(TensorType::new(x.dtype, shape))
+            }
+            Op::ReshapeLike => {
+                arity(2..=2)?;
+                let (x, r) = (inputs[0], inputs[1]);
+                if x.elements() != r.elements() {
+                    return Err(format!("cannot reshape {x} like {r}"));
+                }
+                Ok(r.with_dtype(x.dtype))
+            }
+            Op::Concat { axis } => {
+                if inputs.is_empty() {
+                    return Err("takes at least one input".into());
+                }
+                let x = inputs[0];
+                if *axis >= x.rank() {
+                    return Err(format!("axis {axis} out of range for {x}"));
+                }
+                let mut total = Dim::Known(0);
+                for t in inputs {
+                    let same = t.rank() == x.rank()
+                        && t.dtype == x.dtype
+                        && (0..x.rank()).all(|a| a == *axis || t.shape[a] == x.shape[a]);
+                    if !same {
+                        return Err(format!("{t} does not join {x} along axis {axis}"));
+                    }
+                    total = match (total.known(), t.shape[*axis].known()) {
+                        (Some(a), Some(b)) => Dim::Known(a + b),
+                        _ => return Err(format!("axis {axis} of {t} must have a known size")),
+                    };
+                }
+                let mut shape = x.shape.clone();
+                shape[*axis] = total;
+                Ok(TensorType::new(x.dtype, shape))
+            }
+            Op::PixelShuffle { factor } => {
+                arity(1..=1)?;
+                let x = inputs[0];
+                float(x)?;
+                let r = *factor;
+                let c = match x.shape.get(1).and_then(Dim::known) {
+                    Some(c) if x.rank() == 4 && r > 0 && c % (r * r) == 0 => c / (r * r),
+                    _ => {
+                        return Err(format!(
+                            "needs [N, C*{r}*{r}, H, W] with known C, got {x}"
+                        ))
+                    }
+                };
+                Ok(TensorType::new(
+                    x.dtype,
+                    vec![
+                        x.shape[0].clone(),
+                        Dim::Known(c),
+                        x.shape[2].scaled(r),
+                        x.shape[3].scaled(r),
+                    ],
+                ))
             }
         }
     }

@@ -96,6 +96,17 @@ fn attrs(op: &Op) -> String {
         Op::Tile { reps } => format!("reps={reps:?}"),
         Op::Transpose { perm } => format!("perm={perm:?}"),
         Op::Cast { dtype } => format!("dtype={dtype}"),
-        Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) => String::new(),
+        Op::MatMul {
+            transpose_x,
+            transpose_y,
+        } => format!("transpose_x={transpose_x} transpose_y={transpose_y}"),
+        Op::Softmax { axis } => format!("axis={axis}"),
+        Op::Attention { scale } => format!("scale={scale:?}"),
+        Op::Slice { axis, begin, end } => format!("axis={axis} range={begin}..{end}"),
+        Op::Concat { axis } => format!("axis={axis}"),
+        Op::PixelShuffle { factor } => format!("factor={factor}"),
+        Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) | Op::ReshapeLike => {
+            String::new()
+        }
     }
 }

@@ -122,14 +122,7 @@ pub fn evaluate(
                 .ok_or_else(|| err("const without val".into()))?;
             value(v, blobs).map_err(err)?
         } else {
-            let args = |k: &str| -> Option<&Val> {
-                let b = op.inputs.get(k)?.arguments.first()?;
-                match &b.binding {
-                    Some(pb::argument::binding::Binding::Name(n)) => env.get(n),
-                    _ => None,
-                }
-            };
-            run_op(&op.r#type, &args).map_err(err)?
+            run_op(op, &env).map_err(err)?
         };
         let mut val = val;
         if let (Val::Num(a), Some((dt, _))) = (&mut val, &out_type) {
@@ -298,8 +291,9 @@ fn decode(bytes: &[u8], dt: pb::DataType, n: usize) -> Result<Vec<f32>, String> 
     })
 }
 
-fn run_op<'a>(kind: &str, get: &'a dyn Fn(&str) -> Option<&'a Val>) -> Result<Val, String> {
+fn run_op(op: &pb::Operation, env: &HashMap<String, Val>) -> Result<Val, String> {
+    let kind = &op.r#type;
     let def = super::ops::lookup(kind)
         .ok_or_else(|| format!("op type {kind:?} is not supported by the evaluator"))?;
-    def.evaluate(&Args { get }).map(Val::Num)
+    def.evaluate(&Args { op, env }).map(Val::Num)
 }

@@ -7,7 +7,7 @@
 
 use super::target::Target;
 use super::values::{
-    arg, blob_value, bool_value, f16_bytes_value, floats_value, ints_value, name_attr, named,
+    arg, args, blob_value, bools_value, bool_value, f16_bytes_value, floats_value, ints_value, name_attr, named,
     raw_blob_value, raw_bytes_value, string_value, tensor_type,
 };
 use crate::ir::{ConstData, Dim, Graph, Op, Palettized, Quantized, TensorType, ValueId};
@@ -739,6 +739,110 @@ impl FnLowering<'_> {
             Op::Cast { dtype } => {
                 let d = self.konst(format!("{out}_dtype"), string_value(dtype.mil_name()));
                 ("cast", vec![("x", x(0)), ("dtype", d)])
+            }
+            Op::MatMul {
+                transpose_x,
+                transpose_y,
+            } => {
+                let tx = self.konst(format!("{out}_transpose_x"), bool_value(*transpose_x));
+                let ty = self.konst(format!("{out}_transpose_y"), bool_value(*transpose_y));
+                (
+                    "matmul",
+                    vec![
+                        ("x", x(0)),
+                        ("y", x(1)),
+                        ("transpose_x", tx),
+                        ("transpose_y", ty),
+                    ],
+                )
+            }
+            Op::Softmax { axis } => {
+                let a = self.konst(format!("{out}_axis"), ints_value(&[], vec![*axis as i32]));
+                ("softmax", vec![("x", x(0)), ("axis", a)])
+            }
+            Op::Attention { scale } => {
+                // MIL's op scales by 1/sqrt(D); another scale needs the decomposed form.
+                let d = g.ty(node.inputs[0]).shape[2].known();
+                let default = d.map(|d| (1.0 / (d as f32).sqrt() - scale).abs() <= 1e-6 * scale);
+                if default != Some(true) {
+                    return Err(LowerError::Unlowered {
+                        node: node.name.clone(),
+                        op: "attention with a scale other than 1/sqrt(D); run lower_attention",
+                    });
+                }
+                (
+                    "scaled_dot_product_attention",
+                    vec![("query", x(0)), ("key", x(1)), ("value", x(2))],
+                )
+            }
+            Op::Slice { axis, begin, end } => {
+                let rank = node.ty.rank();
+                let mut b = vec![0usize; rank];
+                let mut e = vec![0usize; rank];
+                let mut end_mask = vec![true; rank];
+                b[*axis] = *begin;
+                e[*axis] = *end;
+                end_mask[*axis] = false;
+                let b = self.ints(&out, "begin", &b);
+                let e = self.ints(&out, "end", &e);
+                let m = self.konst(format!("{out}_end_mask"), bools_value(&end_mask));
+                (
+                    "slice_by_index",
+                    vec![("x", x(0)), ("begin", b), ("end", e), ("end_mask", m)],
+                )
+            }
+            Op::ReshapeLike => {
+                let target = match g.ty(node.inputs[1]).known_shape() {
+                    Some(shape) => {
+                        let v = shape.iter().map(|&n| n as i32).collect();
+                        self.konst(format!("{out}_shape"), ints_value(&[shape.len()], v))
+                    }
+                    None => {
+                        // The reference's size is only known when the model runs.
+                        let name = format!("{out}_shape");
+                        let rank = g.ty(node.inputs[1]).rank();
+                        self.check_target("shape", &node.name)?;
+                        self.ops.push(pb::Operation {
+                            r#type: "shape".into(),
+                            inputs: [("x".to_string(), arg(&x(1)))].into_iter().collect(),
+                            outputs: vec![named(
+                                &name,
+                                tensor_type(&TensorType::known(DType::I32, &[rank])),
+                            )],
+                            blocks: vec![],
+                            attributes: [name_attr(&name)].into_iter().collect(),
+                        });
+                        name
+                    }
+                };
+                ("reshape", vec![("x", x(0)), ("shape", target)])
+            }
+            Op::Concat { axis } => {
+                let a = self.konst(format!("{out}_axis"), ints_value(&[], vec![*axis as i32]));
+                let i = self.konst(format!("{out}_interleave"), bool_value(false));
+                let values: Vec<String> = (0..node.inputs.len()).map(x).collect();
+                self.check_target("concat", &node.name)?;
+                self.ops.push(pb::Operation {
+                    r#type: "concat".into(),
+                    inputs: [
+                        ("values".to_string(), args(&values)),
+                        ("axis".to_string(), arg(&a)),
+                        ("interleave".to_string(), arg(&i)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    outputs: vec![named(&out, tensor_type(&node.ty))],
+                    blocks: vec![],
+                    attributes: [name_attr(&out)].into_iter().collect(),
+                });
+                return Ok(());
+            }
+            Op::PixelShuffle { factor } => {
+                let f = self.konst(
+                    format!("{out}_upscale_factor"),
+                    ints_value(&[], vec![*factor as i32]),
+                );
+                ("pixel_shuffle", vec![("x", x(0)), ("upscale_factor", f)])
             }
         };
         self.check_target(ty, &node.name)?;

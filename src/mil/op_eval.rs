@@ -4,20 +4,63 @@
 
 use super::eval::Val;
 use crate::kernels::{self, Array};
+use crate::proto::mil_spec as pb;
 use half::f16;
+use std::collections::HashMap;
 
 /// An op's named arguments, as bound in the program.
 pub struct Args<'a> {
-    pub(crate) get: &'a dyn Fn(&str) -> Option<&'a Val>,
+    pub(crate) op: &'a pb::Operation,
+    pub(crate) env: &'a HashMap<String, Val>,
 }
 
 impl<'a> Args<'a> {
+    /// Every value bound to argument `k` (a tuple argument such as concat's `values` has several).
+    fn all(&self, k: &str) -> Vec<Option<&'a Val>> {
+        let Some(a) = self.op.inputs.get(k) else {
+            return vec![];
+        };
+        a.arguments
+            .iter()
+            .map(|b| match &b.binding {
+                Some(pb::argument::binding::Binding::Name(n)) => self.env.get(n),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn get(&self, k: &str) -> Option<&'a Val> {
+        self.all(k).into_iter().next().flatten()
+    }
+
     pub fn has(&self, k: &str) -> bool {
-        (self.get)(k).is_some()
+        self.get(k).is_some()
+    }
+
+    /// The numeric values of a tuple argument.
+    pub fn list(&self, k: &str) -> Result<Vec<&'a Array>, String> {
+        let all = self.all(k);
+        if all.is_empty() {
+            return Err(format!("missing input {k}"));
+        }
+        all.into_iter()
+            .map(|v| match v {
+                Some(Val::Num(a)) => Ok(a),
+                _ => Err(format!("an element of {k} is not a defined tensor")),
+            })
+            .collect()
+    }
+
+    /// A boolean parameter, `default` when absent.
+    pub fn flag(&self, k: &str, default: bool) -> Result<bool, String> {
+        match self.opt(k)? {
+            Some(_) => Ok(self.scalar(k)? != 0.0),
+            None => Ok(default),
+        }
     }
 
     pub fn num(&self, k: &str) -> Result<&'a Array, String> {
-        match (self.get)(k) {
+        match self.get(k) {
             Some(Val::Num(a)) => Ok(a),
             Some(Val::Str(_)) => Err(format!("input {k} is a string")),
             None => Err(format!("missing input {k}")),
@@ -55,7 +98,7 @@ impl<'a> Args<'a> {
     }
 
     pub fn string(&self, k: &str) -> Result<String, String> {
-        match (self.get)(k) {
+        match self.get(k) {
             Some(Val::Str(s)) if s.len() == 1 => Ok(s[0].clone()),
             _ => Err(format!("input {k} must be a string")),
         }
@@ -262,6 +305,118 @@ pub fn cast(a: &Args) -> Result<Array, String> {
         other => return Err(format!("cast to {other:?} is not supported")),
     }
     Ok(x)
+}
+
+/// An axis argument, negative values counting from the end.
+fn axis(a: &Args, k: &str, rank: usize) -> Result<usize, String> {
+    let v = a.scalar(k)?;
+    let r = rank as f32;
+    if v.fract() != 0.0 || v < -r || v >= r {
+        return Err(format!("{k} = {v} is not an axis of a rank-{rank} tensor"));
+    }
+    Ok(if v < 0.0 { (v + r) as usize } else { v as usize })
+}
+
+pub fn matmul(a: &Args) -> Result<Array, String> {
+    let (x, y) = (a.num("x")?, a.num("y")?);
+    let (tx, ty) = (a.flag("transpose_x", false)?, a.flag("transpose_y", false)?);
+    if x.shape.len() < 2 || y.shape.len() < 2 {
+        return Err(format!("matmul of {:?} and {:?}: rank 2 or more", x.shape, y.shape));
+    }
+    kernels::matmul(x, y, tx, ty)
+        .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))
+}
+
+pub fn softmax(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let ax = axis(a, "axis", x.shape.len())?;
+    Ok(kernels::softmax(x, ax))
+}
+
+pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
+    let (q, k, v) = (a.num("query")?, a.num("key")?, a.num("value")?);
+    if a.has("attn_mask") {
+        return Err("attn_mask is not supported by the evaluator".into());
+    }
+    let r = q.shape.len();
+    let fits = r >= 3
+        && k.shape.len() == r
+        && v.shape.len() == r
+        && q.shape[r - 1] == k.shape[r - 1]
+        && k.shape[r - 2] == v.shape[r - 2]
+        && q.shape[r - 1] > 0;
+    if !fits {
+        return Err(format!(
+            "query {:?}, key {:?}, value {:?} do not fit",
+            q.shape, k.shape, v.shape
+        ));
+    }
+    let scores = kernels::matmul(q, k, false, true).ok_or("query and key do not multiply")?;
+    let scale = 1.0 / (q.shape[r - 1] as f32).sqrt();
+    let scores = kernels::map(&scores, move |s| s * scale);
+    let weights = kernels::softmax(&scores, r - 1);
+    kernels::matmul(&weights, v, false, false).ok_or_else(|| "weights and value do not multiply".into())
+}
+
+pub fn slice_by_index(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let r = x.shape.len();
+    let begin = a.ints("begin")?;
+    let end = a.ints("end")?;
+    let stride = match a.opt("stride")? {
+        Some(_) => a.ints("stride")?,
+        None => vec![1; r],
+    };
+    let mask = |k: &str| -> Result<Vec<bool>, String> {
+        match a.opt(k)? {
+            Some(m) => Ok(m.data.iter().map(|&v| v != 0.0).collect()),
+            None => Ok(vec![false; r]),
+        }
+    };
+    let (bm, em) = (mask("begin_mask")?, mask("end_mask")?);
+    if a.has("squeeze_mask") && mask("squeeze_mask")?.iter().any(|&m| m) {
+        return Err("squeeze_mask is not supported by the evaluator".into());
+    }
+    if [begin.len(), end.len(), stride.len(), bm.len(), em.len()]
+        .iter()
+        .any(|&n| n != r)
+        || stride.contains(&0)
+    {
+        return Err(format!("begin/end/stride/masks do not fit rank {r}"));
+    }
+    let b: Vec<usize> = (0..r).map(|i| if bm[i] { 0 } else { begin[i].min(x.shape[i]) }).collect();
+    let e: Vec<usize> = (0..r)
+        .map(|i| if em[i] { x.shape[i] } else { end[i].min(x.shape[i]) })
+        .collect();
+    Ok(kernels::slice(x, &b, &e, &stride))
+}
+
+pub fn concat(a: &Args) -> Result<Array, String> {
+    let xs = a.list("values")?;
+    let rank = xs.first().map_or(0, |x| x.shape.len());
+    let ax = axis(a, "axis", rank)?;
+    if a.flag("interleave", false)? {
+        return Err("interleaved concat is not supported by the evaluator".into());
+    }
+    kernels::concat(&xs, ax).ok_or_else(|| format!("values do not join along axis {ax}"))
+}
+
+pub fn shape(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    Ok(Array::new(
+        vec![x.shape.len()],
+        x.shape.iter().map(|&n| n as f32).collect(),
+    ))
+}
+
+pub fn pixel_shuffle(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let r = a.scalar("upscale_factor")?;
+    if !(1.0..=64.0).contains(&r) || r.fract() != 0.0 {
+        return Err(format!("upscale_factor {r} is not a whole number in 1..=64"));
+    }
+    kernels::pixel_shuffle(x, r as usize)
+        .ok_or_else(|| format!("{:?} does not shuffle by {r}", x.shape))
 }
 
 pub(crate) fn round_f16(v: &mut [f32]) {

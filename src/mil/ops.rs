@@ -77,6 +77,7 @@ use Target::{Ios16, Ios18};
 const CAST_OFF_ANE: &str =
     "cast between fp32 and fp16 runs outside the ANE (fp32 model I/O; build with fp16 I/O to avoid it)";
 const X: &[&str] = &["x"];
+const NOT_KNOWN: &str = "this op is not known to run on the ANE";
 
 /// Ops other than the elementwise tables.
 const OPS: &[MilOp] = &[
@@ -129,10 +130,16 @@ const OPS: &[MilOp] = &[
         Yes,
         Eval::Op(e::constexpr_blockwise_shift_scale),
     ),
+    row("matmul", &["x", "y"], Ios16, Yes, Eval::Op(e::matmul)),
+    row("softmax", X, Ios16, Yes, Eval::Op(e::softmax)),
+    row("scaled_dot_product_attention", &["query", "key", "value", "attn_mask"], Ios18, No(NOT_KNOWN), Eval::Op(e::scaled_dot_product_attention)),
+    row("slice_by_index", X, Ios16, Yes, Eval::Op(e::slice_by_index)),
+    row("concat", &["values"], Ios16, Yes, Eval::Op(e::concat)),
+    row("shape", X, Ios16, No(NOT_KNOWN), Eval::Op(e::shape)),
+    row("pixel_shuffle", X, Ios16, No(NOT_KNOWN), Eval::Op(e::pixel_shuffle)),
     // Written by other tools; known to the report and the printer, not evaluated.
     row("avg_pool", X, Ios16, Yes, Eval::None),
     row("batch_norm", X, Ios16, Yes, Eval::None),
-    row("concat", &["values"], Ios16, Yes, Eval::None),
     row(
         "conv_transpose",
         &["x", "weight", "bias"],
@@ -145,19 +152,15 @@ const OPS: &[MilOp] = &[
     row("layer_norm", X, Ios16, Yes, Eval::None),
     row("leaky_relu", X, Ios16, Yes, Eval::None),
     row("linear", &["x", "weight", "bias"], Ios16, Yes, Eval::None),
-    row("matmul", &["x", "y"], Ios16, Yes, Eval::None),
     row("max_pool", X, Ios16, Yes, Eval::None),
     row("pad", X, Ios16, Yes, Eval::None),
     row("reduce_sum", X, Ios16, Yes, Eval::None),
-    row("slice_by_index", X, Ios16, Yes, Eval::None),
-    row("softmax", X, Ios16, Yes, Eval::None),
     row("split", X, Ios16, Yes, Eval::None),
     row("squeeze", X, Ios16, Yes, Eval::None),
     row("expand_dims", X, Ios16, Yes, Eval::None),
 ];
 
 const XY: &[&str] = &["x", "y"];
-const UNARY_OFF_ANE: &str = "this op is not known to run on the ANE";
 
 /// The row for MIL op type `name`, if mlc knows it.
 pub fn lookup(name: &str) -> Option<MilOp> {
@@ -165,11 +168,11 @@ pub fn lookup(name: &str) -> Option<MilOp> {
         return Some(*op);
     }
     if let Some(u) = Unary::ALL.iter().find(|u| u.mil_name() == name) {
-        let ane = if u.ane() { Yes } else { No(UNARY_OFF_ANE) };
+        let ane = if u.ane() { Yes } else { No(NOT_KNOWN) };
         return Some(row(u.mil_name(), X, Ios16, ane, Eval::Unary(u.kernel())));
     }
     Binary::ALL.iter().find(|b| b.mil_name() == name).map(|b| {
-        let ane = if b.ane() { Yes } else { No(UNARY_OFF_ANE) };
+        let ane = if b.ane() { Yes } else { No(NOT_KNOWN) };
         row(b.mil_name(), XY, Ios16, ane, Eval::Binary(b.kernel()))
     })
 }

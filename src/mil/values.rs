@@ -95,6 +95,15 @@ pub fn bool_value(b: bool) -> pb::Value {
     )
 }
 
+/// A bool vector.
+pub fn bools_value(v: &[bool]) -> pb::Value {
+    use pb::tensor_value::{RepeatedBools, Value};
+    immediate(
+        value_type(DType::Bool, &dims(&[v.len()])),
+        Value::Bools(RepeatedBools { values: v.to_vec() }),
+    )
+}
+
 /// An int32 tensor of `shape` (rank 0 for a scalar).
 pub fn ints_value(shape: &[usize], values: Vec<i32>) -> pb::Value {
     use pb::tensor_value::{RepeatedInts, Value};
@@ -138,6 +147,18 @@ pub fn arg(name: &str) -> pb::Argument {
         arguments: vec![pb::argument::Binding {
             binding: Some(pb::argument::binding::Binding::Name(name.to_string())),
         }],
+    }
+}
+
+/// A tuple argument binding several values in order (concat's `values`).
+pub fn args(names: &[String]) -> pb::Argument {
+    pb::Argument {
+        arguments: names
+            .iter()
+            .map(|n| pb::argument::Binding {
+                binding: Some(pb::argument::binding::Binding::Name(n.clone())),
+            })
+            .collect(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod nn;
 pub mod taesd;
+pub mod vae;
 
 use crate::hub::Source;
 use crate::ir::{Dim, Graph, IrError};
@@ -168,6 +169,37 @@ fn shape_text(shape: &[Dim]) -> String {
         .join(", ")
 }
 
+/// Options that change a model's interface (folded pre/post-processing). A model refuses the ones
+/// it has no meaning for ([`Model::check_options`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Take (decoder) or give (encoder) the diffusion model's scaled latents: the VAE's scaling
+    /// factor and shift are folded in.
+    pub latent_scaling: bool,
+    /// FLUX.2 decoder: take the transformer's packed `[1, 4C, h/2, w/2]` latents (batch-norm
+    /// un-normalisation and 2x2 unpatchify folded in).
+    pub packed_input: bool,
+    /// Encoder: also output the posterior's `logvar`.
+    pub logvar_output: bool,
+}
+
+impl ModelOptions {
+    /// The options set, as flag-like names, for messages.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.latent_scaling {
+            v.push("latent scaling");
+        }
+        if self.packed_input {
+            v.push("packed input");
+        }
+        if self.logvar_output {
+            v.push("logvar output");
+        }
+        v
+    }
+}
+
 /// Package metadata a model contributes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Description {
@@ -186,16 +218,48 @@ pub trait Model: Sync {
     }
     /// The parts it has; the first is built when none is asked for.
     fn parts(&self) -> &'static [Part];
-    fn interface(&self, part: Part) -> Interface;
+    fn interface(&self, part: Part, options: &ModelOptions) -> Interface;
+    /// Refuses options the model has no meaning for (the default refuses all).
+    fn check_options(&self, part: Part, options: &ModelOptions) -> Result<(), ModelError> {
+        match options.names().first() {
+            None => Ok(()),
+            Some(o) => Err(ModelError::Option {
+                model: self.name(),
+                part,
+                option: o,
+            }),
+        }
+    }
+    /// Reads a weights file; families whose files need their own key handling override it.
+    fn load(
+        &self,
+        _part: Part,
+        path: &std::path::Path,
+        _options: &ModelOptions,
+    ) -> Result<Weights, ModelError> {
+        Ok(Weights::load(path)?)
+    }
     /// Checks that `weights` are this model's (a one-line error naming the key that disagrees)
     /// and declares the graph, with the interface's symbols in `fixed` bound (the others, whose
     /// size varies between enumerated sizes, stay symbolic).
-    fn build(&self, part: Part, weights: &Weights, fixed: &Bindings) -> Result<Graph, ModelError>;
+    fn build(
+        &self,
+        part: Part,
+        weights: &Weights,
+        fixed: &Bindings,
+        options: &ModelOptions,
+    ) -> Result<Graph, ModelError>;
     /// The published weights file for a part, when there is one to download.
     fn published(&self, _part: Part) -> Option<&'static Source> {
         None
     }
     fn description(&self, part: Part, sizes: &str) -> Description;
+    /// The weights' source as package metadata records it: by default the file stem, so that
+    /// the same weights in another container (`taef2_decoder.pth`, `.safetensors`) give the
+    /// same package. None leaves it out (the content hash is always recorded).
+    fn weights_source(&self, path: &std::path::Path) -> Option<String> {
+        path.file_stem().map(|s| s.to_string_lossy().into_owned())
+    }
 }
 
 /// Every model mlc knows, in the order `--help` lists them.
@@ -205,6 +269,11 @@ pub static REGISTRY: &[&dyn Model] = &[
     &taesd::TAESD3,
     &taesd::TAEF1,
     &taesd::TAEF2,
+    &vae::SD_VAE,
+    &vae::SDXL_VAE,
+    &vae::SD3_VAE,
+    &vae::FLUX1_VAE,
+    &vae::FLUX2_VAE,
 ];
 
 pub fn registry() -> &'static [&'static dyn Model] {
@@ -245,6 +314,12 @@ pub enum ModelError {
     },
     #[error("{file}: {reason}")]
     WrongModel { file: String, reason: String },
+    #[error("{model} {part}: {option} has no meaning for this model")]
+    Option {
+        model: &'static str,
+        part: Part,
+        option: &'static str,
+    },
     #[error("{reason}")]
     Size { reason: String },
     #[error(transparent)]
@@ -272,12 +347,13 @@ mod tests {
 
     #[test]
     fn sizes_resolve_through_either_role() {
-        let i = lookup("flux2").unwrap().interface(Part::Decoder);
+        let none = ModelOptions::default();
+        let i = lookup("flux2").unwrap().interface(Part::Decoder, &none);
         let b = i.bindings(Role::Image, [768, 1024]).unwrap();
         assert_eq!(i.size_of(Role::Latent, &b), Some([96, 128]));
         let e = i.bindings(Role::Image, [100, 96]).unwrap_err().to_string();
         assert!(e.contains("100x96"), "{e}");
-        let enc = lookup("flux2").unwrap().interface(Part::Encoder);
+        let enc = lookup("flux2").unwrap().interface(Part::Encoder, &none);
         let b = enc.bindings(Role::Latent, [8, 6]).unwrap();
         assert_eq!(enc.size_of(Role::Image, &b), Some([64, 48]));
         let e = enc.bindings(Role::Image, [60, 64]).unwrap_err().to_string();

@@ -24,7 +24,7 @@
 //! (latent channels, the pool branch) and checked against the model asked for.
 
 use super::nn::{self, ConvSpec, Params, Scope};
-use super::{Description, Feature, Interface, Model, ModelError, Part, Role};
+use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
 use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
@@ -93,7 +93,7 @@ impl Model for Taesd {
         &[Part::Decoder, Part::Encoder]
     }
 
-    fn interface(&self, part: Part) -> Interface {
+    fn interface(&self, part: Part, _options: &ModelOptions) -> Interface {
         let (h, w) = (Dim::sym("H"), Dim::sym("W"));
         let c = self.latent_channels;
         let latent_desc = format!("Diffusion latent, {c} channels, NCHW");
@@ -135,10 +135,17 @@ impl Model for Taesd {
         }
     }
 
-    fn build(&self, part: Part, weights: &Weights, fixed: &Bindings) -> Result<Graph, ModelError> {
+    fn build(
+        &self,
+        part: Part,
+        weights: &Weights,
+        fixed: &Bindings,
+        options: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        self.check_options(part, options)?;
         self.check(part, weights)?;
         let params = Params::new(weights);
-        let iface = self.interface(part);
+        let iface = self.interface(part, options);
         let mut g = Graph::new(format!("{}_{part}", self.name));
         let input = &iface.inputs[0];
         let x = g.input(
@@ -180,7 +187,7 @@ impl Model for Taesd {
     }
 }
 
-fn feature(name: &str, role: Role, c: usize, [h, w]: [Dim; 2], description: String) -> Feature {
+pub(crate) fn feature(name: &str, role: Role, c: usize, [h, w]: [Dim; 2], description: String) -> Feature {
     Feature {
         name: name.into(),
         role,

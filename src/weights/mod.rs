@@ -12,7 +12,10 @@
 
 mod keys;
 mod pth;
+mod raw;
 mod safetensors;
+
+pub use raw::load_raw;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -111,7 +114,7 @@ fn quoted(keys: &[String]) -> String {
 }
 
 /// Zip local-file-header or end-of-central-directory (empty archive) signature.
-fn is_zip(bytes: &[u8]) -> bool {
+pub(crate) fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
 }
 
