@@ -46,7 +46,12 @@ impl Pass for LowerAttention {
             };
             let [q, k, v] = [0, 1, 2].map(|j| r.get(node.inputs[j]));
             let (qt, kt) = (r.graph.ty(q).clone(), r.graph.ty(k).clone());
-            let dims = [qt.shape[0].known(), qt.shape[1].known(), kt.shape[1].known(), qt.shape[2].known()];
+            let dims = [
+                qt.shape[0].known(),
+                qt.shape[1].known(),
+                kt.shape[1].known(),
+                qt.shape[2].known(),
+            ];
             let chunks = match dims {
                 [Some(b), Some(l), Some(s), _] => {
                     let bytes = b
@@ -57,9 +62,8 @@ impl Pass for LowerAttention {
                 }
                 _ => 1,
             };
-            let default_scale = dims[3].is_some_and(|d| {
-                (1.0 / (d as f32).sqrt() - scale).abs() <= 1e-6 * scale
-            });
+            let default_scale =
+                dims[3].is_some_and(|d| (1.0 / (d as f32).sqrt() - scale).abs() <= 1e-6 * scale);
             let n = &node.name;
             let g = &mut r.graph;
             let fused = self.fused && default_scale;
@@ -72,7 +76,11 @@ impl Pass for LowerAttention {
             let l = dims[1].unwrap_or(0);
             let mut parts = Vec::with_capacity(chunks);
             for c in 0..chunks {
-                let tag = if chunks == 1 { String::new() } else { format!("_{c}") };
+                let tag = if chunks == 1 {
+                    String::new()
+                } else {
+                    format!("_{c}")
+                };
                 let qc = if chunks == 1 {
                     q
                 } else {
@@ -88,7 +96,11 @@ impl Pass for LowerAttention {
                     )?
                 };
                 let out = if fused {
-                    g.add(Op::Attention { scale }, &[qc, k, v], format!("{n}_sdpa{tag}"))?
+                    g.add(
+                        Op::Attention { scale },
+                        &[qc, k, v],
+                        format!("{n}_sdpa{tag}"),
+                    )?
                 } else {
                     let s = g.add(
                         Op::MatMul {
@@ -160,7 +172,10 @@ mod tests {
         let low = pass.run(g.clone()).unwrap();
         verify(&low).unwrap();
         let text = print(&low);
-        let scores: Vec<&str> = text.lines().filter(|l| l.contains("= matmul") && l.contains("_scores")).collect();
+        let scores: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("= matmul") && l.contains("_scores"))
+            .collect();
         assert_eq!(scores.len(), 8, "{text}");
         for (_, n) in low.nodes() {
             if n.name.contains("_scores") {

@@ -56,10 +56,16 @@ fn build_case(c: &Case, sizes: Sizes, options: ModelOptions, out: PathBuf) -> Pa
     o.sizes = sizes;
     o.model_options = options;
     o.output = Some(out);
-    build(&o).unwrap_or_else(|e| panic!("{}: {e}", c.model)).package
+    build(&o)
+        .unwrap_or_else(|e| panic!("{}: {e}", c.model))
+        .package
 }
 
-const FAMILIES: [(&str, &str); 3] = [("sd-vae", "sd"), ("flux1-vae", "flux1"), ("flux2-vae", "flux2")];
+const FAMILIES: [(&str, &str); 3] = [
+    ("sd-vae", "sd"),
+    ("flux1-vae", "flux1"),
+    ("flux2-vae", "flux2"),
+];
 
 #[test]
 fn decoders_match_pytorch_in_both_layouts() {
@@ -67,7 +73,13 @@ fn decoders_match_pytorch_in_both_layouts() {
     for (model, family) in FAMILIES {
         for layout in ["diffusers", "original"] {
             for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, 5e-3)] {
-                let c = Case { model, family, part: Part::Decoder, layout, precision };
+                let c = Case {
+                    model,
+                    family,
+                    part: Part::Decoder,
+                    layout,
+                    precision,
+                };
                 let tag = format!("{model}_{layout}_{precision:?}").to_lowercase();
                 let pkg = build_case(
                     &c,
@@ -78,8 +90,9 @@ fn decoders_match_pytorch_in_both_layouts() {
                 for size in ["8x8", "6x10"] {
                     let mut f = fixture(family, &format!("decode_{size}"));
                     let latent = f.remove("latent").unwrap();
-                    let out = mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), latent)]))
-                        .unwrap();
+                    let out =
+                        mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), latent)]))
+                            .unwrap();
                     let e = relative_error(&out["image"], &f["image"]);
                     println!("decode {tag} {size}: relative max error {e:.2e}");
                     assert!(e <= tol, "{tag} {size}: {e} > {tol}");
@@ -87,4 +100,275 @@ fn decoders_match_pytorch_in_both_layouts() {
             }
         }
     }
+}
+
+#[test]
+fn encoders_match_pytorch_mean_and_logvar() {
+    let dir = out_dir("vae_encoders");
+    for (model, family) in FAMILIES {
+        for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, 5e-3)] {
+            let c = Case {
+                model,
+                family,
+                part: Part::Encoder,
+                layout: "original",
+                precision,
+            };
+            let tag = format!("{model}_{precision:?}").to_lowercase();
+            let options = ModelOptions {
+                logvar_output: true,
+                ..Default::default()
+            };
+            let pkg = build_case(
+                &c,
+                Sizes::Image(vec![[64, 64], [48, 80]]),
+                options,
+                dir.join(format!("{tag}.mlpackage")),
+            );
+            for size in ["8x8", "6x10"] {
+                let mut f = fixture(family, &format!("encode_{size}"));
+                let image = f.remove("image").unwrap();
+                let out =
+                    mlc::run::run_path(&pkg, &BTreeMap::from([("image".into(), image)])).unwrap();
+                let em = relative_error(&out["latent"], &f["mean"]);
+                let el = relative_error(&out["logvar"], &f["logvar"]);
+                println!("encode {tag} {size}: mean {em:.2e}, logvar {el:.2e}");
+                assert!(em <= tol && el <= tol, "{tag} {size}: {em}, {el} > {tol}");
+            }
+        }
+    }
+}
+
+#[test]
+fn both_layouts_give_byte_identical_packages() {
+    let dir = out_dir("vae_layouts");
+    for (model, family) in FAMILIES {
+        for part in [Part::Decoder, Part::Encoder] {
+            let bytes: Vec<Vec<u8>> = ["diffusers", "original"]
+                .iter()
+                .map(|layout| {
+                    let c = Case {
+                        model,
+                        family,
+                        part,
+                        layout,
+                        precision: Precision::Fp16,
+                    };
+                    let pkg = build_case(
+                        &c,
+                        Sizes::Latent(vec![[8, 8]]),
+                        ModelOptions::default(),
+                        dir.join(format!("{model}_{part}_{layout}.mlpackage")),
+                    );
+                    let data = pkg.join("Data/com.apple.CoreML");
+                    let mut b = std::fs::read(data.join("model.mlmodel")).unwrap();
+                    b.extend(std::fs::read(data.join("weights/weight.bin")).unwrap());
+                    b
+                })
+                .collect();
+            assert!(bytes[0] == bytes[1], "{model} {part}: the layouts differ");
+        }
+    }
+}
+
+#[test]
+fn flux2_packed_latents_fold_batch_norm_and_unpatchify() {
+    let dir = out_dir("vae_packed");
+    let c = Case {
+        model: "flux2-vae",
+        family: "flux2",
+        part: Part::Decoder,
+        layout: "diffusers",
+        precision: Precision::Fp32,
+    };
+    let options = ModelOptions {
+        packed_input: true,
+        ..Default::default()
+    };
+    // With packed input, latent sizes are the packed ones: 4x4 and 3x5 for 8x8 and 6x10.
+    let pkg = build_case(
+        &c,
+        Sizes::Image(vec![[64, 64], [48, 80]]),
+        options,
+        dir.join("p.mlpackage"),
+    );
+    for size in ["8x8", "6x10"] {
+        let mut f = fixture("flux2", &format!("packed_{size}"));
+        let packed = f.remove("packed").unwrap();
+        let out = mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), packed)])).unwrap();
+        let e = relative_error(&out["image"], &f["image"]);
+        println!("flux2 packed {size}: relative max error {e:.2e}");
+        assert!(e <= 1e-4, "{size}: {e}");
+    }
+}
+
+#[test]
+fn latent_scaling_folds_into_both_parts() {
+    let dir = out_dir("vae_scaling");
+    // flux1: z_model = (z - 0.1159) * 0.3611, so the scaled decoder takes z_model.
+    let (scaling, shift) = (0.3611f32, 0.1159f32);
+    let c = Case {
+        model: "flux1-vae",
+        family: "flux1",
+        part: Part::Decoder,
+        layout: "diffusers",
+        precision: Precision::Fp32,
+    };
+    let options = ModelOptions {
+        latent_scaling: true,
+        ..Default::default()
+    };
+    let pkg = build_case(
+        &c,
+        Sizes::Latent(vec![[8, 8]]),
+        options.clone(),
+        dir.join("d.mlpackage"),
+    );
+    let mut f = fixture("flux1", "decode_8x8");
+    let z = f.remove("latent").unwrap();
+    let z_model = Array::new(
+        z.shape.clone(),
+        z.data.iter().map(|v| (v - shift) * scaling).collect(),
+    );
+    let out = mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), z_model)])).unwrap();
+    let e = relative_error(&out["image"], &f["image"]);
+    assert!(e <= 1e-4, "scaled decoder: {e}");
+
+    let c = Case {
+        part: Part::Encoder,
+        ..c
+    };
+    let pkg = build_case(
+        &c,
+        Sizes::Latent(vec![[8, 8]]),
+        options,
+        dir.join("e.mlpackage"),
+    );
+    let mut f = fixture("flux1", "encode_8x8");
+    let image = f.remove("image").unwrap();
+    let out = mlc::run::run_path(&pkg, &BTreeMap::from([("image".into(), image)])).unwrap();
+    let mean = &f["mean"];
+    let want = Array::new(
+        mean.shape.clone(),
+        mean.data.iter().map(|v| (v - shift) * scaling).collect(),
+    );
+    let e = relative_error(&out["latent"], &want);
+    assert!(e <= 1e-4, "scaled encoder: {e}");
+}
+
+#[test]
+fn multifunction_ios18_uses_the_fused_attention_and_matches() {
+    let dir = out_dir("vae_multifunction");
+    let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+    o.sizes = Sizes::Latent(vec![[8, 8], [6, 10]]);
+    o.multifunction = true;
+    o.target = Target::Ios18;
+    o.io_precision = Some(Precision::Fp32);
+    o.output = Some(dir.join("mf.mlpackage"));
+    let pkg = build(&o).unwrap().package;
+    let p = mlc::package::read_package(&pkg).unwrap();
+    let text = mlc::mil::print::print_model(&p.model);
+    assert!(
+        text.contains("scaled_dot_product_attention("),
+        "no fused attention"
+    );
+    for (size, function) in [("8x8", "decode_64x64"), ("6x10", "decode_48x80")] {
+        let mut f = fixture("sd", &format!("decode_{size}"));
+        let latent = f.remove("latent").unwrap();
+        let out =
+            mlc::run::run(&p, function, &BTreeMap::from([("latent".into(), latent)])).unwrap();
+        let e = relative_error(&out["image"], &f["image"]);
+        assert!(e <= 5e-3, "{function}: {e}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_and_write_nothing() {
+    let dir = out_dir("vae_errors");
+    let out = dir.join("x.mlpackage");
+    let attempt = |model: &str, w: PathBuf, part: Part, edit: &dyn Fn(&mut BuildOptions)| {
+        let mut o = BuildOptions::new(model, w);
+        o.part = Some(part);
+        o.sizes = Sizes::Latent(vec![[8, 8]]);
+        o.output = Some(out.clone());
+        edit(&mut o);
+        let e = build(&o)
+            .err()
+            .unwrap_or_else(|| panic!("{model} built"))
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(!out.exists());
+        e
+    };
+    let none: &dyn Fn(&mut BuildOptions) = &|_| {};
+    // Wrong family: a FLUX.1 VAE asked to be SD's, TAESD weights asked to be a VAE.
+    let e = attempt("sd-vae", weights("flux1", "diffusers"), Part::Decoder, none);
+    assert!(
+        e.contains("16 latent channels") && e.contains("sd-vae has 4"),
+        "{e}"
+    );
+    let e = attempt(
+        "flux1-vae",
+        weights("flux2", "original"),
+        Part::Decoder,
+        none,
+    );
+    assert!(e.contains("32 latent channels"), "{e}");
+    let e = attempt("sd-vae", taef2_weights(), Part::Decoder, none);
+    assert!(e.contains("taef2_decoder.safetensors"), "{e}");
+    // A config.json that disagrees with the tensors.
+    let tmp = dir.join("cfg");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(
+        weights("sd", "diffusers"),
+        tmp.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(vae_dir("sd").join("diffusers/config.json")).unwrap();
+    std::fs::write(
+        tmp.join("config.json"),
+        cfg.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
+    )
+    .unwrap();
+    let e = attempt(
+        "sd-vae",
+        tmp.join("diffusion_pytorch_model.safetensors"),
+        Part::Decoder,
+        none,
+    );
+    assert!(
+        e.contains("config.json") && e.contains("latent_channels"),
+        "{e}"
+    );
+    // Missing and extra keys.
+    let w = mlc::weights::load_raw(&weights("sd", "diffusers")).unwrap();
+    let mut missing = w.clone();
+    missing.remove("decoder.mid_block.attentions.0.to_q.weight");
+    let mut extra = w.clone();
+    extra.insert(
+        "decoder.surprise.weight".into(),
+        mlc::tensor::Tensor::scalar(1.0),
+    );
+    for (name, tensors, want) in [
+        (
+            "missing",
+            missing,
+            "decoder.mid_block.attentions.0.to_q.weight",
+        ),
+        ("extra", extra, "decoder.surprise.weight"),
+    ] {
+        let p = dir.join(format!("{name}.safetensors"));
+        write_safetensors(&p, &tensors);
+        let e = attempt("sd-vae", p, Part::Decoder, none);
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    // Image sizes that are not multiples of 8; options a model has no meaning for.
+    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Encoder, &|o| {
+        o.sizes = Sizes::Image(vec![[60, 64]])
+    });
+    assert!(e.contains("multiples of 8"), "{e}");
+    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Decoder, &|o| {
+        o.model_options.packed_input = true
+    });
+    assert!(e.contains("packed input"), "{e}");
 }

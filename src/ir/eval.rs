@@ -165,9 +165,8 @@ pub fn eval_op_at(
         Op::MatMul {
             transpose_x,
             transpose_y,
-        } => kernels::matmul(args[0], args[1], *transpose_x, *transpose_y).ok_or_else(|| {
-            format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape)
-        })?,
+        } => kernels::matmul(args[0], args[1], *transpose_x, *transpose_y)
+            .ok_or_else(|| format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape))?,
         Op::Softmax { axis } => kernels::softmax(args[0], *axis),
         Op::Attention { scale } => attention(args[0], args[1], args[2], *scale)?,
         Op::Slice { axis, begin, end } => {

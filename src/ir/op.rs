@@ -463,7 +463,9 @@ impl Op {
                 let (x, y) = (inputs[0], inputs[1]);
                 float(x)?;
                 if x.dtype != y.dtype || x.rank() < 2 || y.rank() < 2 {
-                    return Err(format!("needs two float operands of rank >= 2, got {x} and {y}"));
+                    return Err(format!(
+                        "needs two float operands of rank >= 2, got {x} and {y}"
+                    ));
                 }
                 let last2 = |t: &TensorType, tr: bool| {
                     let (a, b) = (t.shape[t.rank() - 2].clone(), t.shape[t.rank() - 1].clone());
@@ -495,7 +497,9 @@ impl Op {
                 arity(3..=3)?;
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
                 float(q)?;
-                let ok = [q, k, v].iter().all(|t| t.rank() == 3 && t.dtype == q.dtype)
+                let ok = [q, k, v]
+                    .iter()
+                    .all(|t| t.rank() == 3 && t.dtype == q.dtype)
                     && q.shape[0] == k.shape[0]
                     && k.shape[0] == v.shape[0]
                     && q.shape[2] == k.shape[2]
@@ -563,11 +567,7 @@ impl Op {
                 let r = *factor;
                 let c = match x.shape.get(1).and_then(Dim::known) {
                     Some(c) if x.rank() == 4 && r > 0 && c % (r * r) == 0 => c / (r * r),
-                    _ => {
-                        return Err(format!(
-                            "needs [N, C*{r}*{r}, H, W] with known C, got {x}"
-                        ))
-                    }
+                    _ => return Err(format!("needs [N, C*{r}*{r}, H, W] with known C, got {x}")),
                 };
                 Ok(TensorType::new(
                     x.dtype,

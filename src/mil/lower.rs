@@ -7,8 +7,8 @@
 
 use super::target::Target;
 use super::values::{
-    arg, args, blob_value, bools_value, bool_value, f16_bytes_value, floats_value, ints_value, name_attr, named,
-    raw_blob_value, raw_bytes_value, string_value, tensor_type,
+    arg, args, blob_value, bool_value, bools_value, f16_bytes_value, floats_value, ints_value,
+    name_attr, named, raw_blob_value, raw_bytes_value, string_value, tensor_type,
 };
 use crate::ir::{ConstData, Dim, Graph, Op, Palettized, Quantized, TensorType, ValueId};
 use crate::package::{BlobDType, BlobWriter};

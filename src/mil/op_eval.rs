@@ -314,14 +314,21 @@ fn axis(a: &Args, k: &str, rank: usize) -> Result<usize, String> {
     if v.fract() != 0.0 || v < -r || v >= r {
         return Err(format!("{k} = {v} is not an axis of a rank-{rank} tensor"));
     }
-    Ok(if v < 0.0 { (v + r) as usize } else { v as usize })
+    Ok(if v < 0.0 {
+        (v + r) as usize
+    } else {
+        v as usize
+    })
 }
 
 pub fn matmul(a: &Args) -> Result<Array, String> {
     let (x, y) = (a.num("x")?, a.num("y")?);
     let (tx, ty) = (a.flag("transpose_x", false)?, a.flag("transpose_y", false)?);
     if x.shape.len() < 2 || y.shape.len() < 2 {
-        return Err(format!("matmul of {:?} and {:?}: rank 2 or more", x.shape, y.shape));
+        return Err(format!(
+            "matmul of {:?} and {:?}: rank 2 or more",
+            x.shape, y.shape
+        ));
     }
     kernels::matmul(x, y, tx, ty)
         .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))
@@ -355,7 +362,8 @@ pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
     let scale = 1.0 / (q.shape[r - 1] as f32).sqrt();
     let scores = kernels::map(&scores, move |s| s * scale);
     let weights = kernels::softmax(&scores, r - 1);
-    kernels::matmul(&weights, v, false, false).ok_or_else(|| "weights and value do not multiply".into())
+    kernels::matmul(&weights, v, false, false)
+        .ok_or_else(|| "weights and value do not multiply".into())
 }
 
 pub fn slice_by_index(a: &Args) -> Result<Array, String> {
@@ -384,9 +392,17 @@ pub fn slice_by_index(a: &Args) -> Result<Array, String> {
     {
         return Err(format!("begin/end/stride/masks do not fit rank {r}"));
     }
-    let b: Vec<usize> = (0..r).map(|i| if bm[i] { 0 } else { begin[i].min(x.shape[i]) }).collect();
+    let b: Vec<usize> = (0..r)
+        .map(|i| if bm[i] { 0 } else { begin[i].min(x.shape[i]) })
+        .collect();
     let e: Vec<usize> = (0..r)
-        .map(|i| if em[i] { x.shape[i] } else { end[i].min(x.shape[i]) })
+        .map(|i| {
+            if em[i] {
+                x.shape[i]
+            } else {
+                end[i].min(x.shape[i])
+            }
+        })
         .collect();
     Ok(kernels::slice(x, &b, &e, &stride))
 }
@@ -413,7 +429,9 @@ pub fn pixel_shuffle(a: &Args) -> Result<Array, String> {
     let x = a.num("x")?;
     let r = a.scalar("upscale_factor")?;
     if !(1.0..=64.0).contains(&r) || r.fract() != 0.0 {
-        return Err(format!("upscale_factor {r} is not a whole number in 1..=64"));
+        return Err(format!(
+            "upscale_factor {r} is not a whole number in 1..=64"
+        ));
     }
     kernels::pixel_shuffle(x, r as usize)
         .ok_or_else(|| format!("{:?} does not shuffle by {r}", x.shape))

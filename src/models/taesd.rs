@@ -187,7 +187,13 @@ impl Model for Taesd {
     }
 }
 
-pub(crate) fn feature(name: &str, role: Role, c: usize, [h, w]: [Dim; 2], description: String) -> Feature {
+pub(crate) fn feature(
+    name: &str,
+    role: Role,
+    c: usize,
+    [h, w]: [Dim; 2],
+    description: String,
+) -> Feature {
     Feature {
         name: name.into(),
         role,

@@ -136,3 +136,22 @@ pub fn mlc(args: &[&str], cwd: &Path) -> Output {
         .output()
         .unwrap()
 }
+
+/// Writes f32 tensors to a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let b = t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}

@@ -137,7 +137,13 @@ impl Model for Vae {
             "as the VAE computes it (no scaling)"
         };
         let latent = |name: &str, role, hw: [Dim; 2]| {
-            feature(name, role, c, hw, format!("Latent, {c} channels, NCHW, {scaled}"))
+            feature(
+                name,
+                role,
+                c,
+                hw,
+                format!("Latent, {c} channels, NCHW, {scaled}"),
+            )
         };
         let div = |d: &Dim, k: usize| d.divided(k).expect("k > 0");
         match part {
@@ -211,7 +217,9 @@ impl Model for Vae {
         }
         if o.latent_scaling && self.scaling == Scaling::BatchNorm {
             // FLUX.2's normalisation is defined on packed latents.
-            return refuse("latent scaling (FLUX.2 latents are normalised in packed form: use packed input)");
+            return refuse(
+                "latent scaling (FLUX.2 latents are normalised in packed form: use packed input)",
+            );
         }
         Ok(())
     }
@@ -244,15 +252,18 @@ impl Model for Vae {
         } else {
             tensors = raw;
         }
-        let shapes: BTreeMap<String, Vec<usize>> =
-            tensors.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
+        let shapes: BTreeMap<String, Vec<usize>> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
         let cfg = keys::detect(&shapes).map_err(wrong)?;
         let config_json = path.with_file_name("config.json");
         if !original && config_json.is_file() {
-            let text = std::fs::read_to_string(&config_json).map_err(|e| ModelError::WrongModel {
-                file: config_json.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let text =
+                std::fs::read_to_string(&config_json).map_err(|e| ModelError::WrongModel {
+                    file: config_json.display().to_string(),
+                    reason: e.to_string(),
+                })?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::WrongModel {
                     file: config_json.display().to_string(),
@@ -386,7 +397,11 @@ impl Vae {
             ));
         }
         if cfg.quant_conv != self.quant_conv {
-            let (has, not) = if cfg.quant_conv { ("", "no ") } else { ("no ", "") };
+            let (has, not) = if cfg.quant_conv {
+                ("", "no ")
+            } else {
+                ("no ", "")
+            };
             return wrong(format!(
                 "these weights have {has}quant convs, {} has {not}quant convs",
                 self.name
@@ -430,7 +445,12 @@ impl Vae {
             }
         }
         if self.quant_conv {
-            x = nn::conv2d(g, &top.child("post_quant_conv"), x, &ConvSpec::same(c, c, 1, true))?;
+            x = nn::conv2d(
+                g,
+                &top.child("post_quant_conv"),
+                x,
+                &ConvSpec::same(c, c, 1, true),
+            )?;
         }
         let p = top.child("decoder");
         let widths: Vec<usize> = b.cfg.block_out_channels.iter().rev().copied().collect();
@@ -475,18 +495,36 @@ impl Vae {
             if i + 1 < widths.len() {
                 // diffusers pads (0, 1, 0, 1) and convolves with stride 2 and no padding.
                 let spec = ConvSpec::same(ch, ch, 3, true).strided(2, [0, 1, 0, 1]);
-                x = nn::conv2d(g, &down.child("downsamplers").child(0).child("conv"), x, &spec)?;
+                x = nn::conv2d(
+                    g,
+                    &down.child("downsamplers").child(0).child("conv"),
+                    x,
+                    &spec,
+                )?;
             }
         }
         x = b.mid_block(g, &p.child("mid_block"), x, ch)?;
         x = b.norm_silu(g, &p.child("conv_norm_out"), x, ch)?;
-        x = nn::conv2d(g, &p.child("conv_out"), x, &ConvSpec::same(ch, 2 * c, 3, true))?;
+        x = nn::conv2d(
+            g,
+            &p.child("conv_out"),
+            x,
+            &ConvSpec::same(ch, 2 * c, 3, true),
+        )?;
         if self.quant_conv {
             let q = top.child("quant_conv");
             x = nn::conv2d(g, &q, x, &ConvSpec::same(2 * c, 2 * c, 1, true))?;
         }
         let slice = |g: &mut Graph, begin, end, name: &str| {
-            g.add(Op::Slice { axis: 1, begin, end }, &[x], name)
+            g.add(
+                Op::Slice {
+                    axis: 1,
+                    begin,
+                    end,
+                },
+                &[x],
+                name,
+            )
         };
         let mut mean = slice(g, 0, c, "posterior_mean")?;
         if let (true, Scaling::Affine { scaling, shift }) = (o.latent_scaling, self.scaling) {
@@ -499,7 +537,14 @@ impl Vae {
         }
         let logvar = if o.logvar_output {
             let lv = slice(g, c, 2 * c, "posterior_logvar")?;
-            Some(g.add(Op::Clip { min: -30.0, max: 20.0 }, &[lv], "logvar_clipped")?)
+            Some(g.add(
+                Op::Clip {
+                    min: -30.0,
+                    max: 20.0,
+                },
+                &[lv],
+                "logvar_clipped",
+            )?)
         } else {
             None
         };
@@ -525,7 +570,13 @@ fn unpack(g: &mut Graph, bn: &Scope, x: ValueId, c4: usize) -> Result<ValueId, M
 }
 
 impl Builder<'_> {
-    fn norm_silu(&self, g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
+    fn norm_silu(
+        &self,
+        g: &mut Graph,
+        p: &Scope,
+        x: ValueId,
+        ch: usize,
+    ) -> Result<ValueId, ModelError> {
         let x = nn::group_norm(g, p, x, ch, self.groups, EPS)?;
         nn::unary(g, p, Unary::Silu, x, "silu")
     }
@@ -541,16 +592,32 @@ impl Builder<'_> {
         let h = self.norm_silu(g, &p.child("norm1"), x, cin)?;
         let h = nn::conv2d(g, &p.child("conv1"), h, &ConvSpec::same(cin, cout, 3, true))?;
         let h = self.norm_silu(g, &p.child("norm2"), h, cout)?;
-        let h = nn::conv2d(g, &p.child("conv2"), h, &ConvSpec::same(cout, cout, 3, true))?;
+        let h = nn::conv2d(
+            g,
+            &p.child("conv2"),
+            h,
+            &ConvSpec::same(cout, cout, 3, true),
+        )?;
         let skip = if cin != cout {
-            nn::conv2d(g, &p.child("conv_shortcut"), x, &ConvSpec::same(cin, cout, 1, true))?
+            nn::conv2d(
+                g,
+                &p.child("conv_shortcut"),
+                x,
+                &ConvSpec::same(cin, cout, 1, true),
+            )?
         } else {
             x
         };
         nn::binary(g, p, Binary::Add, skip, h, "add")
     }
 
-    fn mid_block(&self, g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
+    fn mid_block(
+        &self,
+        g: &mut Graph,
+        p: &Scope,
+        x: ValueId,
+        ch: usize,
+    ) -> Result<ValueId, ModelError> {
         let x = self.resnet(g, &p.child("resnets").child(0), x, ch, ch)?;
         let x = self.attention(g, &p.child("attentions").child(0), x, ch)?;
         self.resnet(g, &p.child("resnets").child(1), x, ch, ch)
@@ -558,7 +625,13 @@ impl Builder<'_> {
 
     /// Single-head self-attention over all positions, its linear layers as 1x1 convs (the
     /// channels-first form the Neural Engine prefers).
-    fn attention(&self, g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
+    fn attention(
+        &self,
+        g: &mut Graph,
+        p: &Scope,
+        x: ValueId,
+        ch: usize,
+    ) -> Result<ValueId, ModelError> {
         let h = nn::group_norm(g, &p.child("group_norm"), x, ch, self.groups, EPS)?;
         let shape = g.ty(h).shape.clone();
         let positions = shape[2].times(&shape[3]);
@@ -572,14 +645,26 @@ impl Builder<'_> {
                 &[y],
                 l.node("flat"),
             )?;
-            Ok(g.add(Op::Transpose { perm: vec![0, 2, 1] }, &[y], l.node("seq"))?)
+            Ok(g.add(
+                Op::Transpose {
+                    perm: vec![0, 2, 1],
+                },
+                &[y],
+                l.node("seq"),
+            )?)
         };
         let q = seq(g, "to_q")?;
         let k = seq(g, "to_k")?;
         let v = seq(g, "to_v")?;
         let scale = 1.0 / (ch as f32).sqrt();
         let o = g.add(Op::Attention { scale }, &[q, k, v], p.node("attention"))?;
-        let o = g.add(Op::Transpose { perm: vec![0, 2, 1] }, &[o], p.node("channels"))?;
+        let o = g.add(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[o],
+            p.node("channels"),
+        )?;
         let o = g.add(Op::ReshapeLike, &[o, x], p.node("spatial"))?;
         let o = linear_1x1(g, &p.child("to_out").child(0), o, ch)?;
         nn::binary(g, p, Binary::Add, x, o, "residual")
