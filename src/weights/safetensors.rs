@@ -7,6 +7,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use super::{corrupt, keys, widen, FloatKind, KeyStyle, WeightError};
+use crate::limits::Budget;
 use crate::tensor::Tensor;
 
 /// `PROTO 2` then `LONG1` of PyTorch's legacy magic number: what a pre-1.6 `torch.save` starts
@@ -16,6 +17,7 @@ const LEGACY_TORCH_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a
 pub(crate) fn load(
     path: &Path,
     bytes: &[u8],
+    budget: &mut Budget,
 ) -> Result<(KeyStyle, BTreeMap<String, Tensor>), WeightError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         if bytes.starts_with(LEGACY_TORCH_MAGIC) {
@@ -62,7 +64,12 @@ pub(crate) fn load(
                 })
             }
         };
-        // The crate has checked data length == numel * element size for every tensor.
+        // The crate has checked data length == numel * element size for every tensor, so the
+        // f32 copy is at most twice the data; still charged, as the budget may be set lower.
+        let decoded = (view.data().len() / kind.size()) as u64 * 4;
+        budget
+            .charge(&format!("tensor \"{name}\""), decoded)
+            .map_err(|r| corrupt(path, r))?;
         let data = widen(view.data(), kind);
         tensors.insert(upstream, Tensor::f32(view.shape().to_vec(), data));
     }

@@ -1,0 +1,331 @@
+//! Hostile input (issue 9): memory bombs, special files, symlinks out of a package, endless or
+//! slow downloads, interrupted and concurrent builds. Each must end in a one-line error (or
+//! succeed), quickly, in bounded memory, and leave nothing behind.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use mlc::weights::Weights;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs the binary in `dir` with extra environment variables.
+fn mlc_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
+    c.args(args).current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Names in `dir` other than `inputs`: what a failed command left behind.
+fn leftovers(dir: &Path, inputs: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !inputs.contains(&n.as_str()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts `o` failed with exit code 1 and a single `error:` line; returns that line.
+fn one_line_error(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    err.trim_end().to_string()
+}
+
+/// Runs a command that must fail in `dir` (holding only `inputs`), checks the error is one
+/// line and that nothing was left behind; returns the error line.
+fn fails(dir: &Path, inputs: &[&str], args: &[&str], env: &[(&str, &str)]) -> String {
+    let o = mlc_env(args, dir, env);
+    let err = one_line_error(&o);
+    assert_eq!(
+        leftovers(dir, inputs),
+        Vec::<String>::new(),
+        "{args:?} left files behind"
+    );
+    err
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 1: memory bombs in .pth checkpoints.
+
+/// One tensor of a hand-written checkpoint: key, storage key, storage numel, offset, size,
+/// stride (all float32 storages).
+struct Entry<'a> {
+    key: String,
+    storage: &'a str,
+    numel: u32,
+    offset: u32,
+    size: Vec<u32>,
+    stride: Vec<u32>,
+}
+
+/// A protocol-2 pickle shaped like `torch.save(state_dict)` output.
+fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
+    fn s(p: &mut Vec<u8>, v: &str) {
+        p.push(b'X');
+        p.extend((v.len() as u32).to_le_bytes());
+        p.extend(v.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: u32) {
+        p.push(b'J');
+        p.extend(v.to_le_bytes());
+    }
+    let mut p = vec![0x80, 2];
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    for e in entries {
+        s(&mut p, &e.key);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        s(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        s(&mut p, e.storage);
+        s(&mut p, "cpu");
+        int(&mut p, e.numel);
+        p.extend(b"tQ");
+        int(&mut p, e.offset);
+        for dims in [&e.size, &e.stride] {
+            p.push(b'(');
+            for &d in dims {
+                int(&mut p, d);
+            }
+            p.push(b't');
+        }
+        p.push(0x89);
+        p.extend(b"ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend(b"u.");
+    p
+}
+
+fn zip_archive(files: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let method = if deflate {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(false);
+    for (name, data) in files {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn write_pth(dir: &Path, name: &str, pickle: &[u8], storages: &[(&str, &[u8])]) -> PathBuf {
+    let mut files: Vec<(String, &[u8])> = vec![("ckpt/data.pkl".into(), pickle)];
+    for (k, d) in storages {
+        files.push((format!("ckpt/data/{k}"), d));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, zip_archive(&refs, true)).unwrap();
+    path
+}
+
+fn load_err(path: &Path) -> String {
+    let t = Instant::now();
+    let e = Weights::load(path).unwrap_err().to_string();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!e.contains('\n'), "{e}");
+    assert!(e.starts_with(&path.display().to_string()), "{e}");
+    e
+}
+
+/// One stored float repeated 2^26 times by a stride-0 view: 256 MiB from a 4-byte storage.
+#[test]
+fn pth_stride_zero_expansion_hits_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = |size: Vec<u32>, stride: Vec<u32>| {
+        state_dict_pickle(&[Entry {
+            key: "1.weight".into(),
+            storage: "0",
+            numel: 1,
+            offset: 0,
+            size,
+            stride,
+        }])
+    };
+    let one = 1.5f32.to_le_bytes();
+    let p = write_pth(
+        tmp.path(),
+        "s0.pth",
+        &bomb(vec![1 << 13, 1 << 13], vec![0, 0]),
+        &[("0", &one)],
+    );
+    let e = load_err(&p);
+    assert!(
+        e.contains("tensor \"1.weight\" of size [8192, 8192] needs 268435456 more bytes")
+            && e.contains("MLC_MAX_WEIGHT_BYTES"),
+        "{e}"
+    );
+
+    // A size whose element count overflows u64 is refused the same way, not wrapped.
+    let p = write_pth(
+        tmp.path(),
+        "ovf.pth",
+        &bomb(vec![u32::MAX >> 1; 3], vec![0; 3]),
+        &[("0", &one)],
+    );
+    let e = load_err(&p);
+    assert!(e.contains("\"1.weight\"") && e.contains("budget"), "{e}");
+
+    // Small stride-0 views are legitimate (torch saves expanded tensors this way) and load.
+    let p = write_pth(
+        tmp.path(),
+        "ok.pth",
+        &bomb(vec![4, 8], vec![0, 0]),
+        &[("0", &one)],
+    );
+    let w = Weights::load(&p).unwrap();
+    assert_eq!(w.tensors["1.weight"].to_f32(), vec![1.5; 32]);
+}
+
+/// 300 keys that each view the whole of one 4 MiB storage: 1.2 GB of decoded tensors.
+#[test]
+fn pth_many_keys_over_one_storage_hit_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let numel = 1u32 << 20;
+    let entries: Vec<Entry> = (1..=300)
+        .map(|i| Entry {
+            key: format!("{i}.weight"),
+            storage: "0",
+            numel,
+            offset: 0,
+            size: vec![numel],
+            stride: vec![1],
+        })
+        .collect();
+    let data = vec![0u8; 4 * numel as usize];
+    let p = write_pth(
+        tmp.path(),
+        "shared.pth",
+        &state_dict_pickle(&entries),
+        &[("0", &data)],
+    );
+    let e = load_err(&p);
+    assert!(e.contains("memory budget of 67108864 bytes"), "{e}");
+    // The budget runs out at the 16th tensor (4 MiB storage + 15 x 4 MiB fit in 64 MiB).
+    assert!(e.contains(".weight\" of size [1048576]"), "{e}");
+}
+
+/// Pickles that allocate far more than their length: millions of EMPTY_LIST on the stack,
+/// millions of lists appended to one (constant stack), a million distinct memo entries.
+#[test]
+fn pth_pickle_bombs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, body: &[u8]| {
+        let mut p = vec![0x80, 2];
+        p.extend(body);
+        p.push(b'.');
+        load_err(&write_pth(tmp.path(), name, &p, &[]))
+    };
+
+    // Each EMPTY_LIST costs an object and a stack slot: the budget runs out first.
+    let e = run("lists.pth", &vec![b']'; 8_000_000]);
+    assert!(e.contains("memory budget") && e.contains("data.pkl"), "{e}");
+
+    // NONE costs only a stack slot: the stack limit is reached first.
+    let e = run("nones.pth", &vec![b'N'; 8_000_000]);
+    assert!(
+        e.contains("pickle stack deeper than 1048576 entries"),
+        "{e}"
+    );
+
+    let mut appends = vec![b']'];
+    for _ in 0..4_000_000 {
+        appends.extend(b"]a");
+    }
+    let e = run("appends.pth", &appends);
+    assert!(e.contains("memory budget") && e.contains("data.pkl"), "{e}");
+
+    let mut memo = vec![b']'];
+    for i in 0..1_100_000u32 {
+        memo.push(b'r');
+        memo.extend(i.to_le_bytes());
+    }
+    let e = run("memo.pth", &memo);
+    assert!(e.contains("pickle memo larger than"), "{e}");
+
+    let e = run("marks.pth", &vec![b'('; 8_000_000]);
+    assert!(e.contains("pickle stack deeper than"), "{e}");
+}
+
+/// Through the binary: the bomb is a one-line error naming the tensor, nothing is written, and
+/// the environment variable raises the budget (the same file then fails on the tensor's shape).
+#[test]
+fn cli_budget_error_and_override() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pickle = state_dict_pickle(&[Entry {
+        key: "1.weight".into(),
+        storage: "0",
+        numel: 1,
+        offset: 0,
+        size: vec![1 << 12, 1 << 12],
+        stride: vec![0, 0],
+    }]);
+    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
+    let args = [
+        "build",
+        "taesd",
+        "--weights",
+        "bomb.pth",
+        "-o",
+        "o.mlpackage",
+    ];
+    let e = fails(
+        dir,
+        &["bomb.pth"],
+        &args,
+        &[("MLC_MAX_WEIGHT_BYTES", "32M")],
+    );
+    assert!(
+        e.contains("bomb.pth") && e.contains("tensor \"1.weight\"") && e.contains("budget"),
+        "{e}"
+    );
+    let e = fails(dir, &["bomb.pth"], &args, &[("MLC_MAX_WEIGHT_BYTES", "1G")]);
+    assert!(!e.contains("budget") && e.contains("\"1.weight\""), "{e}");
+    let e = fails(
+        dir,
+        &["bomb.pth"],
+        &args,
+        &[("MLC_MAX_WEIGHT_BYTES", "lots")],
+    );
+    assert!(e.contains("MLC_MAX_WEIGHT_BYTES=\"lots\""), "{e}");
+
+    // Real weights within a budget too small for them.
+    let real = common::shared("weights/taef2_decoder.pth");
+    let real = real.to_str().unwrap();
+    let args = ["build", "flux2", "--weights", real, "-o", "o.mlpackage"];
+    let e = fails(
+        dir,
+        &["bomb.pth"],
+        &args,
+        &[("MLC_MAX_WEIGHT_BYTES", "100000")],
+    );
+    assert!(
+        e.contains("taef2_decoder.pth") && e.contains("budget"),
+        "{e}"
+    );
+}
