@@ -1,6 +1,7 @@
 //! Reading a `.mlpackage` back into memory.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -41,17 +42,30 @@ impl Package {
     }
 }
 
+/// `Manifest.json` of a real package is well under 1 KB.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// `model.mlmodel` holds the program, not the weights; even large models stay far below this.
+const MAX_MODEL_BYTES: u64 = 256 << 20;
+
 /// Reads a package: `Manifest.json`, the root model it names, and the weights next to that model
 /// (`@model_path/weights/weight.bin`, where `@model_path` is the model file's directory).
 /// Works on packages coremltools wrote as well as on mlc's own.
+///
+/// Packages are untrusted input: only regular files are read (a FIFO or device is refused
+/// before it is opened), each with a size cap, and no file may resolve (through a symlink)
+/// to outside the package directory.
 pub fn read_package(path: &Path) -> Result<Package, PackageError> {
     let manifest_path = path.join(MANIFEST_FILE);
-    let manifest_bytes = fs::read(&manifest_path).map_err(PackageError::io(&manifest_path))?;
+    // A package that is not there is reported as its missing manifest.
+    let root = fs::canonicalize(path).map_err(PackageError::io(&manifest_path))?;
+    let manifest_bytes = read_inside(&root, &manifest_path, MAX_MANIFEST_BYTES)
+        .map_err(PackageError::io(&manifest_path))?;
     let manifest = Manifest::parse(&manifest_bytes, &manifest_path)?;
     let model_rel = manifest.root_model_path(&manifest_path)?;
 
     let model_path = path.join(DATA_DIR).join(&model_rel);
-    let model_bytes = fs::read(&model_path).map_err(PackageError::io(&model_path))?;
+    let model_bytes =
+        read_inside(&root, &model_path, MAX_MODEL_BYTES).map_err(PackageError::io(&model_path))?;
     let model = Model::decode(model_bytes.as_slice()).map_err(|source| PackageError::Model {
         path: model_path.clone(),
         source,
@@ -62,12 +76,13 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         .unwrap_or(Path::new(""))
         .join("weights")
         .join(WEIGHTS_FILE);
-    let weights = match fs::read(&weights_path) {
+    // Bounded by the file's real size: blob offsets can only point inside what is there.
+    let weights = match read_inside(&root, &weights_path, u64::MAX) {
         Ok(bytes) => {
             BlobReader::new(&bytes).map_err(|e| e.in_file(&weights_path))?;
             Some(bytes)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(source) => {
             return Err(PackageError::Io {
                 path: weights_path,
@@ -81,6 +96,22 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         model,
         weights,
     })
+}
+
+/// Reads `file` if it resolves to a regular file inside `root` (the canonical package
+/// directory) of at most `max` bytes.
+fn read_inside(root: &Path, file: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let real = fs::canonicalize(file)?;
+    if !real.starts_with(root) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "resolves to {}, outside the package (symlinks must stay inside it)",
+                real.display()
+            ),
+        ));
+    }
+    crate::limits::read_regular(&real, max)
 }
 
 #[cfg(test)]
