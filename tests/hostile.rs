@@ -489,3 +489,138 @@ fn special_files_and_escaping_symlinks_in_packages_are_refused() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 4: interrupted and concurrent builds.
+
+/// Synthetic taesd decoder weights (4 latent channels) as an f32 safetensors file.
+fn synthetic_weights(path: &Path) {
+    let w = common::synthetic_taesd(4, false);
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = w
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let b = t.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+const BUILD: [&str; 8] = [
+    "build",
+    "taesd",
+    "--weights",
+    "w.safetensors",
+    "--latent-size",
+    "4",
+    "-o",
+    "m.mlpackage",
+];
+
+/// Six builds of one output at once, over several rounds: each succeeds or says another
+/// process is writing; the package left is always complete, and no temporary remains.
+#[test]
+fn concurrent_builds_of_one_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut ok = 0;
+    for round in 0..4 {
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_mlc"))
+                    .args(BUILD)
+                    .current_dir(dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            if o.status.success() {
+                ok += 1;
+            } else {
+                let e = one_line_error(&o);
+                assert!(
+                    e.contains("is being written by another mlc process"),
+                    "round {round}: {e}"
+                );
+            }
+        }
+        let p = mlc::package::read_package(&dir.join("m.mlpackage")).unwrap();
+        assert!(p.blobs().unwrap().is_some());
+        assert_eq!(
+            leftovers(dir, &["w.safetensors", "m.mlpackage"]),
+            Vec::<String>::new(),
+            "round {round}"
+        );
+    }
+    assert!(ok > 0);
+}
+
+/// A build killed mid-write leaves hidden temporaries; the next build of the same output
+/// removes those whose process is gone (and only those).
+#[cfg(target_os = "linux")]
+#[test]
+fn next_build_removes_leftovers_of_a_killed_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let dead = ".m.mlpackage.tmp-999999-0";
+    std::fs::create_dir_all(dir.join(dead).join("Data")).unwrap();
+    std::fs::write(dir.join(dead).join("Manifest.json"), b"{").unwrap();
+    std::fs::create_dir(dir.join(".m.mlpackage.old-999998-2")).unwrap();
+    // Pid 1 is alive: its temporary may still be in use.
+    std::fs::create_dir(dir.join(".m.mlpackage.tmp-1-0")).unwrap();
+    let o = mlc_env(&BUILD, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        leftovers(dir, &["w.safetensors", "m.mlpackage"]),
+        [".m.mlpackage.tmp-1-0"]
+    );
+
+    // A real SIGKILL mid-build, then a normal build: nothing but the package remains.
+    std::fs::remove_dir(dir.join(".m.mlpackage.tmp-1-0")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(BUILD)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = mlc_env(&BUILD, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        leftovers(dir, &["w.safetensors", "m.mlpackage"]),
+        Vec::<String>::new()
+    );
+}
+
+/// `-o x/../y.mlpackage` with no `x/`: refused, and no `x/` appears.
+#[test]
+fn output_through_a_missing_directory_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut args = BUILD;
+    args[7] = "x/../y.mlpackage";
+    let e = fails(dir, &["w.safetensors"], &args, &[]);
+    assert!(e.contains("x/..") && e.contains("does not exist"), "{e}");
+    // Missing plain parents are created.
+    args[7] = "new/sub/y.mlpackage";
+    let o = mlc_env(&args, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("new/sub/y.mlpackage/Manifest.json").is_file());
+}
