@@ -164,6 +164,23 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether the process `pid`, which left the temporary `path` behind, may still be using it.
+/// On Linux `/proc` says; elsewhere only temporaries older than an hour are taken to be
+/// abandoned. This process always counts as alive.
+pub fn writer_may_be_alive(pid: u32, path: &Path) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") && Path::new("/proc/self").exists() {
+        return Path::new("/proc").join(pid.to_string()).exists();
+    }
+    let age = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    age.is_none_or(|a| a < std::time::Duration::from_secs(3600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

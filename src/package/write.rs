@@ -8,7 +8,6 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use prost::Message;
 
@@ -214,22 +213,6 @@ fn leftover_pid(entry: &str, name: &str) -> Option<u32> {
     (digits(pid) && digits(n)).then(|| pid.parse().ok())?
 }
 
-/// Whether the process that left a temporary may still be writing it. On Linux `/proc` says;
-/// elsewhere only temporaries older than an hour are taken to be abandoned.
-fn writer_may_be_alive(pid: u32, path: &Path) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    if cfg!(target_os = "linux") && Path::new("/proc/self").exists() {
-        return Path::new("/proc").join(pid.to_string()).exists();
-    }
-    let age = fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok());
-    age.is_none_or(|a| a < Duration::from_secs(3600))
-}
-
 /// Removes the temporaries of earlier writes of `name` whose process is gone (killed
 /// mid-write). Best effort: a leftover that cannot be removed only wastes space.
 fn remove_stale(parent: &Path, name: &str) {
@@ -242,7 +225,7 @@ fn remove_stale(parent: &Path, name: &str) {
             continue;
         };
         let path = entry.path();
-        if !writer_may_be_alive(pid, &path) {
+        if !crate::limits::writer_may_be_alive(pid, &path) {
             let _ = fs::remove_dir_all(&path);
         }
     }
