@@ -233,7 +233,8 @@ mod tests {
         assert!(read_package(&pkg).unwrap().weights.is_none());
     }
 
-    /// Mangled manifests, models and weight files on disk give errors, never panics.
+    /// Mangled manifests, models and weight files on disk give errors, never panics; the
+    /// pristine package reads, and damage the reader does not check (weight payloads) passes.
     #[test]
     fn corrupt_packages_never_panic() {
         let (_tmp, pkg) = ct_copy();
@@ -246,7 +247,12 @@ mod tests {
             .iter()
             .map(|f| fs::read(pkg.join(f)).unwrap())
             .collect();
+        let pristine = read_package(&pkg).expect("the pristine package reads");
+        assert!(pristine.blobs().unwrap().unwrap().get(64).is_ok());
+
         let mut rng = Rng(0xC0FFEE);
+        // (accepted, refused) per file.
+        let mut counts = [(0, 0); 3];
         for _ in 0..300 {
             let which = rng.below(files.len());
             let mut b = originals[which].clone();
@@ -259,13 +265,33 @@ mod tests {
                 }
             }
             fs::write(pkg.join(files[which]), &b).unwrap();
-            if let Ok(p) = read_package(&pkg) {
-                if let Ok(Some(r)) = p.blobs() {
-                    let _ = r.offsets();
-                    let _ = r.get(64);
+            match read_package(&pkg) {
+                Ok(p) => {
+                    counts[which].0 += 1;
+                    // read_package validated the weight header, so a reader must exist.
+                    if let Some(r) = p.blobs().expect("header was validated") {
+                        let _ = r.offsets();
+                        let _ = r.get(64);
+                    }
+                }
+                Err(e) => {
+                    counts[which].1 += 1;
+                    let msg = e.to_string();
+                    assert!(
+                        msg.starts_with(&pkg.display().to_string()) && !msg.contains('\n'),
+                        "{msg}"
+                    );
                 }
             }
             fs::write(pkg.join(files[which]), &originals[which]).unwrap();
         }
+        let [manifest, _model, weights] = counts;
+        assert!(manifest.1 > 20, "manifest damage: {manifest:?}");
+        // Most of weight.bin is payload, which only a checksum could vouch for.
+        assert!(
+            weights.0 > 20 && weights.1 > 5,
+            "weight.bin damage: {weights:?}"
+        );
+        assert_eq!(read_package(&pkg).unwrap().weights, pristine.weights);
     }
 }
