@@ -624,3 +624,104 @@ fn output_through_a_missing_directory_creates_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join("new/sub/y.mlpackage/Manifest.json").is_file());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: outputs of `run` and `--compile-to`, and causes given once.
+
+/// A latent `[1, 4, 4, 4]` under the model input's name.
+fn latent_file(path: &Path) {
+    let data: Vec<u8> = (0..64)
+        .flat_map(|i| (i as f32 / 64.0).to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 4, 4, 4], &data)
+            .unwrap();
+    safetensors::serialize_to_file([("latent", view)], None, path).unwrap();
+}
+
+#[test]
+fn run_refuses_to_overwrite_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    latent_file(&dir.join("in.safetensors"));
+    let o = mlc_env(&BUILD, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(dir.join("img.png"), b"precious").unwrap();
+    let run = [
+        "run",
+        "m.mlpackage",
+        "--input",
+        "in.safetensors",
+        "--output",
+        "img.png",
+    ];
+    let inputs = ["w.safetensors", "in.safetensors", "m.mlpackage", "img.png"];
+    let e = fails(dir, &inputs, &run, &[]);
+    assert_eq!(
+        e,
+        "error: img.png: already exists; pass --force to overwrite it"
+    );
+    assert_eq!(std::fs::read(dir.join("img.png")).unwrap(), b"precious");
+
+    let mut forced = run.to_vec();
+    forced.push("--force");
+    let o = mlc_env(&forced, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(dir.join("img.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+
+    // A directory in the way, even with --force: one cause, given once.
+    std::fs::create_dir(dir.join("d.png")).unwrap();
+    let mut into_dir = forced.clone();
+    into_dir[5] = "d.png";
+    let inputs = [
+        "w.safetensors",
+        "in.safetensors",
+        "m.mlpackage",
+        "img.png",
+        "d.png",
+    ];
+    let e = fails(dir, &inputs, &into_dir, &[]);
+    assert!(
+        e.contains("d.png") && e.matches("os error").count() == 1,
+        "{e}"
+    );
+}
+
+/// An io::Error that is both in an error's message and its source was printed twice.
+#[test]
+fn causes_are_not_repeated() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("file"), b"x").unwrap();
+    let e = fails(tmp.path(), &["file"], &["inspect", "file/x.mlpackage"], &[]);
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
+    let e = fails(
+        tmp.path(),
+        &["file"],
+        &["build", "taesd", "--weights", "file/w.safetensors"],
+        &[],
+    );
+    assert_eq!(e.matches("os error").count(), 1, "{e}");
+}
+
+/// Without Apple's tools, `--compile-to DIR` fails clearly and does not leave DIR behind (the
+/// package itself is written, as the message says).
+#[test]
+fn compile_to_without_xcrun_creates_no_directory() {
+    let has_xcrun = Command::new("xcrun").arg("--version").output().is_ok();
+    if has_xcrun {
+        eprintln!("xcrun present; nothing to check");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut args = BUILD.to_vec();
+    args.extend(["--compile-to", "out/compiled"]);
+    let o = mlc_env(&args, dir, &[]);
+    let e = one_line_error(&o);
+    assert!(e.contains("cannot run xcrun"), "{e}");
+    assert_eq!(leftovers(dir, &["w.safetensors"]), ["m.mlpackage"]);
+}
