@@ -725,3 +725,23 @@ fn compile_to_without_xcrun_creates_no_directory() {
     assert!(e.contains("cannot run xcrun"), "{e}");
     assert_eq!(leftovers(dir, &["w.safetensors"]), ["m.mlpackage"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: a duplicate key in a safetensors header is named.
+
+#[test]
+fn duplicate_safetensors_key_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let header = br#"{"1.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"3.conv.0.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"1.bias":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend([0u8; 12]);
+    let path = tmp.path().join("dup.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Weights::load(&path).unwrap_err().to_string();
+    assert!(
+        e.ends_with("tensor key \"1.bias\" appears twice in the header"),
+        "{e}"
+    );
+    assert!(!e.contains("3.conv.0.weight"), "{e}");
+}
