@@ -37,6 +37,16 @@ pub fn weight_budget_with(
         .clamp(MIN_BUDGET, MAX_BUDGET))
 }
 
+/// Largest weight file (`--weights`, or a package's `weight.bin`) read into memory at all: the
+/// value of `MLC_MAX_WEIGHT_BYTES` when set, else 4 GiB.
+pub fn max_weight_file_bytes() -> Result<u64, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    match env(MAX_WEIGHT_BYTES_ENV).filter(|v| !v.trim().is_empty()) {
+        Some(_) => weight_budget_with(0, env),
+        None => Ok(MAX_BUDGET),
+    }
+}
+
 /// [`weight_budget_with`] on the process environment.
 pub fn weight_budget(file_len: u64) -> Result<u64, String> {
     weight_budget_with(file_len, |k| std::env::var(k).ok())
@@ -153,7 +163,40 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             format!("file is {len} bytes, more than the {max} allowed"),
         ));
     }
-    let mut buf = Vec::with_capacity(len as usize);
+    read_to_vec(f, len)
+}
+
+/// Like [`read_regular`] for weight files: the limit is [`max_weight_file_bytes`], and the
+/// error says how to raise it.
+pub fn read_weight_file(path: &Path) -> io::Result<Vec<u8>> {
+    let max =
+        max_weight_file_bytes().map_err(|r| io::Error::new(io::ErrorKind::InvalidInput, r))?;
+    let (f, len) = open_regular(path)?;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "file is {len} bytes, more than the {max} allowed (set {MAX_WEIGHT_BYTES_ENV} to \
+                 allow more)"
+            ),
+        ));
+    }
+    read_to_vec(f, len)
+}
+
+/// All of `f`, which is `len` bytes long; the buffer is reserved up front, and a file that
+/// turns out longer is an error.
+fn read_to_vec(f: File, len: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    usize::try_from(len)
+        .ok()
+        .and_then(|n| buf.try_reserve_exact(n).ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {len} bytes to read the file"),
+            )
+        })?;
     f.take(len + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > len {
         return Err(io::Error::new(

@@ -318,6 +318,13 @@ fn cli_budget_error_and_override() {
     let real = common::shared("weights/taef2_decoder.pth");
     let real = real.to_str().unwrap();
     let args = ["build", "flux2", "--weights", real, "-o", "o.mlpackage"];
+    // The file (2.7 MB of fp16) fits, its f32 tensors (5.4 MB) do not.
+    let e = fails(dir, &["bomb.pth"], &args, &[("MLC_MAX_WEIGHT_BYTES", "4M")]);
+    assert!(
+        e.contains("taef2_decoder.pth") && e.contains("tensor \"") && e.contains("budget"),
+        "{e}"
+    );
+    // Below the file's own size, the file is not even read.
     let e = fails(
         dir,
         &["bomb.pth"],
@@ -325,7 +332,10 @@ fn cli_budget_error_and_override() {
         &[("MLC_MAX_WEIGHT_BYTES", "100000")],
     );
     assert!(
-        e.contains("taef2_decoder.pth") && e.contains("budget"),
+        e.ends_with(
+            "file is 2704756 bytes, more than the 100000 allowed (set MLC_MAX_WEIGHT_BYTES to \
+             allow more)"
+        ),
         "{e}"
     );
 }
@@ -744,4 +754,29 @@ fn duplicate_safetensors_key_is_named() {
         "{e}"
     );
     assert!(!e.contains("3.conv.0.weight"), "{e}");
+}
+
+/// Sparse files of a terabyte as weights: refused by size, not read.
+#[cfg(unix)]
+#[test]
+fn huge_sparse_weight_files_are_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let f = std::fs::File::create(dir.join("big.safetensors")).unwrap();
+    f.set_len(1 << 40).unwrap();
+    let args = ["build", "taesd", "--weights", "big.safetensors"];
+    let o = mlc_deadline(&args, dir, &[], 20);
+    let e = one_line_error(&o);
+    assert!(
+        e.contains("big.safetensors")
+            && e.contains("1099511627776 bytes, more than the 4294967296"),
+        "{e}"
+    );
+
+    let pkg = ct_copy(dir, "p.mlpackage");
+    let f = std::fs::File::create(pkg.join(WEIGHTS_REL)).unwrap();
+    f.set_len(1 << 40).unwrap();
+    let o = mlc_deadline(&["inspect", "p.mlpackage"], dir, &[], 20);
+    let e = one_line_error(&o);
+    assert!(e.contains("weight.bin: file is 1099511627776 bytes"), "{e}");
 }

@@ -58,14 +58,14 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
     let manifest_path = path.join(MANIFEST_FILE);
     // A package that is not there is reported as its missing manifest.
     let root = fs::canonicalize(path).map_err(PackageError::io(&manifest_path))?;
-    let manifest_bytes = read_inside(&root, &manifest_path, MAX_MANIFEST_BYTES)
+    let manifest_bytes = read_inside(&root, &manifest_path, Some(MAX_MANIFEST_BYTES))
         .map_err(PackageError::io(&manifest_path))?;
     let manifest = Manifest::parse(&manifest_bytes, &manifest_path)?;
     let model_rel = manifest.root_model_path(&manifest_path)?;
 
     let model_path = path.join(DATA_DIR).join(&model_rel);
-    let model_bytes =
-        read_inside(&root, &model_path, MAX_MODEL_BYTES).map_err(PackageError::io(&model_path))?;
+    let model_bytes = read_inside(&root, &model_path, Some(MAX_MODEL_BYTES))
+        .map_err(PackageError::io(&model_path))?;
     let model = Model::decode(model_bytes.as_slice()).map_err(|source| PackageError::Model {
         path: model_path.clone(),
         source,
@@ -76,8 +76,9 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         .unwrap_or(Path::new(""))
         .join("weights")
         .join(WEIGHTS_FILE);
-    // Bounded by the file's real size: blob offsets can only point inside what is there.
-    let weights = match read_inside(&root, &weights_path, u64::MAX) {
+    // Bounded by the file's real size (blob offsets can only point inside what is there), and
+    // by the weight-file limit, so a sparse file of a terabyte is refused rather than read.
+    let weights = match read_inside(&root, &weights_path, None) {
         Ok(bytes) => {
             BlobReader::new(&bytes).map_err(|e| e.in_file(&weights_path))?;
             Some(bytes)
@@ -99,8 +100,8 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
 }
 
 /// Reads `file` if it resolves to a regular file inside `root` (the canonical package
-/// directory) of at most `max` bytes.
-fn read_inside(root: &Path, file: &Path, max: u64) -> io::Result<Vec<u8>> {
+/// directory) of at most `max` bytes (`None`: the limit on weight files).
+fn read_inside(root: &Path, file: &Path, max: Option<u64>) -> io::Result<Vec<u8>> {
     let real = fs::canonicalize(file)?;
     if !real.starts_with(root) {
         return Err(io::Error::new(
@@ -111,7 +112,10 @@ fn read_inside(root: &Path, file: &Path, max: u64) -> io::Result<Vec<u8>> {
             ),
         ));
     }
-    crate::limits::read_regular(&real, max)
+    match max {
+        Some(max) => crate::limits::read_regular(&real, max),
+        None => crate::limits::read_weight_file(&real),
+    }
 }
 
 #[cfg(test)]

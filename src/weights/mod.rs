@@ -121,7 +121,7 @@ impl Weights {
     /// Only regular files are read (a FIFO or device is refused before it is opened), and the
     /// decoded tensors may take at most the memory budget of [`crate::limits`].
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
-        let bytes = crate::limits::read_regular(path, u64::MAX).map_err(|source| {
+        let bytes = crate::limits::read_weight_file(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 WeightError::NotFound {
                     path: path.to_path_buf(),

@@ -184,7 +184,7 @@ fn read_entry(
     }
     let mut buf = Vec::new();
     (&mut f)
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| format!("{name}: {e}"))?;
     if buf.len() as u64 > limit {
