@@ -193,6 +193,9 @@ pub struct RunArgs {
     /// The function to run in a multifunction package [default: the package's default].
     #[arg(long)]
     pub function: Option<String>,
+    /// Overwrite --output if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -377,6 +380,12 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run(a) => {
+            if !a.force && std::fs::symlink_metadata(&a.output).is_ok() {
+                bail!(
+                    "{}: already exists; pass --force to overwrite it",
+                    a.output.display()
+                );
+            }
             let pkg = crate::package::read_package(&a.package)?;
             let function = a
                 .function

@@ -16,6 +16,11 @@ pub enum CoremlcError {
     },
     #[error("`{command}` succeeded but {expected} does not exist")]
     NoOutput { command: String, expected: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What `coremlc` produced.
@@ -37,11 +42,33 @@ pub fn command_line(pkg: &Path, out_dir: &Path) -> Vec<String> {
     ]
 }
 
-/// Runs `xcrun coremlc compile pkg out_dir` and returns the `.mlmodelc` it wrote.
+/// Runs `xcrun coremlc compile pkg out_dir` and returns the `.mlmodelc` it wrote. The
+/// directories of `out_dir` that did not exist are created for it, and removed again (if still
+/// empty) when compiling fails, e.g. because there is no `xcrun`.
 pub fn compile(pkg: &Path, out_dir: &Path) -> Result<Compiled, CoremlcError> {
+    let mut created = Vec::new();
+    let mut missing = out_dir;
+    while !missing.as_os_str().is_empty() && std::fs::symlink_metadata(missing).is_err() {
+        created.push(missing.to_path_buf());
+        missing = missing.parent().unwrap_or(Path::new(""));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|source| CoremlcError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let result = run(pkg, out_dir);
+    if result.is_err() {
+        // Innermost first; `remove_dir` leaves any directory that is not empty.
+        for dir in &created {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn run(pkg: &Path, out_dir: &Path) -> Result<Compiled, CoremlcError> {
     let argv = command_line(pkg, out_dir);
     let command = argv.join(" ");
-    std::fs::create_dir_all(out_dir).map_err(CoremlcError::Missing)?;
     let out = Command::new(&argv[0])
         .args(&argv[1..])
         .output()

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod inspect;
 pub mod ir;
 pub mod kernels;
+pub mod limits;
 pub mod mil;
 pub mod models;
 pub mod package;

@@ -5,9 +5,20 @@ fn main() -> std::process::ExitCode {
     match mlc::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the cause chain, outermost first.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // One line: the cause chain, outermost first. Many errors already end with their
+            // source's text (`{path}: {source}`); such a cause is not repeated.
+            let mut line = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if line.ends_with(&text) {
+                    continue;
+                }
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&text);
+            }
+            eprintln!("error: {line}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -102,7 +102,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError
         path: path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = crate::limits::read_regular(path, u64::MAX).map_err(|e| err(e.to_string()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();

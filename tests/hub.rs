@@ -49,6 +49,12 @@ enum Reply {
     Status(u16),
     /// Announces the whole file's length, sends half of it, then closes.
     Truncated(&'static str),
+    /// 200 with these bytes (an HTML error page, say).
+    Body(&'static [u8]),
+    /// 200 without a length, then zeros until the client hangs up.
+    Endless,
+    /// 200 announcing a megabyte, then one byte every 50 ms.
+    Slow,
 }
 
 /// Serves fixed replies by path, one request per connection, and counts requests. It stops
@@ -163,6 +169,27 @@ fn serve(
             out.write_all(head("200 OK", body.len(), &[]).as_bytes())?;
             out.write_all(&body[..body.len() / 2])?;
         }
+        Some(Reply::Body(body)) => {
+            out.write_all(head("200 OK", body.len(), &[]).as_bytes())?;
+            out.write_all(body)?;
+        }
+        Some(Reply::Endless) => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![0u8; 1 << 16];
+            // Bounded so that a client that never stops reading still ends the test.
+            for _ in 0..(1 << 14) {
+                out.write_all(&chunk)?;
+            }
+        }
+        Some(Reply::Slow) => {
+            out.write_all(head("200 OK", 1 << 20, &[]).as_bytes())?;
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                out.write_all(b"x")?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         None => {
             out.write_all(head("404 Not Found", 0, &[]).as_bytes())?;
         }
@@ -172,10 +199,16 @@ fn serve(
 }
 
 fn config(cache: &Path, server: &Server, offline: bool) -> HubConfig {
+    config_at(cache, &server.addr, offline)
+}
+
+fn config_at(cache: &Path, endpoint: &str, offline: bool) -> HubConfig {
     HubConfig {
         cache_dir: cache.to_path_buf(),
-        endpoint: server.addr.clone(),
+        endpoint: endpoint.to_string(),
         offline,
+        download_timeout: hub::DEFAULT_DOWNLOAD_TIMEOUT,
+        max_download_bytes: hub::DEFAULT_MAX_DOWNLOAD_BYTES,
     }
 }
 
@@ -402,11 +435,7 @@ fn connection_refused_is_a_clear_error() {
         .unwrap()
         .port();
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = HubConfig {
-        cache_dir: tmp.path().to_path_buf(),
-        endpoint: format!("http://127.0.0.1:{port}"),
-        offline: false,
-    };
+    let cfg = config_at(tmp.path(), &format!("http://127.0.0.1:{port}"), false);
     let err = hub::resolve(&PINNED, &cfg).unwrap_err();
     assert!(matches!(err, HubError::Transport { .. }), "{err:?}");
     assert!(
@@ -465,11 +494,7 @@ fn offline_hit_through_refs_written_by_another_tool() {
     fs::copy(WEIGHTS, snap.join("taef2_decoder.safetensors")).unwrap();
     fs::create_dir_all(repo.join("refs")).unwrap();
     fs::write(repo.join("refs/main"), format!("{COMMIT}\n")).unwrap();
-    let cfg = HubConfig {
-        cache_dir: tmp.path().to_path_buf(),
-        endpoint: "http://127.0.0.1:9".into(),
-        offline: true,
-    };
+    let cfg = config_at(tmp.path(), "http://127.0.0.1:9", true);
     let got = hub::resolve(&UNPINNED, &cfg).unwrap();
     assert_eq!(got.path, snap.join("taef2_decoder.safetensors"));
     assert_eq!(got.commit, COMMIT);
@@ -522,6 +547,17 @@ fn config_from_lookup_reads_hf_vars() {
     );
     assert_eq!(cfg.endpoint, hub::DEFAULT_ENDPOINT);
     assert!(!cfg.offline);
+    assert_eq!(cfg.download_timeout, Duration::from_secs(600));
+
+    for (v, want) in [
+        ("2.5", 2500),
+        ("30", 30_000),
+        ("0", 600_000),
+        ("soon", 600_000),
+    ] {
+        let cfg = HubConfig::from_lookup(|k| (k == hub::DOWNLOAD_TIMEOUT_ENV).then(|| v.into()));
+        assert_eq!(cfg.download_timeout, Duration::from_millis(want), "{v}");
+    }
 }
 
 #[test]
@@ -534,4 +570,188 @@ fn real_sources_and_unpublished_model() {
     assert!(hub::source("taesd").unwrap().sha256.is_none());
     let err = hub::require_source("taesd3").unwrap_err().to_string();
     assert!(err.contains("--weights"), "{err}");
+}
+
+/// Nothing at all under the cache: no file, and no directory a failed download made.
+fn assert_nothing_cached(cache: &Path) {
+    assert_eq!(files_under(cache), Vec::<PathBuf>::new());
+    let dirs: Vec<_> = fs::read_dir(cache).unwrap().collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}
+
+#[test]
+fn endless_body_stops_at_the_size_cap() {
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Endless,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), &server, false);
+    cfg.max_download_bytes = 1 << 20;
+    let start = Instant::now();
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::TooLarge { .. }), "{err:?}");
+    let url = format!("{}{}", server.addr, resolve_path(&UNPINNED));
+    assert_eq!(
+        err.to_string(),
+        format!("download {url}: body is longer than the 1048576-byte limit; refused")
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
+fn announced_length_over_the_cap_is_refused_before_the_body() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), &server, false);
+    cfg.max_download_bytes = 1000;
+    let mut seen = 0;
+    let err = hub::resolve_with_progress(&PINNED, &cfg, &mut |_| seen += 1).unwrap_err();
+    assert!(
+        matches!(err, HubError::TooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
+    assert_eq!(seen, 0, "no body was read");
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
+fn slow_body_stops_at_the_deadline() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::Slow,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), &server, false);
+    cfg.download_timeout = Duration::from_secs(1);
+    let start = Instant::now();
+    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, HubError::Deadline { secs: 1, .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not finished after 1 s") && msg.contains("MLC_DOWNLOAD_TIMEOUT_SECS"),
+        "{msg}"
+    );
+    assert_nothing_cached(tmp.path());
+}
+
+/// The binary, through the environment: `MLC_DOWNLOAD_TIMEOUT_SECS` bounds a download that
+/// trickles in, with a one-line error and nothing left in the cache or the working directory.
+#[test]
+fn cli_download_deadline_from_the_environment() {
+    let server = Server::start(vec![(
+        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+        Reply::Slow,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let start = Instant::now();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(["build", "taesd", "--latent-size", "4"])
+        .current_dir(&work)
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", &server.addr)
+        .env("MLC_DOWNLOAD_TIMEOUT_SECS", "1")
+        .output()
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: download ")
+            && err.trim_end().lines().count() == 1
+            && err.contains("not finished after 1 s"),
+        "{err}"
+    );
+    assert_nothing_cached(&home.join("hub"));
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+}
+
+#[test]
+fn html_page_for_an_unpinned_model_is_not_cached() {
+    const HTML: &[u8] = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>";
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Body(HTML),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::NotSafetensors { .. }), "{err:?}");
+    let url = format!("{}{}", server.addr, resolve_path(&UNPINNED));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "download {url}: not a safetensors file (header length "
+        )) && msg.ends_with("; not cached"),
+        "{msg}"
+    );
+    assert_nothing_cached(tmp.path());
+
+    // Such a page already in the cache (from another tool, or an older mlc) is named, with
+    // what to do about it, and left for the user.
+    let snap = tmp
+        .path()
+        .join("models--test-org--taesd/snapshots/main/taef2_decoder.safetensors");
+    fs::create_dir_all(snap.parent().unwrap()).unwrap();
+    fs::write(&snap, HTML).unwrap();
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::CachedInvalid { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}: cached download is not a valid",
+            snap.display()
+        )) && msg.contains("delete that file to download it again"),
+        "{msg}"
+    );
+    assert!(snap.is_file());
+    // A cut-off copy of a real file too (its header promises more data than there is).
+    let real = fs::read(WEIGHTS).unwrap();
+    fs::write(&snap, &real[..real.len() - 10]).unwrap();
+    let msg = hub::resolve(&UNPINNED, &cfg).unwrap_err().to_string();
+    assert!(msg.contains("tensor data, the file holds"), "{msg}");
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn incomplete_files_of_dead_downloads_are_removed() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = tmp.path().join("models--test-org--taef2/blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let dead = blobs.join(".mlc-999999-AbC123.incomplete");
+    let alive = blobs.join(".mlc-1-AbC123.incomplete");
+    let theirs = blobs.join("0123abcd.incomplete");
+    for f in [&dead, &alive, &theirs] {
+        fs::write(f, b"partial").unwrap();
+    }
+    hub::resolve(&PINNED, &config(tmp.path(), &server, false)).unwrap();
+    if cfg!(target_os = "linux") {
+        assert!(!dead.exists());
+    }
+    assert!(alive.exists() && theirs.exists());
+    let names: Vec<String> = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".mlc-") && n != ".mlc-1-AbC123.incomplete")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }

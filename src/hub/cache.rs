@@ -66,6 +66,47 @@ pub fn sha256_file(path: &Path) -> Result<String, HubError> {
     Ok(hex(&h.finalize()))
 }
 
+/// The safetensors crate's limit on the JSON header.
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Why the file at `path` is not a structurally valid safetensors file (header length, JSON
+/// header, tensor offsets covering exactly the rest of the file), or `None` if it is. Reads
+/// only the header, so a large file costs no more than a small one.
+pub(crate) fn safetensors_problem(path: &Path) -> Option<String> {
+    let check = || -> Result<(), String> {
+        let (f, len) = crate::limits::open_regular(path).map_err(|e| e.to_string())?;
+        let mut f = f.take(len);
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n)
+            .map_err(|_| format!("{len} bytes, shorter than a header"))?;
+        let n = u64::from_le_bytes(n);
+        let header_end = n
+            .checked_add(8)
+            .filter(|&e| e <= len && n <= MAX_SAFETENSORS_HEADER);
+        let Some(header_end) = header_end else {
+            return Err(format!(
+                "header length {n} does not fit the {len}-byte file (not safetensors, or cut off)"
+            ));
+        };
+        let mut header = Vec::with_capacity(n as usize);
+        (&mut f)
+            .take(n)
+            .read_to_end(&mut header)
+            .map_err(|e| e.to_string())?;
+        let meta: safetensors::tensor::Metadata =
+            serde_json::from_slice(&header).map_err(|e| format!("bad header: {e}"))?;
+        let data = len - header_end;
+        if meta.data_len() as u64 != data {
+            return Err(format!(
+                "header describes {} bytes of tensor data, the file holds {data}",
+                meta.data_len()
+            ));
+        }
+        Ok(())
+    };
+    check().err()
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -100,6 +141,10 @@ pub(crate) fn lookup(src: &Source, cache_dir: &Path) -> Result<Lookup, HubError>
                 expected: expected.to_string(),
             });
         }
+    } else if let Some(reason) = safetensors_problem(&path) {
+        // Unpinned, so only its structure can be checked (an older mlc, or another tool, may
+        // have cached an error page); left in place for the user, like a digest mismatch.
+        return Err(HubError::CachedInvalid { path, reason });
     }
     Ok(Lookup::Hit {
         path,

@@ -2,9 +2,16 @@
 //! reads them so both tools agree on one cache.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The hub's public endpoint, used when `HF_ENDPOINT` is unset.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// Environment variable for [`HubConfig::download_timeout`], in seconds.
+pub const DOWNLOAD_TIMEOUT_ENV: &str = "MLC_DOWNLOAD_TIMEOUT_SECS";
+/// A whole download may take this long by default (TAESD-family files are a few MB).
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// No weights file mlc fetches comes near this; a body longer than it is refused.
+pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
 
 /// Settings for finding and fetching hub files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +23,12 @@ pub struct HubConfig {
     pub endpoint: String,
     /// `HF_HUB_OFFLINE` set to 1/true/yes/on: use the cache only.
     pub offline: bool,
+    /// Overall limit on one download, redirects and body included (besides the 60 s limit on
+    /// a stalled read): `$MLC_DOWNLOAD_TIMEOUT_SECS` (a positive number; anything else is
+    /// ignored), else [`DEFAULT_DOWNLOAD_TIMEOUT`].
+    pub download_timeout: Duration,
+    /// A body longer than this is refused, as it streams in: [`DEFAULT_MAX_DOWNLOAD_BYTES`].
+    pub max_download_bytes: u64,
 }
 
 impl HubConfig {
@@ -48,10 +61,17 @@ impl HubConfig {
             .map(|e| e.trim_end_matches('/').to_string())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         let offline = get("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v));
+        let download_timeout = get(DOWNLOAD_TIMEOUT_ENV)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT);
         HubConfig {
             cache_dir,
             endpoint,
             offline,
+            download_timeout,
+            max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
         }
     }
 }

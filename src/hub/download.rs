@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -80,16 +80,37 @@ fn fetch(
 ) -> Result<Resolved, HubError> {
     let url = resolve_url(src, &cfg.endpoint);
     let (proxied, direct) = (agent(true), agent(false));
+    let start = Instant::now();
+    let limit = cfg.download_timeout;
+    let late = |url: String, received: u64| HubError::Deadline {
+        url,
+        secs: limit.as_secs_f64().ceil() as u64,
+        received,
+    };
     let mut hop = url.clone();
     let mut repo_commit: Option<String> = None;
     let mut redirects = 0;
     let mut resp = loop {
         // A loopback host (a local mirror) is never reachable through a proxy.
         let agent = if is_loopback(&hop) { &direct } else { &proxied };
-        let resp = agent.get(&hop).call().map_err(|e| HubError::Transport {
-            url: place(&url, &hop),
-            cause: e.to_string(),
-        })?;
+        // What is left of the overall limit bounds this request, body included.
+        let left = limit.saturating_sub(start.elapsed());
+        let resp = agent
+            .get(&hop)
+            .config()
+            .timeout_global(Some(left))
+            .build()
+            .call()
+            .map_err(|e| {
+                if start.elapsed() >= limit {
+                    late(place(&url, &hop), 0)
+                } else {
+                    HubError::Transport {
+                        url: place(&url, &hop),
+                        cause: e.to_string(),
+                    }
+                }
+            })?;
         if repo_commit.is_none() {
             repo_commit = header(&resp, "x-repo-commit").filter(|c| is_commit(c));
         }
@@ -121,14 +142,22 @@ fn fetch(
     };
     let here = place(&url, &hop);
     let total = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let cap = cfg.max_download_bytes;
+    if total.is_some_and(|t| t > cap) {
+        return Err(HubError::TooLarge {
+            url: here,
+            limit: cap,
+        });
+    }
 
     let blobs = repo.join("blobs");
     fs::create_dir_all(&blobs).map_err(|e| HubError::io(&blobs, e))?;
+    remove_stale_incomplete(&blobs);
     // Inside blobs/ so the final rename cannot cross filesystems; dropped (deleted) on any
-    // early return.
+    // early return. The pid in the name lets a later run remove it if this one is killed.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".mlc-")
-        .suffix(".incomplete")
+        .prefix(&format!("{INCOMPLETE_PREFIX}{}-", std::process::id()))
+        .suffix(INCOMPLETE_SUFFIX)
         .tempfile_in(&blobs)
         .map_err(|e| HubError::io(&blobs, e))?;
     let mut hasher = Sha256::new();
@@ -137,10 +166,14 @@ fn fetch(
     let mut reader = resp.body_mut().as_reader();
     progress(Progress { received, total });
     loop {
+        if start.elapsed() >= limit {
+            return Err(late(here, received));
+        }
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) if start.elapsed() >= limit => return Err(late(here, received)),
             Err(e) => {
                 return Err(match total {
                     Some(expected) if received < expected => HubError::ShortBody {
@@ -156,6 +189,12 @@ fn fetch(
                 })
             }
         };
+        if received.checked_add(n as u64).is_none_or(|r| r > cap) {
+            return Err(HubError::TooLarge {
+                url: here,
+                limit: cap,
+            });
+        }
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])
             .map_err(|e| HubError::io(tmp.path(), e))?;
@@ -186,6 +225,10 @@ fn fetch(
                 expected: expected.to_string(),
             });
         }
+    } else if let Some(reason) = cache::safetensors_problem(tmp.path()) {
+        // Nothing vouches for an unpinned file: at least an error page or a cut-off copy
+        // must not enter the cache, where later runs would take it as the weights.
+        return Err(HubError::NotSafetensors { url: here, reason });
     }
 
     let blob = blobs.join(&sha256);
@@ -206,6 +249,33 @@ fn fetch(
         commit,
         downloaded: true,
     })
+}
+
+const INCOMPLETE_PREFIX: &str = ".mlc-";
+const INCOMPLETE_SUFFIX: &str = ".incomplete";
+
+/// Removes `.mlc-PID-*.incomplete` files of downloads whose process is gone (killed mid-way).
+/// Other tools' `.incomplete` files (huggingface_hub resumes its own) are left alone.
+fn remove_stale_incomplete(blobs: &Path) {
+    let Ok(listing) = fs::read_dir(blobs) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.ends_with(INCOMPLETE_SUFFIX))
+            .and_then(|n| n.strip_prefix(INCOMPLETE_PREFIX))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if !crate::limits::writer_may_be_alive(pid, &path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 fn is_loopback(url: &str) -> bool {

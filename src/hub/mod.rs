@@ -14,7 +14,10 @@ mod sources;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{HubConfig, DEFAULT_ENDPOINT};
+pub use config::{
+    HubConfig, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_ENDPOINT, DEFAULT_MAX_DOWNLOAD_BYTES,
+    DOWNLOAD_TIMEOUT_ENV,
+};
 pub use download::resolve_url;
 pub use sources::{require_source, source, Source, SOURCES};
 
@@ -71,6 +74,25 @@ pub enum HubError {
         expected: u64,
         cause: Option<String>,
     },
+    #[error("download {url}: body is longer than the {limit}-byte limit; refused")]
+    TooLarge { url: String, limit: u64 },
+    #[error(
+        "download {url}: not finished after {secs} s ({received} bytes received); set \
+         MLC_DOWNLOAD_TIMEOUT_SECS to allow longer"
+    )]
+    Deadline {
+        url: String,
+        secs: u64,
+        received: u64,
+    },
+    #[error("download {url}: not a safetensors file ({reason}); not cached")]
+    NotSafetensors { url: String, reason: String },
+    #[error(
+        "{}: cached download is not a valid safetensors file ({reason}); delete that file to \
+         download it again, or pass --weights FILE",
+        path.display()
+    )]
+    CachedInvalid { path: PathBuf, reason: String },
     #[error("download {url}: sha256 is {got}, expected {expected}")]
     DownloadDigest {
         url: String,

@@ -510,12 +510,11 @@ pub(crate) mod tests {
         }
     }
 
-    /// Reads everything a reader offers, which must never panic whatever the bytes.
-    fn exercise(bytes: &[u8], rng: &mut Rng) {
-        let Ok(r) = BlobReader::new(bytes) else {
-            return;
-        };
-        let _ = r.offsets();
+    /// Reads everything a reader offers, which must never panic whatever the bytes. Returns
+    /// the records walked from the header on, if the whole file was accepted.
+    fn exercise(bytes: &[u8], rng: &mut Rng) -> Option<Vec<(u64, BlobDType, Vec<u8>)>> {
+        let r = BlobReader::new(bytes).ok()?;
+        let walked = r.offsets();
         for off in (0..bytes.len() as u64 + 128).step_by(64) {
             if let Ok(rec) = r.record(off) {
                 let _ = rec.element_count();
@@ -524,20 +523,62 @@ pub(crate) mod tests {
         for _ in 0..4 {
             let _ = r.get(rng.next());
         }
+        let records = walked
+            .ok()?
+            .into_iter()
+            .map(|o| {
+                let (dtype, data) = r.get(o).expect("offsets() checked every record");
+                (o, dtype, data.to_vec())
+            })
+            .collect();
+        Some(records)
     }
 
     #[test]
     fn corrupt_input_never_panics() {
         let mut w = BlobWriter::new();
-        w.add(BlobDType::F16, &[7; 576]);
-        w.add_sub_byte(BlobDType::U3, &[0xd1, 0x58], 5);
-        w.add(BlobDType::I32, &[1; 12]);
+        let offsets = [
+            w.add(BlobDType::F16, &[7; 576]),
+            w.add_sub_byte(BlobDType::U3, &[0xd1, 0x58], 5),
+            w.add(BlobDType::I32, &[1; 12]),
+        ];
         let good = w.finish();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
 
-        for len in 0..=good.len() {
-            exercise(&good[..len], &mut rng);
+        // The pristine file is read whole, as written.
+        let pristine = exercise(&good, &mut rng).expect("the pristine file is accepted");
+        let walked: Vec<u64> = pristine.iter().map(|r| r.0).collect();
+        assert_eq!(walked, offsets);
+        assert_eq!(pristine[0].2, vec![7; 576]);
+
+        // The file ends right after the last blob's data, so every strict prefix is refused.
+        for len in 0..good.len() {
+            assert!(
+                exercise(&good[..len], &mut rng).is_none(),
+                "a {len}-byte prefix was accepted"
+            );
         }
+
+        // Bytes nothing reads (the header's and records' zero tails, the gaps between blobs)
+        // may be anything: each changed alone leaves the same blobs.
+        let mut used = vec![false; good.len()];
+        used[..8].fill(true);
+        for (off, _, data) in &pristine {
+            let o = *off as usize;
+            used[o..o + 32].fill(true);
+            used[o + RECORD_LEN..o + RECORD_LEN + data.len()].fill(true);
+        }
+        let padding: Vec<usize> = (0..good.len()).filter(|&i| !used[i]).collect();
+        assert!(padding.len() > 100, "{}", padding.len());
+        for &i in &padding {
+            let mut b = good.clone();
+            b[i] = 0xA5;
+            assert_eq!(exercise(&b, &mut rng).as_ref(), Some(&pristine), "byte {i}");
+        }
+
+        // Random damage, aimed half the time at header and record fields: some of it is
+        // accepted (payload and padding bytes), much is refused, none panics.
+        let (mut accepted, mut refused) = (0, 0);
         for _ in 0..3000 {
             let mut b = good.clone();
             for _ in 0..1 + rng.below(4) {
@@ -556,7 +597,14 @@ pub(crate) mod tests {
                 let at = 64 + 8 * (1 + rng.below(3));
                 b[at..at + 8].copy_from_slice(&(u64::MAX - rng.below(200) as u64).to_le_bytes());
             }
-            exercise(&b, &mut rng);
+            match exercise(&b, &mut rng) {
+                Some(_) => accepted += 1,
+                None => refused += 1,
+            }
         }
+        assert!(
+            accepted > 300 && refused > 300,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Reading a `.mlpackage` back into memory.
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -41,17 +42,30 @@ impl Package {
     }
 }
 
+/// `Manifest.json` of a real package is well under 1 KB.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// `model.mlmodel` holds the program, not the weights; even large models stay far below this.
+const MAX_MODEL_BYTES: u64 = 256 << 20;
+
 /// Reads a package: `Manifest.json`, the root model it names, and the weights next to that model
 /// (`@model_path/weights/weight.bin`, where `@model_path` is the model file's directory).
 /// Works on packages coremltools wrote as well as on mlc's own.
+///
+/// Packages are untrusted input: only regular files are read (a FIFO or device is refused
+/// before it is opened), each with a size cap, and no file may resolve (through a symlink)
+/// to outside the package directory.
 pub fn read_package(path: &Path) -> Result<Package, PackageError> {
     let manifest_path = path.join(MANIFEST_FILE);
-    let manifest_bytes = fs::read(&manifest_path).map_err(PackageError::io(&manifest_path))?;
+    // A package that is not there is reported as its missing manifest.
+    let root = fs::canonicalize(path).map_err(PackageError::io(&manifest_path))?;
+    let manifest_bytes = read_inside(&root, &manifest_path, Some(MAX_MANIFEST_BYTES))
+        .map_err(PackageError::io(&manifest_path))?;
     let manifest = Manifest::parse(&manifest_bytes, &manifest_path)?;
     let model_rel = manifest.root_model_path(&manifest_path)?;
 
     let model_path = path.join(DATA_DIR).join(&model_rel);
-    let model_bytes = fs::read(&model_path).map_err(PackageError::io(&model_path))?;
+    let model_bytes = read_inside(&root, &model_path, Some(MAX_MODEL_BYTES))
+        .map_err(PackageError::io(&model_path))?;
     let model = Model::decode(model_bytes.as_slice()).map_err(|source| PackageError::Model {
         path: model_path.clone(),
         source,
@@ -62,12 +76,14 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         .unwrap_or(Path::new(""))
         .join("weights")
         .join(WEIGHTS_FILE);
-    let weights = match fs::read(&weights_path) {
+    // Bounded by the file's real size (blob offsets can only point inside what is there), and
+    // by the weight-file limit, so a sparse file of a terabyte is refused rather than read.
+    let weights = match read_inside(&root, &weights_path, None) {
         Ok(bytes) => {
             BlobReader::new(&bytes).map_err(|e| e.in_file(&weights_path))?;
             Some(bytes)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(source) => {
             return Err(PackageError::Io {
                 path: weights_path,
@@ -81,6 +97,25 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         model,
         weights,
     })
+}
+
+/// Reads `file` if it resolves to a regular file inside `root` (the canonical package
+/// directory) of at most `max` bytes (`None`: the limit on weight files).
+fn read_inside(root: &Path, file: &Path, max: Option<u64>) -> io::Result<Vec<u8>> {
+    let real = fs::canonicalize(file)?;
+    if !real.starts_with(root) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "resolves to {}, outside the package (symlinks must stay inside it)",
+                real.display()
+            ),
+        ));
+    }
+    match max {
+        Some(max) => crate::limits::read_regular(&real, max),
+        None => crate::limits::read_weight_file(&real),
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +237,8 @@ mod tests {
         assert!(read_package(&pkg).unwrap().weights.is_none());
     }
 
-    /// Mangled manifests, models and weight files on disk give errors, never panics.
+    /// Mangled manifests, models and weight files on disk give errors, never panics; the
+    /// pristine package reads, and damage the reader does not check (weight payloads) passes.
     #[test]
     fn corrupt_packages_never_panic() {
         let (_tmp, pkg) = ct_copy();
@@ -215,7 +251,12 @@ mod tests {
             .iter()
             .map(|f| fs::read(pkg.join(f)).unwrap())
             .collect();
+        let pristine = read_package(&pkg).expect("the pristine package reads");
+        assert!(pristine.blobs().unwrap().unwrap().get(64).is_ok());
+
         let mut rng = Rng(0xC0FFEE);
+        // (accepted, refused) per file.
+        let mut counts = [(0, 0); 3];
         for _ in 0..300 {
             let which = rng.below(files.len());
             let mut b = originals[which].clone();
@@ -228,13 +269,33 @@ mod tests {
                 }
             }
             fs::write(pkg.join(files[which]), &b).unwrap();
-            if let Ok(p) = read_package(&pkg) {
-                if let Ok(Some(r)) = p.blobs() {
-                    let _ = r.offsets();
-                    let _ = r.get(64);
+            match read_package(&pkg) {
+                Ok(p) => {
+                    counts[which].0 += 1;
+                    // read_package validated the weight header, so a reader must exist.
+                    if let Some(r) = p.blobs().expect("header was validated") {
+                        let _ = r.offsets();
+                        let _ = r.get(64);
+                    }
+                }
+                Err(e) => {
+                    counts[which].1 += 1;
+                    let msg = e.to_string();
+                    assert!(
+                        msg.starts_with(&pkg.display().to_string()) && !msg.contains('\n'),
+                        "{msg}"
+                    );
                 }
             }
             fs::write(pkg.join(files[which]), &originals[which]).unwrap();
         }
+        let [manifest, _model, weights] = counts;
+        assert!(manifest.1 > 20, "manifest damage: {manifest:?}");
+        // Most of weight.bin is payload, which only a checksum could vouch for.
+        assert!(
+            weights.0 > 20 && weights.1 > 5,
+            "weight.bin damage: {weights:?}"
+        );
+        assert_eq!(read_package(&pkg).unwrap().weights, pristine.weights);
     }
 }

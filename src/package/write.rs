@@ -5,8 +5,8 @@
 //! leaves whatever was at the destination as it was.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use prost::Message;
@@ -23,9 +23,17 @@ use crate::proto::specification::Model;
 /// JSON).
 ///
 /// `weight_bin` is the whole `weight.bin` (see [`BlobWriter`](super::BlobWriter)); with `None`
-/// the package has no weights entry. Missing parent directories are created. Something at `out`
-/// that is not a package (a file, or a non-empty directory without `Manifest.json`) is refused
-/// rather than deleted.
+/// the package has no weights entry. Missing parent directories are created (and removed again
+/// if the write fails), but never through a `..` (`-o new/../m.mlpackage` is refused rather
+/// than leaving an empty `new/`). Something at `out` that is not a package (a file, or a
+/// non-empty directory without `Manifest.json`) is refused rather than deleted.
+///
+/// Temporaries are hidden siblings `.NAME.tmp-PID-N` (the package being filled) and
+/// `.NAME.old-PID-N` (the previous package, moved aside); leftovers of a process that no longer
+/// runs (one killed mid-write) are removed by the next write of the same output. Several
+/// processes may write the same output at once: each either succeeds (the last rename wins,
+/// and `out` is always one complete package) or fails saying that another process is writing
+/// it.
 pub fn write_package(
     out: &Path,
     model: &Model,
@@ -57,25 +65,81 @@ pub(crate) fn write_package_with(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).map_err(PackageError::io(&parent))?;
+    let created = create_parents(&parent, out)?;
+    remove_stale(&parent, name);
 
     let tmp = unique_sibling(&parent, name, "tmp");
-    fs::create_dir(&tmp).map_err(PackageError::io(&tmp))?;
-    let result =
-        fill(&tmp, model, weight_bin, after_file).and_then(|()| replace(&tmp, out, &parent, name));
+    let result = fs::create_dir(&tmp)
+        .map_err(PackageError::io(&tmp))
+        .and_then(|()| fill(&tmp, model, weight_bin, after_file))
+        .and_then(|()| replace(&tmp, out, &parent, name));
     if result.is_err() {
         // Best effort: the original error is the one worth reporting.
         let _ = fs::remove_dir_all(&tmp);
+        for dir in created.iter().rev() {
+            // Only empty ones: another writer may have put something there meanwhile.
+            let _ = fs::remove_dir(dir);
+        }
     }
     result
 }
 
+/// Creates the missing directories of `parent`, returning them outermost first. A missing part
+/// that contains `..` is refused: creating `new/` only to leave it again with `new/..` would
+/// leave an empty directory nobody asked for.
+fn create_parents(parent: &Path, out: &Path) -> Result<Vec<PathBuf>, PackageError> {
+    let mut existing = parent;
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new("");
+                break;
+            }
+        }
+    }
+    let missing = parent.strip_prefix(existing).unwrap_or(parent);
+    if missing
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(PackageError::InvalidOutput {
+            path: out.to_path_buf(),
+            reason: format!(
+                "directory {} does not exist (not created, as the path leaves it again with \"..\")",
+                parent.display()
+            ),
+        });
+    }
+    let mut created = Vec::new();
+    let mut dir = existing.to_path_buf();
+    for c in missing.components() {
+        dir.push(c);
+        match fs::create_dir(&dir) {
+            Ok(()) => created.push(dir.clone()),
+            // A concurrent writer made it first.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => {
+                for d in created.iter().rev() {
+                    let _ = fs::remove_dir(d);
+                }
+                return Err(PackageError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(created)
+}
+
 /// Refuses to replace anything that does not look like a package, so a mistyped `-o` cannot
-/// delete unrelated data.
+/// delete unrelated data. Another writer may move `out` aside at any moment, so a vanished
+/// `out` is fine, and the directory is judged by one listing of it.
 fn check_replaceable(out: &Path) -> Result<(), PackageError> {
     let meta = match fs::symlink_metadata(out) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(source) => {
             return Err(PackageError::Io {
                 path: out.to_path_buf(),
@@ -92,14 +156,43 @@ fn check_replaceable(out: &Path) -> Result<(), PackageError> {
     if !meta.is_dir() {
         return refuse("exists and is not a directory; refusing to replace it");
     }
-    let empty = fs::read_dir(out)
-        .map_err(PackageError::io(out))?
-        .next()
-        .is_none();
-    if !empty && !out.join(MANIFEST_FILE).is_file() {
+    let listing = match fs::read_dir(out) {
+        Ok(l) => l,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PackageError::Io {
+                path: out.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut empty = true;
+    for entry in listing {
+        let entry = entry.map_err(PackageError::io(out))?;
+        if entry.file_name() == MANIFEST_FILE {
+            return Ok(());
+        }
+        empty = false;
+    }
+    // A package another writer has just moved aside is deleted file by file, and a listing
+    // begun before the move can see it without its manifest: only a directory still at `out`
+    // counts.
+    let still_there = fs::symlink_metadata(out).is_ok_and(|now| same_file(&meta, &now));
+    if !empty && still_there {
         return refuse("exists and is not a .mlpackage (no Manifest.json); refusing to replace it");
     }
     Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_a: &fs::Metadata, _b: &fs::Metadata) -> bool {
+    true
 }
 
 /// A hidden name next to `out` that no other write (in this or another process) is using.
@@ -107,6 +200,35 @@ fn unique_sibling(parent: &Path, name: &str, kind: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     parent.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
+}
+
+/// The writer's PID in a temporary's name `.NAME.tmp-PID-N` or `.NAME.old-PID-N`.
+fn leftover_pid(entry: &str, name: &str) -> Option<u32> {
+    let rest = entry.strip_prefix('.')?.strip_prefix(name)?;
+    let rest = rest
+        .strip_prefix(".tmp-")
+        .or_else(|| rest.strip_prefix(".old-"))?;
+    let (pid, n) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// Removes the temporaries of earlier writes of `name` whose process is gone (killed
+/// mid-write). Best effort: a leftover that cannot be removed only wastes space.
+fn remove_stale(parent: &Path, name: &str) {
+    let Ok(listing) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| leftover_pid(n, name)) else {
+            continue;
+        };
+        let path = entry.path();
+        if !crate::limits::writer_may_be_alive(pid, &path) {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn write_file(
@@ -141,25 +263,78 @@ fn fill(
     write_file(&dir.join(MANIFEST_FILE), &manifest, after_file)
 }
 
+/// How often `replace` retries when other writers keep putting their package at `out`.
+const REPLACE_ATTEMPTS: usize = 20;
+
+/// Whether a rename failed because something (another writer's package) is at the target.
+fn occupied(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists
+    )
+}
+
 /// Moves the finished `tmp` to `out`. A directory cannot be renamed over a non-empty one, so an
-/// existing package is first moved aside, and moved back if the final rename fails.
+/// existing package is first moved aside (and deleted once `tmp` is in place, or put back if
+/// the final rename fails for another reason). Other writers may do the same concurrently:
+/// when one of them takes `out` in between, this retries; every package that reaches `out` is
+/// complete, so whichever rename is last wins.
 fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), PackageError> {
-    if fs::symlink_metadata(out).is_err() {
-        return fs::rename(tmp, out).map_err(PackageError::io(out));
+    for _ in 0..REPLACE_ATTEMPTS {
+        match fs::rename(tmp, out) {
+            Ok(()) => return Ok(()),
+            Err(e) if occupied(&e) => {}
+            Err(source) => {
+                return Err(PackageError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        // Whatever is there now may have arrived after the first check.
+        check_replaceable(out)?;
+        let old = unique_sibling(parent, name, "old");
+        match fs::rename(out, &old) {
+            Ok(()) => {}
+            // Another writer moved it aside first.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(PackageError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        match fs::rename(tmp, out) {
+            Ok(()) => {
+                // The new package is in place, so the write has succeeded; failing to delete
+                // the old copy only wastes space in a hidden sibling.
+                let _ = fs::remove_dir_all(&old);
+                return Ok(());
+            }
+            Err(e) if occupied(&e) => {
+                // Another writer's complete package arrived in between; the one moved aside
+                // is older than both.
+                let _ = fs::remove_dir_all(&old);
+            }
+            Err(source) => {
+                if let Err(e) = fs::rename(&old, out) {
+                    // Only if a newer package took its place; otherwise it stays for the user.
+                    if occupied(&e) {
+                        let _ = fs::remove_dir_all(&old);
+                    }
+                }
+                return Err(PackageError::Io {
+                    path: out.to_path_buf(),
+                    source,
+                });
+            }
+        }
     }
-    let old = unique_sibling(parent, name, "old");
-    fs::rename(out, &old).map_err(PackageError::io(out))?;
-    if let Err(source) = fs::rename(tmp, out) {
-        let _ = fs::rename(&old, out);
-        return Err(PackageError::Io {
-            path: out.to_path_buf(),
-            source,
-        });
-    }
-    // The new package is in place, so the write has succeeded; failing to delete the old copy
-    // only wastes space in a hidden sibling and is no reason to report failure.
-    let _ = fs::remove_dir_all(&old);
-    Ok(())
+    Err(PackageError::InvalidOutput {
+        path: out.to_path_buf(),
+        reason: "is being written by another mlc process; try again".to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -372,6 +547,108 @@ mod tests {
         assert!(e.to_string().contains("Manifest.json"), "{e}");
         assert_eq!(fs::read(dir.join("precious.txt")).unwrap(), b"keep");
         assert_eq!(dir_names(tmp.path()), ["d.mlpackage", "f.mlpackage"]);
+    }
+
+    #[test]
+    fn leftovers_of_dead_writers_are_removed() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.mlpackage");
+        let own = std::process::id();
+        let names = [
+            // A SIGKILLed writer (no such pid), before and after moving the old package aside.
+            ".m.mlpackage.tmp-999999-0".to_string(),
+            ".m.mlpackage.old-999999-3".to_string(),
+            // A live writer (pid 1 always runs), this process, another output, a user's file.
+            ".m.mlpackage.tmp-1-0".to_string(),
+            format!(".m.mlpackage.tmp-{own}-999"),
+            ".n.mlpackage.tmp-999999-0".to_string(),
+            ".m.mlpackage.tmp-999999-x".to_string(),
+        ];
+        for n in &names {
+            fs::create_dir(tmp.path().join(n)).unwrap();
+            fs::write(tmp.path().join(n).join("Manifest.json"), b"{}").unwrap();
+        }
+        write_package(&out, &model, Some(&weights)).unwrap();
+        let mut want: Vec<String> = names[2..].to_vec();
+        want.push("m.mlpackage".into());
+        want.sort();
+        if cfg!(target_os = "linux") {
+            assert_eq!(dir_names(tmp.path()), want);
+        }
+        assert_eq!(
+            leftover_pid(".m.mlpackage.old-12-3", "m.mlpackage"),
+            Some(12)
+        );
+        assert_eq!(leftover_pid(".m.mlpackage.tmp--3", "m.mlpackage"), None);
+        assert_eq!(leftover_pid(".mm.mlpackage.tmp-1-3", "m.mlpackage"), None);
+    }
+
+    #[test]
+    fn parents_are_created_only_when_asked_and_removed_on_failure() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        // `x/..` would need an `x/` nobody asked for.
+        let out = tmp.path().join("x/../y.mlpackage");
+        let e = write_package(&out, &model, None).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains(".."), "{e}");
+        assert_eq!(dir_names(tmp.path()), Vec::<String>::new());
+
+        // Created for a write that then fails: removed again.
+        let out = tmp.path().join("a/b/m.mlpackage");
+        let mut hook = |p: &Path| {
+            Err(PackageError::Io {
+                path: p.to_path_buf(),
+                source: std::io::Error::other("injected failure"),
+            })
+        };
+        assert!(write_package_with(&out, &model, Some(&weights), &mut hook).is_err());
+        assert_eq!(dir_names(tmp.path()), Vec::<String>::new());
+
+        // And kept when it succeeds; `..` through directories that exist is fine.
+        write_package(&out, &model, Some(&weights)).unwrap();
+        let again = tmp.path().join("a/../a/b/m.mlpackage");
+        write_package(&again, &model, None).unwrap();
+        assert_eq!(dir_names(&tmp.path().join("a/b")), ["m.mlpackage"]);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_output_all_succeed() {
+        let (model, weights) = ct();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("m.mlpackage");
+        let start = std::sync::Barrier::new(6);
+        let (mut ok, mut busy) = (0, 0);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let (model, weights, out, start) = (&model, &weights, &out, &start);
+                    s.spawn(move || {
+                        let w = (i % 2 == 0).then_some(weights.as_slice());
+                        start.wait();
+                        (0..40)
+                            .map(|_| write_package(out, model, w))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for r in h.join().unwrap() {
+                    match r {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            let e = e.to_string();
+                            assert!(e.contains("is being written by another mlc process"), "{e}");
+                            busy += 1;
+                        }
+                    }
+                }
+            }
+        });
+        eprintln!("{ok} writes succeeded, {busy} found the output busy");
+        assert!(ok > 0);
+        read_package(&out).unwrap();
+        assert_eq!(dir_names(tmp.path()), ["m.mlpackage"]);
     }
 
     #[test]

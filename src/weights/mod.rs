@@ -121,8 +121,10 @@ pub(crate) fn is_zip(bytes: &[u8]) -> bool {
 impl Weights {
     /// Loads the decoder tensors of a safetensors or `.pth` file; the format is taken from the
     /// content (zip magic → `.pth`), so a misnamed file still loads.
+    /// Only regular files are read (a FIFO or device is refused before it is opened), and the
+    /// decoded tensors may take at most the memory budget of [`crate::limits`].
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
-        let bytes = std::fs::read(path).map_err(|source| {
+        let bytes = crate::limits::read_weight_file(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 WeightError::NotFound {
                     path: path.to_path_buf(),
@@ -142,10 +144,19 @@ impl Weights {
         if bytes.is_empty() {
             return Err(corrupt(path, "file is empty"));
         }
+        let limit =
+            crate::limits::weight_budget(bytes.len() as u64).map_err(|r| WeightError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, r),
+            })?;
+        let budget = &mut crate::limits::Budget::new(limit);
         let (format, (key_style, tensors)) = if is_zip(bytes) {
-            (WeightFormat::Pth, pth::load(path, bytes)?)
+            (WeightFormat::Pth, pth::load(path, bytes, budget)?)
         } else {
-            (WeightFormat::Safetensors, safetensors::load(path, bytes)?)
+            (
+                WeightFormat::Safetensors,
+                safetensors::load(path, bytes, budget)?,
+            )
         };
         Ok(Weights {
             path: path.to_path_buf(),

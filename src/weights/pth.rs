@@ -17,17 +17,23 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::{corrupt, keys, widen, FloatKind, KeyStyle, WeightError};
+use crate::limits::Budget;
 use crate::tensor::Tensor;
 
 /// `data.pkl` of a decoder is ~11 KB; anything near this is not a state_dict we can use.
 const MAX_PICKLE_BYTES: u64 = 64 << 20;
-/// A materialised non-contiguous tensor may repeat storage elements (stride 0); cap what that
-/// may allocate so a crafted size tuple cannot ask for terabytes.
-const MAX_EXPANDED_ELEMENTS: u64 = 1 << 26;
+/// Hard caps on the VM's stack (values plus marks) and memo, whatever the pickle's length.
+const MAX_STACK: usize = 1 << 20;
+const MAX_MEMO: usize = 1 << 20;
 
+/// Everything this allocates (the pickle, the VM's objects, the storages read, the decoded
+/// tensors) is charged to `budget`, so a small file cannot expand into gigabytes: views that
+/// repeat one element (stride 0), many keys over one large storage, or a pickle that builds
+/// millions of objects all stop at the budget with an error naming the tensor or the pickle.
 pub(crate) fn load(
     path: &Path,
     bytes: &[u8],
+    budget: &mut Budget,
 ) -> Result<(KeyStyle, BTreeMap<String, Tensor>), WeightError> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| corrupt(path, format!("not a valid zip archive: {}", zip_reason(e))))?;
@@ -67,8 +73,12 @@ pub(crate) fn load(
         }
     }
 
-    let pickle = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES).map_err(|r| corrupt(path, r))?;
-    let mut vm = Vm::new(&pickle);
+    let pickle_limit = MAX_PICKLE_BYTES.min(budget.remaining());
+    let pickle = read_entry(&mut zip, &pkl_name, pickle_limit).map_err(|r| corrupt(path, r))?;
+    budget
+        .charge(&pkl_name, pickle.len() as u64)
+        .map_err(|r| corrupt(path, r))?;
+    let mut vm = Vm::new(&pickle, budget);
     let root = vm
         .run()
         .map_err(|r| corrupt(path, format!("{pkl_name}: {r}")))?;
@@ -110,6 +120,10 @@ pub(crate) fn load(
                 )
             })?;
         if !storages.contains_key(&t.storage.key) {
+            let what = format!("tensor \"{key}\": reading {name}");
+            vm.budget
+                .charge(&what, storage_bytes)
+                .map_err(|r| corrupt(path, r))?;
             let data = read_entry(&mut zip, &name, storage_bytes).map_err(|r| corrupt(path, r))?;
             storages.insert(t.storage.key.clone(), data);
         }
@@ -126,6 +140,17 @@ pub(crate) fn load(
     let mut tensors = BTreeMap::new();
     for (key, upstream, t, kind) in planned {
         let data = &storages[&t.storage.key];
+        // Charged before anything is allocated: a view may repeat one stored element any
+        // number of times (stride 0), and any number of keys may share one storage.
+        let decoded = t
+            .size
+            .iter()
+            .try_fold(4u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX);
+        let what = format!("tensor \"{key}\" of size {:?}", t.size);
+        vm.budget
+            .charge(&what, decoded)
+            .map_err(|r| corrupt(path, r))?;
         let (shape, values) = materialise(t, data, kind)
             .map_err(|r| corrupt(path, format!("tensor \"{key}\": {r}")))?;
         tensors.insert(upstream, Tensor::f32(shape, values));
@@ -159,7 +184,7 @@ fn read_entry(
     }
     let mut buf = Vec::new();
     (&mut f)
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| format!("{name}: {e}"))?;
     if buf.len() as u64 > limit {
@@ -216,17 +241,15 @@ fn materialise(
         let end = start + numel as usize * elem;
         return Ok((shape, widen(&data[start..end], kind)));
     }
-    if numel > storage_numel.max(MAX_EXPANDED_ELEMENTS) {
-        return Err(format!(
-            "non-contiguous view of {numel} elements is implausibly large"
-        ));
-    }
-    let all = widen(data, kind);
+    // The caller has charged numel f32s to the budget; elements are widened one at a time so
+    // the storage is never widened whole.
     let mut out = Vec::with_capacity(numel as usize);
     let mut idx = vec![0u64; t.size.len()];
     for _ in 0..numel {
+        // At most `last`, checked above not to overflow.
         let pos = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
-        out.push(all[pos as usize]);
+        let at = pos as usize * elem;
+        out.push(widen_one(&data[at..at + elem], kind));
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
             if idx[d] < t.size[d] {
@@ -236,6 +259,15 @@ fn materialise(
         }
     }
     Ok((shape, out))
+}
+
+/// One element's bytes (`kind.size()` of them) as f32.
+fn widen_one(b: &[u8], kind: FloatKind) -> f32 {
+    match kind {
+        FloatKind::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        FloatKind::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        FloatKind::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -335,8 +367,16 @@ enum Obj {
     Tensor(TensorRef),
 }
 
-struct Vm<'a> {
+struct Vm<'a, 'b> {
     code: &'a [u8],
+    /// Charged for every value, object, memo entry and string the VM creates.
+    budget: &'b mut Budget,
+    /// Limits on stack (values plus marks) and memo entries: a real `state_dict` pickle has a
+    /// few thousand values on the stack at most and memoizes at most one object per 2 bytes.
+    /// (The opcode count needs no limit: every opcode consumes at least one byte and the
+    /// pickle has no jumps, so it is at most the pickle's length.)
+    max_stack: usize,
+    max_memo: usize,
     pos: usize,
     stack: Vec<Value>,
     /// Stack heights at each MARK, as CPython's metastack.
@@ -347,10 +387,13 @@ struct Vm<'a> {
 
 type R<T> = Result<T, String>;
 
-impl<'a> Vm<'a> {
-    fn new(code: &'a [u8]) -> Self {
+impl<'a, 'b> Vm<'a, 'b> {
+    fn new(code: &'a [u8], budget: &'b mut Budget) -> Self {
         Vm {
             code,
+            budget,
+            max_stack: (code.len() / 4).clamp(1024, MAX_STACK),
+            max_memo: (code.len() / 2).clamp(1024, MAX_MEMO),
             pos: 0,
             stack: Vec::new(),
             marks: Vec::new(),
@@ -402,16 +445,37 @@ impl<'a> Vm<'a> {
     fn string(&mut self, n: usize) -> R<Value> {
         let b = self.take(n)?;
         let s = std::str::from_utf8(b).map_err(|_| "string is not valid UTF-8")?;
+        self.charge("a string", n)?;
         Ok(Value::Str(s.into()))
     }
 
-    fn push(&mut self, v: Value) {
-        self.stack.push(v);
+    fn charge(&mut self, what: &str, bytes: usize) -> R<()> {
+        let at = self.pos;
+        self.budget
+            .charge(&format!("{what} at byte {at}"), bytes as u64)
     }
 
-    fn new_obj(&mut self, o: Obj) -> Value {
+    fn check_depth(&self) -> R<()> {
+        if self.stack.len() + self.marks.len() >= self.max_stack {
+            return Err(format!(
+                "pickle stack deeper than {} entries at byte {}",
+                self.max_stack, self.pos
+            ));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) -> R<()> {
+        self.check_depth()?;
+        self.charge("a value", std::mem::size_of::<Value>())?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn new_obj(&mut self, o: Obj) -> R<Value> {
+        self.charge("an object", std::mem::size_of::<Obj>())?;
         self.arena.push(o);
-        Value::Obj(self.arena.len() - 1)
+        Ok(Value::Obj(self.arena.len() - 1))
     }
 
     fn pop(&mut self) -> R<Value> {
@@ -456,6 +520,16 @@ impl<'a> Vm<'a> {
             .last()
             .cloned()
             .ok_or("BINPUT on an empty stack")?;
+        if !self.memo.contains_key(&i) {
+            if self.memo.len() >= self.max_memo {
+                return Err(format!(
+                    "pickle memo larger than {} entries at byte {}",
+                    self.max_memo, self.pos
+                ));
+            }
+            // The entry plus the hash table's control byte and slack.
+            self.charge("a memo entry", std::mem::size_of::<(u32, Value)>() + 8)?;
+        }
         self.memo.insert(i, v);
         Ok(())
     }
@@ -479,8 +553,8 @@ impl<'a> Vm<'a> {
                     let name = self.line()?;
                     let g = Global::lookup(module, name)
                         .ok_or_else(|| format!("unsupported pickle global {module}.{name}"))?;
-                    let v = self.new_obj(Obj::Global(g));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Global(g))?;
+                    self.push(v)?;
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
@@ -493,30 +567,34 @@ impl<'a> Vm<'a> {
                 b'h' => {
                     let i = self.u8()? as u32;
                     let v = self.memo_get(i)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'j' => {
                     let i = self.u32()?;
                     let v = self.memo_get(i)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.check_depth()?;
+                    self.charge("a MARK", std::mem::size_of::<usize>())?;
+                    self.marks.push(self.stack.len());
+                }
                 b'}' => {
-                    let v = self.new_obj(Obj::Dict(Vec::new()));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Dict(Vec::new()))?;
+                    self.push(v)?;
                 }
                 b']' => {
-                    let v = self.new_obj(Obj::List(Vec::new()));
-                    self.push(v);
+                    let v = self.new_obj(Obj::List(Vec::new()))?;
+                    self.push(v)?;
                 }
                 b')' => {
-                    let v = self.new_obj(Obj::Tuple(Vec::new()));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Tuple(Vec::new()))?;
+                    self.push(v)?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    let v = self.new_obj(Obj::Tuple(items));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Tuple(items))?;
+                    self.push(v)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -525,20 +603,20 @@ impl<'a> Vm<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    let v = self.new_obj(Obj::Tuple(items));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Tuple(items))?;
+                    self.push(v)?;
                 }
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.push(Value::Int(v as i64));
+                    self.push(Value::Int(v as i64))?;
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
@@ -554,35 +632,35 @@ impl<'a> Vm<'a> {
                     if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                         v -= 1i64 << (8 * n);
                     }
-                    self.push(Value::Int(v));
+                    self.push(Value::Int(v))?;
                 }
                 b'G' => {
                     self.take(8)?;
-                    self.push(Value::Float);
+                    self.push(Value::Float)?;
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let v = self.string(n)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 0x8c => {
                     let n = self.u8()? as usize;
                     let v = self.string(n)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
-                0x88 | 0x89 => self.push(Value::Bool),
-                b'N' => self.push(Value::None),
+                0x88 | 0x89 => self.push(Value::Bool)?,
+                b'N' => self.push(Value::None)?,
                 b'Q' => {
                     let pid = self.pop()?;
                     let s = self.persistent_load(&pid)?;
-                    let v = self.new_obj(Obj::Storage(s));
-                    self.push(v);
+                    let v = self.new_obj(Obj::Storage(s))?;
+                    self.push(v)?;
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let v = self.reduce(&func, &args)?;
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -672,7 +750,7 @@ impl<'a> Vm<'a> {
             return Err("REDUCE arguments are not a tuple".into());
         };
         match (g, args.as_slice()) {
-            (Global::OrderedDict, []) => Ok(self.new_obj(Obj::Dict(Vec::new()))),
+            (Global::OrderedDict, []) => self.new_obj(Obj::Dict(Vec::new())),
             // (storage, offset, size, stride, requires_grad, hooks[, metadata]) for v2,
             // (storage, offset, size, stride) for the original.
             (
@@ -681,7 +759,7 @@ impl<'a> Vm<'a> {
             )
             | (Global::RebuildTensor, [s, o, size, stride]) => {
                 let t = self.tensor_ref(s, o, size, stride)?;
-                Ok(self.new_obj(Obj::Tensor(t)))
+                self.new_obj(Obj::Tensor(t))
             }
             // (tensor, requires_grad, hooks): a saved nn.Parameter is just its tensor here.
             (Global::RebuildParameter, [t, _, _]) => match self.obj(t) {
