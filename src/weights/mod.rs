@@ -113,6 +113,22 @@ fn quoted(keys: &[String]) -> String {
         .join(", ")
 }
 
+/// The bytes of a weight file: regular files only, within the weight-file size limit.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, WeightError> {
+    crate::limits::read_weight_file(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            WeightError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            WeightError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
 /// Zip local-file-header or end-of-central-directory (empty archive) signature.
 pub(crate) fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
@@ -124,19 +140,7 @@ impl Weights {
     /// Only regular files are read (a FIFO or device is refused before it is opened), and the
     /// decoded tensors may take at most the memory budget of [`crate::limits`].
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
-        let bytes = crate::limits::read_weight_file(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                WeightError::NotFound {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                WeightError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
-        Self::load_bytes(path, &bytes)
+        Self::load_bytes(path, &read_file(path)?)
     }
 
     /// [`Weights::load`] on bytes already in memory; `path` is only used to name the file.

@@ -12,25 +12,8 @@ use crate::tensor::Tensor;
 
 /// The float tensors of a safetensors file, by their names in the file.
 pub fn load_raw(path: &Path) -> Result<BTreeMap<String, Tensor>, WeightError> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            WeightError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            WeightError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
-    if !meta.is_file() {
-        return Err(corrupt(path, "not a regular file"));
-    }
-    let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // Regular files only, size-limited; f16/bf16 widen at most 2x what the crate validated.
+    let bytes = super::read_file(path)?;
     if super::is_zip(&bytes) {
         return Err(corrupt(
             path,
