@@ -8,9 +8,13 @@ use mlc::compress::{kmeans_1d, kmeans_1d_batch, quantize_per_channel_i8, ScaleTy
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args
-        .next()
-        .unwrap_or_else(|| "/work/shared/weights/taef2_decoder.safetensors".into());
+    let path = args.next().unwrap_or_else(|| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/weights/taef2_decoder.safetensors"
+        )
+        .into()
+    });
     let runs: usize = args.next().map_or(15, |r| r.parse().expect("runs"));
     let bytes = std::fs::read(&path).expect("weights file");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 #[command(
     name = "mlc",
     version,
-    about = "Compile tiny diffusion image decoders (TAESD family) into Core ML .mlpackage files, in pure Rust",
-    long_about = "mlc declares the TAESD decoder family in Rust, loads real weights (safetensors or PyTorch .pth), \
-optimizes the graph (group-norm lowering, constant folding, fp16) and writes a Core ML ML Program package \
-that runs on the Apple Neural Engine. No Python, no PyTorch, no coremltools.",
+    about = "Compile diffusion autoencoders (TAESD family, full SD/SDXL/SD3/FLUX VAEs) into Core ML .mlpackage files, in pure Rust",
+    long_about = "mlc declares the TAESD autoencoders and the full VAEs of SD, SDXL, SD3, FLUX.1 and FLUX.2 in Rust, \
+loads real weights (safetensors, or PyTorch .pth for TAESD), optimizes the graph (group-norm and attention \
+lowering, constant folding, fp16, compression) and writes a Core ML ML Program package for the Apple \
+Neural Engine. No Python, no PyTorch, no coremltools.",
     after_help = "Examples:\n  mlc build flux2 --weights taef2_decoder.safetensors -o taef2.mlpackage\n  \
 mlc inspect taef2.mlpackage\n  mlc run taef2.mlpackage --input latent.safetensors --output image.png"
 )]
@@ -27,7 +28,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build a decoder into an .mlpackage.
+    /// Build a decoder or encoder into an .mlpackage.
     Build(BuildArgs),
     /// Describe a package: inputs, outputs, metadata, op histogram, sizes and MIL text.
     Inspect(InspectArgs),
@@ -37,19 +38,36 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// Model: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels), taesd3, taef1 / flux1 (16),
-    /// taef2 / flux2 (32). The architecture variant is checked against the weights.
+    /// Model. Tiny autoencoders: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels),
+    /// taesd3, taef1 / flux1 (16), taef2 / flux2 (32). Full VAEs: sd-vae (sd15-vae, sd21-vae),
+    /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). The architecture is checked
+    /// against the weights.
     pub model: String,
     /// Which part of the autoencoder: decoder (latent → image) or encoder (image → latent).
     #[arg(long, value_enum, default_value_t = PartArg::Decoder)]
     pub part: PartArg,
-    /// Decoder weights: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
-    /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Without it, the model's published
+    /// Full VAEs: fold the diffusion model's latent scaling into the model, so a decoder takes
+    /// and an encoder returns latents as the diffusion model uses them (`z / scaling + shift` in,
+    /// `(z - shift) * scaling` out; e.g. 0.18215 for sd-vae, 0.3611 / 0.1159 for flux1-vae).
+    #[arg(long)]
+    pub latent_scaling: bool,
+    /// flux2-vae decoder: `packed` takes the FLUX.2 transformer's [1, 128, h/2, w/2] latents
+    /// (batch-norm un-normalisation and the 2x2 unpatchify folded in).
+    #[arg(long, value_enum, value_name = "FORM", default_value_t = InputForm::Latent)]
+    pub input: InputForm,
+    /// Full-VAE encoders: also output the posterior's `logvar`.
+    #[arg(long)]
+    pub logvar: bool,
+    /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
+    /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
+    /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
+    /// original single file (CompVis/LDM, FLUX `ae.safetensors`, a full SD checkpoint's
+    /// `first_stage_model.`). Without it, a TAESD decoder's published
     /// weights are taken from the Hugging Face cache ($HF_HOME/hub), downloaded there first if
     /// missing ($HF_ENDPOINT picks the host; HF_HUB_OFFLINE=1 forbids the network).
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
-    /// Output package [default: <model>_decoder.mlpackage]. Written atomically.
+    /// Output package [default: <model>_<part>.mlpackage]. Written atomically.
     #[arg(short, long, value_name = "OUT.mlpackage")]
     pub output: Option<PathBuf>,
     /// Precision of weights and compute.
@@ -63,8 +81,9 @@ pub struct BuildArgs {
     #[arg(long, default_value = "ios16", value_parser = parse_target)]
     pub target: Target,
     /// Latent sizes, comma-separated, each N or HxW; the first is the default. One size gives a
-    /// static model; several give one package that accepts each of them [default: 96 for a
-    /// decoder; an encoder's default image is 768].
+    /// static model; several give one package that accepts each of them [default: the model's:
+    /// a 768x768 image for TAESD, 512 for sd-vae, 1024 for the others]. With --input packed,
+    /// the packed latent's size.
     #[arg(long, value_name = "N|HxW,...", conflicts_with = "image_size", value_parser = parse_sizes)]
     pub latent_size: Option<SizeList>,
     /// Image sizes, comma-separated, each N or HxW and a multiple of 8 (the latent is 8x
@@ -137,6 +156,12 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
     g.parse::<usize>()
         .map(|g| Granularity(Some(g)))
         .map_err(|_| format!("{g:?} is not a whole number"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputForm {
+    Latent,
+    Packed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -253,6 +278,11 @@ impl BuildArgs {
             PartArg::Decoder => Part::Decoder,
             PartArg::Encoder => Part::Encoder,
         });
+        o.model_options = crate::models::ModelOptions {
+            latent_scaling: self.latent_scaling,
+            packed_input: self.input == InputForm::Packed,
+            logvar_output: self.logvar,
+        };
         let flag = match (&self.latent_size, &self.image_size) {
             (Some(SizeList(s)), _) => {
                 o.sizes = Sizes::Latent(s.clone());

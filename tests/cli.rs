@@ -147,9 +147,15 @@ fn bad_input_gives_one_line_cause_and_no_output() {
         "{e}"
     );
 
+    let e = fails(&dir, &["build", "sdxl-vea", "--weights", &w]);
+    assert!(
+        e.contains("unknown model \"sdxl-vea\"") && e.contains("flux2") && e.contains("sdxl-vae"),
+        "{e}"
+    );
+    // A tiny autoencoder's weights given to a full VAE.
     let e = fails(&dir, &["build", "sdxl-vae", "--weights", &w]);
     assert!(
-        e.contains("unknown model \"sdxl-vae\"") && e.contains("flux2"),
+        e.contains("taef2_decoder.safetensors") && e.contains("not an AutoencoderKL"),
         "{e}"
     );
 

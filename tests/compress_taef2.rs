@@ -3,8 +3,8 @@
 //! compressed conv weight). Like the reference, tensors with fewer than 2048 elements stay
 //! uncompressed.
 //!
-//! The weights are read from `$MLC_TAEF2_WEIGHTS` or `/work/shared/weights/taef2_decoder.safetensors`;
-//! a missing file fails the tests rather than skipping them.
+//! The weights are read from `$MLC_TAEF2_WEIGHTS` or `../shared/weights/taef2_decoder.safetensors`
+//! beside the repository; a missing file fails the tests rather than skipping them.
 
 use half::f16;
 use mlc::compress::{kmeans_1d_batch, quantize, quantize_per_channel_i8, Palette};
@@ -12,8 +12,13 @@ use mlc::compress::{kmeans_1d_batch, quantize, quantize_per_channel_i8, Palette}
 const MIN_ELEMENTS: usize = 2048;
 
 fn conv_weights() -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let path = std::env::var("MLC_TAEF2_WEIGHTS")
-        .unwrap_or_else(|_| "/work/shared/weights/taef2_decoder.safetensors".into());
+    let path = std::env::var("MLC_TAEF2_WEIGHTS").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/weights/taef2_decoder.safetensors"
+        )
+        .into()
+    });
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let mut out: Vec<_> = st

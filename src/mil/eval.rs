@@ -35,6 +35,27 @@ pub(crate) enum Val {
     Str(Vec<String>),
 }
 
+/// How closely to follow the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Round every fp16-typed intermediate to fp16, as a device computing in fp16 stores it
+    /// (values beyond fp16's range become infinite), and record the largest magnitudes.
+    pub fp16_activations: bool,
+}
+
+/// Largest fp16-typed activation seen (with `fp16_activations`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActivationStats {
+    /// The largest finite magnitude before rounding, and the op that produced it.
+    pub largest: f32,
+    pub largest_at: String,
+    /// Ops whose fp16 output overflowed (|value| > 65504), in program order.
+    pub overflowed: Vec<String>,
+}
+
+/// Largest finite fp16 value.
+pub const FP16_MAX: f32 = 65504.0;
+
 /// Runs `function` of `program` on `inputs` (by name) and returns its outputs (by name).
 pub fn evaluate(
     program: &pb::Program,
@@ -42,6 +63,18 @@ pub fn evaluate(
     blobs: Option<&BlobReader>,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, MilEvalError> {
+    evaluate_with(program, function, blobs, inputs, EvalOptions::default()).map(|(o, _)| o)
+}
+
+/// [`evaluate`] with options, also returning activation statistics.
+pub fn evaluate_with(
+    program: &pb::Program,
+    function: &str,
+    blobs: Option<&BlobReader>,
+    inputs: &BTreeMap<String, Array>,
+    options: EvalOptions,
+) -> Result<(BTreeMap<String, Array>, ActivationStats), MilEvalError> {
+    let mut stats = ActivationStats::default();
     let f = program
         .functions
         .get(function)
@@ -127,9 +160,25 @@ pub fn evaluate(
         let mut val = val;
         if let (Val::Num(a), Some((dt, _))) = (&mut val, &out_type) {
             // fp16 outputs reach the caller as fp16; decompressed weights are stored as fp16.
-            if *dt == pb::DataType::Float16
-                && (block.outputs.contains(&name) || op.r#type.starts_with("constexpr_"))
-            {
+            let stored = block.outputs.contains(&name) || op.r#type.starts_with("constexpr_");
+            let activation = options.fp16_activations
+                && op.r#type != "const"
+                && !op.r#type.starts_with("constexpr_");
+            if *dt == pb::DataType::Float16 && activation {
+                let peak = a
+                    .data
+                    .iter()
+                    .filter(|v| v.is_finite())
+                    .fold(0f32, |m, v| m.max(v.abs()));
+                if peak > stats.largest {
+                    stats.largest = peak;
+                    stats.largest_at = name.clone();
+                }
+                if peak > FP16_MAX {
+                    stats.overflowed.push(name.clone());
+                }
+            }
+            if *dt == pb::DataType::Float16 && (stored || activation) {
                 round_f16(&mut a.data);
             }
         }
@@ -155,7 +204,7 @@ pub fn evaluate(
         }
         env.insert(name, val);
     }
-    block
+    let outputs = block
         .outputs
         .iter()
         .map(|o| match env.get(o) {
@@ -166,7 +215,8 @@ pub fn evaluate(
                 reason: "no numeric value".into(),
             }),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((outputs, stats))
 }
 
 /// Whether a concrete shape matches declared dims (`None` matches any size).
