@@ -336,3 +336,89 @@ pub fn compare(out: &Array, reference: &Array) -> Compare {
         psnr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mlc-run-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    fn png(path: &Path, color: png::ColorType, w: u32, h: u32, data: &[u8]) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(data).unwrap();
+        wr.finish().unwrap();
+    }
+
+    #[test]
+    fn png_reads_as_planar_rgb_over_255_and_round_trips() {
+        let p = tmp("rgb.png");
+        // 2 wide, 1 high: (0, 128, 255), (10, 20, 30).
+        png(&p, png::ColorType::Rgb, 2, 1, &[0, 128, 255, 10, 20, 30]);
+        let a = read_png(&p).unwrap();
+        assert_eq!(a.shape, [1, 3, 1, 2]);
+        let want: Vec<f32> = [0u8, 10, 128, 20, 255, 30]
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        assert_eq!(a.data, want);
+        let q = tmp("again.png");
+        write_png(&a, 1.0, &q).unwrap();
+        assert_eq!(read_png(&q).unwrap().data, a.data);
+    }
+
+    #[test]
+    fn png_other_than_8_bit_rgb_is_refused_naming_the_file() {
+        let p = tmp("gray.png");
+        png(&p, png::ColorType::Grayscale, 2, 1, &[0, 255]);
+        let e = read_png(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: a Grayscale PNG of bit depth 8; expected 8-bit RGB",
+                p.display()
+            )
+        );
+        let q = tmp("not.png");
+        std::fs::write(&q, b"not a png").unwrap();
+        let e = read_png(&q).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not a readable PNG", q.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn safetensors_written_are_read_back_exactly_and_atomically() {
+        let p = tmp("out.safetensors");
+        let t = BTreeMap::from([
+            (
+                "latent".to_string(),
+                Array::new(vec![1, 2, 1, 2], vec![1.5, -2.25, 3e-8, 4e4]),
+            ),
+            (
+                "other".to_string(),
+                Array::new(vec![3], vec![0.0, 1.0, 2.0]),
+            ),
+        ]);
+        write_safetensors(&t, &p).unwrap();
+        let back = read_safetensors(&p).unwrap();
+        assert_eq!(back.len(), 2);
+        for (k, a) in &t {
+            assert_eq!(back[k].shape, a.shape);
+            assert_eq!(back[k].data, a.data);
+        }
+        // Into a directory that does not exist: an error naming the path, no temporary left.
+        let bad = tmp("missing-dir").join("x.safetensors");
+        let e = write_safetensors(&t, &bad).unwrap_err().to_string();
+        assert!(e.starts_with(&bad.display().to_string()), "{e}");
+        assert!(!temp_path(&bad).exists());
+    }
+}
