@@ -32,7 +32,8 @@ pub enum Command {
     Build(BuildArgs),
     /// Describe a package: inputs, outputs, metadata, op histogram, sizes and MIL text.
     Inspect(InspectArgs),
-    /// Evaluate a package on the CPU (mlc's reference evaluator) and write the image as PNG.
+    /// Evaluate a package on the CPU (mlc's reference evaluator): an image output is written as
+    /// PNG, anything else (an encoder's latent) as safetensors.
     Run(RunArgs),
 }
 
@@ -62,9 +63,9 @@ pub struct BuildArgs {
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
     /// original single file (CompVis/LDM, FLUX `ae.safetensors`, a full SD checkpoint's
-    /// `first_stage_model.`). Without it, a TAESD decoder's published
-    /// weights are taken from the Hugging Face cache ($HF_HOME/hub), downloaded there first if
-    /// missing ($HF_ENDPOINT picks the host; HF_HUB_OFFLINE=1 forbids the network).
+    /// `first_stage_model.`). Without it, a TAESD decoder's published weights are taken from
+    /// the Hugging Face cache ($HF_HOME/hub), downloaded there first if missing ($HF_ENDPOINT
+    /// picks the host; HF_HUB_OFFLINE=1 forbids the network); other parts need it.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Output package [default: <model>_<part>.mlpackage]. Written atomically.
@@ -94,10 +95,11 @@ pub struct BuildArgs {
     /// one copy of the weights; needs --target ios18 and two or more sizes.
     #[arg(long)]
     pub multifunction: bool,
-    /// Layout of the latent input: nchw [1, C, H, W] or nhwc [1, H, W, C] (channels last).
+    /// Layout of the input (a decoder's latent, an encoder's image): nchw [1, C, H, W] or nhwc
+    /// [1, H, W, C] (channels last).
     #[arg(long, value_enum, default_value_t = LayoutArg::Nchw)]
     pub input_layout: LayoutArg,
-    /// Layout of the image output array.
+    /// Layout of the output array (a decoder's image, an encoder's latent).
     #[arg(long, value_enum, default_value_t = LayoutArg::Nchw)]
     pub output_layout: LayoutArg,
     /// array: an [1, 3, H, W] multi-array in about [0, 1]; image: a Core ML RGB image (the
@@ -208,12 +210,15 @@ pub struct InspectArgs {
 pub struct RunArgs {
     /// The .mlpackage to evaluate.
     pub package: PathBuf,
-    /// A safetensors file holding the input, under the model input's name (e.g. `latent`) or as
-    /// its only tensor.
-    #[arg(long, value_name = "FILE.safetensors")]
+    /// The input: a safetensors file holding it under the model input's name (e.g. `latent`,
+    /// `image`) or as its only tensor; or, for a model taking an RGB image (an encoder), an
+    /// 8-bit RGB PNG (read as values in [0, 1]).
+    #[arg(long, value_name = "FILE.safetensors|FILE.png")]
     pub input: PathBuf,
-    /// Where to write the output image (PNG, values clamped to [0, 1]).
-    #[arg(long, value_name = "FILE.png")]
+    /// Where to write the output: .png for an image output (values clamped to [0, 1]);
+    /// .safetensors for any output, written as f32 tensors named after the outputs (an encoder's
+    /// `latent`). Another extension picks PNG for an image, safetensors otherwise.
+    #[arg(long, value_name = "FILE.png|FILE.safetensors")]
     pub output: PathBuf,
     /// The function to run in a multifunction package [default: the package's default].
     #[arg(long)]
@@ -409,49 +414,115 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run(a) => {
-            if !a.force && std::fs::symlink_metadata(&a.output).is_ok() {
-                bail!(
-                    "{}: already exists; pass --force to overwrite it",
-                    a.output.display()
-                );
-            }
-            let pkg = crate::package::read_package(&a.package)?;
-            let function = a
-                .function
-                .clone()
-                .unwrap_or_else(|| crate::run::default_function(&pkg));
-            let mut tensors = crate::run::read_safetensors(&a.input)?;
-            let names = crate::run::input_names(&pkg, &function);
-            let mut inputs = std::collections::BTreeMap::new();
-            for name in &names {
-                let t = match tensors.remove(name) {
-                    Some(t) => t,
-                    None if tensors.len() == 1 && names.len() == 1 => {
-                        tensors.pop_first().expect("one").1
-                    }
-                    None => bail!(
-                        "{}: no tensor named {name:?} (the model's input)",
-                        a.input.display()
-                    ),
-                };
-                inputs.insert(name.clone(), t);
-            }
-            let outputs = crate::run::run(&pkg, &function, &inputs)
-                .with_context(|| format!("evaluating {}", a.package.display()))?;
-            let (name, image) = outputs.iter().next().context("the model has no outputs")?;
-            let peak = if crate::run::is_image_output(&pkg, &function, name) {
-                255.0
-            } else {
-                1.0
-            };
-            crate::run::write_png(image, peak, &a.output)?;
-            println!(
-                "wrote {} (function {function}, output {name}, shape {:?})",
+        Command::Run(a) => run(&a),
+    }
+}
+
+/// Whether `path` ends in `.ext` (any case).
+fn has_extension(path: &std::path::Path, ext: &str) -> bool {
+    path.extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))
+}
+
+/// `mlc run`: inputs from safetensors or a PNG; an image output to PNG, anything else (an
+/// encoder's latent) to safetensors.
+fn run(a: &RunArgs) -> Result<()> {
+    use crate::run::{self as r, FeatureShape};
+    if !a.force && std::fs::symlink_metadata(&a.output).is_ok() {
+        bail!(
+            "{}: already exists; pass --force to overwrite it",
+            a.output.display()
+        );
+    }
+    let pkg = crate::package::read_package(&a.package)?;
+    let function = a
+        .function
+        .clone()
+        .unwrap_or_else(|| r::default_function(&pkg));
+    let names = r::input_names(&pkg, &function);
+    let outputs = r::features(&pkg, &function).1;
+    // Decide where the output goes before the (slow) evaluation.
+    let first_out = outputs.first().context("the model has no outputs")?;
+    let out_shape = r::feature_shape(&pkg, &function, &first_out.name);
+    let to_png = if has_extension(&a.output, "png") {
+        match &out_shape {
+            Some(s) if !s.is_rgb() => bail!(
+                "{}: the model's output {:?} is {s}, not an image; write it to a .safetensors file",
                 a.output.display(),
-                image.shape
+                first_out.name
+            ),
+            _ => true,
+        }
+    } else if has_extension(&a.output, "safetensors") {
+        false
+    } else {
+        out_shape.as_ref().is_some_and(FeatureShape::is_rgb) && outputs.len() == 1
+    };
+
+    let mut inputs = std::collections::BTreeMap::new();
+    if has_extension(&a.input, "png") {
+        let [name] = &names[..] else {
+            bail!(
+                "{}: a PNG gives one input, but the model takes {}",
+                a.input.display(),
+                names.join(", ")
             );
-            Ok(())
+        };
+        let shape = r::feature_shape(&pkg, &function, name);
+        let mut image = r::read_png(&a.input)?;
+        match &shape {
+            Some(s) if !s.is_rgb() => bail!(
+                "{}: a PNG is an RGB image, but the model's input {name:?} is {s}; give it as safetensors",
+                a.input.display()
+            ),
+            Some(s) if s.is_nhwc_rgb() => {
+                image = crate::kernels::transpose(&image, &[0, 2, 3, 1]);
+            }
+            _ => {}
+        }
+        inputs.insert(name.clone(), image);
+    } else {
+        let mut tensors = r::read_safetensors(&a.input)?;
+        for name in &names {
+            let t = match tensors.remove(name) {
+                Some(t) => t,
+                None if tensors.len() == 1 && names.len() == 1 => {
+                    tensors.pop_first().expect("one").1
+                }
+                None => bail!(
+                    "{}: no tensor named {name:?} (the model's input)",
+                    a.input.display()
+                ),
+            };
+            inputs.insert(name.clone(), t);
         }
     }
+    let outputs = r::run(&pkg, &function, &inputs)
+        .with_context(|| format!("evaluating {}", a.package.display()))?;
+    if to_png {
+        let (name, image) = outputs.iter().next().context("the model has no outputs")?;
+        let peak = if r::is_image_output(&pkg, &function, name) {
+            255.0
+        } else {
+            1.0
+        };
+        r::write_png(image, peak, &a.output)?;
+        println!(
+            "wrote {} (function {function}, output {name}, shape {:?})",
+            a.output.display(),
+            image.shape
+        );
+    } else {
+        r::write_safetensors(&outputs, &a.output)?;
+        let listed: Vec<String> = outputs
+            .iter()
+            .map(|(n, t)| format!("{n} {:?}", t.shape))
+            .collect();
+        println!(
+            "wrote {} (function {function}, f32 {})",
+            a.output.display(),
+            listed.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! Running a package on the CPU: inputs from safetensors, outputs to PNG. Backs `mlc run` and the
-//! numerical tests.
+//! Running a package on the CPU: inputs from safetensors or PNG, outputs to PNG (images) or
+//! safetensors (latents, any array). Backs `mlc run` and the numerical tests.
 
 use crate::kernels::Array;
 use crate::mil::eval::{evaluate, MilEvalError};
@@ -96,6 +96,51 @@ pub fn is_image_output(pkg: &Package, function: &str, name: &str) -> bool {
     })
 }
 
+/// The declared `[N, C, H, W]`-style shape of input or output `name` of `function` (the default
+/// shape of a flexible one), or whether it is a Core ML image (`None` for neither).
+pub fn feature_shape(pkg: &Package, function: &str, name: &str) -> Option<FeatureShape> {
+    let (ins, outs) = features(pkg, function);
+    let f = ins.iter().chain(outs).find(|f| f.name == name)?;
+    match f.r#type.as_ref()?.r#type.as_ref()? {
+        spec::feature_type::Type::ImageType(_) => Some(FeatureShape::Image),
+        spec::feature_type::Type::MultiArrayType(a) => Some(FeatureShape::Array(a.shape.clone())),
+        _ => None,
+    }
+}
+
+/// How a feature is declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeatureShape {
+    /// A Core ML image.
+    Image,
+    /// A multi-array of this (default) shape.
+    Array(Vec<i64>),
+}
+
+impl FeatureShape {
+    /// An RGB image, or an array `[1, 3, H, W]` / `[1, H, W, 3]`.
+    pub fn is_rgb(&self) -> bool {
+        match self {
+            FeatureShape::Image => true,
+            FeatureShape::Array(s) => matches!(s[..], [1, 3, _, _] | [1, _, _, 3]),
+        }
+    }
+
+    /// An array `[1, H, W, 3]` (channels last).
+    pub fn is_nhwc_rgb(&self) -> bool {
+        matches!(self, FeatureShape::Array(s) if matches!(s[..], [1, c, _, 3] if c != 3))
+    }
+}
+
+impl std::fmt::Display for FeatureShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeatureShape::Image => f.write_str("an image"),
+            FeatureShape::Array(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
 /// Every f32/f16/bf16 tensor of a safetensors file, as f32 arrays.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError> {
     let err = |reason: String| RunError::Input {
@@ -159,12 +204,7 @@ pub fn write_png(image: &Array, peak: f32, path: &Path) -> Result<(), RunError> 
             rgb.push(((image.data[c * plane + i] / peak).clamp(0.0, 1.0) * 255.0).round() as u8);
         }
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.mlc-tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
+    let tmp = temp_path(path);
     let result = (|| -> Result<(), String> {
         let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
         let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
@@ -179,6 +219,89 @@ pub fn write_png(image: &Array, peak: f32, path: &Path) -> Result<(), RunError> 
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(err)
+}
+
+/// An 8-bit RGB PNG as a `[1, 3, H, W]` array with values in [0, 1] (`v / 255`).
+pub fn read_png(path: &Path) -> Result<Array, RunError> {
+    let err = |reason: String| RunError::Input {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| err(format!("not a readable PNG: {e}")))?;
+    match reader.output_color_type() {
+        (png::ColorType::Rgb, png::BitDepth::Eight) => {}
+        (c, d) => {
+            return Err(err(format!(
+                "a {c:?} PNG of bit depth {}; expected 8-bit RGB",
+                d as u8
+            )))
+        }
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| err("the PNG is too large".into()))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| err(format!("not a readable PNG: {e}")))?;
+    let (h, w) = (info.height as usize, info.width as usize);
+    let plane = h * w;
+    let mut data = vec![0f32; 3 * plane];
+    for y in 0..h {
+        let row = &buf[y * info.line_size..][..3 * w];
+        for x in 0..w {
+            for c in 0..3 {
+                data[c * plane + y * w + x] = f32::from(row[3 * x + c]) / 255.0;
+            }
+        }
+    }
+    Ok(Array::new(vec![1, 3, h, w], data))
+}
+
+/// Writes arrays as f32 tensors of a safetensors file, named by their keys. Atomic.
+pub fn write_safetensors(tensors: &BTreeMap<String, Array>, path: &Path) -> Result<(), RunError> {
+    let err = |reason: String| RunError::Output {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes: Vec<(&String, Vec<u8>, &Array)> = tensors
+        .iter()
+        .map(|(k, a)| (k, a.data.iter().flat_map(|x| x.to_le_bytes()).collect(), a))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, a)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, a.shape.clone(), b)
+                .map(|v| (k.as_str(), v))
+                .map_err(|e| err(format!("tensor {k:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
+    write_atomic(path, &data).map_err(err)
+}
+
+/// Writes `data` to a temporary beside `path`, then renames it into place.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    let tmp = temp_path(path);
+    let result = std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| e.to_string());
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!(
+        ".{}.mlc-tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ))
 }
 
 /// Error measures between an output and a reference: max abs, mean abs, and PSNR (dB) with both
@@ -211,5 +334,91 @@ pub fn compare(out: &Array, reference: &Array) -> Compare {
         max_abs,
         mean_abs: (sum_abs / n) as f32,
         psnr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mlc-run-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(name)
+    }
+
+    fn png(path: &Path, color: png::ColorType, w: u32, h: u32, data: &[u8]) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(data).unwrap();
+        wr.finish().unwrap();
+    }
+
+    #[test]
+    fn png_reads_as_planar_rgb_over_255_and_round_trips() {
+        let p = tmp("rgb.png");
+        // 2 wide, 1 high: (0, 128, 255), (10, 20, 30).
+        png(&p, png::ColorType::Rgb, 2, 1, &[0, 128, 255, 10, 20, 30]);
+        let a = read_png(&p).unwrap();
+        assert_eq!(a.shape, [1, 3, 1, 2]);
+        let want: Vec<f32> = [0u8, 10, 128, 20, 255, 30]
+            .iter()
+            .map(|&v| f32::from(v) / 255.0)
+            .collect();
+        assert_eq!(a.data, want);
+        let q = tmp("again.png");
+        write_png(&a, 1.0, &q).unwrap();
+        assert_eq!(read_png(&q).unwrap().data, a.data);
+    }
+
+    #[test]
+    fn png_other_than_8_bit_rgb_is_refused_naming_the_file() {
+        let p = tmp("gray.png");
+        png(&p, png::ColorType::Grayscale, 2, 1, &[0, 255]);
+        let e = read_png(&p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: a Grayscale PNG of bit depth 8; expected 8-bit RGB",
+                p.display()
+            )
+        );
+        let q = tmp("not.png");
+        std::fs::write(&q, b"not a png").unwrap();
+        let e = read_png(&q).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: not a readable PNG", q.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn safetensors_written_are_read_back_exactly_and_atomically() {
+        let p = tmp("out.safetensors");
+        let t = BTreeMap::from([
+            (
+                "latent".to_string(),
+                Array::new(vec![1, 2, 1, 2], vec![1.5, -2.25, 3e-8, 4e4]),
+            ),
+            (
+                "other".to_string(),
+                Array::new(vec![3], vec![0.0, 1.0, 2.0]),
+            ),
+        ]);
+        write_safetensors(&t, &p).unwrap();
+        let back = read_safetensors(&p).unwrap();
+        assert_eq!(back.len(), 2);
+        for (k, a) in &t {
+            assert_eq!(back[k].shape, a.shape);
+            assert_eq!(back[k].data, a.data);
+        }
+        // Into a directory that does not exist: an error naming the path, no temporary left.
+        let bad = tmp("missing-dir").join("x.safetensors");
+        let e = write_safetensors(&t, &bad).unwrap_err().to_string();
+        assert!(e.starts_with(&bad.display().to_string()), "{e}");
+        assert!(!temp_path(&bad).exists());
     }
 }

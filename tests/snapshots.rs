@@ -66,6 +66,23 @@ fn taef2_fp16() {
 }
 
 #[test]
+fn taef2_encoder_fp16() {
+    let w = Weights::load(&shared("weights/taef2_encoder.safetensors")).unwrap();
+    let mut o = BuildOptions::new("flux2", "unused");
+    o.part = Some(mlc::models::Part::Encoder);
+    o.sizes = mlc::compiler::Sizes::Image(vec![[64, 64]]);
+    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let text = print_model(&c.lowered.model);
+    // What review must see in it: three stride-2 convs and an 8x8 latent.
+    assert_eq!(text.matches("strides=[2, 2]").count(), 3, "{text}");
+    assert!(
+        text.contains("// output latent: multiarray float16 [1, 32, 8, 8]"),
+        "{text}"
+    );
+    snapshot!("taef2_encoder_fp16_ios16", text);
+}
+
+#[test]
 fn synthetic_taesd_fp16_ios18() {
     let w = synthetic_taesd(4, false);
     snapshot!(

@@ -213,31 +213,34 @@ fn size(h: usize, w: usize) -> Bindings {
 impl Taesd {
     /// The variant the weights hold: latent channels and whether blocks have the pool branch.
     fn detect(&self, part: Part, w: &Weights) -> Result<(usize, bool), ModelError> {
-        let (key, pool_key) = match part {
-            Part::Decoder => ("1.weight", "3.pool.0.weight"),
-            Part::Encoder => ("14.weight", "11.pool.0.weight"),
+        let key = first_conv_key(part);
+        let pool_key = match part {
+            Part::Decoder => "3.pool.0.weight",
+            Part::Encoder => "11.pool.0.weight",
         };
-        let t = w.tensors.get(key).ok_or_else(|| ModelError::WrongModel {
+        let wrong = |reason: String| ModelError::WrongModel {
             file: w.path.display().to_string(),
-            reason: format!(
-                "no tensor \"{key}\": not a TAESD-family {part} (a {} file has {})",
-                other(part),
-                match other(part) {
-                    Part::Decoder => "\"1.weight\"",
-                    Part::Encoder => "\"14.weight\"",
-                }
-            ),
-        })?;
+            reason,
+        };
+        let Some(t) = w.tensors.get(key) else {
+            // The other part's weights are the likely mistake: say so, and what to do.
+            let other = other(part);
+            let other_key = first_conv_key(other);
+            return Err(wrong(if w.has(other_key) {
+                format!(
+                    "these are TAESD-family {other} weights (they have \"{other_key}\", not the {part}'s \"{key}\"); build them with --part {other}, or give {part} weights"
+                )
+            } else {
+                format!("not TAESD-family {part} weights: no tensor \"{key}\"")
+            }));
+        };
         let c = match (part, &t.shape[..]) {
             (Part::Decoder, [CH, c, 3, 3]) => *c,
             (Part::Encoder, [c, CH, 3, 3]) => *c,
             (_, s) => {
-                return Err(ModelError::WrongModel {
-                    file: w.path.display().to_string(),
-                    reason: format!(
-                        "tensor \"{key}\" has shape {s:?}, not a TAESD-family {part}'s"
-                    ),
-                })
+                return Err(wrong(format!(
+                    "tensor \"{key}\" has shape {s:?}, not a TAESD-family {part}'s"
+                )))
             }
         };
         Ok((c, w.has(pool_key)))
@@ -314,6 +317,14 @@ impl Taesd {
             x,
             ConvSpec::same(CH, self.latent_channels, 3, true),
         )
+    }
+}
+
+/// The key a part's weights are recognised by: its conv next to the latent.
+fn first_conv_key(part: Part) -> &'static str {
+    match part {
+        Part::Decoder => "1.weight",
+        Part::Encoder => "14.weight",
     }
 }
 
