@@ -249,8 +249,10 @@ fn unary_ref(u: Unary) -> (fn(f64) -> f64, (f64, f64)) {
     }
 }
 
+type BinaryRef = (fn(f64, f64) -> f64, (f64, f64));
+
 /// Independent formula and `y` range of each binary row. No wildcard: a new row needs one.
-fn binary_ref(b: Binary) -> (fn(f64, f64) -> f64, (f64, f64)) {
+fn binary_ref(b: Binary) -> BinaryRef {
     match b {
         Binary::Add => (|a, b| a + b, (-2.0, 2.0)),
         Binary::Sub => (|a, b| a - b, (-2.0, 2.0)),
@@ -623,7 +625,7 @@ fn unary_cases(r: &mut Rng) -> Vec<Case> {
 
 fn binary_cases(r: &mut Rng) -> Vec<Case> {
     let mut out = Vec::new();
-    let shapes: [(&[&str], &[&str], &[(&str, usize)]); 5] = [
+    let shapes: [(Spec, Spec, Sizes); 5] = [
         (&["2", "3", "4"], &["2", "3", "4"], &[]),
         (&["2", "1", "4"], &["3", "1"], &[]),
         (&[], &["2", "3"], &[]),
@@ -683,7 +685,9 @@ fn conv_cases(r: &mut Rng) -> Vec<Case> {
         dilations: [d, d],
         groups: g,
     };
-    let configs: [(&str, &[&str], [usize; 4], Conv2d, bool, &[(&str, usize)]); 6] = [
+    // (name, x, weight shape, attributes, with bias, sizes)
+    type Config = (&'static str, Spec, [usize; 4], Conv2d, bool, Sizes);
+    let configs: [Config; 6] = [
         (
             "same 3x3 bias",
             &["1", "3", "5", "6"],
@@ -887,7 +891,7 @@ fn group_norm_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn reduce_mean_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], Vec<usize>, bool, &[(&str, usize)]); 4] = [
+    let configs: [(Spec, Vec<usize>, bool, Sizes); 4] = [
         (&["1", "3", "4", "5"], vec![2, 3], true, &[]),
         (&["2", "3", "4"], vec![1], false, &[]),
         (&["2", "3", "4"], vec![0, 2], false, &[]),
@@ -919,7 +923,7 @@ fn reduce_mean_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn reshape_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], &[&str], &[(&str, usize)]); 3] = [
+    let configs: [(Spec, Spec, Sizes); 3] = [
         (&["2", "3", "4"], &["6", "4"], &[]),
         (&["2", "3", "4"], &["4", "1", "6"], &[]),
         (
@@ -951,7 +955,7 @@ fn reshape_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn tile_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], Vec<usize>, &[(&str, usize)]); 3] = [
+    let configs: [(Spec, Vec<usize>, Sizes); 3] = [
         (&["2", "3"], vec![2, 3], &[]),
         (&["1", "2", "1", "1"], vec![1, 1, 3, 1], &[]),
         (&["1", "H", "2"], vec![2, 1, 2], &[("H", 3)]),
@@ -979,7 +983,7 @@ fn tile_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn transpose_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], Vec<usize>, &[(&str, usize)]); 3] = [
+    let configs: [(Spec, Vec<usize>, Sizes); 3] = [
         (&["2", "3"], vec![1, 0], &[]),
         (&["2", "3", "4", "5"], vec![0, 2, 3, 1], &[]),
         (
@@ -1070,7 +1074,7 @@ fn matmul_cases(r: &mut Rng) -> Vec<Case> {
             1e-5,
         ));
     }
-    let batched: [(&[&str], &[&str], bool, &[(&str, usize)]); 3] = [
+    let batched: [(Spec, Spec, bool, Sizes); 3] = [
         (&["2", "1", "3", "4"], &["3", "4", "5"], false, &[]),
         (&["2", "3", "4"], &["4", "2"], false, &[]),
         (&["1", "L", "4"], &["1", "6", "4"], true, &[("L", 7)]),
@@ -1096,7 +1100,7 @@ fn matmul_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn softmax_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], usize, &[(&str, usize)]); 4] = [
+    let configs: [(Spec, usize, Sizes); 4] = [
         (&["2", "3", "5"], 2, &[]),
         (&["2", "3", "5"], 1, &[]),
         (&["4", "3"], 0, &[]),
@@ -1141,7 +1145,8 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
     let mut out = Vec::new();
     // (name, [q, k, v] shapes, scale (None: 1/sqrt(D)), sizes, lowering)
     type L = fn() -> Box<dyn Pass>;
-    let configs: [(&str, [&[&str]; 3], Option<f32>, &[(&str, usize)], Lowering); 5] = [
+    type Config = (&'static str, [Spec; 3], Option<f32>, Sizes, Lowering);
+    let configs: [Config; 5] = [
         (
             "1/sqrt(D) fused (iOS18's op, lowered directly)",
             [&["1", "6", "8"], &["1", "5", "8"], &["1", "5", "3"]],
@@ -1199,7 +1204,7 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn slice_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], usize, usize, usize, &[(&str, usize)]); 4] = [
+    let configs: [(Spec, usize, usize, usize, Sizes); 4] = [
         (&["5", "3"], 0, 1, 4, &[]),
         (&["2", "6", "3"], 1, 0, 2, &[]),
         (&["2", "3", "7"], 2, 6, 7, &[]),
@@ -1230,7 +1235,7 @@ fn slice_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn reshape_like_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(&[&str], &[&str], &[(&str, usize)]); 2] = [
+    let configs: [(Spec, Spec, Sizes); 2] = [
         (&["2", "3", "4"], &["6", "4"], &[]),
         // The reference's size is only known at run time: lowered through MIL's `shape` op.
         (
@@ -1261,7 +1266,7 @@ fn reshape_like_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn concat_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(Vec<&[&str]>, usize, &[(&str, usize)]); 4] = [
+    let configs: [(Vec<Spec>, usize, Sizes); 4] = [
         (vec![&["2", "3"]], 0, &[]),
         (vec![&["2", "3"], &["2", "1"]], 1, &[]),
         (
@@ -1303,7 +1308,7 @@ fn concat_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn pixel_shuffle_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(usize, &[&str], &[(&str, usize)]); 3] = [
+    let configs: [(usize, Spec, Sizes); 3] = [
         (2, &["1", "8", "2", "3"], &[]),
         (3, &["2", "9", "2", "2"], &[]),
         (2, &["1", "4", "H", "W"], &[("H", 3), ("W", 2)]),
