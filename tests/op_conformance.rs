@@ -792,9 +792,11 @@ fn rsqrt_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn clip_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(f32, f32, Spec, Sizes); 2] = [
+    let configs: [(f32, f32, Spec, Sizes); 3] = [
         (-1.0, 0.5, &["3", "4"], &[]),
         (0.0, 6.0, &["1", "H", "2"], &[("H", 5)]),
+        // min > max is defined by the formula (and by MIL's clip): everything becomes max.
+        (1.0, -1.0, &["2", "3"], &[]),
     ];
     configs
         .into_iter()
