@@ -893,10 +893,12 @@ fn group_norm_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn reduce_mean_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(Spec, Vec<usize>, bool, Sizes); 4] = [
+    let configs: [(Spec, Vec<usize>, bool, Sizes); 5] = [
         (&["1", "3", "4", "5"], vec![2, 3], true, &[]),
         (&["2", "3", "4"], vec![1], false, &[]),
         (&["2", "3", "4"], vec![0, 2], false, &[]),
+        // Every axis, not kept: a rank-0 result.
+        (&["3", "2"], vec![0, 1], false, &[]),
         (
             &["1", "2", "H", "W"],
             vec![2, 3],
@@ -1076,9 +1078,10 @@ fn matmul_cases(r: &mut Rng) -> Vec<Case> {
             1e-5,
         ));
     }
-    let batched: [(Spec, Spec, bool, Sizes); 3] = [
+    let batched: [(Spec, Spec, bool, Sizes); 4] = [
         (&["2", "1", "3", "4"], &["3", "4", "5"], false, &[]),
         (&["2", "3", "4"], &["4", "2"], false, &[]),
+        (&["3", "4"], &["2", "1", "4", "5"], false, &[]),
         (&["1", "L", "4"], &["1", "6", "4"], true, &[("L", 7)]),
     ];
     for (xs, ys, ty, sizes) in batched {
