@@ -147,10 +147,7 @@ pub fn eval_op_at(
             let e = *epsilon;
             kernels::map(args[0], move |x| 1.0 / (x + e).sqrt())
         }
-        Op::Clip { min, max } => {
-            let (lo, hi) = (*min, *max);
-            kernels::map(args[0], move |x| x.clamp(lo, hi))
-        }
+        Op::Clip { min, max } => kernels::clip(args[0], *min, *max),
         Op::Upsample { scale } => kernels::upsample_nearest(args[0], *scale, *scale),
         Op::GroupNorm { groups, epsilon } => {
             group_norm(args[0], &args[1].data, &args[2].data, *groups, *epsilon)?

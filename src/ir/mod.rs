@@ -5,7 +5,7 @@
 //! - [`graph`]: the arena of nodes in definition order; handles are `ValueId`s.
 //! - [`verify`]: the invariants, all checked at once.
 //! - [`eval`]: an f32 CPU evaluator, the ground truth every pass is tested against.
-//! - [`print`]: the textual form tests read.
+//! - [`print`]: the textual form tests read; [`parse`] reads it back.
 //!
 //! Invariants: definitions come before uses (arena order is topological), every handle is valid,
 //! every stored type equals the type its op infers from its inputs, node names are unique.
@@ -14,6 +14,7 @@ pub mod dot;
 pub mod eval;
 pub mod graph;
 pub mod op;
+pub mod parse;
 pub mod print;
 pub mod types;
 pub mod verify;

@@ -134,6 +134,12 @@ fn fill_broadcast(
     }
 }
 
+/// `min(max(x, lo), hi)` per element, as IR and MIL define clip: for `lo > hi` every element
+/// becomes `hi`, where `f32::clamp` would panic (MIL packages come from anywhere). NaN stays NaN.
+pub fn clip(x: &Array, lo: f32, hi: f32) -> Array {
+    map(x, move |v| if v.is_nan() { v } else { v.max(lo).min(hi) })
+}
+
 /// `f` applied to every element.
 pub fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
     let mut out = vec![0.0f32; x.data.len()];
@@ -154,6 +160,16 @@ mod tests {
     use super::super::test_util::Lcg;
     use super::super::PAR_MIN_ELEMS;
     use super::*;
+
+    #[test]
+    fn clip_takes_any_bounds_and_keeps_nan() {
+        let x = Array::new(vec![4], vec![-3.0, 0.25, 3.0, f32::NAN]);
+        let y = clip(&x, -1.0, 1.0);
+        assert_eq!(&y.data[..3], &[-1.0, 0.25, 1.0]);
+        assert!(y.data[3].is_nan());
+        // Reversed bounds: min(max(x, 1), -1) is -1 for every number.
+        assert_eq!(&clip(&x, 1.0, -1.0).data[..3], &[-1.0, -1.0, -1.0]);
+    }
 
     /// Per-element reference: unravel the output index and read each operand through it.
     fn naive_binary(a: &Array, b: &Array, f: impl Fn(f32, f32) -> f32) -> Array {

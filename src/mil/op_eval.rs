@@ -129,7 +129,7 @@ pub fn rsqrt(a: &Args) -> Result<Array, String> {
 
 pub fn clip(a: &Args) -> Result<Array, String> {
     let (lo, hi) = (a.scalar("alpha")?, a.scalar("beta")?);
-    Ok(kernels::map(a.num("x")?, move |x| x.clamp(lo, hi)))
+    Ok(kernels::clip(a.num("x")?, lo, hi))
 }
 
 pub fn conv(a: &Args) -> Result<Array, String> {
