@@ -226,6 +226,11 @@ pub struct RunArgs {
     /// Overwrite --output if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Round every fp16 intermediate to fp16, as a device computing in fp16 stores it (values
+    /// beyond 65,504 become infinite), and report the largest activation against fp16's range:
+    /// how to see on Linux that a model overflows in fp16 before shipping it.
+    #[arg(long)]
+    pub fp16_activations: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -418,6 +423,27 @@ pub fn main(cli: Cli) -> Result<()> {
     }
 }
 
+/// What `--fp16-activations` found: the largest fp16 activation and any overflow.
+fn report_activations(stats: &crate::mil::eval::ActivationStats) {
+    use crate::mil::eval::FP16_MAX;
+    if stats.largest_at.is_empty() {
+        eprintln!("fp16 activations: the program computes nothing in fp16");
+        return;
+    }
+    eprintln!(
+        "fp16 activations: largest magnitude {:.6e} at {} ({:.1}% of fp16's {FP16_MAX})",
+        stats.largest,
+        stats.largest_at,
+        100.0 * stats.largest / FP16_MAX
+    );
+    if let Some(first) = stats.overflowed.first() {
+        eprintln!(
+            "warning: {} ops overflow fp16 (first: {first}); their values became infinite, as on a device computing in fp16: build with --precision fp32",
+            stats.overflowed.len()
+        );
+    }
+}
+
 /// Whether `path` ends in `.ext` (any case).
 fn has_extension(path: &std::path::Path, ext: &str) -> bool {
     path.extension()
@@ -497,8 +523,14 @@ fn run(a: &RunArgs) -> Result<()> {
             inputs.insert(name.clone(), t);
         }
     }
-    let outputs = r::run(&pkg, &function, &inputs)
+    let options = crate::mil::eval::EvalOptions {
+        fp16_activations: a.fp16_activations,
+    };
+    let (outputs, stats) = r::run_with(&pkg, &function, &inputs, options)
         .with_context(|| format!("evaluating {}", a.package.display()))?;
+    if a.fp16_activations {
+        report_activations(&stats);
+    }
     if to_png {
         let (name, image) = outputs.iter().next().context("the model has no outputs")?;
         let peak = if r::is_image_output(&pkg, &function, name) {

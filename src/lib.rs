@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ane;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod compiler;
 pub mod compress;

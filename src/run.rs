@@ -2,7 +2,7 @@
 //! safetensors (latents, any array). Backs `mlc run` and the numerical tests.
 
 use crate::kernels::Array;
-use crate::mil::eval::{evaluate, MilEvalError};
+use crate::mil::eval::{evaluate_with, ActivationStats, EvalOptions, MilEvalError};
 use crate::package::{read_package, Package, PackageError};
 use crate::proto::specification as spec;
 use safetensors::{Dtype, SafeTensors};
@@ -29,11 +29,27 @@ pub fn run(
     function: &str,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, RunError> {
+    run_with(pkg, function, inputs, EvalOptions::default()).map(|(o, _)| o)
+}
+
+/// [`run`] with evaluator options, also returning activation statistics.
+pub fn run_with(
+    pkg: &Package,
+    function: &str,
+    inputs: &BTreeMap<String, Array>,
+    options: EvalOptions,
+) -> Result<(BTreeMap<String, Array>, ActivationStats), RunError> {
     let Some(spec::model::Type::MlProgram(program)) = &pkg.model.r#type else {
         return Err(RunError::NotProgram(pkg.path.display().to_string()));
     };
     let blobs = pkg.blobs()?;
-    Ok(evaluate(program, function, blobs.as_ref(), inputs)?)
+    Ok(evaluate_with(
+        program,
+        function,
+        blobs.as_ref(),
+        inputs,
+        options,
+    )?)
 }
 
 /// Reads and evaluates the default function of the package at `path`.

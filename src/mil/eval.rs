@@ -49,7 +49,8 @@ pub struct ActivationStats {
     /// The largest finite magnitude before rounding, and the op that produced it.
     pub largest: f32,
     pub largest_at: String,
-    /// Ops whose fp16 output overflowed (|value| > 65504), in program order.
+    /// Ops whose fp16 output overflowed (|value| > 65504, or already infinite), in program
+    /// order.
     pub overflowed: Vec<String>,
 }
 
@@ -174,7 +175,7 @@ pub fn evaluate_with(
                     stats.largest = peak;
                     stats.largest_at = name.clone();
                 }
-                if peak > FP16_MAX {
+                if peak > FP16_MAX || a.data.iter().any(|v| !v.is_finite()) {
                     stats.overflowed.push(name.clone());
                 }
             }
