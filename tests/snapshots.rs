@@ -172,3 +172,67 @@ fn synthetic_taesd_compressed() {
         snapshot!(name, print_model(&c.lowered.model));
     }
 }
+
+/// The full VAEs at the fixture size (8x8 latents, fp16): the decoder with its chunk-free
+/// attention, the FLUX.2 decoder on packed latents, an encoder with logvar, and the fused
+/// attention of iOS18.
+#[test]
+fn full_vaes() {
+    use mlc::compiler::Sizes;
+    use mlc::models::{ModelOptions, Part};
+    let vae = |family: &str| {
+        shared(&format!(
+            "fixtures/vae/{family}/diffusers/diffusion_pytorch_model.safetensors"
+        ))
+    };
+    let cases: [(&str, &str, &str, Part, ModelOptions, Target); 4] = [
+        (
+            "sd_vae_decoder_fp16_ios16",
+            "sd-vae",
+            "sd",
+            Part::Decoder,
+            ModelOptions::default(),
+            Target::Ios16,
+        ),
+        (
+            "sd_vae_decoder_fp16_ios18",
+            "sd-vae",
+            "sd",
+            Part::Decoder,
+            ModelOptions::default(),
+            Target::Ios18,
+        ),
+        (
+            "flux2_vae_decoder_packed_fp16_ios16",
+            "flux2-vae",
+            "flux2",
+            Part::Decoder,
+            ModelOptions {
+                packed_input: true,
+                ..Default::default()
+            },
+            Target::Ios16,
+        ),
+        (
+            "flux1_vae_encoder_fp16_ios16",
+            "flux1-vae",
+            "flux1",
+            Part::Encoder,
+            ModelOptions {
+                logvar_output: true,
+                latent_scaling: true,
+                ..Default::default()
+            },
+            Target::Ios16,
+        ),
+    ];
+    for (name, model, family, part, options, target) in cases {
+        let mut o = BuildOptions::new(model, vae(family));
+        o.part = Some(part);
+        o.model_options = options;
+        o.target = target;
+        o.sizes = Sizes::Image(vec![[64, 64]]);
+        let c = mlc::compiler::compile(&o, |_, _| {}).unwrap();
+        snapshot!(name, print_model(&c.lowered.model));
+    }
+}
