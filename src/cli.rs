@@ -306,7 +306,7 @@ impl BuildArgs {
         };
         if let Err(e) = o.size_bindings() {
             return Err(match flag {
-                "" => e.into(),
+                "" => self.flagged(e),
                 flag => anyhow::Error::new(e).context(flag),
             });
         }
@@ -341,8 +341,27 @@ impl BuildArgs {
             }),
             (None, None) => None,
         };
-        o.validate()?;
+        o.validate().map_err(|e| self.flagged(e))?;
         Ok(o)
+    }
+
+    /// A library error in the command line's terms: an option error names the flag at fault.
+    fn flagged(&self, e: compiler::BuildError) -> anyhow::Error {
+        use compiler::{BuildError, BuildOption as O};
+        let BuildError::Option { option, reason } = e else {
+            return e.into();
+        };
+        let flag = match option {
+            O::Weights => "--weights".to_string(),
+            O::Sizes if self.image_size.is_some() => "--image-size".into(),
+            O::Sizes => "--latent-size".into(),
+            O::Multifunction => "--multifunction".into(),
+            O::Palettize(bits) => format!("--palettize {bits}"),
+            O::Granularity => "--granularity per-grouped-channel".into(),
+            O::BlockSize => "--block-size".into(),
+            O::OutputType => "--output-type image".into(),
+        };
+        anyhow::anyhow!("{flag}: {reason}")
     }
 }
 
@@ -350,7 +369,7 @@ pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(a) => {
             let opts = a.options()?;
-            let r = compiler::build(&opts)?;
+            let r = compiler::build(&opts).map_err(|e| a.flagged(e))?;
             if a.json {
                 let pkg = crate::package::read_package(&r.package)?;
                 println!(
@@ -374,6 +393,21 @@ pub fn main(cli: Cli) -> Result<()> {
                     eprintln!("{:>9.3} ms  {stage}", t.as_secs_f64() * 1e3);
                 }
                 eprintln!("{:>9.3} ms  total", total * 1e3);
+            }
+            if let Some(l) = &r.largest_intermediate {
+                if l.bytes > crate::passes::lower_attention::MAX_SCORE_BYTES {
+                    eprintln!(
+                        "note: the largest intermediate, {} {:?}, takes {:.0} MiB{}",
+                        l.name,
+                        l.shape,
+                        l.bytes as f64 / (1 << 20) as f64,
+                        if l.name.contains("attention") && !opts.multifunction {
+                            " (attention over enumerated sizes is not split into chunks; --multifunction splits it)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
             if !r.ane.fits() {
                 eprintln!("warning: {}", r.ane.verdict());

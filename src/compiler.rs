@@ -147,10 +147,13 @@ impl BuildOptions {
             (Some(src), _) => src,
             (None, Part::Decoder) => crate::hub::require_source(model.name())?,
             (None, Part::Encoder) => {
-                return Err(BuildError::Options(format!(
-                    "no published {part} weights for {} are known; give a weights file",
-                    model.name()
-                )))
+                return option_error(
+                    BuildOption::Weights,
+                    format!(
+                        "no published {part} weights for {} are known; give a weights file",
+                        model.name()
+                    ),
+                )
             }
         };
         Ok(crate::hub::resolve(src, &crate::hub::HubConfig::from_env())?.path)
@@ -173,7 +176,7 @@ impl BuildOptions {
             Sizes::Latent(s) => (Role::Latent, s),
             Sizes::Image(s) => (Role::Image, s),
         };
-        let bad = |m: String| Err(BuildError::Options(m));
+        let bad = |m: String| option_error(BuildOption::Sizes, m);
         if sizes.is_empty() {
             return bad("no size given".into());
         }
@@ -204,20 +207,24 @@ impl BuildOptions {
 
     /// Checks option combinations before any work is done.
     pub fn validate(&self) -> Result<(), BuildError> {
-        let bad = |m: String| Err(BuildError::Options(m));
+        use BuildOption as O;
         let sizes = self.size_bindings()?;
         let (model, part) = self.model_part()?;
         model.check_options(part, &self.model_options)?;
+        let ios18 = |o: BuildOption| {
+            option_error(
+                o,
+                format!("needs target ios18 or newer (got {})", self.target),
+            )
+        };
         if self.multifunction {
             if self.target < Target::Ios18 {
-                return bad(format!(
-                    "--multifunction needs --target ios18 or newer (got {})",
-                    self.target
-                ));
+                return ios18(O::Multifunction);
             }
             if sizes.len() < 2 {
-                return bad(
-                    "--multifunction needs at least two sizes (one function per size)".into(),
+                return option_error(
+                    O::Multifunction,
+                    "needs at least two sizes (one function per size)",
                 );
             }
         }
@@ -232,27 +239,21 @@ impl BuildOptions {
                 };
                 if !ok.contains(bits) {
                     let also = if *bits == 3 {
-                        " (3 needs --target ios18)"
+                        " (3 needs target ios18)"
                     } else {
                         ""
                     };
-                    return bad(format!(
-                        "--palettize {bits}: {} supports {ok:?} bits{also}",
-                        self.target
-                    ));
+                    return option_error(
+                        O::Palettize(*bits),
+                        format!("{} supports {ok:?} bits{also}", self.target),
+                    );
                 }
                 if let Some(g) = group_size {
                     if *g == 0 {
-                        return bad(
-                            "--granularity per-grouped-channel=0: the group size must be positive"
-                                .into(),
-                        );
+                        return option_error(O::Granularity, "the group size must be positive");
                     }
                     if self.target < Target::Ios18 {
-                        return bad(format!(
-                            "--granularity per-grouped-channel needs --target ios18 (got {})",
-                            self.target
-                        ));
+                        return ios18(O::Granularity);
                     }
                 }
             }
@@ -262,16 +263,16 @@ impl BuildOptions {
                 ..
             }) => {
                 if *b == 0 {
-                    return bad("--block-size 0: the block size must be positive".into());
+                    return option_error(O::BlockSize, "the block size must be positive");
                 }
                 if self.target < Target::Ios18 {
-                    return bad(format!(
-                        "--block-size needs --target ios18 (got {})",
-                        self.target
-                    ));
+                    return ios18(O::BlockSize);
                 }
                 if *mode == QuantMode::Uint8 {
-                    return bad("--block-size works with --quantize int8 only".into());
+                    return option_error(
+                        O::BlockSize,
+                        "block scales are for int8 only (uint8 keeps one scale per channel)",
+                    );
                 }
             }
             Some(Compression::Quantize {
@@ -281,11 +282,15 @@ impl BuildOptions {
         }
         if self.output_type == OutputType::Image {
             if self.io_precision == Some(Precision::Fp16) {
-                return bad("--output-type image: Core ML image outputs are fp32 arrays; drop --io-precision fp16".into());
+                return option_error(
+                    O::OutputType,
+                    "Core ML image outputs are fp32 arrays; fp16 I/O precision cannot apply",
+                );
             }
             if self.output_layout == Layout::Nhwc {
-                return bad(
-                    "--output-type image has its own layout; drop --output-layout nhwc".into(),
+                return option_error(
+                    O::OutputType,
+                    "an image has its own layout; an NHWC output layout cannot apply",
                 );
             }
         }
@@ -322,6 +327,40 @@ fn fixed_symbols(all: &[Bindings]) -> Bindings {
         .collect()
 }
 
+/// A build option, as errors name it (the CLI maps each to its flag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildOption {
+    Weights,
+    Sizes,
+    Multifunction,
+    /// Palettization with this many bits.
+    Palettize(u32),
+    Granularity,
+    BlockSize,
+    OutputType,
+}
+
+impl std::fmt::Display for BuildOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildOption::Weights => f.write_str("weights"),
+            BuildOption::Sizes => f.write_str("sizes"),
+            BuildOption::Multifunction => f.write_str("multifunction"),
+            BuildOption::Palettize(b) => write!(f, "palettization to {b} bits"),
+            BuildOption::Granularity => f.write_str("per-grouped-channel palettes"),
+            BuildOption::BlockSize => f.write_str("blockwise quantization"),
+            BuildOption::OutputType => f.write_str("image output"),
+        }
+    }
+}
+
+fn option_error<T>(option: BuildOption, reason: impl Into<String>) -> Result<T, BuildError> {
+    Err(BuildError::Option {
+        option,
+        reason: reason.into(),
+    })
+}
+
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildReport {
@@ -337,6 +376,52 @@ pub struct BuildReport {
     pub timings: Vec<(String, Duration)>,
     /// How the emitted program fits the Neural Engine.
     pub ane: crate::ane::AneReport,
+    /// The largest value the program computes (not a weight), at the size where it is largest.
+    pub largest_intermediate: Option<Intermediate>,
+}
+
+/// One computed value of the final graph at one size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intermediate {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+}
+
+/// The largest non-constant value of `g` over every size in `sizes` (the graph's own known
+/// shapes when `sizes` is empty).
+pub fn largest_intermediate(g: &Graph, sizes: &[Bindings]) -> Option<Intermediate> {
+    let none = [Bindings::new()];
+    let sizes = if sizes.is_empty() { &none[..] } else { sizes };
+    let mut best: Option<Intermediate> = None;
+    for b in sizes {
+        for (_, node) in g.nodes() {
+            if matches!(node.op, crate::ir::Op::Const(_)) {
+                continue;
+            }
+            let Some(shape) = node
+                .ty
+                .shape
+                .iter()
+                .map(|d| d.resolve(&|s| b.get(s).copied()))
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            let bytes = shape
+                .iter()
+                .try_fold(node.ty.dtype.byte_size(), |acc, &d| acc.checked_mul(d))
+                .unwrap_or(usize::MAX);
+            if best.as_ref().is_none_or(|x| bytes > x.bytes) {
+                best = Some(Intermediate {
+                    name: node.name.clone(),
+                    shape,
+                    bytes,
+                });
+            }
+        }
+    }
+    best
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,11 +434,12 @@ pub enum BuildError {
     Lower(#[from] mil::LowerError),
     #[error(transparent)]
     Package(#[from] PackageError),
-    #[error("{0}")]
-    Options(String),
+    /// An option (combination) that cannot be built; the CLI names the flag.
+    #[error("{option}: {reason}")]
+    Option { option: BuildOption, reason: String },
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
-    #[error("--dump-passes: {0}")]
+    #[error("dumping passes: {0}")]
     Dump(std::io::Error),
 }
 
@@ -362,6 +448,7 @@ pub struct Compiled {
     pub model: &'static str,
     pub part: Part,
     pub lowered: mil::Lowered,
+    pub largest_intermediate: Option<Intermediate>,
     pub weights_sha256: String,
     pub timings: Vec<(String, Duration)>,
 }
@@ -469,10 +556,12 @@ pub fn compile_weights(
         mil::lower(&g, opts.target, &info, &iface)?
     };
     timings.push(("lower".to_string(), t.elapsed()));
+    let largest_intermediate = largest_intermediate(&g, &opts.size_bindings()?);
     Ok(Compiled {
         model: model.name(),
         part,
         lowered,
+        largest_intermediate,
         weights_sha256,
         timings,
     })
@@ -519,6 +608,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         model,
         part,
         lowered,
+        largest_intermediate,
         weights_sha256,
         mut timings,
     } = compiled;
@@ -534,6 +624,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         weights_sha256,
         timings,
         ane: crate::ane::analyze(&lowered.model),
+        largest_intermediate,
     })
 }
 
@@ -558,7 +649,10 @@ fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
         .map(|b| {
             iface
                 .size_of(Role::Image, b)
-                .ok_or_else(|| BuildError::Options(format!("{} has no image size", model.name())))
+                .ok_or_else(|| BuildError::Option {
+                    option: BuildOption::Sizes,
+                    reason: format!("{} has no image size", model.name()),
+                })
         })
         .collect()
 }

@@ -195,7 +195,10 @@ fn compression_flags_reject_undefined_combinations() {
     let dir = out_dir("compression_cli");
     let w = taef2_weights().display().to_string();
     let bad: &[(&[&str], &str)] = &[
-        (&["--palettize", "3"], "3 needs --target ios18"),
+        (
+            &["--palettize", "3"],
+            "--palettize 3: ios16 supports [1, 2, 4, 6, 8] bits (3 needs target ios18)",
+        ),
         (&["--palettize", "5", "--target", "ios18"], "--palettize 5"),
         (
             &[
@@ -204,7 +207,7 @@ fn compression_flags_reject_undefined_combinations() {
                 "--granularity",
                 "per-grouped-channel=16",
             ],
-            "needs --target ios18",
+            "needs target ios18",
         ),
         (
             &[
@@ -223,7 +226,7 @@ fn compression_flags_reject_undefined_combinations() {
         ),
         (
             &["--quantize", "int8", "--block-size", "16"],
-            "needs --target ios18",
+            "needs target ios18",
         ),
         (
             &[
