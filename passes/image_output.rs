@@ -1,9 +1,10 @@
-//! Image output: Core ML image outputs take 8-bit RGB values, so the decoder's [0, 1] output is
-//! clamped and scaled to [0, 255] inside the model.
+//! Image output: Core ML image outputs take 8-bit RGB values, so the decoder's output, in the
+//! model's range `[low, high]`, is clamped and mapped to [0, 255] inside the model.
 //!
 //! ```text
-//!                                    %image_clip: fp32[1,3,H,W] = clip(%y) min=0.0 max=1.0
-//! return image=%y             ==>    %image_255: fp32[1,3,H,W] = mul(%image_clip, %image_255_y)
+//!                                    %image_clip: fp32[1,3,H,W] = clip(%y) min=low max=high
+//! return image=%y             ==>   (%image_shift = sub(%image_clip, low)       when low != 0)
+//!                                    %image_255: fp32[1,3,H,W] = mul(…, 255 / (high - low))
 //!                                    return image=%image_255
 //! ```
 
@@ -11,7 +12,11 @@ use super::Pass;
 use crate::ir::{Binary, Graph, IrError, Op, Rebuilder};
 use crate::tensor::Tensor;
 
-pub struct ImageOutput;
+pub struct ImageOutput {
+    /// The range the model's image is in.
+    pub low: f32,
+    pub high: f32,
+}
 
 impl Pass for ImageOutput {
     fn name(&self) -> &'static str {
@@ -27,9 +32,24 @@ impl Pass for ImageOutput {
         r.finish_with(&outputs, |g, v| {
             let base = g.node(v).name.clone();
             let clip = g.fresh_name(&format!("{base}_clip"));
-            let c = g.add(Op::Clip { min: 0.0, max: 1.0 }, &[v], clip)?;
+            let dtype = g.ty(v).dtype;
+            let mut c = g.add(
+                Op::Clip {
+                    min: self.low,
+                    max: self.high,
+                },
+                &[v],
+                clip,
+            )?;
+            if self.low != 0.0 {
+                let lo = g.fresh_name(&format!("{base}_low"));
+                let lo = g.constant(lo, Tensor::scalar(self.low).cast(dtype));
+                let shift = g.fresh_name(&format!("{base}_shift"));
+                c = g.add(Op::Binary(Binary::Sub), &[c, lo], shift)?;
+            }
             let k = g.fresh_name(&format!("{base}_255_y"));
-            let k = g.constant(k, Tensor::scalar(255.0).cast(g.ty(v).dtype));
+            let scale = 255.0 / (self.high - self.low);
+            let k = g.constant(k, Tensor::scalar(scale).cast(dtype));
             let scaled = g.fresh_name(&format!("{base}_255"));
             g.add(Op::Binary(Binary::Mul), &[c, k], scaled)
         })
@@ -51,7 +71,12 @@ mod tests {
         let x = g.input("x", TensorType::known(DType::F32, &[1, 3, 1, 2]));
         let y = g.add(Op::Unary(Unary::Relu), &[x], "y").unwrap();
         g.set_output("image", y);
-        let h = ImageOutput.run(g).unwrap();
+        let h = ImageOutput {
+            low: 0.0,
+            high: 1.0,
+        }
+        .run(g)
+        .unwrap();
         verify(&h).unwrap();
         let x = Array::new(vec![1, 3, 1, 2], vec![-1.0, 0.0, 0.25, 0.5, 1.0, 2.0]);
         let out = evaluate(&h, &BTreeMap::from([("x".into(), x)])).unwrap();

@@ -9,6 +9,7 @@ pub mod canonicalize_layout;
 pub mod cast_fp16;
 pub mod dce;
 pub mod fold_constants;
+pub mod image_input;
 pub mod image_output;
 pub mod lower_attention;
 pub mod lower_group_norm;
@@ -33,7 +34,7 @@ pub struct PassError {
 }
 
 /// Which options shape the pipeline.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PipelineOptions {
     /// Weights and compute in fp16.
     pub fp16: bool,
@@ -44,8 +45,11 @@ pub struct PipelineOptions {
     /// Channels-last model input / output (`[1, H, W, C]`); inside, everything stays NCHW.
     pub input_nhwc: bool,
     pub output_nhwc: bool,
-    /// The output is an 8-bit image: clamp to [0, 1] and scale to [0, 255] in the model.
-    pub image_output: bool,
+    /// The output is an 8-bit image: clamp the model's range `(low, high)` and map it to
+    /// [0, 255] in the model.
+    pub image_output: Option<(f32, f32)>,
+    /// The input is an 8-bit image: map [0, 255] to the model's range `(low, high)`.
+    pub image_input: Option<(f32, f32)>,
     /// Symbol values of every enumerated size, when the graph has symbolic sizes.
     pub sizes: Vec<specialize_shapes::Bindings>,
     /// Weight compression, if any.
@@ -80,9 +84,12 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
             element_bytes: if opts.fp16 { 2 } else { 4 },
         }),
     ];
-    if opts.image_output {
+    if let Some((low, high)) = opts.image_output {
         // Before the layout pass, so scaling happens on NCHW values like every other op.
-        passes.push(Box::new(image_output::ImageOutput));
+        passes.push(Box::new(image_output::ImageOutput { low, high }));
+    }
+    if let Some((low, high)) = opts.image_input {
+        passes.push(Box::new(image_input::ImageInput { low, high }));
     }
     if opts.input_nhwc || opts.output_nhwc {
         passes.push(Box::new(canonicalize_layout::CanonicalizeLayout {

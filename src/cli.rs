@@ -1,7 +1,7 @@
 //! The command line: flags are parsed and resolved into library options here, in one place.
 
 use crate::compiler::{
-    self, BuildOptions, Compression, Layout, OutputType, Precision, QuantMode, Sizes,
+    self, BuildOptions, Compression, InputType, Layout, OutputType, Precision, QuantMode, Sizes,
 };
 use crate::mil::Target;
 use crate::models::Part;
@@ -106,6 +106,11 @@ pub struct BuildArgs {
     /// clamping and the scaling to [0, 255] happen inside the model).
     #[arg(long, value_enum, default_value_t = OutputTypeArg::Array)]
     pub output_type: OutputTypeArg,
+    /// Encoders: array (an [1, 3, H, W] multi-array in the model's range: [0, 1] for TAESD,
+    /// [-1, 1] for full VAEs) or image (a Core ML RGB image; the mapping of its 0..255 pixels to
+    /// the model's range happens inside the model).
+    #[arg(long, value_enum, default_value_t = OutputTypeArg::Array, value_name = "TYPE")]
+    pub input_type: OutputTypeArg,
     /// Palettize weights: each weight tensor becomes a table of 2^BITS values (exact optimal
     /// k-means) plus BITS-bit indices. BITS: 1, 2, 4, 6, 8 (and 3 at --target ios18).
     #[arg(long, value_name = "BITS")]
@@ -322,6 +327,10 @@ impl BuildArgs {
             OutputTypeArg::Array => OutputType::Array,
             OutputTypeArg::Image => OutputType::Image,
         };
+        o.input_type = match self.input_type {
+            OutputTypeArg::Array => InputType::Array,
+            OutputTypeArg::Image => InputType::Image,
+        };
         o.compression = match (self.palettize, self.quantize) {
             (Some(_), Some(_)) => {
                 bail!("--palettize and --quantize together have no defined meaning; choose one")
@@ -360,6 +369,7 @@ impl BuildArgs {
             O::Granularity => "--granularity per-grouped-channel".into(),
             O::BlockSize => "--block-size".into(),
             O::OutputType => "--output-type image".into(),
+            O::InputType => "--input-type image".into(),
         };
         anyhow::anyhow!("{flag}: {reason}")
     }

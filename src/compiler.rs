@@ -29,6 +29,15 @@ pub enum Layout {
     Nhwc,
 }
 
+/// How the model's image input is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputType {
+    /// A multi-array in the model's own range.
+    Array,
+    /// A Core ML RGB image (0..255 pixels mapped to the model's range inside the model).
+    Image,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputType {
     /// A multi-array with values in about [0, 1].
@@ -81,6 +90,7 @@ pub struct BuildOptions {
     pub input_layout: Layout,
     pub output_layout: Layout,
     pub output_type: OutputType,
+    pub input_type: InputType,
 }
 
 impl BuildOptions {
@@ -103,6 +113,7 @@ impl BuildOptions {
             input_layout: Layout::Nchw,
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
+            input_type: InputType::Array,
         }
     }
 
@@ -280,6 +291,33 @@ impl BuildOptions {
             }) => {}
             None => {}
         }
+        let iface = model.interface(part, &self.model_options);
+        if self.output_type == OutputType::Image && image_range(&iface.outputs).is_none() {
+            return option_error(
+                O::OutputType,
+                format!("the {part}'s output is not an RGB image"),
+            );
+        }
+        if self.input_type == InputType::Image {
+            if image_range(&iface.inputs).is_none() {
+                return option_error(
+                    O::InputType,
+                    format!("the {part}'s input is not an RGB image"),
+                );
+            }
+            if self.io_precision == Some(Precision::Fp16) {
+                return option_error(
+                    O::InputType,
+                    "Core ML image inputs are fp32 arrays; fp16 I/O precision cannot apply",
+                );
+            }
+            if self.input_layout == Layout::Nhwc {
+                return option_error(
+                    O::InputType,
+                    "an image has its own layout; an NHWC input layout cannot apply",
+                );
+            }
+        }
         if self.output_type == OutputType::Image {
             if self.io_precision == Some(Precision::Fp16) {
                 return option_error(
@@ -338,6 +376,7 @@ pub enum BuildOption {
     Granularity,
     BlockSize,
     OutputType,
+    InputType,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -350,6 +389,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::Granularity => f.write_str("per-grouped-channel palettes"),
             BuildOption::BlockSize => f.write_str("blockwise quantization"),
             BuildOption::OutputType => f.write_str("image output"),
+            BuildOption::InputType => f.write_str("image input"),
         }
     }
 }
@@ -467,13 +507,25 @@ pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildErr
     let fp16 = opts.precision == Precision::Fp16;
     let fp16_io = fp16 && opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
     let image = opts.output_type == OutputType::Image;
+    let image_in = opts.input_type == InputType::Image;
+    let (model, part) = opts.model_part()?;
+    let iface = model.interface(part, &opts.model_options);
     Ok(PipelineOptions {
         fp16,
-        fp16_inputs: fp16_io,
+        fp16_inputs: fp16_io && !image_in,
         fp16_outputs: fp16_io && !image,
         input_nhwc: opts.input_layout == Layout::Nhwc,
         output_nhwc: opts.output_layout == Layout::Nhwc,
-        image_output: image,
+        image_output: if image {
+            image_range(&iface.outputs)
+        } else {
+            None
+        },
+        image_input: if image_in {
+            image_range(&iface.inputs)
+        } else {
+            None
+        },
         sizes: if opts.multifunction {
             vec![]
         } else {
@@ -637,7 +689,16 @@ fn interface(opts: &BuildOptions) -> Result<Interface, BuildError> {
             opts.bindings()?
         },
         image_outputs: opts.output_type == OutputType::Image,
+        image_inputs: opts.input_type == InputType::Image,
     })
+}
+
+/// The value range of the one RGB image among `features`, if there is one.
+fn image_range(features: &[models::Feature]) -> Option<(f32, f32)> {
+    match features {
+        [f] => f.range,
+        _ => None,
+    }
 }
 
 /// The image size at every enumerated size, `[height, width]`.

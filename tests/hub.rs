@@ -562,7 +562,7 @@ fn config_from_lookup_reads_hf_vars() {
 
 #[test]
 fn real_sources_and_unpublished_model() {
-    let taef2 = hub::source("flux2").unwrap();
+    let taef2 = hub::source(mlc::models::lookup("flux2").unwrap().name()).unwrap();
     assert_eq!(
         hub::resolve_url(taef2, hub::DEFAULT_ENDPOINT),
         "https://huggingface.co/madebyollin/taef2/resolve/bd244ebfe4398c84fbf312a2f1c868c676b500e3/taef2.safetensors"

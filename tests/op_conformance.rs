@@ -1477,6 +1477,7 @@ fn check_mil(c: &Case, g: &Graph, inputs: &BTreeMap<String, Array>) -> Result<()
             vec![c.sizes.clone()]
         },
         image_outputs: false,
+        image_inputs: false,
     };
     let lowered =
         lower(&g, target, &ModelInfo::default(), &iface).map_err(|e| format!("lower: {e}"))?;

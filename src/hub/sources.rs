@@ -63,22 +63,11 @@ pub static SOURCES: &[Source] = &[
 /// Models mlc can build but whose weights must come from `--weights`.
 const UNPUBLISHED: &[&str] = &["taesd3"];
 
-/// Maps the names a user may type (model or pipeline name) to the table's model name.
-fn canonical(model_name: &str) -> String {
-    let lower = model_name.to_ascii_lowercase();
-    match lower.as_str() {
-        "flux2" => "taef2".to_string(),
-        "flux1" => "taef1".to_string(),
-        _ => lower,
-    }
-}
-
-/// The published source for a model name (`taef2`/`flux2`, `taef1`/`flux1`, `taesd`,
-/// `taesdxl`; case-insensitive), or `None` when nothing is published (taesd3) or the name is
-/// unknown.
+/// The published source for a model's canonical name (`taef2`, `taef1`, `taesd`, `taesdxl`;
+/// aliases such as `flux2` are the model registry's to resolve), or `None` when nothing is
+/// published (taesd3) or the name is unknown.
 pub fn source(model_name: &str) -> Option<&'static Source> {
-    let name = canonical(model_name);
-    SOURCES.iter().find(|s| s.model == name)
+    SOURCES.iter().find(|s| s.model == model_name)
 }
 
 /// Like [`source`], but says why there is none, in words fit for the user.
@@ -86,9 +75,10 @@ pub fn require_source(model_name: &str) -> Result<&'static Source, HubError> {
     if let Some(src) = source(model_name) {
         return Ok(src);
     }
-    let name = canonical(model_name);
-    if UNPUBLISHED.contains(&name.as_str()) {
-        Err(HubError::NotPublished { model: name })
+    if UNPUBLISHED.contains(&model_name) {
+        Err(HubError::NotPublished {
+            model: model_name.to_string(),
+        })
     } else {
         Err(HubError::UnknownModel {
             model: model_name.to_string(),
@@ -101,11 +91,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_aliases_map_to_the_table() {
+    fn canonical_names_map_to_the_table() {
         assert_eq!(source("taef2").unwrap().repo, "madebyollin/taef2");
-        assert_eq!(source("flux2").unwrap().model, "taef2");
-        assert_eq!(source("FLUX2").unwrap().model, "taef2");
-        assert_eq!(source("flux1").unwrap().model, "taef1");
+        // Aliases belong to the model registry, which resolves them before asking.
+        assert!(source("flux2").is_none());
         assert_eq!(
             source("taef1").unwrap().file,
             "diffusion_pytorch_model.safetensors"

@@ -73,6 +73,8 @@ pub struct Interface {
     pub sizes: Vec<Bindings>,
     /// Outputs are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]).
     pub image_outputs: bool,
+    /// Inputs are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]).
+    pub image_inputs: bool,
 }
 
 /// Lowers a verified graph whose ops all have MIL forms into a model with one function, `main`.
@@ -223,7 +225,13 @@ fn features(g: &Graph, info: &ModelInfo, iface: &Interface) -> Result<FeaturePai
     let inputs = g
         .inputs()
         .iter()
-        .map(|&v| array_feature(&names[v.index()], g.ty(v), info, &iface.sizes, true))
+        .map(|&v| {
+            if iface.image_inputs {
+                image_feature(&names[v.index()], g.ty(v), info, &iface.sizes)
+            } else {
+                array_feature(&names[v.index()], g.ty(v), info, &iface.sizes, true)
+            }
+        })
         .collect::<Result<_, _>>()?;
     let outputs = g
         .outputs()

@@ -63,6 +63,9 @@ pub struct Feature {
     pub role: Role,
     pub shape: Vec<Dim>,
     pub description: String,
+    /// For an RGB image, the value range the model computes in (`(0, 1)` for TAESD, `(-1, 1)`
+    /// for the full VAEs): what a Core ML image's 0..255 pixels map to.
+    pub range: Option<(f32, f32)>,
 }
 
 /// A model's inputs and outputs, the symbols their sizes are written in, and the default size.

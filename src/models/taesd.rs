@@ -199,6 +199,8 @@ pub(crate) fn feature(
         role,
         shape: vec![Dim::Known(1), Dim::Known(c), h, w],
         description,
+        // TAESD images are in [0, 1]; families in another range override it.
+        range: (role == Role::Image).then_some((0.0, 1.0)),
     }
 }
 

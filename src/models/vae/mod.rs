@@ -164,12 +164,9 @@ impl Model for Vae {
                 };
                 Interface {
                     inputs: vec![input],
-                    outputs: vec![feature(
-                        "image",
-                        Role::Image,
-                        3,
+                    outputs: vec![image(
                         [h.scaled(FACTOR), w.scaled(FACTOR)],
-                        "RGB image, NCHW, values in about [-1, 1] (not clamped)".into(),
+                        "RGB image, NCHW, values in about [-1, 1] (not clamped)",
                     )],
                     default_size: size(self.default_image / FACTOR),
                 }
@@ -187,13 +184,7 @@ impl Model for Vae {
                     ));
                 }
                 Interface {
-                    inputs: vec![feature(
-                        "image",
-                        Role::Image,
-                        3,
-                        [h, w],
-                        "RGB image, NCHW, values in [-1, 1]".into(),
-                    )],
+                    inputs: vec![image([h, w], "RGB image, NCHW, values in [-1, 1]")],
                     outputs,
                     default_size: size(self.default_image),
                 }
@@ -354,6 +345,14 @@ impl Model for Vae {
             author: "mlc (weights: the model's publisher)".into(),
             license: "see the weights' license".into(),
         }
+    }
+}
+
+/// A VAE's image: RGB in [-1, 1].
+fn image(hw: [Dim; 2], description: &str) -> super::Feature {
+    super::Feature {
+        range: Some((-1.0, 1.0)),
+        ..feature("image", Role::Image, 3, hw, description.into())
     }
 }
 
