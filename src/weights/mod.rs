@@ -15,7 +15,7 @@ mod pth;
 mod raw;
 mod safetensors;
 
-pub use raw::load_raw;
+pub use raw::{load_raw, RawFile};
 
 use std::collections::BTreeMap;
 use std::fmt;
