@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 
-use super::{corrupt, widen, FloatKind, WeightError};
+use super::{corrupt, widen_into, FloatKind, WeightError};
 use crate::tensor::Tensor;
+
+/// Bytes read at a time: a multiple of every element size, below glibc's mmap threshold.
+const CHUNK_BYTES: usize = 64 << 10;
 
 /// The safetensors crate's limit on the JSON header.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -167,31 +170,47 @@ impl RawFile {
                 path: self.path.clone(),
                 key: name.into(),
             })?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(e.len)
-            .map_err(|_| WeightError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::OutOfMemory,
-                    format!("cannot allocate {} bytes for tensor \"{name}\"", e.len),
-                ),
-            })?;
+        let numel = e.len / e.kind.size();
+        let mut data = Vec::new();
+        data.try_reserve_exact(numel).map_err(|_| WeightError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {} bytes for tensor \"{name}\"", 4 * numel),
+            ),
+        })?;
+        // Through a small buffer: no second whole-tensor allocation (whose release would also
+        // make glibc keep later large blocks on its heap rather than returning them).
+        let mut buf = vec![0u8; CHUNK_BYTES];
         self.file
             .seek(SeekFrom::Start(e.start))
-            .and_then(|_| (&mut self.file).take(e.len as u64).read_to_end(&mut bytes))
             .map_err(|source| WeightError::Io {
                 path: self.path.clone(),
                 source,
             })?;
-        if bytes.len() != e.len {
-            // The file shrank after its header was read.
-            return Err(corrupt(
-                &self.path,
-                format!("tensor \"{name}\" ends past the end of the file (changed while read?)"),
-            ));
+        let mut left = e.len;
+        while left > 0 {
+            let n = left.min(CHUNK_BYTES);
+            if let Err(source) = self.file.read_exact(&mut buf[..n]) {
+                return Err(if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                    // The file shrank after its header was read.
+                    corrupt(
+                        &self.path,
+                        format!(
+                            "tensor \"{name}\" ends past the end of the file (changed while read?)"
+                        ),
+                    )
+                } else {
+                    WeightError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }
+                });
+            }
+            widen_into(&buf[..n], e.kind, &mut data);
+            left -= n;
         }
-        Ok(Tensor::f32(e.shape.clone(), widen(&bytes, e.kind)))
+        Ok(Tensor::f32(e.shape.clone(), data))
     }
 }
 
