@@ -147,11 +147,14 @@ fn bad_input_gives_one_line_cause_and_no_output() {
         "{e}"
     );
 
-    let e = fails(&dir, &["build", "sdxl-vae", "--weights", &w]);
+    let e = fails(&dir, &["build", "sdxl-unet", "--weights", &w]);
     assert!(
-        e.contains("unknown model \"sdxl-vae\"") && e.contains("flux2"),
+        e.contains("unknown model \"sdxl-unet\"") && e.contains("flux2"),
         "{e}"
     );
+    // A known model, but these weights are not its.
+    let e = fails(&dir, &["build", "sdxl-vae", "--weights", &w]);
+    assert!(e.contains("not an AutoencoderKL"), "{e}");
 
     // Wrong key set and wrong shapes, written with the safetensors crate.
     let mut t = mlc::run::read_safetensors(&taef2_weights()).unwrap();

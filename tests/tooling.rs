@@ -53,18 +53,22 @@ fn dump_passes_writes_every_stage_in_order() {
         "01_lower_group_norm.ir.txt",
         "01_lower_group_norm.mil.txt",
         "01_lower_group_norm.mlpackage",
-        "02_fold_constants.dot",
-        "02_fold_constants.ir.txt",
-        "02_fold_constants.mil.txt",
-        "02_fold_constants.mlpackage",
-        "03_cast_fp16.dot",
-        "03_cast_fp16.ir.txt",
-        "03_cast_fp16.mil.txt",
-        "03_cast_fp16.mlpackage",
-        "04_dce.dot",
-        "04_dce.ir.txt",
-        "04_dce.mil.txt",
-        "04_dce.mlpackage",
+        "02_lower_attention.dot",
+        "02_lower_attention.ir.txt",
+        "02_lower_attention.mil.txt",
+        "02_lower_attention.mlpackage",
+        "03_fold_constants.dot",
+        "03_fold_constants.ir.txt",
+        "03_fold_constants.mil.txt",
+        "03_fold_constants.mlpackage",
+        "04_cast_fp16.dot",
+        "04_cast_fp16.ir.txt",
+        "04_cast_fp16.mil.txt",
+        "04_cast_fp16.mlpackage",
+        "05_dce.dot",
+        "05_dce.ir.txt",
+        "05_dce.mil.txt",
+        "05_dce.mlpackage",
     ];
     assert_eq!(names, expect);
     let ir = |n: &str| std::fs::read_to_string(dir.join("dumps").join(n)).unwrap();
@@ -76,9 +80,9 @@ fn dump_passes_writes_every_stage_in_order() {
         0
     );
     assert!(ir("00_declare.ir.txt").contains("= div(%latent, %l0_three)"));
-    assert!(ir("02_fold_constants.ir.txt").contains("= mul(%latent, %l0_div_recip)"));
-    assert!(ir("03_cast_fp16.mil.txt").contains("fp16"));
-    assert!(ir("04_dce.dot").starts_with("digraph"));
+    assert!(ir("03_fold_constants.ir.txt").contains("= mul(%latent, %l0_div_recip)"));
+    assert!(ir("04_cast_fp16.mil.txt").contains("fp16"));
+    assert!(ir("05_dce.dot").starts_with("digraph"));
     // The last dump is the shipped program.
     let shipped = mlc::mil::print::print_program(
         match &mlc::package::read_package(&dir.join("m.mlpackage"))
@@ -91,7 +95,7 @@ fn dump_passes_writes_every_stage_in_order() {
         },
     );
     assert!(
-        ir("04_dce.mil.txt").contains(&shipped),
+        ir("05_dce.mil.txt").contains(&shipped),
         "the dce dump differs from the package"
     );
     oracle(&dir);

@@ -78,7 +78,7 @@ impl RawFile {
         if n > MAX_HEADER_BYTES {
             return Err(invalid("header too large".into()));
         }
-        if n > len - 8 {
+        if n > len.saturating_sub(8) {
             return Err(invalid(format!(
                 "header length runs past the end of the file ({len} bytes; truncated?)"
             )));
