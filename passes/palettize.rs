@@ -12,6 +12,9 @@ use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::tensor::{DType, Tensor};
 
+/// Elements clustered per batch (64 MiB of f32 values, plus their indices).
+const BATCH_ELEMENTS: usize = 16 << 20;
+
 pub struct Palettize {
     pub bits: u32,
     /// Output channels per table; `None` for one table per tensor.
@@ -33,55 +36,69 @@ impl Pass for Palettize {
             .filter(|(_, n)| matches!(&n.op, Op::Const(ConstData::Dense(t)) if t.len() >= self.min_elements && matches!(t.dtype(), DType::F16 | DType::F32)))
             .map(|(i, _)| i)
             .collect();
-        let values: Vec<Vec<f32>> = chosen.iter().map(|&i| dense(&nodes[i]).to_f32()).collect();
-        let palettes: Vec<Vec<Palette>> = match self.group_size {
-            None => {
-                let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-                kmeans_1d_batch(&slices, k).into_iter().map(|p| vec![p]).collect()
+        // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
+        // while it is clustered, so a large model is not held a second time in f32. Whole
+        // tensors per batch, so the tables are the same as clustering all at once.
+        let mut start = 0;
+        while start < chosen.len() {
+            let mut end = start;
+            let mut elements = 0;
+            while end < chosen.len() && (end == start || elements < BATCH_ELEMENTS) {
+                elements += dense(&nodes[chosen[end]]).len();
+                end += 1;
             }
-            Some(gs) => chosen
-                .iter()
-                .zip(&values)
-                .map(|(&i, v)| {
-                    let shape = &dense(&nodes[i]).shape;
-                    if shape.is_empty() || shape[0] % gs != 0 {
-                        return Err(IrError::Type {
-                            node: nodes[i].name.clone(),
-                            op: "palettize",
-                            reason: format!("group size {gs} does not divide the {} output channels of {shape:?}", shape.first().unwrap_or(&0)),
-                        });
-                    }
-                    Ok(palettize_grouped(v, shape, gs, k))
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        for ((&i, v), group_palettes) in chosen.iter().zip(&values).zip(palettes) {
-            let t = dense(&nodes[i]);
-            let (shape, dtype) = (t.shape.clone(), t.dtype());
-            let groups = group_palettes.len();
-            let per_group = v.len() / groups;
-            let mut lut = vec![0f32; groups * k];
-            let mut indices = Vec::with_capacity(v.len());
-            for (gi, p) in group_palettes.into_iter().enumerate() {
-                // Tables are stored in the model's dtype; re-assigning to the rounded entries can
-                // only lower the error.
-                let p = if dtype == DType::F16 {
-                    p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group])
-                } else {
-                    p
-                };
-                lut[gi * k..gi * k + p.lut.len()].copy_from_slice(&p.lut);
-                indices.extend_from_slice(&p.indices);
+            let batch = &chosen[start..end];
+            start = end;
+            let values: Vec<Vec<f32>> = batch.iter().map(|&i| dense(&nodes[i]).to_f32()).collect();
+            let palettes: Vec<Vec<Palette>> = match self.group_size {
+                None => {
+                    let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+                    kmeans_1d_batch(&slices, k).into_iter().map(|p| vec![p]).collect()
+                }
+                Some(gs) => batch
+                    .iter()
+                    .zip(&values)
+                    .map(|(&i, v)| {
+                        let shape = &dense(&nodes[i]).shape;
+                        if shape.is_empty() || shape[0] % gs != 0 {
+                            return Err(IrError::Type {
+                                node: nodes[i].name.clone(),
+                                op: "palettize",
+                                reason: format!("group size {gs} does not divide the {} output channels of {shape:?}", shape.first().unwrap_or(&0)),
+                            });
+                        }
+                        Ok(palettize_grouped(v, shape, gs, k))
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            for ((&i, v), group_palettes) in batch.iter().zip(&values).zip(palettes) {
+                let t = dense(&nodes[i]);
+                let (shape, dtype) = (t.shape.clone(), t.dtype());
+                let groups = group_palettes.len();
+                let per_group = v.len() / groups;
+                let mut lut = vec![0f32; groups * k];
+                let mut indices = Vec::with_capacity(v.len());
+                for (gi, p) in group_palettes.into_iter().enumerate() {
+                    // Tables are stored in the model's dtype; re-assigning to the rounded entries can
+                    // only lower the error.
+                    let p = if dtype == DType::F16 {
+                        p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group])
+                    } else {
+                        p
+                    };
+                    lut[gi * k..gi * k + p.lut.len()].copy_from_slice(&p.lut);
+                    indices.extend_from_slice(&p.indices);
+                }
+                let lut = Tensor::f32(vec![groups, k], lut).cast(dtype);
+                let group_size = shape[0] / groups;
+                nodes[i].op = Op::Const(ConstData::Palettized(Palettized {
+                    shape,
+                    bits: self.bits,
+                    group_size,
+                    lut,
+                    indices,
+                }));
             }
-            let lut = Tensor::f32(vec![groups, k], lut).cast(dtype);
-            let group_size = shape[0] / groups;
-            nodes[i].op = Op::Const(ConstData::Palettized(Palettized {
-                shape,
-                bits: self.bits,
-                group_size,
-                lut,
-                indices,
-            }));
         }
         Ok(Graph::from_parts(name, nodes, outputs))
     }

@@ -502,6 +502,14 @@ pub fn declare(opts: &BuildOptions, weights: &Weights) -> Result<Graph, BuildErr
     Ok(model.build(part, weights, &fixed, &opts.model_options)?)
 }
 
+/// [`declare`] that moves the weights into the graph rather than copying them.
+pub fn declare_owned(opts: &BuildOptions, weights: Weights) -> Result<Graph, BuildError> {
+    opts.validate()?;
+    let (model, part) = opts.model_part()?;
+    let fixed = fixed_symbols(&opts.size_bindings()?);
+    Ok(model.build_owned(part, weights, &fixed, &opts.model_options)?)
+}
+
 /// The pass pipeline `opts` asks for.
 pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildError> {
     let fp16 = opts.precision == Precision::Fp16;
@@ -547,7 +555,8 @@ pub fn function_name(part: Part, image: [usize; 2]) -> String {
 }
 
 /// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the declared graph
-/// (as `"declare"`) and the graph after each pass.
+/// (as `"declare"`) and the graph after each pass. The loaded weights move into the graph, so
+/// the model's tensors are in memory once.
 pub fn compile(
     opts: &BuildOptions,
     after_pass: impl FnMut(&str, &Graph),
@@ -557,23 +566,50 @@ pub fn compile(
     model.check_options(part, &opts.model_options)?;
     let path = opts.weights_path()?;
     let weights = model.load(part, &path, &opts.model_options)?;
-    let mut c = compile_weights(opts, &weights, after_pass)?;
-    c.timings
-        .insert(0, ("load weights".to_string(), t.elapsed()));
+    let load = ("load weights".to_string(), t.elapsed());
+    let mut c = compile_from(opts, WeightsIn::Owned(weights), after_pass)?;
+    c.timings.insert(0, load);
     Ok(c)
 }
 
-/// [`compile`] with weights already in memory (`opts.weights` is ignored).
+/// [`compile`] with weights already in memory (`opts.weights` is ignored); the graph copies
+/// the tensors it needs.
 pub fn compile_weights(
     opts: &BuildOptions,
     weights: &Weights,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
+    compile_from(opts, WeightsIn::Borrowed(weights), after_pass)
+}
+
+enum WeightsIn<'w> {
+    Borrowed(&'w Weights),
+    Owned(Weights),
+}
+
+fn compile_from(
+    opts: &BuildOptions,
+    weights: WeightsIn,
     mut after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
     let mut timings = Vec::new();
     let (model, part) = opts.model_part()?;
 
+    // Hashed before declaring: an owned model's tensors leave the weights for the graph.
     let t = Instant::now();
-    let g = declare(opts, weights)?;
+    let w = match &weights {
+        WeightsIn::Borrowed(w) => w,
+        WeightsIn::Owned(w) => w,
+    };
+    let weights_sha256 = w.content_sha256();
+    let weights_path = w.path.clone();
+    timings.push(("hash weights".to_string(), t.elapsed()));
+
+    let t = Instant::now();
+    let g = match weights {
+        WeightsIn::Borrowed(w) => declare(opts, w)?,
+        WeightsIn::Owned(w) => declare_owned(opts, w)?,
+    };
     timings.push(("declare".to_string(), t.elapsed()));
     after_pass("declare", &g);
 
@@ -586,8 +622,7 @@ pub fn compile_weights(
     })?;
 
     let t = Instant::now();
-    let weights_sha256 = weights.content_sha256();
-    let info = model_info(model, part, weights, &weights_sha256, opts)?;
+    let info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
     let iface = interface(opts)?;
     let lowered = if opts.multifunction {
         let image_sizes = image_sizes(opts)?;
@@ -602,6 +637,7 @@ pub fn compile_weights(
             let f = passes::run(g.clone(), &list, |p, g| after_pass(p.name(), g))?;
             functions.push((name, f));
         }
+        drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
         mil::lower::lower_multifunction(&functions, opts.target, &info, &iface)?
     } else {
@@ -734,7 +770,7 @@ fn count_ops(model: &crate::proto::specification::Model) -> usize {
 fn model_info(
     model: &dyn Model,
     part: Part,
-    weights: &Weights,
+    weights_path: &std::path::Path,
     sha256: &str,
     opts: &BuildOptions,
 ) -> Result<ModelInfo, BuildError> {
@@ -752,7 +788,7 @@ fn model_info(
         ("mlc.image_sizes".to_string(), sizes.join(",")),
         ("mlc.weights.sha256".to_string(), sha256.to_string()),
     ]);
-    if let Some(source) = model.weights_source(&weights.path) {
+    if let Some(source) = model.weights_source(weights_path) {
         user_defined.insert("mlc.weights.source".to_string(), source);
     }
     if part != model.parts()[0] {

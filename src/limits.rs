@@ -169,6 +169,12 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// Like [`read_regular`] for weight files: the limit is [`max_weight_file_bytes`], and the
 /// error says how to raise it.
 pub fn read_weight_file(path: &Path) -> io::Result<Vec<u8>> {
+    let (f, len) = open_weight_file(path)?;
+    read_to_vec(f, len)
+}
+
+/// [`open_regular`] with the weight-file size limit, for readers that read parts of the file.
+pub fn open_weight_file(path: &Path) -> io::Result<(File, u64)> {
     let max =
         max_weight_file_bytes().map_err(|r| io::Error::new(io::ErrorKind::InvalidInput, r))?;
     let (f, len) = open_regular(path)?;
@@ -181,7 +187,7 @@ pub fn read_weight_file(path: &Path) -> io::Result<Vec<u8>> {
             ),
         ));
     }
-    read_to_vec(f, len)
+    Ok((f, len))
 }
 
 /// All of `f`, which is `len` bytes long; the buffer is reserved up front, and a file that

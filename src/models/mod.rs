@@ -252,6 +252,17 @@ pub trait Model: Sync {
         fixed: &Bindings,
         options: &ModelOptions,
     ) -> Result<Graph, ModelError>;
+    /// [`Model::build`] on weights the graph may take over: families with large weights move
+    /// each tensor into the graph instead of copying it (the default copies).
+    fn build_owned(
+        &self,
+        part: Part,
+        weights: Weights,
+        fixed: &Bindings,
+        options: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        self.build(part, &weights, fixed, options)
+    }
     /// The published weights file for a part, when there is one to download.
     fn published(&self, _part: Part) -> Option<&'static Source> {
         None

@@ -14,17 +14,34 @@ use std::collections::BTreeSet;
 
 /// The weights of one model being built, and the keys read so far.
 pub struct Params<'w> {
-    weights: &'w Weights,
+    store: Store<'w>,
     /// How a model's key (`decoder.conv_in.weight`) is found in the file, when the file uses
     /// another layout than the one the model is written against.
     rename: Box<dyn Fn(&str) -> String + 'w>,
     used: RefCell<BTreeSet<String>>,
 }
 
+/// Where the tensors come from: borrowed weights are copied into the graph, owned ones are moved
+/// into it (so that a large model is never in memory twice).
+enum Store<'w> {
+    Borrowed(&'w Weights),
+    Owned(RefCell<Weights>),
+}
+
 impl<'w> Params<'w> {
     pub fn new(weights: &'w Weights) -> Params<'w> {
         Params {
-            weights,
+            store: Store::Borrowed(weights),
+            rename: Box::new(|k| k.to_string()),
+            used: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// Params that hand each tensor over to the graph instead of copying it; each key can then
+    /// be read once.
+    pub fn owned(weights: Weights) -> Params<'static> {
+        Params {
+            store: Store::Owned(RefCell::new(weights)),
             rename: Box::new(|k| k.to_string()),
             used: RefCell::new(BTreeSet::new()),
         }
@@ -47,39 +64,63 @@ impl<'w> Params<'w> {
         }
     }
 
-    /// The tensor under the model's `key`, checked against the shape the model expects.
-    pub fn get(&self, key: &str, shape: &[usize]) -> Result<&'w Tensor, ModelError> {
+    /// The tensor under the model's `key`, checked against the shape the model expects: a copy
+    /// of borrowed weights, or the tensor itself out of owned ones.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let file_key = (self.rename)(key);
-        let t = self.weights.get(&file_key, shape)?;
+        let t = match &self.store {
+            Store::Borrowed(w) => w.get(&file_key, shape)?.clone(),
+            Store::Owned(w) => {
+                let mut w = w.borrow_mut();
+                if self.used.borrow().contains(&file_key) {
+                    // A builder bug, not a file problem: owned tensors are moved out once.
+                    return Err(ModelError::WrongModel {
+                        file: w.path.display().to_string(),
+                        reason: format!("tensor \"{file_key}\" is read twice (a model bug)"),
+                    });
+                }
+                w.get(&file_key, shape)?;
+                w.tensors.remove(&file_key).expect("just found")
+            }
+        };
         self.used.borrow_mut().insert(file_key);
         Ok(t)
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.weights.has(&(self.rename)(key))
+        let file_key = (self.rename)(key);
+        match &self.store {
+            Store::Borrowed(w) => w.has(&file_key),
+            Store::Owned(w) => w.borrow().has(&file_key) || self.used.borrow().contains(&file_key),
+        }
     }
 
     /// Errors with the keys of the file that the model never read.
     pub fn finish(self) -> Result<(), ModelError> {
         let used = self.used.into_inner();
-        let unused: Vec<String> = self
-            .weights
-            .tensors
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .take(5)
-            .cloned()
-            .collect();
+        let (path, unused): (_, Vec<String>) = match &self.store {
+            Store::Borrowed(w) => (w.path.clone(), unread(w, &used)),
+            Store::Owned(w) => {
+                let w = w.borrow();
+                (w.path.clone(), unread(&w, &used))
+            }
+        };
         if unused.is_empty() {
             Ok(())
         } else {
-            Err(WeightError::UnexpectedKeys {
-                path: self.weights.path.clone(),
-                keys: unused,
-            }
-            .into())
+            Err(WeightError::UnexpectedKeys { path, keys: unused }.into())
         }
     }
+}
+
+/// A few of the keys of `w` not in `used`.
+fn unread(w: &Weights, used: &BTreeSet<String>) -> Vec<String> {
+    w.tensors
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .take(5)
+        .cloned()
+        .collect()
 }
 
 /// A key prefix (`3.conv`, `decoder.mid_block.attentions.0`) within a model's parameters.
@@ -134,7 +175,7 @@ impl<'p, 'w> Scope<'p, 'w> {
     }
 
     /// The tensor `name` of this scope, with the shape the model expects.
-    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<&'w Tensor, ModelError> {
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         self.params.get(&self.key(name), shape)
     }
 
@@ -157,7 +198,7 @@ impl<'p, 'w> Scope<'p, 'w> {
         node: &str,
     ) -> Result<ValueId, ModelError> {
         let t = self.tensor(name, shape)?;
-        Ok(g.constant(node, t.clone()))
+        Ok(g.constant(node, t))
     }
 }
 

@@ -15,7 +15,7 @@ mod pth;
 mod raw;
 mod safetensors;
 
-pub use raw::load_raw;
+pub use raw::{load_raw, RawFile};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -278,19 +278,29 @@ pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> WeightError {
 
 /// Little-endian element bytes of a supported float type, widened to f32 (exact for all three).
 pub(crate) fn widen(bytes: &[u8], dtype: FloatKind) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / dtype.size());
+    widen_into(bytes, dtype, &mut out);
+    out
+}
+
+/// [`widen`], appending to `out`.
+pub(crate) fn widen_into(bytes: &[u8], dtype: FloatKind, out: &mut Vec<f32>) {
     match dtype {
-        FloatKind::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        FloatKind::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
-        FloatKind::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-            .collect(),
+        FloatKind::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        FloatKind::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        ),
+        FloatKind::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        ),
     }
 }
 

@@ -216,36 +216,47 @@ impl Model for Vae {
     }
 
     fn load(&self, part: Part, path: &Path, o: &ModelOptions) -> Result<Weights, ModelError> {
-        let raw = crate::weights::load_raw(path)?;
+        // The header first: the architecture is checked on shapes alone, and only the part's
+        // tensors are then read (the other half of the file never is).
+        let mut raw = crate::weights::RawFile::open(path)?;
+        let file_shapes = raw.shapes();
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
             file: file.clone(),
             reason,
         };
-        let original = raw.keys().any(|k| {
+        let original = file_shapes.keys().any(|k| {
             k.starts_with(keys::FULL_CHECKPOINT_PREFIX)
                 || k.starts_with("decoder.up.")
                 || k.starts_with("encoder.down.")
                 || k.starts_with("decoder.mid.")
                 || k.starts_with("encoder.mid.")
         });
-        let mut tensors = BTreeMap::new();
+        // Model key → (file key, squeeze a [o, i, 1, 1] weight to [o, i]).
+        let mut sources: BTreeMap<String, (String, bool)> = BTreeMap::new();
         if original {
-            let names: Vec<&str> = raw.keys().map(String::as_str).collect();
+            let names: Vec<&str> = file_shapes.keys().map(String::as_str).collect();
             let mapped = keys::map_original_keys(&names).map_err(wrong)?;
             for (k, m) in mapped {
-                let mut t = raw[k].clone();
-                if m.squeeze_1x1 && t.shape.len() == 4 && t.shape[2..] == [1, 1] {
-                    t = t.reshaped(t.shape[..2].to_vec());
-                }
-                tensors.insert(m.key, t);
+                let s = &file_shapes[k];
+                let squeeze = m.squeeze_1x1 && s.len() == 4 && s[2..] == [1, 1];
+                sources.insert(m.key, (k.to_string(), squeeze));
             }
         } else {
-            tensors = raw;
+            sources = file_shapes
+                .keys()
+                .map(|k| (k.clone(), (k.clone(), false)))
+                .collect();
         }
-        let shapes: BTreeMap<String, Vec<usize>> = tensors
+        let shapes: BTreeMap<String, Vec<usize>> = sources
             .iter()
-            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .map(|(k, (f, squeeze))| {
+                let s = &file_shapes[f];
+                (
+                    k.clone(),
+                    if *squeeze { s[..2].to_vec() } else { s.clone() },
+                )
+            })
             .collect();
         let cfg = keys::detect(&shapes).map_err(wrong)?;
         let config_json = path.with_file_name("config.json");
@@ -275,7 +286,14 @@ impl Model for Vae {
             }
             Part::Encoder => k.starts_with("encoder.") || k.starts_with("quant_conv."),
         };
-        let tensors = tensors.into_iter().filter(|(k, _)| keep(k)).collect();
+        let mut tensors = BTreeMap::new();
+        for (k, (f, squeeze)) in sources.into_iter().filter(|(k, _)| keep(k)) {
+            let mut t = raw.read(&f)?;
+            if squeeze {
+                t.shape.truncate(2);
+            }
+            tensors.insert(k, t);
+        }
         Ok(Weights::from_tensors(path.to_path_buf(), tensors))
     }
 
@@ -286,46 +304,19 @@ impl Model for Vae {
         fixed: &Bindings,
         o: &ModelOptions,
     ) -> Result<Graph, ModelError> {
-        self.check_options(part, o)?;
-        let shapes: BTreeMap<String, Vec<usize>> = weights
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shape.clone()))
-            .collect();
-        let file = weights.path.display().to_string();
-        let cfg = keys::detect(&shapes).map_err(|reason| ModelError::WrongModel {
-            file: file.clone(),
-            reason,
-        })?;
-        self.check(part, &cfg, &file, false)?;
-        let params = Params::new(weights);
-        let iface = self.interface(part, o);
-        let mut g = Graph::new(format!("{}_{part}", self.name));
-        let input = &iface.inputs[0];
-        let x = g.input(
-            &input.name,
-            TensorType::new(DType::F32, super::bind_shape(&input.shape, fixed)?),
-        );
-        let b = Builder {
-            cfg: &cfg,
-            groups: cfg.norm_groups,
-        };
-        let top = params.scope("");
-        match part {
-            Part::Decoder => {
-                let y = self.decoder(&mut g, &b, &top, x, o)?;
-                g.set_output("image", y);
-            }
-            Part::Encoder => {
-                let (mean, logvar) = self.encoder(&mut g, &b, &top, x, o)?;
-                g.set_output("latent", mean);
-                if let Some(lv) = logvar {
-                    g.set_output("logvar", lv);
-                }
-            }
-        }
-        params.finish()?;
-        Ok(g)
+        let cfg = self.part_config(part, weights, o)?;
+        self.declare(part, &cfg, Params::new(weights), fixed, o)
+    }
+
+    fn build_owned(
+        &self,
+        part: Part,
+        weights: Weights,
+        fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let cfg = self.part_config(part, &weights, o)?;
+        self.declare(part, &cfg, Params::owned(weights), fixed, o)
     }
 
     /// Diffusers names every VAE `diffusion_pytorch_model`, and the same tensors in an original
@@ -366,6 +357,66 @@ struct Builder<'c> {
 }
 
 impl Vae {
+    /// The architecture of the part's tensors, checked against this model and its options.
+    fn part_config(
+        &self,
+        part: Part,
+        weights: &Weights,
+        o: &ModelOptions,
+    ) -> Result<VaeConfig, ModelError> {
+        self.check_options(part, o)?;
+        let shapes: BTreeMap<String, Vec<usize>> = weights
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        let file = weights.path.display().to_string();
+        let cfg = keys::detect(&shapes).map_err(|reason| ModelError::WrongModel {
+            file: file.clone(),
+            reason,
+        })?;
+        self.check(part, &cfg, &file, false)?;
+        Ok(cfg)
+    }
+
+    /// The part's graph over `params`.
+    fn declare(
+        &self,
+        part: Part,
+        cfg: &VaeConfig,
+        params: Params,
+        fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let iface = self.interface(part, o);
+        let mut g = Graph::new(format!("{}_{part}", self.name));
+        let input = &iface.inputs[0];
+        let x = g.input(
+            &input.name,
+            TensorType::new(DType::F32, super::bind_shape(&input.shape, fixed)?),
+        );
+        let b = Builder {
+            cfg,
+            groups: cfg.norm_groups,
+        };
+        let top = params.scope("");
+        match part {
+            Part::Decoder => {
+                let y = self.decoder(&mut g, &b, &top, x, o)?;
+                g.set_output("image", y);
+            }
+            Part::Encoder => {
+                let (mean, logvar) = self.encoder(&mut g, &b, &top, x, o)?;
+                g.set_output("latent", mean);
+                if let Some(lv) = logvar {
+                    g.set_output("logvar", lv);
+                }
+            }
+        }
+        params.finish()?;
+        Ok(g)
+    }
+
     /// The tensors' architecture against the model asked for. `whole_file`: `cfg` describes the
     /// whole file (at load), not just the part's tensors (at build), so the batch norm is there
     /// to check.
@@ -672,8 +723,9 @@ impl Builder<'_> {
 
 /// A `[C, C]` linear layer applied per position as a 1x1 conv.
 fn linear_1x1(g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
-    let w = p.tensor("weight", &[ch, ch])?;
-    let w = g.constant(p.node("weight"), w.reshaped(vec![ch, ch, 1, 1]));
+    let mut w = p.tensor("weight", &[ch, ch])?;
+    w.shape = vec![ch, ch, 1, 1];
+    let w = g.constant(p.node("weight"), w);
     let b = p.constant(g, "bias", &[ch])?;
     Ok(g.add(Op::Conv2d(Conv2d::same(1)), &[x, w, b], p.node("conv"))?)
 }
