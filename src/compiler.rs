@@ -621,6 +621,7 @@ fn compile_from(
         t = Instant::now();
     })?;
 
+    let largest_intermediate = largest_intermediate(&g, &opts.size_bindings()?);
     let t = Instant::now();
     let info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
     let iface = interface(opts)?;
@@ -644,7 +645,6 @@ fn compile_from(
         mil::lower(&g, opts.target, &info, &iface)?
     };
     timings.push(("lower".to_string(), t.elapsed()));
-    let largest_intermediate = largest_intermediate(&g, &opts.size_bindings()?);
     Ok(Compiled {
         model: model.name(),
         part,
