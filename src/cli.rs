@@ -550,6 +550,13 @@ fn run(a: &RunArgs) -> Result<()> {
             }
             _ => {}
         }
+        if r::is_image_input(&pkg, &function, name) {
+            // A Core ML image input takes the pixels themselves.
+            image
+                .data
+                .iter_mut()
+                .for_each(|v| *v = (*v * 255.0).round());
+        }
         inputs.insert(name.clone(), image);
     } else {
         let mut tensors = r::read_safetensors(&a.input)?;

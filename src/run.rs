@@ -112,6 +112,17 @@ pub fn is_image_output(pkg: &Package, function: &str, name: &str) -> bool {
     })
 }
 
+/// Whether input `name` of `function` is a Core ML image (it takes 0..255 pixel values).
+pub fn is_image_input(pkg: &Package, function: &str, name: &str) -> bool {
+    features(pkg, function).0.iter().any(|f| {
+        f.name == name
+            && matches!(
+                f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+                Some(spec::feature_type::Type::ImageType(_))
+            )
+    })
+}
+
 /// The declared `[N, C, H, W]`-style shape of input or output `name` of `function` (the default
 /// shape of a flexible one), or whether it is a Core ML image (`None` for neither).
 pub fn feature_shape(pkg: &Package, function: &str, name: &str) -> Option<FeatureShape> {

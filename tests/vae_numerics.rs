@@ -447,3 +447,53 @@ fn fp16_activation_mode_reports_the_largest_value_and_overflow() {
         "{err}"
     );
 }
+
+#[test]
+fn image_input_and_output_map_pixels_to_the_model_range() {
+    let dir = out_dir("vae_image_io");
+    // Encoder with an image input: pixels 0..255 in, the same latent as the [-1, 1] array.
+    let mut f = fixture("sd", "encode_8x8");
+    let image = f.remove("image").unwrap();
+    let pixels = Array::new(
+        image.shape.clone(),
+        image.data.iter().map(|v| (v + 1.0) * 127.5).collect(),
+    );
+    let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+    o.part = Some(Part::Encoder);
+    o.precision = Precision::Fp32;
+    o.sizes = Sizes::Image(vec![[64, 64]]);
+    o.input_type = mlc::compiler::InputType::Image;
+    o.output = Some(dir.join("enc.mlpackage"));
+    let pkg = build(&o).unwrap().package;
+    let p = mlc::package::read_package(&pkg).unwrap();
+    assert!(mlc::run::is_image_input(&p, "main", "image"));
+    let out = mlc::run::run(&p, "main", &BTreeMap::from([("image".into(), pixels)])).unwrap();
+    let e = relative_error(&out["latent"], &f["mean"]);
+    assert!(e <= 1e-4, "image-input encoder: {e}");
+    // Decoder with an image output: [-1, 1] becomes 0..255, clamped.
+    let mut f = fixture("sd", "decode_8x8");
+    let latent = f.remove("latent").unwrap();
+    let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+    o.precision = Precision::Fp32;
+    o.sizes = Sizes::Latent(vec![[8, 8]]);
+    o.output_type = mlc::compiler::OutputType::Image;
+    o.output = Some(dir.join("dec.mlpackage"));
+    let pkg = build(&o).unwrap().package;
+    let out = mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), latent)])).unwrap();
+    let want = Array::new(
+        f["image"].shape.clone(),
+        f["image"]
+            .data
+            .iter()
+            .map(|v| (v.clamp(-1.0, 1.0) + 1.0) * 127.5)
+            .collect(),
+    );
+    let e = relative_error(&out["image"], &want);
+    assert!(e <= 1e-4, "image-output decoder: {e}");
+    // A decoder's input is a latent, not an image.
+    let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+    o.input_type = mlc::compiler::InputType::Image;
+    o.output = Some(dir.join("bad.mlpackage"));
+    let e = build(&o).err().unwrap().to_string();
+    assert!(e.contains("not an RGB image"), "{e}");
+}
