@@ -441,6 +441,51 @@ pub enum BuildError {
     Hub(#[from] crate::hub::HubError),
     #[error("dumping passes: {0}")]
     Dump(std::io::Error),
+    /// A weight the package cannot hold (non-finite, or beyond the precision's range).
+    #[error("{path}: weight {tensor:?} {reason}")]
+    Weight {
+        path: String,
+        tensor: String,
+        reason: String,
+    },
+}
+
+/// Largest finite fp16 value.
+const FP16_MAX: f32 = 65504.0;
+
+/// Refuses weights a package cannot hold: NaN or infinite values at any precision, and in an
+/// fp16 build finite values beyond fp16's range (they would be stored as infinities).
+pub fn check_weights(weights: &Weights, precision: Precision) -> Result<(), BuildError> {
+    for (key, t) in &weights.tensors {
+        let err = |reason: String| BuildError::Weight {
+            path: weights.path.display().to_string(),
+            tensor: key.clone(),
+            reason,
+        };
+        let values: Vec<f32> = match &t.data {
+            crate::tensor::TensorData::F32(v) => v.clone(),
+            crate::tensor::TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            _ => continue,
+        };
+        let nan = values.iter().filter(|v| v.is_nan()).count();
+        let inf = values.iter().filter(|v| v.is_infinite()).count();
+        if nan + inf > 0 {
+            return Err(err(format!(
+                "holds {nan} NaN and {inf} infinite value(s) of {}; weights must be finite",
+                values.len()
+            )));
+        }
+        if precision == Precision::Fp16 {
+            let peak = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if peak > FP16_MAX {
+                let over = values.iter().filter(|v| v.abs() > FP16_MAX).count();
+                return Err(err(format!(
+                    "holds {peak} ({over} value(s) beyond fp16's largest, {FP16_MAX}); build with fp32 precision (--precision fp32)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A built model in memory, before it is written.
@@ -522,6 +567,7 @@ pub fn compile_weights(
 
     let t = Instant::now();
     let g = declare(opts, weights)?;
+    check_weights(weights, opts.precision)?;
     timings.push(("declare".to_string(), t.elapsed()));
     after_pass("declare", &g);
 
