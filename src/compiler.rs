@@ -40,6 +40,10 @@ pub enum OutputType {
 /// The most sizes one package may enumerate (Core ML compiles every one of them).
 pub const MAX_SIZES: usize = 128;
 
+/// The largest image side a package may be built for, in pixels (2048 latent pixels for models
+/// whose image is 8x the latent). Larger sizes are refused before anything is computed.
+pub const MAX_IMAGE_SIDE: usize = 16384;
+
 /// The sizes a package is built for, as the user names them; each is `[height, width]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sizes {
@@ -191,7 +195,26 @@ impl BuildOptions {
             if s.contains(&0) {
                 return bad(format!("{} size {}x{} is empty", role.name(), s[0], s[1]));
             }
+            let too_big = |side: &[usize; 2]| side.iter().any(|&n| n > MAX_IMAGE_SIDE);
+            if too_big(s) {
+                return bad(format!(
+                    "{} size {}x{} is over the limit of {MAX_IMAGE_SIDE} per side",
+                    role.name(),
+                    s[0],
+                    s[1]
+                ));
+            }
             let b = iface.bindings(role, *s)?;
+            if let Some(image) = iface.size_of(Role::Image, &b).filter(too_big) {
+                return bad(format!(
+                    "{} size {}x{} gives {}x{} images, over the limit of {MAX_IMAGE_SIDE} pixels per side",
+                    role.name(),
+                    s[0],
+                    s[1],
+                    image[0],
+                    image[1]
+                ));
+            }
             if out.contains(&b) {
                 return bad(format!(
                     "{} size {}x{} is given twice",

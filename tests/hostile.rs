@@ -1216,3 +1216,67 @@ fn compression_of_tiny_constants_is_skipped() {
     let o = mlc_env(&args, dir, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: absurd sizes, and enumerated sizes enforced by `run`.
+
+#[test]
+fn absurd_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    for (flag, size, expect) in [
+        (
+            "--image-size",
+            "18446744073709551608",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "4294967296",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "4x4294967296",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "2049",
+            "gives 16392x16392 images, over the limit of 16384 pixels",
+        ),
+        (
+            "--image-size",
+            "16392",
+            "is over the limit of 16384 per side",
+        ),
+    ] {
+        let args = [
+            "build",
+            "taesd",
+            "--weights",
+            "w.safetensors",
+            flag,
+            size,
+            "-o",
+            "m.mlpackage",
+        ];
+        let e = fails(dir, &["w.safetensors"], &args, &[]);
+        assert!(e.contains(flag) && e.contains(expect), "{flag} {size}: {e}");
+    }
+    // The library says the same, and the largest sizes are accepted.
+    let mut o = small_options(mlc::compiler::Precision::Fp16);
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4], [3000, 4]]);
+    let e = o.size_bindings().unwrap_err().to_string();
+    assert!(
+        e.ends_with(
+            "latent size 3000x4 gives 24000x32 images, over the limit of 16384 pixels per side"
+        ),
+        "{e}"
+    );
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[2048, 2048]]);
+    o.size_bindings().unwrap();
+    o.sizes = mlc::compiler::Sizes::Image(vec![[16384, 8]]);
+    o.size_bindings().unwrap();
+}
