@@ -1280,3 +1280,51 @@ fn absurd_sizes_are_refused() {
     o.sizes = mlc::compiler::Sizes::Image(vec![[16384, 8]]);
     o.size_bindings().unwrap();
 }
+
+#[test]
+fn run_enforces_enumerated_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut o = mlc::compiler::BuildOptions::new("taesd", dir.join("w.safetensors"));
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4], [2, 6]]);
+    o.output = Some(dir.join("m.mlpackage"));
+    mlc::compiler::build(&o).unwrap();
+    let pkg = mlc::package::read_package(&dir.join("m.mlpackage")).unwrap();
+    let run = |h: usize, w: usize| {
+        let latent = mlc::kernels::Array::new(vec![1, 4, h, w], vec![0.1; 4 * h * w]);
+        let inputs = std::collections::BTreeMap::from([("latent".to_string(), latent)]);
+        mlc::run::run(&pkg, "main", &inputs).map(|o| o.len())
+    };
+    assert_eq!(run(4, 4).unwrap(), 1);
+    assert_eq!(run(2, 6).unwrap(), 1);
+    for (h, w) in [(6, 2), (3, 3), (8, 8)] {
+        let e = run(h, w).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "input \"latent\": shape 1x4x{h}x{w} is not one of the enumerated shapes: 1x4x4x4, 1x4x2x6"
+            )
+        );
+    }
+    // Through the binary: one line, no output written.
+    let data: Vec<u8> = (0..36).flat_map(|_| 0.5f32.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 4, 3, 3], &data)
+            .unwrap();
+    safetensors::serialize_to_file([("latent", view)], None, &dir.join("in.safetensors")).unwrap();
+    let inputs = ["w.safetensors", "m.mlpackage", "in.safetensors"];
+    let args = [
+        "run",
+        "m.mlpackage",
+        "--input",
+        "in.safetensors",
+        "--output",
+        "o.safetensors",
+    ];
+    let e = fails(dir, &inputs, &args, &[]);
+    assert!(
+        e.contains("1x4x3x3 is not one of the enumerated shapes"),
+        "{e}"
+    );
+}
