@@ -423,11 +423,11 @@ fn fifo_as_weights_fails_at_once() {
         "--input",
         "w.fifo",
         "--output",
-        "x.png",
+        "x.safetensors",
     ];
     let o = mlc_deadline(&args, tmp.path(), &[], 20);
     assert!(one_line_error(&o).contains("FIFO"));
-    assert!(!tmp.path().join("x.png").exists());
+    assert!(!tmp.path().join("x.safetensors").exists());
 }
 
 #[cfg(unix)]
