@@ -33,7 +33,7 @@ impl Pass for Palettize {
         let chosen: Vec<usize> = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| matches!(&n.op, Op::Const(ConstData::Dense(t)) if t.len() >= self.min_elements && matches!(t.dtype(), DType::F16 | DType::F32)))
+            .filter(|(_, n)| matches!(&n.op, Op::Const(ConstData::Dense(t)) if compressible(t, self.min_elements, k)))
             .map(|(i, _)| i)
             .collect();
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
@@ -50,6 +50,9 @@ impl Pass for Palettize {
             let batch = &chosen[start..end];
             start = end;
             let values: Vec<Vec<f32>> = batch.iter().map(|&i| dense(&nodes[i]).to_f32()).collect();
+            for (&i, v) in batch.iter().zip(&values) {
+                finite(&nodes[i].name, "palettize", v)?;
+            }
             let palettes: Vec<Vec<Palette>> = match self.group_size {
                 None => {
                     let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
@@ -101,6 +104,30 @@ impl Pass for Palettize {
             }
         }
         Ok(Graph::from_parts(name, nodes, outputs))
+    }
+}
+
+/// Whether a constant is worth a table: a float tensor of rank 1 or more with at least
+/// `min_elements` elements and at least as many as the table's `k` entries (a scalar, or a
+/// tensor smaller than its table, stays dense whatever `min_elements` says).
+fn compressible(t: &Tensor, min_elements: usize, k: usize) -> bool {
+    matches!(t.dtype(), DType::F16 | DType::F32)
+        && !t.shape.is_empty()
+        && t.len() >= min_elements.max(k)
+}
+
+/// Refuses NaN and infinite values (which k-means and quantization cannot represent).
+pub(crate) fn finite(node: &str, op: &'static str, values: &[f32]) -> Result<(), IrError> {
+    match values.iter().filter(|v| !v.is_finite()).count() {
+        0 => Ok(()),
+        bad => Err(IrError::Type {
+            node: node.to_string(),
+            op,
+            reason: format!(
+                "{bad} of its {} values are NaN or infinite and cannot be compressed",
+                values.len()
+            ),
+        }),
     }
 }
 

@@ -43,6 +43,7 @@ impl Pass for Quantize {
             if t.len() < self.min_elements
                 || !matches!(t.dtype(), DType::F16 | DType::F32)
                 || t.shape.len() < 2
+                || t.is_empty()
             {
                 continue;
             }
@@ -53,6 +54,7 @@ impl Pass for Quantize {
                 ScaleType::F32
             };
             let v = t.to_f32();
+            super::palettize::finite(&n.name, "quantize", &v)?;
             let q = match (self.mode, self.block_size) {
                 (Mode::Int8, None) => quantize_per_channel_i8(&v, &t.shape, scale_type),
                 (Mode::Uint8, None) => quantize_per_channel_u8(&v, &t.shape, scale_type),

@@ -49,6 +49,10 @@ pub enum OutputType {
 /// The most sizes one package may enumerate (Core ML compiles every one of them).
 pub const MAX_SIZES: usize = 128;
 
+/// The largest image side a package may be built for, in pixels (2048 latent pixels for models
+/// whose image is 8x the latent). Larger sizes are refused before anything is computed.
+pub const MAX_IMAGE_SIDE: usize = 16384;
+
 /// The sizes a package is built for, as the user names them; each is `[height, width]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sizes {
@@ -202,7 +206,26 @@ impl BuildOptions {
             if s.contains(&0) {
                 return bad(format!("{} size {}x{} is empty", role.name(), s[0], s[1]));
             }
+            let too_big = |side: &[usize; 2]| side.iter().any(|&n| n > MAX_IMAGE_SIDE);
+            if too_big(s) {
+                return bad(format!(
+                    "{} size {}x{} is over the limit of {MAX_IMAGE_SIDE} per side",
+                    role.name(),
+                    s[0],
+                    s[1]
+                ));
+            }
             let b = iface.bindings(role, *s)?;
+            if let Some(image) = iface.size_of(Role::Image, &b).filter(too_big) {
+                return bad(format!(
+                    "{} size {}x{} gives {}x{} images, over the limit of {MAX_IMAGE_SIDE} pixels per side",
+                    role.name(),
+                    s[0],
+                    s[1],
+                    image[0],
+                    image[1]
+                ));
+            }
             if out.contains(&b) {
                 return bad(format!(
                     "{} size {}x{} is given twice",
@@ -481,6 +504,51 @@ pub enum BuildError {
     Hub(#[from] crate::hub::HubError),
     #[error("dumping passes: {0}")]
     Dump(std::io::Error),
+    /// A weight the package cannot hold (non-finite, or beyond the precision's range).
+    #[error("{path}: weight {tensor:?} {reason}")]
+    Weight {
+        path: String,
+        tensor: String,
+        reason: String,
+    },
+}
+
+/// Largest finite fp16 value.
+const FP16_MAX: f32 = 65504.0;
+
+/// Refuses weights a package cannot hold: NaN or infinite values at any precision, and in an
+/// fp16 build finite values beyond fp16's range (they would be stored as infinities).
+pub fn check_weights(weights: &Weights, precision: Precision) -> Result<(), BuildError> {
+    for (key, t) in &weights.tensors {
+        let err = |reason: String| BuildError::Weight {
+            path: weights.path.display().to_string(),
+            tensor: key.clone(),
+            reason,
+        };
+        let values: Vec<f32> = match &t.data {
+            crate::tensor::TensorData::F32(v) => v.clone(),
+            crate::tensor::TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            _ => continue,
+        };
+        let nan = values.iter().filter(|v| v.is_nan()).count();
+        let inf = values.iter().filter(|v| v.is_infinite()).count();
+        if nan + inf > 0 {
+            return Err(err(format!(
+                "holds {nan} NaN and {inf} infinite value(s) of {}; weights must be finite",
+                values.len()
+            )));
+        }
+        if precision == Precision::Fp16 {
+            let peak = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if peak > FP16_MAX {
+                let over = values.iter().filter(|v| v.abs() > FP16_MAX).count();
+                return Err(err(format!(
+                    "holds {peak} ({over} value(s) beyond fp16's largest, {FP16_MAX}); build with fp32 precision (--precision fp32)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A built model in memory, before it is written.
@@ -604,6 +672,8 @@ fn compile_from(
     let weights_sha256 = w.content_sha256();
     let weights_path = w.path.clone();
     timings.push(("hash weights".to_string(), t.elapsed()));
+    // Before the graph takes the tensors: NaN, infinities, values fp16 cannot hold.
+    check_weights(w, opts.precision)?;
 
     let t = Instant::now();
     let g = match weights {

@@ -117,7 +117,9 @@ pub fn compression(pkg: &Package) -> Result<String, PackageError> {
                         _ => String::new(),
                     }
                 };
-                let out = &op.outputs[0];
+                let Some(out) = op.outputs.first() else {
+                    continue;
+                };
                 let n: u64 = match out.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
                     Some(pb::value_type::Type::TensorType(t)) => t
                         .dimensions
@@ -126,7 +128,7 @@ pub fn compression(pkg: &Package) -> Result<String, PackageError> {
                             Some(pb::dimension::Dimension::Constant(c)) => c.size,
                             _ => 0,
                         })
-                        .product(),
+                        .fold(1u64, u64::saturating_mul),
                     _ => 0,
                 };
                 let (kind, stored) = match op.r#type.as_str() {
@@ -134,11 +136,13 @@ pub fn compression(pkg: &Package) -> Result<String, PackageError> {
                         let lut = dims(&arg("lut"));
                         let (tables, entries) = if lut.len() >= 3 {
                             (
-                                lut[..lut.len() - 2].iter().product::<u64>(),
+                                lut[..lut.len() - 2]
+                                    .iter()
+                                    .fold(1u64, |n, &d| n.saturating_mul(d)),
                                 lut[lut.len() - 2],
                             )
                         } else {
-                            (1, lut.iter().product())
+                            (1, lut.iter().fold(1u64, |n, &d| n.saturating_mul(d)))
                         };
                         let bits = entries.trailing_zeros();
                         (
@@ -161,9 +165,9 @@ pub fn compression(pkg: &Package) -> Result<String, PackageError> {
                     }
                     other => (other.to_string(), 0),
                 };
-                let dense = 2 * n as usize;
-                stored_total += stored;
-                dense_total += dense;
+                let dense = usize::try_from(n).unwrap_or(usize::MAX).saturating_mul(2);
+                stored_total = stored_total.saturating_add(stored);
+                dense_total = dense_total.saturating_add(dense);
                 lines.push(format!(
                     "  {:<24} {kind}: {stored} bytes (fp16 dense {dense})",
                     out.name

@@ -21,6 +21,25 @@ const EXPANSION: u64 = 16;
 /// Default absolute cap, whatever the file's size.
 const MAX_BUDGET: u64 = 4 << 30;
 
+/// Most elements of any one tensor the evaluator (`mlc run`) allocates, whether a package
+/// declares it (a const) or an op derives it from its inputs and attributes: 2^30 (4 GiB of
+/// f32). Past it an op fails, naming itself, instead of aborting on allocation.
+pub const MAX_EVAL_ELEMENTS: usize = 1 << 30;
+
+/// The element count of a tensor of `shape` the evaluator is about to allocate, computed
+/// without overflow; an error past [`MAX_EVAL_ELEMENTS`].
+pub fn eval_elements(shape: &[usize]) -> Result<usize, String> {
+    if shape.contains(&0) {
+        return Ok(0);
+    }
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(n) if n <= MAX_EVAL_ELEMENTS => Ok(n),
+        _ => Err(format!(
+            "a result of shape {shape:?} would exceed the evaluator's limit of {MAX_EVAL_ELEMENTS} elements"
+        )),
+    }
+}
+
 /// Bytes the readers of a weight file of `file_len` bytes may allocate (see the module docs).
 /// `env` looks up an environment variable (so tests need not touch the process environment).
 pub fn weight_budget_with(

@@ -42,6 +42,7 @@ pub fn run_with(
     let Some(spec::model::Type::MlProgram(program)) = &pkg.model.r#type else {
         return Err(RunError::NotProgram(pkg.path.display().to_string()));
     };
+    check_enumerated(pkg, function, inputs)?;
     let blobs = pkg.blobs()?;
     Ok(evaluate_with(
         program,
@@ -50,6 +51,66 @@ pub fn run_with(
         inputs,
         options,
     )?)
+}
+
+/// Refuses, as Core ML does, an input whose shape is not one of its feature's enumerated shapes
+/// (image sizes, for an image input); naming the ones listed.
+fn check_enumerated(
+    pkg: &Package,
+    function: &str,
+    inputs: &BTreeMap<String, Array>,
+) -> Result<(), MilEvalError> {
+    use spec::array_feature_type::ShapeFlexibility;
+    use spec::feature_type::Type;
+    use spec::image_feature_type::SizeFlexibility;
+    for f in features(pkg, function).0 {
+        let Some(given) = inputs.get(&f.name) else {
+            continue;
+        };
+        let (listed, shown, what): (Vec<Vec<u64>>, &[usize], &str) =
+            match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+                Some(Type::MultiArrayType(a)) => match &a.shape_flexibility {
+                    Some(ShapeFlexibility::EnumeratedShapes(e)) => (
+                        e.shapes
+                            .iter()
+                            .map(|s| s.shape.iter().map(|&d| d as u64).collect())
+                            .collect(),
+                        &given.shape[..],
+                        "shape",
+                    ),
+                    _ => continue,
+                },
+                Some(Type::ImageType(i)) => match &i.size_flexibility {
+                    Some(SizeFlexibility::EnumeratedSizes(e)) => (
+                        e.sizes.iter().map(|s| vec![s.height, s.width]).collect(),
+                        &given.shape[given.shape.len().saturating_sub(2)..],
+                        "size",
+                    ),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+        let shown_u64: Vec<u64> = shown.iter().map(|&d| d as u64).collect();
+        if !listed.is_empty() && !listed.contains(&shown_u64) {
+            let names: Vec<String> = listed
+                .iter()
+                .map(|s| s.iter().map(u64::to_string).collect::<Vec<_>>().join("x"))
+                .collect();
+            return Err(MilEvalError::Input {
+                name: f.name.clone(),
+                reason: format!(
+                    "{what} {} is not one of the enumerated {what}s: {}",
+                    shown
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("x"),
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads and evaluates the default function of the package at `path`.

@@ -780,3 +780,551 @@ fn huge_sparse_weight_files_are_refused_unread() {
     let e = one_line_error(&o);
     assert!(e.contains("weight.bin: file is 1099511627776 bytes"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 6: hostile packages in the evaluator (`mlc run`) and `mlc inspect`.
+
+use mlc::mil::values as mv;
+use mlc::proto::mil_spec as pb;
+use mlc::proto::specification as spec;
+
+/// A small real package (taesd decoder, 4x4 latent) built in `dir` as `m.mlpackage`.
+fn small_package(dir: &Path) -> mlc::package::Package {
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut o = mlc::compiler::BuildOptions::new("taesd", dir.join("w.safetensors"));
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4]]);
+    o.output = Some(dir.join("m.mlpackage"));
+    mlc::compiler::build(&o).unwrap();
+    mlc::package::read_package(&dir.join("m.mlpackage")).unwrap()
+}
+
+fn main_ops(model: &mut spec::Model) -> &mut Vec<pb::Operation> {
+    let Some(spec::model::Type::MlProgram(p)) = &mut model.r#type else {
+        panic!("not a program")
+    };
+    let f = p.functions.get_mut("main").unwrap();
+    let opset = f.opset.clone();
+    &mut f.block_specializations.get_mut(&opset).unwrap().operations
+}
+
+fn konst(name: &str, v: pb::Value) -> pb::Operation {
+    let ty = v.r#type.clone().unwrap();
+    pb::Operation {
+        r#type: "const".into(),
+        outputs: vec![mv::named(name, ty)],
+        attributes: [("val".to_string(), v), mv::name_attr(name)].into(),
+        ..Default::default()
+    }
+}
+
+/// An op of `kind` named `out` (no declared type) with `inputs` bound by name.
+fn op(kind: &str, out: &str, inputs: &[(&str, &str)]) -> pb::Operation {
+    pb::Operation {
+        r#type: kind.into(),
+        inputs: inputs
+            .iter()
+            .map(|(k, v)| (k.to_string(), mv::arg(v)))
+            .collect(),
+        outputs: vec![pb::NamedValueType {
+            name: out.into(),
+            r#type: None,
+        }],
+        attributes: [mv::name_attr(out)].into(),
+        ..Default::default()
+    }
+}
+
+fn scalar(v: f32) -> pb::Value {
+    mv::floats_value(&[], vec![v])
+}
+
+fn empty() -> pb::Value {
+    mv::floats_value(&[0], vec![])
+}
+
+/// Hostile ops put first in the program (they run before anything else).
+fn hostile_cases() -> Vec<(&'static str, Vec<pb::Operation>, &'static str)> {
+    let w4 = || mv::floats_value(&[4, 4, 1, 1], vec![0.5; 16]);
+    vec![
+        (
+            "constexpr op without outputs",
+            vec![pb::Operation {
+                r#type: "constexpr_lut_to_dense".into(),
+                ..Default::default()
+            }],
+            "op #0 (constexpr_lut_to_dense): has no outputs",
+        ),
+        (
+            "clip with an empty alpha",
+            vec![
+                konst("lo", empty()),
+                konst("hi", scalar(1.0)),
+                op("clip", "c", &[("x", "latent"), ("alpha", "lo"), ("beta", "hi")]),
+            ],
+            "op c (clip): alpha must hold one value, got 0",
+        ),
+        (
+            "rsqrt with an empty epsilon",
+            vec![
+                konst("eps", empty()),
+                op("rsqrt", "r", &[("x", "latent"), ("epsilon", "eps")]),
+            ],
+            "op r (rsqrt): epsilon must hold one value, got 0",
+        ),
+        (
+            "conv with an empty bias",
+            vec![
+                konst("w", w4()),
+                konst("b", empty()),
+                op("conv", "cv", &[("x", "latent"), ("weight", "w"), ("bias", "b")]),
+            ],
+            "op cv (conv): x [1, 4, 4, 4], weight [4, 4, 1, 1], bias",
+        ),
+        (
+            "conv with empty groups",
+            vec![
+                konst("w", w4()),
+                konst("g", empty()),
+                op("conv", "cv", &[("x", "latent"), ("weight", "w"), ("groups", "g")]),
+            ],
+            "op cv (conv): groups must hold one value, got 0",
+        ),
+        (
+            "dequantize with an empty scale",
+            vec![
+                konst("q", mv::raw_bytes_value(pb::DataType::Uint8, &[2, 2], vec![1; 4])),
+                konst("zp", empty()),
+                konst("s", empty()),
+                konst("ax", scalar(0.0)),
+                op(
+                    "constexpr_affine_dequantize",
+                    "dq",
+                    &[
+                        ("quantized_data", "q"),
+                        ("zero_point", "zp"),
+                        ("scale", "s"),
+                        ("axis", "ax"),
+                    ],
+                ),
+            ],
+            "op dq (constexpr_affine_dequantize): scale [0] / zero_point [0] do not fit",
+        ),
+        (
+            "dequantize with an empty axis",
+            vec![
+                konst("q", mv::raw_bytes_value(pb::DataType::Uint8, &[2, 2], vec![1; 4])),
+                konst("zp", scalar(0.0)),
+                konst("s", scalar(1.0)),
+                konst("ax", empty()),
+                op(
+                    "constexpr_affine_dequantize",
+                    "dq",
+                    &[
+                        ("quantized_data", "q"),
+                        ("zero_point", "zp"),
+                        ("scale", "s"),
+                        ("axis", "ax"),
+                    ],
+                ),
+            ],
+            "op dq (constexpr_affine_dequantize): axis must hold one value, got 0",
+        ),
+        (
+            "lut indexed past its end",
+            vec![
+                konst("i", mv::floats_value(&[2, 2], vec![0.0, 1.0, 2.0, 7.0])),
+                konst("t", mv::floats_value(&[1, 1, 2, 1], vec![0.25, 0.5])),
+                op("constexpr_lut_to_dense", "l", &[("indices", "i"), ("lut", "t")]),
+            ],
+            "op l (constexpr_lut_to_dense): index 2 is past the end of a 2-entry lut",
+        ),
+        (
+            "lut with an absurd shape",
+            vec![
+                konst("i", mv::raw_bytes_value(pb::DataType::Uint8, &[1], vec![0])),
+                konst("t", mv::floats_value(&[2], vec![0.25, 0.5])),
+                konst("sh", mv::floats_value(&[2], vec![4e9, 4e9])),
+                op(
+                    "constexpr_lut_to_dense",
+                    "l",
+                    &[("indices", "i"), ("lut", "t"), ("shape", "sh")],
+                ),
+            ],
+            "op l (constexpr_lut_to_dense): a result of shape [4000000000, 4000000000] would exceed",
+        ),
+        (
+            "uint4 const of 2^62+1 elements",
+            vec![konst(
+                "u4",
+                mv::raw_bytes_value(pb::DataType::Uint4, &[(1 << 62) + 1], vec![0; 8]),
+            )],
+            "op u4 (const): a result of shape [4611686018427387905] would exceed",
+        ),
+        (
+            "upsample by 1e9",
+            vec![
+                konst("s", scalar(1e9)),
+                op(
+                    "upsample_nearest_neighbor",
+                    "up",
+                    &[("x", "latent"), ("scale_factor_height", "s"), ("scale_factor_width", "s")],
+                ),
+            ],
+            "op up (upsample_nearest_neighbor): a result of shape [1, 4, 4000000000, 4000000000] would exceed",
+        ),
+        (
+            "tile by 2^20",
+            vec![
+                konst("reps", mv::ints_value(&[4], vec![1, 1, 1 << 20, 1 << 20])),
+                op("tile", "t", &[("x", "latent"), ("reps", "reps")]),
+            ],
+            "op t (tile): a result of shape [1, 4, 4194304, 4194304] would exceed",
+        ),
+        (
+            "conv padded by 100000",
+            vec![
+                konst("w", w4()),
+                konst("pt", mv::string_value("custom")),
+                konst("pad", mv::ints_value(&[4], vec![100000; 4])),
+                op(
+                    "conv",
+                    "cv",
+                    &[("x", "latent"), ("weight", "w"), ("pad_type", "pt"), ("pad", "pad")],
+                ),
+            ],
+            "op cv (conv): a result of shape [1, 4, 200004, 200004] would exceed",
+        ),
+        (
+            "broadcast to 1.6e9 elements",
+            vec![
+                konst("a", mv::floats_value(&[40000, 1], vec![1.0; 40000])),
+                konst("b", mv::floats_value(&[1, 40000], vec![1.0; 40000])),
+                op("add", "s", &[("x", "a"), ("y", "b")]),
+            ],
+            "op s (add): a result of shape [40000, 40000] would exceed",
+        ),
+        (
+            "matmul to 1.6e9 elements",
+            vec![
+                konst("a", mv::floats_value(&[40000, 1], vec![1.0; 40000])),
+                konst("b", mv::floats_value(&[1, 40000], vec![1.0; 40000])),
+                op("matmul", "mm", &[("x", "a"), ("y", "b")]),
+            ],
+            "op mm (matmul): a result of shape [40000, 40000] would exceed",
+        ),
+    ]
+}
+
+/// Each hostile op makes `run` fail with an error naming it, and `inspect` still describes
+/// the package.
+#[test]
+fn hostile_packages_fail_evaluation_by_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = small_package(tmp.path());
+    let latent = mlc::kernels::Array::new(vec![1, 4, 4, 4], vec![0.1; 64]);
+    let inputs = std::collections::BTreeMap::from([("latent".to_string(), latent)]);
+    // The untouched package runs.
+    mlc::run::run(&pkg, "main", &inputs).unwrap();
+    for (what, ops, expect) in hostile_cases() {
+        let mut bad = mlc::package::Package {
+            path: pkg.path.clone(),
+            model: pkg.model.clone(),
+            weights: pkg.weights.clone(),
+        };
+        main_ops(&mut bad.model).splice(0..0, ops);
+        let e = mlc::run::run(&bad, "main", &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(expect), "{what}: {e}");
+        assert_eq!(e.lines().count(), 1, "{what}: {e}");
+        mlc::inspect::describe(&bad).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+/// Through the binary: a tile bomb and an output-less op fail `run` with one line and write
+/// nothing; `inspect` describes both.
+#[test]
+fn cli_run_and_inspect_of_hostile_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pkg = small_package(dir);
+    latent_file(&dir.join("in.safetensors"));
+    let cases = hostile_cases();
+    for (what, ops, expect) in cases.into_iter().filter(|c| {
+        c.0.starts_with("tile") || c.0.starts_with("constexpr op") || c.0.starts_with("uint4")
+    }) {
+        let mut model = pkg.model.clone();
+        main_ops(&mut model).splice(0..0, ops);
+        mlc::package::write_package(&dir.join("bad.mlpackage"), &model, pkg.weights.as_deref())
+            .unwrap();
+        let inputs = [
+            "w.safetensors",
+            "m.mlpackage",
+            "in.safetensors",
+            "bad.mlpackage",
+        ];
+        let args = [
+            "run",
+            "bad.mlpackage",
+            "--input",
+            "in.safetensors",
+            "--output",
+            "o.png",
+        ];
+        let e = fails(dir, &inputs, &args, &[]);
+        assert!(e.contains(expect), "{what}: {e}");
+        let o = mlc_env(&["inspect", "bad.mlpackage"], dir, &[]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: weights a package cannot hold, and compression of tiny tensors.
+
+/// Synthetic weights with element 5 of `3.conv.2.weight` set to `v`.
+fn weights_with(v: f32) -> Weights {
+    let mut w = common::synthetic_taesd(4, false);
+    let t = w.tensors.get_mut("3.conv.2.weight").unwrap();
+    let mlc::tensor::TensorData::F32(data) = &mut t.data else {
+        panic!("synthetic weights are f32")
+    };
+    data[5] = v;
+    w
+}
+
+fn small_options(precision: mlc::compiler::Precision) -> mlc::compiler::BuildOptions {
+    let mut o = mlc::compiler::BuildOptions::new("taesd", "synthetic.safetensors");
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4]]);
+    o.precision = precision;
+    o
+}
+
+#[test]
+fn non_finite_and_fp16_overflowing_weights_are_named() {
+    use mlc::compiler::Precision::{Fp16, Fp32};
+    let palettize = Some(mlc::passes::Compression::Palettize {
+        bits: 4,
+        group_size: None,
+        min_elements: 16,
+    });
+    let quantize = Some(mlc::passes::Compression::Quantize {
+        mode: mlc::passes::quantize::Mode::Int8,
+        block_size: None,
+        min_elements: 16,
+    });
+    let cases = [
+        (
+            f32::NAN,
+            Fp32,
+            "holds 1 NaN and 0 infinite value(s) of 36864",
+        ),
+        (
+            f32::NAN,
+            Fp16,
+            "holds 1 NaN and 0 infinite value(s) of 36864",
+        ),
+        (f32::INFINITY, Fp16, "holds 0 NaN and 1 infinite value(s)"),
+        (
+            f32::NEG_INFINITY,
+            Fp32,
+            "holds 0 NaN and 1 infinite value(s)",
+        ),
+        (
+            70000.0,
+            Fp16,
+            "holds 70000 (1 value(s) beyond fp16's largest, 65504); build with fp32 precision",
+        ),
+        (
+            -1e30,
+            Fp16,
+            "holds 1000000000000000000000000000000 (1 value(s)",
+        ),
+    ];
+    for (v, precision, expect) in cases {
+        for compression in [None, palettize.clone(), quantize.clone()] {
+            let mut o = small_options(precision);
+            o.compression = compression.clone();
+            let e = mlc::compiler::compile_weights(&o, &weights_with(v), |_, _| {})
+                .err()
+                .unwrap_or_else(|| panic!("{v} at {precision:?} with {compression:?} built"))
+                .to_string();
+            assert!(
+                e.starts_with("synthetic.safetensors: weight \"3.conv.2.weight\" ")
+                    && e.contains(expect),
+                "{v} at {precision:?}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1);
+        }
+    }
+    // Large but finite values are fine at fp32, compressed or not.
+    for compression in [None, palettize, quantize] {
+        let mut o = small_options(Fp32);
+        o.compression = compression;
+        mlc::compiler::compile_weights(&o, &weights_with(70000.0), |_, _| {}).unwrap();
+    }
+}
+
+#[test]
+fn cli_build_with_fp16_overflowing_weights_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    common::write_safetensors(&dir.join("w.safetensors"), &weights_with(70000.0).tensors);
+    let e = fails(dir, &["w.safetensors"], &BUILD, &[]);
+    assert!(
+        e.contains("\"3.conv.2.weight\"") && e.contains("70000") && e.contains("fp32"),
+        "{e}"
+    );
+    let mut fp32 = BUILD.to_vec();
+    fp32.extend(["--precision", "fp32"]);
+    let o = mlc_env(&fp32, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `--min-elements 0` or `1` makes every constant a candidate: scalars and tensors smaller
+/// than the table stay dense instead of panicking.
+#[test]
+fn compression_of_tiny_constants_is_skipped() {
+    for min_elements in [0, 1] {
+        for compression in [
+            mlc::passes::Compression::Palettize {
+                bits: 8,
+                group_size: None,
+                min_elements,
+            },
+            mlc::passes::Compression::Quantize {
+                mode: mlc::passes::quantize::Mode::Uint8,
+                block_size: None,
+                min_elements,
+            },
+        ] {
+            let mut o = small_options(mlc::compiler::Precision::Fp16);
+            o.compression = Some(compression.clone());
+            let c =
+                mlc::compiler::compile_weights(&o, &common::synthetic_taesd(4, false), |_, _| {})
+                    .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
+            // The big weights were still compressed.
+            let text = mlc::mil::print::print_model(&c.lowered.model);
+            assert!(text.contains("constexpr_"), "{compression:?}");
+        }
+    }
+    // Through the binary as well.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut args = BUILD.to_vec();
+    args.extend(["--palettize", "4", "--min-elements", "0"]);
+    let o = mlc_env(&args, dir, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: absurd sizes, and enumerated sizes enforced by `run`.
+
+#[test]
+fn absurd_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    for (flag, size, expect) in [
+        (
+            "--image-size",
+            "18446744073709551608",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "4294967296",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "4x4294967296",
+            "is over the limit of 16384 per side",
+        ),
+        (
+            "--latent-size",
+            "2049",
+            "gives 16392x16392 images, over the limit of 16384 pixels",
+        ),
+        (
+            "--image-size",
+            "16392",
+            "is over the limit of 16384 per side",
+        ),
+    ] {
+        let args = [
+            "build",
+            "taesd",
+            "--weights",
+            "w.safetensors",
+            flag,
+            size,
+            "-o",
+            "m.mlpackage",
+        ];
+        let e = fails(dir, &["w.safetensors"], &args, &[]);
+        assert!(e.contains(flag) && e.contains(expect), "{flag} {size}: {e}");
+    }
+    // The library says the same, and the largest sizes are accepted.
+    let mut o = small_options(mlc::compiler::Precision::Fp16);
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4], [3000, 4]]);
+    let e = o.size_bindings().unwrap_err().to_string();
+    assert!(
+        e.ends_with(
+            "latent size 3000x4 gives 24000x32 images, over the limit of 16384 pixels per side"
+        ),
+        "{e}"
+    );
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[2048, 2048]]);
+    o.size_bindings().unwrap();
+    o.sizes = mlc::compiler::Sizes::Image(vec![[16384, 8]]);
+    o.size_bindings().unwrap();
+}
+
+#[test]
+fn run_enforces_enumerated_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    synthetic_weights(&dir.join("w.safetensors"));
+    let mut o = mlc::compiler::BuildOptions::new("taesd", dir.join("w.safetensors"));
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[4, 4], [2, 6]]);
+    o.output = Some(dir.join("m.mlpackage"));
+    mlc::compiler::build(&o).unwrap();
+    let pkg = mlc::package::read_package(&dir.join("m.mlpackage")).unwrap();
+    let run = |h: usize, w: usize| {
+        let latent = mlc::kernels::Array::new(vec![1, 4, h, w], vec![0.1; 4 * h * w]);
+        let inputs = std::collections::BTreeMap::from([("latent".to_string(), latent)]);
+        mlc::run::run(&pkg, "main", &inputs).map(|o| o.len())
+    };
+    assert_eq!(run(4, 4).unwrap(), 1);
+    assert_eq!(run(2, 6).unwrap(), 1);
+    for (h, w) in [(6, 2), (3, 3), (8, 8)] {
+        let e = run(h, w).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "input \"latent\": shape 1x4x{h}x{w} is not one of the enumerated shapes: 1x4x4x4, 1x4x2x6"
+            )
+        );
+    }
+    // Through the binary: one line, no output written.
+    let data: Vec<u8> = (0..36).flat_map(|_| 0.5f32.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 4, 3, 3], &data)
+            .unwrap();
+    safetensors::serialize_to_file([("latent", view)], None, &dir.join("in.safetensors")).unwrap();
+    let inputs = ["w.safetensors", "m.mlpackage", "in.safetensors"];
+    let args = [
+        "run",
+        "m.mlpackage",
+        "--input",
+        "in.safetensors",
+        "--output",
+        "o.safetensors",
+    ];
+    let e = fails(dir, &inputs, &args, &[]);
+    assert!(
+        e.contains("1x4x3x3 is not one of the enumerated shapes"),
+        "{e}"
+    );
+}

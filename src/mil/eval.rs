@@ -134,12 +134,14 @@ pub fn evaluate_with(
         *uses.entry(o.as_str()).or_default() += 1;
     }
 
-    for op in &block.operations {
-        let name = op
-            .outputs
-            .first()
-            .map(|o| o.name.clone())
-            .unwrap_or_default();
+    for (index, op) in block.operations.iter().enumerate() {
+        let Some(name) = op.outputs.first().map(|o| o.name.clone()) else {
+            return Err(MilEvalError::Op {
+                op: format!("#{index}"),
+                kind: op.r#type.clone(),
+                reason: "has no outputs".into(),
+            });
+        };
         let err = |reason: String| MilEvalError::Op {
             op: name.clone(),
             kind: op.r#type.clone(),
@@ -252,7 +254,7 @@ fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
         .iter()
         .map(|d| d.ok_or("const with unknown dimension"))
         .collect::<Result<_, _>>()?;
-    let n: usize = shape.iter().product();
+    let n = crate::limits::eval_elements(&shape)?;
     let data: Vec<f32> = match v.value.as_ref().ok_or("const without data")? {
         pb::value::Value::ImmediateValue(iv) => {
             use pb::tensor_value::Value as V;

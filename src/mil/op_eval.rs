@@ -4,6 +4,7 @@
 
 use super::eval::Val;
 use crate::kernels::{self, Array};
+use crate::limits::eval_elements;
 use crate::proto::mil_spec as pb;
 use half::f16;
 use std::collections::HashMap;
@@ -111,6 +112,9 @@ pub fn unary(a: &Args, f: fn(f32) -> f32) -> Result<Array, String> {
 
 pub fn binary(a: &Args, f: fn(f32, f32) -> f32) -> Result<Array, String> {
     let (x, y) = (a.num("x")?, a.num("y")?);
+    let out = kernels::broadcast_shape(&x.shape, &y.shape)
+        .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", x.shape, y.shape))?;
+    eval_elements(&out)?;
     kernels::binary(x, y, f)
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", x.shape, y.shape))
 }
@@ -169,8 +173,8 @@ pub fn conv(a: &Args) -> Result<Array, String> {
         "valid" => [0; 4],
         "same" if strides == [1, 1] => {
             let (kh, kw) = (
-                dilations[0] * (w.shape[2] - 1),
-                dilations[1] * (w.shape[3] - 1),
+                dilations[0].saturating_mul(w.shape[2] - 1),
+                dilations[1].saturating_mul(w.shape[3] - 1),
             );
             [kh / 2, kh - kh / 2, kw / 2, kw - kw / 2]
         }
@@ -178,18 +182,26 @@ pub fn conv(a: &Args) -> Result<Array, String> {
     };
     let fits = x.shape.len() == 4
         && groups > 0
-        && x.shape[1] == w.shape[1] * groups
+        && w.shape[1].checked_mul(groups) == Some(x.shape[1])
         && w.shape[0] % groups == 0
         && bias.is_none_or(|b| b.len() == w.shape[0])
         && !strides.contains(&0)
         && !dilations.contains(&0)
         && (0..2).all(|i| {
-            x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
-                > dilations[i] * (w.shape[2 + i].max(1) - 1)
+            padded(x.shape[2 + i], pads[2 * i], pads[2 * i + 1])
+                > dilations[i].saturating_mul(w.shape[2 + i].max(1) - 1)
         });
     if !fits {
         return Err(format!("x {:?}, weight {:?}, bias, strides {strides:?}, dilations {dilations:?}, pads {pads:?} and groups {groups} do not fit", x.shape, w.shape));
     }
+    // The padded input and the output are what the kernel allocates.
+    let (ph, pw) = (
+        padded(x.shape[2], pads[0], pads[1]),
+        padded(x.shape[3], pads[2], pads[3]),
+    );
+    eval_elements(&[x.shape[0], x.shape[1], ph, pw])?;
+    let out = |i: usize, p: usize| (p - dilations[i] * (w.shape[2 + i] - 1) - 1) / strides[i] + 1;
+    eval_elements(&[x.shape[0], w.shape[0], out(0, ph), out(1, pw)])?;
     let p = kernels::Conv2d {
         strides,
         pads,
@@ -199,13 +211,18 @@ pub fn conv(a: &Args) -> Result<Array, String> {
     Ok(kernels::conv2d(x, w, bias.map(|b| b.data.as_slice()), &p))
 }
 
+/// A dim with padding on both sides (saturating: an absurd size is refused later).
+fn padded(n: usize, before: usize, after: usize) -> usize {
+    n.saturating_add(before).saturating_add(after)
+}
+
 pub fn upsample_nearest_neighbor(a: &Args) -> Result<Array, String> {
     let s = |k: &str| -> Result<usize, String> {
         match a.opt(k)? {
             None => Ok(1),
             Some(_) => {
                 let v = a.scalar(k)?;
-                if v >= 1.0 && v.fract() == 0.0 {
+                if v >= 1.0 && v.fract() == 0.0 && v < 1e15 {
                     Ok(v as usize)
                 } else {
                     Err(format!("{k} = {v} is not a whole number"))
@@ -217,11 +234,13 @@ pub fn upsample_nearest_neighbor(a: &Args) -> Result<Array, String> {
     if x.shape.len() < 3 {
         return Err(format!("upsample needs rank >= 3, got {:?}", x.shape));
     }
-    Ok(kernels::upsample_nearest(
-        x,
-        s("scale_factor_height")?,
-        s("scale_factor_width")?,
-    ))
+    let (sh, sw) = (s("scale_factor_height")?, s("scale_factor_width")?);
+    let mut out = x.shape.clone();
+    let r = out.len();
+    out[r - 2] = out[r - 2].saturating_mul(sh);
+    out[r - 1] = out[r - 1].saturating_mul(sw);
+    eval_elements(&out)?;
+    Ok(kernels::upsample_nearest(x, sh, sw))
 }
 
 pub fn reduce_mean(a: &Args) -> Result<Array, String> {
@@ -260,7 +279,8 @@ pub fn reshape(a: &Args) -> Result<Array, String> {
                 d as usize
             }
         })
-        .product();
+        .try_fold(1usize, |n, d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {spec:?} overflows"))?;
     let shape: Vec<usize> = spec
         .iter()
         .enumerate()
@@ -270,7 +290,7 @@ pub fn reshape(a: &Args) -> Result<Array, String> {
             d => d as usize,
         })
         .collect();
-    if shape.iter().product::<usize>() != x.len() {
+    if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) {
         return Err(format!("cannot reshape {:?} to {spec:?}", x.shape));
     }
     Ok(x.clone().reshape(shape))
@@ -282,6 +302,13 @@ pub fn tile(a: &Args) -> Result<Array, String> {
     if reps.len() != x.shape.len() {
         return Err(format!("reps {reps:?} do not match rank {}", x.shape.len()));
     }
+    let out: Vec<usize> = x
+        .shape
+        .iter()
+        .zip(&reps)
+        .map(|(&s, &r)| s.saturating_mul(r))
+        .collect();
+    eval_elements(&out)?;
     Ok(kernels::tile(x, &reps))
 }
 
@@ -330,8 +357,20 @@ pub fn matmul(a: &Args) -> Result<Array, String> {
             x.shape, y.shape
         ));
     }
+    matmul_fits(x, y, tx, ty)?;
     kernels::matmul(x, y, tx, ty)
         .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))
+}
+
+/// Refuses a product of rank-2-or-more operands whose result would exceed the evaluator's limit.
+fn matmul_fits(x: &Array, y: &Array, tx: bool, ty: bool) -> Result<(), String> {
+    let (rx, ry) = (x.shape.len(), y.shape.len());
+    let m = x.shape[if tx { rx - 1 } else { rx - 2 }];
+    let n = y.shape[if ty { ry - 2 } else { ry - 1 }];
+    let mut out = kernels::broadcast_shape(&x.shape[..rx - 2], &y.shape[..ry - 2])
+        .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))?;
+    out.extend([m, n]);
+    eval_elements(&out).map(|_| ())
 }
 
 pub fn softmax(a: &Args) -> Result<Array, String> {
@@ -358,6 +397,7 @@ pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
             q.shape, k.shape, v.shape
         ));
     }
+    matmul_fits(q, k, false, true)?;
     let scores = kernels::matmul(q, k, false, true).ok_or("query and key do not multiply")?;
     let scale = 1.0 / (q.shape[r - 1] as f32).sqrt();
     let scores = kernels::map(&scores, move |s| s * scale);
@@ -414,6 +454,8 @@ pub fn concat(a: &Args) -> Result<Array, String> {
     if a.flag("interleave", false)? {
         return Err("interleaved concat is not supported by the evaluator".into());
     }
+    let total = xs.iter().try_fold(0usize, |n, x| n.checked_add(x.len()));
+    eval_elements(&[total.unwrap_or(usize::MAX)])?;
     kernels::concat(&xs, ax).ok_or_else(|| format!("values do not join along axis {ax}"))
 }
 
@@ -513,8 +555,18 @@ fn block_index(e: usize, fine: &[usize], coarse: &[usize]) -> usize {
 fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<Array, String> {
     match shape {
         Some(shape) => {
-            let shape: Vec<usize> = shape.data.iter().map(|&d| d as usize).collect();
-            let n: usize = shape.iter().product();
+            let shape: Vec<usize> = shape
+                .data
+                .iter()
+                .map(|&d| {
+                    if d >= 0.0 && d.fract() == 0.0 && d < 1e15 {
+                        Ok(d as usize)
+                    } else {
+                        Err(format!("shape holds {d}, not a size"))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let n = eval_elements(&shape)?;
             let table = lut.len();
             if !table.is_power_of_two() || !(2..=256).contains(&table) {
                 return Err(format!("lut of {table} entries is not 2^bits"));
@@ -555,6 +607,13 @@ fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<A
                 ));
             }
             let table = lut.shape[rank];
+            if let Some(i) = indices
+                .data
+                .iter()
+                .find(|&&i| !(i >= 0.0 && i.fract() == 0.0 && i < table as f32))
+            {
+                return Err(format!("index {i} is past the end of a {table}-entry lut"));
+            }
             let data = indices.data.iter().enumerate().map(|(e, &i)| {
                 let b = block_index(e, &indices.shape, coarse);
                 lut.data[b * table + i as usize]
