@@ -290,19 +290,6 @@ fn graph_stats(g: &Graph) -> Stats {
     Stats { ops, largest }
 }
 
-fn mil_ops(model: &mlc::proto::specification::Model) -> usize {
-    match &model.r#type {
-        Some(mlc::proto::specification::model::Type::MlProgram(p)) => p
-            .functions
-            .values()
-            .flat_map(|f| f.block_specializations.values())
-            .flat_map(|b| &b.operations)
-            .filter(|op| op.r#type != "const")
-            .count(),
-        _ => 0,
-    }
-}
-
 fn mb(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -412,7 +399,7 @@ fn main() {
                 "  decoder, 128x128 latent, {setting}: IR after passes {} non-const ops, MIL {} \
                  non-const ops, weight.bin {} (in-process compile {secs:.2} s)",
                 s.ops,
-                mil_ops(&c.lowered.model),
+                mlc::compiler::count_ops(&c.lowered.model),
                 mb(c.lowered.weight_bin.as_ref().map_or(0, Vec::len)),
             );
             for (bytes, shape, dtype, name) in &s.largest {

@@ -824,7 +824,8 @@ fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
         .collect()
 }
 
-fn count_ops(model: &crate::proto::specification::Model) -> usize {
+/// Non-const MIL ops of every function of a model.
+pub fn count_ops(model: &crate::proto::specification::Model) -> usize {
     match &model.r#type {
         Some(crate::proto::specification::model::Type::MlProgram(p)) => p
             .functions

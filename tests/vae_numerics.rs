@@ -497,3 +497,59 @@ fn image_input_and_output_map_pixels_to_the_model_range() {
     let e = build(&o).err().unwrap().to_string();
     assert!(e.contains("not an RGB image"), "{e}");
 }
+
+/// Compression on the small random VAEs is a smoke test of the path (tables, scales, lowering,
+/// coremltools), not a quality figure: random weights have no structure for k-means to find.
+/// A broken table or scale gives errors of order 1; these bounds are 2-4x the measured errors.
+#[test]
+fn compression_and_channels_last_work_on_full_vaes() {
+    use mlc::compiler::{Compression, Layout, QuantMode};
+    let dir = out_dir("vae_compressed");
+    let mut f = fixture("sd", "decode_8x8");
+    let latent = f.remove("latent").unwrap();
+    let settings: [(&str, Option<Compression>, f32); 3] = [
+        (
+            "pal8",
+            Some(Compression::Palettize {
+                bits: 8,
+                group_size: None,
+                min_elements: 2048,
+            }),
+            1e-1,
+        ),
+        (
+            "int8",
+            Some(Compression::Quantize {
+                mode: QuantMode::Int8,
+                block_size: None,
+                min_elements: 2048,
+            }),
+            1e-1,
+        ),
+        ("nhwc", None, 5e-3),
+    ];
+    for (tag, compression, tol) in settings {
+        let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+        o.sizes = Sizes::Latent(vec![[8, 8]]);
+        o.io_precision = Some(Precision::Fp32);
+        o.compression = compression;
+        let mut input = latent.clone();
+        if tag == "nhwc" {
+            o.input_layout = Layout::Nhwc;
+            o.output_layout = Layout::Nhwc;
+            input = mlc::kernels::transpose(&latent, &[0, 2, 3, 1]);
+        }
+        o.output = Some(dir.join(format!("{tag}.mlpackage")));
+        let pkg = build(&o).unwrap().package;
+        let mut out = mlc::run::run_path(&pkg, &BTreeMap::from([("latent".into(), input)]))
+            .unwrap()
+            .remove("image")
+            .unwrap();
+        if tag == "nhwc" {
+            out = mlc::kernels::transpose(&out, &[0, 3, 1, 2]);
+        }
+        let e = relative_error(&out, &f["image"]);
+        println!("sd-vae decoder {tag}: relative max error {e:.2e}");
+        assert!(e <= tol, "{tag}: {e} > {tol}");
+    }
+}

@@ -501,11 +501,14 @@ impl FnLowering<'_> {
         if self.target < Target::Ios18 {
             if groups != 1 {
                 return bad(format!(
-                    "{groups} look-up tables (per-grouped-channel) need --target ios18"
+                    "{groups} look-up tables (per-grouped-channel) need target ios18 or newer"
                 ));
             }
             if ![1, 2, 4, 6, 8].contains(&p.bits) {
-                return bad(format!("{}-bit palettes need --target ios18", p.bits));
+                return bad(format!(
+                    "{}-bit palettes need target ios18 or newer",
+                    p.bits
+                ));
             }
             let n = packed.len();
             let indices = self.raw_const(
@@ -583,7 +586,7 @@ impl FnLowering<'_> {
             let Some(axis) = q.q.axis() else {
                 return Err(LowerError::Compression {
                     node: out.to_string(),
-                    why: "per-block scales need --target ios18".into(),
+                    why: "per-block scales need target ios18 or newer".into(),
                 });
             };
             let c = shape[axis];
