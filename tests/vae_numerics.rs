@@ -553,3 +553,35 @@ fn compression_and_channels_last_work_on_full_vaes() {
         assert!(e <= tol, "{tag}: {e} > {tol}");
     }
 }
+
+#[test]
+fn a_full_sd_checkpoint_gives_the_vae_package() {
+    // The VAE of a full SD checkpoint sits under `first_stage_model.`, beside the UNet and the
+    // text encoder; only the VAE is read, and the package equals the bare VAE file's.
+    let dir = out_dir("vae_full_checkpoint");
+    let mut t = mlc::weights::load_raw(&weights("sd", "original")).unwrap();
+    t = t
+        .into_iter()
+        .map(|(k, v)| (format!("first_stage_model.{k}"), v))
+        .collect();
+    t.insert(
+        "model.diffusion_model.input_blocks.0.0.weight".into(),
+        mlc::tensor::Tensor::f32(vec![2, 2], vec![1.0; 4]),
+    );
+    t.insert(
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight".into(),
+        mlc::tensor::Tensor::f32(vec![3], vec![1.0; 3]),
+    );
+    let full = dir.join("sd_full.safetensors");
+    write_safetensors(&full, &t);
+    let bytes = |w: PathBuf, name: &str| {
+        let mut o = BuildOptions::new("sd-vae", w);
+        o.sizes = Sizes::Latent(vec![[8, 8]]);
+        o.output = Some(dir.join(name));
+        let pkg = build(&o).unwrap().package.join("Data/com.apple.CoreML");
+        let mut b = std::fs::read(pkg.join("model.mlmodel")).unwrap();
+        b.extend(std::fs::read(pkg.join("weights/weight.bin")).unwrap());
+        b
+    };
+    assert!(bytes(full, "full.mlpackage") == bytes(weights("sd", "original"), "vae.mlpackage"));
+}
