@@ -56,6 +56,9 @@ pub struct PipelineOptions {
     pub compression: Option<Compression>,
     /// Keep attention as one fused op (iOS18's `scaled_dot_product_attention`).
     pub fused_attention: bool,
+    /// Lower attention in this pipeline; a multifunction build lowers it per function instead,
+    /// after specialisation, when query counts are static and can be chunked.
+    pub lower_attention: bool,
 }
 
 /// How weights are compressed.
@@ -73,17 +76,24 @@ pub enum Compression {
     },
 }
 
+/// Attention lowering for `opts`: fused at iOS18, chunked to the score budget.
+pub fn attention_pass(opts: &PipelineOptions) -> lower_attention::LowerAttention {
+    lower_attention::LowerAttention {
+        fused: opts.fused_attention,
+        max_bytes: lower_attention::MAX_SCORE_BYTES,
+        element_bytes: if opts.fp16 { 2 } else { 4 },
+    }
+}
+
 /// The passes for `opts`, in order.
 pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
         // Before folding: the lowering reshapes gamma/beta, which folding then precomputes.
         Box::new(lower_group_norm::LowerGroupNorm),
-        Box::new(lower_attention::LowerAttention {
-            fused: opts.fused_attention,
-            max_bytes: lower_attention::MAX_SCORE_BYTES,
-            element_bytes: if opts.fp16 { 2 } else { 4 },
-        }),
     ];
+    if opts.lower_attention {
+        passes.push(Box::new(attention_pass(opts)));
+    }
     if let Some((low, high)) = opts.image_output {
         // Before the layout pass, so scaling happens on NCHW values like every other op.
         passes.push(Box::new(image_output::ImageOutput { low, high }));

@@ -405,17 +405,16 @@ pub fn main(cli: Cli) -> Result<()> {
                 eprintln!("{:>9.3} ms  total", total * 1e3);
             }
             if let Some(l) = &r.largest_intermediate {
-                if l.bytes > crate::passes::lower_attention::MAX_SCORE_BYTES {
+                // Conv activations are as large as the image asks; an attention score matrix
+                // past the chunk budget is worth a word (enumerated sizes are not chunked).
+                if l.bytes > crate::passes::lower_attention::MAX_SCORE_BYTES
+                    && l.name.contains("attention")
+                {
                     eprintln!(
-                        "note: the largest intermediate, {} {:?}, takes {:.0} MiB{}",
+                        "note: the largest intermediate, {} {:?}, takes {:.0} MiB: attention over enumerated sizes is not split into chunks; --multifunction splits it",
                         l.name,
                         l.shape,
                         l.bytes as f64 / (1 << 20) as f64,
-                        if l.name.contains("attention") && !opts.multifunction {
-                            " (attention over enumerated sizes is not split into chunks; --multifunction splits it)"
-                        } else {
-                            ""
-                        }
                     );
                 }
             }

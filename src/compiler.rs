@@ -609,6 +609,7 @@ pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildErr
         },
         compression: opts.compression.clone(),
         fused_attention: opts.target >= Target::Ios18,
+        lower_attention: !opts.multifunction,
     })
 }
 
@@ -683,7 +684,8 @@ fn compile_from(
     timings.push(("declare".to_string(), t.elapsed()));
     after_pass("declare", &g);
 
-    let list = passes::pipeline(&pipeline_options(opts)?);
+    let pipeline = pipeline_options(opts)?;
+    let list = passes::pipeline(&pipeline);
     let mut t = Instant::now();
     let g = passes::run(g, &list, |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
@@ -691,7 +693,7 @@ fn compile_from(
         t = Instant::now();
     })?;
 
-    let largest_intermediate = largest_intermediate(&g, &opts.size_bindings()?);
+    let mut largest = largest_intermediate(&g, &opts.size_bindings()?);
     let t = Instant::now();
     let info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
     let iface = interface(opts)?;
@@ -701,13 +703,21 @@ fn compile_from(
         // Each function is its own run of the pass manager: specialised, verified, dumpable.
         for (b, size) in opts.bindings()?.into_iter().zip(image_sizes) {
             let name = function_name(part, size);
-            let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(Specialize {
-                sizes: b,
-                function: name.clone(),
-            })];
+            let list: Vec<Box<dyn passes::Pass>> = vec![
+                Box::new(Specialize {
+                    sizes: b,
+                    function: name.clone(),
+                }),
+                // Static now, so the query count is known and attention can be chunked.
+                Box::new(passes::attention_pass(&pipeline)),
+            ];
             let f = passes::run(g.clone(), &list, |p, g| after_pass(p.name(), g))?;
             functions.push((name, f));
         }
+        largest = functions
+            .iter()
+            .filter_map(|(_, f)| largest_intermediate(f, &[]))
+            .max_by_key(|l| l.bytes);
         drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
         mil::lower::lower_multifunction(&functions, opts.target, &info, &iface)?
@@ -719,7 +729,7 @@ fn compile_from(
         model: model.name(),
         part,
         lowered,
-        largest_intermediate,
+        largest_intermediate: largest,
         weights_sha256,
         timings,
     })

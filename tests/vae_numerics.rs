@@ -585,3 +585,36 @@ fn a_full_sd_checkpoint_gives_the_vae_package() {
     };
     assert!(bytes(full, "full.mlpackage") == bytes(weights("sd", "original"), "vae.mlpackage"));
 }
+
+#[test]
+fn multifunction_chunks_attention_per_function() {
+    // 128x128 latents make 16,384 positions: an unchunked fp16 score matrix is 512 MiB. Each
+    // function is static, so its attention is split into chunks of at most 64 MiB; enumerated
+    // sizes (one symbolic graph) keep it whole and say so in the build report.
+    let dir = out_dir("vae_chunks");
+    let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
+    o.sizes = Sizes::Latent(vec![[8, 8], [128, 128]]);
+    o.multifunction = true;
+    o.target = Target::Ios18;
+    o.output = Some(dir.join("mf.mlpackage"));
+    let r = build(&o).unwrap();
+    let p = mlc::package::read_package(&r.package).unwrap();
+    let text = mlc::mil::print::print_model(&p.model);
+    let big = text
+        .split("decode_1024x1024[")
+        .nth(1)
+        .expect("function decode_1024x1024");
+    let big = big.split("decode_64x64[").next().unwrap();
+    assert_eq!(big.matches("= scaled_dot_product_attention(").count(), 8);
+    let l = r.largest_intermediate.unwrap();
+    assert!(!l.name.contains("attention"), "{l:?}");
+
+    o.multifunction = false;
+    o.target = Target::Ios16;
+    o.output = Some(dir.join("enumerated.mlpackage"));
+    let l = build(&o).unwrap().largest_intermediate.unwrap();
+    assert!(
+        l.name.contains("attention") && l.bytes == 512 << 20,
+        "{l:?}"
+    );
+}
