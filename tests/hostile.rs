@@ -505,23 +505,7 @@ fn special_files_and_escaping_symlinks_in_packages_are_refused() {
 
 /// Synthetic taesd decoder weights (4 latent channels) as an f32 safetensors file.
 fn synthetic_weights(path: &Path) {
-    let w = common::synthetic_taesd(4, false);
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = w
-        .tensors
-        .iter()
-        .map(|(k, t)| {
-            let b = t.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.clone(), b, t.shape.clone())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-            (k.clone(), v.unwrap())
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    common::write_safetensors(path, &common::synthetic_taesd(4, false).tensors);
 }
 
 const BUILD: [&str; 8] = [
