@@ -11,11 +11,14 @@
 //! With `fused` (iOS18), each chunk is one `attention` op that lowering emits as
 //! `scaled_dot_product_attention` (whose scale is 1/sqrt(D)). A full-size VAE attends over
 //! 16,384 positions at a 1024x1024 image: one fp16 score matrix is 512 MiB, eight chunks keep
-//! each at 64 MiB. Chunking needs a static query count; with enumerated sizes the matrix stays
-//! whole (the package's report names its size).
+//! each at 64 MiB. A static query count is sliced into near-equal chunks; a symbolic one (an
+//! enumerated `H*W`) is split into equal parts, which needs a part count that divides the
+//! query count at every enumerated size: the smallest such count within budget is taken, and
+//! when none exists the matrix stays whole (the build report names its size).
 
+use super::specialize_shapes::Bindings;
 use super::Pass;
-use crate::ir::{Binary, Graph, IrError, Op, Rebuilder, ValueId};
+use crate::ir::{Binary, Dim, Graph, IrError, Op, Rebuilder, ValueId};
 use crate::tensor::Tensor;
 
 pub struct LowerAttention {
@@ -25,6 +28,61 @@ pub struct LowerAttention {
     pub max_bytes: usize,
     /// Bytes per element of the scores (2 for fp16 compute).
     pub element_bytes: usize,
+    /// Symbol values of every enumerated size (empty for static graphs).
+    pub sizes: Vec<Bindings>,
+}
+
+/// How the queries are cut.
+#[derive(Clone, Copy)]
+enum Cut {
+    Whole,
+    /// Near-equal static slices of a known query count.
+    Slices {
+        count: usize,
+        queries: usize,
+    },
+    /// Equal parts of a symbolic query count.
+    Parts(usize),
+}
+
+impl LowerAttention {
+    fn cut(&self, b: &Dim, l: &Dim, s: &Dim) -> Cut {
+        let budget = self.max_bytes.max(1);
+        let chunks = |b: usize, l: usize, s: usize| {
+            b.saturating_mul(l)
+                .saturating_mul(s)
+                .saturating_mul(self.element_bytes)
+                .div_ceil(budget)
+                .clamp(1, l.max(1))
+        };
+        if let (Some(b), Some(l), Some(s)) = (b.known(), l.known(), s.known()) {
+            return match chunks(b, l, s) {
+                1 => Cut::Whole,
+                count => Cut::Slices { count, queries: l },
+            };
+        }
+        let resolved: Option<Vec<[usize; 3]>> = self
+            .sizes
+            .iter()
+            .map(|z| {
+                let r = |d: &Dim| d.resolve(&|sym| z.get(sym).copied());
+                Some([r(b)?, r(l)?, r(s)?])
+            })
+            .collect();
+        let Some(resolved) = resolved.filter(|r| !r.is_empty()) else {
+            return Cut::Whole;
+        };
+        let need = resolved
+            .iter()
+            .map(|&[b, l, s]| chunks(b, l, s))
+            .max()
+            .unwrap_or(1);
+        let fewest = resolved.iter().map(|r| r[1]).min().unwrap_or(1);
+        match (need..=fewest).find(|k| resolved.iter().all(|r| r[1] % k == 0)) {
+            Some(1) | None => Cut::Whole,
+            Some(k) => Cut::Parts(k),
+        }
+    }
 }
 
 /// The chunk budget the issue asks for: 64 MiB.
@@ -46,24 +104,10 @@ impl Pass for LowerAttention {
             };
             let [q, k, v] = [0, 1, 2].map(|j| r.get(node.inputs[j]));
             let (qt, kt) = (r.graph.ty(q).clone(), r.graph.ty(k).clone());
-            let dims = [
-                qt.shape[0].known(),
-                qt.shape[1].known(),
-                kt.shape[1].known(),
-                qt.shape[2].known(),
-            ];
-            let chunks = match dims {
-                [Some(b), Some(l), Some(s), _] => {
-                    let bytes = b
-                        .saturating_mul(l)
-                        .saturating_mul(s)
-                        .saturating_mul(self.element_bytes);
-                    bytes.div_ceil(self.max_bytes.max(1)).clamp(1, l.max(1))
-                }
-                _ => 1,
-            };
+            let cut = self.cut(&qt.shape[0], &qt.shape[1], &kt.shape[1]);
+            let d = qt.shape[2].known();
             let default_scale =
-                dims[3].is_some_and(|d| (1.0 / (d as f32).sqrt() - scale).abs() <= 1e-6 * scale);
+                d.is_some_and(|d| (1.0 / (d as f32).sqrt() - scale).abs() <= 1e-6 * scale);
             let n = &node.name;
             let g = &mut r.graph;
             let fused = self.fused && default_scale;
@@ -73,7 +117,11 @@ impl Pass for LowerAttention {
                 let s = g.constant(format!("{n}_scale"), Tensor::scalar(scale).cast(qt.dtype));
                 g.add(Op::Binary(Binary::Mul), &[q, s], format!("{n}_q_scaled"))?
             };
-            let l = dims[1].unwrap_or(0);
+            let chunks = match cut {
+                Cut::Whole => 1,
+                Cut::Slices { count, .. } => count,
+                Cut::Parts(k) => k,
+            };
             let mut parts = Vec::with_capacity(chunks);
             for c in 0..chunks {
                 let tag = if chunks == 1 {
@@ -81,19 +129,22 @@ impl Pass for LowerAttention {
                 } else {
                     format!("_{c}")
                 };
-                let qc = if chunks == 1 {
-                    q
-                } else {
-                    let (a, b) = (c * l / chunks, (c + 1) * l / chunks);
-                    g.add(
-                        Op::Slice {
-                            axis: 1,
-                            begin: a,
-                            end: b,
-                        },
-                        &[q],
-                        format!("{n}_q{tag}"),
-                    )?
+                let op = match cut {
+                    Cut::Whole => None,
+                    Cut::Slices { count, queries } => Some(Op::Slice {
+                        axis: 1,
+                        begin: c * queries / count,
+                        end: (c + 1) * queries / count,
+                    }),
+                    Cut::Parts(k) => Some(Op::Split {
+                        axis: 1,
+                        parts: k,
+                        index: c,
+                    }),
+                };
+                let qc = match op {
+                    None => q,
+                    Some(op) => g.add(op, &[q], format!("{n}_q{tag}"))?,
                 };
                 let out = if fused {
                     g.add(
@@ -168,6 +219,7 @@ mod tests {
             fused: false,
             max_bytes: 7 * s * 4,
             element_bytes: 4,
+            sizes: vec![],
         };
         let low = pass.run(g.clone()).unwrap();
         verify(&low).unwrap();
@@ -196,6 +248,7 @@ mod tests {
             fused: false,
             max_bytes: MAX_SCORE_BYTES,
             element_bytes: 2,
+            sizes: vec![],
         }
         .run(g.clone())
         .unwrap();
@@ -205,6 +258,7 @@ mod tests {
             fused: true,
             max_bytes: MAX_SCORE_BYTES,
             element_bytes: 2,
+            sizes: vec![],
         }
         .run(g.clone())
         .unwrap();
@@ -215,6 +269,7 @@ mod tests {
             fused: true,
             max_bytes: MAX_SCORE_BYTES,
             element_bytes: 2,
+            sizes: vec![],
         }
         .run(odd)
         .unwrap();
@@ -228,10 +283,47 @@ mod tests {
             fused: false,
             max_bytes: 1,
             element_bytes: 2,
+            sizes: vec![],
         }
         .run(g)
         .unwrap();
         verify(&low).unwrap();
         assert!(!print(&low).contains("slice("));
+    }
+
+    #[test]
+    fn enumerated_query_counts_split_into_equal_parts_that_divide_every_size() {
+        let (s, d) = (5, 4);
+        let g = graph(Dim::sym("L"), s, d, 0.3);
+        let sizes = |ls: &[usize]| -> Vec<Bindings> {
+            ls.iter()
+                .map(|&l| BTreeMap::from([("L".to_string(), l)]))
+                .collect()
+        };
+        // 12 queries need 4 parts of 64 bytes; 4 and 5 do not divide 6, so 6 parts.
+        let pass = LowerAttention {
+            fused: false,
+            max_bytes: 64,
+            element_bytes: 4,
+            sizes: sizes(&[6, 12]),
+        };
+        let low = pass.run(g.clone()).unwrap();
+        verify(&low).unwrap();
+        let text = print(&low);
+        assert_eq!(text.matches("= split(").count(), 6, "{text}");
+        assert!(text.contains("fp32[1,L/6,5] = matmul"), "{text}");
+        assert!(text.contains("fp32[1,L,4] = concat("), "{text}");
+        for l in [6, 12] {
+            let diff = max_diff(&g, &low, &inputs(l, s, d));
+            assert!(diff < 1e-5, "L={l}: {diff}");
+        }
+        // No count within reach divides both 7 and 12: the matrix stays whole.
+        let whole = LowerAttention {
+            sizes: sizes(&[7, 12]),
+            ..pass
+        }
+        .run(g)
+        .unwrap();
+        assert!(!print(&whole).contains("split("), "{}", print(&whole));
     }
 }

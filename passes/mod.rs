@@ -82,6 +82,7 @@ pub fn attention_pass(opts: &PipelineOptions) -> lower_attention::LowerAttention
         fused: opts.fused_attention,
         max_bytes: lower_attention::MAX_SCORE_BYTES,
         element_bytes: if opts.fp16 { 2 } else { 4 },
+        sizes: opts.sizes.clone(),
     }
 }
 

@@ -135,7 +135,7 @@ pub fn analyze(model: &spec::Model) -> AneReport {
     }
     if flexible {
         report.notes.push(
-            "flexible (enumerated) shapes: only the default shape is known to stay on the Neural Engine; a --multifunction build (iOS18) gives every size a static function".into(),
+            "flexible (enumerated) shapes: only the default shape is known to stay on the Neural Engine; a multifunction build (iOS18) gives every size a static function".into(),
         );
     }
     report

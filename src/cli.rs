@@ -356,7 +356,15 @@ impl BuildArgs {
 
     /// A library error in the command line's terms: an option error names the flag at fault.
     fn flagged(&self, e: compiler::BuildError) -> anyhow::Error {
-        use compiler::{BuildError, BuildOption as O};
+        use compiler::{BuildError, BuildOption as O, Remedy};
+        if let Some(r) = e.remedy() {
+            let flag = match r {
+                Remedy::WeightsFile => "--weights FILE".to_string(),
+                Remedy::Fp32 => "--precision fp32".into(),
+                Remedy::Part(p) => format!("--part {p}"),
+            };
+            return anyhow::anyhow!("{e} ({flag})");
+        }
         let BuildError::Option { option, reason } = e else {
             return e.into();
         };
@@ -406,12 +414,13 @@ pub fn main(cli: Cli) -> Result<()> {
             }
             if let Some(l) = &r.largest_intermediate {
                 // Conv activations are as large as the image asks; an attention score matrix
-                // past the chunk budget is worth a word (enumerated sizes are not chunked).
+                // past the chunk budget is worth a word: it happens only when no part count
+                // divides the query count at every enumerated size.
                 if l.bytes > crate::passes::lower_attention::MAX_SCORE_BYTES
                     && l.name.contains("attention")
                 {
                     eprintln!(
-                        "note: the largest intermediate, {} {:?}, takes {:.0} MiB: attention over enumerated sizes is not split into chunks; --multifunction splits it",
+                        "note: the largest intermediate, {} {:?}, takes {:.0} MiB: no chunk count divides the attention's query count at every enumerated size; --multifunction chunks each size",
                         l.name,
                         l.shape,
                         l.bytes as f64 / (1 << 20) as f64,

@@ -511,6 +511,40 @@ pub enum BuildError {
         tensor: String,
         reason: String,
     },
+    /// A finite weight beyond fp16's range in an fp16 build.
+    #[error(
+        "{path}: weight {tensor:?} holds {peak} ({over} value(s) beyond fp16's largest, \
+         {FP16_MAX}); build with fp32 precision"
+    )]
+    Fp16Range {
+        path: String,
+        tensor: String,
+        peak: f32,
+        over: usize,
+    },
+}
+
+/// What gets a build past an error, for a front end to name in its own terms (the CLI as a
+/// flag); the message says it in words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// A weights file on disk instead of a download.
+    WeightsFile,
+    /// fp32 precision.
+    Fp32,
+    /// Building this part of the model instead.
+    Part(Part),
+}
+
+impl BuildError {
+    pub fn remedy(&self) -> Option<Remedy> {
+        match self {
+            BuildError::Hub(h) if h.local_file_helps() => Some(Remedy::WeightsFile),
+            BuildError::Fp16Range { .. } => Some(Remedy::Fp32),
+            BuildError::Model(ModelError::OtherPart { other, .. }) => Some(Remedy::Part(*other)),
+            _ => None,
+        }
+    }
 }
 
 /// Largest finite fp16 value.
@@ -542,9 +576,12 @@ pub fn check_weights(weights: &Weights, precision: Precision) -> Result<(), Buil
             let peak = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             if peak > FP16_MAX {
                 let over = values.iter().filter(|v| v.abs() > FP16_MAX).count();
-                return Err(err(format!(
-                    "holds {peak} ({over} value(s) beyond fp16's largest, {FP16_MAX}); build with fp32 precision (--precision fp32)"
-                )));
+                return Err(BuildError::Fp16Range {
+                    path: weights.path.display().to_string(),
+                    tensor: key.clone(),
+                    peak,
+                    over,
+                });
             }
         }
     }

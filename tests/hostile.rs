@@ -1155,7 +1155,9 @@ fn cli_build_with_fp16_overflowing_weights_writes_nothing() {
     common::write_safetensors(&dir.join("w.safetensors"), &weights_with(70000.0).tensors);
     let e = fails(dir, &["w.safetensors"], &BUILD, &[]);
     assert!(
-        e.contains("\"3.conv.2.weight\"") && e.contains("70000") && e.contains("fp32"),
+        e.contains("\"3.conv.2.weight\"")
+            && e.contains("70000")
+            && e.ends_with("build with fp32 precision (--precision fp32)"),
         "{e}"
     );
     let mut fp32 = BUILD.to_vec();

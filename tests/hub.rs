@@ -462,10 +462,12 @@ fn offline_with_empty_cache_refuses_without_requests() {
         err.to_string(),
         format!(
             "weights for taef2 are not in the Hugging Face cache ({}) and HF_HUB_OFFLINE=1 \
-             forbids downloading; pass --weights FILE",
+             forbids downloading; give a local weights file",
             snap.display()
         )
     );
+    // The library names no flag; a front end adds its own (the CLI's --weights FILE).
+    assert!(err.local_file_helps());
     assert_eq!(server.hits(), 0);
     assert_cache_empty(tmp.path());
 }
@@ -568,8 +570,12 @@ fn real_sources_and_unpublished_model() {
         "https://huggingface.co/madebyollin/taef2/resolve/bd244ebfe4398c84fbf312a2f1c868c676b500e3/taef2.safetensors"
     );
     assert!(hub::source("taesd").unwrap().sha256.is_none());
-    let err = hub::require_source("taesd3").unwrap_err().to_string();
-    assert!(err.contains("--weights"), "{err}");
+    let err = hub::require_source("taesd3").unwrap_err();
+    assert!(err.local_file_helps());
+    assert!(
+        err.to_string().ends_with("; give a local weights file"),
+        "{err}"
+    );
 }
 
 /// Nothing at all under the cache: no file, and no directory a failed download made.

@@ -470,6 +470,7 @@ families!(
     Softmax,
     Attention,
     Slice,
+    Split,
     ReshapeLike,
     Concat,
     PixelShuffle,
@@ -496,6 +497,7 @@ fn family(op: &Op) -> Family {
         Op::Softmax { .. } => Family::Softmax,
         Op::Attention { .. } => Family::Attention,
         Op::Slice { .. } => Family::Slice,
+        Op::Split { .. } => Family::Split,
         Op::ReshapeLike => Family::ReshapeLike,
         Op::Concat { .. } => Family::Concat,
         Op::PixelShuffle { .. } => Family::PixelShuffle,
@@ -524,6 +526,7 @@ fn cases(f: Family) -> Vec<Case> {
         Family::Softmax => softmax_cases(r),
         Family::Attention => attention_cases(r),
         Family::Slice => slice_cases(r),
+        Family::Split => split_cases(r),
         Family::ReshapeLike => reshape_like_cases(r),
         Family::Concat => concat_cases(r),
         Family::PixelShuffle => pixel_shuffle_cases(r),
@@ -1135,6 +1138,7 @@ fn attention_decomposed() -> Box<dyn Pass> {
         fused: false,
         max_bytes: 64,
         element_bytes: 4,
+        sizes: vec![],
     })
 }
 
@@ -1143,6 +1147,20 @@ fn attention_fused() -> Box<dyn Pass> {
         fused: true,
         max_bytes: 64,
         element_bytes: 4,
+        sizes: vec![],
+    })
+}
+
+fn attention_enumerated() -> Box<dyn Pass> {
+    // Two enumerated query counts, 6 and 12: within 64 bytes the larger needs 4 parts, and 6 is
+    // the smallest count from 4 up that divides both.
+    Box::new(LowerAttention {
+        fused: false,
+        max_bytes: 64,
+        element_bytes: 4,
+        sizes: [6, 12]
+            .map(|l| BTreeMap::from([("L".to_string(), l)]))
+            .to_vec(),
     })
 }
 
@@ -1151,7 +1169,7 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
     // (name, [q, k, v] shapes, scale (None: 1/sqrt(D)), sizes, lowering)
     type L = fn() -> Box<dyn Pass>;
     type Config = (&'static str, [Spec; 3], Option<f32>, Sizes, Lowering);
-    let configs: [Config; 5] = [
+    let configs: [Config; 6] = [
         (
             "1/sqrt(D) fused (iOS18's op, lowered directly)",
             [&["1", "6", "8"], &["1", "5", "8"], &["1", "5", "3"]],
@@ -1186,6 +1204,13 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
             Some(0.3),
             &[("L", 6)],
             Lowering::Pass(attention_decomposed as L, Target::Ios16),
+        ),
+        (
+            "enumerated query count in equal parts (one MIL split)",
+            [&["1", "L", "4"], &["1", "5", "4"], &["1", "5", "3"]],
+            Some(0.3),
+            &[("L", 6)],
+            Lowering::Pass(attention_enumerated as L, Target::Ios16),
         ),
     ];
     for (name, [qs, ks, vs], scale, sizes, lowering) in configs {
@@ -1230,6 +1255,38 @@ fn slice_cases(r: &mut Rng) -> Vec<Case> {
             Case::new(
                 format!("slice {spec:?} axis {axis} {begin}..{end}"),
                 Op::Slice { axis, begin, end },
+                vec![o],
+                want,
+                0.0,
+            )
+            .sizes(sizes)
+        })
+        .collect()
+}
+
+fn split_cases(r: &mut Rng) -> Vec<Case> {
+    let configs: [(Spec, usize, usize, usize, Sizes); 4] = [
+        (&["6", "3"], 0, 3, 1, &[]),
+        (&["2", "4", "3"], 1, 1, 0, &[]),
+        (&["1", "4*H", "2"], 1, 4, 3, &[("H", 3)]),
+        (&["1", "2", "8*H"], 2, 8, 5, &[("H", 3)]),
+    ];
+    configs
+        .into_iter()
+        .map(|(spec, axis, parts, index, sizes)| {
+            let o = x(r, spec, sizes);
+            let a = &o.value;
+            let part = a.shape[axis] / parts;
+            let mut shape = a.shape.clone();
+            shape[axis] = part;
+            let want = elementwise(shape, |i| {
+                let mut src = i.to_vec();
+                src[axis] += index * part;
+                a.data[ravel(&src, &a.shape)] as f64
+            });
+            Case::new(
+                format!("split {spec:?} axis {axis} part {index} of {parts}"),
+                Op::Split { axis, parts, index },
                 vec![o],
                 want,
                 0.0,

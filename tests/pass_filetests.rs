@@ -118,6 +118,21 @@ impl Opts<'_> {
     }
 }
 
+/// `sizes=L:8,W:2;L:12,W:2`: enumerated sizes, `;` between sizes, `,` between symbols.
+fn enumerated(text: &str) -> Result<Vec<BTreeMap<String, usize>>, String> {
+    text.split(';')
+        .filter(|s| !s.is_empty())
+        .map(|size| {
+            size.split(',')
+                .map(|b| {
+                    let (k, v) = b.split_once(':').ok_or(format!("size {b} is not SYM:N"))?;
+                    Ok((k.to_string(), v.parse().map_err(|_| format!("size {b}"))?))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn make_pass(name: &str, map: &BTreeMap<String, String>) -> Result<Box<dyn Pass>, String> {
     use passes::*;
     let mut o = Opts { map, used: vec![] };
@@ -127,6 +142,7 @@ fn make_pass(name: &str, map: &BTreeMap<String, String>) -> Result<Box<dyn Pass>
             fused: o.get("fused", false)?,
             max_bytes: o.get("max_bytes", lower_attention::MAX_SCORE_BYTES)?,
             element_bytes: o.get("element_bytes", 4)?,
+            sizes: enumerated(&o.get("sizes", String::new())?)?,
         }),
         "fold_constants" => Box::new(fold_constants::FoldConstants),
         "cast_fp16" => Box::new(cast_fp16::CastFp16 {

@@ -301,14 +301,14 @@ fn wrong_part_weights_and_bad_sizes_fail_naming_the_cause() {
     assert_eq!(
         e.trim_end(),
         format!(
-            "error: {dec}: these are TAESD-family decoder weights (they have \"1.weight\", not the encoder's \"14.weight\"); build them with --part decoder, or give encoder weights"
+            "error: {dec}: these are TAESD-family decoder weights (they have \"1.weight\", not the encoder's \"14.weight\"); give encoder weights, or build the decoder part (--part decoder)"
         )
     );
     let e = fails(&dir, &["build", "flux2", "--weights", &enc]);
     assert_eq!(
         e.trim_end(),
         format!(
-            "error: {enc}: these are TAESD-family encoder weights (they have \"14.weight\", not the decoder's \"1.weight\"); build them with --part encoder, or give decoder weights"
+            "error: {enc}: these are TAESD-family encoder weights (they have \"14.weight\", not the decoder's \"1.weight\"); give decoder weights, or build the encoder part (--part encoder)"
         )
     );
     // Right part, wrong model.

@@ -589,8 +589,7 @@ fn a_full_sd_checkpoint_gives_the_vae_package() {
 #[test]
 fn multifunction_chunks_attention_per_function() {
     // 128x128 latents make 16,384 positions: an unchunked fp16 score matrix is 512 MiB. Each
-    // function is static, so its attention is split into chunks of at most 64 MiB; enumerated
-    // sizes (one symbolic graph) keep it whole and say so in the build report.
+    // function is static, so its attention is split into chunks of at most 64 MiB.
     let dir = out_dir("vae_chunks");
     let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
     o.sizes = Sizes::Latent(vec![[8, 8], [128, 128]]);
@@ -609,9 +608,25 @@ fn multifunction_chunks_attention_per_function() {
     let l = r.largest_intermediate.unwrap();
     assert!(!l.name.contains("attention"), "{l:?}");
 
+    // Enumerated sizes (one symbolic graph): 8 parts of h*w/8 divide both 64 and 16,384
+    // queries, so one MIL split cuts them and no score matrix passes 64 MiB at either size.
     o.multifunction = false;
     o.target = Target::Ios16;
     o.output = Some(dir.join("enumerated.mlpackage"));
+    let r = build(&o).unwrap();
+    let l = r.largest_intermediate.unwrap();
+    assert!(!l.name.contains("attention"), "{l:?}");
+    let p = mlc::package::read_package(&r.package).unwrap();
+    let text = mlc::mil::print::print_model(&p.model);
+    let splits: Vec<&str> = text.lines().filter(|l| l.contains("= split(")).collect();
+    assert_eq!(splits.len(), 1, "{text}");
+    assert!(splits[0].contains("num_splits=8"), "{}", splits[0]);
+    assert_eq!(text.matches("= softmax(").count(), 8);
+
+    // 6x10 and 128x128: the larger needs 8 parts, and no count from 8 to 60 divides both 60
+    // and 16,384, so the matrix stays whole and the report names it.
+    o.sizes = Sizes::Latent(vec![[6, 10], [128, 128]]);
+    o.output = Some(dir.join("indivisible.mlpackage"));
     let l = build(&o).unwrap().largest_intermediate.unwrap();
     assert!(
         l.name.contains("attention") && l.bytes == 512 << 20,

@@ -45,18 +45,20 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
+/// Messages that end in "give a local weights file" are the ones [`HubError::local_file_helps`]
+/// marks, so that a front end can name its own way of giving one (the CLI's `--weights FILE`).
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("no published single-file weights for {model}; pass --weights FILE")]
+    #[error("no published single-file weights for {model}; give a local weights file")]
     NotPublished { model: String },
     #[error(
         "unknown model {model}: published weights are known for taef2 (flux2), taef1 (flux1), \
-         taesd and taesdxl; otherwise pass --weights FILE"
+         taesd and taesdxl; otherwise give a local weights file"
     )]
     UnknownModel { model: String },
     #[error(
         "weights for {model} are not in the Hugging Face cache ({}) and HF_HUB_OFFLINE=1 \
-         forbids downloading; pass --weights FILE",
+         forbids downloading; give a local weights file",
         path.display()
     )]
     Offline { model: String, path: PathBuf },
@@ -89,7 +91,7 @@ pub enum HubError {
     NotSafetensors { url: String, reason: String },
     #[error(
         "{}: cached download is not a valid safetensors file ({reason}); delete that file to \
-         download it again, or pass --weights FILE",
+         download it again, or give a local weights file",
         path.display()
     )]
     CachedInvalid { path: PathBuf, reason: String },
@@ -101,7 +103,7 @@ pub enum HubError {
     },
     #[error(
         "{}: sha256 is {got}, expected {expected}; this cached file does not match the pinned \
-         revision (left in place: remove it to re-download, or pass --weights FILE)",
+         revision; it is left in place: remove it to download again, or give a local weights file",
         path.display()
     )]
     CachedDigest {
@@ -117,6 +119,18 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// Whether a weights file on disk gets past this error (the message says so in words).
+    pub fn local_file_helps(&self) -> bool {
+        matches!(
+            self,
+            HubError::NotPublished { .. }
+                | HubError::UnknownModel { .. }
+                | HubError::Offline { .. }
+                | HubError::CachedInvalid { .. }
+                | HubError::CachedDigest { .. }
+        )
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> HubError {
         HubError::Io {
             path: path.to_path_buf(),

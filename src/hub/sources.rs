@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn unpublished_and_unknown_models_say_so() {
         let e = require_source("taesd3").unwrap_err().to_string();
-        assert!(e.contains("taesd3") && e.contains("--weights"), "{e}");
+        assert!(
+            e.contains("taesd3") && e.contains("local weights file"),
+            "{e}"
+        );
         let e = require_source("bogus").unwrap_err().to_string();
         assert!(e.contains("bogus") && e.contains("taef2"), "{e}");
     }

@@ -174,6 +174,22 @@ pub fn eval_op_at(
             e[*axis] = *end;
             kernels::slice(x, &b, &e, &vec![1; x.shape.len()])
         }
+        Op::Split { axis, parts, index } => {
+            let x = args[0];
+            let part = match x.shape.get(*axis) {
+                Some(&n) if *parts > 0 && n % parts == 0 && index < parts => n / parts,
+                _ => {
+                    return Err(format!(
+                        "{:?} has no part {index} of {parts} along axis {axis}",
+                        x.shape
+                    ))
+                }
+            };
+            let mut b = vec![0; x.shape.len()];
+            let mut e = x.shape.clone();
+            (b[*axis], e[*axis]) = (index * part, (index + 1) * part);
+            kernels::slice(x, &b, &e, &vec![1; x.shape.len()])
+        }
         Op::ReshapeLike => args[0].clone().reshape(args[1].shape.clone()),
         Op::Concat { axis } => kernels::concat(args, *axis)
             .ok_or_else(|| format!("inputs do not join along axis {axis}"))?,

@@ -215,6 +215,15 @@ pub enum Op {
         begin: usize,
         end: usize,
     },
+    /// Part `index` of `parts` equal parts of `axis`. Unlike `Slice`, the size may be symbolic
+    /// (`H*W` queries become `H*W/8` each) as long as `parts` divides it at every size, which
+    /// is how attention over an enumerated size is chunked; the parts of one value lower to a
+    /// single MIL `split`.
+    Split {
+        axis: usize,
+        parts: usize,
+        index: usize,
+    },
     /// x reshaped to the shape of a reference value (inputs x, reference): how a size that only
     /// the running model knows (an enumerated `H` and `W`) is restored after a flattening.
     ReshapeLike,
@@ -251,6 +260,7 @@ impl Op {
             Op::Softmax { .. } => "softmax",
             Op::Attention { .. } => "attention",
             Op::Slice { .. } => "slice",
+            Op::Split { .. } => "split",
             Op::Concat { .. } => "concat",
             Op::ReshapeLike => "reshape_like",
             Op::PixelShuffle { .. } => "pixel_shuffle",
@@ -527,6 +537,24 @@ impl Op {
                 shape[*axis] = Dim::Known(end - begin);
                 Ok(TensorType::new(x.dtype, shape))
             }
+            Op::Split { axis, parts, index } => {
+                arity(1..=1)?;
+                let x = inputs[0];
+                let d = x
+                    .shape
+                    .get(*axis)
+                    .ok_or_else(|| format!("axis {axis} out of range for {x}"))?;
+                if *index >= *parts {
+                    return Err(format!("part {index} of {parts} does not exist"));
+                }
+                let part = d
+                    .divided(*parts)
+                    .filter(|p| d.known().is_none() || p.known().is_some())
+                    .ok_or_else(|| format!("{parts} parts do not divide axis {axis} of {x}"))?;
+                let mut shape = x.shape.clone();
+                shape[*axis] = part;
+                Ok(TensorType::new(x.dtype, shape))
+            }
             Op::ReshapeLike => {
                 arity(2..=2)?;
                 let (x, r) = (inputs[0], inputs[1]);
@@ -543,7 +571,6 @@ impl Op {
                 if *axis >= x.rank() {
                     return Err(format!("axis {axis} out of range for {x}"));
                 }
-                let mut total = Dim::Known(0);
                 for t in inputs {
                     let same = t.rank() == x.rank()
                         && t.dtype == x.dtype
@@ -551,11 +578,21 @@ impl Op {
                     if !same {
                         return Err(format!("{t} does not join {x} along axis {axis}"));
                     }
-                    total = match (total.known(), t.shape[*axis].known()) {
-                        (Some(a), Some(b)) => Dim::Known(a + b),
-                        _ => return Err(format!("axis {axis} of {t} must have a known size")),
-                    };
                 }
+                let sizes: Option<Vec<usize>> =
+                    inputs.iter().map(|t| t.shape[*axis].known()).collect();
+                let d = &x.shape[*axis];
+                let total = match sizes {
+                    Some(n) => Dim::Known(n.iter().sum()),
+                    // Equal symbolic parts (attention chunks of an enumerated size) add up to
+                    // their count times one of them; unequal ones have no monomial sum.
+                    None if inputs.iter().all(|t| &t.shape[*axis] == d) => d.scaled(inputs.len()),
+                    None => {
+                        return Err(format!(
+                            "axis {axis} sizes are not all known and not all equal: cannot add them"
+                        ))
+                    }
+                };
                 let mut shape = x.shape.clone();
                 shape[*axis] = total;
                 Ok(TensorType::new(x.dtype, shape))

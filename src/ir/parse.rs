@@ -545,6 +545,11 @@ fn parse_op(name: &str, a: &Attrs) -> Result<Op, String> {
                     end: e,
                 }
             }
+            "split" => Op::Split {
+                axis: a.get("axis")?,
+                parts: a.get("parts")?,
+                index: a.get("index")?,
+            },
             "reshape_like" => Op::ReshapeLike,
             "concat" => Op::Concat {
                 axis: a.get("axis")?,

@@ -103,6 +103,7 @@ fn attrs(op: &Op) -> String {
         Op::Softmax { axis } => format!("axis={axis}"),
         Op::Attention { scale } => format!("scale={scale:?}"),
         Op::Slice { axis, begin, end } => format!("axis={axis} range={begin}..{end}"),
+        Op::Split { axis, parts, index } => format!("axis={axis} parts={parts} index={index}"),
         Op::Concat { axis } => format!("axis={axis}"),
         Op::PixelShuffle { factor } => format!("factor={factor}"),
         Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) | Op::ReshapeLike => {

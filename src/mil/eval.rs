@@ -147,51 +147,56 @@ pub fn evaluate_with(
             kind: op.r#type.clone(),
             reason,
         };
-        let out_type = op
-            .outputs
-            .first()
-            .and_then(|o| tensor_type(o.r#type.as_ref()));
-        let val = if op.r#type == "const" {
+        let vals = if op.r#type == "const" {
             let v = op
                 .attributes
                 .get("val")
                 .ok_or_else(|| err("const without val".into()))?;
-            value(v, blobs).map_err(err)?
+            vec![value(v, blobs).map_err(err)?]
         } else {
             run_op(op, &env).map_err(err)?
         };
-        let mut val = val;
-        if let (Val::Num(a), Some((dt, _))) = (&mut val, &out_type) {
-            // fp16 outputs reach the caller as fp16; decompressed weights are stored as fp16.
-            let stored = block.outputs.contains(&name) || op.r#type.starts_with("constexpr_");
-            let activation = options.fp16_activations
-                && op.r#type != "const"
-                && !op.r#type.starts_with("constexpr_");
-            if *dt == pb::DataType::Float16 && activation {
-                let peak = a
-                    .data
-                    .iter()
-                    .filter(|v| v.is_finite())
-                    .fold(0f32, |m, v| m.max(v.abs()));
-                if peak > stats.largest {
-                    stats.largest = peak;
-                    stats.largest_at = name.clone();
+        let mut done = Vec::with_capacity(vals.len());
+        for (output, mut val) in op.outputs.iter().zip(vals) {
+            let name = output.name.clone();
+            let out_type = tensor_type(output.r#type.as_ref());
+            if let (Val::Num(a), Some((dt, _))) = (&mut val, &out_type) {
+                // fp16 outputs reach the caller as fp16; decompressed weights are stored as fp16.
+                let stored = block.outputs.contains(&name) || op.r#type.starts_with("constexpr_");
+                let activation = options.fp16_activations
+                    && op.r#type != "const"
+                    && !op.r#type.starts_with("constexpr_");
+                if *dt == pb::DataType::Float16 && activation {
+                    let peak = a
+                        .data
+                        .iter()
+                        .filter(|v| v.is_finite())
+                        .fold(0f32, |m, v| m.max(v.abs()));
+                    if peak > stats.largest {
+                        stats.largest = peak;
+                        stats.largest_at = name.clone();
+                    }
+                    if peak > FP16_MAX || a.data.iter().any(|v| !v.is_finite()) {
+                        stats.overflowed.push(name.clone());
+                    }
                 }
-                if peak > FP16_MAX || a.data.iter().any(|v| !v.is_finite()) {
-                    stats.overflowed.push(name.clone());
+                if *dt == pb::DataType::Float16 && (stored || activation) {
+                    round_f16(&mut a.data);
                 }
             }
-            if *dt == pb::DataType::Float16 && (stored || activation) {
-                round_f16(&mut a.data);
+            if let (Val::Num(a), Some((_, dims))) = (&val, &out_type) {
+                if !fits(dims, &a.shape) {
+                    return Err(MilEvalError::Op {
+                        op: name,
+                        kind: op.r#type.clone(),
+                        reason: format!(
+                            "computed shape {:?} differs from declared {dims:?}",
+                            a.shape
+                        ),
+                    });
+                }
             }
-        }
-        if let (Val::Num(a), Some((_, dims))) = (&val, &out_type) {
-            if !fits(dims, &a.shape) {
-                return Err(err(format!(
-                    "computed shape {:?} differs from declared {dims:?}",
-                    a.shape
-                )));
-            }
+            done.push((name, val));
         }
         for arg in op.inputs.values() {
             for b in &arg.arguments {
@@ -205,7 +210,12 @@ pub fn evaluate_with(
                 }
             }
         }
-        env.insert(name, val);
+        for (name, val) in done {
+            // A split's unused parts are never read: keep no copy of them.
+            if uses.contains_key(name.as_str()) {
+                env.insert(name, val);
+            }
+        }
     }
     let outputs = block
         .outputs
@@ -344,9 +354,18 @@ fn decode(bytes: &[u8], dt: pb::DataType, n: usize) -> Result<Vec<f32>, String> 
     })
 }
 
-fn run_op(op: &pb::Operation, env: &HashMap<String, Val>) -> Result<Val, String> {
+/// One value per output of `op`.
+fn run_op(op: &pb::Operation, env: &HashMap<String, Val>) -> Result<Vec<Val>, String> {
     let kind = &op.r#type;
     let def = super::ops::lookup(kind)
         .ok_or_else(|| format!("op type {kind:?} is not supported by the evaluator"))?;
-    def.evaluate(&Args { op, env }).map(Val::Num)
+    let vals = def.evaluate(&Args { op, env })?;
+    if vals.len() != op.outputs.len() {
+        return Err(format!(
+            "computes {} values for {} outputs",
+            vals.len(),
+            op.outputs.len()
+        ));
+    }
+    Ok(vals.into_iter().map(Val::Num).collect())
 }

@@ -197,6 +197,7 @@ fn lower_function(
         names: &names,
         ops: Vec::new(),
         blobs,
+        splits: BTreeMap::new(),
     };
     let mut inputs = Vec::new();
     for (id, node) in g.nodes() {
@@ -373,6 +374,8 @@ struct FnLowering<'a> {
     names: &'a [String],
     ops: Vec<pb::Operation>,
     blobs: &'a mut BlobWriter,
+    /// `split` groups already emitted: (input, axis, parts) → the value name of each part.
+    splits: BTreeMap<(ValueId, usize, usize), Vec<String>>,
 }
 
 impl FnLowering<'_> {
@@ -638,6 +641,56 @@ impl FnLowering<'_> {
         Ok(())
     }
 
+    /// One MIL `split` for every part of `key` = (input, axis, parts): each part's value is
+    /// named after the first node that takes it (parts no node takes get a name of their own),
+    /// so sibling `Split` nodes share the op.
+    fn split(&mut self, first: ValueId, key: (ValueId, usize, usize)) -> Result<(), LowerError> {
+        let (g, names) = (self.g, self.names);
+        let (input, axis, parts) = key;
+        let base = names[first.index()].clone();
+        let mut outs: Vec<Option<String>> = vec![None; parts];
+        for (id, node) in g.nodes() {
+            if let Op::Split {
+                axis: a,
+                parts: p,
+                index,
+            } = node.op
+            {
+                if node.inputs[0] == input && (a, p) == (axis, parts) && outs[index].is_none() {
+                    outs[index] = Some(names[id.index()].clone());
+                }
+            }
+        }
+        let outs: Vec<String> = outs
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| n.unwrap_or_else(|| format!("{base}_unused_part{i}")))
+            .collect();
+        let n = self.konst(
+            format!("{base}_num_splits"),
+            ints_value(&[], vec![parts as i32]),
+        );
+        let a = self.konst(format!("{base}_axis"), ints_value(&[], vec![axis as i32]));
+        self.check_target("split", &g.node(first).name)?;
+        // Equal parts: every one has the type of the first.
+        let ty = tensor_type(&g.node(first).ty);
+        self.ops.push(pb::Operation {
+            r#type: "split".into(),
+            inputs: [
+                ("x".to_string(), arg(&names[input.index()])),
+                ("num_splits".to_string(), arg(&n)),
+                ("axis".to_string(), arg(&a)),
+            ]
+            .into_iter()
+            .collect(),
+            outputs: outs.iter().map(|o| named(o, ty.clone())).collect(),
+            blocks: vec![],
+            attributes: [name_attr(&base)].into_iter().collect(),
+        });
+        self.splits.insert(key, outs);
+        Ok(())
+    }
+
     fn ints(&mut self, op: &str, param: &str, v: &[usize]) -> String {
         self.konst(
             format!("{op}_{param}"),
@@ -801,6 +854,18 @@ impl FnLowering<'_> {
                     "slice_by_index",
                     vec![("x", x(0)), ("begin", b), ("end", e), ("end_mask", m)],
                 )
+            }
+            Op::Split { axis, parts, index } => {
+                let key = (node.inputs[0], *axis, *parts);
+                if !self.splits.contains_key(&key) {
+                    self.split(id, key)?;
+                }
+                let part = &self.splits[&key][*index];
+                if *part == out {
+                    return Ok(());
+                }
+                // A second node for a part already emitted (no pass merges duplicates).
+                ("identity", vec![("x", part.clone())])
             }
             Op::ReshapeLike => {
                 let target = match g.ty(node.inputs[1]).known_shape() {

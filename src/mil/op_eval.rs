@@ -459,6 +459,39 @@ pub fn concat(a: &Args) -> Result<Array, String> {
     kernels::concat(&xs, ax).ok_or_else(|| format!("values do not join along axis {ax}"))
 }
 
+/// Equal parts (`num_splits`) or given sizes (`split_sizes`) along `axis`.
+pub fn split(a: &Args) -> Result<Vec<Array>, String> {
+    let x = a.num("x")?;
+    let ax = axis(a, "axis", x.shape.len())?;
+    let n = x.shape[ax];
+    let sizes = if a.has("split_sizes") {
+        let s = a.ints("split_sizes")?;
+        if s.iter().try_fold(0usize, |t, &k| t.checked_add(k)) != Some(n) {
+            return Err(format!("split_sizes {s:?} do not add up to {n}"));
+        }
+        s
+    } else {
+        let k = a.scalar("num_splits")?;
+        if !(1.0..=n as f32).contains(&k) || k.fract() != 0.0 || n % k as usize != 0 {
+            return Err(format!(
+                "num_splits {k} does not divide {n} into equal parts"
+            ));
+        }
+        vec![n / k as usize; k as usize]
+    };
+    let rank = x.shape.len();
+    let mut begin = 0;
+    let mut out = Vec::with_capacity(sizes.len());
+    for s in sizes {
+        let mut b = vec![0; rank];
+        let mut e = x.shape.clone();
+        (b[ax], e[ax]) = (begin, begin + s);
+        out.push(kernels::slice(x, &b, &e, &vec![1; rank]));
+        begin += s;
+    }
+    Ok(out)
+}
+
 pub fn shape(a: &Args) -> Result<Array, String> {
     let x = a.num("x")?;
     Ok(Array::new(

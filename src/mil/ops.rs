@@ -25,6 +25,8 @@ pub enum Eval {
     Unary(fn(f32) -> f32),
     Binary(fn(f32, f32) -> f32),
     Op(fn(&Args) -> Result<Array, String>),
+    /// An op with several outputs (`split`), in output order.
+    Multi(fn(&Args) -> Result<Vec<Array>, String>),
     /// Known, not evaluated.
     None,
 }
@@ -41,12 +43,13 @@ pub struct MilOp {
 }
 
 impl MilOp {
-    /// Runs the op, or says why it cannot.
-    pub fn evaluate(&self, args: &Args) -> Result<Array, String> {
+    /// Runs the op, or says why it cannot: one value per output.
+    pub fn evaluate(&self, args: &Args) -> Result<Vec<Array>, String> {
         match self.eval {
-            Eval::Unary(f) => e::unary(args, f),
-            Eval::Binary(f) => e::binary(args, f),
-            Eval::Op(f) => f(args),
+            Eval::Unary(f) => e::unary(args, f).map(|a| vec![a]),
+            Eval::Binary(f) => e::binary(args, f).map(|a| vec![a]),
+            Eval::Op(f) => f(args).map(|a| vec![a]),
+            Eval::Multi(f) => f(args),
             Eval::None => Err(format!(
                 "op type {:?} is not supported by the evaluator",
                 self.name
@@ -106,6 +109,7 @@ const OPS: &[MilOp] = &[
     ),
     row("reduce_mean", X, Ios16, Yes, Eval::Op(e::reduce_mean)),
     row("reshape", X, Ios16, Yes, Eval::Op(e::reshape)),
+    row("split", X, Ios16, Yes, Eval::Multi(e::split)),
     row("tile", X, Ios16, Yes, Eval::Op(e::tile)),
     row("transpose", X, Ios16, Yes, Eval::Op(e::transpose)),
     row("cast", X, Ios16, No(CAST_OFF_ANE), Eval::Op(e::cast)),
@@ -167,7 +171,6 @@ const OPS: &[MilOp] = &[
     row("max_pool", X, Ios16, Yes, Eval::None),
     row("pad", X, Ios16, Yes, Eval::None),
     row("reduce_sum", X, Ios16, Yes, Eval::None),
-    row("split", X, Ios16, Yes, Eval::None),
     row("squeeze", X, Ios16, Yes, Eval::None),
     row("expand_dims", X, Ios16, Yes, Eval::None),
 ];

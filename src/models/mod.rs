@@ -328,6 +328,19 @@ pub enum ModelError {
     },
     #[error("{file}: {reason}")]
     WrongModel { file: String, reason: String },
+    /// Weights of the model's other part than the one asked for.
+    #[error(
+        "{file}: these are {family} {other} weights (they have \"{other_key}\", not the {part}'s \
+         \"{key}\"); give {part} weights, or build the {other} part"
+    )]
+    OtherPart {
+        file: String,
+        family: &'static str,
+        part: Part,
+        other: Part,
+        key: &'static str,
+        other_key: &'static str,
+    },
     #[error("{model} {part}: {option} has no meaning for this model")]
     Option {
         model: &'static str,

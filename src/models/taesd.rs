@@ -228,13 +228,19 @@ impl Taesd {
             // The other part's weights are the likely mistake: say so, and what to do.
             let other = other(part);
             let other_key = first_conv_key(other);
-            return Err(wrong(if w.has(other_key) {
-                format!(
-                    "these are TAESD-family {other} weights (they have \"{other_key}\", not the {part}'s \"{key}\"); build them with --part {other}, or give {part} weights"
-                )
-            } else {
-                format!("not TAESD-family {part} weights: no tensor \"{key}\"")
-            }));
+            if w.has(other_key) {
+                return Err(ModelError::OtherPart {
+                    file: w.path.display().to_string(),
+                    family: "TAESD-family",
+                    part,
+                    other,
+                    key,
+                    other_key,
+                });
+            }
+            return Err(wrong(format!(
+                "not TAESD-family {part} weights: no tensor \"{key}\""
+            )));
         };
         let c = match (part, &t.shape[..]) {
             (Part::Decoder, [CH, c, 3, 3]) => *c,
