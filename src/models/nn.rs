@@ -4,10 +4,14 @@
 //!
 //! Layers add IR ops and name their nodes after the weight keys they read (`mid.attn.q` reads
 //! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor.
+//!
+//! Weights arrive in their stored dtype (an f16 file stays f16 in memory); the graph is declared
+//! in f32, so each tensor is widened when a layer takes it, one at a time, never the whole model
+//! at once.
 
 use super::ModelError;
 use crate::ir::{Binary, Conv2d, Graph, Op, Unary, ValueId};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::weights::{WeightError, Weights};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -64,12 +68,13 @@ impl<'w> Params<'w> {
         }
     }
 
-    /// The tensor under the model's `key`, checked against the shape the model expects: a copy
-    /// of borrowed weights, or the tensor itself out of owned ones.
+    /// The tensor under the model's `key` as f32, checked against the shape the model expects:
+    /// a copy of borrowed weights, or the tensor itself out of owned ones (widened if stored as
+    /// f16, which frees the f16 copy).
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let file_key = (self.rename)(key);
         let t = match &self.store {
-            Store::Borrowed(w) => w.get(&file_key, shape)?.clone(),
+            Store::Borrowed(w) => w.get(&file_key, shape)?.cast(DType::F32),
             Store::Owned(w) => {
                 let mut w = w.borrow_mut();
                 if self.used.borrow().contains(&file_key) {
@@ -80,7 +85,12 @@ impl<'w> Params<'w> {
                     });
                 }
                 w.get(&file_key, shape)?;
-                w.tensors.remove(&file_key).expect("just found")
+                let t = w.tensors.remove(&file_key).expect("just found");
+                if t.dtype() == DType::F32 {
+                    t
+                } else {
+                    t.cast(DType::F32)
+                }
             }
         };
         self.used.borrow_mut().insert(file_key);
