@@ -5,13 +5,13 @@
 //! Layers add IR ops and name their nodes after the weight keys they read (`mid.attn.q` reads
 //! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor.
 //!
-//! Weights arrive in their stored dtype (an f16 file stays f16 in memory); the graph is declared
-//! in f32, so each tensor is widened when a layer takes it, one at a time, never the whole model
-//! at once.
+//! Weights arrive in their stored dtype and stay in it: an f16 tensor becomes an fp32 constant
+//! stored as f16 ([`crate::ir::ConstData::Half`]), so an f16 file in an fp16 build is never
+//! widened, and elsewhere each constant is widened only where its values are needed.
 
 use super::ModelError;
 use crate::ir::{Binary, Conv2d, Graph, Op, Unary, ValueId};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::weights::{WeightError, Weights};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -68,13 +68,13 @@ impl<'w> Params<'w> {
         }
     }
 
-    /// The tensor under the model's `key` as f32, checked against the shape the model expects:
-    /// a copy of borrowed weights, or the tensor itself out of owned ones (widened if stored as
-    /// f16, which frees the f16 copy).
+    /// The tensor under the model's `key` in its stored dtype (f32 or f16), checked against the
+    /// shape the model expects: a copy of borrowed weights, or the tensor itself out of owned
+    /// ones.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let file_key = (self.rename)(key);
         let t = match &self.store {
-            Store::Borrowed(w) => w.get(&file_key, shape)?.cast(DType::F32),
+            Store::Borrowed(w) => w.get(&file_key, shape)?.clone(),
             Store::Owned(w) => {
                 let mut w = w.borrow_mut();
                 if self.used.borrow().contains(&file_key) {
@@ -85,12 +85,7 @@ impl<'w> Params<'w> {
                     });
                 }
                 w.get(&file_key, shape)?;
-                let t = w.tensors.remove(&file_key).expect("just found");
-                if t.dtype() == DType::F32 {
-                    t
-                } else {
-                    t.cast(DType::F32)
-                }
+                w.tensors.remove(&file_key).expect("just found")
             }
         };
         self.used.borrow_mut().insert(file_key);
@@ -184,7 +179,8 @@ impl<'p, 'w> Scope<'p, 'w> {
         self.params.has(&self.key(name))
     }
 
-    /// The tensor `name` of this scope, with the shape the model expects.
+    /// The tensor `name` of this scope, with the shape the model expects, in its stored dtype
+    /// (f32 or f16; [`Graph::weight`] makes either a constant).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         self.params.get(&self.key(name), shape)
     }
@@ -208,7 +204,7 @@ impl<'p, 'w> Scope<'p, 'w> {
         node: &str,
     ) -> Result<ValueId, ModelError> {
         let t = self.tensor(name, shape)?;
-        Ok(g.constant(node, t))
+        Ok(g.weight(node, t))
     }
 }
 

@@ -731,7 +731,7 @@ impl Builder<'_> {
 fn linear_1x1(g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
     let mut w = p.tensor("weight", &[ch, ch])?;
     w.shape = vec![ch, ch, 1, 1];
-    let w = g.constant(p.node("weight"), w);
+    let w = g.weight(p.node("weight"), w);
     let b = p.constant(g, "bias", &[ch])?;
     Ok(g.add(Op::Conv2d(Conv2d::same(1)), &[x, w, b], p.node("conv"))?)
 }
