@@ -54,6 +54,11 @@ impl Pass for CastFp16 {
                     let new = r.graph.constant(node.name, t);
                     r.set(old, new);
                 }
+                // Exactly fp16 already: the stored bits are the fp16 constant, no rounding.
+                Op::Const(ConstData::Half(t)) => {
+                    let new = r.graph.constant(node.name, t);
+                    r.set(old, new);
+                }
                 Op::Input { .. } | Op::Const(_) => {
                     r.copy(old, node);
                 }
@@ -113,6 +118,37 @@ mod tests {
             d > 0.0 && d < 5e-3,
             "fp16 rounding should show but stay small: {d}"
         );
+    }
+
+    /// Weights stored as f16 are exactly fp16 already: the cast keeps their bits.
+    #[test]
+    fn half_stored_weights_keep_their_bits() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 1, 3, 3]));
+        let bits = [0x3c00u16, 0x0001, 0xfbff, 0x3555];
+        let w = Tensor::f16(
+            vec![1, 1, 2, 2],
+            bits.iter().map(|&b| half::f16::from_bits(b)).collect(),
+        );
+        let w = g.weight("w", w);
+        assert_eq!(g.ty(w).dtype, DType::F32);
+        let y = g.add(Op::Conv2d(Conv2d::same(2)), &[x, w], "conv");
+        g.set_output("y", y.unwrap());
+        verify(&g).unwrap();
+        let h = CastFp16 {
+            fp16_inputs: true,
+            fp16_outputs: true,
+        }
+        .run(g)
+        .unwrap();
+        verify(&h).unwrap();
+        let Op::Const(ConstData::Dense(t)) = &h.node(ValueId(1)).op else {
+            panic!("{}", print(&h))
+        };
+        let crate::tensor::TensorData::F16(v) = &t.data else {
+            panic!("{t:?}")
+        };
+        assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits);
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl Pass for FoldConstants {
                 (Op::Binary(Binary::Div), None) if as_const(&r.graph, inputs[1]).is_some() => {
                     let divisor = as_const(&r.graph, inputs[1]).expect("checked");
                     let recip: Vec<f32> = divisor.to_f32().iter().map(|d| 1.0 / d).collect();
-                    let t = Tensor::f32(divisor.shape.clone(), recip).cast(divisor.dtype());
+                    // In the constant's type (an f16-stored fp32 constant stays fp32).
+                    let dtype = r.graph.ty(inputs[1]).dtype;
+                    let t = Tensor::f32(divisor.shape.clone(), recip).cast(dtype);
                     let c = r.graph.constant(format!("{}_recip", node.name), t);
                     let new = r
                         .graph
@@ -78,7 +80,8 @@ impl Pass for FoldConstants {
 
 fn as_const(g: &Graph, v: ValueId) -> Option<&Tensor> {
     match &g.node(v).op {
-        Op::Const(ConstData::Dense(t)) => Some(t),
+        // Read as f32 values, which an f16-stored constant gives exactly.
+        Op::Const(ConstData::Dense(t) | ConstData::Half(t)) => Some(t),
         _ => None,
     }
 }

@@ -33,7 +33,7 @@ impl Pass for Palettize {
         let chosen: Vec<usize> = nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| matches!(&n.op, Op::Const(ConstData::Dense(t)) if compressible(t, self.min_elements, k)))
+            .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
             .collect();
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
@@ -44,12 +44,15 @@ impl Pass for Palettize {
             let mut end = start;
             let mut elements = 0;
             while end < chosen.len() && (end == start || elements < BATCH_ELEMENTS) {
-                elements += dense(&nodes[chosen[end]]).len();
+                elements += dense(&nodes[chosen[end]]).map_or(0, Tensor::len);
                 end += 1;
             }
             let batch = &chosen[start..end];
             start = end;
-            let values: Vec<Vec<f32>> = batch.iter().map(|&i| dense(&nodes[i]).to_f32()).collect();
+            let values: Vec<Vec<f32>> = batch
+                .iter()
+                .map(|&i| dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32))
+                .collect();
             for (&i, v) in batch.iter().zip(&values) {
                 finite(&nodes[i].name, "palettize", v)?;
             }
@@ -62,7 +65,7 @@ impl Pass for Palettize {
                     .iter()
                     .zip(&values)
                     .map(|(&i, v)| {
-                        let shape = &dense(&nodes[i]).shape;
+                        let shape = &nodes[i].ty.known_shape().unwrap_or_default();
                         if shape.is_empty() || shape[0] % gs != 0 {
                             return Err(IrError::Type {
                                 node: nodes[i].name.clone(),
@@ -75,8 +78,9 @@ impl Pass for Palettize {
                     .collect::<Result<_, _>>()?,
             };
             for ((&i, v), group_palettes) in batch.iter().zip(&values).zip(palettes) {
-                let t = dense(&nodes[i]);
-                let (shape, dtype) = (t.shape.clone(), t.dtype());
+                // The constant's type: an f16-stored fp32 constant gets fp32 tables.
+                let shape = nodes[i].ty.known_shape().unwrap_or_default();
+                let dtype = nodes[i].ty.dtype;
                 let groups = group_palettes.len();
                 let per_group = v.len() / groups;
                 let mut lut = vec![0f32; groups * k];
@@ -110,8 +114,8 @@ impl Pass for Palettize {
 /// Whether a constant is worth a table: a float tensor of rank 1 or more with at least
 /// `min_elements` elements and at least as many as the table's `k` entries (a scalar, or a
 /// tensor smaller than its table, stays dense whatever `min_elements` says).
-fn compressible(t: &Tensor, min_elements: usize, k: usize) -> bool {
-    matches!(t.dtype(), DType::F16 | DType::F32)
+fn compressible(t: &Tensor, ty: &crate::ir::TensorType, min_elements: usize, k: usize) -> bool {
+    matches!(ty.dtype, DType::F16 | DType::F32)
         && !t.shape.is_empty()
         && t.len() >= min_elements.max(k)
 }
@@ -131,10 +135,11 @@ pub(crate) fn finite(node: &str, op: &'static str, values: &[f32]) -> Result<(),
     }
 }
 
-fn dense(n: &Node) -> &Tensor {
+/// The stored values of a dense constant (f16-stored fp32 ones included).
+fn dense(n: &Node) -> Option<&Tensor> {
     match &n.op {
-        Op::Const(ConstData::Dense(t)) => t,
-        _ => unreachable!("only dense constants are chosen"),
+        Op::Const(ConstData::Dense(t) | ConstData::Half(t)) => Some(t),
+        _ => None,
     }
 }
 

@@ -37,17 +37,18 @@ impl Pass for Quantize {
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
         let (name, mut nodes, outputs) = g.into_parts();
         for n in &mut nodes {
-            let Op::Const(ConstData::Dense(t)) = &n.op else {
+            let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
                 continue;
             };
+            // The constant's type: an f16-stored fp32 constant gets fp32 scales.
+            let dtype = n.ty.dtype;
             if t.len() < self.min_elements
-                || !matches!(t.dtype(), DType::F16 | DType::F32)
+                || !matches!(dtype, DType::F16 | DType::F32)
                 || t.shape.len() < 2
                 || t.is_empty()
             {
                 continue;
             }
-            let dtype = t.dtype();
             let scale_type = if dtype == DType::F16 {
                 ScaleType::F16
             } else {

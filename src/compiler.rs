@@ -559,30 +559,33 @@ pub fn check_weights(weights: &Weights, precision: Precision) -> Result<(), Buil
             tensor: key.clone(),
             reason,
         };
-        let values: Vec<f32> = match &t.data {
-            crate::tensor::TensorData::F32(v) => v.clone(),
-            crate::tensor::TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            _ => continue,
-        };
-        let nan = values.iter().filter(|v| v.is_nan()).count();
-        let inf = values.iter().filter(|v| v.is_infinite()).count();
+        let (mut nan, mut inf, mut over, mut peak) = (0usize, 0usize, 0usize, 0f32);
+        // A batch at a time: an f16 tensor is never widened whole.
+        crate::weights::for_each_f32_batch(t, |values| {
+            for &v in values {
+                if v.is_nan() {
+                    nan += 1;
+                } else if v.is_infinite() {
+                    inf += 1;
+                } else if v.abs() > FP16_MAX {
+                    over += 1;
+                    peak = peak.max(v.abs());
+                }
+            }
+        });
         if nan + inf > 0 {
             return Err(err(format!(
                 "holds {nan} NaN and {inf} infinite value(s) of {}; weights must be finite",
-                values.len()
+                t.len()
             )));
         }
-        if precision == Precision::Fp16 {
-            let peak = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if peak > FP16_MAX {
-                let over = values.iter().filter(|v| v.abs() > FP16_MAX).count();
-                return Err(BuildError::Fp16Range {
-                    path: weights.path.display().to_string(),
-                    tensor: key.clone(),
-                    peak,
-                    over,
-                });
-            }
+        if precision == Precision::Fp16 && over > 0 {
+            return Err(BuildError::Fp16Range {
+                path: weights.path.display().to_string(),
+                tensor: key.clone(),
+                peak,
+                over,
+            });
         }
     }
     Ok(())

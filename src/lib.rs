@@ -34,5 +34,4 @@ pub mod proto;
 pub mod report;
 pub mod run;
 pub mod tensor;
-// Temporary home of the full-VAE key layouts until they join the model registry.
 pub mod weights;

@@ -29,10 +29,45 @@ fn files(pkg: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn build_from(weights: &Path, out: &Path) {
+    build_with(weights, out, |_| {});
+}
+
+fn build_with(weights: &Path, out: &Path, set: impl Fn(&mut BuildOptions)) {
     let mut o = BuildOptions::new("taef2", weights);
     o.output = Some(out.to_path_buf());
     o.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]);
+    set(&mut o);
     build(&o).unwrap();
+}
+
+/// The checkpoint stores fp16, the safetensors fp32 (the same values): fp16 weights stay fp16
+/// in the graph, so an fp32 build widens them where it lowers or compresses them, and must
+/// then match the fp32 file's package byte for byte.
+#[test]
+fn fp16_weights_in_fp32_builds_match_the_fp32_file() {
+    use mlc::compiler::{Compression, Precision};
+    type Setting = fn(&mut BuildOptions);
+    let dir = out_dir("fp16_weights_fp32_build");
+    let settings: [(&str, Setting); 2] = [
+        ("fp32", |o| o.precision = Precision::Fp32),
+        ("fp32_palettized", |o| {
+            o.precision = Precision::Fp32;
+            o.compression = Some(Compression::Palettize {
+                bits: 4,
+                group_size: None,
+                min_elements: 2048,
+            });
+        }),
+    ];
+    for (name, set) in settings {
+        let st = dir.join(format!("{name}_st.mlpackage"));
+        let pth = dir.join(format!("{name}_pth.mlpackage"));
+        build_with(&taef2_weights(), &st, set);
+        build_with(&shared("weights/taef2_decoder.pth"), &pth, set);
+        let (a, b) = (files(&st), files(&pth));
+        assert!(a[1].1.len() > 1000, "{name}: no weights");
+        assert_eq!(a, b, "{name}: .pth and .safetensors builds differ");
+    }
 }
 
 #[test]

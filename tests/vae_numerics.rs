@@ -341,7 +341,9 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
         "{e}"
     );
     // Missing and extra keys.
-    let w = mlc::weights::load_raw(&weights("sd", "diffusers")).unwrap();
+    let w = mlc::weights::Weights::load(&weights("sd", "diffusers"))
+        .unwrap()
+        .tensors;
     let mut missing = w.clone();
     missing.remove("decoder.mid_block.attentions.0.to_q.weight");
     let mut extra = w.clone();
@@ -559,7 +561,9 @@ fn a_full_sd_checkpoint_gives_the_vae_package() {
     // The VAE of a full SD checkpoint sits under `first_stage_model.`, beside the UNet and the
     // text encoder; only the VAE is read, and the package equals the bare VAE file's.
     let dir = out_dir("vae_full_checkpoint");
-    let mut t = mlc::weights::load_raw(&weights("sd", "original")).unwrap();
+    let mut t = mlc::weights::Weights::load(&weights("sd", "original"))
+        .unwrap()
+        .tensors;
     t = t
         .into_iter()
         .map(|(k, v)| (format!("first_stage_model.{k}"), v))

@@ -3,7 +3,7 @@
 use super::op::{ConstData, Op};
 use super::types::TensorType;
 use super::IrError;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use std::fmt;
 
 /// A handle to a node and to the one value it produces. Handles index the arena, so they are only
@@ -69,6 +69,22 @@ impl Graph {
 
     pub fn constant(&mut self, name: impl Into<String>, data: Tensor) -> ValueId {
         let data = ConstData::Dense(data);
+        let ty = data.ty();
+        self.push(Node {
+            op: Op::Const(data),
+            inputs: vec![],
+            ty,
+            name: name.into(),
+        })
+    }
+
+    /// A model weight as an fp32 constant: dense when stored as f32, [`ConstData::Half`] when
+    /// stored as f16 (kept as it is, not widened).
+    pub fn weight(&mut self, name: impl Into<String>, data: Tensor) -> ValueId {
+        let data = match data.dtype() {
+            DType::F16 => ConstData::Half(data),
+            _ => ConstData::Dense(data),
+        };
         let ty = data.ty();
         self.push(Node {
             op: Op::Const(data),

@@ -12,6 +12,11 @@ use crate::tensor::{DType, Tensor};
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConstData {
     Dense(Tensor),
+    /// An fp32 constant whose values are all exactly fp16, stored as fp16: weights read from an
+    /// fp16 file keep half the memory in the graph. An fp16 build keeps the bits as they are
+    /// (`cast_fp16`); elsewhere the values are widened one constant at a time where they are
+    /// needed (evaluation, folding, compression, lowering), never the whole model at once.
+    Half(Tensor),
     Palettized(Palettized),
     Quantized(Quantized),
 }
@@ -41,6 +46,7 @@ impl ConstData {
     pub fn ty(&self) -> TensorType {
         match self {
             ConstData::Dense(t) => TensorType::known(t.dtype(), &t.shape),
+            ConstData::Half(t) => TensorType::known(DType::F32, &t.shape),
             ConstData::Palettized(p) => TensorType::known(p.lut.dtype(), &p.shape),
             ConstData::Quantized(q) => TensorType::known(q.dtype, &q.q.shape),
         }
@@ -51,6 +57,7 @@ impl ConstData {
         use std::borrow::Cow;
         match self {
             ConstData::Dense(t) => Cow::Borrowed(t),
+            ConstData::Half(t) => Cow::Owned(t.cast(DType::F32)),
             ConstData::Palettized(p) => {
                 let lut = p.lut.to_f32();
                 let table = 1usize << p.bits;

@@ -45,7 +45,7 @@ pub fn print(g: &Graph) -> String {
 
 fn const_summary(c: &ConstData) -> String {
     let t = match c {
-        ConstData::Dense(t) => t,
+        ConstData::Dense(t) | ConstData::Half(t) => t,
         ConstData::Palettized(p) => {
             return format!(
                 "palettized, {}-bit, {} table(s) of {}",

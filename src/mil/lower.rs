@@ -720,6 +720,12 @@ impl FnLowering<'_> {
                 self.konst(out, val);
                 return Ok(());
             }
+            // Only an fp32 build lowers these (an fp16 one has made them dense fp16).
+            Op::Const(ConstData::Half(t)) => {
+                let val = self.tensor_value(&t.cast(DType::F32));
+                self.konst(out, val);
+                return Ok(());
+            }
             Op::Const(ConstData::Palettized(p)) => return self.palettized(&out, &node.ty, p),
             Op::Const(ConstData::Quantized(q)) => return self.quantized(&out, &node.ty, q),
             Op::Conv2d(p) => {

@@ -233,7 +233,9 @@ pub trait Model: Sync {
             }),
         }
     }
-    /// Reads a weights file; families whose files need their own key handling override it.
+    /// Reads the tensors of a weights file the part needs, under the names the builder uses. The
+    /// default reads every float tensor under its name in the file; families with their own key
+    /// layouts override it.
     fn load(
         &self,
         _part: Part,

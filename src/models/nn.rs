@@ -4,6 +4,10 @@
 //!
 //! Layers add IR ops and name their nodes after the weight keys they read (`mid.attn.q` reads
 //! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor.
+//!
+//! Weights arrive in their stored dtype and stay in it: an f16 tensor becomes an fp32 constant
+//! stored as f16 ([`crate::ir::ConstData::Half`]), so an f16 file in an fp16 build is never
+//! widened, and elsewhere each constant is widened only where its values are needed.
 
 use super::ModelError;
 use crate::ir::{Binary, Conv2d, Graph, Op, Unary, ValueId};
@@ -64,8 +68,9 @@ impl<'w> Params<'w> {
         }
     }
 
-    /// The tensor under the model's `key`, checked against the shape the model expects: a copy
-    /// of borrowed weights, or the tensor itself out of owned ones.
+    /// The tensor under the model's `key` in its stored dtype (f32 or f16), checked against the
+    /// shape the model expects: a copy of borrowed weights, or the tensor itself out of owned
+    /// ones.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let file_key = (self.rename)(key);
         let t = match &self.store {
@@ -174,7 +179,8 @@ impl<'p, 'w> Scope<'p, 'w> {
         self.params.has(&self.key(name))
     }
 
-    /// The tensor `name` of this scope, with the shape the model expects.
+    /// The tensor `name` of this scope, with the shape the model expects, in its stored dtype
+    /// (f32 or f16; [`Graph::weight`] makes either a constant).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         self.params.get(&self.key(name), shape)
     }
@@ -198,7 +204,7 @@ impl<'p, 'w> Scope<'p, 'w> {
         node: &str,
     ) -> Result<ValueId, ModelError> {
         let t = self.tensor(name, shape)?;
-        Ok(g.constant(node, t))
+        Ok(g.weight(node, t))
     }
 }
 

@@ -5,18 +5,24 @@
 //! are `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, …)` calls whose storage
 //! is a persistent id `('storage', torch.HalfStorage, key, location, numel)`.
 //!
+//! Opening reads the zip directory and the pickle; a tensor's storage entry is read when the
+//! tensor is (the zip crate checks its CRC as it reads it to the end), and the tensor's view is
+//! gathered out of it in the storage's dtype.
+//!
 //! The pickle is interpreted by a deliberately tiny VM: only the opcodes `torch.save` emits for a
 //! `state_dict`, and only the globals needed to rebuild it, which are recognised by name and
 //! never imported or called. Anything else is an error naming the opcode or global. Containers
 //! live in an arena and the stack holds indices into it, so memo sharing and in-place updates
 //! (`SETITEMS` after `BINPUT`) behave as in Python, and no hostile nesting can recurse.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{Cursor, Read};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::{corrupt, keys, widen, FloatKind, KeyStyle, WeightError};
+use super::{
+    alloc_error, corrupt, Decoded, FloatKind, Source, StoredDtype, TensorInfo, WeightError,
+};
 use crate::limits::Budget;
 use crate::tensor::Tensor;
 
@@ -26,92 +32,128 @@ const MAX_PICKLE_BYTES: u64 = 64 << 20;
 const MAX_STACK: usize = 1 << 20;
 const MAX_MEMO: usize = 1 << 20;
 
-/// Everything this allocates (the pickle, the VM's objects, the storages read, the decoded
-/// tensors) is charged to `budget`, so a small file cannot expand into gigabytes: views that
-/// repeat one element (stride 0), many keys over one large storage, or a pickle that builds
-/// millions of objects all stop at the budget with an error naming the tensor or the pickle.
-pub(crate) fn load(
-    path: &Path,
-    bytes: &[u8],
-    budget: &mut Budget,
-) -> Result<(KeyStyle, BTreeMap<String, Tensor>), WeightError> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| corrupt(path, format!("not a valid zip archive: {}", zip_reason(e))))?;
+/// An open checkpoint: its pickle interpreted, its storages still in the archive.
+pub(crate) struct Archive {
+    zip: zip::ZipArchive<Source>,
+    /// `<archive>/`, the folder `data.pkl` is in.
+    prefix: String,
+    file_len: u64,
+    views: HashMap<String, TensorRef>,
+    /// Storages already charged to the budget: reading one again for another view of it
+    /// allocates nothing that outlives the read.
+    charged: HashSet<Rc<str>>,
+}
 
-    let pkl_names: Vec<String> = zip
-        .file_names()
-        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .map(str::to_string)
-        .collect();
-    let pkl_name = match pkl_names.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            return Err(corrupt(
-                path,
-                "zip archive has no data.pkl: not a PyTorch checkpoint",
-            ))
-        }
-        _ => {
-            return Err(corrupt(
-                path,
-                format!("zip archive has several pickles: {pkl_names:?}"),
-            ))
-        }
-    };
-    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+impl Archive {
+    /// Reads the zip directory and interprets the pickle. Everything this allocates (the
+    /// pickle, the VM's objects) and everything [`Archive::read`] does later (the storages, the
+    /// decoded tensors) is charged to `budget`, so a small file cannot expand into gigabytes:
+    /// views that repeat one element (stride 0), many keys over one large storage, or a pickle
+    /// that builds millions of objects all stop at the budget with an error naming the tensor or
+    /// the pickle.
+    pub(crate) fn open(
+        path: &Path,
+        src: Source,
+        file_len: u64,
+        budget: &mut Budget,
+    ) -> Result<(BTreeMap<String, TensorInfo>, Archive), WeightError> {
+        let mut zip = zip::ZipArchive::new(src)
+            .map_err(|e| corrupt(path, format!("not a valid zip archive: {}", zip_reason(e))))?;
 
-    // Archives from old writers have no byteorder record; those were always little-endian.
-    let byteorder_name = format!("{prefix}byteorder");
-    if zip.file_names().any(|n| n == byteorder_name) {
-        let order = read_entry(&mut zip, &byteorder_name, 16).map_err(|r| corrupt(path, r))?;
-        if order != b"little" {
-            let order = String::from_utf8_lossy(&order);
-            return Err(corrupt(
-                path,
-                format!("byteorder is {order:?}; only little-endian"),
-            ));
-        }
-    }
-
-    let pickle_limit = MAX_PICKLE_BYTES.min(budget.remaining());
-    let pickle = read_entry(&mut zip, &pkl_name, pickle_limit).map_err(|r| corrupt(path, r))?;
-    budget
-        .charge(&pkl_name, pickle.len() as u64)
-        .map_err(|r| corrupt(path, r))?;
-    let mut vm = Vm::new(&pickle, budget);
-    let root = vm
-        .run()
-        .map_err(|r| corrupt(path, format!("{pkl_name}: {r}")))?;
-    let entries = vm
-        .state_dict(root)
-        .map_err(|r| corrupt(path, format!("{pkl_name}: {r}")))?;
-
-    let names: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
-    let (style, kept) = keys::normalise(path, &names)?;
-
-    // Read (and so CRC-check) every storage before converting anything: a damaged archive then
-    // fails before the comparatively slow widening work.
-    let mut storages: HashMap<Rc<str>, Vec<u8>> = HashMap::new();
-    let mut planned = Vec::with_capacity(kept.len());
-    for (i, upstream) in kept {
-        let (key, t) = &entries[i];
-        let kind = match t.storage.kind {
-            StorageKind::Float(k) => k,
-            StorageKind::Other(name) => {
-                return Err(WeightError::UnsupportedDtype {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    dtype: format!("torch.{name}"),
-                })
+        let pkl_names: Vec<String> = zip
+            .file_names()
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .map(str::to_string)
+            .collect();
+        let pkl_name = match pkl_names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(corrupt(
+                    path,
+                    "zip archive has no data.pkl: not a PyTorch checkpoint",
+                ))
+            }
+            _ => {
+                return Err(corrupt(
+                    path,
+                    format!("zip archive has several pickles: {pkl_names:?}"),
+                ))
             }
         };
-        let name = format!("{prefix}data/{}", t.storage.key);
+        let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
+
+        // Archives from old writers have no byteorder record; those were always little-endian.
+        let byteorder_name = format!("{prefix}byteorder");
+        if zip.file_names().any(|n| n == byteorder_name) {
+            let order = read_entry(&mut zip, &byteorder_name, 16).map_err(|r| corrupt(path, r))?;
+            if order != b"little" {
+                let order = String::from_utf8_lossy(&order);
+                return Err(corrupt(
+                    path,
+                    format!("byteorder is {order:?}; only little-endian"),
+                ));
+            }
+        }
+
+        let pickle_limit = MAX_PICKLE_BYTES.min(budget.remaining());
+        let pickle = read_entry(&mut zip, &pkl_name, pickle_limit).map_err(|r| corrupt(path, r))?;
+        budget
+            .charge(&pkl_name, pickle.len() as u64)
+            .map_err(|r| corrupt(path, r))?;
+        let mut vm = Vm::new(&pickle, budget);
+        let root = vm
+            .run()
+            .map_err(|r| corrupt(path, format!("{pkl_name}: {r}")))?;
+        let entries = vm
+            .state_dict(root)
+            .map_err(|r| corrupt(path, format!("{pkl_name}: {r}")))?;
+
+        let mut tensors = BTreeMap::new();
+        let mut views = HashMap::new();
+        for (key, t) in entries {
+            let dtype = match t.storage.kind {
+                StorageKind::Float(FloatKind::F32) => StoredDtype::F32,
+                StorageKind::Float(FloatKind::F16) => StoredDtype::F16,
+                StorageKind::Float(FloatKind::BF16) => StoredDtype::BF16,
+                StorageKind::Int(name) => StoredDtype::Int(format!("torch.{name}")),
+                StorageKind::Other(name) => StoredDtype::Unsupported(format!("torch.{name}")),
+            };
+            // A shape that does not fit in memory is refused when the tensor is read.
+            let shape = t.size.iter().map(|&d| d as usize).collect();
+            tensors.insert(key.clone(), TensorInfo { dtype, shape });
+            views.insert(key, t);
+        }
+        let archive = Archive {
+            zip,
+            prefix,
+            file_len,
+            views,
+            charged: HashSet::new(),
+        };
+        Ok((tensors, archive))
+    }
+
+    /// The float tensor `key`: its storage read from the archive, its view gathered.
+    pub(crate) fn read(
+        &mut self,
+        path: &Path,
+        key: &str,
+        info: &TensorInfo,
+        budget: &mut Budget,
+    ) -> Result<Tensor, WeightError> {
+        let (Some(kind), Some(t)) = (FloatKind::of(&info.dtype), self.views.get(key)) else {
+            return Err(WeightError::MissingKey {
+                path: path.to_path_buf(),
+                key: key.into(),
+            });
+        };
+        let name = format!("{}data/{}", self.prefix, t.storage.key);
         let storage_bytes = t
             .storage
             .numel
             .checked_mul(kind.size() as u64)
             // Deflate cannot expand data more than ~1032x; torch itself stores entries raw.
-            .filter(|&n| n <= (bytes.len() as u64).saturating_mul(1032))
+            .filter(|&n| n <= self.file_len.saturating_mul(1032))
             .ok_or_else(|| {
                 let n = t.storage.numel;
                 corrupt(
@@ -119,43 +161,34 @@ pub(crate) fn load(
                     format!("tensor \"{key}\": {name} of {n} elements cannot fit"),
                 )
             })?;
-        if !storages.contains_key(&t.storage.key) {
+        if !self.charged.contains(&t.storage.key) {
             let what = format!("tensor \"{key}\": reading {name}");
-            vm.budget
+            budget
                 .charge(&what, storage_bytes)
                 .map_err(|r| corrupt(path, r))?;
-            let data = read_entry(&mut zip, &name, storage_bytes).map_err(|r| corrupt(path, r))?;
-            storages.insert(t.storage.key.clone(), data);
+            self.charged.insert(t.storage.key.clone());
         }
+        let data = read_entry(&mut self.zip, &name, storage_bytes).map_err(|r| corrupt(path, r))?;
         // Checked per tensor: tensors sharing a storage could disagree about its size or type.
-        let n = storages[&t.storage.key].len();
-        if n as u64 != storage_bytes {
+        if data.len() as u64 != storage_bytes {
+            let n = data.len();
             let reason =
                 format!("tensor \"{key}\": {name} holds {n} bytes, expected {storage_bytes}");
             return Err(corrupt(path, reason));
         }
-        planned.push((key, upstream, t, kind));
-    }
-
-    let mut tensors = BTreeMap::new();
-    for (key, upstream, t, kind) in planned {
-        let data = &storages[&t.storage.key];
         // Charged before anything is allocated: a view may repeat one stored element any
         // number of times (stride 0), and any number of keys may share one storage.
         let decoded = t
             .size
             .iter()
-            .try_fold(4u64, |a, &d| a.checked_mul(d))
+            .try_fold(kind.decoded_size() as u64, |a, &d| a.checked_mul(d))
             .unwrap_or(u64::MAX);
         let what = format!("tensor \"{key}\" of size {:?}", t.size);
-        vm.budget
+        budget
             .charge(&what, decoded)
             .map_err(|r| corrupt(path, r))?;
-        let (shape, values) = materialise(t, data, kind)
-            .map_err(|r| corrupt(path, format!("tensor \"{key}\": {r}")))?;
-        tensors.insert(upstream, Tensor::f32(shape, values));
+        materialise(path, key, t, &data, kind, decoded)
     }
-    Ok((style, tensors))
 }
 
 fn zip_reason(e: zip::result::ZipError) -> String {
@@ -169,7 +202,7 @@ fn zip_reason(e: zip::result::ZipError) -> String {
 /// Reads a whole zip entry, refusing more than `limit` bytes (declared or actual). The zip crate
 /// checks the CRC when the entry is read to its end, which catches flipped data bytes.
 fn read_entry(
-    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    zip: &mut zip::ZipArchive<Source>,
     name: &str,
     limit: u64,
 ) -> Result<Vec<u8>, String> {
@@ -193,21 +226,30 @@ fn read_entry(
     Ok(buf)
 }
 
-/// Gathers the tensor's elements (row-major) from its storage, honouring offset and strides.
+/// Gathers the tensor's elements (row-major) from its storage, honouring offset and strides,
+/// in the storage's dtype (bf16 widened). `decoded` is the result's size in bytes, already
+/// charged to the budget.
 fn materialise(
+    path: &Path,
+    key: &str,
     t: &TensorRef,
     data: &[u8],
     kind: FloatKind,
-) -> Result<(Vec<usize>, Vec<f32>), String> {
+    decoded: u64,
+) -> Result<Tensor, WeightError> {
+    let bad = |r: String| corrupt(path, format!("tensor \"{key}\": {r}"));
     let storage_numel = t.storage.numel;
     let numel = t
         .size
         .iter()
         .try_fold(1u64, |a, &d| a.checked_mul(d))
-        .ok_or("size overflows")?;
+        .ok_or_else(|| bad("size overflows".into()))?;
+    let numel_usize = usize::try_from(numel).map_err(|_| bad("size overflows".into()))?;
     let shape: Vec<usize> = t.size.iter().map(|&d| d as usize).collect();
+    let mut out =
+        Decoded::with_capacity(kind, numel_usize).ok_or_else(|| alloc_error(path, key, decoded))?;
     if numel == 0 {
-        return Ok((shape, Vec::new()));
+        return Ok(out.into_tensor(shape));
     }
     // Largest element index the view touches; strides and sizes are non-negative.
     let mut last = t.offset;
@@ -215,13 +257,13 @@ fn materialise(
         last = (d - 1)
             .checked_mul(s)
             .and_then(|x| last.checked_add(x))
-            .ok_or("strides overflow")?;
+            .ok_or_else(|| bad("strides overflow".into()))?;
     }
     if last >= storage_numel {
-        return Err(format!(
+        return Err(bad(format!(
             "view (offset {}, size {:?}, stride {:?}) reaches element {last} of a storage of {}",
             t.offset, t.size, t.stride, storage_numel
-        ));
+        )));
     }
     let elem = kind.size();
     let contiguous = {
@@ -238,18 +280,16 @@ fn materialise(
     };
     if contiguous {
         let start = t.offset as usize * elem;
-        let end = start + numel as usize * elem;
-        return Ok((shape, widen(&data[start..end], kind)));
+        let end = start + numel_usize * elem;
+        out.extend(&data[start..end]);
+        return Ok(out.into_tensor(shape));
     }
-    // The caller has charged numel f32s to the budget; elements are widened one at a time so
-    // the storage is never widened whole.
-    let mut out = Vec::with_capacity(numel as usize);
     let mut idx = vec![0u64; t.size.len()];
     for _ in 0..numel {
         // At most `last`, checked above not to overflow.
         let pos = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
         let at = pos as usize * elem;
-        out.push(widen_one(&data[at..at + elem], kind));
+        out.extend(&data[at..at + elem]);
         for d in (0..idx.len()).rev() {
             idx[d] += 1;
             if idx[d] < t.size[d] {
@@ -258,16 +298,7 @@ fn materialise(
             idx[d] = 0;
         }
     }
-    Ok((shape, out))
-}
-
-/// One element's bytes (`kind.size()` of them) as f32.
-fn widen_one(b: &[u8], kind: FloatKind) -> f32 {
-    match kind {
-        FloatKind::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        FloatKind::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
-        FloatKind::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
-    }
+    Ok(out.into_tensor(shape))
 }
 
 #[derive(Debug, Clone)]
@@ -285,7 +316,9 @@ enum Value {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StorageKind {
     Float(FloatKind),
-    /// A storage class we recognise but cannot widen to f32 (named in the error).
+    /// Integers and bools: listed, not read.
+    Int(&'static str),
+    /// A float storage class we recognise but cannot read (named in the error).
     Other(&'static str),
 }
 
@@ -320,17 +353,22 @@ impl Global {
             ("torch", "HalfStorage") => storage(StorageKind::Float(FloatKind::F16)),
             ("torch", "BFloat16Storage") => storage(StorageKind::Float(FloatKind::BF16)),
             ("torch", other) => {
-                const OTHERS: [&str; 9] = [
-                    "DoubleStorage",
+                const INTS: [&str; 6] = [
+                    "BoolStorage",
                     "LongStorage",
                     "IntStorage",
                     "ShortStorage",
                     "CharStorage",
                     "ByteStorage",
-                    "BoolStorage",
+                ];
+                const OTHERS: [&str; 3] = [
+                    "DoubleStorage",
                     "ComplexFloatStorage",
                     "ComplexDoubleStorage",
                 ];
+                if let Some(&i) = INTS.iter().find(|&&i| i == other) {
+                    return storage(StorageKind::Int(i));
+                }
                 OTHERS
                     .iter()
                     .find(|&&o| o == other)

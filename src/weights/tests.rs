@@ -1,6 +1,6 @@
 //! Tests that need crate internals: synthetic `.pth` archives written byte by byte, and the
 //! robustness sweep over damaged copies of the real files (in memory, through
-//! `Weights::load_bytes`, which is `Weights::load` minus the file read).
+//! `Weights::load_bytes`, which is `Weights::load` reading from memory instead of the file).
 
 use std::io::Write;
 use std::path::Path;
@@ -88,12 +88,96 @@ fn pth_honours_offset_and_strides() {
     ]);
     let w = Weights::load_bytes(Path::new("synthetic.pth"), &bytes).unwrap();
     assert_eq!(w.format, WeightFormat::Pth);
+    // Gathered in the storage's dtype: half storage gives f16 tensors.
+    let f16s = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
     assert_eq!(
         w.tensors["1.weight"],
-        Tensor::f32(vec![2, 3], vec![2., 4., 6., 3., 5., 7.])
+        Tensor::f16(vec![2, 3], f16s(&[2., 4., 6., 3., 5., 7.]))
     );
-    assert_eq!(w.tensors["1.bias"], Tensor::f32(vec![3], vec![2., 3., 4.]));
-    assert_eq!(w.tensors["2.bias"], Tensor::f32(vec![1, 1], vec![7.]));
+    assert_eq!(
+        w.tensors["1.bias"],
+        Tensor::f16(vec![3], f16s(&[2., 3., 4.]))
+    );
+    assert_eq!(w.tensors["2.bias"], Tensor::f16(vec![1, 1], f16s(&[7.])));
+}
+
+/// The tensor list comes from the index alone; a tensor's data is read when it is asked for, so
+/// a damaged or missing storage fails that tensor's read, naming it, and no other.
+#[test]
+fn pth_lists_at_open_and_reads_on_demand() {
+    let pickle = state_dict_pickle(&[
+        ("a", "FloatStorage", "0", 2, 0, &[2], &[1]),
+        ("b", "HalfStorage", "1", 3, 0, &[3], &[1]),
+        ("c", "BFloat16Storage", "2", 1, 0, &[1], &[1]),
+        ("n", "LongStorage", "3", 1, 0, &[], &[]),
+    ]);
+    let a: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let c = half::bf16::from_f32(1.0078125).to_le_bytes();
+    let bytes = zip_archive(&[
+        ("c/data.pkl", &pickle),
+        ("c/data/0", &a),
+        ("c/data/2", &c),
+        ("c/data/3", &7i64.to_le_bytes()),
+    ]);
+    let mut f = WeightFile::from_bytes(Path::new("od.pth"), bytes).unwrap();
+    assert_eq!(f.format(), WeightFormat::Pth);
+    let listed: Vec<(&str, &StoredDtype, &[usize])> = f
+        .tensors()
+        .iter()
+        .map(|(k, i)| (k.as_str(), &i.dtype, &i.shape[..]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("a", &StoredDtype::F32, &[2][..]),
+            ("b", &StoredDtype::F16, &[3][..]),
+            ("c", &StoredDtype::BF16, &[1][..]),
+            ("n", &StoredDtype::Int("torch.LongStorage".into()), &[][..]),
+        ]
+    );
+    assert_eq!(f.read("a").unwrap(), Tensor::f32(vec![2], vec![1.5, -2.0]));
+    // bf16 has no IR type: widened exactly.
+    assert_eq!(f.read("c").unwrap(), Tensor::f32(vec![1], vec![1.0078125]));
+    let e = f.read("b").unwrap_err().to_string();
+    assert!(e.starts_with("od.pth: ") && e.contains("c/data/1"), "{e}");
+    let e = f.read("n").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "od.pth: tensor \"n\" has unsupported dtype torch.LongStorage (supported: F32, F16, BF16)"
+    );
+    // Reads do not disturb each other.
+    assert_eq!(f.read("a").unwrap(), Tensor::f32(vec![2], vec![1.5, -2.0]));
+}
+
+/// safetensors keep their stored dtype too, and integer tensors are listed but not loaded.
+#[test]
+fn safetensors_keep_stored_dtype_and_skip_integers() {
+    use ::safetensors::tensor::TensorView;
+    use ::safetensors::Dtype;
+    let h = f16_bytes(&[0.5, -65504.0]);
+    let b = half::bf16::from_f32(-3.0e38).to_le_bytes();
+    let i = 3i64.to_le_bytes();
+    let views = vec![
+        ("h", TensorView::new(Dtype::F16, vec![2], &h).unwrap()),
+        ("b", TensorView::new(Dtype::BF16, vec![1], &b).unwrap()),
+        ("steps", TensorView::new(Dtype::I64, vec![1], &i).unwrap()),
+    ];
+    let bytes = ::safetensors::serialize(views, None).unwrap();
+    let w = Weights::load_bytes(Path::new("s.safetensors"), &bytes).unwrap();
+    assert_eq!(w.tensors.keys().collect::<Vec<_>>(), ["b", "h"]);
+    assert_eq!(
+        w.tensors["h"],
+        Tensor::f16(vec![2], vec![half::f16::from_f32(0.5), half::f16::MIN])
+    );
+    assert_eq!(
+        w.tensors["b"],
+        Tensor::f32(vec![1], vec![half::bf16::from_f32(-3.0e38).to_f32()])
+    );
+    let f = WeightFile::from_bytes(Path::new("s.safetensors"), bytes).unwrap();
+    assert_eq!(f.tensors()["steps"].dtype, StoredDtype::Int("I64".into()));
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! ```
 //! The architecture (widths, resnets per level, quant convs, FLUX.2's batch norm) is read off the
 //! tensors and checked against the model asked for and, when present, the `config.json` beside
-//! the weights.
+//! the weights. Any container [`WeightFile`] reads will do (safetensors or a `.pth` state dict).
 
 pub mod keys;
 
@@ -23,7 +23,7 @@ use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role}
 use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
-use crate::weights::Weights;
+use crate::weights::{StoredDtype, WeightFile, Weights};
 use keys::VaeConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -216,10 +216,16 @@ impl Model for Vae {
     }
 
     fn load(&self, part: Part, path: &Path, o: &ModelOptions) -> Result<Weights, ModelError> {
-        // The header first: the architecture is checked on shapes alone, and only the part's
-        // tensors are then read (the other half of the file never is).
-        let mut raw = crate::weights::RawFile::open(path)?;
-        let file_shapes = raw.shapes();
+        // The index first: the architecture is checked on shapes alone, and only the part's
+        // tensors are then read (the other half of the file never is). Integer tensors
+        // (`bn.num_batches_tracked`) are training state no build needs.
+        let mut store = WeightFile::open(path)?;
+        let file_shapes: BTreeMap<String, Vec<usize>> = store
+            .tensors()
+            .iter()
+            .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
+            .map(|(k, i)| (k.clone(), i.shape.clone()))
+            .collect();
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
             file: file.clone(),
@@ -288,13 +294,13 @@ impl Model for Vae {
         };
         let mut tensors = BTreeMap::new();
         for (k, (f, squeeze)) in sources.into_iter().filter(|(k, _)| keep(k)) {
-            let mut t = raw.read(&f)?;
+            let mut t = store.read(&f)?;
             if squeeze {
                 t.shape.truncate(2);
             }
             tensors.insert(k, t);
         }
-        Ok(Weights::from_tensors(path.to_path_buf(), tensors))
+        Ok(Weights::new(path, store.format(), tensors))
     }
 
     fn build(
@@ -725,7 +731,7 @@ impl Builder<'_> {
 fn linear_1x1(g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
     let mut w = p.tensor("weight", &[ch, ch])?;
     w.shape = vec![ch, ch, 1, 1];
-    let w = g.constant(p.node("weight"), w);
+    let w = g.weight(p.node("weight"), w);
     let b = p.constant(g, "bias", &[ch])?;
     Ok(g.add(Op::Conv2d(Conv2d::same(1)), &[x, w, b], p.node("conv"))?)
 }

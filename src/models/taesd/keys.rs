@@ -1,13 +1,34 @@
-//! Key-style detection and normalisation to upstream keys.
+//! The TAESD family's key layouts, normalised to upstream keys.
 //!
 //! Upstream TAESD names decoder tensors by `nn.Sequential` index (`1.weight`,
 //! `3.conv.0.weight`); diffusers' `AutoencoderTiny` drops the parameter-free Clamp at index 0,
 //! so its `decoder.layers.N` is upstream index `N + 1`. Full-autoencoder files carry encoder
-//! tensors too, which a decoder never needs and are dropped here.
+//! tensors too, which a decoder never needs and are dropped here. Nothing here touches tensor
+//! data, so it works whatever container or dtype the weights come in.
 
+use std::fmt;
 use std::path::Path;
 
-use super::{KeyStyle, WeightError};
+use crate::models::ModelError;
+use crate::weights::quoted;
+
+/// Naming convention a file uses (the model reads its tensors under upstream keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStyle {
+    /// `nn.Sequential` index + module path: `1.weight`, `3.conv.0.weight` (also `decoder.1.weight`).
+    Upstream,
+    /// `decoder.layers.{i-1}.…`, as diffusers' `AutoencoderTiny` names them.
+    Diffusers,
+}
+
+impl fmt::Display for KeyStyle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyStyle::Upstream => "upstream",
+            KeyStyle::Diffusers => "diffusers",
+        })
+    }
+}
 
 /// How one key was read.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,12 +104,20 @@ fn classify(key: &str) -> Class {
 /// How many offending keys an error lists.
 const SHOWN: usize = 5;
 
+/// The one-line error for a file whose keys are not a TAESD layout.
+fn wrong(path: &Path, reason: String) -> ModelError {
+    ModelError::WrongModel {
+        file: path.display().to_string(),
+        reason,
+    }
+}
+
 /// Detects the key style of `keys` (all tensor names in the file) and returns, sorted by
 /// upstream key, `(index into keys, upstream key)` for every decoder tensor.
-pub(crate) fn normalise(
+pub fn normalise(
     path: &Path,
     keys: &[String],
-) -> Result<(KeyStyle, Vec<(usize, String)>), WeightError> {
+) -> Result<(KeyStyle, Vec<(usize, String)>), ModelError> {
     let classes: Vec<Class> = keys.iter().map(|k| classify(k)).collect();
 
     let mut unknown: Vec<String> = keys
@@ -100,10 +129,14 @@ pub(crate) fn normalise(
     if !unknown.is_empty() {
         unknown.sort();
         unknown.truncate(SHOWN);
-        return Err(WeightError::UnexpectedKeys {
-            path: path.to_path_buf(),
-            keys: unknown,
-        });
+        return Err(wrong(
+            path,
+            format!(
+                "unrecognised tensor keys ({}); expected upstream keys like \"1.weight\" or \
+                 diffusers keys like \"decoder.layers.0.weight\"",
+                quoted(&unknown)
+            ),
+        ));
     }
 
     // A couple of example keys per style seen, so a mixed-style error shows both sides.
@@ -131,17 +164,17 @@ pub(crate) fn normalise(
                 .filter(|(_, c)| **c == Class::Encoder);
             shown.extend(enc.map(|(k, _)| k.clone()).min());
         }
-        return Err(WeightError::MixedKeyStyles {
-            path: path.to_path_buf(),
-            keys: shown,
-        });
+        return Err(wrong(
+            path,
+            format!(
+                "tensor keys mix naming styles ({}); expected only upstream keys like \
+                 \"1.weight\" or only diffusers keys like \"decoder.layers.0.weight\"",
+                quoted(&shown)
+            ),
+        ));
     }
     let style = match examples.first() {
-        None => {
-            return Err(WeightError::NoDecoderTensors {
-                path: path.to_path_buf(),
-            })
-        }
+        None => return Err(wrong(path, "no decoder tensors in file".into())),
         Some((Style::Diffusers, _)) => KeyStyle::Diffusers,
         Some(_) => KeyStyle::Upstream,
     };
@@ -157,7 +190,7 @@ pub(crate) fn normalise(
     out.sort_by(|a, b| a.1.cmp(&b.1));
     if let Some(w) = out.windows(2).find(|w| w[0].1 == w[1].1) {
         // Only reachable through duplicate names in the container itself.
-        return Err(super::corrupt(
+        return Err(wrong(
             path,
             format!("tensor \"{}\" appears twice", keys[w[1].0]),
         ));
@@ -169,7 +202,7 @@ pub(crate) fn normalise(
 mod tests {
     use super::*;
 
-    fn norm(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), WeightError> {
+    fn norm(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), ModelError> {
         let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
         normalise(Path::new("w.safetensors"), &keys)
             .map(|(s, v)| (s, v.into_iter().map(|(_, k)| k).collect()))
@@ -213,10 +246,13 @@ mod tests {
             "decoder.layers.x.weight",
             "a.1.w",
         ] {
-            let e = norm(&["1.weight", bad]).unwrap_err();
-            assert!(
-                matches!(&e, WeightError::UnexpectedKeys { keys, .. } if keys == &[bad]),
-                "{e}"
+            let e = norm(&["1.weight", bad]).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "w.safetensors: unrecognised tensor keys (\"{bad}\"); expected upstream \
+                     keys like \"1.weight\" or diffusers keys like \"decoder.layers.0.weight\""
+                )
             );
         }
     }
@@ -239,11 +275,9 @@ mod tests {
 
     #[test]
     fn encoder_only_has_no_decoder() {
-        let e = norm(&["encoder.layers.0.weight"]).unwrap_err();
-        assert!(matches!(e, WeightError::NoDecoderTensors { .. }));
-        assert!(matches!(
-            norm(&[]).unwrap_err(),
-            WeightError::NoDecoderTensors { .. }
-        ));
+        let e = norm(&["encoder.layers.0.weight"]).unwrap_err().to_string();
+        assert_eq!(e, "w.safetensors: no decoder tensors in file");
+        let e = norm(&[]).unwrap_err().to_string();
+        assert_eq!(e, "w.safetensors: no decoder tensors in file");
     }
 }

@@ -22,6 +22,14 @@
 //! (taef2: the decoder's blocks 3-5, the encoder's 11-13), a block first does
 //! `x = x + conv1x1(relu(group_norm4(conv1x1(x, 4C))), C)`. The variant is read off the weights
 //! (latent channels, the pool branch) and checked against the model asked for.
+//!
+//! Files name the tensors by upstream index or as diffusers does; [`keys`] maps both onto the
+//! upstream keys the builder reads.
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
@@ -29,9 +37,24 @@ use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
-use crate::weights::Weights;
+use crate::weights::{WeightFile, Weights};
+use keys::KeyStyle;
 
 const CH: usize = 64;
+
+/// A TAESD-family file's tensors under upstream keys (`1.weight`, `3.conv.0.weight`), each in
+/// its stored dtype, and the key style the file used. Encoder tensors of a full-autoencoder
+/// file are not read.
+pub fn load_weights(path: &Path) -> Result<(Weights, KeyStyle), ModelError> {
+    let mut file = WeightFile::open(path)?;
+    let names: Vec<String> = file.tensors().keys().cloned().collect();
+    let (style, kept) = keys::normalise(path, &names)?;
+    let mut tensors = BTreeMap::new();
+    for (i, upstream) in kept {
+        tensors.insert(upstream, file.read(&names[i])?);
+    }
+    Ok((Weights::new(path, file.format(), tensors), style))
+}
 
 /// One TAESD-family model: its names and the architecture its published weights have.
 pub struct Taesd {
@@ -133,6 +156,15 @@ impl Model for Taesd {
                 default_size: size(768, 768),
             },
         }
+    }
+
+    fn load(
+        &self,
+        _part: Part,
+        path: &Path,
+        _options: &ModelOptions,
+    ) -> Result<Weights, ModelError> {
+        Ok(load_weights(path)?.0)
     }
 
     fn build(
