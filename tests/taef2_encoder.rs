@@ -531,3 +531,51 @@ fn run_encodes_a_png_or_safetensors_image_into_a_safetensors_latent() {
     assert!(c.max_abs <= 2e-3, "decoder fp16 against PyTorch: {c:?}");
     oracle(&dir);
 }
+
+/// A diffusers `AutoencoderTiny` file holds both halves as `encoder.layers.N` (upstream index N)
+/// and `decoder.layers.N` (upstream N + 1): each part reads its own half and gives the package
+/// its upstream file gives, byte for byte.
+#[test]
+fn diffusers_full_autoencoder_builds_both_parts() {
+    let dir = out_dir("taef2_encoder_diffusers");
+    let load = |p: &Path| mlc::weights::Weights::load(p).unwrap().tensors;
+    let mut full = BTreeMap::new();
+    for (k, t) in load(&encoder_weights()) {
+        full.insert(format!("encoder.layers.{k}"), t);
+    }
+    for (k, t) in load(&taef2_weights()) {
+        let (i, rest) = k.split_once('.').unwrap();
+        let i: usize = i.parse().unwrap();
+        full.insert(format!("decoder.layers.{}.{rest}", i - 1), t);
+    }
+    // Named like the upstream files: the file's stem is the package's `mlc.weights.source`.
+    let both = |part: Part| {
+        let p = dir.join(part.to_string()).join(match part {
+            Part::Encoder => "taef2_encoder.safetensors",
+            Part::Decoder => "taef2_decoder.safetensors",
+        });
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        write_safetensors(&p, &full);
+        p
+    };
+    let bytes = |part: Part, w: PathBuf, name: &str| {
+        let mut o = BuildOptions::new("flux2", w);
+        o.part = Some(part);
+        o.sizes = Sizes::Image(vec![[64, 64]]);
+        o.output = Some(dir.join(name));
+        let pkg = build(&o).unwrap().package.join("Data/com.apple.CoreML");
+        let mut b = std::fs::read(pkg.join("model.mlmodel")).unwrap();
+        b.extend(std::fs::read(pkg.join("weights/weight.bin")).unwrap());
+        b
+    };
+    for (part, upstream) in [
+        (Part::Encoder, encoder_weights()),
+        (Part::Decoder, taef2_weights()),
+    ] {
+        assert!(
+            bytes(part, both(part), &format!("both_{part}.mlpackage"))
+                == bytes(part, upstream, &format!("upstream_{part}.mlpackage")),
+            "{part}"
+        );
+    }
+}

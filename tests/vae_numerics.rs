@@ -587,7 +587,13 @@ fn a_full_sd_checkpoint_gives_the_vae_package() {
         b.extend(std::fs::read(pkg.join("weights/weight.bin")).unwrap());
         b
     };
-    assert!(bytes(full, "full.mlpackage") == bytes(weights("sd", "original"), "vae.mlpackage"));
+    let vae = bytes(weights("sd", "original"), "vae.mlpackage");
+    assert!(bytes(full, "full.mlpackage") == vae);
+    // The same checkpoint as a PyTorch `.ckpt` (state_dict under "state_dict", beside
+    // "global_step"), the form SD 1.x checkpoints are published in.
+    let ckpt = dir.join("sd_full.ckpt");
+    write_ckpt(&ckpt, &t);
+    assert!(bytes(ckpt, "ckpt.mlpackage") == vae);
 }
 
 #[test]

@@ -855,9 +855,20 @@ impl<'a, 'b> Vm<'a, 'b> {
 
     /// The root must be a dict of tensor-valued string keys (a `state_dict`).
     fn state_dict(&self, root: Value) -> R<Vec<(String, TensorRef)>> {
-        let Some(Obj::Dict(items)) = self.obj(&root) else {
+        let Some(Obj::Dict(top)) = self.obj(&root) else {
             return Err("top-level object is not a dict (expected a state_dict)".into());
         };
+        let mut items = top;
+        // A training checkpoint (Stable Diffusion's `.ckpt`, PyTorch Lightning's) keeps the
+        // weights under "state_dict", beside counters such as "global_step". One level only: a
+        // pickle can make a dict contain itself.
+        let nested = items.iter().find_map(|(k, v)| match (k, self.obj(v)) {
+            (Value::Str(k), Some(Obj::Dict(d))) if &**k == "state_dict" => Some(d),
+            _ => None,
+        });
+        if let Some(d) = nested {
+            items = d;
+        }
         let mut out: Vec<(String, TensorRef)> = Vec::with_capacity(items.len());
         let mut seen: HashMap<Rc<str>, usize> = HashMap::new();
         for (k, v) in items {

@@ -152,6 +152,41 @@ fn pth_lists_at_open_and_reads_on_demand() {
     assert_eq!(f.read("a").unwrap(), Tensor::f32(vec![2], vec![1.5, -2.0]));
 }
 
+/// A training checkpoint (`.ckpt`) keeps the state_dict under "state_dict", beside counters;
+/// only that dict is read, and only one level deep.
+#[test]
+fn ckpt_state_dict_under_a_key_is_read() {
+    let inner = state_dict_pickle(&[("w", "FloatStorage", "0", 1, 0, &[1], &[1])]);
+    let inner = &inner[2..inner.len() - 1];
+    let wrap = |key: &str| {
+        let mut p = vec![0x80, 2, b'}', b'('];
+        for k in ["global_step", key] {
+            p.push(b'X');
+            p.extend((k.len() as u32).to_le_bytes());
+            p.extend(k.as_bytes());
+            if k == "global_step" {
+                p.push(b'J');
+                p.extend(5u32.to_le_bytes());
+            } else {
+                p.extend(inner);
+            }
+        }
+        p.extend(b"u.");
+        p
+    };
+    let data = 2.5f32.to_le_bytes();
+    let open = |pickle: &[u8]| {
+        let bytes = zip_archive(&[("m/data.pkl", pickle), ("m/data/0", &data)]);
+        WeightFile::from_bytes(Path::new("m.ckpt"), bytes)
+    };
+    let mut f = open(&wrap("state_dict")).unwrap();
+    assert_eq!(f.tensors().keys().collect::<Vec<_>>(), ["w"]);
+    assert_eq!(f.read("w").unwrap(), Tensor::f32(vec![1], vec![2.5]));
+    // Under another key the dict is not a state_dict: the counter is named.
+    let e = open(&wrap("weights")).err().unwrap().to_string();
+    assert!(e.contains("\"global_step\" is not a tensor"), "{e}");
+}
+
 /// safetensors keep their stored dtype too, and integer tensors are listed but not loaded.
 #[test]
 fn safetensors_keep_stored_dtype_and_skip_integers() {

@@ -2,14 +2,15 @@
 //!
 //! Upstream TAESD names decoder tensors by `nn.Sequential` index (`1.weight`,
 //! `3.conv.0.weight`); diffusers' `AutoencoderTiny` drops the parameter-free Clamp at index 0,
-//! so its `decoder.layers.N` is upstream index `N + 1`. Full-autoencoder files carry encoder
-//! tensors too, which a decoder never needs and are dropped here. Nothing here touches tensor
-//! data, so it works whatever container or dtype the weights come in.
+//! so its `decoder.layers.N` is upstream index `N + 1`; its encoder keeps upstream's indices
+//! (`encoder.layers.N` is `N`). Full-autoencoder files carry both halves: the half not being
+//! built is dropped here. Nothing here touches tensor data, so it works whatever container or
+//! dtype the weights come in.
 
 use std::fmt;
 use std::path::Path;
 
-use crate::models::ModelError;
+use crate::models::{ModelError, Part};
 use crate::weights::quoted;
 
 /// Naming convention a file uses (the model reads its tensors under upstream keys).
@@ -17,7 +18,8 @@ use crate::weights::quoted;
 pub enum KeyStyle {
     /// `nn.Sequential` index + module path: `1.weight`, `3.conv.0.weight` (also `decoder.1.weight`).
     Upstream,
-    /// `decoder.layers.{i-1}.…`, as diffusers' `AutoencoderTiny` names them.
+    /// `decoder.layers.{i-1}.…` / `encoder.layers.{i}.…`, as diffusers' `AutoencoderTiny`
+    /// names them.
     Diffusers,
 }
 
@@ -33,9 +35,10 @@ impl fmt::Display for KeyStyle {
 /// How one key was read.
 #[derive(Debug, PartialEq, Eq)]
 enum Class {
-    /// A decoder tensor: its style, a label for messages, and its upstream key.
-    Decoder(Style, String),
-    Encoder,
+    /// A tensor of the part being built: its style and its upstream key.
+    Kept(Style, String),
+    /// A tensor of the autoencoder's other half.
+    Other,
     Unknown,
 }
 
@@ -72,31 +75,27 @@ fn split_index(s: &str) -> Option<(u64, &str)> {
     path_ok.then_some((idx, rest))
 }
 
-fn classify(key: &str) -> Class {
-    if let Some(r) = key.strip_prefix("decoder.layers.") {
-        return match split_index(r) {
-            Some((i, rest)) => Class::Decoder(Style::Diffusers, format!("{}.{rest}", i + 1)),
-            None => Class::Unknown,
+fn classify(key: &str, part: Part) -> Class {
+    for (half, name) in [(Part::Decoder, "decoder"), (Part::Encoder, "encoder")] {
+        let Some(r) = key.strip_prefix(name).and_then(|r| r.strip_prefix('.')) else {
+            continue;
         };
-    }
-    if let Some(r) = key
-        .strip_prefix("encoder.layers.")
-        .or_else(|| key.strip_prefix("encoder."))
-    {
-        return if split_index(r).is_some() {
-            Class::Encoder
-        } else {
-            Class::Unknown
+        let (style, r) = match r.strip_prefix("layers.") {
+            Some(r) => (Style::Diffusers, r),
+            None => (Style::Prefixed, r),
         };
-    }
-    if let Some(r) = key.strip_prefix("decoder.") {
-        return match split_index(r) {
-            Some(_) => Class::Decoder(Style::Prefixed, r.to_string()),
-            None => Class::Unknown,
+        let Some((i, rest)) = split_index(r) else {
+            return Class::Unknown;
         };
+        if half != part {
+            return Class::Other;
+        }
+        // diffusers' decoder drops upstream's parameter-free Clamp at index 0.
+        let shift = u64::from(style == Style::Diffusers && part == Part::Decoder);
+        return Class::Kept(style, format!("{}.{rest}", i + shift));
     }
     match split_index(key) {
-        Some(_) => Class::Decoder(Style::Bare, key.to_string()),
+        Some(_) => Class::Kept(Style::Bare, key.to_string()),
         None => Class::Unknown,
     }
 }
@@ -113,12 +112,17 @@ fn wrong(path: &Path, reason: String) -> ModelError {
 }
 
 /// Detects the key style of `keys` (all tensor names in the file) and returns, sorted by
-/// upstream key, `(index into keys, upstream key)` for every decoder tensor.
+/// upstream key, `(index into keys, upstream key)` for every tensor of `part`.
 pub fn normalise(
     path: &Path,
     keys: &[String],
+    part: Part,
 ) -> Result<(KeyStyle, Vec<(usize, String)>), ModelError> {
-    let classes: Vec<Class> = keys.iter().map(|k| classify(k)).collect();
+    let classes: Vec<Class> = keys.iter().map(|k| classify(k, part)).collect();
+    let like = match part {
+        Part::Decoder => "\"decoder.layers.0.weight\"",
+        Part::Encoder => "\"encoder.layers.0.weight\"",
+    };
 
     let mut unknown: Vec<String> = keys
         .iter()
@@ -133,7 +137,7 @@ pub fn normalise(
             path,
             format!(
                 "unrecognised tensor keys ({}); expected upstream keys like \"1.weight\" or \
-                 diffusers keys like \"decoder.layers.0.weight\"",
+                 diffusers keys like {like}",
                 quoted(&unknown)
             ),
         ));
@@ -141,11 +145,11 @@ pub fn normalise(
 
     // A couple of example keys per style seen, so a mixed-style error shows both sides.
     let mut examples: Vec<(Style, Vec<String>)> = Vec::new();
-    let has_encoder = classes.contains(&Class::Encoder);
+    let has_other = classes.contains(&Class::Other);
     let mut sorted: Vec<&String> = keys.iter().collect();
     sorted.sort();
     for key in sorted {
-        if let Class::Decoder(style, _) = classify(key) {
+        if let Class::Kept(style, _) = classify(key, part) {
             match examples.iter_mut().find(|(s, _)| *s == style) {
                 Some((_, v)) if v.len() < 2 => v.push(key.clone()),
                 Some(_) => {}
@@ -153,28 +157,28 @@ pub fn normalise(
             }
         }
     }
-    // Bare indices next to encoder tensors could belong to either half of the autoencoder.
-    let bare_with_encoder = has_encoder && examples.iter().any(|(s, _)| *s == Style::Bare);
-    if examples.len() > 1 || bare_with_encoder {
+    // Bare indices next to the other half's tensors could belong to either half.
+    let bare_with_other = has_other && examples.iter().any(|(s, _)| *s == Style::Bare);
+    if examples.len() > 1 || bare_with_other {
         let mut shown: Vec<String> = examples.into_iter().flat_map(|(_, v)| v).collect();
-        if bare_with_encoder {
-            let enc = keys
+        if bare_with_other {
+            let other = keys
                 .iter()
                 .zip(&classes)
-                .filter(|(_, c)| **c == Class::Encoder);
-            shown.extend(enc.map(|(k, _)| k.clone()).min());
+                .filter(|(_, c)| **c == Class::Other);
+            shown.extend(other.map(|(k, _)| k.clone()).min());
         }
         return Err(wrong(
             path,
             format!(
                 "tensor keys mix naming styles ({}); expected only upstream keys like \
-                 \"1.weight\" or only diffusers keys like \"decoder.layers.0.weight\"",
+                 \"1.weight\" or only diffusers keys like {like}",
                 quoted(&shown)
             ),
         ));
     }
     let style = match examples.first() {
-        None => return Err(wrong(path, "no decoder tensors in file".into())),
+        None => return Err(wrong(path, format!("no {part} tensors in file"))),
         Some((Style::Diffusers, _)) => KeyStyle::Diffusers,
         Some(_) => KeyStyle::Upstream,
     };
@@ -183,7 +187,7 @@ pub fn normalise(
         .into_iter()
         .enumerate()
         .filter_map(|(i, c)| match c {
-            Class::Decoder(_, up) => Some((i, up)),
+            Class::Kept(_, up) => Some((i, up)),
             _ => None,
         })
         .collect();
@@ -204,8 +208,56 @@ mod tests {
 
     fn norm(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), ModelError> {
         let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
-        normalise(Path::new("w.safetensors"), &keys)
+        normalise_part(keys, Part::Decoder)
+    }
+
+    fn normalise_part(
+        keys: Vec<String>,
+        part: Part,
+    ) -> Result<(KeyStyle, Vec<String>), ModelError> {
+        normalise(Path::new("w.safetensors"), &keys, part)
             .map(|(s, v)| (s, v.into_iter().map(|(_, k)| k).collect()))
+    }
+
+    fn enc(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), ModelError> {
+        normalise_part(keys.iter().map(|s| s.to_string()).collect(), Part::Encoder)
+    }
+
+    #[test]
+    fn encoder_keys_keep_their_index_and_drop_the_decoder() {
+        let (s, k) = enc(&[
+            "encoder.layers.0.weight",
+            "encoder.layers.14.bias",
+            "decoder.layers.0.bias",
+        ])
+        .unwrap();
+        assert_eq!(
+            (s, k),
+            (
+                KeyStyle::Diffusers,
+                vec!["0.weight".into(), "14.bias".into()]
+            )
+        );
+        let (s, k) = enc(&["decoder.1.weight", "encoder.0.weight"]).unwrap();
+        assert_eq!((s, k), (KeyStyle::Upstream, vec!["0.weight".into()]));
+        // An upstream encoder file has bare indices.
+        let (s, k) = enc(&["0.weight", "1.conv.0.weight"]).unwrap();
+        assert_eq!(
+            (s, k),
+            (
+                KeyStyle::Upstream,
+                vec!["0.weight".into(), "1.conv.0.weight".into()]
+            )
+        );
+        let e = enc(&["decoder.layers.0.weight"]).unwrap_err().to_string();
+        assert_eq!(e, "w.safetensors: no encoder tensors in file");
+        let e = enc(&["0.weight", "decoder.layers.0.weight"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mix naming styles") && e.contains("\"decoder.layers.0.weight\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,13 +42,13 @@ use keys::KeyStyle;
 
 const CH: usize = 64;
 
-/// A TAESD-family file's tensors under upstream keys (`1.weight`, `3.conv.0.weight`), each in
-/// its stored dtype, and the key style the file used. Encoder tensors of a full-autoencoder
-/// file are not read.
-pub fn load_weights(path: &Path) -> Result<(Weights, KeyStyle), ModelError> {
+/// A TAESD-family file's tensors of `part` under upstream keys (`1.weight`, `3.conv.0.weight`),
+/// each in its stored dtype, and the key style the file used. The other half's tensors of a
+/// full-autoencoder file are not read.
+pub fn load_weights(path: &Path, part: Part) -> Result<(Weights, KeyStyle), ModelError> {
     let mut file = WeightFile::open(path)?;
     let names: Vec<String> = file.tensors().keys().cloned().collect();
-    let (style, kept) = keys::normalise(path, &names)?;
+    let (style, kept) = keys::normalise(path, &names, part)?;
     let mut tensors = BTreeMap::new();
     for (i, upstream) in kept {
         tensors.insert(upstream, file.read(&names[i])?);
@@ -160,11 +160,11 @@ impl Model for Taesd {
 
     fn load(
         &self,
-        _part: Part,
+        part: Part,
         path: &Path,
         _options: &ModelOptions,
     ) -> Result<Weights, ModelError> {
-        Ok(load_weights(path)?.0)
+        Ok(load_weights(path, part)?.0)
     }
 
     fn build(
