@@ -11,9 +11,9 @@
 //! `state_dict` needs (it never executes anything).
 
 mod keys;
-mod pth;
+pub(crate) mod pth;
 mod raw;
-mod safetensors;
+pub(crate) mod safetensors;
 
 pub use raw::{load_raw, RawFile};
 
