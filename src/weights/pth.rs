@@ -243,7 +243,15 @@ fn materialise(
     }
     // The caller has charged numel f32s to the budget; elements are widened one at a time so
     // the storage is never widened whole.
-    let mut out = Vec::with_capacity(numel as usize);
+    // Fallible: a budget raised for a huge checkpoint may still exceed what the system can
+    // map, and that is an error about this tensor, not an abort.
+    let mut out = Vec::new();
+    out.try_reserve_exact(numel as usize).map_err(|_| {
+        format!(
+            "cannot allocate {} bytes for its {numel} elements",
+            numel.saturating_mul(4)
+        )
+    })?;
     let mut idx = vec![0u64; t.size.len()];
     for _ in 0..numel {
         // At most `last`, checked above not to overflow.
