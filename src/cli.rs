@@ -584,6 +584,7 @@ fn run(a: &RunArgs) -> Result<()> {
     }
     let options = crate::mil::eval::EvalOptions {
         fp16_activations: a.fp16_activations,
+        ..Default::default()
     };
     let (outputs, stats) = r::run_with(&pkg, &function, &inputs, options)
         .with_context(|| format!("evaluating {}", a.package.display()))?;

@@ -20,6 +20,7 @@ pub mod compiler;
 pub mod compress;
 pub mod coremlc;
 pub mod dump;
+pub mod fuzzing;
 pub mod hub;
 pub mod inspect;
 pub mod ir;

@@ -29,13 +29,19 @@ pub const MAX_EVAL_ELEMENTS: usize = 1 << 30;
 /// The element count of a tensor of `shape` the evaluator is about to allocate, computed
 /// without overflow; an error past [`MAX_EVAL_ELEMENTS`].
 pub fn eval_elements(shape: &[usize]) -> Result<usize, String> {
+    eval_elements_within(shape, MAX_EVAL_ELEMENTS)
+}
+
+/// [`eval_elements`] with a limit of `max` elements instead (see
+/// [`crate::mil::eval::EvalOptions::max_elements`]).
+pub fn eval_elements_within(shape: &[usize], max: usize) -> Result<usize, String> {
     if shape.contains(&0) {
         return Ok(0);
     }
     match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
-        Some(n) if n <= MAX_EVAL_ELEMENTS => Ok(n),
+        Some(n) if n <= max => Ok(n),
         _ => Err(format!(
-            "a result of shape {shape:?} would exceed the evaluator's limit of {MAX_EVAL_ELEMENTS} elements"
+            "a result of shape {shape:?} would exceed the evaluator's limit of {max} elements"
         )),
     }
 }

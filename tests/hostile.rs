@@ -1,6 +1,10 @@
 //! Hostile input (issue 9): memory bombs, special files, symlinks out of a package, endless or
 //! slow downloads, interrupted and concurrent builds. Each must end in a one-line error (or
 //! succeed), quickly, in bounded memory, and leave nothing behind.
+//!
+//! The binary runs with its address space limited to [`ADDRESS_SPACE`] (on Linux), so a bomb
+//! that slips past the budgets makes its test fail at once (an allocation failure aborts the
+//! process) instead of taking the machine's memory.
 
 mod common;
 
@@ -11,13 +15,45 @@ use std::time::{Duration, Instant};
 
 use mlc::weights::Weights;
 
+/// Address space the binary may map. Measured under `prlimit --as`: building TAEF2 from its
+/// 2.7 MB checkpoint needs under 64 MiB, and running that decoder on a 32x32 latent (larger
+/// than anything run here) under 256 MiB; 2 GiB leaves room for thread stacks and allocator
+/// arenas on bigger machines while still stopping a bomb long before the machine's memory.
+const ADDRESS_SPACE: u64 = 2 << 30;
+
+/// The mlc binary, to be run under the [`ADDRESS_SPACE`] limit.
+fn mlc_command() -> Command {
+    #[allow(unused_mut)]
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: ADDRESS_SPACE,
+            rlim_max: ADDRESS_SPACE,
+        };
+        // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe, on a
+        // value copied into the closure.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    c
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Runs the binary in `dir` with extra environment variables.
 fn mlc_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
+    let mut c = mlc_command();
     c.args(args).current_dir(dir);
     for (k, v) in env {
         c.env(k, v);
@@ -340,12 +376,51 @@ fn cli_budget_error_and_override() {
     );
 }
 
+/// A checkpoint whose one tensor would take 20 GiB (one stored element, stride 0), through the
+/// binary in its 2 GiB address space: refused by the default budget, and with the budget raised
+/// past it, by the failed allocation; one line either way, never an abort.
+#[cfg(target_os = "linux")]
+#[test]
+fn twenty_gib_bomb_fails_cleanly_in_a_bounded_address_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pickle = state_dict_pickle(&[Entry {
+        key: "1.weight".into(),
+        storage: "0",
+        numel: 1,
+        offset: 0,
+        size: vec![5 << 10, 1 << 20],
+        stride: vec![0, 0],
+    }]);
+    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
+    let args = [
+        "build",
+        "taesd",
+        "--weights",
+        "bomb.pth",
+        "-o",
+        "o.mlpackage",
+    ];
+    let e = fails(dir, &["bomb.pth"], &args, &[]);
+    assert!(e.contains("\"1.weight\"") && e.contains("budget"), "{e}");
+    let e = fails(
+        dir,
+        &["bomb.pth"],
+        &args,
+        &[("MLC_MAX_WEIGHT_BYTES", "32G")],
+    );
+    assert!(
+        e.contains("\"1.weight\"") && e.contains("cannot allocate 21474836480 bytes"),
+        "{e}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 2: only regular files are read, and nothing outside a package.
 
 /// Runs the binary, killing it (and failing the test) if it has not finished in `secs`.
 fn mlc_deadline(args: &[&str], dir: &Path, env: &[(&str, &str)], secs: u64) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
+    let mut c = mlc_command();
     c.args(args)
         .current_dir(dir)
         .stdout(std::process::Stdio::piped())
@@ -530,7 +605,7 @@ fn concurrent_builds_of_one_output() {
     for round in 0..4 {
         let children: Vec<_> = (0..6)
             .map(|_| {
-                Command::new(env!("CARGO_BIN_EXE_mlc"))
+                mlc_command()
                     .args(BUILD)
                     .current_dir(dir)
                     .stdout(std::process::Stdio::null())
@@ -585,7 +660,7 @@ fn next_build_removes_leftovers_of_a_killed_build() {
 
     // A real SIGKILL mid-build, then a normal build: nothing but the package remains.
     std::fs::remove_dir(dir.join(".m.mlpackage.tmp-1-0")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlc"))
+    let mut child = mlc_command()
         .args(BUILD)
         .current_dir(dir)
         .stderr(std::process::Stdio::null())

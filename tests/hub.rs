@@ -17,6 +17,7 @@ const WEIGHTS: &str = concat!(
     "/../shared/weights/taef2_decoder.safetensors"
 );
 const WEIGHTS_SHA: &str = "6f9d7bfb4929acbbb78ef115858f21b55bfd09bb43d4c4f5032fdf5dce19e49b";
+const WEIGHTS_LEN: u64 = 5_360_684;
 const OTHER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/weights/taef2_diffusers_style.safetensors"
@@ -30,6 +31,7 @@ const PINNED: Source = Source {
     file: "taef2_decoder.safetensors",
     revision: COMMIT,
     sha256: Some(WEIGHTS_SHA),
+    size: Some(WEIGHTS_LEN),
 };
 
 const UNPINNED: Source = Source {
@@ -38,6 +40,7 @@ const UNPINNED: Source = Source {
     file: "taef2_decoder.safetensors",
     revision: "main",
     sha256: None,
+    size: None,
 };
 
 #[derive(Clone)]
@@ -360,7 +363,12 @@ fn hash_mismatch_leaves_nothing() {
     )]);
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), &server, false);
-    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    // Without a pinned size, only the digest can tell the files apart.
+    let src = Source {
+        size: None,
+        ..PINNED
+    };
+    let err = hub::resolve(&src, &cfg).unwrap_err();
     assert!(matches!(err, HubError::DownloadDigest { .. }), "{err:?}");
     let msg = err.to_string();
     let url = format!("{}{}", server.addr, resolve_path(&PINNED));
@@ -626,6 +634,71 @@ fn announced_length_over_the_cap_is_refused_before_the_body() {
 }
 
 #[test]
+fn announced_length_other_than_the_pinned_size_is_refused_before_the_body() {
+    let path = resolve_path(&PINNED);
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(OTHER, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let mut seen = 0;
+    let err = hub::resolve_with_progress(&PINNED, &cfg, &mut |_| seen += 1).unwrap_err();
+    let other_len = fs::metadata(OTHER).unwrap().len();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "download {}{path}: the server announces {other_len} bytes, but the pinned file is \
+             {WEIGHTS_LEN} bytes; refused",
+            server.addr
+        )
+    );
+    assert_eq!(seen, 0, "no body was read");
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
+fn body_without_a_length_stops_at_the_pinned_size() {
+    // Pinned to a megabyte; the server sends zeros without a length until the client hangs up.
+    let src = Source {
+        sha256: Some(WEIGHTS_SHA),
+        size: Some(1 << 20),
+        ..UNPINNED
+    };
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Endless,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    assert!(
+        cfg.max_download_bytes > 1 << 30,
+        "the general cap is not what stops it"
+    );
+    let mut received = 0;
+    let start = Instant::now();
+    let err = hub::resolve_with_progress(&src, &cfg, &mut |p| received = p.received).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HubError::LongerThanPinned {
+                pinned: 1048576,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .ends_with("body is longer than the pinned file's 1048576 bytes; refused"),
+        "{err}"
+    );
+    assert!(received <= 1 << 20, "{received} bytes taken");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
 fn slow_body_stops_at_the_deadline() {
     let server = Server::start(vec![(
         "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
@@ -634,8 +707,13 @@ fn slow_body_stops_at_the_deadline() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path(), &server, false);
     cfg.download_timeout = Duration::from_secs(1);
+    // The slow reply announces a megabyte, which a pinned size would refuse before the body.
+    let src = Source {
+        size: None,
+        ..PINNED
+    };
     let start = Instant::now();
-    let err = hub::resolve(&PINNED, &cfg).unwrap_err();
+    let err = hub::resolve(&src, &cfg).unwrap_err();
     let took = start.elapsed();
     assert!(matches!(err, HubError::Deadline { secs: 1, .. }), "{err:?}");
     assert!(

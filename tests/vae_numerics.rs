@@ -396,6 +396,7 @@ fn fp16_activation_mode_reports_the_largest_value_and_overflow() {
     let latent = f.remove("latent").unwrap();
     let on = mlc::mil::eval::EvalOptions {
         fp16_activations: true,
+        ..Default::default()
     };
     let run = |latent: Array| {
         mlc::run::run_with(&p, "main", &BTreeMap::from([("latent".into(), latent)]), on).unwrap()

@@ -149,6 +149,17 @@ fn fetch(
             limit: cap,
         });
     }
+    // A length other than the pinned file's cannot end in the pinned digest: no need to wait
+    // for the body to find out.
+    if let (Some(announced), Some(pinned)) = (total, src.size) {
+        if announced != pinned {
+            return Err(HubError::SizeMismatch {
+                url: here,
+                announced,
+                pinned,
+            });
+        }
+    }
 
     let blobs = repo.join("blobs");
     fs::create_dir_all(&blobs).map_err(|e| HubError::io(&blobs, e))?;
@@ -189,7 +200,11 @@ fn fetch(
                 })
             }
         };
-        if received.checked_add(n as u64).is_none_or(|r| r > cap) {
+        let so_far = received.checked_add(n as u64);
+        if let Some(pinned) = src.size.filter(|&p| so_far.is_none_or(|r| r > p)) {
+            return Err(HubError::LongerThanPinned { url: here, pinned });
+        }
+        if so_far.is_none_or(|r| r > cap) {
             return Err(HubError::TooLarge {
                 url: here,
                 limit: cap,
@@ -359,6 +374,7 @@ mod tests {
             file: "f.safetensors",
             revision: "main",
             sha256: None,
+            size: None,
         };
         assert_eq!(
             resolve_url(&src, "https://huggingface.co/"),

@@ -79,6 +79,17 @@ pub enum HubError {
     #[error("download {url}: body is longer than the {limit}-byte limit; refused")]
     TooLarge { url: String, limit: u64 },
     #[error(
+        "download {url}: the server announces {announced} bytes, but the pinned file is \
+         {pinned} bytes; refused"
+    )]
+    SizeMismatch {
+        url: String,
+        announced: u64,
+        pinned: u64,
+    },
+    #[error("download {url}: body is longer than the pinned file's {pinned} bytes; refused")]
+    LongerThanPinned { url: String, pinned: u64 },
+    #[error(
         "download {url}: not finished after {secs} s ({received} bytes received); set \
          MLC_DOWNLOAD_TIMEOUT_SECS to allow longer"
     )]

@@ -16,16 +16,19 @@ pub struct Source {
     /// Lower-case hex sha256 of the file at `revision`, when known. `None` means whatever
     /// the branch holds today is accepted, so the caller should record the digest it got.
     pub sha256: Option<&'static str>,
+    /// The file's size in bytes, when pinned with its sha256: a download announcing another
+    /// length, or sending more, is refused at once instead of after the whole body.
+    pub size: Option<u64>,
 }
 
 /// The published decoder weights mlc knows how to fetch.
 ///
-/// | model | repo | file | revision | sha256 |
-/// | --- | --- | --- | --- | --- |
-/// | taef2 | `madebyollin/taef2` | `taef2.safetensors` | `bd244eb…` | `701d31c…` |
-/// | taef1 | `madebyollin/taef1` | `diffusion_pytorch_model.safetensors` | `b1b2d00…` | `47a6c2b…` |
-/// | taesd | `madebyollin/taesd` | `taesd_decoder.safetensors` | `main` | not pinned |
-/// | taesdxl | `madebyollin/taesdxl` | `taesdxl_decoder.safetensors` | `main` | not pinned |
+/// | model | repo | file | revision | sha256 | bytes |
+/// | --- | --- | --- | --- | --- | --- |
+/// | taef2 | `madebyollin/taef2` | `taef2.safetensors` | `bd244eb…` | `701d31c…` | not known |
+/// | taef1 | `madebyollin/taef1` | `diffusion_pytorch_model.safetensors` | `b1b2d00…` | `47a6c2b…` | 9848636 |
+/// | taesd | `madebyollin/taesd` | `taesd_decoder.safetensors` | `main` | not pinned | not pinned |
+/// | taesdxl | `madebyollin/taesdxl` | `taesdxl_decoder.safetensors` | `main` | not pinned | not pinned |
 ///
 /// taef2's file holds encoder and decoder with diffusers-style keys; the weights loader picks
 /// out the decoder. taesd3 has no single-file decoder published there, so it is absent.
@@ -36,6 +39,8 @@ pub static SOURCES: &[Source] = &[
         file: "taef2.safetensors",
         revision: "bd244ebfe4398c84fbf312a2f1c868c676b500e3",
         sha256: Some("701d31c0ecbef3b609fe236e2e3a65ffb17f3a94237acdd771e8ea3194df557a"),
+        // Not established (no copy of the file at hand); the digest still guards it.
+        size: None,
     },
     Source {
         model: "taef1",
@@ -43,6 +48,7 @@ pub static SOURCES: &[Source] = &[
         file: "diffusion_pytorch_model.safetensors",
         revision: "b1b2d00e9e440cfbf3dedb34266864da86016ceb",
         sha256: Some("47a6c2bff850da04b267cab70fe3553fef57255eb9a8e76852baa0a87850e54d"),
+        size: Some(9_848_636),
     },
     Source {
         model: "taesd",
@@ -50,6 +56,7 @@ pub static SOURCES: &[Source] = &[
         file: "taesd_decoder.safetensors",
         revision: "main",
         sha256: None,
+        size: None,
     },
     Source {
         model: "taesdxl",
@@ -57,6 +64,7 @@ pub static SOURCES: &[Source] = &[
         file: "taesdxl_decoder.safetensors",
         revision: "main",
         sha256: None,
+        size: None,
     },
 ];
 
@@ -121,6 +129,9 @@ mod tests {
                 }
                 None => assert_eq!(s.revision, "main", "{}", s.model),
             }
+            // A size means something only next to the digest it was measured with.
+            assert!(s.size.is_none() || s.sha256.is_some(), "{}", s.model);
+            assert_ne!(s.size, Some(0), "{}", s.model);
         }
     }
 

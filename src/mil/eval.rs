@@ -12,20 +12,40 @@ use crate::proto::mil_spec as pb;
 use half::f16;
 use std::collections::{BTreeMap, HashMap};
 
+/// Errors name ops, types and inputs as the package spells them; control characters in those
+/// names (or in a reason quoting one) are escaped, so that an error stays one line.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MilEvalError {
     #[error("function {0:?} not found in the program")]
     NoFunction(String),
     #[error("function {function:?} has no block for its opset {opset:?}")]
     NoBlock { function: String, opset: String },
-    #[error("input {name:?}: {reason}")]
+    #[error("input {name:?}: {}", one_line(reason))]
     Input { name: String, reason: String },
-    #[error("op {op} ({kind}): {reason}")]
+    #[error("op {} ({}): {}", one_line(op), one_line(kind), one_line(reason))]
     Op {
         op: String,
         kind: String,
         reason: String,
     },
+}
+
+/// `s` with control characters escaped (`\n`, `\u{8}`), everything else as is.
+fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
 }
 
 /// A value during evaluation: numbers or strings.
@@ -41,6 +61,17 @@ pub struct EvalOptions {
     /// Round every fp16-typed intermediate to fp16, as a device computing in fp16 stores it
     /// (values beyond fp16's range become infinite), and record the largest magnitudes.
     pub fp16_activations: bool,
+    /// Most elements of any one tensor evaluation may allocate (a const, an input copy or an
+    /// op's result); `None` is [`crate::limits::MAX_EVAL_ELEMENTS`]. A smaller limit bounds
+    /// the memory, and so the time, of evaluating an untrusted package.
+    pub max_elements: Option<usize>,
+}
+
+impl EvalOptions {
+    fn max_elements(&self) -> usize {
+        self.max_elements
+            .unwrap_or(crate::limits::MAX_EVAL_ELEMENTS)
+    }
 }
 
 /// Largest fp16-typed activation seen (with `fp16_activations`).
@@ -112,6 +143,7 @@ pub fn evaluate_with(
                 a.shape
             )));
         }
+        crate::limits::eval_elements_within(&a.shape, options.max_elements()).map_err(err)?;
         let mut a = a.clone();
         if dt == pb::DataType::Float16 {
             round_f16(&mut a.data);
@@ -152,9 +184,9 @@ pub fn evaluate_with(
                 .attributes
                 .get("val")
                 .ok_or_else(|| err("const without val".into()))?;
-            vec![value(v, blobs).map_err(err)?]
+            vec![value(v, blobs, options.max_elements()).map_err(err)?]
         } else {
-            run_op(op, &env).map_err(err)?
+            run_op(op, &env, options.max_elements()).map_err(err)?
         };
         let mut done = Vec::with_capacity(vals.len());
         for (output, mut val) in op.outputs.iter().zip(vals) {
@@ -258,13 +290,13 @@ fn tensor_type(t: Option<&pb::ValueType>) -> Option<(pb::DataType, Vec<Option<us
 }
 
 /// Decodes a const value (immediate or blob).
-fn value(v: &pb::Value, blobs: Option<&BlobReader>) -> Result<Val, String> {
+fn value(v: &pb::Value, blobs: Option<&BlobReader>, max_elements: usize) -> Result<Val, String> {
     let (dt, dims) = tensor_type(v.r#type.as_ref()).ok_or("const value is not a tensor")?;
     let shape: Vec<usize> = dims
         .iter()
         .map(|d| d.ok_or("const with unknown dimension"))
         .collect::<Result<_, _>>()?;
-    let n = crate::limits::eval_elements(&shape)?;
+    let n = crate::limits::eval_elements_within(&shape, max_elements)?;
     let data: Vec<f32> = match v.value.as_ref().ok_or("const without data")? {
         pb::value::Value::ImmediateValue(iv) => {
             use pb::tensor_value::Value as V;
@@ -355,11 +387,19 @@ fn decode(bytes: &[u8], dt: pb::DataType, n: usize) -> Result<Vec<f32>, String> 
 }
 
 /// One value per output of `op`.
-fn run_op(op: &pb::Operation, env: &HashMap<String, Val>) -> Result<Vec<Val>, String> {
+fn run_op(
+    op: &pb::Operation,
+    env: &HashMap<String, Val>,
+    max_elements: usize,
+) -> Result<Vec<Val>, String> {
     let kind = &op.r#type;
     let def = super::ops::lookup(kind)
         .ok_or_else(|| format!("op type {kind:?} is not supported by the evaluator"))?;
-    let vals = def.evaluate(&Args { op, env })?;
+    let vals = def.evaluate(&Args {
+        op,
+        env,
+        max_elements,
+    })?;
     if vals.len() != op.outputs.len() {
         return Err(format!(
             "computes {} values for {} outputs",
@@ -368,4 +408,29 @@ fn run_op(op: &pb::Operation, env: &HashMap<String, Val>) -> Result<Vec<Val>, St
         ));
     }
     Ok(vals.into_iter().map(Val::Num).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing: an op named with a newline made a two-line error.
+    #[test]
+    fn names_with_control_characters_stay_on_one_line() {
+        let e = MilEvalError::Op {
+            op: "a\nb".into(),
+            kind: "k\u{8}".into(),
+            reason: "input \"x\ty\" is missing".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "op a\\nb (k\\u{8}): input \"x\\ty\" is missing"
+        );
+        let plain = MilEvalError::Op {
+            op: "conv_1".into(),
+            kind: "conv".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(plain.to_string(), "op conv_1 (conv): bad");
+    }
 }

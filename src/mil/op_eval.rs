@@ -4,7 +4,7 @@
 
 use super::eval::Val;
 use crate::kernels::{self, Array};
-use crate::limits::eval_elements;
+use crate::limits::eval_elements_within;
 use crate::proto::mil_spec as pb;
 use half::f16;
 use std::collections::HashMap;
@@ -13,9 +13,16 @@ use std::collections::HashMap;
 pub struct Args<'a> {
     pub(crate) op: &'a pb::Operation,
     pub(crate) env: &'a HashMap<String, Val>,
+    /// Most elements of any tensor the op may allocate.
+    pub(crate) max_elements: usize,
 }
 
 impl<'a> Args<'a> {
+    /// The element count of a result of `shape`, or an error past the evaluator's limit.
+    fn elements(&self, shape: &[usize]) -> Result<usize, String> {
+        eval_elements_within(shape, self.max_elements)
+    }
+
     /// Every value bound to argument `k` (a tuple argument such as concat's `values` has several).
     fn all(&self, k: &str) -> Vec<Option<&'a Val>> {
         let Some(a) = self.op.inputs.get(k) else {
@@ -114,7 +121,7 @@ pub fn binary(a: &Args, f: fn(f32, f32) -> f32) -> Result<Array, String> {
     let (x, y) = (a.num("x")?, a.num("y")?);
     let out = kernels::broadcast_shape(&x.shape, &y.shape)
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", x.shape, y.shape))?;
-    eval_elements(&out)?;
+    a.elements(&out)?;
     kernels::binary(x, y, f)
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", x.shape, y.shape))
 }
@@ -199,9 +206,9 @@ pub fn conv(a: &Args) -> Result<Array, String> {
         padded(x.shape[2], pads[0], pads[1]),
         padded(x.shape[3], pads[2], pads[3]),
     );
-    eval_elements(&[x.shape[0], x.shape[1], ph, pw])?;
+    a.elements(&[x.shape[0], x.shape[1], ph, pw])?;
     let out = |i: usize, p: usize| (p - dilations[i] * (w.shape[2 + i] - 1) - 1) / strides[i] + 1;
-    eval_elements(&[x.shape[0], w.shape[0], out(0, ph), out(1, pw)])?;
+    a.elements(&[x.shape[0], w.shape[0], out(0, ph), out(1, pw)])?;
     let p = kernels::Conv2d {
         strides,
         pads,
@@ -239,7 +246,7 @@ pub fn upsample_nearest_neighbor(a: &Args) -> Result<Array, String> {
     let r = out.len();
     out[r - 2] = out[r - 2].saturating_mul(sh);
     out[r - 1] = out[r - 1].saturating_mul(sw);
-    eval_elements(&out)?;
+    a.elements(&out)?;
     Ok(kernels::upsample_nearest(x, sh, sw))
 }
 
@@ -308,7 +315,7 @@ pub fn tile(a: &Args) -> Result<Array, String> {
         .zip(&reps)
         .map(|(&s, &r)| s.saturating_mul(r))
         .collect();
-    eval_elements(&out)?;
+    a.elements(&out)?;
     Ok(kernels::tile(x, &reps))
 }
 
@@ -357,20 +364,20 @@ pub fn matmul(a: &Args) -> Result<Array, String> {
             x.shape, y.shape
         ));
     }
-    matmul_fits(x, y, tx, ty)?;
+    matmul_fits(a, x, y, tx, ty)?;
     kernels::matmul(x, y, tx, ty)
         .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))
 }
 
 /// Refuses a product of rank-2-or-more operands whose result would exceed the evaluator's limit.
-fn matmul_fits(x: &Array, y: &Array, tx: bool, ty: bool) -> Result<(), String> {
+fn matmul_fits(a: &Args, x: &Array, y: &Array, tx: bool, ty: bool) -> Result<(), String> {
     let (rx, ry) = (x.shape.len(), y.shape.len());
     let m = x.shape[if tx { rx - 1 } else { rx - 2 }];
     let n = y.shape[if ty { ry - 2 } else { ry - 1 }];
     let mut out = kernels::broadcast_shape(&x.shape[..rx - 2], &y.shape[..ry - 2])
         .ok_or_else(|| format!("{:?} by {:?} do not multiply", x.shape, y.shape))?;
     out.extend([m, n]);
-    eval_elements(&out).map(|_| ())
+    a.elements(&out).map(|_| ())
 }
 
 pub fn softmax(a: &Args) -> Result<Array, String> {
@@ -397,7 +404,7 @@ pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
             q.shape, k.shape, v.shape
         ));
     }
-    matmul_fits(q, k, false, true)?;
+    matmul_fits(a, q, k, false, true)?;
     let scores = kernels::matmul(q, k, false, true).ok_or("query and key do not multiply")?;
     let scale = 1.0 / (q.shape[r - 1] as f32).sqrt();
     let scores = kernels::map(&scores, move |s| s * scale);
@@ -455,7 +462,7 @@ pub fn concat(a: &Args) -> Result<Array, String> {
         return Err("interleaved concat is not supported by the evaluator".into());
     }
     let total = xs.iter().try_fold(0usize, |n, x| n.checked_add(x.len()));
-    eval_elements(&[total.unwrap_or(usize::MAX)])?;
+    a.elements(&[total.unwrap_or(usize::MAX)])?;
     kernels::concat(&xs, ax).ok_or_else(|| format!("values do not join along axis {ax}"))
 }
 
@@ -517,7 +524,7 @@ pub(crate) fn round_f16(v: &mut [f32]) {
 }
 
 pub fn constexpr_lut_to_dense(a: &Args) -> Result<Array, String> {
-    lut_to_dense(a.num("indices")?, a.num("lut")?, a.opt("shape")?)
+    lut_to_dense(a, a.num("indices")?, a.num("lut")?, a.opt("shape")?)
 }
 
 pub fn constexpr_affine_dequantize(a: &Args) -> Result<Array, String> {
@@ -585,7 +592,12 @@ fn block_index(e: usize, fine: &[usize], coarse: &[usize]) -> usize {
 
 /// `constexpr_lut_to_dense`: the iOS16 form (packed uint8 `indices`, a 1-D `lut`, `shape`) or
 /// the iOS18 form (`indices` of the output's shape, `lut` of rank + 2 with one table per block).
-fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<Array, String> {
+fn lut_to_dense(
+    a: &Args,
+    indices: &Array,
+    lut: &Array,
+    shape: Option<&Array>,
+) -> Result<Array, String> {
     match shape {
         Some(shape) => {
             let shape: Vec<usize> = shape
@@ -599,7 +611,7 @@ fn lut_to_dense(indices: &Array, lut: &Array, shape: Option<&Array>) -> Result<A
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let n = eval_elements(&shape)?;
+            let n = a.elements(&shape)?;
             let table = lut.len();
             if !table.is_power_of_two() || !(2..=256).contains(&table) {
                 return Err(format!("lut of {table} entries is not 2^bits"));

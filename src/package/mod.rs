@@ -15,7 +15,7 @@
 //! corrupt, makes the readers panic.
 
 mod blob;
-mod manifest;
+pub(crate) mod manifest;
 mod read;
 mod write;
 

@@ -66,10 +66,6 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
     let model_path = path.join(DATA_DIR).join(&model_rel);
     let model_bytes = read_inside(&root, &model_path, Some(MAX_MODEL_BYTES))
         .map_err(PackageError::io(&model_path))?;
-    let model = Model::decode(model_bytes.as_slice()).map_err(|source| PackageError::Model {
-        path: model_path.clone(),
-        source,
-    })?;
 
     let weights_path = model_path
         .parent()
@@ -79,10 +75,7 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
     // Bounded by the file's real size (blob offsets can only point inside what is there), and
     // by the weight-file limit, so a sparse file of a terabyte is refused rather than read.
     let weights = match read_inside(&root, &weights_path, None) {
-        Ok(bytes) => {
-            BlobReader::new(&bytes).map_err(|e| e.in_file(&weights_path))?;
-            Some(bytes)
-        }
+        Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(source) => {
             return Err(PackageError::Io {
@@ -91,7 +84,42 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
             })
         }
     };
+    assemble(path, &model_path, &model_bytes, &weights_path, weights)
+}
 
+impl Package {
+    /// A package from the bytes of its root model and `weight.bin`, checked as [`read_package`]
+    /// checks the files it reads: the model decodes and the weight file's header is valid.
+    /// `path` is the package directory; errors name the files of the standard layout in it.
+    pub fn from_bytes(
+        path: &Path,
+        model: &[u8],
+        weights: Option<Vec<u8>>,
+    ) -> Result<Package, PackageError> {
+        let model_path = path.join(DATA_DIR).join(super::manifest::MODEL_PATH);
+        let weights_path = path
+            .join(DATA_DIR)
+            .join(super::manifest::WEIGHTS_DIR_PATH)
+            .join(WEIGHTS_FILE);
+        assemble(path, &model_path, model, &weights_path, weights)
+    }
+}
+
+/// The package of a model and its weights read from `model_path` and `weights_path`.
+fn assemble(
+    path: &Path,
+    model_path: &Path,
+    model: &[u8],
+    weights_path: &Path,
+    weights: Option<Vec<u8>>,
+) -> Result<Package, PackageError> {
+    let model = Model::decode(model).map_err(|source| PackageError::Model {
+        path: model_path.to_path_buf(),
+        source,
+    })?;
+    if let Some(bytes) = &weights {
+        BlobReader::new(bytes).map_err(|e| e.in_file(weights_path))?;
+    }
     Ok(Package {
         path: path.to_path_buf(),
         model,

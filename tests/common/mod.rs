@@ -204,8 +204,8 @@ pub fn write_ckpt(path: &Path, tensors: &BTreeMap<String, Tensor>) {
     }
     p.extend(b"uu.");
     let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     w.start_file("ckpt/data.pkl", opts).unwrap();
     w.write_all(&p).unwrap();
     for (name, data) in &storages {
