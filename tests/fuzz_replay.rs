@@ -462,7 +462,50 @@ fn packages() -> Vec<(String, mlc::proto::specification::Model, Option<Vec<u8>>)
         };
         out.push(lowered(name, attention_graph(), &opts, target, vec![]));
     }
+    // A multi-output op (one MIL split shared by two Split nodes) over an enumerated size.
+    let sizes: Vec<_> = [2, 5]
+        .map(|l| BTreeMap::from([("L".to_string(), l)]))
+        .to_vec();
+    out.push(lowered(
+        "split-enumerated",
+        split_graph(),
+        &PipelineOptions {
+            sizes: sizes.clone(),
+            ..Default::default()
+        },
+        MilTarget::Ios16,
+        sizes,
+    ));
     out
+}
+
+/// `[1, 2*L, 4]` split into halves along the symbolic axis, multiplied and joined again.
+fn split_graph() -> Graph {
+    let mut g = Graph::new("split");
+    let x = g.input(
+        "x",
+        TensorType::new(
+            DType::F32,
+            vec![Dim::Known(1), Dim::sym("L").scaled(2), Dim::Known(4)],
+        ),
+    );
+    let half = |g: &mut Graph, index| {
+        g.add(
+            Op::Split {
+                axis: 1,
+                parts: 2,
+                index,
+            },
+            &[x],
+            format!("half{index}"),
+        )
+        .unwrap()
+    };
+    let (a, b) = (half(&mut g, 0), half(&mut g, 1));
+    let m = g.add(Op::Binary(Binary::Mul), &[a, b], "m").unwrap();
+    let y = g.add(Op::Concat { axis: 1 }, &[m, a], "y").unwrap();
+    g.set_output("y", y);
+    g
 }
 
 fn lowered(
