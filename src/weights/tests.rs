@@ -2,64 +2,16 @@
 //! robustness sweep over damaged copies of the real files (in memory, through
 //! `Weights::load_bytes`, which is `Weights::load` reading from memory instead of the file).
 
-use std::io::Write;
 use std::path::Path;
 
 use super::*;
 
 const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/weights/");
 
-/// One tensor of a synthetic checkpoint: (key, storage type, storage key, storage numel, offset,
-/// size, stride).
-type Entry<'a> = (&'a str, &'a str, &'a str, u32, u32, &'a [u32], &'a [u32]);
-
-/// A protocol-2 pickle shaped like `torch.save(state_dict)` output (no memo, which the VM does
-/// not need).
-fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
-    fn s(p: &mut Vec<u8>, v: &str) {
-        p.push(b'X');
-        p.extend((v.len() as u32).to_le_bytes());
-        p.extend(v.as_bytes());
-    }
-    fn int(p: &mut Vec<u8>, v: u32) {
-        p.push(b'J');
-        p.extend(v.to_le_bytes());
-    }
-    let mut p = vec![0x80, 2];
-    p.extend(b"ccollections\nOrderedDict\n)R(");
-    for &(key, storage_type, skey, numel, offset, size, stride) in entries {
-        s(&mut p, key);
-        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-        s(&mut p, "storage");
-        p.extend(format!("ctorch\n{storage_type}\n").as_bytes());
-        s(&mut p, skey);
-        s(&mut p, "cpu");
-        int(&mut p, numel);
-        p.extend(b"tQ");
-        int(&mut p, offset);
-        for dims in [size, stride] {
-            p.push(b'(');
-            for &d in dims {
-                int(&mut p, d);
-            }
-            p.push(b't');
-        }
-        p.push(0x89);
-        p.extend(b"ccollections\nOrderedDict\n)RtR");
-    }
-    p.extend(b"u.");
-    p
-}
+use crate::fuzzing::torch::{checkpoint_pickle, state_dict_pickle, Entry};
 
 fn zip_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in files {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    crate::fuzzing::torch::zip(files, false)
 }
 
 fn f16_bytes(values: &[f32]) -> Vec<u8> {
@@ -156,24 +108,8 @@ fn pth_lists_at_open_and_reads_on_demand() {
 /// only that dict is read, and only one level deep.
 #[test]
 fn ckpt_state_dict_under_a_key_is_read() {
-    let inner = state_dict_pickle(&[("w", "FloatStorage", "0", 1, 0, &[1], &[1])]);
-    let inner = &inner[2..inner.len() - 1];
-    let wrap = |key: &str| {
-        let mut p = vec![0x80, 2, b'}', b'('];
-        for k in ["global_step", key] {
-            p.push(b'X');
-            p.extend((k.len() as u32).to_le_bytes());
-            p.extend(k.as_bytes());
-            if k == "global_step" {
-                p.push(b'J');
-                p.extend(5u32.to_le_bytes());
-            } else {
-                p.extend(inner);
-            }
-        }
-        p.extend(b"u.");
-        p
-    };
+    let entries = [("w", "FloatStorage", "0", 1, 0, &[1][..], &[1][..])];
+    let wrap = |key: &str| checkpoint_pickle(key, &entries);
     let data = 2.5f32.to_le_bytes();
     let open = |pickle: &[u8]| {
         let bytes = zip_archive(&[("m/data.pkl", pickle), ("m/data/0", &data)]);

@@ -159,58 +159,49 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
 /// Writes f32 tensors as a PyTorch training checkpoint (`.ckpt`: a `torch.save` zip whose pickle
 /// is `{"global_step": 1, "state_dict": OrderedDict(...)}`), one storage per tensor.
 pub fn write_ckpt(path: &Path, tensors: &BTreeMap<String, Tensor>) {
-    use std::io::Write;
-    fn s(p: &mut Vec<u8>, v: &str) {
-        p.push(b'X');
-        p.extend((v.len() as u32).to_le_bytes());
-        p.extend(v.as_bytes());
-    }
-    fn int(p: &mut Vec<u8>, v: usize) {
-        p.push(b'J');
-        p.extend(u32::try_from(v).unwrap().to_le_bytes());
-    }
-    let mut p = vec![0x80, 2, b'}', b'('];
-    s(&mut p, "global_step");
-    int(&mut p, 1);
-    s(&mut p, "state_dict");
-    p.extend(b"ccollections\nOrderedDict\n)R(");
-    let mut storages = Vec::new();
-    for (i, (key, t)) in tensors.iter().enumerate() {
-        s(&mut p, key);
-        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-        s(&mut p, "storage");
-        p.extend(b"ctorch\nFloatStorage\n");
-        s(&mut p, &i.to_string());
-        s(&mut p, "cpu");
-        int(&mut p, t.len());
-        p.extend(b"tQ");
-        int(&mut p, 0);
-        // Contiguous strides, innermost 1.
-        let mut strides = vec![1usize; t.shape.len()];
-        for d in (0..t.shape.len().saturating_sub(1)).rev() {
-            strides[d] = strides[d + 1] * t.shape[d + 1];
-        }
-        for dims in [&t.shape, &strides] {
-            p.push(b'(');
-            for &d in dims {
-                int(&mut p, d);
+    let n = |v: usize| u32::try_from(v).unwrap();
+    let keys: Vec<String> = (0..tensors.len()).map(|i| i.to_string()).collect();
+    let dims: Vec<(Vec<u32>, Vec<u32>)> = tensors
+        .values()
+        .map(|t| {
+            // Contiguous strides, innermost 1.
+            let mut strides = vec![1usize; t.shape.len()];
+            for d in (0..t.shape.len().saturating_sub(1)).rev() {
+                strides[d] = strides[d + 1] * t.shape[d + 1];
             }
-            p.push(b't');
-        }
-        p.push(0x89);
-        p.extend(b"ccollections\nOrderedDict\n)RtR");
-        let bytes: Vec<u8> = t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
-        storages.push((format!("ckpt/data/{i}"), bytes));
-    }
-    p.extend(b"uu.");
-    let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    w.start_file("ckpt/data.pkl", opts).unwrap();
-    w.write_all(&p).unwrap();
-    for (name, data) in &storages {
-        w.start_file(name.as_str(), opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap();
+            (
+                t.shape.iter().map(|&d| n(d)).collect(),
+                strides.into_iter().map(n).collect(),
+            )
+        })
+        .collect();
+    let entries: Vec<mlc::fuzzing::torch::Entry> = tensors
+        .iter()
+        .zip(&keys)
+        .zip(&dims)
+        .map(|(((key, t), skey), (size, stride))| {
+            let (size, stride) = (&size[..], &stride[..]);
+            (
+                key.as_str(),
+                "FloatStorage",
+                skey.as_str(),
+                n(t.len()),
+                0,
+                size,
+                stride,
+            )
+        })
+        .collect();
+    let pickle = mlc::fuzzing::torch::checkpoint_pickle("state_dict", &entries);
+    let data: Vec<Vec<u8>> = tensors
+        .values()
+        .map(|t| t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let storages: Vec<(&str, &[u8])> = keys
+        .iter()
+        .map(String::as_str)
+        .zip(data.iter().map(Vec::as_slice))
+        .collect();
+    let bytes = mlc::fuzzing::torch::archive("ckpt", &pickle, &storages, false);
+    std::fs::write(path, bytes).unwrap();
 }

@@ -19,7 +19,6 @@ mod packages;
 mod sizes;
 mod weights;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

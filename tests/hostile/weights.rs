@@ -1,4 +1,5 @@
 use super::*;
+use mlc::fuzzing::torch;
 
 // ---------------------------------------------------------------------------------------------
 // Item 1: memory bombs in .pth checkpoints.
@@ -16,66 +17,27 @@ struct Entry<'a> {
 
 /// A protocol-2 pickle shaped like `torch.save(state_dict)` output.
 fn state_dict_pickle(entries: &[Entry]) -> Vec<u8> {
-    fn s(p: &mut Vec<u8>, v: &str) {
-        p.push(b'X');
-        p.extend((v.len() as u32).to_le_bytes());
-        p.extend(v.as_bytes());
-    }
-    fn int(p: &mut Vec<u8>, v: u32) {
-        p.push(b'J');
-        p.extend(v.to_le_bytes());
-    }
-    let mut p = vec![0x80, 2];
-    p.extend(b"ccollections\nOrderedDict\n)R(");
-    for e in entries {
-        s(&mut p, &e.key);
-        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
-        s(&mut p, "storage");
-        p.extend(b"ctorch\nFloatStorage\n");
-        s(&mut p, e.storage);
-        s(&mut p, "cpu");
-        int(&mut p, e.numel);
-        p.extend(b"tQ");
-        int(&mut p, e.offset);
-        for dims in [&e.size, &e.stride] {
-            p.push(b'(');
-            for &d in dims {
-                int(&mut p, d);
-            }
-            p.push(b't');
-        }
-        p.push(0x89);
-        p.extend(b"ccollections\nOrderedDict\n)RtR");
-    }
-    p.extend(b"u.");
-    p
-}
-
-fn zip_archive(files: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let method = if deflate {
-        zip::CompressionMethod::Deflated
-    } else {
-        zip::CompressionMethod::Stored
-    };
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(method)
-        .large_file(false);
-    for (name, data) in files {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    let tuples: Vec<torch::Entry> = entries
+        .iter()
+        .map(|e| {
+            let (size, stride) = (&e.size[..], &e.stride[..]);
+            (
+                e.key.as_str(),
+                "FloatStorage",
+                e.storage,
+                e.numel,
+                e.offset,
+                size,
+                stride,
+            )
+        })
+        .collect();
+    torch::state_dict_pickle(&tuples)
 }
 
 fn write_pth(dir: &Path, name: &str, pickle: &[u8], storages: &[(&str, &[u8])]) -> PathBuf {
-    let mut files: Vec<(String, &[u8])> = vec![("ckpt/data.pkl".into(), pickle)];
-    for (k, d) in storages {
-        files.push((format!("ckpt/data/{k}"), d));
-    }
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), *d)).collect();
     let path = dir.join(name);
-    std::fs::write(&path, zip_archive(&refs, true)).unwrap();
+    std::fs::write(&path, torch::archive("ckpt", pickle, storages, true)).unwrap();
     path
 }
 

@@ -9,6 +9,8 @@
 //!
 //! Each target also checks the invariant every reader promises: errors are one line.
 
+pub mod torch;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
