@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use prost::Message;
 
@@ -336,14 +337,31 @@ fn write_atomically(out: &Path, name: &str, bundle: &Bundle) -> Result<(), Compi
             ));
         }
     }
+    // The directories created here are removed again if the write fails, innermost first.
+    let mut created = Vec::new();
+    let mut missing = parent.as_path();
+    while !missing.as_os_str().is_empty() && fs::symlink_metadata(missing).is_err() {
+        created.push(missing.to_path_buf());
+        missing = missing.parent().unwrap_or(Path::new(""));
+    }
     fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    let tmp = unique_sibling(&parent, name, "tmp");
     let result = fill(&tmp, bundle).and_then(|()| replace(&tmp, out, &parent, name));
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
+        for dir in &created {
+            // Only empty ones: something else may have arrived meanwhile.
+            let _ = fs::remove_dir(dir);
+        }
     }
     result
+}
+
+/// A hidden name next to `out` no other write (in this or another process) is using.
+fn unique_sibling(parent: &Path, name: &str, kind: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    parent.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
 }
 
 fn fill(dir: &Path, bundle: &Bundle) -> Result<(), CompileError> {
@@ -369,8 +387,7 @@ fn fill(dir: &Path, bundle: &Bundle) -> Result<(), CompileError> {
 
 fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), CompileError> {
     if fs::symlink_metadata(out).is_ok() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&old);
+        let old = unique_sibling(parent, name, "old");
         fs::rename(out, &old).map_err(io(out))?;
         if let Err(e) = fs::rename(tmp, out) {
             let _ = fs::rename(&old, out);
