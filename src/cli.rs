@@ -224,7 +224,8 @@ pub enum OutputTypeArg {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// The .mlpackage to describe (mlc's or coremltools').
+    /// The .mlpackage to describe (mlc's or coremltools'), or a compiled .mlmodelc (mlc's or
+    /// Apple's coremlc's), read back from its model.mil and coremldata.bin.
     pub package: PathBuf,
     /// Report, op by op, whether the model fits the Neural Engine's known constraints.
     #[arg(long)]
@@ -503,7 +504,11 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect(a) => {
-            let pkg = crate::package::read_package(&a.package)?;
+            let pkg = if has_extension(&a.package, "mlmodelc") {
+                read_compiled(&a.package)?
+            } else {
+                crate::package::read_package(&a.package)?
+            };
             if a.ane {
                 print!("{}", crate::ane::report(&pkg.model));
             } else if a.dot {
@@ -539,6 +544,22 @@ fn report_activations(stats: &crate::mil::eval::ActivationStats) {
 }
 
 /// Whether `path` ends in `.ext` (any case).
+/// A compiled bundle as a package, so everything that describes packages describes it too.
+fn read_compiled(dir: &std::path::Path) -> Result<crate::package::Package> {
+    let model = crate::mlmodelc::read_bundle(dir)?;
+    let w = dir.join("weights/weight.bin");
+    let weights = if w.exists() {
+        Some(crate::limits::read_weight_file(&w).with_context(|| w.display().to_string())?)
+    } else {
+        None
+    };
+    Ok(crate::package::Package {
+        path: dir.to_path_buf(),
+        model,
+        weights,
+    })
+}
+
 fn has_extension(path: &std::path::Path, ext: &str) -> bool {
     path.extension()
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))

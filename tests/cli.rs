@@ -395,6 +395,19 @@ fn compile_without_apple_tools() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(bundle.join("model.mil").is_file());
 
+    // Read back, the bundle describes like its package: same interface, ops and weights.
+    let from_pkg = mlc(&["inspect", "m.mlpackage"], &dir);
+    let from_bundle = mlc(&["inspect", "m.mlmodelc"], &dir);
+    assert!(from_bundle.status.success(), "{}", stderr(&from_bundle));
+    let body = |o: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("package ") && !l.starts_with("sizes: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(body(&from_bundle), body(&from_pkg));
+
     // --compile-to names a directory, as with Apple's coremlc.
     let o = mlc(
         &[

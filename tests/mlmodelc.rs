@@ -282,3 +282,91 @@ fn spec_7_package_gets_the_old_dialect() {
     assert_eq!(meta[0]["storagePrecision"], "Float16");
     assert_eq!(meta[0]["generatedClassName"], "ct_conv_relu");
 }
+
+/// Parsing Apple's `model.mil` and mlc's own gives back the program: written again, it is the
+/// same text, and it has the source's operations, names and types.
+#[test]
+fn model_mil_parses_back_to_the_source_program() {
+    use mlc::proto::specification::{model, Model};
+    use prost::Message;
+    let program = |m: &Model| match &m.r#type {
+        Some(model::Type::MlProgram(p)) => p.clone(),
+        _ => panic!("not a program"),
+    };
+    let mut cases: Vec<(String, Model, PathBuf)> = FIXTURES
+        .iter()
+        .map(|f| {
+            let bytes = fs::read(dir(f).join("input.mlmodel")).unwrap();
+            (
+                f.to_string(),
+                Model::decode(bytes.as_slice()).unwrap(),
+                dir(f).join("expected-macos.mlmodelc"),
+            )
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ct_conv_relu.mlpackage");
+    let ct = tmp.path().join("ct.mlmodelc");
+    compile(&pkg, &ct, &CompileOptions::default()).unwrap();
+    let ct_model = Model::decode(
+        fs::read(pkg.join("Data/com.apple.CoreML/model.mlmodel"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    cases.push(("ct_conv_relu".into(), ct_model, ct));
+
+    for (name, source, bundle) in cases {
+        let text = fs::read_to_string(bundle.join("model.mil")).unwrap();
+        let read = mlc::mlmodelc::read_bundle(&bundle).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            read.specification_version, source.specification_version,
+            "{name}"
+        );
+        // The description in coremldata.bin is the source's (plus an empty metadata).
+        let (d_read, d_src) = (
+            read.description.clone().unwrap(),
+            source.description.clone().unwrap(),
+        );
+        assert_eq!(d_read.input, d_src.input, "{name}");
+        assert_eq!(d_read.output, d_src.output, "{name}");
+        assert_eq!(d_read.functions, d_src.functions, "{name}");
+
+        let (p_read, p_src) = (program(&read), program(&source));
+        assert_eq!(
+            p_read.functions.keys().collect::<Vec<_>>(),
+            p_src.functions.keys().collect::<Vec<_>>()
+        );
+        for (fname, f) in &p_src.functions {
+            let g = &p_read.functions[fname];
+            assert_eq!(g.opset, f.opset, "{name}");
+            let mut inputs = f.inputs.clone();
+            inputs.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(g.inputs, inputs, "{name}: {fname} inputs");
+            let (a, b) = (
+                &g.block_specializations[&g.opset],
+                &f.block_specializations[&f.opset],
+            );
+            assert_eq!(a.outputs, b.outputs, "{name}");
+            assert_eq!(a.operations.len(), b.operations.len(), "{name}");
+            for (x, y) in a.operations.iter().zip(&b.operations) {
+                assert_eq!(x.r#type, y.r#type, "{name}");
+                assert_eq!(x.outputs, y.outputs, "{name}");
+                assert_eq!(
+                    x.inputs.keys().collect::<Vec<_>>(),
+                    y.inputs.keys().collect::<Vec<_>>(),
+                    "{name}"
+                );
+                assert_eq!(
+                    x.attributes.keys().collect::<Vec<_>>(),
+                    y.attributes.keys().collect::<Vec<_>>(),
+                    "{name}"
+                );
+            }
+        }
+        // Values compare by their text: written again, the parsed program is the same file.
+        let again =
+            mlc::mlmodelc::model_mil(&read, &CompileOptions { build_info: vec![] }).unwrap();
+        assert_eq!(again, text, "{name}: parse and write is not the identity");
+    }
+}

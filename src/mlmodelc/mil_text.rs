@@ -541,6 +541,14 @@ impl Writer {
             return Err("its block takes inputs, which only nested blocks should".into());
         }
         for op in &block.operations {
+            // Inline constants expand as text (a 4-byte float prints in up to 15 bytes), so a
+            // hostile model could ask for gigabytes; the reader refuses the same size.
+            if s.len() > super::parse::MAX_MIL_BYTES {
+                return Err(format!(
+                    "model.mil would exceed {} bytes",
+                    super::parse::MAX_MIL_BYTES
+                ));
+            }
             self.operation(s, op).map_err(|e| {
                 format!(
                     "operation {:?} ({}): {e}",

@@ -21,6 +21,7 @@
 pub mod coremldata;
 pub mod metadata;
 pub mod mil_text;
+pub mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -402,4 +403,41 @@ fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), Comp
 /// `model.mil` alone, for tests and tools that compare text.
 pub fn model_mil(model: &spec::Model, opts: &CompileOptions) -> Result<String, String> {
     mil_text::write_model(model, &opts.build_info)
+}
+
+/// Reads a compiled bundle back: the program from `model.mil`, the description and
+/// specification version from `coremldata.bin`. Bundles are untrusted: sizes are capped and
+/// the header is checked before the payload is decoded.
+pub fn read_bundle(dir: &Path) -> Result<spec::Model, CompileError> {
+    let mil_path = dir.join("model.mil");
+    let text = crate::limits::read_regular(&mil_path, parse::MAX_MIL_BYTES as u64)
+        .map_err(io(&mil_path))?;
+    let text = String::from_utf8(text).map_err(|_| invalid(&mil_path, "not UTF-8 text"))?;
+    let program = parse::parse_program(&text).map_err(|r| invalid(&mil_path, r))?;
+
+    let cd_path = dir.join("coremldata.bin");
+    let cd = crate::limits::read_regular(&cd_path, MAX_MODEL_BYTES).map_err(io(&cd_path))?;
+    let bad = |r: &str| invalid(&cd_path, r);
+    if cd.len() < 0x53 || cd[0..4] != 502u32.to_le_bytes() || &cd[0x24..0x2b] != b"generic" {
+        return Err(bad("not an ML Program's coremldata.bin (bad header)"));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&cd[0x4b..0x53]);
+    let payload = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .and_then(|l| 0x53usize.checked_add(l))
+        .and_then(|end| cd.get(0x53..end))
+        .ok_or_else(|| bad("description length runs past the end of the file"))?;
+    let description = spec::ModelDescription::decode(payload).map_err(|e| {
+        invalid(
+            &cd_path,
+            format!("cannot decode the model description: {e}"),
+        )
+    })?;
+    Ok(spec::Model {
+        specification_version: i32::from(cd[0x2b]),
+        description: Some(description),
+        is_updatable: false,
+        r#type: Some(spec::model::Type::MlProgram(program)),
+    })
 }
