@@ -19,7 +19,7 @@ loads real weights (safetensors, or PyTorch .pth for TAESD), optimizes the graph
 lowering, constant folding, fp16, compression) and writes a Core ML ML Program package for the Apple \
 Neural Engine. No Python, no PyTorch, no coremltools.",
     after_help = "Examples:\n  mlc build flux2 --weights taef2_decoder.safetensors -o taef2.mlpackage\n  \
-mlc inspect taef2.mlpackage\n  mlc run taef2.mlpackage --input latent.safetensors --output image.png"
+mlc compile taef2.mlpackage\n  mlc inspect taef2.mlpackage\n  mlc run taef2.mlpackage --input latent.safetensors --output image.png"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,6 +35,24 @@ pub enum Command {
     /// Evaluate a package on the CPU (mlc's reference evaluator): an image output is written as
     /// PNG, anything else (an encoder's latent) as safetensors.
     Run(RunArgs),
+    /// Compile an .mlpackage into the .mlmodelc bundle apps load, without Apple's tools (the
+    /// files coremlc writes: model.mil, coremldata.bin, metadata.json, weights).
+    Compile(CompileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// The ML Program package (or a bare .mlmodel with its weights/ directory beside it).
+    pub package: PathBuf,
+    /// Output bundle [default: the package's path with .mlmodelc]. Written atomically.
+    #[arg(short, long, value_name = "OUT.mlmodelc")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompilerArg {
+    Mlc,
+    Xcrun,
 }
 
 #[derive(Args, Debug)]
@@ -134,12 +152,17 @@ pub struct BuildArgs {
     /// and a package Netron opens (.mlpackage) into DIR, named NN_<pass>.
     #[arg(long, value_name = "DIR")]
     pub dump_passes: Option<PathBuf>,
-    /// Compile the package with Apple's coremlc (`xcrun coremlc compile`; macOS with Xcode).
+    /// Also compile the package to a .mlmodelc (what apps load), with mlc's own compiler unless
+    /// --compiler xcrun says otherwise.
     #[arg(long)]
     pub compile: bool,
     /// Where --compile writes the .mlmodelc [default: beside the package]. Implies --compile.
     #[arg(long, value_name = "DIR")]
     pub compile_to: Option<PathBuf>,
+    /// Which compiler --compile uses: mlc (its own, any OS) or xcrun (Apple's coremlc; macOS
+    /// with Xcode).
+    #[arg(long, value_enum, default_value_t = CompilerArg::Mlc)]
+    pub compiler: CompilerArg,
     /// Print the time each stage and pass took.
     #[arg(long)]
     pub timings: bool,
@@ -201,7 +224,8 @@ pub enum OutputTypeArg {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// The .mlpackage to describe (mlc's or coremltools').
+    /// The .mlpackage to describe (mlc's or coremltools'), or a compiled .mlmodelc (mlc's or
+    /// Apple's coremlc's), read back from its model.mil and coremldata.bin.
     pub package: PathBuf,
     /// Report, op by op, whether the model fits the Neural Engine's known constraints.
     #[arg(long)]
@@ -452,16 +476,39 @@ pub fn main(cli: Cli) -> Result<()> {
                 } else {
                     dir
                 };
-                let c = crate::coremlc::compile(&r.package, &dir)?;
-                if !c.output.is_empty() {
-                    eprintln!("{}", c.output);
+                match a.compiler {
+                    CompilerArg::Xcrun => {
+                        let c = crate::coremlc::compile(&r.package, &dir)?;
+                        if !c.output.is_empty() {
+                            eprintln!("{}", c.output);
+                        }
+                        println!("compiled {}", c.mlmodelc.display());
+                    }
+                    CompilerArg::Mlc => {
+                        let name = crate::mlmodelc::default_output(&r.package);
+                        let out = dir.join(name.file_name().unwrap_or_default());
+                        crate::mlmodelc::compile(&r.package, &out, &Default::default())?;
+                        println!("compiled {}", out.display());
+                    }
                 }
-                println!("compiled {}", c.mlmodelc.display());
             }
             Ok(())
         }
+        Command::Compile(a) => {
+            let out = a
+                .output
+                .clone()
+                .unwrap_or_else(|| crate::mlmodelc::default_output(&a.package));
+            crate::mlmodelc::compile(&a.package, &out, &Default::default())?;
+            println!("compiled {}", out.display());
+            Ok(())
+        }
         Command::Inspect(a) => {
-            let pkg = crate::package::read_package(&a.package)?;
+            let pkg = if has_extension(&a.package, "mlmodelc") {
+                read_compiled(&a.package)?
+            } else {
+                crate::package::read_package(&a.package)?
+            };
             if a.ane {
                 print!("{}", crate::ane::report(&pkg.model));
             } else if a.dot {
@@ -497,6 +544,22 @@ fn report_activations(stats: &crate::mil::eval::ActivationStats) {
 }
 
 /// Whether `path` ends in `.ext` (any case).
+/// A compiled bundle as a package, so everything that describes packages describes it too.
+fn read_compiled(dir: &std::path::Path) -> Result<crate::package::Package> {
+    let model = crate::mlmodelc::read_bundle(dir)?;
+    let w = dir.join("weights/weight.bin");
+    let weights = if w.exists() {
+        Some(crate::limits::read_weight_file(&w).with_context(|| w.display().to_string())?)
+    } else {
+        None
+    };
+    Ok(crate::package::Package {
+        path: dir.to_path_buf(),
+        model,
+        weights,
+    })
+}
+
 fn has_extension(path: &std::path::Path, ext: &str) -> bool {
     path.extension()
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))

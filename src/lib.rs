@@ -27,6 +27,7 @@ pub mod ir;
 pub mod kernels;
 pub mod limits;
 pub mod mil;
+pub mod mlmodelc;
 pub mod models;
 pub mod package;
 #[path = "../passes/mod.rs"]

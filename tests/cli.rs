@@ -315,3 +315,158 @@ fn published_weights_come_from_the_hugging_face_cache() {
         stderr(&o)
     );
 }
+
+/// Files under `dir` (relative paths), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `build --compile` uses mlc's own compiler by default (no xcrun on PATH needed), and
+/// `mlc compile` writes the same bundle beside the package or where -o says.
+#[test]
+fn compile_without_apple_tools() {
+    let dir = out_dir("cli_compile");
+    let w = weights();
+    let o = mlc(
+        &[
+            "build",
+            "flux2",
+            "--weights",
+            &w,
+            "--latent-size",
+            "8",
+            "-o",
+            "m.mlpackage",
+            "--compile",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bundle = dir.join("m.mlmodelc");
+    assert_eq!(
+        tree(&bundle),
+        [
+            "analytics/coremldata.bin",
+            "coremldata.bin",
+            "metadata.json",
+            "model.mil",
+            "weights/weight.bin"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(bundle.join("weights/weight.bin")).unwrap(),
+        std::fs::read(dir.join("m.mlpackage/Data/com.apple.CoreML/weights/weight.bin")).unwrap()
+    );
+    let mil = std::fs::read_to_string(bundle.join("model.mil")).unwrap();
+    assert!(mil.starts_with("program(1.0)\n"), "{mil}");
+    assert!(mil.contains("func main<ios16>("), "{mil}");
+
+    let o = mlc(
+        &["compile", "m.mlpackage", "-o", "sub/other.mlmodelc"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "compiled sub/other.mlmodelc"
+    );
+    for f in tree(&bundle) {
+        assert_eq!(
+            std::fs::read(bundle.join(&f)).unwrap(),
+            std::fs::read(dir.join("sub/other.mlmodelc").join(&f)).unwrap(),
+            "{f}: same input, same bytes"
+        );
+    }
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let o = mlc(&["compile", "m.mlpackage"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(bundle.join("model.mil").is_file());
+
+    // Read back, the bundle describes like its package: same interface, ops and weights.
+    let from_pkg = mlc(&["inspect", "m.mlpackage"], &dir);
+    let from_bundle = mlc(&["inspect", "m.mlmodelc"], &dir);
+    assert!(from_bundle.status.success(), "{}", stderr(&from_bundle));
+    let body = |o: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("package ") && !l.starts_with("sizes: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(body(&from_bundle), body(&from_pkg));
+
+    // --compile-to names a directory, as with Apple's coremlc.
+    let o = mlc(
+        &[
+            "build",
+            "flux2",
+            "--weights",
+            &w,
+            "--latent-size",
+            "8",
+            "-o",
+            "n.mlpackage",
+            "--compile-to",
+            "out/c",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("out/c/n.mlmodelc/model.mil").is_file());
+}
+
+/// Enumerated shapes, a missing package and a NeuralNetwork model: one line each, nothing
+/// written.
+#[test]
+fn compile_refusals_are_one_line() {
+    let dir = out_dir("cli_compile_refusals");
+    let w = weights();
+    let o = mlc(
+        &[
+            "build",
+            "flux2",
+            "--weights",
+            &w,
+            "--latent-size",
+            "8,16",
+            "-o",
+            "e.mlpackage",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(dir.join("nn.mlmodel"), [0x08, 0x04, 0xa2, 0x1f, 0x00]).unwrap();
+    for (args, needle) in [
+        (&["compile", "e.mlpackage"][..], "--multifunction"),
+        (&["compile", "missing.mlpackage"][..], "missing.mlpackage: "),
+        (
+            &["compile", "nn.mlmodel", "-o", "nn.mlmodelc"][..],
+            "not an ML Program",
+        ),
+    ] {
+        let before = tree(&dir);
+        let o = mlc(args, &dir);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+            "{err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(tree(&dir), before, "{args:?} wrote something");
+        assert!(!dir.join("e.mlmodelc").exists() && !dir.join("nn.mlmodelc").exists());
+    }
+}
