@@ -41,12 +41,14 @@ pub enum Command {
 pub struct BuildArgs {
     /// Model. Tiny autoencoders: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels),
     /// taesd3, taef1 / flux1 (16), taef2 / flux2 (32). Full VAEs: sd-vae (sd15-vae, sd21-vae),
-    /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). The architecture is checked
+    /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). CLIP text encoders: clip-l
+    /// (SD 1.x, SDXL), clip-bigg (SDXL's second), clip-h (SD 2.x). The architecture is checked
     /// against the weights.
     pub model: String,
     /// Which part of the autoencoder: decoder (latent → image) or encoder (image → latent).
-    #[arg(long, value_enum, default_value_t = PartArg::Decoder)]
-    pub part: PartArg,
+    /// [default: the model's first part: decoder for autoencoders, encoder for text encoders]
+    #[arg(long, value_enum)]
+    pub part: Option<PartArg>,
     /// Full VAEs: fold the diffusion model's latent scaling into the model, so a decoder takes
     /// and an encoder returns latents as the diffusion model uses them (`z / scaling + shift` in,
     /// `(z - shift) * scaling` out; e.g. 0.18215 for sd-vae, 0.3611 / 0.1159 for flux1-vae).
@@ -59,6 +61,11 @@ pub struct BuildArgs {
     /// Full-VAE encoders: also output the posterior's `logvar`.
     #[arg(long)]
     pub logvar: bool,
+    /// Text encoders: also output `hidden_state`, transformers' `hidden_states[-N]` (the
+    /// output N-1 layers before the last, without the final layer norm): `penultimate` (N = 2)
+    /// is what SDXL and SD 2.x condition on.
+    #[arg(long, value_name = "penultimate|N", value_parser = parse_hidden_layer)]
+    pub hidden_layer: Option<usize>,
     /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
@@ -253,6 +260,19 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+/// `penultimate` or a whole number N >= 1 (layers counted from the end).
+fn parse_hidden_layer(s: &str) -> Result<usize, String> {
+    match s {
+        "penultimate" => Ok(2),
+        _ => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "{s:?} is neither \"penultimate\" nor a layer count N >= 1 from the end"
+            )),
+        },
+    }
+}
+
 fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s)
 }
@@ -289,7 +309,7 @@ impl BuildArgs {
         o.precision = self.precision.into();
         o.io_precision = self.io_precision.map(Into::into);
         o.target = self.target;
-        o.part = Some(match self.part {
+        o.part = self.part.map(|p| match p {
             PartArg::Decoder => Part::Decoder,
             PartArg::Encoder => Part::Encoder,
         });
@@ -297,6 +317,7 @@ impl BuildArgs {
             latent_scaling: self.latent_scaling,
             packed_input: self.input == InputForm::Packed,
             logvar_output: self.logvar,
+            hidden_layer: self.hidden_layer,
         };
         let flag = match (&self.latent_size, &self.image_size) {
             (Some(SizeList(s)), _) => {

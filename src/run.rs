@@ -229,7 +229,7 @@ impl std::fmt::Display for FeatureShape {
     }
 }
 
-/// Every f32/f16/bf16 tensor of a safetensors file, as f32 arrays.
+/// Every f32/f16/bf16 (and int32/int64: token ids) tensor of a safetensors file, as f32 arrays.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError> {
     let err = |reason: String| RunError::Input {
         path: path.display().to_string(),
@@ -254,9 +254,27 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            // Token ids; f32 holds every integer up to 2^24 exactly (CLIP's vocabulary is 49,408).
+            Dtype::I32 | Dtype::I64 => {
+                let ints: Vec<i64> = if view.dtype() == Dtype::I32 {
+                    d.chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                        .collect()
+                } else {
+                    d.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect()
+                };
+                if let Some(v) = ints.iter().find(|v| v.unsigned_abs() > 1 << 24) {
+                    return Err(err(format!(
+                        "tensor {name:?} holds {v}, beyond the integers mlc evaluates exactly (2^24)"
+                    )));
+                }
+                ints.into_iter().map(|v| v as f32).collect()
+            }
             other => {
                 return Err(err(format!(
-                    "tensor {name:?} has dtype {other:?}; expected F32, F16 or BF16"
+                    "tensor {name:?} has dtype {other:?}; expected F32, F16, BF16, I32 or I64"
                 )))
             }
         };
