@@ -194,3 +194,57 @@ fn wrong_weights_and_configs_are_one_line_errors() {
         "{e}"
     );
 }
+
+/// The same tensors under a single-file checkpoint's prefix, beside other models' tensors, give
+/// the same outputs as the transformers save (only the text encoder's keys are read).
+#[test]
+fn single_file_prefixes_give_the_same_encoder() {
+    let out = out_dir("clip_single_file");
+    let tensors = mlc::run::read_safetensors(&dir("bigg").join("model.safetensors")).unwrap();
+    let ids = mlc::run::read_safetensors(&dir("bigg").join("long.safetensors"))
+        .unwrap()
+        .remove("input_ids")
+        .unwrap();
+    let inputs = BTreeMap::from([("input_ids".to_string(), ids)]);
+    let reference = {
+        let o = options(
+            "clip-bigg",
+            &dir("bigg").join("model.safetensors"),
+            Precision::Fp32,
+            out.join("transformers.mlpackage"),
+        );
+        mlc::run::run_path(&build(&o).unwrap().package, &inputs).unwrap()
+    };
+    for root in [
+        "cond_stage_model.transformer.",
+        "conditioner.embedders.0.transformer.",
+    ] {
+        let mut file: BTreeMap<String, Array> = tensors
+            .iter()
+            .map(|(k, v)| (format!("{root}{k}"), v.clone()))
+            .collect();
+        // Another model's tensor in the same file, never read.
+        file.insert(
+            "model.diffusion_model.out.2.weight".into(),
+            Array::new(vec![2], vec![1.0, 2.0]),
+        );
+        let tag = root.trim_end_matches('.').replace('.', "_");
+        let folder = out.join(&tag);
+        std::fs::create_dir_all(&folder).unwrap();
+        // The fixture's heads (4) are no model's default: its config.json comes along.
+        std::fs::copy(dir("bigg").join("config.json"), folder.join("config.json")).unwrap();
+        let weights = folder.join("checkpoint.safetensors");
+        mlc::run::write_safetensors(&file, &weights).unwrap();
+        let o = options(
+            "clip-bigg",
+            &weights,
+            Precision::Fp32,
+            out.join(format!("{tag}.mlpackage")),
+        );
+        let got = mlc::run::run_path(&build(&o).unwrap().package, &inputs).unwrap();
+        for name in ["last_hidden_state", "hidden_state", "text_embeds"] {
+            let e = relative_error(&got[name], &reference[name]);
+            assert!(e <= 1e-6, "{root} {name}: {e}");
+        }
+    }
+}

@@ -61,12 +61,6 @@ impl Layout {
         }
     }
 
-    /// Whether the file is a transformers save (whose `config.json` describes it), not a
-    /// pipeline's single file.
-    pub fn is_transformers(&self) -> bool {
-        self.prefix.is_empty() || self.prefix == "text_model."
-    }
-
     /// The builder's key for file key `k`, if `k` belongs to the text encoder.
     pub fn model_key(&self, k: &str) -> Option<String> {
         if k == format!("{}{PROJECTION}", self.root) {

@@ -87,7 +87,7 @@ fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feat
 
 impl Clip {
     /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
-    /// sizes they give (checked against config.json beside a transformers save).
+    /// sizes they give (checked against a CLIP text config.json beside the file).
     fn inspect(&self, path: &Path, store: &WeightFile) -> Result<(Layout, Config), ModelError> {
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
@@ -121,13 +121,11 @@ impl Clip {
             }
             _ => {}
         }
-        if layout.is_transformers() {
-            if let Some((at, json)) = text_config(path)? {
-                keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
-                    file: at,
-                    reason: format!("disagrees with {file}: {r}"),
-                })?;
-            }
+        if let Some((at, json)) = text_config(path)? {
+            keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
+                file: at,
+                reason: format!("disagrees with {file}: {r}"),
+            })?;
         }
         keys::check_heads(&cfg).map_err(wrong)?;
         Ok((layout, cfg))
