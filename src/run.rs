@@ -43,6 +43,7 @@ pub fn run_with(
         return Err(RunError::NotProgram(pkg.path.display().to_string()));
     };
     check_enumerated(pkg, function, inputs)?;
+    check_integers(pkg, function, inputs)?;
     let blobs = pkg.blobs()?;
     Ok(evaluate_with(
         program,
@@ -106,6 +107,40 @@ fn check_enumerated(
                         .collect::<Vec<_>>()
                         .join("x"),
                     names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, as Core ML would on conversion, values an int32 input cannot hold (token ids given
+/// as fractions or beyond int32), naming the input and the first such value.
+fn check_integers(
+    pkg: &Package,
+    function: &str,
+    inputs: &BTreeMap<String, Array>,
+) -> Result<(), MilEvalError> {
+    use spec::array_feature_type::ArrayDataType;
+    use spec::feature_type::Type;
+    for f in features(pkg, function).0 {
+        let int32 = matches!(
+            f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+            Some(Type::MultiArrayType(a)) if a.data_type == ArrayDataType::Int32 as i32
+        );
+        let Some(given) = inputs.get(&f.name).filter(|_| int32) else {
+            continue;
+        };
+        let bad = given
+            .data
+            .iter()
+            .position(|v| v.fract() != 0.0 || v.abs() > i32::MAX as f32);
+        if let Some(i) = bad {
+            return Err(MilEvalError::Input {
+                name: f.name.clone(),
+                reason: format!(
+                    "element {i} is {}, not an int32 value (the input is int32)",
+                    given.data[i]
                 ),
             });
         }
@@ -180,6 +215,19 @@ pub fn is_image_input(pkg: &Package, function: &str, name: &str) -> bool {
             && matches!(
                 f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
                 Some(spec::feature_type::Type::ImageType(_))
+            )
+    })
+}
+
+/// Whether input `name` of `function` is an int32 array (token ids).
+pub fn is_int_input(pkg: &Package, function: &str, name: &str) -> bool {
+    use spec::array_feature_type::ArrayDataType;
+    features(pkg, function).0.iter().any(|f| {
+        f.name == name
+            && matches!(
+                f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+                Some(spec::feature_type::Type::MultiArrayType(a))
+                    if a.data_type == ArrayDataType::Int32 as i32
             )
     })
 }

@@ -180,12 +180,7 @@ pub fn eval_op_at(
                 *epsilon,
             )
         }
-        Op::Gather { axis } => kernels::gather(args[0], args[1], *axis).ok_or_else(|| {
-            format!(
-                "indices are not whole numbers within axis {axis} of {:?}",
-                args[0].shape
-            )
-        })?,
+        Op::Gather { axis } => kernels::gather(args[0], args[1], *axis)?,
         Op::ArgMax { axis } => kernels::argmax(args[0], *axis),
         Op::Slice { axis, begin, end } => {
             let x = args[0];

@@ -178,26 +178,32 @@ pub fn pad_constant(x: &Array, pads: &[(usize, usize)], value: f32) -> Array {
 }
 
 /// Slices of `x` along `axis` picked by `indices` (integer values; negative ones count from the
-/// end, as MIL's `gather`): x's axes before `axis`, the indices' axes, x's axes after. None if an
-/// index is not a whole number in `-n..n` or the axis is out of range.
-pub fn gather(x: &Array, indices: &Array, axis: usize) -> Option<Array> {
-    let n = *x.shape.get(axis)?;
+/// end, as MIL's `gather`): x's axes before `axis`, the indices' axes, x's axes after. Errs
+/// naming the first index that is not a whole number in `-n..n`, or an axis out of range.
+pub fn gather(x: &Array, indices: &Array, axis: usize) -> Result<Array, String> {
+    let n = *x
+        .shape
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} out of range for {:?}", x.shape))?;
     let outer: usize = x.shape[..axis].iter().product();
     let inner: usize = x.shape[axis + 1..].iter().product();
     let picks: Vec<usize> = indices
         .data
         .iter()
         .map(|&i| {
-            let whole = i.fract() == 0.0 && i >= -(n as f32) && i < n as f32;
-            whole.then(|| {
-                if i < 0.0 {
-                    (i + n as f32) as usize
-                } else {
-                    i as usize
-                }
+            if i.fract() != 0.0 || i < -(n as f32) || i >= n as f32 {
+                return Err(format!(
+                    "index {i} is not a whole number in -{n}..{n} (axis {axis} of {:?})",
+                    x.shape
+                ));
+            }
+            Ok(if i < 0.0 {
+                (i + n as f32) as usize
+            } else {
+                i as usize
             })
         })
-        .collect::<Option<_>>()?;
+        .collect::<Result<_, _>>()?;
     let mut data = Vec::with_capacity(outer * picks.len() * inner);
     for o in 0..outer {
         for &p in &picks {
@@ -207,7 +213,7 @@ pub fn gather(x: &Array, indices: &Array, axis: usize) -> Option<Array> {
     let mut shape = x.shape[..axis].to_vec();
     shape.extend(&indices.shape);
     shape.extend(&x.shape[axis + 1..]);
-    Some(Array::new(shape, data))
+    Ok(Array::new(shape, data))
 }
 
 #[cfg(test)]
