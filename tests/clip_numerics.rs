@@ -41,6 +41,53 @@ fn options(model: &str, weights: &Path, precision: Precision, out: PathBuf) -> B
     o
 }
 
+fn check_cases(tag: &str, pkg: &Path, fixture: &str, pooled: (&str, &str), tol: f32) {
+    for case in ["short", "long", "full"] {
+        let mut f =
+            mlc::run::read_safetensors(&dir(fixture).join(format!("{case}.safetensors"))).unwrap();
+        let ids = f.remove("input_ids").unwrap();
+        let got = mlc::run::run_path(pkg, &BTreeMap::from([("input_ids".into(), ids)])).unwrap();
+        for (name, reference) in [
+            ("last_hidden_state", "last_hidden_state"),
+            ("hidden_state", "penultimate_hidden_state"),
+            pooled,
+        ] {
+            let e = relative_error(&got[name], &f[reference]);
+            println!("{tag} {case} {name}: relative max error {e:.2e}");
+            assert!(e <= tol, "{tag} {case} {name}: {e} > {tol}");
+        }
+    }
+}
+
+/// iOS18 keeps attention as one `scaled_dot_product_attention` per layer, the causal mask as its
+/// `attn_mask`.
+#[test]
+fn fused_attention_with_the_mask_matches_on_ios18() {
+    let out = out_dir("clip_ios18");
+    let mut o = options(
+        "clip-bigg",
+        &dir("bigg").join("model.safetensors"),
+        Precision::Fp16,
+        out.join("clip-bigg_fp16_ios18.mlpackage"),
+    );
+    o.target = mlc::mil::Target::Ios18;
+    let pkg = build(&o).unwrap().package;
+    let text = mlc::mil::print::print_model(&mlc::package::read_package(&pkg).unwrap().model);
+    assert_eq!(
+        text.matches("scaled_dot_product_attention(").count(),
+        3,
+        "one fused op per layer"
+    );
+    assert!(text.contains("attn_mask=%causal_mask"), "{text}");
+    check_cases(
+        "clip-bigg_fp16_ios18",
+        &pkg,
+        "bigg",
+        ("text_embeds", "text_embeds"),
+        5e-3,
+    );
+}
+
 #[test]
 fn text_encoders_match_transformers() {
     let out = out_dir("clip_text");
@@ -59,23 +106,7 @@ fn text_encoders_match_transformers() {
                 out.join(format!("{tag}.mlpackage")),
             );
             let pkg = build(&o).unwrap_or_else(|e| panic!("{tag}: {e}")).package;
-            for case in ["short", "long", "full"] {
-                let mut f =
-                    mlc::run::read_safetensors(&dir(fixture).join(format!("{case}.safetensors")))
-                        .unwrap();
-                let ids = f.remove("input_ids").unwrap();
-                let got =
-                    mlc::run::run_path(&pkg, &BTreeMap::from([("input_ids".into(), ids)])).unwrap();
-                for (name, reference) in [
-                    ("last_hidden_state", "last_hidden_state"),
-                    ("hidden_state", "penultimate_hidden_state"),
-                    (pooled, pooled_ref),
-                ] {
-                    let e = relative_error(&got[name], &f[reference]);
-                    println!("{tag} {case} {name}: relative max error {e:.2e}");
-                    assert!(e <= tol, "{tag} {case} {name}: {e} > {tol}");
-                }
-            }
+            check_cases(&tag, &pkg, fixture, (pooled, pooled_ref), tol);
         }
     }
 }
