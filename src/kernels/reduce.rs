@@ -109,6 +109,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn argmax_takes_the_first_largest() {
+        let x = Array::new(
+            vec![2, 4],
+            vec![1.0, 7.0, 7.0, 2.0, f32::NAN, 3.0, 9.0, 9.0],
+        );
+        assert_eq!(argmax(&x, 1).data, [1.0, 0.0]);
+        let y = argmax(&x, 0);
+        assert_eq!(
+            (y.shape.clone(), y.data),
+            (vec![4], vec![1.0, 0.0, 1.0, 1.0])
+        );
+    }
+
+    #[test]
     fn mean_over_various_axes() {
         let x = iota(&[2, 3, 4]);
         // Hand-computed: element (i,j,k) = 12i + 4j + k.

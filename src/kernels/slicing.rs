@@ -221,6 +221,20 @@ mod tests {
     use super::super::test_util::{iota, Lcg};
     use super::*;
 
+    #[test]
+    fn gather_picks_rows_and_names_a_bad_index() {
+        // [2, 3, 2] along axis 1 by [[2, 0]] (and -1 for the last row): [2, 1, 2, 2].
+        let x = iota(&[2, 3, 2]);
+        let i = Array::new(vec![1, 2], vec![2.0, -3.0]);
+        let y = gather(&x, &i, 1).unwrap();
+        assert_eq!(y.shape, [2, 1, 2, 2]);
+        assert_eq!(y.data, [4.0, 5.0, 0.0, 1.0, 10.0, 11.0, 6.0, 7.0]);
+        for bad in [3.0, -4.0, 0.5] {
+            let e = gather(&x, &Array::new(vec![1], vec![bad]), 1).unwrap_err();
+            assert!(e.contains(&format!("index {bad}")), "{e}");
+        }
+    }
+
     fn unravel(flat: usize, shape: &[usize]) -> Vec<usize> {
         let mut idx = vec![0; shape.len()];
         unravel_into(flat, shape, &mut idx);
