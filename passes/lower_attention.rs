@@ -8,6 +8,8 @@
 //!      q [B,L,D] k [B,S,D]                %o_i = matmul(softmax(%s_i, 2), %v)
 //!                                       %o  = concat(%o_0, …, axis 1)
 //! ```
+//! A mask [L, S] (fourth input) is cut into the same rows (axis 0) and added to each chunk's
+//! scores before the softmax, or passed to the fused op as its `attn_mask`.
 //! With `fused` (iOS18), each chunk is one `attention` op that lowering emits as
 //! `scaled_dot_product_attention` (whose scale is 1/sqrt(D)). A full-size VAE attends over
 //! 16,384 positions at a 1024x1024 image: one fp16 score matrix is 512 MiB, eight chunks keep
@@ -103,6 +105,7 @@ impl Pass for LowerAttention {
                 continue;
             };
             let [q, k, v] = [0, 1, 2].map(|j| r.get(node.inputs[j]));
+            let mask = node.inputs.get(3).map(|&m| r.get(m));
             let (qt, kt) = (r.graph.ty(q).clone(), r.graph.ty(k).clone());
             let cut = self.cut(&qt.shape[0], &qt.shape[1], &kt.shape[1]);
             let d = qt.shape[2].known();
@@ -129,29 +132,33 @@ impl Pass for LowerAttention {
                 } else {
                     format!("_{c}")
                 };
-                let op = match cut {
+                // The chunk's rows along `axis`: the queries' axis 1, the mask's axis 0.
+                let cut_op = |axis: usize| match cut {
                     Cut::Whole => None,
                     Cut::Slices { count, queries } => Some(Op::Slice {
-                        axis: 1,
+                        axis,
                         begin: c * queries / count,
                         end: (c + 1) * queries / count,
                     }),
                     Cut::Parts(k) => Some(Op::Split {
-                        axis: 1,
+                        axis,
                         parts: k,
                         index: c,
                     }),
                 };
-                let qc = match op {
+                let qc = match cut_op(1) {
                     None => q,
                     Some(op) => g.add(op, &[q], format!("{n}_q{tag}"))?,
                 };
+                let mc = match (mask, cut_op(0)) {
+                    (None, _) => None,
+                    (Some(m), None) => Some(m),
+                    (Some(m), Some(op)) => Some(g.add(op, &[m], format!("{n}_mask{tag}"))?),
+                };
                 let out = if fused {
-                    g.add(
-                        Op::Attention { scale },
-                        &[qc, k, v],
-                        format!("{n}_sdpa{tag}"),
-                    )?
+                    let mut ins = vec![qc, k, v];
+                    ins.extend(mc);
+                    g.add(Op::Attention { scale }, &ins, format!("{n}_sdpa{tag}"))?
                 } else {
                     let s = g.add(
                         Op::MatMul {
@@ -161,6 +168,12 @@ impl Pass for LowerAttention {
                         &[qc, k],
                         format!("{n}_scores{tag}"),
                     )?;
+                    let s = match mc {
+                        None => s,
+                        Some(m) => {
+                            g.add(Op::Binary(Binary::Add), &[s, m], format!("{n}_masked{tag}"))?
+                        }
+                    };
                     let p = g.add(Op::Softmax { axis: 2 }, &[s], format!("{n}_weights{tag}"))?;
                     g.add(
                         Op::MatMul {

@@ -59,12 +59,14 @@ pub enum CompilerArg {
 pub struct BuildArgs {
     /// Model. Tiny autoencoders: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels),
     /// taesd3, taef1 / flux1 (16), taef2 / flux2 (32). Full VAEs: sd-vae (sd15-vae, sd21-vae),
-    /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). The architecture is checked
+    /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). CLIP text encoders: clip-l
+    /// (SD 1.x, SDXL), clip-bigg (SDXL's second), clip-h (SD 2.x). The architecture is checked
     /// against the weights.
     pub model: String,
     /// Which part of the autoencoder: decoder (latent → image) or encoder (image → latent).
-    #[arg(long, value_enum, default_value_t = PartArg::Decoder)]
-    pub part: PartArg,
+    /// [default: the model's first part: decoder for autoencoders, encoder for text encoders]
+    #[arg(long, value_enum)]
+    pub part: Option<PartArg>,
     /// Full VAEs: fold the diffusion model's latent scaling into the model, so a decoder takes
     /// and an encoder returns latents as the diffusion model uses them (`z / scaling + shift` in,
     /// `(z - shift) * scaling` out; e.g. 0.18215 for sd-vae, 0.3611 / 0.1159 for flux1-vae).
@@ -77,6 +79,11 @@ pub struct BuildArgs {
     /// Full-VAE encoders: also output the posterior's `logvar`.
     #[arg(long)]
     pub logvar: bool,
+    /// Text encoders: also output `hidden_state`, transformers' `hidden_states[-N]` (the
+    /// output N-1 layers before the last, without the final layer norm): `penultimate` (N = 2)
+    /// is what SDXL and SD 2.x condition on.
+    #[arg(long, value_name = "penultimate|N", value_parser = parse_hidden_layer)]
+    pub hidden_layer: Option<usize>,
     /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
@@ -240,10 +247,20 @@ pub struct RunArgs {
     /// The .mlpackage to evaluate.
     pub package: PathBuf,
     /// The input: a safetensors file holding it under the model input's name (e.g. `latent`,
-    /// `image`) or as its only tensor; or, for a model taking an RGB image (an encoder), an
-    /// 8-bit RGB PNG (read as values in [0, 1]).
-    #[arg(long, value_name = "FILE.safetensors|FILE.png")]
-    pub input: PathBuf,
+    /// `image`, `input_ids`; int32 or int64 ids are read as they are) or as its only tensor; or,
+    /// for a model taking an RGB image (an encoder), an 8-bit RGB PNG (read as values in [0, 1]).
+    #[arg(
+        long,
+        value_name = "FILE.safetensors|FILE.png",
+        required_unless_present = "tokens"
+    )]
+    pub input: Option<PathBuf>,
+    /// Text encoders: the token ids themselves, comma-separated (`49406,320,1125,49407`),
+    /// padded to the input's length by repeating the last one (SD 1.x pads with the EOS id
+    /// 49407; the outputs at the prompt's positions and the pooled state do not depend on the
+    /// padding, since attention is causal and pooling takes the first largest id).
+    #[arg(long, value_name = "ID,ID,...", conflicts_with = "input", value_parser = parse_tokens)]
+    pub tokens: Option<TokenList>,
     /// Where to write the output: .png for an image output (values clamped to [0, 1]);
     /// .safetensors for any output, written as f32 tensors named after the outputs (an encoder's
     /// `latent`). Another extension picks PNG for an image, safetensors otherwise.
@@ -274,6 +291,39 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::Fp16 => Precision::Fp16,
             PrecisionArg::Fp32 => Precision::Fp32,
         }
+    }
+}
+
+/// Token ids as given on the command line (one value: clap would take a bare `Vec` for a
+/// repeated flag).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenList(pub Vec<i64>);
+
+/// Comma-separated token ids.
+fn parse_tokens(s: &str) -> Result<TokenList, String> {
+    let ids = s
+        .split(',')
+        .map(|t| {
+            let t = t.trim();
+            t.parse::<i64>()
+                .ok()
+                .filter(|v| (0..=i32::MAX as i64).contains(v))
+                .ok_or_else(|| format!("{t:?} is not a token id (a whole number >= 0)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TokenList(ids))
+}
+
+/// `penultimate` or a whole number N >= 1 (layers counted from the end).
+fn parse_hidden_layer(s: &str) -> Result<usize, String> {
+    match s {
+        "penultimate" => Ok(2),
+        _ => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "{s:?} is neither \"penultimate\" nor a layer count N >= 1 from the end"
+            )),
+        },
     }
 }
 
@@ -313,7 +363,7 @@ impl BuildArgs {
         o.precision = self.precision.into();
         o.io_precision = self.io_precision.map(Into::into);
         o.target = self.target;
-        o.part = Some(match self.part {
+        o.part = self.part.map(|p| match p {
             PartArg::Decoder => Part::Decoder,
             PartArg::Encoder => Part::Encoder,
         });
@@ -321,6 +371,7 @@ impl BuildArgs {
             latent_scaling: self.latent_scaling,
             packed_input: self.input == InputForm::Packed,
             logvar_output: self.logvar,
+            hidden_layer: self.hidden_layer,
         };
         let flag = match (&self.latent_size, &self.image_size) {
             (Some(SizeList(s)), _) => {
@@ -601,48 +652,90 @@ fn run(a: &RunArgs) -> Result<()> {
     };
 
     let mut inputs = std::collections::BTreeMap::new();
-    if has_extension(&a.input, "png") {
-        let [name] = &names[..] else {
-            bail!(
-                "{}: a PNG gives one input, but the model takes {}",
-                a.input.display(),
-                names.join(", ")
-            );
-        };
-        let shape = r::feature_shape(&pkg, &function, name);
-        let mut image = r::read_png(&a.input)?;
-        match &shape {
+    // The ids of --tokens are bound here; a file is read below.
+    let input = match (&a.input, &a.tokens) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(TokenList(ids))) => {
+            let [name] = &names[..] else {
+                bail!(
+                    "--tokens gives one input, but the model takes {}",
+                    names.join(", ")
+                );
+            };
+            let len = match r::feature_shape(&pkg, &function, name) {
+                Some(FeatureShape::Array(s))
+                    if r::is_int_input(&pkg, &function, name) && s.len() == 2 && s[0] == 1 =>
+                {
+                    s[1] as usize
+                }
+                shape => bail!(
+                    "--tokens: the model's input {name:?} is {}, not int32 token ids [1, N]",
+                    shape.map_or("unknown".to_string(), |s| s.to_string())
+                ),
+            };
+            if ids.is_empty() || ids.len() > len {
+                bail!(
+                    "--tokens: {} ids given; the model takes 1 to {len}",
+                    ids.len()
+                );
+            }
+            let last = *ids.last().expect("not empty");
+            let data: Vec<f32> = ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(last))
+                .take(len)
+                .map(|v| v as f32)
+                .collect();
+            inputs.insert(name.clone(), crate::kernels::Array::new(vec![1, len], data));
+            None
+        }
+        (None, None) => bail!("give --input or --tokens"),
+    };
+    if let Some(input) = &input {
+        if has_extension(input, "png") {
+            let [name] = &names[..] else {
+                bail!(
+                    "{}: a PNG gives one input, but the model takes {}",
+                    input.display(),
+                    names.join(", ")
+                );
+            };
+            let shape = r::feature_shape(&pkg, &function, name);
+            let mut image = r::read_png(input)?;
+            match &shape {
             Some(s) if !s.is_rgb() => bail!(
                 "{}: a PNG is an RGB image, but the model's input {name:?} is {s}; give it as safetensors",
-                a.input.display()
+                input.display()
             ),
             Some(s) if s.is_nhwc_rgb() => {
                 image = crate::kernels::transpose(&image, &[0, 2, 3, 1]);
             }
             _ => {}
         }
-        if r::is_image_input(&pkg, &function, name) {
-            // A Core ML image input takes the pixels themselves.
-            image
-                .data
-                .iter_mut()
-                .for_each(|v| *v = (*v * 255.0).round());
-        }
-        inputs.insert(name.clone(), image);
-    } else {
-        let mut tensors = r::read_safetensors(&a.input)?;
-        for name in &names {
-            let t = match tensors.remove(name) {
-                Some(t) => t,
-                None if tensors.len() == 1 && names.len() == 1 => {
-                    tensors.pop_first().expect("one").1
-                }
-                None => bail!(
-                    "{}: no tensor named {name:?} (the model's input)",
-                    a.input.display()
-                ),
-            };
-            inputs.insert(name.clone(), t);
+            if r::is_image_input(&pkg, &function, name) {
+                // A Core ML image input takes the pixels themselves.
+                image
+                    .data
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * 255.0).round());
+            }
+            inputs.insert(name.clone(), image);
+        } else {
+            let mut tensors = r::read_safetensors(input)?;
+            for name in &names {
+                let t = match tensors.remove(name) {
+                    Some(t) => t,
+                    None if tensors.len() == 1 && names.len() == 1 => {
+                        tensors.pop_first().expect("one").1
+                    }
+                    None => bail!(
+                        "{}: no tensor named {name:?} (the model's input)",
+                        input.display()
+                    ),
+                };
+                inputs.insert(name.clone(), t);
+            }
         }
     }
     let options = crate::mil::eval::EvalOptions {

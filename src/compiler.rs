@@ -895,10 +895,15 @@ fn model_info(
     sha256: &str,
     opts: &BuildOptions,
 ) -> Result<ModelInfo, BuildError> {
-    let sizes: Vec<String> = image_sizes(opts)?
-        .iter()
-        .map(|s| format!("{}x{}", s[0], s[1]))
-        .collect();
+    let iface = model.interface(part, &opts.model_options);
+    // Text encoders have no image, and one fixed size.
+    let sizes: Vec<String> = match iface.feature(Role::Image) {
+        Some(_) => image_sizes(opts)?
+            .iter()
+            .map(|s| format!("{}x{}", s[0], s[1]))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut user_defined = BTreeMap::from([
         ("mlc.model".to_string(), model.name().to_string()),
         (
@@ -906,9 +911,11 @@ fn model_info(
             env!("CARGO_PKG_VERSION").to_string(),
         ),
         ("mlc.target".to_string(), opts.target.name().to_string()),
-        ("mlc.image_sizes".to_string(), sizes.join(",")),
         ("mlc.weights.sha256".to_string(), sha256.to_string()),
     ]);
+    if !sizes.is_empty() {
+        user_defined.insert("mlc.image_sizes".to_string(), sizes.join(","));
+    }
     if let Some(source) = model.weights_source(weights_path) {
         user_defined.insert("mlc.weights.source".to_string(), source);
     }
@@ -916,7 +923,6 @@ fn model_info(
         user_defined.insert("mlc.part".to_string(), part.name().to_string());
     }
     let d = model.description(part, &sizes.join(", "));
-    let iface = model.interface(part, &opts.model_options);
     Ok(ModelInfo {
         short_description: d.short,
         author: d.author,

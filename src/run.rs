@@ -43,6 +43,7 @@ pub fn run_with(
         return Err(RunError::NotProgram(pkg.path.display().to_string()));
     };
     check_enumerated(pkg, function, inputs)?;
+    check_integers(pkg, function, inputs)?;
     let blobs = pkg.blobs()?;
     Ok(evaluate_with(
         program,
@@ -106,6 +107,40 @@ fn check_enumerated(
                         .collect::<Vec<_>>()
                         .join("x"),
                     names.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, as Core ML would on conversion, values an int32 input cannot hold (token ids given
+/// as fractions or beyond int32), naming the input and the first such value.
+fn check_integers(
+    pkg: &Package,
+    function: &str,
+    inputs: &BTreeMap<String, Array>,
+) -> Result<(), MilEvalError> {
+    use spec::array_feature_type::ArrayDataType;
+    use spec::feature_type::Type;
+    for f in features(pkg, function).0 {
+        let int32 = matches!(
+            f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+            Some(Type::MultiArrayType(a)) if a.data_type == ArrayDataType::Int32 as i32
+        );
+        let Some(given) = inputs.get(&f.name).filter(|_| int32) else {
+            continue;
+        };
+        let bad = given
+            .data
+            .iter()
+            .position(|v| v.fract() != 0.0 || v.abs() > i32::MAX as f32);
+        if let Some(i) = bad {
+            return Err(MilEvalError::Input {
+                name: f.name.clone(),
+                reason: format!(
+                    "element {i} is {}, not an int32 value (the input is int32)",
+                    given.data[i]
                 ),
             });
         }
@@ -184,6 +219,19 @@ pub fn is_image_input(pkg: &Package, function: &str, name: &str) -> bool {
     })
 }
 
+/// Whether input `name` of `function` is an int32 array (token ids).
+pub fn is_int_input(pkg: &Package, function: &str, name: &str) -> bool {
+    use spec::array_feature_type::ArrayDataType;
+    features(pkg, function).0.iter().any(|f| {
+        f.name == name
+            && matches!(
+                f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+                Some(spec::feature_type::Type::MultiArrayType(a))
+                    if a.data_type == ArrayDataType::Int32 as i32
+            )
+    })
+}
+
 /// The declared `[N, C, H, W]`-style shape of input or output `name` of `function` (the default
 /// shape of a flexible one), or whether it is a Core ML image (`None` for neither).
 pub fn feature_shape(pkg: &Package, function: &str, name: &str) -> Option<FeatureShape> {
@@ -229,7 +277,7 @@ impl std::fmt::Display for FeatureShape {
     }
 }
 
-/// Every f32/f16/bf16 tensor of a safetensors file, as f32 arrays.
+/// Every f32/f16/bf16 (and int32/int64: token ids) tensor of a safetensors file, as f32 arrays.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError> {
     let err = |reason: String| RunError::Input {
         path: path.display().to_string(),
@@ -254,9 +302,27 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Array>, RunError
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            // Token ids; f32 holds every integer up to 2^24 exactly (CLIP's vocabulary is 49,408).
+            Dtype::I32 | Dtype::I64 => {
+                let ints: Vec<i64> = if view.dtype() == Dtype::I32 {
+                    d.chunks_exact(4)
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                        .collect()
+                } else {
+                    d.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect()
+                };
+                if let Some(v) = ints.iter().find(|v| v.unsigned_abs() > 1 << 24) {
+                    return Err(err(format!(
+                        "tensor {name:?} holds {v}, beyond the integers mlc evaluates exactly (2^24)"
+                    )));
+                }
+                ints.into_iter().map(|v| v as f32).collect()
+            }
             other => {
                 return Err(err(format!(
-                    "tensor {name:?} has dtype {other:?}; expected F32, F16 or BF16"
+                    "tensor {name:?} has dtype {other:?}; expected F32, F16, BF16, I32 or I64"
                 )))
             }
         };

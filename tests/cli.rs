@@ -470,3 +470,164 @@ fn compile_refusals_are_one_line() {
         assert!(!dir.join("e.mlmodelc").exists() && !dir.join("nn.mlmodelc").exists());
     }
 }
+
+/// Writes int32 token ids [1, n] under `input_ids`.
+fn write_ids(path: &Path, ids: &[i32]) {
+    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![1, ids.len()], &bytes)
+            .unwrap();
+    safetensors::serialize_to_file(vec![("input_ids".to_string(), view)], None, path).unwrap();
+}
+
+#[test]
+fn text_encoder_build_and_run_with_ids_or_tokens() {
+    let dir = out_dir("cli_clip");
+    let fixture = shared("fixtures/clip/clip_l");
+    let weights = fixture.join("model.safetensors").display().to_string();
+    let o = mlc(
+        &[
+            "build",
+            "clip-l",
+            "--weights",
+            &weights,
+            "--hidden-layer",
+            "penultimate",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A text encoder's one part is its default: no --part needed, and the name says it.
+    let pkg = dir.join("clip-l_encoder.mlpackage");
+    assert!(pkg.is_dir());
+    let pkg = pkg.display().to_string();
+    let case = fixture.join("short.safetensors");
+    let o = mlc(
+        &[
+            "run",
+            &pkg,
+            "--input",
+            &case.display().to_string(),
+            "--output",
+            "ids.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from_file = mlc::run::read_safetensors(&dir.join("ids.safetensors")).unwrap();
+    let reference = mlc::run::read_safetensors(&case).unwrap();
+    let (got, want) = (&from_file["pooled"], &reference["pooler_output"]);
+    let peak = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 5e-3 * peak, "pooled off by {worst} (peak {peak})");
+    assert_eq!(from_file["hidden_state"].shape, [1, 77, 64]);
+    // The same prompt as --tokens, up to its EOS: clip-l's fixture pads with EOS as --tokens
+    // does, so every output is the same.
+    let ids = &reference["input_ids"].data;
+    let eos = ids.iter().position(|&v| v == 49407.0).unwrap();
+    let tokens: Vec<String> = ids[..=eos]
+        .iter()
+        .map(|v| (*v as i64).to_string())
+        .collect();
+    let o = mlc(
+        &[
+            "run",
+            &pkg,
+            "--tokens",
+            &tokens.join(","),
+            "--output",
+            "tokens.safetensors",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from_tokens = mlc::run::read_safetensors(&dir.join("tokens.safetensors")).unwrap();
+    assert_eq!(from_tokens, from_file);
+
+    // Bad input, in a directory of its own (the checks look for stray packages).
+    let bad = out_dir("cli_clip_bad");
+    write_ids(&bad.join("short.safetensors"), &[49406, 320, 49407]);
+    let e = fails(
+        &bad,
+        &[
+            "run",
+            &pkg,
+            "--input",
+            "short.safetensors",
+            "--output",
+            "o.safetensors",
+        ],
+    );
+    assert!(e.contains("input_ids") && e.contains("[1, 3]"), "{e}");
+    let mut floats = std::collections::BTreeMap::new();
+    floats.insert(
+        "input_ids".to_string(),
+        mlc::kernels::Array::new(vec![1, 77], vec![1.5; 77]),
+    );
+    write_st(&bad.join("floats.safetensors"), &floats);
+    let e = fails(
+        &bad,
+        &[
+            "run",
+            &pkg,
+            "--input",
+            "floats.safetensors",
+            "--output",
+            "o.safetensors",
+        ],
+    );
+    assert!(e.contains("input_ids") && e.contains("1.5"), "{e}");
+    let many: Vec<String> = (0..78).map(|i| i.to_string()).collect();
+    let e = fails(
+        &bad,
+        &[
+            "run",
+            &pkg,
+            "--tokens",
+            &many.join(","),
+            "--output",
+            "o.safetensors",
+        ],
+    );
+    assert!(e.contains("78 ids") && e.contains("1 to 77"), "{e}");
+    let e = fails(
+        &bad,
+        &["run", &pkg, "--tokens", "1,x", "--output", "o.safetensors"],
+    );
+    assert!(e.contains("\"x\""), "{e}");
+    assert!(!bad.join("o.safetensors").exists());
+    let vae = shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors");
+    let e = fails(
+        &bad,
+        &["build", "clip-l", "--weights", &vae.display().to_string()],
+    );
+    assert!(e.contains("token_embedding"), "{e}");
+    let e = fails(
+        &bad,
+        &[
+            "build",
+            "clip-l",
+            "--weights",
+            &weights,
+            "--hidden-layer",
+            "0",
+        ],
+    );
+    assert!(e.contains("penultimate"), "{e}");
+    let e = fails(
+        &bad,
+        &[
+            "build",
+            "sd-vae",
+            "--weights",
+            &vae.display().to_string(),
+            "--hidden-layer",
+            "2",
+        ],
+    );
+    assert!(e.contains("hidden layer"), "{e}");
+}

@@ -246,7 +246,24 @@ fn unary_ref(u: Unary) -> (fn(f64) -> f64, (f64, f64)) {
         Unary::Silu => (|x| x / (1.0 + (-x).exp()), (-12.0, 12.0)),
         Unary::Exp => (f64::exp, (-6.0, 6.0)),
         Unary::Sqrt => (f64::sqrt, (0.0, 9.0)),
+        Unary::Gelu => (
+            |x| 0.5 * x * (1.0 + erf_series(x / 2f64.sqrt())),
+            (-5.0, 5.0),
+        ),
     }
+}
+
+/// erf from its everywhere-positive series `2x/√π · e^{-x²} · Σ (2x²)^n / (1·3·…·(2n+1))`,
+/// summed until the terms stop mattering: no shared code with libm's rational approximations.
+fn erf_series(x: f64) -> f64 {
+    let t = 2.0 * x * x;
+    let (mut term, mut sum, mut n) = (1.0f64, 1.0f64, 0.0);
+    while term > sum * 1e-18 {
+        n += 1.0;
+        term *= t / (2.0 * n + 1.0);
+        sum += term;
+    }
+    2.0 * x / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum
 }
 
 type BinaryRef = (fn(f64, f64) -> f64, (f64, f64));
@@ -416,7 +433,7 @@ fn softmax_ref(x: &Array, axis: usize) -> Ref {
     })
 }
 
-fn attention_ref(q: &Array, k: &Array, v: &Array, scale: f64) -> Ref {
+fn attention_ref(q: &Array, k: &Array, v: &Array, mask: Option<&Array>, scale: f64) -> Ref {
     let [b, l, d] = q.shape[..] else { panic!() };
     let s = k.shape[1];
     let e = v.shape[2];
@@ -430,6 +447,7 @@ fn attention_ref(q: &Array, k: &Array, v: &Array, scale: f64) -> Ref {
                 })
                 .sum::<f64>()
                 * scale
+                + mask.map_or(0.0, |m| m.data[ravel(&[i, j], &m.shape)] as f64)
         };
         let scores: Vec<f64> = (0..s).map(score).collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -474,6 +492,9 @@ families!(
     ReshapeLike,
     Concat,
     PixelShuffle,
+    LayerNorm,
+    Gather,
+    ArgMax,
 );
 
 /// No wildcard: a new `Op` variant stops this file compiling until it has a family and cases.
@@ -501,6 +522,9 @@ fn family(op: &Op) -> Family {
         Op::ReshapeLike => Family::ReshapeLike,
         Op::Concat { .. } => Family::Concat,
         Op::PixelShuffle { .. } => Family::PixelShuffle,
+        Op::LayerNorm { .. } => Family::LayerNorm,
+        Op::Gather { .. } => Family::Gather,
+        Op::ArgMax { .. } => Family::ArgMax,
     }
 }
 
@@ -524,12 +548,19 @@ fn cases(f: Family) -> Vec<Case> {
         Family::Cast => cast_cases(r),
         Family::MatMul => matmul_cases(r),
         Family::Softmax => softmax_cases(r),
-        Family::Attention => attention_cases(r),
+        Family::Attention => {
+            let mut c = attention_cases(r);
+            c.extend(masked_attention_cases(r));
+            c
+        }
         Family::Slice => slice_cases(r),
         Family::Split => split_cases(r),
         Family::ReshapeLike => reshape_like_cases(r),
         Family::Concat => concat_cases(r),
         Family::PixelShuffle => pixel_shuffle_cases(r),
+        Family::LayerNorm => layer_norm_cases(r),
+        Family::Gather => gather_cases(r),
+        Family::ArgMax => argmax_cases(r),
     }
 }
 
@@ -1217,7 +1248,7 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
         let (q, k, v) = (x(r, qs, sizes), x(r, ks, sizes), x(r, vs, sizes));
         let d = q.value.shape[2] as f32;
         let scale = scale.unwrap_or(1.0 / d.sqrt());
-        let want = attention_ref(&q.value, &k.value, &v.value, scale as f64);
+        let want = attention_ref(&q.value, &k.value, &v.value, None, scale as f64);
         out.push(
             Case::new(
                 format!("attention {name}"),
@@ -1231,6 +1262,228 @@ fn attention_cases(r: &mut Rng) -> Vec<Case> {
         );
     }
     out
+}
+
+/// A causal mask [L, S]: 0 where query i may see key j (j <= i + S - L), -1e4 elsewhere.
+fn causal_mask(l: usize, s: usize) -> Array {
+    let data = (0..l * s)
+        .map(|e| if e % s <= e / s + s - l { 0.0 } else { -1e4 })
+        .collect();
+    Array::new(vec![l, s], data)
+}
+
+fn masked_attention_cases(r: &mut Rng) -> Vec<Case> {
+    let mut out = Vec::new();
+    type L = fn() -> Box<dyn Pass>;
+    // (name, [q, k, v] shapes, causal (else a random additive mask), sizes, lowering)
+    type Config = (&'static str, [Spec; 3], bool, Sizes, Lowering);
+    let configs: [Config; 5] = [
+        (
+            "causal, iOS18's op with attn_mask",
+            [&["3", "5", "4"], &["3", "5", "4"], &["3", "5", "2"]],
+            true,
+            &[],
+            Lowering::Direct(Target::Ios18),
+        ),
+        (
+            "causal, fused and chunked (the mask cut by rows)",
+            [&["2", "6", "4"], &["2", "6", "4"], &["2", "6", "4"]],
+            true,
+            &[],
+            Lowering::Pass(attention_fused as L, Target::Ios18),
+        ),
+        (
+            "causal, decomposed and chunked for iOS16",
+            [&["2", "7", "4"], &["2", "7", "4"], &["2", "7", "3"]],
+            true,
+            &[],
+            Lowering::Pass(attention_decomposed as L, Target::Ios16),
+        ),
+        (
+            "random additive mask, fewer queries than keys",
+            [&["1", "3", "4"], &["1", "5", "4"], &["1", "5", "3"]],
+            false,
+            &[],
+            Lowering::Pass(attention_decomposed as L, Target::Ios16),
+        ),
+        (
+            "enumerated query count, mask split with the queries",
+            [&["1", "L", "4"], &["1", "5", "4"], &["1", "5", "3"]],
+            false,
+            &[("L", 6)],
+            Lowering::Pass(attention_enumerated as L, Target::Ios16),
+        ),
+    ];
+    for (name, [qs, ks, vs], causal, sizes, lowering) in configs {
+        let (q, k, v) = (x(r, qs, sizes), x(r, ks, sizes), x(r, vs, sizes));
+        let (l, s) = (q.value.shape[1], k.value.shape[1]);
+        let mask = if causal {
+            Operand {
+                ty: TensorType::known(DType::F32, &[l, s]),
+                value: causal_mask(l, s),
+                constant: true,
+            }
+        } else {
+            // A symbolic query count needs the mask as a model input of shape [L, S].
+            let symbolic = qs[1].parse::<usize>().is_err();
+            let rows = qs[1];
+            let cols = s.to_string();
+            operand(r, &[rows, &cols], sizes, (-3.0, 0.0), DType::F32, !symbolic)
+        };
+        let scale = 1.0 / (q.value.shape[2] as f32).sqrt();
+        let want = attention_ref(
+            &q.value,
+            &k.value,
+            &v.value,
+            Some(&mask.value),
+            scale as f64,
+        );
+        out.push(
+            Case::new(
+                format!("attention masked {name}"),
+                Op::Attention { scale },
+                vec![q, k, v, mask],
+                want,
+                1e-5,
+            )
+            .sizes(sizes)
+            .lowering(lowering),
+        );
+    }
+    out
+}
+
+fn layer_norm_cases(r: &mut Rng) -> Vec<Case> {
+    let configs: [(Spec, f32, Sizes, f64); 3] = [
+        (&["1", "5", "16"], 1e-5, &[], 0.0),
+        // An offset mean: a one-pass variance would lose the digits this case checks.
+        (&["2", "3", "8"], 1e-3, &[], 30.0),
+        (&["1", "H", "6"], 1e-5, &[("H", 4)], 0.0),
+    ];
+    configs
+        .into_iter()
+        .map(|(spec, eps, sizes, offset)| {
+            let o = operand(
+                r,
+                spec,
+                sizes,
+                (offset - 3.0, offset + 3.0),
+                DType::F32,
+                false,
+            );
+            let d = *o.value.shape.last().expect("rank >= 1");
+            let ds = d.to_string();
+            let gamma = operand(r, &[&ds], &[], (-2.0, 2.0), DType::F32, true);
+            let beta = operand(r, &[&ds], &[], (-1.0, 1.0), DType::F32, true);
+            let (xv, g, b) = (&o.value, &gamma.value, &beta.value);
+            let want = elementwise(xv.shape.clone(), |idx| {
+                let row = ravel(idx, &xv.shape) - idx[idx.len() - 1];
+                let vals: Vec<f64> = (0..d).map(|j| xv.data[row + j] as f64).collect();
+                let mean = vals.iter().sum::<f64>() / d as f64;
+                let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+                let j = idx[idx.len() - 1];
+                (vals[j] - mean) / (var + eps as f64).sqrt() * g.data[j] as f64 + b.data[j] as f64
+            });
+            Case::new(
+                format!("layer_norm {spec:?} epsilon {eps}"),
+                Op::LayerNorm { epsilon: eps },
+                vec![o, gamma, beta],
+                want,
+                2e-5,
+            )
+            .sizes(sizes)
+        })
+        .collect()
+}
+
+/// Int32 operand of `shape` with whole values in `lo..hi` (as the evaluators carry them: f32).
+fn int_operand(r: &mut Rng, shape: &[usize], lo: i32, hi: i32, constant: bool) -> Operand {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| (lo as f64 + (hi - lo) as f64 * r.next()).floor() as f32)
+        .collect();
+    Operand {
+        ty: TensorType::known(DType::I32, shape),
+        value: Array::new(shape.to_vec(), data),
+        constant,
+    }
+}
+
+fn gather_cases(r: &mut Rng) -> Vec<Case> {
+    // (x shape, indices shape, axis, indices a constant)
+    type Config = (Spec, &'static [usize], usize, bool);
+    let configs: [Config; 4] = [
+        // An embedding lookup: table [V, D] by ids [1, S].
+        (&["11", "4"], &[1, 6], 0, false),
+        // CLIP's pooling: one position of [1, S, D].
+        (&["1", "7", "3"], &[1], 1, false),
+        (&["2", "5", "3"], &[2, 2], 2, true),
+        (&["6", "2"], &[], 0, true),
+    ];
+    configs
+        .into_iter()
+        .map(|(spec, ishape, axis, constant)| {
+            let o = operand(r, spec, &[], (-2.0, 2.0), DType::F32, true);
+            let n = o.value.shape[axis] as i32;
+            let i = int_operand(r, ishape, 0, n, constant);
+            let (xv, iv) = (&o.value, &i.value);
+            let mut shape = xv.shape[..axis].to_vec();
+            shape.extend(ishape);
+            shape.extend(&xv.shape[axis + 1..]);
+            let want = elementwise(shape, |idx| {
+                let k = ishape.len();
+                let pick = iv.data[ravel(&idx[axis..axis + k], ishape)] as usize;
+                let mut src = idx[..axis].to_vec();
+                src.push(pick);
+                src.extend(&idx[axis + k..]);
+                xv.data[ravel(&src, &xv.shape)] as f64
+            });
+            Case::new(
+                format!("gather {spec:?} by {ishape:?} along {axis}"),
+                Op::Gather { axis },
+                vec![o, i],
+                want,
+                0.0,
+            )
+        })
+        .collect()
+}
+
+fn argmax_cases(r: &mut Rng) -> Vec<Case> {
+    let mut out = Vec::new();
+    let float: [(Spec, usize); 2] = [(&["2", "7"], 1), (&["3", "4", "5"], 0)];
+    for (spec, axis) in float {
+        let o = x(r, spec, &[]);
+        out.push((format!("argmax {spec:?} axis {axis}"), o, axis));
+    }
+    // Token ids with the largest one repeated (padding with EOS): the first one counts.
+    let mut ids = int_operand(r, &[1, 9], 0, 50, false);
+    for j in [4, 6, 7, 8] {
+        ids.value.data[j] = 60.0;
+    }
+    out.push(("argmax int32 ids, ties take the first".into(), ids, 1));
+    out.into_iter()
+        .map(|(name, o, axis)| {
+            let xv = &o.value;
+            let mut shape = xv.shape.clone();
+            shape.remove(axis);
+            let want = elementwise(shape, |idx| {
+                let at = |j: usize| {
+                    let mut i = idx.to_vec();
+                    i.insert(axis, j);
+                    xv.data[ravel(&i, &xv.shape)]
+                };
+                let mut best = 0;
+                for j in 0..xv.shape[axis] {
+                    if at(j) > at(best) {
+                        best = j;
+                    }
+                }
+                best as f64
+            });
+            Case::new(name, Op::ArgMax { axis }, vec![o], want, 0.0).dtype(DType::I32)
+        })
+        .collect()
 }
 
 fn slice_cases(r: &mut Rng) -> Vec<Case> {

@@ -236,3 +236,26 @@ fn full_vaes() {
         snapshot!(name, print_model(&c.lowered.model));
     }
 }
+
+#[test]
+fn clip_l_text_encoder_fp16() {
+    let path = shared("fixtures/clip/clip_l/model.safetensors");
+    let none = mlc::models::ModelOptions::default();
+    let model = mlc::models::lookup("clip-l").unwrap();
+    let w = model
+        .load(mlc::models::Part::Encoder, &path, &none)
+        .unwrap();
+    let o = BuildOptions::new("clip-l", "unused");
+    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let text = print_model(&c.lowered.model);
+    // What review must see in it: int32 ids in, one gather per lookup plus the pooling, the
+    // causal mask added to every layer's scores, and the EOS position by argmax.
+    assert!(
+        text.contains("// input input_ids: multiarray int32 [1, 77]"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" = gather(").count(), 2, "{text}");
+    assert_eq!(text.matches(" = reduce_argmax(").count(), 1, "{text}");
+    assert_eq!(text.matches(" = layer_norm(").count(), 7, "{text}");
+    snapshot!("clip_l_text_encoder_fp16_ios16", text);
+}

@@ -165,7 +165,23 @@ pub fn eval_op_at(
         } => kernels::matmul(args[0], args[1], *transpose_x, *transpose_y)
             .ok_or_else(|| format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape))?,
         Op::Softmax { axis } => kernels::softmax(args[0], *axis),
-        Op::Attention { scale } => attention(args[0], args[1], args[2], *scale)?,
+        Op::Attention { scale } => attention(args[0], args[1], args[2], args.get(3), *scale)?,
+        Op::LayerNorm { epsilon } => {
+            let last = args[0]
+                .shape
+                .len()
+                .checked_sub(1)
+                .ok_or("layer_norm of a scalar")?;
+            kernels::layer_norm(
+                args[0],
+                &[last],
+                Some(&args[1].data),
+                Some(&args[2].data),
+                *epsilon,
+            )
+        }
+        Op::Gather { axis } => kernels::gather(args[0], args[1], *axis)?,
+        Op::ArgMax { axis } => kernels::argmax(args[0], *axis),
         Op::Slice { axis, begin, end } => {
             let x = args[0];
             let mut b = vec![0; x.shape.len()];
@@ -275,10 +291,19 @@ fn reshape_target(
 
 /// Attention computed directly, row by row with f64 sums (independent of the matmul/softmax
 /// lowering that replaces it, so the lowering is checked against a separate formulation).
-fn attention(q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array, String> {
+fn attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    mask: Option<&&Array>,
+    scale: f32,
+) -> Result<Array, String> {
     let (&[b, l, d], &[_, s, _], &[_, _, e]) = (&q.shape[..], &k.shape[..], &v.shape[..]) else {
         return Err("attention needs rank-3 q, k, v".into());
     };
+    if mask.is_some_and(|m| m.shape != [l, s]) {
+        return Err(format!("attention mask must be [{l}, {s}]"));
+    }
     let mut out = vec![0f32; b * l * e];
     let mut scores = vec![0f64; s];
     for bi in 0..b {
@@ -288,7 +313,7 @@ fn attention(q: &Array, k: &Array, v: &Array, scale: f32) -> Result<Array, Strin
             for (j, sc) in scores.iter_mut().enumerate() {
                 let kj = &k.data[(bi * s + j) * d..][..d];
                 let dot: f64 = qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
-                *sc = dot * scale as f64;
+                *sc = dot * scale as f64 + mask.map_or(0.0, |m| m.data[i * s + j] as f64);
                 max = max.max(*sc);
             }
             let mut total = 0.0;

@@ -125,6 +125,8 @@ unary_ops! {
     Silu => "silu", crate::kernels::silu, "silu", ane: true;
     Exp => "exp", f32::exp, "exp", ane: true;
     Sqrt => "sqrt", f32::sqrt, "sqrt", ane: true;
+    // Exact (erf) GELU, MIL's default mode; transformers' "gelu".
+    Gelu => "gelu", crate::kernels::gelu_erf, "gelu", ane: true;
 }
 
 /// Binary elementwise ops with numpy broadcasting (inputs x, y), one row each like [`Unary`].
@@ -210,9 +212,11 @@ pub enum Op {
     Softmax {
         axis: usize,
     },
-    /// `softmax(q kᵀ · scale) v` for q [B, L, D], k [B, S, D], v [B, S, E] → [B, L, E]. A pass
-    /// lowers it for the target (one MIL op on iOS18, matmuls and a softmax before, split into
-    /// query chunks when the score matrix would be large).
+    /// `softmax(q kᵀ · scale + mask) v` for q [B, L, D], k [B, S, D], v [B, S, E] → [B, L, E],
+    /// with an optional fourth input `mask` [L, S] added to every batch's scores (a causal mask
+    /// holds a large negative value above the diagonal). A pass lowers it for the target (one MIL
+    /// op on iOS18, matmuls and a softmax before, split into query chunks when the score matrix
+    /// would be large).
     Attention {
         scale: f32,
     },
@@ -236,6 +240,21 @@ pub enum Op {
     ReshapeLike,
     /// Inputs joined along `axis`.
     Concat {
+        axis: usize,
+    },
+    /// Normalisation over the last axis (inputs x, gamma, beta; gamma and beta as long as that
+    /// axis): `(x - mean) / sqrt(var + epsilon) * gamma + beta`, as transformers' `LayerNorm`.
+    LayerNorm {
+        epsilon: f32,
+    },
+    /// Rows of x picked along `axis` by int32 indices (inputs x, indices): the result has x's
+    /// axes before `axis`, then the indices' axes, then x's axes after `axis`. An embedding
+    /// lookup is a table [V, D] gathered along 0 by ids [1, S].
+    Gather {
+        axis: usize,
+    },
+    /// The int32 index of the first largest element along `axis`, which is removed.
+    ArgMax {
         axis: usize,
     },
     /// [N, C·r², H, W] → [N, C, H·r, W·r] (channel c·r² + i·r + j goes to row h·r + i, column
@@ -271,6 +290,9 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::ReshapeLike => "reshape_like",
             Op::PixelShuffle { .. } => "pixel_shuffle",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::Gather { .. } => "gather",
+            Op::ArgMax { .. } => "argmax",
         }
     }
 
@@ -511,8 +533,16 @@ impl Op {
                 Ok(inputs[0].clone())
             }
             Op::Attention { .. } => {
-                arity(3..=3)?;
+                arity(3..=4)?;
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                if let Some(m) = inputs.get(3) {
+                    if m.shape != [q.shape[1].clone(), k.shape[1].clone()] || m.dtype != q.dtype {
+                        return Err(format!(
+                            "mask must be {}[{}, {}], got {m}",
+                            q.dtype, q.shape[1], k.shape[1]
+                        ));
+                    }
+                }
                 float(q)?;
                 let ok = [q, k, v]
                     .iter()
@@ -603,6 +633,45 @@ impl Op {
                 let mut shape = x.shape.clone();
                 shape[*axis] = total;
                 Ok(TensorType::new(x.dtype, shape))
+            }
+            Op::LayerNorm { .. } => {
+                arity(3..=3)?;
+                let x = inputs[0];
+                float(x)?;
+                let d = x
+                    .shape
+                    .last()
+                    .and_then(Dim::known)
+                    .ok_or_else(|| format!("needs a last axis of known size, got {x}"))?;
+                for t in &inputs[1..] {
+                    if t.shape != [Dim::Known(d)] || t.dtype != x.dtype {
+                        return Err(format!("gamma/beta must be {}[{d}], got {t}", x.dtype));
+                    }
+                }
+                Ok(x.clone())
+            }
+            Op::Gather { axis } => {
+                arity(2..=2)?;
+                let (x, i) = (inputs[0], inputs[1]);
+                if *axis >= x.rank() || i.dtype != DType::I32 {
+                    return Err(format!(
+                        "needs int32 indices and an axis of x, got {x} by {i} along {axis}"
+                    ));
+                }
+                let mut shape = x.shape[..*axis].to_vec();
+                shape.extend(i.shape.iter().cloned());
+                shape.extend(x.shape[axis + 1..].iter().cloned());
+                Ok(TensorType::new(x.dtype, shape))
+            }
+            Op::ArgMax { axis } => {
+                arity(1..=1)?;
+                let x = inputs[0];
+                if *axis >= x.rank() {
+                    return Err(format!("axis {axis} out of range for {x}"));
+                }
+                let mut shape = x.shape.clone();
+                shape.remove(*axis);
+                Ok(TensorType::new(DType::I32, shape))
             }
             Op::PixelShuffle { factor } => {
                 arity(1..=1)?;

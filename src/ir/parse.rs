@@ -557,6 +557,15 @@ fn parse_op(name: &str, a: &Attrs) -> Result<Op, String> {
             "pixel_shuffle" => Op::PixelShuffle {
                 factor: a.get("factor")?,
             },
+            "layer_norm" => Op::LayerNorm {
+                epsilon: a.get("epsilon")?,
+            },
+            "gather" => Op::Gather {
+                axis: a.get("axis")?,
+            },
+            "argmax" => Op::ArgMax {
+                axis: a.get("axis")?,
+            },
             other => return Err(format!("unknown op {other:?}")),
         }
     };

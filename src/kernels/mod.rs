@@ -5,9 +5,9 @@
 //! calling, so the few panics documented on each function are bugs in the caller, not user errors.
 //!
 //! Layout: [`conv`] (im2col + `matrixmultiply::sgemm`), [`elementwise`] (numpy-broadcasting
-//! binary ops and unary maps), [`reduce`] (means), [`layout`] (transpose, tile, nearest upsample),
-//! [`linalg`] (batched matmul), [`norm`] (softmax, layer norm), [`slicing`] (slice, concat,
-//! pixel shuffle, constant pad), [`special`] (erf, GELU, SiLU, sigmoid).
+//! binary ops and unary maps), [`reduce`] (means, argmax), [`layout`] (transpose, tile, nearest
+//! upsample), [`linalg`] (batched matmul), [`norm`] (softmax, layer norm), [`slicing`] (slice, concat,
+//! gather, pixel shuffle, constant pad), [`special`] (erf, GELU, SiLU, sigmoid).
 //!
 //! Large kernels split their output across the machine's cores with `std::thread::scope`;
 //! the TAESD decoder's activations reach tens of millions of elements, where this matters.
@@ -26,8 +26,8 @@ pub use elementwise::{binary, broadcast_shape, clip, map};
 pub use layout::{tile, transpose, upsample_nearest};
 pub use linalg::matmul;
 pub use norm::{layer_norm, softmax};
-pub use reduce::reduce_mean;
-pub use slicing::{concat, pad_constant, pixel_shuffle, slice};
+pub use reduce::{argmax, reduce_mean};
+pub use slicing::{concat, gather, pad_constant, pixel_shuffle, slice};
 pub use special::{erf, gelu_erf, gelu_tanh, sigmoid, silu};
 
 use std::sync::OnceLock;

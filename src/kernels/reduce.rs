@@ -78,10 +78,49 @@ pub fn reduce_mean(x: &Array, axes: &[usize], keep_dims: bool) -> Array {
     Array { shape, data }
 }
 
+/// The index of the first largest element along `axis` (removed from the shape), as f32 values;
+/// NaN counts as larger than every number, as numpy's argmax. Panics if the axis is out of range.
+pub fn argmax(x: &Array, axis: usize) -> Array {
+    let n = x.shape[axis];
+    let outer: usize = x.shape[..axis].iter().product();
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| x.data[(o * n + k) * inner + i];
+            let mut best = 0;
+            for k in 1..n {
+                let (v, b) = (at(k), at(best));
+                if v > b || (v.is_nan() && !b.is_nan()) {
+                    best = k;
+                }
+            }
+            out.push(best as f32);
+        }
+    }
+    let mut shape = x.shape.clone();
+    shape.remove(axis);
+    Array::new(shape, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::iota;
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_largest() {
+        let x = Array::new(
+            vec![2, 4],
+            vec![1.0, 7.0, 7.0, 2.0, f32::NAN, 3.0, 9.0, 9.0],
+        );
+        assert_eq!(argmax(&x, 1).data, [1.0, 0.0]);
+        let y = argmax(&x, 0);
+        assert_eq!(
+            (y.shape.clone(), y.data),
+            (vec![4], vec![1.0, 0.0, 1.0, 1.0])
+        );
+    }
 
     #[test]
     fn mean_over_various_axes() {

@@ -177,10 +177,63 @@ pub fn pad_constant(x: &Array, pads: &[(usize, usize)], value: f32) -> Array {
     Array { shape, data: out }
 }
 
+/// Slices of `x` along `axis` picked by `indices` (integer values; negative ones count from the
+/// end, as MIL's `gather`): x's axes before `axis`, the indices' axes, x's axes after. Errs
+/// naming the first index that is not a whole number in `-n..n`, or an axis out of range.
+pub fn gather(x: &Array, indices: &Array, axis: usize) -> Result<Array, String> {
+    let n = *x
+        .shape
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} out of range for {:?}", x.shape))?;
+    let outer: usize = x.shape[..axis].iter().product();
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let picks: Vec<usize> = indices
+        .data
+        .iter()
+        .map(|&i| {
+            if i.fract() != 0.0 || i < -(n as f32) || i >= n as f32 {
+                return Err(format!(
+                    "index {i} is not a whole number in -{n}..{n} (axis {axis} of {:?})",
+                    x.shape
+                ));
+            }
+            Ok(if i < 0.0 {
+                (i + n as f32) as usize
+            } else {
+                i as usize
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut data = Vec::with_capacity(outer * picks.len() * inner);
+    for o in 0..outer {
+        for &p in &picks {
+            data.extend_from_slice(&x.data[(o * n + p) * inner..][..inner]);
+        }
+    }
+    let mut shape = x.shape[..axis].to_vec();
+    shape.extend(&indices.shape);
+    shape.extend(&x.shape[axis + 1..]);
+    Ok(Array::new(shape, data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{iota, Lcg};
     use super::*;
+
+    #[test]
+    fn gather_picks_rows_and_names_a_bad_index() {
+        // [2, 3, 2] along axis 1 by [[2, 0]] (and -1 for the last row): [2, 1, 2, 2].
+        let x = iota(&[2, 3, 2]);
+        let i = Array::new(vec![1, 2], vec![2.0, -3.0]);
+        let y = gather(&x, &i, 1).unwrap();
+        assert_eq!(y.shape, [2, 1, 2, 2]);
+        assert_eq!(y.data, [4.0, 5.0, 0.0, 1.0, 10.0, 11.0, 6.0, 7.0]);
+        for bad in [3.0, -4.0, 0.5] {
+            let e = gather(&x, &Array::new(vec![1], vec![bad]), 1).unwrap_err();
+            assert!(e.contains(&format!("index {bad}")), "{e}");
+        }
+    }
 
     fn unravel(flat: usize, shape: &[usize]) -> Vec<usize> {
         let mut idx = vec![0; shape.len()];

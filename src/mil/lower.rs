@@ -840,9 +840,36 @@ impl FnLowering<'_> {
                         op: "attention with a scale other than 1/sqrt(D); run lower_attention",
                     });
                 }
+                let mut inputs = vec![("query", x(0)), ("key", x(1)), ("value", x(2))];
+                if node.inputs.len() > 3 {
+                    inputs.push(("attn_mask", x(3)));
+                }
+                ("scaled_dot_product_attention", inputs)
+            }
+            Op::LayerNorm { epsilon } => {
+                let axes = self.ints(&out, "axes", &[node.ty.rank().saturating_sub(1)]);
+                let eps = self.scalar(&out, "epsilon", *epsilon, dtype);
                 (
-                    "scaled_dot_product_attention",
-                    vec![("query", x(0)), ("key", x(1)), ("value", x(2))],
+                    "layer_norm",
+                    vec![
+                        ("x", x(0)),
+                        ("axes", axes),
+                        ("gamma", x(1)),
+                        ("beta", x(2)),
+                        ("epsilon", eps),
+                    ],
+                )
+            }
+            Op::Gather { axis } => {
+                let a = self.konst(format!("{out}_axis"), ints_value(&[], vec![*axis as i32]));
+                ("gather", vec![("x", x(0)), ("indices", x(1)), ("axis", a)])
+            }
+            Op::ArgMax { axis } => {
+                let a = self.konst(format!("{out}_axis"), ints_value(&[], vec![*axis as i32]));
+                let k = self.konst(format!("{out}_keep_dims"), bool_value(false));
+                (
+                    "reduce_argmax",
+                    vec![("x", x(0)), ("axis", a), ("keep_dims", k)],
                 )
             }
             Op::Slice { axis, begin, end } => {

@@ -386,11 +386,104 @@ pub fn softmax(a: &Args) -> Result<Array, String> {
     Ok(kernels::softmax(x, ax))
 }
 
+pub fn layer_norm(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    let rank = x.shape.len();
+    let mut axes = match a.opt("axes")? {
+        Some(v) => v
+            .data
+            .iter()
+            .map(|&v| {
+                let r = rank as f32;
+                if v.fract() != 0.0 || v < -r || v >= r {
+                    Err(format!(
+                        "axes value {v} is not an axis of a rank-{rank} tensor"
+                    ))
+                } else {
+                    Ok(if v < 0.0 {
+                        (v + r) as usize
+                    } else {
+                        v as usize
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => (0..rank).collect(),
+    };
+    axes.sort_unstable();
+    if axes.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!("axes {axes:?} repeat an axis"));
+    }
+    let group: usize = axes.iter().map(|&i| x.shape[i]).product();
+    let gamma = a.opt("gamma")?;
+    let beta = a.opt("beta")?;
+    for (k, p) in [("gamma", gamma), ("beta", beta)] {
+        if let Some(p) = p {
+            let want: Vec<usize> = axes.iter().map(|&i| x.shape[i]).collect();
+            if p.shape != want {
+                return Err(format!(
+                    "{k} {:?} is not the normalised shape {want:?} ({group} elements)",
+                    p.shape
+                ));
+            }
+        }
+    }
+    let eps = match a.opt("epsilon")? {
+        Some(_) => a.scalar("epsilon")?,
+        None => 1e-5,
+    };
+    Ok(kernels::layer_norm(
+        x,
+        &axes,
+        gamma.map(|g| g.data.as_slice()),
+        beta.map(|b| b.data.as_slice()),
+        eps,
+    ))
+}
+
+pub fn gather(a: &Args) -> Result<Array, String> {
+    let (x, i) = (a.num("x")?, a.num("indices")?);
+    let ax = match a.opt("axis")? {
+        Some(_) => axis(a, "axis", x.shape.len())?,
+        None => 0,
+    };
+    if a.opt("batch_dims")?.is_some() && a.scalar("batch_dims")? != 0.0 {
+        return Err("batch_dims other than 0 is not supported by the evaluator".into());
+    }
+    let mut shape = x.shape[..ax].to_vec();
+    shape.extend(&i.shape);
+    shape.extend(&x.shape[ax + 1..]);
+    a.elements(&shape)?;
+    kernels::gather(x, i, ax)
+}
+
+pub fn reduce_argmax(a: &Args) -> Result<Array, String> {
+    let x = a.num("x")?;
+    if x.shape.is_empty() {
+        return Err("reduce_argmax of a scalar".into());
+    }
+    let ax = match a.opt("axis")? {
+        Some(_) => axis(a, "axis", x.shape.len())?,
+        None => x.shape.len() - 1,
+    };
+    if x.shape[ax] == 0 {
+        return Err(format!("reduce_argmax over an empty axis {ax}"));
+    }
+    let out = kernels::argmax(x, ax);
+    Ok(if a.flag("keep_dims", false)? {
+        let mut shape = x.shape.clone();
+        shape[ax] = 1;
+        out.reshape(shape)
+    } else {
+        out
+    })
+}
+
 pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
     let (q, k, v) = (a.num("query")?, a.num("key")?, a.num("value")?);
-    if a.has("attn_mask") {
-        return Err("attn_mask is not supported by the evaluator".into());
-    }
+    // Read as the additive float mask mlc emits; the evaluator does not see dtypes, so a boolean
+    // mask from another tool would be misread (its `true` means "attend").
+    let mask = a.opt("attn_mask")?;
     let r = q.shape.len();
     let fits = r >= 3
         && k.shape.len() == r
@@ -407,7 +500,18 @@ pub fn scaled_dot_product_attention(a: &Args) -> Result<Array, String> {
     matmul_fits(a, q, k, false, true)?;
     let scores = kernels::matmul(q, k, false, true).ok_or("query and key do not multiply")?;
     let scale = 1.0 / (q.shape[r - 1] as f32).sqrt();
-    let scores = kernels::map(&scores, move |s| s * scale);
+    let mut scores = kernels::map(&scores, move |s| s * scale);
+    if let Some(m) = mask {
+        let fits = kernels::broadcast_shape(&scores.shape, &m.shape)
+            .is_some_and(|shape| shape == scores.shape);
+        if !fits {
+            return Err(format!(
+                "attn_mask {:?} does not broadcast to the scores {:?}",
+                m.shape, scores.shape
+            ));
+        }
+        scores = kernels::binary(&scores, m, |s, m| s + m).ok_or("attn_mask does not broadcast")?;
+    }
     let weights = kernels::softmax(&scores, r - 1);
     kernels::matmul(&weights, v, false, false)
         .ok_or_else(|| "weights and value do not multiply".into())

@@ -4,6 +4,7 @@
 //! Adding a model: implement [`Model`] in one file (its interface, how it recognises its weights,
 //! how it builds the graph with the layer library in [`nn`]) and add it to [`REGISTRY`].
 
+pub mod clip;
 pub mod nn;
 pub mod taesd;
 pub mod vae;
@@ -14,12 +15,12 @@ use crate::passes::specialize_shapes::Bindings;
 use crate::weights::{WeightError, Weights};
 use std::fmt;
 
-/// Which half of an autoencoder.
+/// Which half of an autoencoder; a text encoder is an encoder with no decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Part {
     /// Latent → image.
     Decoder,
-    /// Image → latent.
+    /// Image → latent; token ids → hidden states.
     Encoder,
 }
 
@@ -44,6 +45,10 @@ impl fmt::Display for Part {
 pub enum Role {
     Latent,
     Image,
+    /// Token ids (int32).
+    Tokens,
+    /// Hidden states or pooled embeddings of a text encoder.
+    Embedding,
 }
 
 impl Role {
@@ -51,6 +56,8 @@ impl Role {
         match self {
             Role::Latent => "latent",
             Role::Image => "image",
+            Role::Tokens => "tokens",
+            Role::Embedding => "embedding",
         }
     }
 }
@@ -184,6 +191,9 @@ pub struct ModelOptions {
     pub packed_input: bool,
     /// Encoder: also output the posterior's `logvar`.
     pub logvar_output: bool,
+    /// Text encoders: also output `hidden_states[-N]` (N = 2: the penultimate layer's output,
+    /// what SDXL and SD 2.x condition on), without the final layer norm.
+    pub hidden_layer: Option<usize>,
 }
 
 impl ModelOptions {
@@ -198,6 +208,9 @@ impl ModelOptions {
         }
         if self.logvar_output {
             v.push("logvar output");
+        }
+        if self.hidden_layer.is_some() {
+            v.push("hidden layer");
         }
         v
     }
@@ -290,6 +303,9 @@ pub static REGISTRY: &[&dyn Model] = &[
     &vae::SD3_VAE,
     &vae::FLUX1_VAE,
     &vae::FLUX2_VAE,
+    &clip::CLIP_L,
+    &clip::CLIP_BIGG,
+    &clip::CLIP_H,
 ];
 
 pub fn registry() -> &'static [&'static dyn Model] {

@@ -213,7 +213,7 @@ fn compile_to_without_xcrun_creates_no_directory() {
     let dir = tmp.path();
     synthetic_weights(&dir.join("w.safetensors"));
     let mut args = BUILD.to_vec();
-    args.extend(["--compile-to", "out/compiled"]);
+    args.extend(["--compile-to", "out/compiled", "--compiler", "xcrun"]);
     let o = mlc_env(&args, dir, &[]);
     let e = one_line_error(&o);
     assert!(e.contains("cannot run xcrun"), "{e}");

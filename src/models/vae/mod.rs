@@ -206,6 +206,9 @@ impl Model for Vae {
         if o.logvar_output && part != Part::Encoder {
             return refuse("logvar output");
         }
+        if o.hidden_layer.is_some() {
+            return refuse("hidden layer");
+        }
         if o.latent_scaling && self.scaling == Scaling::BatchNorm {
             // FLUX.2's normalisation is defined on packed latents.
             return refuse(

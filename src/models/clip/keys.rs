@@ -1,0 +1,299 @@
+//! Where a CLIP text encoder's tensors sit in a file, and its sizes read from their shapes and
+//! checked against `config.json`.
+//!
+//! The transformers layout names every tensor under a text-model prefix: none for
+//! `CLIPTextModel` saved by transformers 5, `text_model.` for older saves and
+//! `CLIPTextModelWithProjection` (whose `text_projection.weight` sits beside `text_model.`), and
+//! the same under a single-file checkpoint's prefix (`cond_stage_model.transformer.` in SD 1.x,
+//! `conditioner.embedders.0.transformer.` in SDXL). The builder reads keys without the prefix.
+
+use std::collections::BTreeMap;
+
+/// The key whose suffix locates the text model in a file.
+pub const TOKEN_EMBEDDING: &str = "embeddings.token_embedding.weight";
+pub const POSITION_EMBEDDING: &str = "embeddings.position_embedding.weight";
+pub const PROJECTION: &str = "text_projection.weight";
+
+/// Single-file checkpoint prefixes, for messages.
+pub const SINGLE_FILE_PREFIXES: &[&str] = &[
+    "cond_stage_model.transformer.",
+    "conditioner.embedders.0.transformer.",
+];
+
+/// Where the text model's keys are in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Prefix of the text model's own keys (`""`, `text_model.`, `cond_stage_model.transformer.
+    /// text_model.`).
+    pub prefix: String,
+    /// Where `text_projection.weight` would be: the prefix without its `text_model.`.
+    pub root: String,
+}
+
+impl Layout {
+    /// Finds the one text model among `keys`.
+    pub fn find<'k>(keys: impl Iterator<Item = &'k str>) -> Result<Layout, String> {
+        let found: Vec<&str> = keys
+            .filter_map(|k| k.strip_suffix(TOKEN_EMBEDDING))
+            .filter(|p| p.is_empty() || p.ends_with('.'))
+            .collect();
+        match found[..] {
+            [prefix] => Ok(Layout {
+                prefix: prefix.to_string(),
+                root: prefix
+                    .strip_suffix("text_model.")
+                    .unwrap_or(prefix)
+                    .to_string(),
+            }),
+            [] => Err(format!(
+                "no CLIP text encoder here: no key ends in \"{TOKEN_EMBEDDING}\" (transformers \
+                 layout, bare, under text_model., or under {})",
+                SINGLE_FILE_PREFIXES.join(" or ")
+            )),
+            _ => Err(format!(
+                "several text encoders here (under {}); give a file with one",
+                found
+                    .iter()
+                    .map(|p| format!("\"{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// The builder's key for file key `k`, if `k` belongs to the text encoder.
+    pub fn model_key(&self, k: &str) -> Option<String> {
+        if k == format!("{}{PROJECTION}", self.root) {
+            return Some(PROJECTION.to_string());
+        }
+        k.strip_prefix(&self.prefix).map(str::to_string)
+    }
+}
+
+/// The activation of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`: OpenAI's CLIP (CLIP-L).
+    QuickGelu,
+    /// Exact GELU: OpenCLIP (bigG, H).
+    Gelu,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Option<Activation> {
+        match s {
+            "quick_gelu" => Some(Activation::QuickGelu),
+            "gelu" => Some(Activation::Gelu),
+            _ => None,
+        }
+    }
+}
+
+/// A text encoder's sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub vocab: usize,
+    pub positions: usize,
+    /// Output size of `text_projection`, when the file has one.
+    pub projection: Option<usize>,
+    pub epsilon: f32,
+    pub activation: Activation,
+}
+
+/// Sizes from the tensors' shapes (keys as the builder names them); `heads`, `epsilon` and
+/// `activation` are the model's defaults, which `config.json` may override.
+pub fn detect(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    heads: usize,
+    activation: Activation,
+) -> Result<Config, String> {
+    let shape = |k: &str| {
+        shapes
+            .get(k)
+            .ok_or_else(|| format!("missing tensor \"{k}\""))
+    };
+    let matrix = |k: &str| match shape(k)?[..] {
+        [a, b] => Ok((a, b)),
+        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
+    };
+    let (vocab, hidden) = matrix(TOKEN_EMBEDDING)?;
+    let (positions, d) = matrix(POSITION_EMBEDDING)?;
+    if d != hidden {
+        return Err(format!(
+            "\"{POSITION_EMBEDDING}\" is [{positions}, {d}] but the token embedding has {hidden} channels"
+        ));
+    }
+    let mut layers = 0;
+    while shapes
+        .keys()
+        .any(|k| k.starts_with(&format!("encoder.layers.{layers}.")))
+    {
+        layers += 1;
+    }
+    if layers == 0 {
+        return Err("no \"encoder.layers.0.*\" tensors".into());
+    }
+    let (intermediate, _) = matrix("encoder.layers.0.mlp.fc1.weight")?;
+    let projection = match shapes.get(PROJECTION) {
+        Some(_) => Some(matrix(PROJECTION)?.0),
+        None => None,
+    };
+    Ok(Config {
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        vocab,
+        positions,
+        projection,
+        epsilon: 1e-5,
+        activation,
+    })
+}
+
+/// Refuses a head count that does not divide the hidden size (the model's default one, when no
+/// config.json names it).
+pub fn check_heads(cfg: &Config) -> Result<(), String> {
+    if cfg.hidden % cfg.heads != 0 {
+        return Err(format!(
+            "{} heads (the model's default) do not divide the hidden size {}; put the model's \
+             config.json (num_attention_heads) beside the weights",
+            cfg.heads, cfg.hidden
+        ));
+    }
+    Ok(())
+}
+
+/// Applies `config.json`'s heads, epsilon and activation and checks its sizes against the
+/// tensors': the reason names the first field that disagrees.
+pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), String> {
+    let int = |field: &str| -> Result<Option<usize>, String> {
+        match json.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| format!("{field} is {v}, not a whole number")),
+        }
+    };
+    let checks: [(&str, usize); 5] = [
+        ("hidden_size", cfg.hidden),
+        ("intermediate_size", cfg.intermediate),
+        ("num_hidden_layers", cfg.layers),
+        ("vocab_size", cfg.vocab),
+        ("max_position_embeddings", cfg.positions),
+    ];
+    for (field, have) in checks {
+        if let Some(n) = int(field)? {
+            if n != have {
+                return Err(format!("{field} is {n} but the tensors give {have}"));
+            }
+        }
+    }
+    // CLIPTextModel's config names a projection_dim its weights do not have; only a model with
+    // a projection is held to it.
+    if let (Some(p), Some(n)) = (cfg.projection, int("projection_dim")?) {
+        if n != p {
+            return Err(format!("projection_dim is {n} but the tensors give {p}"));
+        }
+    }
+    if let Some(h) = int("num_attention_heads")? {
+        if h == 0 || cfg.hidden % h != 0 {
+            return Err(format!(
+                "num_attention_heads {h} does not divide hidden_size {}",
+                cfg.hidden
+            ));
+        }
+        cfg.heads = h;
+    }
+    if let Some(v) = json.get("layer_norm_eps") {
+        let e = v
+            .as_f64()
+            .filter(|e| *e > 0.0 && e.is_finite())
+            .ok_or_else(|| format!("layer_norm_eps is {v}, not a positive number"))?;
+        cfg.epsilon = e as f32;
+    }
+    if let Some(v) = json.get("hidden_act") {
+        cfg.activation = v
+            .as_str()
+            .and_then(Activation::parse)
+            .ok_or_else(|| format!("hidden_act is {v}; mlc knows \"gelu\" and \"quick_gelu\""))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_found_under_every_prefix() {
+        for (key, prefix, root) in [
+            ("embeddings.token_embedding.weight", "", ""),
+            (
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.",
+                "",
+            ),
+            (
+                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                "cond_stage_model.transformer.text_model.",
+                "cond_stage_model.transformer.",
+            ),
+        ] {
+            let l = Layout::find([key, "other.weight"].into_iter()).unwrap();
+            assert_eq!((l.prefix.as_str(), l.root.as_str()), (prefix, root));
+            assert_eq!(l.model_key(key).as_deref(), Some(TOKEN_EMBEDDING));
+            assert_eq!(
+                l.model_key(&format!("{root}text_projection.weight"))
+                    .as_deref(),
+                Some(PROJECTION)
+            );
+        }
+        let e = Layout::find(["decoder.conv_in.weight"].into_iter()).unwrap_err();
+        assert!(e.contains(TOKEN_EMBEDDING), "{e}");
+        let two = [
+            "a.text_model.embeddings.token_embedding.weight",
+            "b.text_model.embeddings.token_embedding.weight",
+        ];
+        let e = Layout::find(two.into_iter()).unwrap_err();
+        assert!(
+            e.contains("\"a.text_model.\"") && e.contains("several"),
+            "{e}"
+        );
+        // A key that merely ends like the token embedding is not a text model.
+        assert!(Layout::find(["xembeddings.token_embedding.weight"].into_iter()).is_err());
+    }
+
+    #[test]
+    fn config_fields_are_checked_and_applied() {
+        let shapes: BTreeMap<String, Vec<usize>> = [
+            (TOKEN_EMBEDDING, vec![100, 8]),
+            (POSITION_EMBEDDING, vec![7, 8]),
+            ("encoder.layers.0.mlp.fc1.weight", vec![32, 8]),
+            ("encoder.layers.1.mlp.fc1.weight", vec![32, 8]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut cfg = detect(&shapes, 2, Activation::QuickGelu).unwrap();
+        assert_eq!((cfg.layers, cfg.intermediate, cfg.positions), (2, 32, 7));
+        let json = serde_json::json!({"hidden_size": 8, "num_attention_heads": 4,
+            "hidden_act": "gelu", "projection_dim": 512});
+        apply_config(&mut cfg, &json).unwrap();
+        assert_eq!((cfg.heads, cfg.activation), (4, Activation::Gelu));
+        let e = apply_config(&mut cfg, &serde_json::json!({"num_hidden_layers": 3})).unwrap_err();
+        assert!(
+            e.contains("num_hidden_layers is 3") && e.contains("give 2"),
+            "{e}"
+        );
+        let e = apply_config(&mut cfg, &serde_json::json!({"num_attention_heads": 3})).unwrap_err();
+        assert!(e.contains("num_attention_heads 3"), "{e}");
+        let e = check_heads(&detect(&shapes, 3, Activation::Gelu).unwrap()).unwrap_err();
+        assert!(e.contains("config.json"), "{e}");
+    }
+}

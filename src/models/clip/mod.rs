@@ -1,0 +1,500 @@
+//! CLIP text encoders, as Stable Diffusion pipelines use them: `clip-l` (OpenAI CLIP ViT-L/14's
+//! `CLIPTextModel`: SD 1.x, SDXL's first encoder), `clip-bigg` (OpenCLIP ViT-bigG/14, SDXL's
+//! second) and `clip-h` (OpenCLIP ViT-H/14, SD 2.x), the last two as
+//! `CLIPTextModelWithProjection`.
+//!
+//! The graph, in the standard layout ([1, S, D] activations, linear layers as matmuls):
+//!
+//! ```text
+//! x = token_embedding[input_ids] + position_embedding           [1, S, D]
+//! per layer: x += out_proj(attention(layer_norm1(x)), causal)   heads as the batch: [H, S, D/H]
+//!            x += fc2(act(fc1(layer_norm2(x))))                 act: quick_gelu (L) or gelu
+//! last_hidden_state = final_layer_norm(x)
+//! pooled = last_hidden_state[argmax(input_ids)]                 the EOS id is the largest
+//! text_embeds = pooled · text_projectionᵀ                       (bigG, H)
+//! ```
+//!
+//! `--hidden-layer N` adds `hidden_state`, transformers' `hidden_states[-N]` (the input of the
+//! last N-1 layers, without the final norm): SDXL and SD 2.x condition on N = 2.
+
+pub mod keys;
+
+use super::nn::{Params, Scope};
+use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
+use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
+use crate::passes::specialize_shapes::Bindings;
+use crate::tensor::{DType, Tensor};
+use crate::weights::{StoredDtype, WeightFile, Weights};
+use keys::{Activation, Config, Layout};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The sequence length every SD pipeline tokenizes to; the position table's length in the
+/// weights decides the built one.
+const SEQUENCE: usize = 77;
+
+/// Added to the scores of future positions: far below any score, and finite in fp16 so that no
+/// infinity reaches the Neural Engine.
+const MASKED: f32 = -1e4;
+
+pub struct Clip {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    /// CLIPTextModelWithProjection: `text_embeds` instead of `pooled`.
+    projection: bool,
+    /// Used when no config.json says otherwise.
+    activation: Activation,
+    heads: usize,
+    pipeline: &'static str,
+}
+
+pub static CLIP_L: Clip = Clip {
+    name: "clip-l",
+    aliases: &["clip-vit-l", "openai-clip-l"],
+    projection: false,
+    activation: Activation::QuickGelu,
+    heads: 12,
+    pipeline: "OpenAI CLIP ViT-L/14 (SD 1.x, SDXL text_encoder)",
+};
+
+pub static CLIP_BIGG: Clip = Clip {
+    name: "clip-bigg",
+    aliases: &["clip-g", "openclip-bigg"],
+    projection: true,
+    activation: Activation::Gelu,
+    heads: 20,
+    pipeline: "OpenCLIP ViT-bigG/14 (SDXL text_encoder_2)",
+};
+
+pub static CLIP_H: Clip = Clip {
+    name: "clip-h",
+    aliases: &["openclip-h"],
+    projection: true,
+    activation: Activation::Gelu,
+    heads: 16,
+    pipeline: "OpenCLIP ViT-H/14 (SD 2.x)",
+};
+
+fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feature {
+    Feature {
+        name: name.into(),
+        role,
+        shape,
+        description,
+        range: None,
+    }
+}
+
+impl Clip {
+    /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
+    /// sizes they give (checked against a CLIP text config.json beside the file).
+    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<(Layout, Config), ModelError> {
+        let file = path.display().to_string();
+        let wrong = |reason: String| ModelError::WrongModel {
+            file: file.clone(),
+            reason,
+        };
+        let layout = Layout::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
+        let shapes: BTreeMap<String, Vec<usize>> = store
+            .tensors()
+            .iter()
+            .filter(|(_, i)| i.dtype.is_float())
+            .filter_map(|(k, i)| Some((layout.model_key(k)?, i.shape.clone())))
+            .collect();
+        let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(wrong)?;
+        match (self.projection, cfg.projection.is_some()) {
+            (true, false) => {
+                return Err(wrong(format!(
+                    "no \"{}{}\": these are CLIPTextModel weights (build clip-l), not {}'s",
+                    layout.root,
+                    keys::PROJECTION,
+                    self.name
+                )))
+            }
+            (false, true) => {
+                return Err(wrong(format!(
+                    "\"{}{}\" is there: these are CLIPTextModelWithProjection weights (build \
+                     clip-bigg or clip-h), not clip-l's",
+                    layout.root,
+                    keys::PROJECTION
+                )))
+            }
+            _ => {}
+        }
+        if let Some((at, json)) = text_config(path)? {
+            keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
+                file: at,
+                reason: format!("disagrees with {file}: {r}"),
+            })?;
+        }
+        keys::check_heads(&cfg).map_err(wrong)?;
+        Ok((layout, cfg))
+    }
+
+    /// The config of loaded weights (their keys are the builder's), with config.json's heads,
+    /// epsilon and activation when a CLIP text config sits beside the file.
+    fn config_of(&self, weights: &Weights) -> Result<Config, ModelError> {
+        let shapes = weights
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        let file = weights.path.display().to_string();
+        let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(|reason| {
+            ModelError::WrongModel {
+                file: file.clone(),
+                reason,
+            }
+        })?;
+        if let Some((at, json)) = text_config(&weights.path)? {
+            keys::apply_config(&mut cfg, &json).map_err(|reason| ModelError::WrongModel {
+                file: at,
+                reason: format!("disagrees with {file}: {reason}"),
+            })?;
+        }
+        keys::check_heads(&cfg).map_err(|reason| ModelError::WrongModel {
+            file: file.clone(),
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    fn declare(&self, cfg: &Config, params: Params, o: &ModelOptions) -> Result<Graph, ModelError> {
+        let mut g = Graph::new(self.name);
+        let (s, d) = (cfg.positions, cfg.hidden);
+        if let Some(n) = o.hidden_layer {
+            if n == 0 || n > cfg.layers {
+                return Err(ModelError::Size {
+                    reason: format!(
+                        "--hidden-layer {n}: the model has {} layers (1 is the last layer's \
+                         output, {} the first's)",
+                        cfg.layers, cfg.layers
+                    ),
+                });
+            }
+        }
+        let ids = g.input("input_ids", TensorType::known(DType::I32, &[1, s]));
+        let root = params.scope("");
+        let emb = root.child("embeddings");
+        let table = emb
+            .child("token_embedding")
+            .constant(&mut g, "weight", &[cfg.vocab, d])?;
+        let tokens = g.add(Op::Gather { axis: 0 }, &[table, ids], "token_embedding")?;
+        let pos = emb
+            .child("position_embedding")
+            .constant(&mut g, "weight", &[s, d])?;
+        let mut x = g.add(Op::Binary(Binary::Add), &[tokens, pos], "embeddings")?;
+        let mask: Vec<f32> = (0..s * s)
+            .map(|e| if e % s > e / s { MASKED } else { 0.0 })
+            .collect();
+        let mask = g.constant("causal_mask", Tensor::f32(vec![s, s], mask));
+        let mut hidden = None;
+        for i in 0..cfg.layers {
+            let p = root.child("encoder.layers").child(i);
+            x = layer(&mut g, &p, cfg, x, mask)?;
+            if o.hidden_layer == Some(cfg.layers - i) {
+                hidden = Some(x);
+            }
+        }
+        let last = layer_norm(&mut g, &root.child("final_layer_norm"), x, d, cfg.epsilon)?;
+        g.set_output("last_hidden_state", last);
+        let eos = g.add(Op::ArgMax { axis: 1 }, &[ids], "eos_position")?;
+        let at = g.add(Op::Gather { axis: 1 }, &[last, eos], "eos_state")?;
+        let pooled = g.add(
+            Op::Reshape {
+                shape: vec![Dim::Known(1), Dim::Known(d)],
+            },
+            &[at],
+            "eos_state_flat",
+        )?;
+        match cfg.projection {
+            Some(p) => {
+                let w = root.constant_named(
+                    &mut g,
+                    keys::PROJECTION,
+                    &[p, d],
+                    "text_projection_weight",
+                )?;
+                let e = g.add(
+                    Op::MatMul {
+                        transpose_x: false,
+                        transpose_y: true,
+                    },
+                    &[pooled, w],
+                    "text_projection",
+                )?;
+                g.set_output("text_embeds", e);
+            }
+            None => g.set_output("pooled", pooled),
+        }
+        if let Some(h) = hidden {
+            // A distinct node, so the output keeps its name even where a pass renames values.
+            g.set_output("hidden_state", h);
+        }
+        params.finish()?;
+        Ok(g)
+    }
+}
+
+/// The text model's config in the `config.json` beside `weights` (path for messages, JSON): a
+/// `CLIPTextConfig`, or a `CLIPConfig`'s `text_config`; None when there is none (or it describes
+/// another model, as a pipeline folder's might).
+fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, ModelError> {
+    let path = weights.with_file_name("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let at = path.display().to_string();
+    let bad = |reason: String| ModelError::WrongModel {
+        file: at.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    Ok(match json.get("model_type").and_then(|v| v.as_str()) {
+        Some("clip_text_model") => Some((at, json)),
+        Some("clip") => json.get("text_config").cloned().map(|t| (at, t)),
+        _ => None,
+    })
+}
+
+fn layer_norm(
+    g: &mut Graph,
+    p: &Scope,
+    x: ValueId,
+    d: usize,
+    epsilon: f32,
+) -> Result<ValueId, ModelError> {
+    let gamma = p.constant(g, "weight", &[d])?;
+    let beta = p.constant(g, "bias", &[d])?;
+    Ok(g.add(Op::LayerNorm { epsilon }, &[x, gamma, beta], p.node("ln"))?)
+}
+
+/// `x · weightᵀ + bias` over the last axis.
+fn linear(
+    g: &mut Graph,
+    p: &Scope,
+    x: ValueId,
+    cin: usize,
+    cout: usize,
+) -> Result<ValueId, ModelError> {
+    let w = p.constant(g, "weight", &[cout, cin])?;
+    let b = p.constant(g, "bias", &[cout])?;
+    let y = g.add(
+        Op::MatMul {
+            transpose_x: false,
+            transpose_y: true,
+        },
+        &[x, w],
+        p.node("matmul"),
+    )?;
+    Ok(g.add(Op::Binary(Binary::Add), &[y, b], p.node("linear"))?)
+}
+
+fn reshape(
+    g: &mut Graph,
+    x: ValueId,
+    shape: &[usize],
+    name: String,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(
+        Op::Reshape {
+            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
+        },
+        &[x],
+        name,
+    )?)
+}
+
+fn transpose(g: &mut Graph, x: ValueId, name: String) -> Result<ValueId, ModelError> {
+    Ok(g.add(
+        Op::Transpose {
+            perm: vec![1, 0, 2],
+        },
+        &[x],
+        name,
+    )?)
+}
+
+/// One pre-norm encoder layer.
+fn layer(
+    g: &mut Graph,
+    p: &Scope,
+    cfg: &Config,
+    x: ValueId,
+    mask: ValueId,
+) -> Result<ValueId, ModelError> {
+    let (s, d, h) = (cfg.positions, cfg.hidden, cfg.heads);
+    let dh = d / h;
+    let n = |what: &str| p.node(what);
+    let a = p.child("self_attn");
+    let x1 = layer_norm(g, &p.child("layer_norm1"), x, d, cfg.epsilon)?;
+    // [1, S, D] → [S, H, Dh] → [H, S, Dh]: the heads are attention's batch.
+    let mut heads = Vec::with_capacity(3);
+    for proj in ["q_proj", "k_proj", "v_proj"] {
+        let y = linear(g, &a.child(proj), x1, d, d)?;
+        let y = reshape(g, y, &[s, h, dh], a.child(proj).node("heads"))?;
+        heads.push(transpose(g, y, a.child(proj).node("by_head"))?);
+    }
+    let att = g.add(
+        Op::Attention {
+            scale: 1.0 / (dh as f32).sqrt(),
+        },
+        &[heads[0], heads[1], heads[2], mask],
+        a.node("attention"),
+    )?;
+    let att = transpose(g, att, a.node("by_position"))?;
+    let att = reshape(g, att, &[1, s, d], a.node("merged"))?;
+    let att = linear(g, &a.child("out_proj"), att, d, d)?;
+    let x = g.add(Op::Binary(Binary::Add), &[x, att], n("attn_residual"))?;
+    let x2 = layer_norm(g, &p.child("layer_norm2"), x, d, cfg.epsilon)?;
+    let mlp = p.child("mlp");
+    let y = linear(g, &mlp.child("fc1"), x2, d, cfg.intermediate)?;
+    let y = match cfg.activation {
+        Activation::Gelu => g.add(Op::Unary(Unary::Gelu), &[y], mlp.node("gelu"))?,
+        Activation::QuickGelu => {
+            let k = g.constant(mlp.node("quick_gelu_k"), Tensor::scalar(1.702f32));
+            let z = g.add(
+                Op::Binary(Binary::Mul),
+                &[y, k],
+                mlp.node("quick_gelu_scaled"),
+            )?;
+            let z = g.add(Op::Unary(Unary::Sigmoid), &[z], mlp.node("quick_gelu_gate"))?;
+            g.add(Op::Binary(Binary::Mul), &[y, z], mlp.node("quick_gelu"))?
+        }
+    };
+    let y = linear(g, &mlp.child("fc2"), y, cfg.intermediate, d)?;
+    Ok(g.add(Op::Binary(Binary::Add), &[x, y], n("mlp_residual"))?)
+}
+
+impl Model for Clip {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        self.aliases
+    }
+
+    fn parts(&self) -> &'static [Part] {
+        &[Part::Encoder]
+    }
+
+    fn interface(&self, _part: Part, o: &ModelOptions) -> Interface {
+        // The hidden size D (and the projection's P) come from the weights when the model is
+        // built; the lowering declares the graph's own shapes.
+        let (d, p) = (Dim::sym("D"), Dim::sym("P"));
+        let one = Dim::Known(1);
+        let state = |name: &str, what: &str| {
+            feature(
+                name,
+                Role::Embedding,
+                vec![one.clone(), Dim::Known(SEQUENCE), d.clone()],
+                format!("{what}, [1, tokens, hidden]"),
+            )
+        };
+        let mut outputs = vec![state(
+            "last_hidden_state",
+            "Last layer's hidden states after the final layer norm",
+        )];
+        outputs.push(if self.projection {
+            feature(
+                "text_embeds",
+                Role::Embedding,
+                vec![one.clone(), p],
+                "Pooled state (at the EOS token, the largest id) through text_projection".into(),
+            )
+        } else {
+            feature(
+                "pooled",
+                Role::Embedding,
+                vec![one.clone(), d.clone()],
+                "Final-norm hidden state at the EOS token (the largest id)".into(),
+            )
+        });
+        if let Some(n) = o.hidden_layer {
+            outputs.push(state(
+                "hidden_state",
+                &format!("hidden_states[-{n}], without the final layer norm"),
+            ));
+        }
+        Interface {
+            inputs: vec![feature(
+                "input_ids",
+                Role::Tokens,
+                vec![Dim::Known(1), Dim::Known(SEQUENCE)],
+                "Token ids (int32): BOS 49406, the prompt, EOS 49407, padding".into(),
+            )],
+            outputs,
+            default_size: Bindings::new(),
+        }
+    }
+
+    fn check_options(&self, part: Part, o: &ModelOptions) -> Result<(), ModelError> {
+        let other = ModelOptions {
+            hidden_layer: None,
+            ..o.clone()
+        };
+        match other.names().first() {
+            None => Ok(()),
+            Some(option) => Err(ModelError::Option {
+                model: self.name,
+                part,
+                option,
+            }),
+        }
+    }
+
+    fn load(&self, _part: Part, path: &Path, _o: &ModelOptions) -> Result<Weights, ModelError> {
+        // Shapes first, from the index: a wrong file or config is refused before any tensor is
+        // read, and a single-file checkpoint's other models are never read at all.
+        let mut store = WeightFile::open(path)?;
+        let (layout, _) = self.inspect(path, &store)?;
+        let wanted: Vec<(String, String)> = store
+            .tensors()
+            .iter()
+            // Integer tensors (`position_ids` in older saves) are buffers, not weights.
+            .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
+            .filter_map(|(k, _)| Some((k.clone(), layout.model_key(k)?)))
+            .collect();
+        let mut tensors = BTreeMap::new();
+        for (file_key, key) in wanted {
+            tensors.insert(key, store.read(&file_key)?);
+        }
+        Ok(Weights::new(path, store.format(), tensors))
+    }
+
+    fn build(
+        &self,
+        _part: Part,
+        weights: &Weights,
+        _fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let cfg = self.config_of(weights)?;
+        self.declare(&cfg, Params::new(weights), o)
+    }
+
+    fn build_owned(
+        &self,
+        _part: Part,
+        weights: Weights,
+        _fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let cfg = self.config_of(&weights)?;
+        self.declare(&cfg, Params::owned(weights), o)
+    }
+
+    fn description(&self, _part: Part, _sizes: &str) -> Description {
+        Description {
+            short: format!(
+                "{} text encoder: int32 token ids [1, {SEQUENCE}] to hidden states",
+                self.pipeline
+            ),
+            author: "mlc (weights: the model's publisher)".into(),
+            license: "see the weights' license".into(),
+        }
+    }
+}
