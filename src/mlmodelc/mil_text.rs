@@ -284,6 +284,13 @@ fn bytes_elements(d: pb::DataType, b: &[u8], count: usize) -> Result<Vec<String>
         D::Uint16 => chunks(2)?
             .map(|c| u16::from_le_bytes([c[0], c[1]]).to_string())
             .collect(),
+        // A palette's `shape` (iOS16/17 `constexpr_lut_to_dense`) is uint32 stored as bytes.
+        D::Int32 => chunks(4)?
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]).to_string())
+            .collect(),
+        D::Uint32 => chunks(4)?
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]).to_string())
+            .collect(),
         D::Int4 | D::Uint4 | D::Uint1 | D::Uint2 | D::Uint3 | D::Uint6 => {
             let bits = match d {
                 D::Uint1 => 1,
