@@ -17,18 +17,6 @@ fn dir(fixture: &str) -> PathBuf {
     shared(&format!("fixtures/clip/{fixture}"))
 }
 
-/// Largest |a - b| over the largest |b|.
-fn relative_error(out: &Array, reference: &Array) -> f32 {
-    assert_eq!(out.shape, reference.shape);
-    let peak = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = out
-        .data
-        .iter()
-        .zip(&reference.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / peak
-}
-
 fn options(model: &str, weights: &Path, precision: Precision, out: PathBuf) -> BuildOptions {
     let mut o = BuildOptions::new(model, weights);
     o.precision = precision;

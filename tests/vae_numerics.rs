@@ -21,18 +21,6 @@ fn fixture(family: &str, name: &str) -> BTreeMap<String, Array> {
     mlc::run::read_safetensors(&vae_dir(family).join(format!("{name}.safetensors"))).unwrap()
 }
 
-/// Largest |a - b| over the largest |b|.
-fn relative_error(out: &Array, reference: &Array) -> f32 {
-    assert_eq!(out.shape, reference.shape);
-    let peak = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = out
-        .data
-        .iter()
-        .zip(&reference.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / peak
-}
-
 struct Case {
     model: &'static str,
     family: &'static str,

@@ -205,3 +205,15 @@ pub fn write_ckpt(path: &Path, tensors: &BTreeMap<String, Tensor>) {
     let bytes = mlc::fuzzing::torch::archive("ckpt", &pickle, &storages, false);
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Largest |a - b| over the largest |b|: the numerics tests' error measure.
+pub fn relative_error(out: &Array, reference: &Array) -> f32 {
+    assert_eq!(out.shape, reference.shape);
+    let peak = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = out
+        .data
+        .iter()
+        .zip(&reference.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / peak
+}
