@@ -159,6 +159,29 @@ impl Interface {
     }
 }
 
+/// A `config.json` is a few KB; anything near this is not one.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The `config.json` beside a weight file, parsed, and its path for messages; None when there is
+/// none. Read like any input: a regular file, size-capped, one-line errors.
+pub fn config_beside(
+    weights: &std::path::Path,
+) -> Result<Option<(String, serde_json::Value)>, ModelError> {
+    let path = weights.with_file_name("config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let at = path.display().to_string();
+    let bad = |reason: String| ModelError::WrongModel {
+        file: at.clone(),
+        reason,
+    };
+    let bytes =
+        crate::limits::read_regular(&path, MAX_CONFIG_BYTES).map_err(|e| bad(e.to_string()))?;
+    let json = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    Ok(Some((at, json)))
+}
+
 /// A feature's shape with the symbols in `fixed` bound.
 pub fn bind_shape(shape: &[Dim], fixed: &Bindings) -> Result<Vec<Dim>, ModelError> {
     shape

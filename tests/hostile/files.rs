@@ -90,6 +90,36 @@ fn fifo_as_weights_fails_at_once() {
     assert!(!tmp.path().join("x.safetensors").exists());
 }
 
+/// A `config.json` beside the weights is read like any input: a FIFO there fails at once (VAE
+/// and CLIP alike) instead of blocking the build.
+#[cfg(unix)]
+#[test]
+fn fifo_as_config_json_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (model, weights) in [
+        (
+            "sd-vae",
+            "fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors",
+        ),
+        ("clip-l", "fixtures/clip/clip_l/model.safetensors"),
+    ] {
+        let w = dir.join(format!("{model}.safetensors"));
+        std::fs::copy(common::shared(weights), &w).unwrap();
+        mkfifo(&dir.join("config.json"));
+        let w = w.display().to_string();
+        let args = ["build", model, "--weights", &w, "-o", "o.mlpackage"];
+        let o = mlc_deadline(&args, dir, &[], 20);
+        let e = one_line_error(&o);
+        assert!(
+            e.contains("config.json") && e.contains("FIFO"),
+            "{model}: {e}"
+        );
+        assert!(!dir.join("o.mlpackage").exists());
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn special_files_and_escaping_symlinks_in_packages_are_refused() {

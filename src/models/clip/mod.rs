@@ -240,18 +240,9 @@ impl Clip {
 /// `CLIPTextConfig`, or a `CLIPConfig`'s `text_config`; None when there is none (or it describes
 /// another model, as a pipeline folder's might).
 fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, ModelError> {
-    let path = weights.with_file_name("config.json");
-    if !path.is_file() {
+    let Some((at, json)) = super::config_beside(weights)? else {
         return Ok(None);
-    }
-    let at = path.display().to_string();
-    let bad = |reason: String| ModelError::WrongModel {
-        file: at.clone(),
-        reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     Ok(match json.get("model_type").and_then(|v| v.as_str()) {
         Some("clip_text_model") => Some((at, json)),
         Some("clip") => json.get("text_config").cloned().map(|t| (at, t)),

@@ -268,20 +268,14 @@ impl Model for Vae {
             })
             .collect();
         let cfg = keys::detect(&shapes).map_err(wrong)?;
-        let config_json = path.with_file_name("config.json");
-        if !original && config_json.is_file() {
-            let text =
-                std::fs::read_to_string(&config_json).map_err(|e| ModelError::WrongModel {
-                    file: config_json.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::WrongModel {
-                    file: config_json.display().to_string(),
-                    reason: format!("not JSON: {e}"),
-                })?;
+        let config = if original {
+            None
+        } else {
+            super::config_beside(path)?
+        };
+        if let Some((config_json, json)) = config {
             keys::check_config(&cfg, &json).map_err(|reason| ModelError::WrongModel {
-                file: config_json.display().to_string(),
+                file: config_json,
                 reason: format!("disagrees with {}: {reason}", path.display()),
             })?;
         }
