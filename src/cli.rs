@@ -50,6 +50,12 @@ pub struct CompileArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransformerLayoutArg {
+    Standard,
+    Ane,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompilerArg {
     Mlc,
     Xcrun,
@@ -84,6 +90,12 @@ pub struct BuildArgs {
     /// is what SDXL and SD 2.x condition on.
     #[arg(long, value_name = "penultimate|N", value_parser = parse_hidden_layer)]
     pub hidden_layer: Option<usize>,
+    /// Transformers: `standard` computes on [1, tokens, hidden] with linear layers as matmuls
+    /// (as traced PyTorch models do); `ane` on [1, hidden, 1, tokens] with 1x1 convolutions and
+    /// attention split per head, the layout Apple recommends for the Neural Engine. Same
+    /// numbers, same inputs and outputs.
+    #[arg(long, value_enum, default_value_t = TransformerLayoutArg::Standard)]
+    pub layout: TransformerLayoutArg,
     /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
@@ -372,6 +384,10 @@ impl BuildArgs {
             packed_input: self.input == InputForm::Packed,
             logvar_output: self.logvar,
             hidden_layer: self.hidden_layer,
+            layout: match self.layout {
+                TransformerLayoutArg::Standard => crate::models::TransformerLayout::Standard,
+                TransformerLayoutArg::Ane => crate::models::TransformerLayout::Ane,
+            },
         };
         let flag = match (&self.latent_size, &self.image_size) {
             (Some(SizeList(s)), _) => {

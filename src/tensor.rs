@@ -183,6 +183,42 @@ impl Tensor {
         }
     }
 
+    /// [`Tensor::reshaped`] without copying the data.
+    pub fn into_reshaped(self, shape: Vec<usize>) -> Tensor {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.len(),
+            "reshape {:?} -> {shape:?}",
+            self.shape
+        );
+        Tensor {
+            shape,
+            data: self.data,
+        }
+    }
+
+    /// The transpose of a matrix, in its stored type; None unless the tensor has rank 2.
+    pub fn transposed(&self) -> Option<Tensor> {
+        fn t<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+            (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| v[r * cols + c]))
+                .collect()
+        }
+        let &[rows, cols] = &self.shape[..] else {
+            return None;
+        };
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(t(v, rows, cols)),
+            TensorData::F16(v) => TensorData::F16(t(v, rows, cols)),
+            TensorData::I32(v) => TensorData::I32(t(v, rows, cols)),
+            TensorData::Bool(v) => TensorData::Bool(t(v, rows, cols)),
+        };
+        Some(Tensor {
+            shape: vec![cols, rows],
+            data,
+        })
+    }
+
     /// Same data, new shape with the same element count.
     pub fn reshaped(&self, shape: Vec<usize>) -> Tensor {
         assert_eq!(
@@ -195,5 +231,25 @@ impl Tensor {
             shape,
             data: self.data.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposed_moves_rows_to_columns_in_the_stored_type() {
+        let m = Tensor::f16(
+            vec![2, 3],
+            [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+                .map(f16::from_f32)
+                .to_vec(),
+        );
+        let t = m.transposed().expect("a matrix");
+        assert_eq!(t.shape, vec![3, 2]);
+        assert_eq!(t.dtype(), DType::F16);
+        assert_eq!(t.to_f32(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert!(Tensor::scalar(1.0).transposed().is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! CLIP text encoders against transformers (5.24, fp32) on the small random encoders in
 //! ../shared/fixtures/clip: every case (short, long, full), every output (last and penultimate
 //! hidden states, pooled or projected embedding), fp32 and fp16 packages evaluated through the
-//! emitted package. Tolerances are relative to the reference's largest magnitude: fp32 1e-4,
+//! emitted package, in both layouts (`standard` and `ane`). Tolerances are relative to the reference's largest magnitude: fp32 1e-4,
 //! fp16 5e-3. Bad inputs: one-line errors, nothing written.
 
 mod common;
@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use mlc::compiler::{build, BuildOptions, Precision};
 use mlc::kernels::Array;
-use mlc::models::ModelOptions;
+use mlc::models::{ModelOptions, TransformerLayout};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -86,15 +86,18 @@ fn text_encoders_match_transformers() {
     ];
     for (model, fixture, pooled, pooled_ref) in models {
         for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, 5e-3)] {
-            let tag = format!("{model}_{precision:?}").to_lowercase();
-            let o = options(
-                model,
-                &dir(fixture).join("model.safetensors"),
-                precision,
-                out.join(format!("{tag}.mlpackage")),
-            );
-            let pkg = build(&o).unwrap_or_else(|e| panic!("{tag}: {e}")).package;
-            check_cases(&tag, &pkg, fixture, (pooled, pooled_ref), tol);
+            for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
+                let tag = format!("{model}_{precision:?}_{layout:?}").to_lowercase();
+                let mut o = options(
+                    model,
+                    &dir(fixture).join("model.safetensors"),
+                    precision,
+                    out.join(format!("{tag}.mlpackage")),
+                );
+                o.model_options.layout = layout;
+                let pkg = build(&o).unwrap_or_else(|e| panic!("{tag}: {e}")).package;
+                check_cases(&tag, &pkg, fixture, (pooled, pooled_ref), tol);
+            }
         }
     }
 }
@@ -269,4 +272,60 @@ fn single_file_prefixes_give_the_same_encoder() {
             assert!(e <= 1e-6, "{root} {name}: {e}");
         }
     }
+}
+
+/// The `ane` layout is what the report asks for: every layout hint it gives `standard` (rank-3
+/// compute, transposes, reshapes of the last axis, linear layers as matmuls) is gone, with the
+/// same ops off the Neural Engine (the int32 argmax) in both.
+#[test]
+fn ane_layout_clears_the_layout_hints_of_standard() {
+    use mlc::ane::Hint;
+    let out = out_dir("clip_layouts");
+    let mut reports = Vec::new();
+    for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
+        let mut o = options(
+            "clip-bigg",
+            &dir("bigg").join("model.safetensors"),
+            Precision::Fp16,
+            out.join(format!("clip-bigg_{layout:?}.mlpackage").to_lowercase()),
+        );
+        o.io_precision = None;
+        o.model_options.layout = layout;
+        let r = build(&o).unwrap().ane;
+        let mut ops = BTreeMap::<&str, usize>::new();
+        for v in &r.ops {
+            *ops.entry(v.op_type.as_str()).or_default() += 1;
+        }
+        println!(
+            "{layout:?}: {} ops {ops:?}, hints {:?}",
+            r.ops.len(),
+            r.hint_counts()
+        );
+        reports.push(r);
+    }
+    let (standard, ane) = (&reports[0], &reports[1]);
+    let hints = standard.hint_counts();
+    for h in [
+        Hint::Rank,
+        Hint::Transpose,
+        Hint::ReshapeLastAxis,
+        Hint::LinearAsMatmul,
+    ] {
+        assert!(hints.get(&h).is_some_and(|&n| n >= 3), "{h:?}: {hints:?}");
+    }
+    assert!(ane.hint_counts().is_empty(), "{:?}", ane.hint_counts());
+    let misfits = |r: &mlc::ane::AneReport| {
+        r.misfits()
+            .map(|v| (v.name.clone(), v.op_type.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(misfits(standard), misfits(ane));
+    assert_eq!(
+        misfits(ane),
+        [("eos_position".into(), "reduce_argmax".into())]
+    );
+    // Per head, not per layer: 4 heads x 3 layers.
+    let softmax = ane.ops.iter().filter(|v| v.op_type == "softmax").count();
+    assert_eq!(softmax, 12);
+    oracle(&out);
 }

@@ -1354,15 +1354,18 @@ fn masked_attention_cases(r: &mut Rng) -> Vec<Case> {
 }
 
 fn layer_norm_cases(r: &mut Rng) -> Vec<Case> {
-    let configs: [(Spec, f32, Sizes, f64); 3] = [
-        (&["1", "5", "16"], 1e-5, &[], 0.0),
+    let configs: [(Spec, usize, f32, Sizes, f64); 5] = [
+        (&["1", "5", "16"], 2, 1e-5, &[], 0.0),
         // An offset mean: a one-pass variance would lose the digits this case checks.
-        (&["2", "3", "8"], 1e-3, &[], 30.0),
-        (&["1", "H", "6"], 1e-5, &[("H", 4)], 0.0),
+        (&["2", "3", "8"], 2, 1e-3, &[], 30.0),
+        (&["1", "H", "6"], 2, 1e-5, &[("H", 4)], 0.0),
+        // The channels of the Neural Engine's [1, D, 1, S] transformer layout.
+        (&["1", "6", "1", "5"], 1, 1e-5, &[], 0.0),
+        (&["1", "4", "1", "S"], 1, 1e-5, &[("S", 3)], 10.0),
     ];
     configs
         .into_iter()
-        .map(|(spec, eps, sizes, offset)| {
+        .map(|(spec, axis, eps, sizes, offset)| {
             let o = operand(
                 r,
                 spec,
@@ -1371,22 +1374,23 @@ fn layer_norm_cases(r: &mut Rng) -> Vec<Case> {
                 DType::F32,
                 false,
             );
-            let d = *o.value.shape.last().expect("rank >= 1");
+            let d = o.value.shape[axis];
             let ds = d.to_string();
             let gamma = operand(r, &[&ds], &[], (-2.0, 2.0), DType::F32, true);
             let beta = operand(r, &[&ds], &[], (-1.0, 1.0), DType::F32, true);
             let (xv, g, b) = (&o.value, &gamma.value, &beta.value);
+            let stride: usize = xv.shape[axis + 1..].iter().product();
             let want = elementwise(xv.shape.clone(), |idx| {
-                let row = ravel(idx, &xv.shape) - idx[idx.len() - 1];
-                let vals: Vec<f64> = (0..d).map(|j| xv.data[row + j] as f64).collect();
+                let j = idx[axis];
+                let first = ravel(idx, &xv.shape) - j * stride;
+                let vals: Vec<f64> = (0..d).map(|k| xv.data[first + k * stride] as f64).collect();
                 let mean = vals.iter().sum::<f64>() / d as f64;
                 let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
-                let j = idx[idx.len() - 1];
                 (vals[j] - mean) / (var + eps as f64).sqrt() * g.data[j] as f64 + b.data[j] as f64
             });
             Case::new(
-                format!("layer_norm {spec:?} epsilon {eps}"),
-                Op::LayerNorm { epsilon: eps },
+                format!("layer_norm {spec:?} axis {axis} epsilon {eps}"),
+                Op::LayerNorm { axis, epsilon: eps },
                 vec![o, gamma, beta],
                 want,
                 2e-5,

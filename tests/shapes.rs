@@ -196,6 +196,19 @@ fn ane_report_flags_what_does_not_fit() {
         fits.ane.misfits().collect::<Vec<_>>()
     );
     assert!(fits.ane.ops.len() > 100);
+    // A convolutional decoder is laid out as the ANE wants it: no layout hints...
+    assert!(
+        fits.ane.hint_counts().is_empty(),
+        "{:?}",
+        fits.ane.hint_counts()
+    );
+    // ...and the transposes of a channels-last interface are the caller's choice, not hints.
+    let mut o = opts(&dir.join("nhwc.mlpackage"), &[[32, 32]]);
+    o.input_layout = mlc::compiler::Layout::Nhwc;
+    o.output_layout = mlc::compiler::Layout::Nhwc;
+    let r = build(&o).unwrap().ane;
+    assert!(r.ops.iter().filter(|v| v.op_type == "transpose").count() == 2);
+    assert!(r.hint_counts().is_empty(), "{:?}", r.hint_counts());
 
     let mut o = opts(&dir.join("fp32.mlpackage"), &[[32, 32]]);
     o.precision = mlc::compiler::Precision::Fp32;

@@ -259,3 +259,29 @@ fn clip_l_text_encoder_fp16() {
     assert_eq!(text.matches(" = layer_norm(").count(), 7, "{text}");
     snapshot!("clip_l_text_encoder_fp16_ios16", text);
 }
+
+#[test]
+fn clip_l_text_encoder_ane_fp16() {
+    let path = shared("fixtures/clip/clip_l/model.safetensors");
+    let ane = mlc::models::ModelOptions {
+        layout: mlc::models::TransformerLayout::Ane,
+        ..Default::default()
+    };
+    let model = mlc::models::lookup("clip-l").unwrap();
+    let w = model.load(mlc::models::Part::Encoder, &path, &ane).unwrap();
+    let mut o = BuildOptions::new("clip-l", "unused");
+    o.model_options = ane;
+    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let text = print_model(&c.lowered.model);
+    // What review must see in it: the token table gathered along its last axis straight into
+    // [1, D, 1, S], 1x1 convs for every linear layer, layer norms over axis 1, one split per
+    // projection and four small [1, 1, 77, 77] attentions per layer, and a single transpose,
+    // to the interface's [1, 77, D].
+    assert!(text.contains("%embeddings: (1, 64, 1, 77, fp16)"), "{text}");
+    assert_eq!(text.matches(" = conv(").count(), 18, "{text}");
+    assert_eq!(text.matches(" = split(").count(), 9, "{text}");
+    assert_eq!(text.matches(" = softmax(").count(), 12, "{text}");
+    assert_eq!(text.matches(" = transpose(").count(), 1, "{text}");
+    assert_eq!(text.matches("axes=[1]").count(), 7, "{text}");
+    snapshot!("clip_l_text_encoder_ane_fp16_ios16", text);
+}

@@ -166,20 +166,13 @@ pub fn eval_op_at(
             .ok_or_else(|| format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape))?,
         Op::Softmax { axis } => kernels::softmax(args[0], *axis),
         Op::Attention { scale } => attention(args[0], args[1], args[2], args.get(3), *scale)?,
-        Op::LayerNorm { epsilon } => {
-            let last = args[0]
-                .shape
-                .len()
-                .checked_sub(1)
-                .ok_or("layer_norm of a scalar")?;
-            kernels::layer_norm(
-                args[0],
-                &[last],
-                Some(&args[1].data),
-                Some(&args[2].data),
-                *epsilon,
-            )
-        }
+        Op::LayerNorm { axis, epsilon } => kernels::layer_norm(
+            args[0],
+            &[*axis],
+            Some(&args[1].data),
+            Some(&args[2].data),
+            *epsilon,
+        ),
         Op::Gather { axis } => kernels::gather(args[0], args[1], *axis)?,
         Op::ArgMax { axis } => kernels::argmax(args[0], *axis),
         Op::Slice { axis, begin, end } => {

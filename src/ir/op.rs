@@ -242,9 +242,11 @@ pub enum Op {
     Concat {
         axis: usize,
     },
-    /// Normalisation over the last axis (inputs x, gamma, beta; gamma and beta as long as that
-    /// axis): `(x - mean) / sqrt(var + epsilon) * gamma + beta`, as transformers' `LayerNorm`.
+    /// Normalisation over one axis (inputs x, gamma, beta; gamma and beta as long as that
+    /// axis): `(x - mean) / sqrt(var + epsilon) * gamma + beta`, as transformers' `LayerNorm`
+    /// over the last axis, or over the channels (axis 1) of a `[1, D, 1, S]` layout.
     LayerNorm {
+        axis: usize,
         epsilon: f32,
     },
     /// Rows of x picked along `axis` by int32 indices (inputs x, indices): the result has x's
@@ -634,15 +636,15 @@ impl Op {
                 shape[*axis] = total;
                 Ok(TensorType::new(x.dtype, shape))
             }
-            Op::LayerNorm { .. } => {
+            Op::LayerNorm { axis, .. } => {
                 arity(3..=3)?;
                 let x = inputs[0];
                 float(x)?;
                 let d = x
                     .shape
-                    .last()
+                    .get(*axis)
                     .and_then(Dim::known)
-                    .ok_or_else(|| format!("needs a last axis of known size, got {x}"))?;
+                    .ok_or_else(|| format!("needs an axis {axis} of known size, got {x}"))?;
                 for t in &inputs[1..] {
                     if t.shape != [Dim::Known(d)] || t.dtype != x.dtype {
                         return Err(format!("gamma/beta must be {}[{d}], got {t}", x.dtype));

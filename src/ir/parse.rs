@@ -558,6 +558,7 @@ fn parse_op(name: &str, a: &Attrs) -> Result<Op, String> {
                 factor: a.get("factor")?,
             },
             "layer_norm" => Op::LayerNorm {
+                axis: a.get("axis")?,
                 epsilon: a.get("epsilon")?,
             },
             "gather" => Op::Gather {

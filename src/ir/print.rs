@@ -106,7 +106,7 @@ fn attrs(op: &Op) -> String {
         Op::Split { axis, parts, index } => format!("axis={axis} parts={parts} index={index}"),
         Op::Concat { axis } => format!("axis={axis}"),
         Op::PixelShuffle { factor } => format!("factor={factor}"),
-        Op::LayerNorm { epsilon } => format!("epsilon={epsilon:?}"),
+        Op::LayerNorm { axis, epsilon } => format!("axis={axis} epsilon={epsilon:?}"),
         Op::Gather { axis } | Op::ArgMax { axis } => format!("axis={axis}"),
         Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) | Op::ReshapeLike => {
             String::new()

@@ -846,8 +846,8 @@ impl FnLowering<'_> {
                 }
                 ("scaled_dot_product_attention", inputs)
             }
-            Op::LayerNorm { epsilon } => {
-                let axes = self.ints(&out, "axes", &[node.ty.rank().saturating_sub(1)]);
+            Op::LayerNorm { axis, epsilon } => {
+                let axes = self.ints(&out, "axes", &[*axis]);
                 let eps = self.scalar(&out, "epsilon", *epsilon, dtype);
                 (
                     "layer_norm",

@@ -217,6 +217,21 @@ pub struct ModelOptions {
     /// Text encoders: also output `hidden_states[-N]` (N = 2: the penultimate layer's output,
     /// what SDXL and SD 2.x condition on), without the final layer norm.
     pub hidden_layer: Option<usize>,
+    /// Transformers: how activations are laid out (see [`TransformerLayout`]).
+    pub layout: TransformerLayout,
+}
+
+/// How a transformer's activations are laid out in the built graph; both compute the same
+/// numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransformerLayout {
+    /// `[1, S, D]` with linear layers as matmuls, as traced PyTorch models look.
+    #[default]
+    Standard,
+    /// `[1, D, 1, S]` (channels first, the sequence on the last axis), linear layers as 1x1
+    /// convolutions and attention split per head: the Neural Engine's layout in Apple's
+    /// "Deploying Transformers on the Apple Neural Engine".
+    Ane,
 }
 
 impl ModelOptions {
@@ -234,6 +249,9 @@ impl ModelOptions {
         }
         if self.hidden_layer.is_some() {
             v.push("hidden layer");
+        }
+        if self.layout != TransformerLayout::Standard {
+            v.push("ane layout");
         }
         v
     }

@@ -18,6 +18,7 @@
 //! last N-1 layers, without the final norm): SDXL and SD 2.x condition on N = 2.
 
 pub mod keys;
+mod layout;
 
 use super::nn::{Params, Scope};
 use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
@@ -25,7 +26,8 @@ use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
 use crate::weights::{StoredDtype, WeightFile, Weights};
-use keys::{Activation, Config, Layout};
+use keys::{Activation, Config, Layout as Keys};
+use layout::Layout;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -88,13 +90,13 @@ fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feat
 impl Clip {
     /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
     /// sizes they give (checked against a CLIP text config.json beside the file).
-    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<(Layout, Config), ModelError> {
+    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<(Keys, Config), ModelError> {
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
             file: file.clone(),
             reason,
         };
-        let layout = Layout::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
+        let layout = Keys::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
         let shapes: BTreeMap<String, Vec<usize>> = store
             .tensors()
             .iter()
@@ -161,7 +163,7 @@ impl Clip {
 
     fn declare(&self, cfg: &Config, params: Params, o: &ModelOptions) -> Result<Graph, ModelError> {
         let mut g = Graph::new(self.name);
-        let (s, d) = (cfg.positions, cfg.hidden);
+        let s = cfg.positions;
         if let Some(n) = o.hidden_layer {
             if n == 0 || n > cfg.layers {
                 return Err(ModelError::Size {
@@ -174,61 +176,38 @@ impl Clip {
             }
         }
         let ids = g.input("input_ids", TensorType::known(DType::I32, &[1, s]));
+        let lay = Layout {
+            kind: o.layout,
+            cfg,
+        };
         let root = params.scope("");
-        let emb = root.child("embeddings");
-        let table = emb
-            .child("token_embedding")
-            .constant(&mut g, "weight", &[cfg.vocab, d])?;
-        let tokens = g.add(Op::Gather { axis: 0 }, &[table, ids], "token_embedding")?;
-        let pos = emb
-            .child("position_embedding")
-            .constant(&mut g, "weight", &[s, d])?;
-        let mut x = g.add(Op::Binary(Binary::Add), &[tokens, pos], "embeddings")?;
-        let mask: Vec<f32> = (0..s * s)
-            .map(|e| if e % s > e / s { MASKED } else { 0.0 })
-            .collect();
-        let mask = g.constant("causal_mask", Tensor::f32(vec![s, s], mask));
+        let mut x = lay.embeddings(&mut g, &root.child("embeddings"), ids)?;
+        let mask = lay.causal_mask(&mut g);
         let mut hidden = None;
         for i in 0..cfg.layers {
             let p = root.child("encoder.layers").child(i);
-            x = layer(&mut g, &p, cfg, x, mask)?;
+            x = layer(&mut g, &lay, &p, x, mask)?;
             if o.hidden_layer == Some(cfg.layers - i) {
                 hidden = Some(x);
             }
         }
-        let last = layer_norm(&mut g, &root.child("final_layer_norm"), x, d, cfg.epsilon)?;
-        g.set_output("last_hidden_state", last);
+        let last = lay.layer_norm(&mut g, &root.child("final_layer_norm"), x)?;
+        let out = lay.sequence_output(&mut g, last, "last_hidden_state")?;
+        g.set_output("last_hidden_state", out);
         let eos = g.add(Op::ArgMax { axis: 1 }, &[ids], "eos_position")?;
-        let at = g.add(Op::Gather { axis: 1 }, &[last, eos], "eos_state")?;
-        let pooled = g.add(
-            Op::Reshape {
-                shape: vec![Dim::Known(1), Dim::Known(d)],
-            },
-            &[at],
-            "eos_state_flat",
-        )?;
+        let at = lay.state_at(&mut g, last, eos)?;
         match cfg.projection {
             Some(p) => {
-                let w = root.constant_named(
-                    &mut g,
-                    keys::PROJECTION,
-                    &[p, d],
-                    "text_projection_weight",
-                )?;
-                let e = g.add(
-                    Op::MatMul {
-                        transpose_x: false,
-                        transpose_y: true,
-                    },
-                    &[pooled, w],
-                    "text_projection",
-                )?;
+                let e = lay.project(&mut g, &root, keys::PROJECTION, at, p)?;
                 g.set_output("text_embeds", e);
             }
-            None => g.set_output("pooled", pooled),
+            None => {
+                let pooled = lay.pooled(&mut g, at)?;
+                g.set_output("pooled", pooled);
+            }
         }
         if let Some(h) = hidden {
-            // A distinct node, so the output keeps its name even where a pass renames values.
+            let h = lay.sequence_output(&mut g, h, "hidden_state")?;
             g.set_output("hidden_state", h);
         }
         params.finish()?;
@@ -250,98 +229,27 @@ fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, Mo
     })
 }
 
-fn layer_norm(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    d: usize,
-    epsilon: f32,
-) -> Result<ValueId, ModelError> {
-    let gamma = p.constant(g, "weight", &[d])?;
-    let beta = p.constant(g, "bias", &[d])?;
-    Ok(g.add(Op::LayerNorm { epsilon }, &[x, gamma, beta], p.node("ln"))?)
-}
-
-/// `x · weightᵀ + bias` over the last axis.
-fn linear(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    cin: usize,
-    cout: usize,
-) -> Result<ValueId, ModelError> {
-    let w = p.constant(g, "weight", &[cout, cin])?;
-    let b = p.constant(g, "bias", &[cout])?;
-    let y = g.add(
-        Op::MatMul {
-            transpose_x: false,
-            transpose_y: true,
-        },
-        &[x, w],
-        p.node("matmul"),
-    )?;
-    Ok(g.add(Op::Binary(Binary::Add), &[y, b], p.node("linear"))?)
-}
-
-fn reshape(
-    g: &mut Graph,
-    x: ValueId,
-    shape: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Reshape {
-            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
-        },
-        &[x],
-        name,
-    )?)
-}
-
-fn transpose(g: &mut Graph, x: ValueId, name: String) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Transpose {
-            perm: vec![1, 0, 2],
-        },
-        &[x],
-        name,
-    )?)
-}
-
-/// One pre-norm encoder layer.
+/// One pre-norm encoder layer, in either layout.
 fn layer(
     g: &mut Graph,
+    lay: &Layout,
     p: &Scope,
-    cfg: &Config,
     x: ValueId,
     mask: ValueId,
 ) -> Result<ValueId, ModelError> {
-    let (s, d, h) = (cfg.positions, cfg.hidden, cfg.heads);
-    let dh = d / h;
-    let n = |what: &str| p.node(what);
+    let cfg = lay.cfg;
+    let d = cfg.hidden;
     let a = p.child("self_attn");
-    let x1 = layer_norm(g, &p.child("layer_norm1"), x, d, cfg.epsilon)?;
-    // [1, S, D] → [S, H, Dh] → [H, S, Dh]: the heads are attention's batch.
-    let mut heads = Vec::with_capacity(3);
-    for proj in ["q_proj", "k_proj", "v_proj"] {
-        let y = linear(g, &a.child(proj), x1, d, d)?;
-        let y = reshape(g, y, &[s, h, dh], a.child(proj).node("heads"))?;
-        heads.push(transpose(g, y, a.child(proj).node("by_head"))?);
-    }
-    let att = g.add(
-        Op::Attention {
-            scale: 1.0 / (dh as f32).sqrt(),
-        },
-        &[heads[0], heads[1], heads[2], mask],
-        a.node("attention"),
-    )?;
-    let att = transpose(g, att, a.node("by_position"))?;
-    let att = reshape(g, att, &[1, s, d], a.node("merged"))?;
-    let att = linear(g, &a.child("out_proj"), att, d, d)?;
-    let x = g.add(Op::Binary(Binary::Add), &[x, att], n("attn_residual"))?;
-    let x2 = layer_norm(g, &p.child("layer_norm2"), x, d, cfg.epsilon)?;
+    let x1 = lay.layer_norm(g, &p.child("layer_norm1"), x)?;
+    let q = lay.linear(g, &a.child("q_proj"), x1, d, d)?;
+    let k = lay.linear(g, &a.child("k_proj"), x1, d, d)?;
+    let v = lay.linear(g, &a.child("v_proj"), x1, d, d)?;
+    let att = lay.attention(g, &a, [q, k, v], mask)?;
+    let att = lay.linear(g, &a.child("out_proj"), att, d, d)?;
+    let x = g.add(Op::Binary(Binary::Add), &[x, att], p.node("attn_residual"))?;
+    let x2 = lay.layer_norm(g, &p.child("layer_norm2"), x)?;
     let mlp = p.child("mlp");
-    let y = linear(g, &mlp.child("fc1"), x2, d, cfg.intermediate)?;
+    let y = lay.linear(g, &mlp.child("fc1"), x2, d, cfg.intermediate)?;
     let y = match cfg.activation {
         Activation::Gelu => g.add(Op::Unary(Unary::Gelu), &[y], mlp.node("gelu"))?,
         Activation::QuickGelu => {
@@ -355,8 +263,8 @@ fn layer(
             g.add(Op::Binary(Binary::Mul), &[y, z], mlp.node("quick_gelu"))?
         }
     };
-    let y = linear(g, &mlp.child("fc2"), y, cfg.intermediate, d)?;
-    Ok(g.add(Op::Binary(Binary::Add), &[x, y], n("mlp_residual"))?)
+    let y = lay.linear(g, &mlp.child("fc2"), y, cfg.intermediate, d)?;
+    Ok(g.add(Op::Binary(Binary::Add), &[x, y], p.node("mlp_residual"))?)
 }
 
 impl Model for Clip {
@@ -425,6 +333,7 @@ impl Model for Clip {
     fn check_options(&self, part: Part, o: &ModelOptions) -> Result<(), ModelError> {
         let other = ModelOptions {
             hidden_layer: None,
+            layout: Default::default(),
             ..o.clone()
         };
         match other.names().first() {
