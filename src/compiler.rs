@@ -4,7 +4,7 @@
 use crate::ir::Graph;
 use crate::mil::{self, lower::Interface, ModelInfo, Target};
 use crate::models::{self, Model, ModelError, ModelOptions, Part, Role};
-use crate::package::{self, PackageError};
+use crate::package::{self, BlobWriter, PackageError};
 pub use crate::passes::quantize::Mode as QuantMode;
 use crate::passes::specialize_shapes::{Bindings, Specialize};
 pub use crate::passes::Compression;
@@ -670,13 +670,23 @@ pub fn compile(
     opts: &BuildOptions,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
+    compile_to(opts, BlobWriter::new(), after_pass)
+}
+
+/// [`compile`], with the weights going to `blobs`: a file-backed writer streams them into the
+/// package being written, so they are in memory once (in the graph), not twice.
+fn compile_to(
+    opts: &BuildOptions,
+    blobs: BlobWriter,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
     let t = Instant::now();
     let (model, part) = opts.model_part()?;
     model.check_options(part, &opts.model_options)?;
     let path = opts.weights_path()?;
     let weights = model.load(part, &path, &opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
-    let mut c = compile_from(opts, WeightsIn::Owned(weights), after_pass)?;
+    let mut c = compile_from(opts, WeightsIn::Owned(weights), blobs, after_pass)?;
     c.timings.insert(0, load);
     Ok(c)
 }
@@ -688,7 +698,12 @@ pub fn compile_weights(
     weights: &Weights,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
-    compile_from(opts, WeightsIn::Borrowed(weights), after_pass)
+    compile_from(
+        opts,
+        WeightsIn::Borrowed(weights),
+        BlobWriter::new(),
+        after_pass,
+    )
 }
 
 enum WeightsIn<'w> {
@@ -699,6 +714,7 @@ enum WeightsIn<'w> {
 fn compile_from(
     opts: &BuildOptions,
     weights: WeightsIn,
+    mut blobs: BlobWriter,
     mut after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
     let mut timings = Vec::new();
@@ -760,9 +776,22 @@ fn compile_from(
             .max_by_key(|l| l.bytes);
         drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
-        mil::lower::lower_multifunction(&functions, opts.target, &info, &iface)?
+        mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
     } else {
-        mil::lower(&g, opts.target, &info, &iface)?
+        mil::lower::lower_into(&g, opts.target, &info, &iface, &mut blobs)?
+    };
+    let lowered = if blobs.is_file() {
+        let weight_file = match blobs.is_empty() {
+            true => None,
+            false => Some(blobs.finish_file()?),
+        };
+        mil::Lowered {
+            model: lowered,
+            weight_bin: None,
+            weight_file,
+        }
+    } else {
+        mil::lower::in_memory(lowered, blobs)
     };
     timings.push(("lower".to_string(), t.elapsed()));
     Ok(Compiled {
@@ -778,7 +807,7 @@ fn compile_from(
 /// Builds the package `opts` describes and writes it atomically.
 ///
 /// Prints nothing, so it can run in a build script: with mlc as a build dependency, an app crate
-/// compiles its decoder into `OUT_DIR` and bakes the path in (examples/buildscript does this).
+/// compiles its decoder into `OUT_DIR` and bakes the path in (tests/buildscript does this).
 ///
 /// ```no_run
 /// // build.rs
@@ -797,6 +826,11 @@ fn compile_from(
 /// ```
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let out = opts.output_path()?;
+    opts.validate()?;
+    // Opened first, so the lowering writes weight.bin straight into the package; dropped on an
+    // error, it removes what it made.
+    let writer = package::PackageWriter::begin(&out)?;
+    let blobs = BlobWriter::to_file(&writer.weights_path())?;
     let mut dumper = match &opts.dump_passes {
         Some(dir) => Some(
             crate::dump::Dumper::new(dir, opts.target, interface(opts)?)
@@ -804,7 +838,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         ),
         None => None,
     };
-    let compiled = compile(opts, |pass, g| {
+    let compiled = compile_to(opts, blobs, |pass, g| {
         if let Some(d) = dumper.as_mut() {
             d.dump(pass, g);
         }
@@ -821,14 +855,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         mut timings,
     } = compiled;
     let t = Instant::now();
-    package::write_package(&out, &lowered.model, lowered.weight_bin.as_deref())?;
+    writer.finish(&lowered.model, lowered.has_weights())?;
     timings.push(("write".to_string(), t.elapsed()));
     Ok(BuildReport {
         package: out,
         model,
         part,
         ops: count_ops(&lowered.model),
-        weight_bytes: lowered.weight_bin.as_ref().map_or(0, Vec::len),
+        weight_bytes: lowered.weight_bytes() as usize,
         weights_sha256,
         timings,
         ane: crate::ane::analyze(&lowered.model),

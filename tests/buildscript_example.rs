@@ -1,4 +1,4 @@
-//! examples/buildscript, an app crate whose build script compiles TAEF2 with mlc, built offline
+//! tests/buildscript, an app crate whose build script compiles TAEF2 with mlc, built offline
 //! by a nested cargo; the package it made is evaluated against PyTorch's output and checked by
 //! coremltools.
 //!
@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 fn manifest() -> PathBuf {
-    repo().join("examples/buildscript/Cargo.toml")
+    repo().join("tests/buildscript/Cargo.toml")
 }
 
 /// Variables the outer `cargo test` sets for this test process. Build scripts of dependencies

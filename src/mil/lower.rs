@@ -62,8 +62,25 @@ pub enum LowerError {
 
 pub struct Lowered {
     pub model: spec::Model,
-    /// The contents of `weight.bin`, if any constant went there.
+    /// The contents of `weight.bin`, if any constant went there (in-memory lowering).
     pub weight_bin: Option<Vec<u8>>,
+    /// The length of `weight.bin` when the lowering streamed it to a file
+    /// ([`BlobWriter::to_file`]); None when no constant went there.
+    pub weight_file: Option<u64>,
+}
+
+impl Lowered {
+    /// Whether the package has a `weight.bin`.
+    pub fn has_weights(&self) -> bool {
+        self.weight_bin.is_some() || self.weight_file.is_some()
+    }
+
+    /// The size of `weight.bin` in bytes (0 without one).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bin
+            .as_ref()
+            .map_or(self.weight_file.unwrap_or(0), |b| b.len() as u64)
+    }
 }
 
 /// How the model's features are described beyond their MIL types.
@@ -85,7 +102,28 @@ pub fn lower(
     iface: &Interface,
 ) -> Result<Lowered, LowerError> {
     let mut blobs = BlobWriter::default();
-    let function = lower_function(g, target, &mut blobs)?;
+    let model = lower_into(g, target, info, iface, &mut blobs)?;
+    Ok(in_memory(model, blobs))
+}
+
+/// The model and in-memory `weight.bin` of a finished lowering.
+pub fn in_memory(model: spec::Model, blobs: BlobWriter) -> Lowered {
+    Lowered {
+        model,
+        weight_bin: (!blobs.is_empty()).then(|| blobs.finish()),
+        weight_file: None,
+    }
+}
+
+/// [`lower`], with the weights going to `blobs` (in memory, or streamed to a file).
+pub fn lower_into(
+    g: &Graph,
+    target: Target,
+    info: &ModelInfo,
+    iface: &Interface,
+    blobs: &mut BlobWriter,
+) -> Result<spec::Model, LowerError> {
+    let function = lower_function(g, target, blobs)?;
     let (input, output) = features(g, info, iface)?;
     let description = spec::ModelDescription {
         input,
@@ -97,7 +135,6 @@ pub fn lower(
         target,
         description,
         BTreeMap::from([("main".to_string(), function)]),
-        blobs,
     ))
 }
 
@@ -109,14 +146,26 @@ pub fn lower_multifunction(
     info: &ModelInfo,
     iface: &Interface,
 ) -> Result<Lowered, LowerError> {
+    let mut blobs = BlobWriter::default();
+    let model = lower_multifunction_into(functions, target, info, iface, &mut blobs)?;
+    Ok(in_memory(model, blobs))
+}
+
+/// [`lower_multifunction`], with the weights going to `blobs`.
+pub fn lower_multifunction_into(
+    functions: &[(String, Graph)],
+    target: Target,
+    info: &ModelInfo,
+    iface: &Interface,
+    blobs: &mut BlobWriter,
+) -> Result<spec::Model, LowerError> {
     if target < Target::Ios18 {
         return Err(LowerError::Multifunction(target));
     }
-    let mut blobs = BlobWriter::default();
     let mut fns = BTreeMap::new();
     let mut descriptions = Vec::new();
     for (name, g) in functions {
-        fns.insert(name.clone(), lower_function(g, target, &mut blobs)?);
+        fns.insert(name.clone(), lower_function(g, target, blobs)?);
         let (input, output) = features(g, info, iface)?;
         descriptions.push(spec::FunctionDescription {
             name: name.clone(),
@@ -134,29 +183,26 @@ pub fn lower_multifunction(
         metadata: Some(metadata(info)),
         ..Default::default()
     };
-    Ok(finish(target, description, fns, blobs))
+    Ok(finish(target, description, fns))
 }
 
 fn finish(
     target: Target,
     description: spec::ModelDescription,
     functions: BTreeMap<String, pb::Function>,
-    blobs: BlobWriter,
-) -> Lowered {
+) -> spec::Model {
     let program = pb::Program {
         version: 1,
         functions,
         doc_string: String::new(),
         attributes: Default::default(),
     };
-    let model = spec::Model {
+    spec::Model {
         specification_version: target.spec_version(),
         description: Some(description),
         is_updatable: false,
         r#type: Some(spec::model::Type::MlProgram(program)),
-    };
-    let weight_bin = (!blobs.is_empty()).then(|| blobs.finish());
-    Lowered { model, weight_bin }
+    }
 }
 
 fn metadata(info: &ModelInfo) -> spec::Metadata {

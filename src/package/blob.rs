@@ -11,7 +11,8 @@
 //! after the last blob's data (no trailing padding), as coremltools writes it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -92,14 +93,31 @@ impl BlobDType {
     }
 }
 
-/// Builds a `weight.bin` in memory.
+/// Builds a `weight.bin`, in memory or straight into a file.
+///
+/// The file form is what a full build uses: the weights are written as they are lowered, so a
+/// model's weights are in memory once (in the graph), not twice (graph and file). Writes to the
+/// file cannot fail at each [`BlobWriter::add`]: the first I/O error is kept and reported by
+/// [`BlobWriter::finish_file`], and nothing is written after it.
 #[derive(Debug)]
 pub struct BlobWriter {
-    buf: Vec<u8>,
+    sink: Sink,
+    /// Length of the file so far (header included).
+    len: u64,
     count: u32,
     /// Content hash → record offsets with that hash; the bytes are compared on a hit, so a hash
     /// collision can never merge different blobs.
     seen: HashMap<(BlobDType, u64, [u8; 32]), Vec<u64>>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Memory(Vec<u8>),
+    File {
+        file: std::fs::File,
+        path: PathBuf,
+        error: Option<std::io::Error>,
+    },
 }
 
 impl Default for BlobWriter {
@@ -109,12 +127,32 @@ impl Default for BlobWriter {
 }
 
 impl BlobWriter {
+    /// A writer that builds the file in memory ([`BlobWriter::finish`]).
     pub fn new() -> Self {
         BlobWriter {
-            buf: vec![0; HEADER_LEN],
+            sink: Sink::Memory(vec![0; HEADER_LEN]),
+            len: HEADER_LEN as u64,
             count: 0,
             seen: HashMap::new(),
         }
+    }
+
+    /// A writer that writes `path` (created or truncated) as blobs arrive
+    /// ([`BlobWriter::finish_file`]).
+    pub fn to_file(path: &Path) -> Result<Self, PackageError> {
+        let mut file = std::fs::File::create(path).map_err(PackageError::io(path))?;
+        file.write_all(&[0; HEADER_LEN])
+            .map_err(PackageError::io(path))?;
+        Ok(BlobWriter {
+            sink: Sink::File {
+                file,
+                path: path.to_path_buf(),
+                error: None,
+            },
+            len: HEADER_LEN as u64,
+            count: 0,
+            seen: HashMap::new(),
+        })
     }
 
     /// Appends a blob and returns the offset of its metadata record (what MIL references); an
@@ -144,31 +182,67 @@ impl BlobWriter {
 
     fn add_padded(&mut self, dtype: BlobDType, data: &[u8], padding_bits: u64) -> u64 {
         let key = (dtype, padding_bits, Sha256::digest(data).into());
-        if let Some(offsets) = self.seen.get(&key) {
-            for &off in offsets {
-                let start = off as usize + RECORD_LEN;
-                if &self.buf[start..start + data.len()] == data {
+        if let Some(offsets) = self.seen.get(&key).cloned() {
+            for off in offsets {
+                if self.stored_equals(off + RECORD_LEN as u64, data) {
                     return off;
                 }
             }
         }
 
-        let offset = self.buf.len().next_multiple_of(ALIGN);
-        self.buf.resize(offset, 0);
-        let data_offset = (offset + RECORD_LEN) as u64;
-        let mut record = [0u8; RECORD_LEN];
-        record[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
-        record[4..8].copy_from_slice(&(dtype as u32).to_le_bytes());
-        record[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
-        record[16..24].copy_from_slice(&data_offset.to_le_bytes());
-        record[24..32].copy_from_slice(&padding_bits.to_le_bytes());
-        self.buf.extend_from_slice(&record);
-        self.buf.extend_from_slice(data);
+        let offset = self.len.next_multiple_of(ALIGN as u64);
+        let data_offset = offset + RECORD_LEN as u64;
+        let mut record = vec![0u8; (offset - self.len) as usize + RECORD_LEN];
+        let r = record.len() - RECORD_LEN;
+        record[r..r + 4].copy_from_slice(&SENTINEL.to_le_bytes());
+        record[r + 4..r + 8].copy_from_slice(&(dtype as u32).to_le_bytes());
+        record[r + 8..r + 16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        record[r + 16..r + 24].copy_from_slice(&data_offset.to_le_bytes());
+        record[r + 24..r + 32].copy_from_slice(&padding_bits.to_le_bytes());
+        self.append(&record);
+        self.append(data);
         self.count += 1;
 
-        let offset = offset as u64;
         self.seen.entry(key).or_default().push(offset);
         offset
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        match &mut self.sink {
+            Sink::Memory(buf) => buf.extend_from_slice(bytes),
+            Sink::File { file, error, .. } => {
+                if error.is_none() {
+                    if let Err(e) = file.write_all(bytes) {
+                        *error = Some(e);
+                    }
+                }
+            }
+        }
+        self.len += bytes.len() as u64;
+    }
+
+    /// Whether the bytes at `start` are `data` (a hash hit, checked).
+    fn stored_equals(&mut self, start: u64, data: &[u8]) -> bool {
+        match &mut self.sink {
+            Sink::Memory(buf) => &buf[start as usize..start as usize + data.len()] == data,
+            Sink::File { file, error, .. } => {
+                if error.is_some() {
+                    return false;
+                }
+                let mut stored = vec![0; data.len()];
+                let read = file
+                    .seek(SeekFrom::Start(start))
+                    .and_then(|_| file.read_exact(&mut stored))
+                    .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()));
+                match read {
+                    Ok(()) => stored == data,
+                    Err(e) => {
+                        *error = Some(e);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// Whether no blob was added (a package without weights needs no `weight.bin`).
@@ -176,11 +250,53 @@ impl BlobWriter {
         self.count == 0
     }
 
-    /// The whole `weight.bin`.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.buf[0..4].copy_from_slice(&self.count.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        self.buf
+    /// Whether the blobs go to a file.
+    pub fn is_file(&self) -> bool {
+        matches!(self.sink, Sink::File { .. })
+    }
+
+    fn header(&self) -> [u8; 8] {
+        let mut h = [0; 8];
+        h[0..4].copy_from_slice(&self.count.to_le_bytes());
+        h[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        h
+    }
+
+    /// The whole `weight.bin` of an in-memory writer.
+    ///
+    /// # Panics
+    /// For a writer made by [`BlobWriter::to_file`] (a caller bug).
+    pub fn finish(self) -> Vec<u8> {
+        let header = self.header();
+        let Sink::Memory(mut buf) = self.sink else {
+            panic!("finish() of a file-backed BlobWriter: use finish_file()");
+        };
+        buf[0..8].copy_from_slice(&header);
+        buf
+    }
+
+    /// Completes the file of a writer made by [`BlobWriter::to_file`]: its length, or the first
+    /// error any write met.
+    ///
+    /// # Panics
+    /// For an in-memory writer (a caller bug).
+    pub fn finish_file(self) -> Result<u64, PackageError> {
+        let header = self.header();
+        let Sink::File {
+            mut file,
+            path,
+            error,
+        } = self.sink
+        else {
+            panic!("finish_file() of an in-memory BlobWriter: use finish()");
+        };
+        if let Some(e) = error {
+            return Err(PackageError::io(&path)(e));
+        }
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&header))
+            .map_err(PackageError::io(&path))?;
+        Ok(self.len)
     }
 }
 

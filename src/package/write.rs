@@ -50,38 +50,110 @@ pub(crate) fn write_package_with(
     weight_bin: Option<&[u8]>,
     after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
 ) -> Result<(), PackageError> {
-    let invalid = |reason: &str| PackageError::InvalidOutput {
-        path: out.to_path_buf(),
-        reason: reason.to_owned(),
-    };
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| n.ends_with(".mlpackage") && n.len() > ".mlpackage".len())
-        .ok_or_else(|| invalid("a package path must end in a name like model.mlpackage"))?;
-    check_replaceable(out)?;
+    let w = PackageWriter::begin(out)?;
+    if let Some(bytes) = weight_bin {
+        write_file(&w.weights_path(), bytes, after_file)?;
+    }
+    w.finish_with(model, weight_bin.is_some(), after_file)
+}
 
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let created = create_parents(&parent, out)?;
-    remove_stale(&parent, name);
+/// A package being written: its temporary directory exists from [`PackageWriter::begin`] on, so
+/// the weights can be streamed into [`PackageWriter::weights_path`] while the model is still
+/// being lowered; [`PackageWriter::finish`] adds the model and manifest and renames it into
+/// place. Dropped unfinished (an error on the way), it removes everything it made.
+pub struct PackageWriter {
+    out: PathBuf,
+    parent: PathBuf,
+    name: String,
+    tmp: PathBuf,
+    /// Parent directories this write created, outermost first.
+    created: Vec<PathBuf>,
+    done: bool,
+}
 
-    let tmp = unique_sibling(&parent, name, "tmp");
-    let result = fs::create_dir(&tmp)
-        .map_err(PackageError::io(&tmp))
-        .and_then(|()| fill(&tmp, model, weight_bin, after_file))
-        .and_then(|()| replace(&tmp, out, &parent, name));
-    if result.is_err() {
-        // Best effort: the original error is the one worth reporting.
-        let _ = fs::remove_dir_all(&tmp);
-        for dir in created.iter().rev() {
+impl PackageWriter {
+    /// Checks `out` (see [`write_package`]) and creates the temporary package beside it.
+    pub fn begin(out: &Path) -> Result<PackageWriter, PackageError> {
+        let invalid = |reason: &str| PackageError::InvalidOutput {
+            path: out.to_path_buf(),
+            reason: reason.to_owned(),
+        };
+        let name = out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".mlpackage") && n.len() > ".mlpackage".len())
+            .ok_or_else(|| invalid("a package path must end in a name like model.mlpackage"))?
+            .to_string();
+        check_replaceable(out)?;
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let created = create_parents(&parent, out)?;
+        remove_stale(&parent, &name);
+        let tmp = unique_sibling(&parent, &name, "tmp");
+        let w = PackageWriter {
+            out: out.to_path_buf(),
+            parent,
+            name,
+            tmp,
+            created,
+            done: false,
+        };
+        let weights_dir = w.weights_path();
+        let weights_dir = weights_dir.parent().expect("weight.bin has a directory");
+        fs::create_dir_all(weights_dir).map_err(PackageError::io(weights_dir))?;
+        Ok(w)
+    }
+
+    /// Where `weight.bin` goes (in the temporary package).
+    pub fn weights_path(&self) -> PathBuf {
+        self.tmp
+            .join(DATA_DIR)
+            .join(WEIGHTS_DIR_PATH)
+            .join(WEIGHTS_FILE)
+    }
+
+    /// Writes the model and the manifest and puts the package at its path. With `has_weights`,
+    /// `weight.bin` must have been written at [`PackageWriter::weights_path`].
+    pub fn finish(self, model: &Model, has_weights: bool) -> Result<(), PackageError> {
+        self.finish_with(model, has_weights, &mut |_| Ok(()))
+    }
+
+    fn finish_with(
+        mut self,
+        model: &Model,
+        has_weights: bool,
+        after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
+    ) -> Result<(), PackageError> {
+        let data = self.tmp.join(DATA_DIR);
+        if !has_weights {
+            let dir = data.join(WEIGHTS_DIR_PATH);
+            // An empty weights directory is not part of a package without weights.
+            let _ = fs::remove_file(dir.join(WEIGHTS_FILE));
+            fs::remove_dir(&dir).map_err(PackageError::io(&dir))?;
+        }
+        write_file(&data.join(MODEL_PATH), &model.encode_to_vec(), after_file)?;
+        let manifest = Manifest::for_model(has_weights).to_json();
+        write_file(&self.tmp.join(MANIFEST_FILE), &manifest, after_file)?;
+        replace(&self.tmp, &self.out, &self.parent, &self.name)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PackageWriter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Best effort: the error that stopped the write is the one worth reporting.
+        let _ = fs::remove_dir_all(&self.tmp);
+        for dir in self.created.iter().rev() {
             // Only empty ones: another writer may have put something there meanwhile.
             let _ = fs::remove_dir(dir);
         }
     }
-    result
 }
 
 /// Creates the missing directories of `parent`, returning them outermost first. A missing part
@@ -241,26 +313,6 @@ fn write_file(
     // No fsync: the rename makes a failed or interrupted build invisible, which is the promise;
     // surviving power loss is not, and three fsyncs would triple the time of a whole build.
     after_file(path)
-}
-
-fn fill(
-    dir: &Path,
-    model: &Model,
-    weight_bin: Option<&[u8]>,
-    after_file: &mut dyn FnMut(&Path) -> Result<(), PackageError>,
-) -> Result<(), PackageError> {
-    let data = dir.join(DATA_DIR);
-    let model_path = data.join(MODEL_PATH);
-    let model_dir = model_path.parent().expect("MODEL_PATH has a directory");
-    fs::create_dir_all(model_dir).map_err(PackageError::io(model_dir))?;
-    write_file(&model_path, &model.encode_to_vec(), after_file)?;
-    if let Some(bytes) = weight_bin {
-        let weights_dir = data.join(WEIGHTS_DIR_PATH);
-        fs::create_dir(&weights_dir).map_err(PackageError::io(&weights_dir))?;
-        write_file(&weights_dir.join(WEIGHTS_FILE), bytes, after_file)?;
-    }
-    let manifest = Manifest::for_model(weight_bin.is_some()).to_json();
-    write_file(&dir.join(MANIFEST_FILE), &manifest, after_file)
 }
 
 /// How often `replace` retries when other writers keep putting their package at `out`.

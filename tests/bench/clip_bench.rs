@@ -1,0 +1,247 @@
+//! Full-size CLIP text encoder benchmark inputs: `cargo run --release --example clip_bench --
+//! OUT_DIR`.
+//!
+//! Writes synthetic weights with the real shapes of the text encoders Stable Diffusion
+//! pipelines ship, in transformers' layout (`model.safetensors` + `config.json`), stored in
+//! fp16 as the published fp16 variants are: `OUT_DIR/clip-l/` (OpenAI CLIP ViT-L/14's
+//! `CLIPTextModel`: hidden 768, MLP 3072, 12 layers, 12 heads, quick_gelu) and `OUT_DIR/bigg/`
+//! (OpenCLIP ViT-bigG/14 as `CLIPTextModelWithProjection`: hidden 1280, MLP 5120, 32 layers, 20
+//! heads, gelu, projection 1280). Vocabulary 49408, 77 positions. Values are deterministic
+//! pseudo-random with a trained model's scales (linear weights uniform in ±1/√fan_in, norm
+//! scales near 1, embeddings ±0.02).
+//!
+//! It then lowers each model in both layouts through `mlc::compiler::compile` and prints the op
+//! counts, the Neural Engine report's misfits and layout hints, and the commands that time the
+//! whole-process builds.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use mlc::compiler::{compile, BuildOptions};
+use mlc::models::{ModelOptions, TransformerLayout};
+
+struct Arch {
+    name: &'static str,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    projection: Option<usize>,
+    act: &'static str,
+}
+
+const VOCAB: usize = 49408;
+const POSITIONS: usize = 77;
+
+#[derive(Clone, Copy)]
+enum Fill {
+    Weight,
+    Bias,
+    Scale,
+    Embedding,
+}
+
+impl Arch {
+    fn tensors(&self) -> BTreeMap<String, (Vec<usize>, Fill)> {
+        let (d, i) = (self.hidden, self.intermediate);
+        let mut t = BTreeMap::new();
+        let mut add = |k: String, shape: Vec<usize>, f: Fill| {
+            t.insert(k, (shape, f));
+        };
+        let m = "text_model";
+        add(
+            format!("{m}.embeddings.token_embedding.weight"),
+            vec![VOCAB, d],
+            Fill::Embedding,
+        );
+        add(
+            format!("{m}.embeddings.position_embedding.weight"),
+            vec![POSITIONS, d],
+            Fill::Embedding,
+        );
+        for n in 0..self.layers {
+            let p = format!("{m}.encoder.layers.{n}");
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                add(
+                    format!("{p}.self_attn.{proj}.weight"),
+                    vec![d, d],
+                    Fill::Weight,
+                );
+                add(format!("{p}.self_attn.{proj}.bias"), vec![d], Fill::Bias);
+            }
+            for norm in ["layer_norm1", "layer_norm2"] {
+                add(format!("{p}.{norm}.weight"), vec![d], Fill::Scale);
+                add(format!("{p}.{norm}.bias"), vec![d], Fill::Bias);
+            }
+            add(format!("{p}.mlp.fc1.weight"), vec![i, d], Fill::Weight);
+            add(format!("{p}.mlp.fc1.bias"), vec![i], Fill::Bias);
+            add(format!("{p}.mlp.fc2.weight"), vec![d, i], Fill::Weight);
+            add(format!("{p}.mlp.fc2.bias"), vec![d], Fill::Bias);
+        }
+        add(format!("{m}.final_layer_norm.weight"), vec![d], Fill::Scale);
+        add(format!("{m}.final_layer_norm.bias"), vec![d], Fill::Bias);
+        if let Some(p) = self.projection {
+            add("text_projection.weight".into(), vec![p, d], Fill::Weight);
+        }
+        t
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "architectures": [if self.projection.is_some() { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
+            "model_type": "clip_text_model",
+            "hidden_act": self.act,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "max_position_embeddings": POSITIONS,
+            "vocab_size": VOCAB,
+            "layer_norm_eps": 1e-5,
+        });
+        if let Some(p) = self.projection {
+            c["projection_dim"] = p.into();
+        }
+        c
+    }
+}
+
+/// splitmix64: deterministic, fast, good enough for weights nobody trains.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Writes the tensors as an fp16 safetensors file, streaming the data.
+fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Fill)>, seed: u64) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (k, (shape, _)) in tensors {
+        let n = shape.iter().product::<usize>() * 2;
+        header.insert(
+            k.clone(),
+            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}),
+        );
+        offset += n;
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let f = std::fs::File::create(path).expect("create weights file");
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+    out.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(&h).unwrap();
+    let mut rng = Rng(seed);
+    let mut buf = Vec::new();
+    for (shape, fill) in tensors.values() {
+        buf.clear();
+        let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
+        for _ in 0..shape.iter().product::<usize>() {
+            let u = rng.unit();
+            let v = match fill {
+                Fill::Weight => u / fan_in.sqrt(),
+                Fill::Bias | Fill::Embedding => 0.02 * u,
+                Fill::Scale => 1.0 + 0.1 * u,
+            };
+            buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+        out.write_all(&buf).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+fn main() {
+    let out: PathBuf = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            eprintln!("usage: clip_bench OUT_DIR");
+            std::process::exit(2)
+        });
+    let archs = [
+        Arch {
+            name: "clip-l",
+            hidden: 768,
+            intermediate: 3072,
+            layers: 12,
+            heads: 12,
+            projection: None,
+            act: "quick_gelu",
+        },
+        Arch {
+            name: "bigg",
+            hidden: 1280,
+            intermediate: 5120,
+            layers: 32,
+            heads: 20,
+            projection: Some(1280),
+            act: "gelu",
+        },
+    ];
+    for (seed, a) in archs.iter().enumerate() {
+        let dir = out.join(a.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let weights = dir.join("model.safetensors");
+        let tensors = a.tensors();
+        let params: usize = tensors
+            .values()
+            .map(|(s, _)| s.iter().product::<usize>())
+            .sum();
+        if !weights.exists() {
+            write_safetensors(&weights, &tensors, seed as u64 + 1);
+        }
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&a.config()).unwrap(),
+        )
+        .unwrap();
+        let model = if a.projection.is_some() {
+            "clip-bigg"
+        } else {
+            "clip-l"
+        };
+        println!(
+            "{model}: {:.1} M parameters, {:.1} MiB in fp16 ({})",
+            params as f64 / 1e6,
+            (params * 2) as f64 / (1u64 << 20) as f64,
+            weights.display()
+        );
+        for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
+            let mut o = BuildOptions::new(model, &weights);
+            o.model_options = ModelOptions {
+                hidden_layer: Some(2),
+                layout,
+                ..Default::default()
+            };
+            let c = compile(&o, |_, _| {}).unwrap();
+            let ops = mlc::compiler::count_ops(&c.lowered.model);
+            let r = mlc::ane::analyze(&c.lowered.model);
+            let hints: usize = r.hint_counts().values().sum();
+            let misfits: Vec<_> = r.misfits().map(|v| v.op_type.clone()).collect();
+            println!(
+                "  {layout:?}: {ops} MIL ops, off the ANE: {misfits:?}, layout hints: {hints} {:?}",
+                r.hint_counts()
+            );
+        }
+        for layout in ["standard", "ane"] {
+            println!(
+                "  /usr/bin/time -v target/release/mlc build {model} --weights {} --layout {layout} --hidden-layer penultimate -o /tmp/{model}_{layout}.mlpackage",
+                weights.display()
+            );
+        }
+    }
+}
