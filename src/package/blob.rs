@@ -140,7 +140,14 @@ impl BlobWriter {
     /// A writer that writes `path` (created or truncated) as blobs arrive
     /// ([`BlobWriter::finish_file`]).
     pub fn to_file(path: &Path) -> Result<Self, PackageError> {
-        let mut file = std::fs::File::create(path).map_err(PackageError::io(path))?;
+        // Readable too: a deduplicated blob is compared with the bytes already written.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(PackageError::io(path))?;
         file.write_all(&[0; HEADER_LEN])
             .map_err(PackageError::io(path))?;
         Ok(BlobWriter {
@@ -487,6 +494,32 @@ pub(crate) mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/ct_conv_relu.mlpackage/Data/com.apple.CoreML/weights/weight.bin"
     ));
+
+    /// The file a file-backed writer leaves is byte for byte what the in-memory one builds,
+    /// deduplication (read back from the file) included.
+    #[test]
+    fn file_backed_writer_writes_the_same_bytes() {
+        let blobs: [(BlobDType, Vec<u8>); 4] = [
+            (BlobDType::F16, vec![1; 100]),
+            (BlobDType::U8, vec![2; 7]),
+            (BlobDType::F16, vec![1; 100]),
+            (BlobDType::F32, (0..=255).collect()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weight.bin");
+        let (mut mem, mut file) = (BlobWriter::new(), BlobWriter::to_file(&path).unwrap());
+        for (dtype, data) in &blobs {
+            assert_eq!(mem.add(*dtype, data), file.add(*dtype, data));
+        }
+        let len = file.finish_file().unwrap();
+        let bytes = mem.finish();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(BlobReader::new(&bytes).unwrap().len(), 3, "one duplicate stored once");
+        let missing = dir.path().join("no/such/dir/weight.bin");
+        let e = BlobWriter::to_file(&missing).unwrap_err().to_string();
+        assert!(e.contains("no/such/dir"), "{e}");
+    }
 
     #[test]
     fn reads_coremltools_weights() {
