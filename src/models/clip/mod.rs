@@ -1,3 +1,6 @@
+//! CLIP encoders: the text encoders here, the image encoder (`clip-vision`) in [`vision`], the
+//! transformer layer they share in [`transformer`].
+//!
 //! CLIP text encoders, as Stable Diffusion pipelines use them: `clip-l` (OpenAI CLIP ViT-L/14's
 //! `CLIPTextModel`: SD 1.x, SDXL's first encoder), `clip-bigg` (OpenCLIP ViT-bigG/14, SDXL's
 //! second) and `clip-h` (OpenCLIP ViT-H/14, SD 2.x), the last two as
@@ -18,16 +21,20 @@
 //! last N-1 layers, without the final norm): SDXL and SD 2.x condition on N = 2.
 
 pub mod keys;
+pub mod transformer;
+pub mod vision;
+pub mod vision_keys;
 
-use super::nn::{Params, Scope};
-use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
-use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
+use super::nn::Params;
+use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role};
+use crate::ir::{Binary, Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
 use crate::weights::{StoredDtype, WeightFile, Weights};
 use keys::{Activation, Config, Layout};
 use std::collections::BTreeMap;
 use std::path::Path;
+use transformer::{feature, layer, layer_norm, Encoder};
 
 /// The sequence length every SD pipeline tokenizes to; the position table's length in the
 /// weights decides the built one.
@@ -74,16 +81,6 @@ pub static CLIP_H: Clip = Clip {
     heads: 16,
     pipeline: "OpenCLIP ViT-H/14 (SD 2.x)",
 };
-
-fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feature {
-    Feature {
-        name: name.into(),
-        role,
-        shape,
-        description,
-        range: None,
-    }
-}
 
 impl Clip {
     /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
@@ -189,9 +186,17 @@ impl Clip {
             .collect();
         let mask = g.constant("causal_mask", Tensor::f32(vec![s, s], mask));
         let mut hidden = None;
+        let encoder = Encoder {
+            tokens: s,
+            hidden: d,
+            intermediate: cfg.intermediate,
+            heads: cfg.heads,
+            epsilon: cfg.epsilon,
+            activation: cfg.activation,
+        };
         for i in 0..cfg.layers {
             let p = root.child("encoder.layers").child(i);
-            x = layer(&mut g, &p, cfg, x, mask)?;
+            x = layer(&mut g, &p, &encoder, x, Some(mask))?;
             if o.hidden_layer == Some(cfg.layers - i) {
                 hidden = Some(x);
             }
@@ -248,115 +253,6 @@ fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, Mo
         Some("clip") => json.get("text_config").cloned().map(|t| (at, t)),
         _ => None,
     })
-}
-
-fn layer_norm(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    d: usize,
-    epsilon: f32,
-) -> Result<ValueId, ModelError> {
-    let gamma = p.constant(g, "weight", &[d])?;
-    let beta = p.constant(g, "bias", &[d])?;
-    Ok(g.add(Op::LayerNorm { epsilon }, &[x, gamma, beta], p.node("ln"))?)
-}
-
-/// `x · weightᵀ + bias` over the last axis.
-fn linear(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    cin: usize,
-    cout: usize,
-) -> Result<ValueId, ModelError> {
-    let w = p.constant(g, "weight", &[cout, cin])?;
-    let b = p.constant(g, "bias", &[cout])?;
-    let y = g.add(
-        Op::MatMul {
-            transpose_x: false,
-            transpose_y: true,
-        },
-        &[x, w],
-        p.node("matmul"),
-    )?;
-    Ok(g.add(Op::Binary(Binary::Add), &[y, b], p.node("linear"))?)
-}
-
-fn reshape(
-    g: &mut Graph,
-    x: ValueId,
-    shape: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Reshape {
-            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
-        },
-        &[x],
-        name,
-    )?)
-}
-
-fn transpose(g: &mut Graph, x: ValueId, name: String) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Transpose {
-            perm: vec![1, 0, 2],
-        },
-        &[x],
-        name,
-    )?)
-}
-
-/// One pre-norm encoder layer.
-fn layer(
-    g: &mut Graph,
-    p: &Scope,
-    cfg: &Config,
-    x: ValueId,
-    mask: ValueId,
-) -> Result<ValueId, ModelError> {
-    let (s, d, h) = (cfg.positions, cfg.hidden, cfg.heads);
-    let dh = d / h;
-    let n = |what: &str| p.node(what);
-    let a = p.child("self_attn");
-    let x1 = layer_norm(g, &p.child("layer_norm1"), x, d, cfg.epsilon)?;
-    // [1, S, D] → [S, H, Dh] → [H, S, Dh]: the heads are attention's batch.
-    let mut heads = Vec::with_capacity(3);
-    for proj in ["q_proj", "k_proj", "v_proj"] {
-        let y = linear(g, &a.child(proj), x1, d, d)?;
-        let y = reshape(g, y, &[s, h, dh], a.child(proj).node("heads"))?;
-        heads.push(transpose(g, y, a.child(proj).node("by_head"))?);
-    }
-    let att = g.add(
-        Op::Attention {
-            scale: 1.0 / (dh as f32).sqrt(),
-        },
-        &[heads[0], heads[1], heads[2], mask],
-        a.node("attention"),
-    )?;
-    let att = transpose(g, att, a.node("by_position"))?;
-    let att = reshape(g, att, &[1, s, d], a.node("merged"))?;
-    let att = linear(g, &a.child("out_proj"), att, d, d)?;
-    let x = g.add(Op::Binary(Binary::Add), &[x, att], n("attn_residual"))?;
-    let x2 = layer_norm(g, &p.child("layer_norm2"), x, d, cfg.epsilon)?;
-    let mlp = p.child("mlp");
-    let y = linear(g, &mlp.child("fc1"), x2, d, cfg.intermediate)?;
-    let y = match cfg.activation {
-        Activation::Gelu => g.add(Op::Unary(Unary::Gelu), &[y], mlp.node("gelu"))?,
-        Activation::QuickGelu => {
-            let k = g.constant(mlp.node("quick_gelu_k"), Tensor::scalar(1.702f32));
-            let z = g.add(
-                Op::Binary(Binary::Mul),
-                &[y, k],
-                mlp.node("quick_gelu_scaled"),
-            )?;
-            let z = g.add(Op::Unary(Unary::Sigmoid), &[z], mlp.node("quick_gelu_gate"))?;
-            g.add(Op::Binary(Binary::Mul), &[y, z], mlp.node("quick_gelu"))?
-        }
-    };
-    let y = linear(g, &mlp.child("fc2"), y, cfg.intermediate, d)?;
-    Ok(g.add(Op::Binary(Binary::Add), &[x, y], n("mlp_residual"))?)
 }
 
 impl Model for Clip {
