@@ -316,6 +316,21 @@ impl BuildOptions {
             None => {}
         }
         let iface = model.interface(part, &self.model_options);
+        // An image size with no default is the weights' (clip-vision's position table): one
+        // size can be checked against them, several cannot all be it.
+        if sizes.len() > 1
+            && iface.feature(Role::Image).is_some()
+            && iface.size_of(Role::Image, &iface.default_size).is_none()
+        {
+            return option_error(
+                O::Sizes,
+                format!(
+                    "{} sizes given, but {}'s weights fix its one image size",
+                    sizes.len(),
+                    model.name()
+                ),
+            );
+        }
         if self.output_type == OutputType::Image && image_range(&iface.outputs).is_none() {
             return option_error(
                 O::OutputType,

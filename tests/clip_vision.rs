@@ -106,10 +106,11 @@ fn image_input_normalises_each_channel() {
     // A grey image: CLIP's means differ per channel, so the normalised planes differ and the
     // model sees a tinted image; the reference is the same grey fed as normalised pixel_values.
     let grey = Array::new(vec![1, 3, 64, 64], vec![128.0; 3 * 64 * 64]);
-    let mean = [0.481_454_66f32, 0.457_827_5, 0.408_210_73];
-    let std = [0.268_629_54f32, 0.261_302_58, 0.275_777_11];
+    // The fixture README's statistics.
+    let mean = [0.48145466f64, 0.4578275, 0.40821073];
+    let std = [0.26862954f64, 0.26130258, 0.27577711];
     let normalised: Vec<f32> = (0..3 * 64 * 64)
-        .map(|i| (128.0 / 255.0 - mean[i / 4096]) / std[i / 4096])
+        .map(|i| ((128.0 / 255.0 - mean[i / 4096]) / std[i / 4096]) as f32)
         .collect();
     let mut a = options(
         "clip-vision",
@@ -310,6 +311,11 @@ fn wrong_weights_configs_and_sizes_are_one_line_errors() {
             "{e}"
         );
     }
+    // Several sizes cannot all be the weights' one.
+    let mut o = options("clip-vision", &weights(), Precision::Fp16, target.clone());
+    o.sizes = Sizes::Image(vec![[64, 64], [128, 128]]);
+    let e = one_line_error(&o);
+    assert!(e.contains("2 sizes given") && e.contains("fix"), "{e}");
     // The size the weights have is accepted, and recorded.
     let mut o = options("clip-vision", &weights(), Precision::Fp16, target.clone());
     o.sizes = Sizes::Image(vec![[64, 64]]);

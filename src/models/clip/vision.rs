@@ -30,7 +30,7 @@ use std::path::Path;
 /// OpenCLIP's ViT-H and bigG reuse).
 pub const NORMALIZATION: Normalization = Normalization {
     mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-    std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+    std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
 };
 
 /// The interface's symbol for the image side; the weights fix its value.

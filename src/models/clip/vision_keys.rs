@@ -115,7 +115,7 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, String> {
         ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
     };
     let (hidden, patch) = match shape(PATCH_EMBEDDING)?[..] {
-        [d, 3, p, q] if p == q && p > 0 => (d, p),
+        [d, 3, p, q] if p == q && p > 0 && d > 0 => (d, p),
         ref s => {
             return Err(format!(
                 "\"{PATCH_EMBEDDING}\" has shape {s:?}, expected [hidden, 3, patch, patch] (a \
