@@ -82,6 +82,38 @@ fn vision_encoder_matches_transformers() {
     }
 }
 
+/// iOS18 keeps attention as one `scaled_dot_product_attention` per layer, without a mask.
+#[test]
+fn fused_attention_without_a_mask_matches_on_ios18() {
+    let out = out_dir("clip_vision_ios18");
+    let mut o = options(
+        "clip-vision",
+        &weights(),
+        Precision::Fp16,
+        out.join("clip-vision_fp16_ios18.mlpackage"),
+    );
+    o.target = mlc::mil::Target::Ios18;
+    let pkg = build(&o).unwrap().package;
+    let p = mlc::package::read_package(&pkg).unwrap();
+    let text = mlc::mil::print::print_model(&p.model);
+    assert_eq!(
+        text.matches("scaled_dot_product_attention(").count(),
+        3,
+        "one fused op per layer: {text}"
+    );
+    assert!(!text.contains("attn_mask"), "{text}");
+    for c in ["image0", "image1"] {
+        let f = case(c);
+        let x = f["pixel_values"].clone();
+        let got = mlc::run::run(&p, "main", &BTreeMap::from([("pixel_values".into(), x)])).unwrap();
+        for name in ["last_hidden_state", "image_embeds"] {
+            let e = relative_error(&got[name], &f[name]);
+            println!("clip-vision_fp16_ios18 {c} {name}: relative max error {e:.2e}");
+            assert!(e <= 5e-3, "ios18 {c} {name}: {e}");
+        }
+    }
+}
+
 /// The image input's mean and std are per channel: the MIL scales by three values, and a grey
 /// image gives what its per-channel normalised planes give.
 #[test]
