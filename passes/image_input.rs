@@ -1,20 +1,65 @@
 //! Image input: a Core ML image input delivers 8-bit RGB values as 0..255 floats, so they are
-//! mapped to the range the model computes in, `[low, high]`, inside the model.
+//! mapped to what the model computes on inside the model, per channel `x * scale + bias`: a
+//! range `[low, high]` (the same for every channel), or a range then a normalisation like
+//! CLIP's `(x - mean) / std`.
 //!
 //! ```text
 //! %image = input("image")     ==>    %image = input("image")              (0..255)
-//! %conv = conv(%image, …)            %image_scaled = mul(%image, (high - low) / 255)
-//!                                   (%image_low = add(%image_scaled, low)     when low != 0)
+//! %conv = conv(%image, …)            %image_scaled = mul(%image, scale)
+//!                                   (%image_low = add(%image_scaled, bias)     when bias != 0)
 //!                                    %conv = conv(%image_low, …)
 //! ```
+//!
+//! A scale or bias equal on every channel is a scalar; otherwise a `[1, 3, 1, 1]` constant.
 
 use super::Pass;
 use crate::ir::{Binary, Graph, IrError, Op, Rebuilder, ValueId};
 use crate::tensor::Tensor;
 
+/// Per channel, `pixel * scale + bias` for pixels in 0..255.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelMap {
+    pub scale: [f32; 3],
+    pub bias: [f32; 3],
+}
+
+impl PixelMap {
+    /// 0..255 to `[low, high]`.
+    pub fn range(low: f32, high: f32) -> PixelMap {
+        PixelMap {
+            scale: [(high - low) / 255.0; 3],
+            bias: [low; 3],
+        }
+    }
+
+    /// 0..255 to `[low, high]`, then `(x - mean) / std`, as one multiply-add (computed in f64,
+    /// rounded once).
+    pub fn normalized(low: f32, high: f32, mean: [f32; 3], std: [f32; 3]) -> PixelMap {
+        let (lo, span) = (low as f64, (high - low) as f64);
+        let mut m = PixelMap {
+            scale: [0.0; 3],
+            bias: [0.0; 3],
+        };
+        for c in 0..3 {
+            let s = std[c] as f64;
+            m.scale[c] = (span / 255.0 / s) as f32;
+            m.bias[c] = ((lo - mean[c] as f64) / s) as f32;
+        }
+        m
+    }
+}
+
 pub struct ImageInput {
-    pub low: f32,
-    pub high: f32,
+    pub map: PixelMap,
+}
+
+/// A scalar when every channel has the same value, else `[1, 3, 1, 1]`.
+fn per_channel(v: [f32; 3]) -> Tensor {
+    if v.iter().all(|&x| x == v[0]) {
+        Tensor::scalar(v[0])
+    } else {
+        Tensor::f32(vec![1, 3, 1, 1], v.to_vec())
+    }
 }
 
 impl Pass for ImageInput {
@@ -37,17 +82,17 @@ impl Pass for ImageInput {
             let dtype = g.ty(x).dtype;
             let k = g.constant(
                 g.fresh_name(&format!("{base}_scale")),
-                Tensor::scalar((self.high - self.low) / 255.0).cast(dtype),
+                per_channel(self.map.scale).cast(dtype),
             );
             let mut y = g.add(
                 Op::Binary(Binary::Mul),
                 &[x, k],
                 g.fresh_name(&format!("{base}_scaled")),
             )?;
-            if self.low != 0.0 {
+            if self.map.bias != [0.0; 3] {
                 let lo = g.constant(
                     g.fresh_name(&format!("{base}_low_y")),
-                    Tensor::scalar(self.low).cast(dtype),
+                    per_channel(self.map.bias).cast(dtype),
                 );
                 y = g.add(
                     Op::Binary(Binary::Add),
@@ -83,15 +128,18 @@ mod tests {
         g.set_output("y", y);
         let px = Array::new(vec![1, 3, 1, 2], vec![0.0, 255.0, 127.5, 51.0, 255.0, 0.0]);
         let inputs = BTreeMap::from([("image".to_string(), px)]);
-        for (low, high, want) in [
-            (0.0, 1.0, [0.0, 1.0, 0.5, 0.2, 1.0, 0.0]),
-            (-1.0, 1.0, [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+        let clip = PixelMap::normalized(0.0, 1.0, [0.5, 0.25, 0.0], [0.5, 0.25, 2.0]);
+        for (map, want) in [
+            (PixelMap::range(0.0, 1.0), [0.0, 1.0, 0.5, 0.2, 1.0, 0.0]),
+            (PixelMap::range(-1.0, 1.0), [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+            // Channel 0: (x - 0.5) / 0.5; 1: (x - 0.25) / 0.25; 2: x / 2 (relu after).
+            (clip, [0.0, 1.0, 1.0, 0.0, 0.5, 0.0]),
         ] {
-            let h = ImageInput { low, high }.run(g.clone()).unwrap();
+            let h = ImageInput { map }.run(g.clone()).unwrap();
             verify(&h).unwrap();
             let out = &evaluate(&h, &inputs).unwrap()["y"];
             for (a, b) in out.data.iter().zip(want) {
-                assert!((a - b).abs() < 1e-6, "{low}..{high}: {:?}", out.data);
+                assert!((a - b).abs() < 1e-6, "{map:?}: {:?}", out.data);
             }
         }
     }

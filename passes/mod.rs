@@ -48,8 +48,8 @@ pub struct PipelineOptions {
     /// The output is an 8-bit image: clamp the model's range `(low, high)` and map it to
     /// [0, 255] in the model.
     pub image_output: Option<(f32, f32)>,
-    /// The input is an 8-bit image: map [0, 255] to the model's range `(low, high)`.
-    pub image_input: Option<(f32, f32)>,
+    /// The input is an 8-bit image: map [0, 255] to what the model computes on, per channel.
+    pub image_input: Option<image_input::PixelMap>,
     /// Symbol values of every enumerated size, when the graph has symbolic sizes.
     pub sizes: Vec<specialize_shapes::Bindings>,
     /// Weight compression, if any.
@@ -99,8 +99,8 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
         // Before the layout pass, so scaling happens on NCHW values like every other op.
         passes.push(Box::new(image_output::ImageOutput { low, high }));
     }
-    if let Some((low, high)) = opts.image_input {
-        passes.push(Box::new(image_input::ImageInput { low, high }));
+    if let Some(map) = opts.image_input {
+        passes.push(Box::new(image_input::ImageInput { map }));
     }
     if opts.input_nhwc || opts.output_nhwc {
         passes.push(Box::new(canonicalize_layout::CanonicalizeLayout {

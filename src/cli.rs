@@ -66,8 +66,8 @@ pub struct BuildArgs {
     /// Model. Tiny autoencoders: taesd, taesdxl (SD 1.x/2.x and SDXL, 4 latent channels),
     /// taesd3, taef1 / flux1 (16), taef2 / flux2 (32). Full VAEs: sd-vae (sd15-vae, sd21-vae),
     /// sdxl-vae (4), sd3-vae, flux1-vae (16), flux2-vae (32). CLIP text encoders: clip-l
-    /// (SD 1.x, SDXL), clip-bigg (SDXL's second), clip-h (SD 2.x). The architecture is checked
-    /// against the weights.
+    /// (SD 1.x, SDXL), clip-bigg (SDXL's second), clip-h (SD 2.x). CLIP image encoder:
+    /// clip-vision (image prompts). The architecture is checked against the weights.
     pub model: String,
     /// Which part of the autoencoder: decoder (latent → image) or encoder (image → latent).
     /// [default: the model's first part: decoder for autoencoders, encoder for text encoders]
@@ -144,8 +144,9 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value_t = OutputTypeArg::Array)]
     pub output_type: OutputTypeArg,
     /// Encoders: array (an [1, 3, H, W] multi-array in the model's range: [0, 1] for TAESD,
-    /// [-1, 1] for full VAEs) or image (a Core ML RGB image; the mapping of its 0..255 pixels to
-    /// the model's range happens inside the model).
+    /// [-1, 1] for full VAEs, CLIP-normalised pixel_values for clip-vision) or image (a Core ML
+    /// RGB image; the mapping of its 0..255 pixels to the model's range, and clip-vision's
+    /// per-channel mean and std, happen inside the model).
     #[arg(long, value_enum, default_value_t = OutputTypeArg::Array, value_name = "TYPE")]
     pub input_type: OutputTypeArg,
     /// Palettize weights: each weight tensor becomes a table of 2^BITS values (exact optimal

@@ -5,6 +5,7 @@ use crate::ir::Graph;
 use crate::mil::{self, lower::Interface, ModelInfo, Target};
 use crate::models::{self, Model, ModelError, ModelOptions, Part, Role};
 use crate::package::{self, BlobWriter, PackageError};
+use crate::passes::image_input::PixelMap;
 pub use crate::passes::quantize::Mode as QuantMode;
 use crate::passes::specialize_shapes::{Bindings, Specialize};
 pub use crate::passes::Compression;
@@ -315,6 +316,21 @@ impl BuildOptions {
             None => {}
         }
         let iface = model.interface(part, &self.model_options);
+        // An image size with no default is the weights' (clip-vision's position table): one
+        // size can be checked against them, several cannot all be it.
+        if sizes.len() > 1
+            && iface.feature(Role::Image).is_some()
+            && iface.size_of(Role::Image, &iface.default_size).is_none()
+        {
+            return option_error(
+                O::Sizes,
+                format!(
+                    "{} sizes given, but {}'s weights fix its one image size",
+                    sizes.len(),
+                    model.name()
+                ),
+            );
+        }
         if self.output_type == OutputType::Image && image_range(&iface.outputs).is_none() {
             return option_error(
                 O::OutputType,
@@ -638,7 +654,7 @@ pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildErr
             None
         },
         image_input: if image_in {
-            image_range(&iface.inputs)
+            image_pixels(&iface.inputs)
         } else {
             None
         },
@@ -891,6 +907,18 @@ fn image_range(features: &[models::Feature]) -> Option<(f32, f32)> {
     }
 }
 
+/// How the one RGB image input among `features` maps 0..255 pixels to the model's values.
+fn image_pixels(features: &[models::Feature]) -> Option<PixelMap> {
+    let [f] = features else {
+        return None;
+    };
+    let (low, high) = f.range?;
+    Some(match f.normalization {
+        None => PixelMap::range(low, high),
+        Some(n) => PixelMap::normalized(low, high, n.mean, n.std),
+    })
+}
+
 /// The image size at every enumerated size, `[height, width]`.
 fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
     let (model, part) = opts.model_part()?;
@@ -906,6 +934,15 @@ fn image_sizes(opts: &BuildOptions) -> Result<Vec<[usize; 2]>, BuildError> {
                 })
         })
         .collect()
+}
+
+/// Whether the image size is the weights' alone: no size given, and the interface has none by
+/// default (`clip-vision`, whose position embeddings fix it).
+fn fixed_by_weights(opts: &BuildOptions, iface: &models::Interface) -> Result<bool, BuildError> {
+    Ok(opts
+        .size_bindings()?
+        .iter()
+        .any(|b| iface.size_of(Role::Image, b).is_none()))
 }
 
 /// Non-const MIL ops of every function of a model.
@@ -930,13 +967,14 @@ fn model_info(
     opts: &BuildOptions,
 ) -> Result<ModelInfo, BuildError> {
     let iface = model.interface(part, &opts.model_options);
-    // Text encoders have no image, and one fixed size.
+    // Text encoders have no image; an image encoder's weights fix its size (none is recorded
+    // unless one was asked for).
     let sizes: Vec<String> = match iface.feature(Role::Image) {
-        Some(_) => image_sizes(opts)?
+        Some(_) if !fixed_by_weights(opts, &iface)? => image_sizes(opts)?
             .iter()
             .map(|s| format!("{}x{}", s[0], s[1]))
             .collect(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let mut user_defined = BTreeMap::from([
         ("mlc.model".to_string(), model.name().to_string()),

@@ -285,3 +285,29 @@ fn clip_l_text_encoder_ane_fp16() {
     assert_eq!(text.matches("axes=[1]").count(), 7, "{text}");
     snapshot!("clip_l_text_encoder_ane_fp16_ios16", text);
 }
+
+#[test]
+fn clip_vision_encoder_fp16() {
+    let path = shared("fixtures/clip/vision/model.safetensors");
+    let none = mlc::models::ModelOptions::default();
+    let model = mlc::models::lookup("clip-vision").unwrap();
+    let w = model
+        .load(mlc::models::Part::Encoder, &path, &none)
+        .unwrap();
+    let o = BuildOptions::new("clip-vision", "unused");
+    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let text = print_model(&c.lowered.model);
+    // What review must see in it: the image in, one strided patch convolution, the class token
+    // concatenated in front, pre-norm + two norms per layer + post-norm, no mask, and the class
+    // token sliced out for the projection.
+    assert!(
+        text.contains("// input pixel_values: multiarray float16 [1, 3, 64, 64]"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" = conv(").count(), 1, "{text}");
+    assert_eq!(text.matches(" = concat(").count(), 1, "{text}");
+    assert_eq!(text.matches(" = layer_norm(").count(), 8, "{text}");
+    assert_eq!(text.matches(" = slice_by_index(").count(), 1, "{text}");
+    assert!(!text.contains("causal_mask"), "{text}");
+    snapshot!("clip_vision_encoder_fp16_ios16", text);
+}

@@ -73,6 +73,16 @@ pub struct Feature {
     /// For an RGB image, the value range the model computes in (`(0, 1)` for TAESD, `(-1, 1)`
     /// for the full VAEs): what a Core ML image's 0..255 pixels map to.
     pub range: Option<(f32, f32)>,
+    /// For an RGB image input, the per-channel normalisation the model expects after `range`
+    /// (CLIP's `(x - mean) / std`).
+    pub normalization: Option<Normalization>,
+}
+
+/// Per-channel `(x - mean) / std` over an RGB image's channels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
 }
 
 /// A model's inputs and outputs, the symbols their sizes are written in, and the default size.
@@ -128,7 +138,13 @@ impl Interface {
         }
         for g in self.inputs.iter().chain(&self.outputs) {
             for d in &g.shape {
-                if d.resolve(&|s| b.get(s).copied()).is_none() {
+                // A symbol the size does not bind (a hidden size the weights give) is not a
+                // fraction.
+                let bound = match d {
+                    Dim::Sym(s) => s.symbols().all(|n| b.contains_key(n)),
+                    Dim::Known(_) => true,
+                };
+                if bound && d.resolve(&|s| b.get(s).copied()).is_none() {
                     let den = match d {
                         Dim::Sym(s) => s.coefficient().1,
                         Dim::Known(_) => 1,
@@ -347,6 +363,7 @@ pub static REGISTRY: &[&dyn Model] = &[
     &clip::CLIP_L,
     &clip::CLIP_BIGG,
     &clip::CLIP_H,
+    &clip::vision::CLIP_VISION,
 ];
 
 pub fn registry() -> &'static [&'static dyn Model] {

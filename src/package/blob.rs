@@ -515,7 +515,11 @@ pub(crate) mod tests {
         let bytes = mem.finish();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         assert_eq!(len, bytes.len() as u64);
-        assert_eq!(BlobReader::new(&bytes).unwrap().len(), 3, "one duplicate stored once");
+        assert_eq!(
+            BlobReader::new(&bytes).unwrap().len(),
+            3,
+            "one duplicate stored once"
+        );
         let missing = dir.path().join("no/such/dir/weight.bin");
         let e = BlobWriter::to_file(&missing).unwrap_err().to_string();
         assert!(e.contains("no/such/dir"), "{e}");

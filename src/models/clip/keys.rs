@@ -33,7 +33,9 @@ pub struct Layout {
 impl Layout {
     /// Finds the one text model among `keys`.
     pub fn find<'k>(keys: impl Iterator<Item = &'k str>) -> Result<Layout, String> {
+        let mut image = false;
         let found: Vec<&str> = keys
+            .inspect(|k| image |= k.ends_with(super::vision_keys::PATCH_EMBEDDING))
             .filter_map(|k| k.strip_suffix(TOKEN_EMBEDDING))
             .filter(|p| p.is_empty() || p.ends_with('.'))
             .collect();
@@ -45,6 +47,11 @@ impl Layout {
                     .unwrap_or(prefix)
                     .to_string(),
             }),
+            [] if image => Err(format!(
+                "no CLIP text encoder here: no key ends in \"{TOKEN_EMBEDDING}\", and \
+                 \"{}\" says these are an image encoder's weights (build clip-vision)",
+                super::vision_keys::PATCH_EMBEDDING
+            )),
             [] => Err(format!(
                 "no CLIP text encoder here: no key ends in \"{TOKEN_EMBEDDING}\" (transformers \
                  layout, bare, under text_model., or under {})",

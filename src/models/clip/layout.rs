@@ -1,6 +1,6 @@
 //! Where CLIP's two layouts (`--layout`) differ: how the token states are laid out and what that
 //! makes of embeddings, norms, linear layers, attention and pooling. The encoder layer itself
-//! ([`super::layer`]) is written once against these pieces.
+//! ([`super::transformer::layer`]) is written once against these pieces, for text and images.
 //!
 //! `standard` keeps the states as `[1, S, D]`, as traced PyTorch models do: linear layers are
 //! matmuls and attention runs on `[H, S, D/H]` after a reshape and a transpose.
@@ -13,32 +13,33 @@
 //! built (the token table to `[1, D, V]`, so that one gather yields `[1, D, 1, S]`), so the
 //! only layout changes left at run time are the ones the interface asks for at the outputs.
 
-use super::keys::Config;
+use super::transformer::{reshape, transpose, Encoder};
 use super::MASKED;
-use crate::ir::{Binary, Conv2d, Dim, Graph, Op, ValueId};
+use crate::ir::{Binary, Conv2d, Graph, Op, ValueId};
 use crate::models::nn::Scope;
 use crate::models::{ModelError, TransformerLayout};
 use crate::tensor::Tensor;
 
-/// The layout-specific pieces of a CLIP transformer with sizes `cfg`.
-pub(super) struct Layout<'c> {
+/// The layout-specific pieces of a CLIP transformer with sizes `enc`.
+pub struct Layout<'e> {
     pub kind: TransformerLayout,
-    pub cfg: &'c Config,
+    pub enc: &'e Encoder,
 }
 
 impl Layout<'_> {
-    fn ane(&self) -> bool {
+    pub fn ane(&self) -> bool {
         self.kind == TransformerLayout::Ane
     }
 
-    /// Token embeddings of `ids` [1, S] plus position embeddings.
+    /// Token embeddings of `ids` [1, S] from a `vocab`-row table, plus position embeddings.
     pub fn embeddings(
         &self,
         g: &mut Graph,
         emb: &Scope,
         ids: ValueId,
+        vocab: usize,
     ) -> Result<ValueId, ModelError> {
-        let (v, s, d) = (self.cfg.vocab, self.cfg.positions, self.cfg.hidden);
+        let (v, s, d) = (vocab, self.enc.tokens, self.enc.hidden);
         let table = emb.child("token_embedding");
         let pos = emb.child("position_embedding");
         let (tokens, pos) = if self.ane() {
@@ -58,7 +59,7 @@ impl Layout<'_> {
 
     /// The additive causal mask, laid out like the attention scores.
     pub fn causal_mask(&self, g: &mut Graph) -> ValueId {
-        let s = self.cfg.positions;
+        let s = self.enc.tokens;
         // Standard scores are [queries, keys]; the per-head ANE scores are [keys, queries].
         let (masked, shape): (fn(usize, usize) -> bool, Vec<usize>) = if self.ane() {
             (|row, col| row > col, vec![1, 1, s, s])
@@ -71,15 +72,19 @@ impl Layout<'_> {
         g.constant("causal_mask", Tensor::f32(shape, mask))
     }
 
-    /// Layer norm over the hidden axis.
+    /// Layer norm over the hidden axis (the last one of a standard state, also of a pooled
+    /// `[1, D]`).
     pub fn layer_norm(&self, g: &mut Graph, p: &Scope, x: ValueId) -> Result<ValueId, ModelError> {
-        let d = self.cfg.hidden;
+        let d = self.enc.hidden;
         let gamma = p.constant(g, "weight", &[d])?;
         let beta = p.constant(g, "bias", &[d])?;
-        let axis = if self.ane() { 1 } else { 2 };
+        let axis = match self.ane() {
+            true => 1,
+            false => g.ty(x).rank().saturating_sub(1),
+        };
         let op = Op::LayerNorm {
             axis,
-            epsilon: self.cfg.epsilon,
+            epsilon: self.enc.epsilon,
         };
         Ok(g.add(op, &[x, gamma, beta], p.node("ln"))?)
     }
@@ -120,9 +125,9 @@ impl Layout<'_> {
         g: &mut Graph,
         a: &Scope,
         [q, k, v]: [ValueId; 3],
-        mask: ValueId,
+        mask: Option<ValueId>,
     ) -> Result<ValueId, ModelError> {
-        let (s, d, h) = (self.cfg.positions, self.cfg.hidden, self.cfg.heads);
+        let (s, d, h) = (self.enc.tokens, self.enc.hidden, self.enc.heads);
         let dh = d / h;
         let scale = 1.0 / (dh as f32).sqrt();
         if !self.ane() {
@@ -132,11 +137,8 @@ impl Layout<'_> {
                 let y = reshape(g, x, &[s, h, dh], a.child(proj).node("heads"))?;
                 heads.push(transpose(g, y, &[1, 0, 2], a.child(proj).node("by_head"))?);
             }
-            let att = g.add(
-                Op::Attention { scale },
-                &[heads[0], heads[1], heads[2], mask],
-                a.node("attention"),
-            )?;
+            heads.extend(mask);
+            let att = g.add(Op::Attention { scale }, &heads, a.node("attention"))?;
             let att = transpose(g, att, &[1, 0, 2], a.node("by_position"))?;
             return reshape(g, att, &[1, s, d], a.node("merged"));
         }
@@ -176,7 +178,10 @@ impl Layout<'_> {
                 &[k, q],
                 n("scores"),
             )?;
-            let scores = g.add(Op::Binary(Binary::Add), &[scores, mask], n("masked"))?;
+            let scores = match mask {
+                Some(m) => g.add(Op::Binary(Binary::Add), &[scores, m], n("masked"))?,
+                None => scores,
+            };
             let w = g.add(Op::Softmax { axis: 2 }, &[scores], n("weights"))?;
             let o = g.add(
                 Op::MatMul {
@@ -202,7 +207,7 @@ impl Layout<'_> {
         x: ValueId,
         name: &str,
     ) -> Result<ValueId, ModelError> {
-        let (s, d) = (self.cfg.positions, self.cfg.hidden);
+        let (s, d) = (self.enc.tokens, self.enc.hidden);
         if !self.ane() {
             return Ok(x);
         }
@@ -210,20 +215,46 @@ impl Layout<'_> {
         transpose(g, flat, &[0, 2, 1], format!("{name}_by_token"))
     }
 
+    /// The token axis of the states.
+    pub fn token_axis(&self) -> usize {
+        if self.ane() {
+            3
+        } else {
+            1
+        }
+    }
+
     /// The state at position `at` ([1] int32) of the final states, still in the layout
     /// (`[1, 1, D]` or `[1, D, 1, 1]`).
     pub fn state_at(&self, g: &mut Graph, x: ValueId, at: ValueId) -> Result<ValueId, ModelError> {
-        let axis = if self.ane() { 3 } else { 1 };
+        let axis = self.token_axis();
         Ok(g.add(Op::Gather { axis }, &[x, at], "eos_state")?)
     }
 
-    /// A pooled state from [`Layout::state_at`] as `[1, D]`.
-    pub fn pooled(&self, g: &mut Graph, x: ValueId) -> Result<ValueId, ModelError> {
-        reshape(g, x, &[1, self.cfg.hidden], "eos_state_flat".into())
+    /// One state (from [`Layout::state_at`]) in the form a pooled head computes on: `[1, D]`
+    /// standard, `[1, D, 1, 1]` (unchanged) for the Neural Engine.
+    pub fn pooled(&self, g: &mut Graph, x: ValueId, name: &str) -> Result<ValueId, ModelError> {
+        match self.ane() {
+            true => Ok(x),
+            false => reshape(g, x, &[1, self.enc.hidden], name.into()),
+        }
     }
 
-    /// A pooled state from [`Layout::state_at`] through the projection `weight` [P, D] (no
-    /// bias), as `[1, P]`.
+    /// A pooled state as the interface gives it: `[1, D]`.
+    pub fn pooled_output(
+        &self,
+        g: &mut Graph,
+        x: ValueId,
+        name: &str,
+    ) -> Result<ValueId, ModelError> {
+        match self.ane() {
+            true => reshape(g, x, &[1, self.enc.hidden], name.into()),
+            false => Ok(x),
+        }
+    }
+
+    /// A pooled state (from [`Layout::pooled`]) through the projection `key` [P, D] (no bias),
+    /// as `[1, P]`; nodes named `name`.
     pub fn project(
         &self,
         g: &mut Graph,
@@ -231,60 +262,31 @@ impl Layout<'_> {
         key: &str,
         x: ValueId,
         p: usize,
+        name: &str,
     ) -> Result<ValueId, ModelError> {
-        let d = self.cfg.hidden;
+        let d = self.enc.hidden;
+        let weight = format!("{name}_weight");
         if self.ane() {
             let w = root.tensor(key, &[p, d])?.into_reshaped(vec![p, d, 1, 1]);
-            let w = g.weight("text_projection_weight", w);
-            let e = g.add(Op::Conv2d(Conv2d::same(1)), &[x, w], "text_projection")?;
-            return reshape(g, e, &[1, p], "text_projection_flat".into());
+            let w = g.weight(weight, w);
+            let e = g.add(Op::Conv2d(Conv2d::same(1)), &[x, w], name)?;
+            return reshape(g, e, &[1, p], format!("{name}_flat"));
         }
-        let pooled = self.pooled(g, x)?;
-        let w = root.constant_named(g, key, &[p, d], "text_projection_weight")?;
+        let w = root.constant_named(g, key, &[p, d], &weight)?;
         Ok(g.add(
             Op::MatMul {
                 transpose_x: false,
                 transpose_y: true,
             },
-            &[pooled, w],
-            "text_projection",
+            &[x, w],
+            name,
         )?)
     }
 }
 
 /// A `[N, D]` table as `shape` = `[.., D, .., N]`: its transpose, reshaped.
-fn channels_first<const R: usize>(t: Tensor, shape: [usize; R]) -> Tensor {
+pub fn channels_first<const R: usize>(t: Tensor, shape: [usize; R]) -> Tensor {
     t.transposed()
         .expect("tables are matrices: their shape was checked on read")
         .into_reshaped(shape.to_vec())
-}
-
-fn reshape(
-    g: &mut Graph,
-    x: ValueId,
-    shape: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Reshape {
-            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
-        },
-        &[x],
-        name,
-    )?)
-}
-
-fn transpose(
-    g: &mut Graph,
-    x: ValueId,
-    perm: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Transpose {
-            perm: perm.to_vec(),
-        },
-        &[x],
-        name,
-    )?)
 }

@@ -1,3 +1,6 @@
+//! CLIP encoders: the text encoders here, the image encoder (`clip-vision`) in [`vision`], the
+//! transformer layer they share in [`transformer`].
+//!
 //! CLIP text encoders, as Stable Diffusion pipelines use them: `clip-l` (OpenAI CLIP ViT-L/14's
 //! `CLIPTextModel`: SD 1.x, SDXL's first encoder), `clip-bigg` (OpenCLIP ViT-bigG/14, SDXL's
 //! second) and `clip-h` (OpenCLIP ViT-H/14, SD 2.x), the last two as
@@ -19,17 +22,21 @@
 
 pub mod keys;
 mod layout;
+pub mod transformer;
+pub mod vision;
+pub mod vision_keys;
 
-use super::nn::{Params, Scope};
-use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
-use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
+use super::nn::Params;
+use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role};
+use crate::ir::{Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::DType;
 use crate::weights::{StoredDtype, WeightFile, Weights};
 use keys::{Activation, Config, Layout as Keys};
 use layout::Layout;
 use std::collections::BTreeMap;
 use std::path::Path;
+use transformer::{feature, layer, Encoder};
 
 /// The sequence length every SD pipeline tokenizes to; the position table's length in the
 /// weights decides the built one.
@@ -76,16 +83,6 @@ pub static CLIP_H: Clip = Clip {
     heads: 16,
     pipeline: "OpenCLIP ViT-H/14 (SD 2.x)",
 };
-
-fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feature {
-    Feature {
-        name: name.into(),
-        role,
-        shape,
-        description,
-        range: None,
-    }
-}
 
 impl Clip {
     /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
@@ -176,17 +173,25 @@ impl Clip {
             }
         }
         let ids = g.input("input_ids", TensorType::known(DType::I32, &[1, s]));
+        let encoder = Encoder {
+            tokens: s,
+            hidden: cfg.hidden,
+            intermediate: cfg.intermediate,
+            heads: cfg.heads,
+            epsilon: cfg.epsilon,
+            activation: cfg.activation,
+        };
         let lay = Layout {
             kind: o.layout,
-            cfg,
+            enc: &encoder,
         };
         let root = params.scope("");
-        let mut x = lay.embeddings(&mut g, &root.child("embeddings"), ids)?;
+        let mut x = lay.embeddings(&mut g, &root.child("embeddings"), ids, cfg.vocab)?;
         let mask = lay.causal_mask(&mut g);
         let mut hidden = None;
         for i in 0..cfg.layers {
             let p = root.child("encoder.layers").child(i);
-            x = layer(&mut g, &lay, &p, x, mask)?;
+            x = layer(&mut g, &lay, &p, x, Some(mask))?;
             if o.hidden_layer == Some(cfg.layers - i) {
                 hidden = Some(x);
             }
@@ -196,13 +201,21 @@ impl Clip {
         g.set_output("last_hidden_state", out);
         let eos = g.add(Op::ArgMax { axis: 1 }, &[ids], "eos_position")?;
         let at = lay.state_at(&mut g, last, eos)?;
+        let pooled = lay.pooled(&mut g, at, "eos_state_flat")?;
         match cfg.projection {
             Some(p) => {
-                let e = lay.project(&mut g, &root, keys::PROJECTION, at, p)?;
+                let e = lay.project(
+                    &mut g,
+                    &root,
+                    keys::PROJECTION,
+                    pooled,
+                    p,
+                    "text_projection",
+                )?;
                 g.set_output("text_embeds", e);
             }
             None => {
-                let pooled = lay.pooled(&mut g, at)?;
+                let pooled = lay.pooled_output(&mut g, pooled, "eos_state_flat")?;
                 g.set_output("pooled", pooled);
             }
         }
@@ -227,44 +240,6 @@ fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, Mo
         Some("clip") => json.get("text_config").cloned().map(|t| (at, t)),
         _ => None,
     })
-}
-
-/// One pre-norm encoder layer, in either layout.
-fn layer(
-    g: &mut Graph,
-    lay: &Layout,
-    p: &Scope,
-    x: ValueId,
-    mask: ValueId,
-) -> Result<ValueId, ModelError> {
-    let cfg = lay.cfg;
-    let d = cfg.hidden;
-    let a = p.child("self_attn");
-    let x1 = lay.layer_norm(g, &p.child("layer_norm1"), x)?;
-    let q = lay.linear(g, &a.child("q_proj"), x1, d, d)?;
-    let k = lay.linear(g, &a.child("k_proj"), x1, d, d)?;
-    let v = lay.linear(g, &a.child("v_proj"), x1, d, d)?;
-    let att = lay.attention(g, &a, [q, k, v], mask)?;
-    let att = lay.linear(g, &a.child("out_proj"), att, d, d)?;
-    let x = g.add(Op::Binary(Binary::Add), &[x, att], p.node("attn_residual"))?;
-    let x2 = lay.layer_norm(g, &p.child("layer_norm2"), x)?;
-    let mlp = p.child("mlp");
-    let y = lay.linear(g, &mlp.child("fc1"), x2, d, cfg.intermediate)?;
-    let y = match cfg.activation {
-        Activation::Gelu => g.add(Op::Unary(Unary::Gelu), &[y], mlp.node("gelu"))?,
-        Activation::QuickGelu => {
-            let k = g.constant(mlp.node("quick_gelu_k"), Tensor::scalar(1.702f32));
-            let z = g.add(
-                Op::Binary(Binary::Mul),
-                &[y, k],
-                mlp.node("quick_gelu_scaled"),
-            )?;
-            let z = g.add(Op::Unary(Unary::Sigmoid), &[z], mlp.node("quick_gelu_gate"))?;
-            g.add(Op::Binary(Binary::Mul), &[y, z], mlp.node("quick_gelu"))?
-        }
-    };
-    let y = lay.linear(g, &mlp.child("fc2"), y, cfg.intermediate, d)?;
-    Ok(g.add(Op::Binary(Binary::Add), &[x, y], p.node("mlp_residual"))?)
 }
 
 impl Model for Clip {

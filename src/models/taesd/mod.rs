@@ -233,6 +233,7 @@ pub(crate) fn feature(
         description,
         // TAESD images are in [0, 1]; families in another range override it.
         range: (role == Role::Image).then_some((0.0, 1.0)),
+        normalization: None,
     }
 }
 

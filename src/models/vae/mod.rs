@@ -346,6 +346,7 @@ impl Model for Vae {
 fn image(hw: [Dim; 2], description: &str) -> super::Feature {
     super::Feature {
         range: Some((-1.0, 1.0)),
+        normalization: None,
         ..feature("image", Role::Image, 3, hw, description.into())
     }
 }

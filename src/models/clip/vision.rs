@@ -1,0 +1,323 @@
+//! `clip-vision`: CLIP's image encoder as transformers' `CLIPVisionModelWithProjection` (image
+//! prompts, IP-Adapter), in either layout (`--layout`, see [`super::layout`]).
+//!
+//! ```text
+//! patches = conv(pixel_values, patch_embedding, stride = patch)   [1, D, S/p, S/p] → [1, N, D]
+//! x = concat(class_embedding, patches) + position_embedding       [1, 1+N, D]
+//! x = pre_layrnorm(x)                                             (sic: the transformers key)
+//! per layer: the text model's pre-norm layer, without a mask
+//! last_hidden_state = x                                           no final norm
+//! image_embeds = post_layernorm(x[:, 0]) · visual_projectionᵀ      the class token
+//! ```
+//!
+//! The input is the normalised `pixel_values`; with `--input-type image` an RGB image, CLIP's
+//! per-channel mean and std folded in ([`NORMALIZATION`]).
+
+use super::layout::{channels_first, Layout};
+use super::transformer::{feature, layer, reshape, transpose, Encoder};
+use super::vision_keys::{self as keys, Config, Layout as Keys};
+use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType};
+use crate::models::nn::{self, ConvSpec, Params};
+use crate::models::{
+    Description, Interface, Model, ModelError, ModelOptions, Normalization, Part, Role,
+    TransformerLayout,
+};
+use crate::passes::specialize_shapes::Bindings;
+use crate::tensor::DType;
+use crate::weights::{StoredDtype, WeightFile, Weights};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The normalisation CLIP's image processor applies to [0, 1] pixels (OpenAI's statistics, which
+/// OpenCLIP's ViT-H and bigG reuse).
+pub const NORMALIZATION: Normalization = Normalization {
+    mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+    std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+};
+
+/// The interface's symbol for the image side; the weights fix its value.
+const SIDE: &str = "S";
+
+pub struct ClipVision;
+
+pub static CLIP_VISION: ClipVision = ClipVision;
+
+impl ClipVision {
+    /// The file's image-encoder tensors' shapes under the builder's names, its layout, and the
+    /// sizes they give (checked against a CLIP vision config.json beside the file).
+    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<Keys, ModelError> {
+        let wrong = |reason: String| ModelError::WrongModel {
+            file: path.display().to_string(),
+            reason,
+        };
+        let layout = Keys::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
+        let shapes: BTreeMap<String, Vec<usize>> = store
+            .tensors()
+            .iter()
+            .filter(|(_, i)| i.dtype.is_float())
+            .filter_map(|(k, i)| Some((layout.model_key(k)?, i.shape.clone())))
+            .collect();
+        configure(path, &shapes)?;
+        Ok(layout)
+    }
+
+    fn declare(
+        &self,
+        cfg: &Config,
+        params: Params,
+        kind: TransformerLayout,
+    ) -> Result<Graph, ModelError> {
+        let mut g = Graph::new(self.name());
+        let (s, d, p, n) = (cfg.image, cfg.hidden, cfg.patch, cfg.grid());
+        let tokens = cfg.tokens();
+        let encoder = Encoder {
+            tokens,
+            hidden: d,
+            intermediate: cfg.intermediate,
+            heads: cfg.heads,
+            epsilon: cfg.epsilon,
+            activation: cfg.activation,
+        };
+        let lay = Layout {
+            kind,
+            enc: &encoder,
+        };
+        let pixels = g.input("pixel_values", TensorType::known(DType::F32, &[1, 3, s, s]));
+        let root = params.scope("");
+        let emb = root.child("embeddings");
+        let spec = ConvSpec {
+            cin: 3,
+            cout: d,
+            kernel: p,
+            bias: false,
+            attrs: Conv2d {
+                strides: [p, p],
+                pads: [0; 4],
+                dilations: [1, 1],
+                groups: 1,
+            },
+        };
+        let patches = nn::conv2d(&mut g, &emb.child("patch_embedding"), pixels, &spec)?;
+        let pos = emb.child("position_embedding");
+        // The class token goes in front of the patches, on the token axis of the layout.
+        let (class, patches, pos) = if lay.ane() {
+            let patches = reshape(&mut g, patches, &[1, d, 1, n * n], "patches".into())?;
+            let c = emb.tensor("class_embedding", &[d])?;
+            let c = g.weight(emb.node("class_token"), c.into_reshaped(vec![1, d, 1, 1]));
+            let t = channels_first(pos.tensor("weight", &[tokens, d])?, [1, d, 1, tokens]);
+            (c, patches, g.weight(pos.node("weight"), t))
+        } else {
+            let patches = reshape(&mut g, patches, &[1, d, n * n], "patches_flat".into())?;
+            let patches = transpose(&mut g, patches, &[0, 2, 1], "patches".into())?;
+            let c = emb.constant(&mut g, "class_embedding", &[d])?;
+            let c = reshape(&mut g, c, &[1, 1, d], emb.node("class_token"))?;
+            (c, patches, pos.constant(&mut g, "weight", &[tokens, d])?)
+        };
+        let axis = lay.token_axis();
+        let x = g.add(Op::Concat { axis }, &[class, patches], "tokens")?;
+        let x = g.add(Op::Binary(Binary::Add), &[x, pos], "embeddings")?;
+        let mut x = lay.layer_norm(&mut g, &root.child("pre_layrnorm"), x)?;
+        for i in 0..cfg.layers {
+            let p = root.child("encoder.layers").child(i);
+            x = layer(&mut g, &lay, &p, x, None)?;
+        }
+        let out = lay.sequence_output(&mut g, x, "last_hidden_state")?;
+        g.set_output("last_hidden_state", out);
+        let class = g.add(
+            Op::Slice {
+                axis,
+                begin: 0,
+                end: 1,
+            },
+            &[x],
+            "class_state",
+        )?;
+        let class = lay.pooled(&mut g, class, "class_state_flat")?;
+        let pooled = lay.layer_norm(&mut g, &root.child("post_layernorm"), class)?;
+        let embeds = lay.project(
+            &mut g,
+            &root,
+            keys::PROJECTION,
+            pooled,
+            cfg.projection,
+            "visual_projection",
+        )?;
+        g.set_output("image_embeds", embeds);
+        params.finish()?;
+        Ok(g)
+    }
+
+    /// The config of loaded weights (their keys are the builder's), checked against an image
+    /// size given on the command line.
+    fn config_of(&self, weights: &Weights, fixed: &Bindings) -> Result<Config, ModelError> {
+        let shapes = weights
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        let cfg = configure(&weights.path, &shapes)?;
+        if let Some(&side) = fixed.get(SIDE) {
+            let why = if side % cfg.patch != 0 {
+                format!("not a multiple of the patch size {}", cfg.patch)
+            } else {
+                format!(
+                    "the position embeddings of {} fix the image size at {}x{}",
+                    weights.path.display(),
+                    cfg.image,
+                    cfg.image
+                )
+            };
+            if side != cfg.image {
+                return Err(ModelError::Size {
+                    reason: format!("image size {side}x{side}: {why}"),
+                });
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The sizes `shapes` give, with config.json's beside `weights` applied and checked.
+fn configure(weights: &Path, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, ModelError> {
+    let file = weights.display().to_string();
+    let wrong = |reason: String| ModelError::WrongModel {
+        file: file.clone(),
+        reason,
+    };
+    let mut cfg = keys::detect(shapes).map_err(wrong)?;
+    if let Some((at, json)) = vision_config(weights)? {
+        keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
+            file: at,
+            reason: format!("disagrees with {file}: {r}"),
+        })?;
+    }
+    keys::check_heads(&cfg).map_err(wrong)?;
+    Ok(cfg)
+}
+
+/// The image model's config in the `config.json` beside `weights`: a `CLIPVisionConfig`, or a
+/// `CLIPConfig`'s `vision_config`; None when there is none or it describes another model.
+fn vision_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, ModelError> {
+    let Some((at, json)) = crate::models::config_beside(weights)? else {
+        return Ok(None);
+    };
+    Ok(match json.get("model_type").and_then(|v| v.as_str()) {
+        Some("clip_vision_model") => Some((at, json)),
+        Some("clip") => json.get("vision_config").cloned().map(|v| (at, v)),
+        _ => None,
+    })
+}
+
+impl Model for ClipVision {
+    fn name(&self) -> &'static str {
+        "clip-vision"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["clip-image"]
+    }
+
+    fn parts(&self) -> &'static [Part] {
+        &[Part::Encoder]
+    }
+
+    fn check_options(&self, part: Part, options: &ModelOptions) -> Result<(), ModelError> {
+        let other = ModelOptions {
+            layout: TransformerLayout::Standard,
+            ..options.clone()
+        };
+        match other.names().first() {
+            None => Ok(()),
+            Some(option) => Err(ModelError::Option {
+                model: self.name(),
+                part,
+                option,
+            }),
+        }
+    }
+
+    fn interface(&self, _part: Part, _o: &ModelOptions) -> Interface {
+        // The weights give the sizes (image side S, tokens T, hidden D, projection P); the
+        // lowering declares the graph's own shapes.
+        let one = Dim::Known(1);
+        let side = Dim::sym(SIDE);
+        let mut input = feature(
+            "pixel_values",
+            Role::Image,
+            vec![one.clone(), Dim::Known(3), side.clone(), side],
+            "RGB image, normalised with CLIP's per-channel mean and std".into(),
+        );
+        input.range = Some((0.0, 1.0));
+        input.normalization = Some(NORMALIZATION);
+        Interface {
+            inputs: vec![input],
+            outputs: vec![
+                feature(
+                    "last_hidden_state",
+                    Role::Embedding,
+                    vec![one.clone(), Dim::sym("T"), Dim::sym("D")],
+                    "Last layer's hidden states, class token first, [1, 1 + patches, hidden]"
+                        .into(),
+                ),
+                feature(
+                    "image_embeds",
+                    Role::Embedding,
+                    vec![one, Dim::sym("P")],
+                    "Class token through post_layernorm and visual_projection".into(),
+                ),
+            ],
+            default_size: Bindings::new(),
+        }
+    }
+
+    fn load(&self, _part: Part, path: &Path, _o: &ModelOptions) -> Result<Weights, ModelError> {
+        // Shapes first, from the index: a wrong file or config is refused before any tensor is
+        // read, and a whole CLIPModel's text tower is never read at all.
+        let mut store = WeightFile::open(path)?;
+        let layout = self.inspect(path, &store)?;
+        let wanted: Vec<(String, String)> = store
+            .tensors()
+            .iter()
+            // Integer tensors (`position_ids` in older saves) are buffers, not weights.
+            .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
+            .filter_map(|(k, _)| Some((k.clone(), layout.model_key(k)?)))
+            .collect();
+        let mut tensors = BTreeMap::new();
+        for (file_key, key) in wanted {
+            tensors.insert(key, store.read(&file_key)?);
+        }
+        Ok(Weights::new(path, store.format(), tensors))
+    }
+
+    fn build(
+        &self,
+        _part: Part,
+        weights: &Weights,
+        fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let cfg = self.config_of(weights, fixed)?;
+        self.declare(&cfg, Params::new(weights), o.layout)
+    }
+
+    fn build_owned(
+        &self,
+        _part: Part,
+        weights: Weights,
+        fixed: &Bindings,
+        o: &ModelOptions,
+    ) -> Result<Graph, ModelError> {
+        let cfg = self.config_of(&weights, fixed)?;
+        self.declare(&cfg, Params::owned(weights), o.layout)
+    }
+
+    fn description(&self, _part: Part, _sizes: &str) -> Description {
+        Description {
+            short: "CLIP image encoder (CLIPVisionModelWithProjection): RGB image to hidden \
+                    states and a projected image embedding"
+                .into(),
+            author: "mlc (weights: the model's publisher)".into(),
+            license: "see the weights' license".into(),
+        }
+    }
+}
