@@ -381,11 +381,7 @@ fn compiled_bundle_evaluates_like_its_package() {
     let out = tmp.path().join("ct.mlmodelc");
     compile(&pkg_path, &out, &CompileOptions::default()).unwrap();
     let pkg = mlc::package::read_package(&pkg_path).unwrap();
-    let bundle = mlc::package::Package {
-        path: out.clone(),
-        model: mlc::mlmodelc::read_bundle(&out).unwrap(),
-        weights: Some(fs::read(out.join("weights/weight.bin")).unwrap()),
-    };
+    let bundle = mlc::mlmodelc::read_as_package(&out).unwrap();
     let x: Vec<f32> = (0..256)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
@@ -440,11 +436,7 @@ fn mlc_packages_compile_and_evaluate_alike() {
         let out = pkg_path.with_extension("mlmodelc");
         compile(&pkg_path, &out, &CompileOptions::default()).unwrap();
         let pkg = mlc::package::read_package(&pkg_path).unwrap();
-        let bundle = mlc::package::Package {
-            path: out.clone(),
-            model: mlc::mlmodelc::read_bundle(&out).unwrap(),
-            weights: Some(fs::read(out.join("weights/weight.bin")).unwrap()),
-        };
+        let bundle = mlc::mlmodelc::read_as_package(&out).unwrap();
         let inputs = BTreeMap::from([(input.to_string(), value)]);
         let a = mlc::run::run(&pkg, "main", &inputs).unwrap();
         let b = mlc::run::run(&bundle, "main", &inputs).unwrap();
