@@ -84,7 +84,9 @@ pub fn round_trip(path: &Path) -> RoundTrip {
             return RoundTrip::RefusedEnumerated;
         }
         assert!(
-            has_image_features(&pkg.model) && e.contains("only multi-array features"),
+            has_image_features(&pkg.model)
+                && e.contains("only multi-array features")
+                && e.contains("--input-type array"),
             "{name}: mlc compile failed: {e}"
         );
         return RoundTrip::RefusedImage;
