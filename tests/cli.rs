@@ -429,7 +429,12 @@ fn compile_without_apple_tools() {
     let png = std::fs::read(dir.join("p.png")).unwrap();
     assert!(png.len() > 1000, "a 64x64 image");
     assert_eq!(std::fs::read(dir.join("c.png")).unwrap(), png);
-    // A bundle without its weights names the missing file.
+    // A bundle without its weights still describes, and running it names the missing file.
+    std::fs::rename(bundle.join("weights"), dir.join("moved")).unwrap();
+    let o = mlc(&["inspect", "m.mlmodelc"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(body(&o)[..3], body(&from_pkg)[..3]);
+    std::fs::rename(dir.join("moved"), bundle.join("weights")).unwrap();
     std::fs::rename(bundle.join("weights"), dir.join("moved")).unwrap();
     let o = mlc(
         &[
@@ -445,7 +450,12 @@ fn compile_without_apple_tools() {
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.trim_end().lines().count() == 1, "{err}");
-    assert!(err.contains("m.mlmodelc/weights/weight.bin"), "{err}");
+    assert!(
+        err.contains("m.mlmodelc")
+            && err.contains("weights/weight.bin")
+            && err.contains("no weights"),
+        "{err}"
+    );
     assert!(!dir.join("x.png").exists());
     std::fs::rename(dir.join("moved"), bundle.join("weights")).unwrap();
 

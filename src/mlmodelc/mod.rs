@@ -409,7 +409,7 @@ pub fn model_mil(model: &spec::Model, opts: &CompileOptions) -> Result<String, S
 /// Reads a compiled bundle back as a package, so whatever describes or runs packages (`mlc
 /// inspect`, `mlc run`) works on it too: the model as [`read_bundle`] gives it, and the one
 /// weight file its program refers to (any name under `@model_path/`, checked to stay inside
-/// the bundle, read within the weight-file limit, its header validated).
+/// the bundle, read within the weight-file limit, its header validated; none if it is missing).
 pub fn read_as_package(dir: &Path) -> Result<crate::package::Package, CompileError> {
     let model = read_bundle(dir)?;
     let program = match &model.r#type {
@@ -419,12 +419,22 @@ pub fn read_as_package(dir: &Path) -> Result<crate::package::Package, CompileErr
     let files: Vec<String> = blob_refs(program).into_keys().collect();
     let weights = match &files[..] {
         [] => None,
-        [file] => {
-            let path = bundle_file(dir, file)?;
-            let bytes = crate::limits::read_weight_file(&path).map_err(io(&path))?;
-            crate::package::BlobReader::new(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
-            Some(bytes)
-        }
+        // A missing file reads as no weights, as for a package: the bundle still describes
+        // (a checkout without its large files), and evaluating it names what is missing.
+        [file] => match bundle_file(dir, file) {
+            Err(CompileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+            Ok(path) => {
+                let bytes = crate::limits::read_weight_file(&path).map_err(io(&path))?;
+                crate::package::BlobReader::new(&bytes)
+                    .map_err(|e| invalid(&path, e.to_string()))?;
+                Some(bytes)
+            }
+        },
         _ => {
             return Err(invalid(
                 &dir.join("model.mil"),
