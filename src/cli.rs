@@ -257,7 +257,7 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The .mlpackage to evaluate.
+    /// The .mlpackage to evaluate, or a compiled .mlmodelc (mlc's or Apple's).
     pub package: PathBuf,
     /// The input: a safetensors file holding it under the model input's name (e.g. `latent`,
     /// `image`, `input_ids`; int32 or int64 ids are read as they are) or as its only tensor; or,
@@ -572,11 +572,7 @@ pub fn main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect(a) => {
-            let pkg = if has_extension(&a.package, "mlmodelc") {
-                read_compiled(&a.package)?
-            } else {
-                crate::package::read_package(&a.package)?
-            };
+            let pkg = read_model(&a.package)?;
             if a.ane {
                 print!("{}", crate::ane::report(&pkg.model));
             } else if a.dot {
@@ -611,23 +607,16 @@ fn report_activations(stats: &crate::mil::eval::ActivationStats) {
     }
 }
 
-/// Whether `path` ends in `.ext` (any case).
-/// A compiled bundle as a package, so everything that describes packages describes it too.
-fn read_compiled(dir: &std::path::Path) -> Result<crate::package::Package> {
-    let model = crate::mlmodelc::read_bundle(dir)?;
-    let w = dir.join("weights/weight.bin");
-    let weights = if w.exists() {
-        Some(crate::limits::read_weight_file(&w).with_context(|| w.display().to_string())?)
+/// A package, or a compiled bundle read as one, so that inspect and run take either.
+fn read_model(path: &std::path::Path) -> Result<crate::package::Package> {
+    Ok(if has_extension(path, "mlmodelc") {
+        crate::mlmodelc::read_as_package(path)?
     } else {
-        None
-    };
-    Ok(crate::package::Package {
-        path: dir.to_path_buf(),
-        model,
-        weights,
+        crate::package::read_package(path)?
     })
 }
 
+/// Whether `path` ends in `.ext` (any case).
 fn has_extension(path: &std::path::Path, ext: &str) -> bool {
     path.extension()
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))
@@ -643,7 +632,7 @@ fn run(a: &RunArgs) -> Result<()> {
             a.output.display()
         );
     }
-    let pkg = crate::package::read_package(&a.package)?;
+    let pkg = read_model(&a.package)?;
     let function = a
         .function
         .clone()

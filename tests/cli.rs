@@ -408,6 +408,57 @@ fn compile_without_apple_tools() {
     };
     assert_eq!(body(&from_bundle), body(&from_pkg));
 
+    // Run on the bundle writes the same bytes as run on its package.
+    let latent = mlc::tensor::Tensor::f32(vec![1, 32, 8, 8], random(32 * 64, 7, 2.0));
+    write_safetensors(
+        &dir.join("latent.safetensors"),
+        &[("latent".to_string(), latent)].into_iter().collect(),
+    );
+    for (model, out) in [("m.mlpackage", "p.png"), ("m.mlmodelc", "c.png")] {
+        let args = [
+            "run",
+            model,
+            "--input",
+            "latent.safetensors",
+            "--output",
+            out,
+        ];
+        let o = mlc(&args, &dir);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let png = std::fs::read(dir.join("p.png")).unwrap();
+    assert!(png.len() > 1000, "a 64x64 image");
+    assert_eq!(std::fs::read(dir.join("c.png")).unwrap(), png);
+    // A bundle without its weights still describes, and running it names the missing file.
+    std::fs::rename(bundle.join("weights"), dir.join("moved")).unwrap();
+    let o = mlc(&["inspect", "m.mlmodelc"], &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(body(&o)[..3], body(&from_pkg)[..3]);
+    std::fs::rename(dir.join("moved"), bundle.join("weights")).unwrap();
+    std::fs::rename(bundle.join("weights"), dir.join("moved")).unwrap();
+    let o = mlc(
+        &[
+            "run",
+            "m.mlmodelc",
+            "--input",
+            "latent.safetensors",
+            "--output",
+            "x.png",
+        ],
+        &dir,
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.trim_end().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("m.mlmodelc")
+            && err.contains("weights/weight.bin")
+            && err.contains("no weights"),
+        "{err}"
+    );
+    assert!(!dir.join("x.png").exists());
+    std::fs::rename(dir.join("moved"), bundle.join("weights")).unwrap();
+
     // --compile-to names a directory, as with Apple's coremlc.
     let o = mlc(
         &[

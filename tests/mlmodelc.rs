@@ -381,11 +381,7 @@ fn compiled_bundle_evaluates_like_its_package() {
     let out = tmp.path().join("ct.mlmodelc");
     compile(&pkg_path, &out, &CompileOptions::default()).unwrap();
     let pkg = mlc::package::read_package(&pkg_path).unwrap();
-    let bundle = mlc::package::Package {
-        path: out.clone(),
-        model: mlc::mlmodelc::read_bundle(&out).unwrap(),
-        weights: Some(fs::read(out.join("weights/weight.bin")).unwrap()),
-    };
+    let bundle = mlc::mlmodelc::read_as_package(&out).unwrap();
     let x: Vec<f32> = (0..256)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
@@ -440,15 +436,61 @@ fn mlc_packages_compile_and_evaluate_alike() {
         let out = pkg_path.with_extension("mlmodelc");
         compile(&pkg_path, &out, &CompileOptions::default()).unwrap();
         let pkg = mlc::package::read_package(&pkg_path).unwrap();
-        let bundle = mlc::package::Package {
-            path: out.clone(),
-            model: mlc::mlmodelc::read_bundle(&out).unwrap(),
-            weights: Some(fs::read(out.join("weights/weight.bin")).unwrap()),
-        };
+        let bundle = mlc::mlmodelc::read_as_package(&out).unwrap();
         let inputs = BTreeMap::from([(input.to_string(), value)]);
         let a = mlc::run::run(&pkg, "main", &inputs).unwrap();
         let b = mlc::run::run(&bundle, "main", &inputs).unwrap();
         assert!(!a.is_empty());
         assert_eq!(a, b, "{}", pkg_path.display());
     }
+}
+
+/// A bundle is untrusted when read back: weight paths that leave it, by `..` or by a symlink,
+/// are one-line errors naming the file at fault.
+#[cfg(unix)]
+#[test]
+fn hostile_bundles_are_refused_when_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ct_conv_relu.mlpackage");
+    let out = tmp.path().join("ct.mlmodelc");
+    compile(&pkg, &out, &CompileOptions::default()).unwrap();
+    let mil = fs::read_to_string(out.join("model.mil")).unwrap();
+    let read_err = || {
+        let e = mlc::mlmodelc::read_as_package(&out)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    };
+    let reference = "\"@model_path/weights/weight.bin\"";
+    assert_eq!(
+        mil.matches(reference).count(),
+        1,
+        "one weight in the program"
+    );
+
+    fs::write(
+        out.join("model.mil"),
+        mil.replace(reference, "\"@model_path/../weight.bin\""),
+    )
+    .unwrap();
+    let e = read_err();
+    assert!(e.contains("not a path under @model_path/"), "{e}");
+
+    fs::write(out.join("model.mil"), &mil).unwrap();
+    assert!(mlc::mlmodelc::read_as_package(&out)
+        .unwrap()
+        .weights
+        .is_some());
+
+    // The weight file a symlink to outside the bundle.
+    let outside = tmp.path().join("outside.bin");
+    fs::copy(out.join("weights/weight.bin"), &outside).unwrap();
+    fs::remove_file(out.join("weights/weight.bin")).unwrap();
+    std::os::unix::fs::symlink(&outside, out.join("weights/weight.bin")).unwrap();
+    let e = read_err();
+    assert!(
+        e.contains("weight.bin") && e.contains("resolves outside the bundle"),
+        "{e}"
+    );
 }

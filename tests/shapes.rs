@@ -366,5 +366,5 @@ fn cli_sizes_layouts_and_bad_input() {
             "{args:?} left output behind"
         );
     }
-    let _: PathBuf = dir;
+    let _: &PathBuf = &dir;
 }

@@ -132,8 +132,10 @@ fn schema(features: &[spec::FeatureDescription]) -> Result<J, String> {
         let t = f.r#type.as_ref();
         let Some(spec::feature_type::Type::MultiArrayType(a)) = t.and_then(|t| t.r#type.as_ref())
         else {
+            // No Apple-compiled ML Program with image features has been found to copy
+            // coremlc's output from, so none is guessed at.
             return Err(format!(
-                "feature {:?}: only multi-array features can be compiled by mlc so far",
+                "feature {:?}: only multi-array features can be compiled by mlc so far (build with --input-type array --output-type array, or compile with --compiler xcrun)",
                 f.name.escape_debug().to_string()
             ));
         };

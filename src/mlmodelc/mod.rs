@@ -228,6 +228,22 @@ fn blob_refs(p: &pb::Program) -> BTreeMap<String, BTreeSet<u64>> {
     out
 }
 
+/// The relative path a `BLOBFILE` path names under `@model_path/`; nothing that could leave
+/// the model's directory (`..`, absolute paths) passes.
+fn blob_rel(file: &str) -> Result<&Path, String> {
+    file.strip_prefix("@model_path/")
+        .map(Path::new)
+        .filter(|r| {
+            r.components().all(|c| matches!(c, Component::Normal(_))) && r.components().count() > 0
+        })
+        .ok_or_else(|| {
+            format!(
+                "blob file {:?} is not a path under @model_path/",
+                file.escape_debug().to_string()
+            )
+        })
+}
+
 /// Checks each referenced weight file (inside the model directory, a valid blob header, each
 /// offset a valid record whose data lies in the file) by reading headers only.
 fn check_weights(
@@ -237,22 +253,7 @@ fn check_weights(
     let mut out = BTreeMap::new();
     let root = fs::canonicalize(&source.model_dir).map_err(io(&source.model_dir))?;
     for (file, offsets) in blob_refs(p) {
-        let rel = file
-            .strip_prefix("@model_path/")
-            .map(Path::new)
-            .filter(|r| {
-                r.components().all(|c| matches!(c, Component::Normal(_)))
-                    && r.components().count() > 0
-            })
-            .ok_or_else(|| {
-                invalid(
-                    &source.model_path,
-                    format!(
-                        "blob file {:?} is not a path under @model_path/",
-                        file.escape_debug().to_string()
-                    ),
-                )
-            })?;
+        let rel = blob_rel(&file).map_err(|r| invalid(&source.model_path, r))?;
         let path = source.model_dir.join(rel);
         let real = fs::canonicalize(&path).map_err(io(&path))?;
         if !real.starts_with(&root) {
@@ -403,6 +404,66 @@ fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), Comp
 /// `model.mil` alone, for tests and tools that compare text.
 pub fn model_mil(model: &spec::Model, opts: &CompileOptions) -> Result<String, String> {
     mil_text::write_model(model, &opts.build_info)
+}
+
+/// Reads a compiled bundle back as a package, so whatever describes or runs packages (`mlc
+/// inspect`, `mlc run`) works on it too: the model as [`read_bundle`] gives it, and the one
+/// weight file its program refers to (any name under `@model_path/`, checked to stay inside
+/// the bundle, read within the weight-file limit, its header validated; none if it is missing).
+pub fn read_as_package(dir: &Path) -> Result<crate::package::Package, CompileError> {
+    let model = read_bundle(dir)?;
+    let program = match &model.r#type {
+        Some(spec::model::Type::MlProgram(p)) => p,
+        _ => return Err(invalid(dir, "not an ML Program bundle")),
+    };
+    let files: Vec<String> = blob_refs(program).into_keys().collect();
+    let weights = match &files[..] {
+        [] => None,
+        // A missing file reads as no weights, as for a package: the bundle still describes
+        // (a checkout without its large files), and evaluating it names what is missing.
+        [file] => match bundle_file(dir, file) {
+            Err(CompileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+            Ok(path) => {
+                let bytes = crate::limits::read_weight_file(&path).map_err(io(&path))?;
+                crate::package::BlobReader::new(&bytes)
+                    .map_err(|e| invalid(&path, e.to_string()))?;
+                Some(bytes)
+            }
+        },
+        _ => {
+            return Err(invalid(
+                &dir.join("model.mil"),
+                format!(
+                    "refers to {} weight files ({}); mlc reads bundles with one",
+                    files.len(),
+                    files.join(", ")
+                ),
+            ))
+        }
+    };
+    Ok(crate::package::Package {
+        path: dir.to_path_buf(),
+        model,
+        weights,
+    })
+}
+
+/// The file a `BLOBFILE` path names in a bundle, which must resolve to inside it.
+fn bundle_file(dir: &Path, file: &str) -> Result<PathBuf, CompileError> {
+    let mil = dir.join("model.mil");
+    let rel = blob_rel(file).map_err(|r| invalid(&mil, r))?;
+    let path = dir.join(rel);
+    let root = fs::canonicalize(dir).map_err(io(dir))?;
+    let real = fs::canonicalize(&path).map_err(io(&path))?;
+    if !real.starts_with(&root) {
+        return Err(invalid(&path, "resolves outside the bundle"));
+    }
+    Ok(real)
 }
 
 /// Reads a compiled bundle back: the program from `model.mil`, the description and

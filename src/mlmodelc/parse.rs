@@ -2,8 +2,8 @@
 //! bundles can be inspected and compiled output checked against its source.
 //!
 //! What the text does not carry is filled in canonically: one block per function under its
-//! opset, element storage chosen by data type (fp32 as floats, fp16/int8/… as bytes, int32 as
-//! ints), no doc strings. `FlexibleShapeInformation` is dropped: coremlc derives it from the
+//! opset, element storage chosen by data type (fp32 as floats, fp16/int8/uint32/… as bytes, int32
+//! as ints), no doc strings. `FlexibleShapeInformation` is dropped: coremlc derives it from the
 //! model description, which `coremldata.bin` holds. Input is untrusted: sizes, nesting and
 //! element counts are bounded, and every error is one line with its line number.
 
@@ -698,9 +698,17 @@ impl Parser {
                     .map(|v| v as i32)
                     .collect(),
             }),
-            D::Int64 | D::Uint64 | D::Uint32 => V::LongInts(tv::RepeatedLongInts {
+            D::Int64 | D::Uint64 => V::LongInts(tv::RepeatedLongInts {
                 values: elems.iter().map(int).collect::<Result<_, _>>()?,
             }),
+            // As mlc and coremltools store them (a palette's shape), so a package's program
+            // reads back equal.
+            D::Uint32 => bytes(
+                ints_in(0, u32::MAX.into())?
+                    .into_iter()
+                    .flat_map(|v| (v as u32).to_le_bytes())
+                    .collect(),
+            ),
             D::Int8 => bytes(ints_in(-128, 127)?.into_iter().map(|v| v as u8).collect()),
             D::Uint8 => bytes(ints_in(0, 255)?.into_iter().map(|v| v as u8).collect()),
             D::Int16 | D::Uint16 => {

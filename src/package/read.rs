@@ -35,6 +35,10 @@ impl Package {
     /// Where `@model_path/weights/weight.bin` resolves to for this package's root model.
     /// Only meaningful for the standard layout, which is all mlc writes; used in error messages.
     fn weights_path(&self) -> PathBuf {
+        // A compiled bundle read as a package keeps its weights beside model.mil.
+        if self.path.extension().is_some_and(|e| e == "mlmodelc") {
+            return self.path.join("weights").join(WEIGHTS_FILE);
+        }
         self.path
             .join(DATA_DIR)
             .join(super::manifest::WEIGHTS_DIR_PATH)

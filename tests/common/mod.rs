@@ -1,6 +1,8 @@
 //! Shared test helpers: paths to ../shared, fixtures, synthetic weights and the coremltools oracle.
 #![allow(dead_code)]
 
+pub mod round_trip;
+
 use mlc::kernels::Array;
 use mlc::tensor::Tensor;
 use mlc::weights::Weights;
@@ -21,11 +23,39 @@ pub fn taef2_weights() -> PathBuf {
 }
 
 /// A fresh, empty directory under tests/out/ for what a test emits (the oracle checks it later).
-pub fn out_dir(test: &str) -> PathBuf {
+/// When the test ends without panicking, every package it left there goes through the compiled
+/// round trip ([`round_trip`]): so each package the suite writes is also compiled, read back
+/// and evaluated, without every test having to ask for it.
+pub fn out_dir(test: &str) -> OutDir {
     let d = repo().join("tests/out").join(test);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    OutDir(d)
+}
+
+/// A test's output directory; see [`out_dir`].
+pub struct OutDir(PathBuf);
+
+impl std::ops::Deref for OutDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for OutDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        // A failed test's packages may be half-made; its own failure is the report.
+        if !std::thread::panicking() {
+            round_trip::compiled_round_trip(&self.0);
+        }
+    }
 }
 
 /// (latent, image) of a fixture in ../shared/fixtures/taef2.
@@ -216,4 +246,76 @@ pub fn relative_error(out: &Array, reference: &Array) -> f32 {
         .zip(&reference.data)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     diff / peak
+}
+
+/// Synthetic weights with the diffusers keys and full sizes of the SD VAE decoder (4 latent
+/// channels, block channels 128, 256, 512, 512, two resnets per level plus one, mid-block
+/// attention) and its quant convs, written as f32 safetensors to `path` (about 200 MB): the
+/// real model's shapes without a download.
+pub fn write_full_size_sd_vae_decoder(path: &Path) {
+    // (key, shape, scale of the random values)
+    type Specs = Vec<(String, Vec<usize>, f32)>;
+    fn conv(s: &mut Specs, k: &str, i: usize, o: usize, ks: usize) {
+        let scale = 1.0 / ((i * ks * ks) as f32).sqrt();
+        s.push((format!("{k}.weight"), vec![o, i, ks, ks], scale));
+        s.push((format!("{k}.bias"), vec![o], 0.05));
+    }
+    fn norm(s: &mut Specs, k: &str, c: usize) {
+        s.push((format!("{k}.weight"), vec![c], 1.0));
+        s.push((format!("{k}.bias"), vec![c], 0.05));
+    }
+    fn resnet(s: &mut Specs, k: &str, i: usize, o: usize) {
+        norm(s, &format!("{k}.norm1"), i);
+        conv(s, &format!("{k}.conv1"), i, o, 3);
+        norm(s, &format!("{k}.norm2"), o);
+        conv(s, &format!("{k}.conv2"), o, o, 3);
+        if i != o {
+            conv(s, &format!("{k}.conv_shortcut"), i, o, 1);
+        }
+    }
+    let mut s = Specs::new();
+    conv(&mut s, "quant_conv", 8, 8, 1);
+    conv(&mut s, "post_quant_conv", 4, 4, 1);
+    conv(&mut s, "decoder.conv_in", 4, 512, 3);
+    for r in 0..2 {
+        resnet(&mut s, &format!("decoder.mid_block.resnets.{r}"), 512, 512);
+    }
+    let a = "decoder.mid_block.attentions.0";
+    norm(&mut s, &format!("{a}.group_norm"), 512);
+    for p in ["to_q", "to_k", "to_v", "to_out.0"] {
+        s.push((
+            format!("{a}.{p}.weight"),
+            vec![512, 512],
+            1.0 / 512f32.sqrt(),
+        ));
+        s.push((format!("{a}.{p}.bias"), vec![512], 0.05));
+    }
+    let mut cin = 512;
+    for (b, out) in [512usize, 512, 256, 128].into_iter().enumerate() {
+        for r in 0..3 {
+            let i = if r == 0 { cin } else { out };
+            resnet(
+                &mut s,
+                &format!("decoder.up_blocks.{b}.resnets.{r}"),
+                i,
+                out,
+            );
+        }
+        if b < 3 {
+            let k = format!("decoder.up_blocks.{b}.upsamplers.0.conv");
+            conv(&mut s, &k, out, out, 3);
+        }
+        cin = out;
+    }
+    norm(&mut s, "decoder.conv_norm_out", 128);
+    conv(&mut s, "decoder.conv_out", 128, 3, 3);
+    let t: BTreeMap<String, Tensor> = s
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, shape, scale))| {
+            let n = shape.iter().product();
+            (k, Tensor::f32(shape, random(n, 100 + i as u64, scale)))
+        })
+        .collect();
+    write_safetensors(path, &t);
 }
