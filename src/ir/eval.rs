@@ -148,6 +148,9 @@ pub fn eval_op_at(
             kernels::map(args[0], move |x| 1.0 / (x + e).sqrt())
         }
         Op::Clip { min, max } => kernels::clip(args[0], *min, *max),
+        Op::FakeQuantize { scale, zero_point } => {
+            kernels::fake_quantize_i8(args[0], *scale, *zero_point)
+        }
         Op::Upsample { scale } => kernels::upsample_nearest(args[0], *scale, *scale),
         Op::GroupNorm { groups, epsilon } => {
             group_norm(args[0], &args[1].data, &args[2].data, *groups, *epsilon)?
