@@ -230,3 +230,24 @@ fn taef2_w8a8_psnr_with_max_abs_ranges() {
     }
     oracle(&dir);
 }
+
+/// The same at a 768x768 image (fixture seed2_96x96), ranges on its own latent (NOT held out).
+/// Slow on two cores: `cargo test --release --test w8a8 -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn taef2_w8a8_psnr_at_768px() {
+    let dir = out_dir("w8a8_taef2_768");
+    let w = Weights::load(&taef2_weights()).unwrap();
+    let (latent, image) = fixture("seed2_96x96");
+    let inputs = latent_inputs(&latent);
+    let o = w8a8("flux2", Precision::Fp16, Target::Ios17, 96, &inputs);
+    let (pkg, _) = build(&o, &w, &dir.join("taef2_w8a8_768.mlpackage"));
+    let a8 = compare(&run(&pkg, &inputs), &image);
+    eprintln!(
+        "TAEF2 seed2_96x96 W8A8 (fp16, iOS17; max-abs ranges on this latent, not held out): \
+         PSNR {:.2} dB, max abs {:.4}",
+        a8.psnr, a8.max_abs
+    );
+    assert!(a8.psnr > 30.0, "{a8:?}");
+    oracle(&dir);
+}
