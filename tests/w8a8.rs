@@ -251,3 +251,52 @@ fn taef2_w8a8_psnr_at_768px() {
     assert!(a8.psnr > 30.0, "{a8:?}");
     oracle(&dir);
 }
+
+/// Which adds cost the most: TAEF2 (seed0_32x32, ranges on its own latent, NOT held out) with
+/// int8 on every conv plus one add at a time, by the IR evaluator. What a per-layer search
+/// (`--activation-min-psnr`) would measure. `-- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn taef2_w8a8_sensitivity_of_each_add() {
+    use mlc::passes::quantize_activations::{sites, QuantizeActivations};
+    use mlc::passes::Pass;
+    let w = Weights::load(&taef2_weights()).unwrap();
+    let (latent, image) = fixture("seed0_32x32");
+    let inputs = latent_inputs(&latent);
+    let mut o = w8a8("flux2", Precision::Fp16, Target::Ios17, 32, &inputs);
+    o.quantize_activations = None;
+    let mut last = None;
+    compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
+    let g = last.unwrap();
+    let ranges =
+        mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone())).unwrap();
+    let adds: Vec<_> = sites(&g)
+        .into_iter()
+        .filter(|(v, _)| !matches!(g.node(*v).op, Op::Conv2d(_)))
+        .map(|(v, _)| v)
+        .collect();
+    let psnr = |keep: std::collections::BTreeSet<mlc::ir::ValueId>| {
+        let q = QuantizeActivations {
+            ranges: ranges.clone(),
+            keep_float: keep,
+        }
+        .run(g.clone())
+        .unwrap();
+        compare(&evaluate(&q, &inputs).unwrap()["image"], &image).psnr
+    };
+    let convs = psnr(adds.iter().copied().collect());
+    eprintln!("convs only: {convs:.2} dB");
+    for &a in &adds {
+        let p = psnr(adds.iter().copied().filter(|&v| v != a).collect());
+        let n = g.node(a);
+        let r: Vec<f32> = n.inputs.iter().map(|v| ranges[v]).collect();
+        eprintln!(
+            "convs + {}: {p:.2} dB ({:+.2}); input ranges {r:?}",
+            n.name,
+            p - convs
+        );
+    }
+    let all = psnr(Default::default());
+    eprintln!("convs + every add: {all:.2} dB");
+    assert!(all <= convs);
+}
