@@ -15,6 +15,7 @@ pub mod lower_attention;
 pub mod lower_group_norm;
 pub mod palettize;
 pub mod quantize;
+pub mod quantize_activations;
 pub mod specialize_shapes;
 
 use crate::ir::{verify::verify, Graph, IrError};

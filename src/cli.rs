@@ -165,6 +165,11 @@ pub struct BuildArgs {
     /// (--target ios18).
     #[arg(long, value_name = "B", requires = "quantize")]
     pub block_size: Option<usize>,
+    /// Quantize activations to int8 (with --quantize int8: W8A8): quantize-dequantize pairs on
+    /// the inputs of convs and of adds of two activations, clipped to ranges measured with
+    /// --calibration; --target ios17 or newer.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub quantize_activations: Option<ActivationQuantArg>,
     /// Compress only weights with at least N elements (smaller ones stay dense).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub min_elements: usize,
@@ -224,6 +229,12 @@ pub enum PartArg {
 pub enum QuantArg {
     Int8,
     Uint8,
+}
+
+/// `--quantize-activations`: int8 is the type Core ML computes activations in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActivationQuantArg {
+    Int8,
 }
 
 /// Sizes as given on the command line, `[height, width]` each.
@@ -442,6 +453,9 @@ impl BuildArgs {
             }),
             (None, None) => None,
         };
+        o.quantize_activations = self
+            .quantize_activations
+            .map(|ActivationQuantArg::Int8| compiler::ActivationRanges::Calibration);
         o.validate().map_err(|e| self.flagged(e))?;
         Ok(o)
     }
@@ -470,6 +484,7 @@ impl BuildArgs {
             O::BlockSize => "--block-size".into(),
             O::OutputType => "--output-type image".into(),
             O::InputType => "--input-type image".into(),
+            O::QuantizeActivations => "--quantize-activations int8".into(),
         };
         anyhow::anyhow!("{flag}: {reason}")
     }

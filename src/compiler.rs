@@ -96,6 +96,20 @@ pub struct BuildOptions {
     pub output_layout: Layout,
     pub output_type: OutputType,
     pub input_type: InputType,
+    /// int8 activations (`--quantize-activations int8`, iOS17+): quantize–dequantize pairs on
+    /// conv and add inputs, clipped to ranges from this source.
+    pub quantize_activations: Option<ActivationRanges>,
+}
+
+/// Where the clipping range of each quantized activation comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivationRanges {
+    /// Measured on the calibration set (`--calibration`); see [`activation_ranges`].
+    Calibration,
+    /// The largest magnitude each value takes on these model inputs (by input name): plain
+    /// max-abs on data the caller chooses, for tests and measurements, not a held-out
+    /// calibration.
+    MaxAbs(BTreeMap<String, crate::kernels::Array>),
 }
 
 impl BuildOptions {
@@ -119,6 +133,7 @@ impl BuildOptions {
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
             input_type: InputType::Array,
+            quantize_activations: None,
         }
     }
 
@@ -315,6 +330,21 @@ impl BuildOptions {
             }) => {}
             None => {}
         }
+        if let Some(src) = &self.quantize_activations {
+            if self.target < Target::Ios17 {
+                return option_error(
+                    O::QuantizeActivations,
+                    format!(
+                        "needs target ios17 or newer for MIL's quantize op (got {})",
+                        self.target
+                    ),
+                );
+            }
+            // LEAD: accept `Calibration` once BuildOptions carries the --calibration path.
+            if *src == ActivationRanges::Calibration {
+                return option_error(O::QuantizeActivations, NEEDS_CALIBRATION);
+            }
+        }
         let iface = model.interface(part, &self.model_options);
         // An image size with no default is the weights' (clip-vision's position table): one
         // size can be checked against them, several cannot all be it.
@@ -416,6 +446,7 @@ pub enum BuildOption {
     BlockSize,
     OutputType,
     InputType,
+    QuantizeActivations,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -429,6 +460,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::BlockSize => f.write_str("blockwise quantization"),
             BuildOption::OutputType => f.write_str("image output"),
             BuildOption::InputType => f.write_str("image input"),
+            BuildOption::QuantizeActivations => f.write_str("int8 activations"),
         }
     }
 }
@@ -438,6 +470,44 @@ fn option_error<T>(option: BuildOption, reason: impl Into<String>) -> Result<T, 
         option,
         reason: reason.into(),
     })
+}
+
+const NEEDS_CALIBRATION: &str =
+    "needs --calibration PATH (the images or model inputs the activation ranges are measured on)";
+
+/// The symmetric clipping magnitude of every value the activation pass can quantize in `g` (the
+/// final graph, whose value ids the pass reads).
+pub fn activation_ranges(
+    g: &Graph,
+    src: &ActivationRanges,
+) -> Result<std::collections::HashMap<crate::ir::ValueId, f32>, BuildError> {
+    let wanted: std::collections::BTreeSet<crate::ir::ValueId> =
+        passes::quantize_activations::sites(g)
+            .into_iter()
+            .flat_map(|(_, inputs)| inputs)
+            .collect();
+    match src {
+        // LEAD: wire src/calibrate here: its per-value `clip_range(8)` over the calibration set,
+        // evaluated on this graph, for the values in `wanted`.
+        ActivationRanges::Calibration => {
+            option_error(BuildOption::QuantizeActivations, NEEDS_CALIBRATION)
+        }
+        ActivationRanges::MaxAbs(inputs) => {
+            let mut ranges = std::collections::HashMap::new();
+            crate::ir::eval::evaluate_observed(g, inputs, |v, a| {
+                if wanted.contains(&v) {
+                    let m = a.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let r = ranges.entry(v).or_insert(0f32);
+                    *r = r.max(m);
+                }
+            })
+            .map_err(|e| BuildError::Option {
+                option: BuildOption::QuantizeActivations,
+                reason: format!("measuring activation ranges: {e}"),
+            })?;
+            Ok(ranges)
+        }
+    }
 }
 
 /// What a build produced.
@@ -764,6 +834,26 @@ fn compile_from(
         after_pass(p.name(), g);
         t = Instant::now();
     })?;
+
+    // Last, on the final graph: the ranges are measured on the values the package computes.
+    let g = match &opts.quantize_activations {
+        Some(src) => {
+            let t = Instant::now();
+            let ranges = activation_ranges(&g, src)?;
+            timings.push(("activation ranges".to_string(), t.elapsed()));
+            let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(
+                passes::quantize_activations::QuantizeActivations {
+                    ranges,
+                    keep_float: Default::default(),
+                },
+            )];
+            let t = Instant::now();
+            let g = passes::run(g, &list, |p, g| after_pass(p.name(), g))?;
+            timings.push(("quantize_activations".to_string(), t.elapsed()));
+            g
+        }
+        None => g,
+    };
 
     let mut largest = largest_intermediate(&g, &opts.size_bindings()?);
     let t = Instant::now();

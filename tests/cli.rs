@@ -682,3 +682,26 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
     );
     assert!(e.contains("hidden layer"), "{e}");
 }
+
+/// `--quantize-activations int8` needs MIL's iOS17 `quantize` and measured ranges: below iOS17,
+/// or without calibration, one line naming the flag (and the target), nothing written.
+#[test]
+fn int8_activation_refusals_are_one_line() {
+    let dir = out_dir("cli_w8a8_refusals");
+    let w = weights();
+    let base = ["build", "flux2", "--weights", &w, "--quantize", "int8"];
+    let mut args = base.to_vec();
+    args.extend(["--quantize-activations", "int8", "--target", "ios16"]);
+    let e = fails(&dir, &args);
+    assert!(
+        e.contains("--quantize-activations int8") && e.contains("ios17") && e.contains("ios16"),
+        "{e}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--quantize-activations", "int8", "--target", "ios17"]);
+    let e = fails(&dir, &args);
+    assert!(
+        e.contains("--quantize-activations int8") && e.contains("--calibration"),
+        "{e}"
+    );
+}

@@ -400,7 +400,8 @@ fn compiled_bundle_evaluates_like_its_package() {
 /// Packages mlc itself writes, beyond the fixtures: a 4-bit palettized TAEF2 decoder at iOS16
 /// (`constexpr_lut_to_dense`, whose `shape` is uint32 stored as bytes) and a CLIP text encoder
 /// (int32 ids, gather, layer norm, argmax, masked attention): compiled, read back and evaluated
-/// to the same numbers as the package.
+/// to the same numbers as the package; and a W8A8 TAEF2 at iOS17 (int8 weights, `quantize` to
+/// int8 tensors and `dequantize` with int8 scalar zero points).
 #[test]
 fn mlc_packages_compile_and_evaluate_alike() {
     use mlc::compiler::{build, BuildOptions, Sizes};
@@ -427,14 +428,32 @@ fn mlc_packages_compile_and_evaluate_alike() {
     clip.output = Some(tmp.path().join("clip.mlpackage"));
     let mut ids = vec![49407.0f32; 77];
     ids[..4].copy_from_slice(&[49406.0, 320.0, 1125.0, 49407.0]);
+    let latent = Array::new(vec![1, 32, 4, 4], latent);
+    let mut w8a8 = taef2.clone();
+    w8a8.target = mlc::mil::Target::Ios17;
+    w8a8.compression = Some(Compression::Quantize {
+        mode: mlc::compiler::QuantMode::Int8,
+        block_size: None,
+        min_elements: 1024,
+    });
+    w8a8.quantize_activations = Some(mlc::compiler::ActivationRanges::MaxAbs(BTreeMap::from([(
+        "latent".to_string(),
+        latent.clone(),
+    )])));
+    w8a8.output = Some(tmp.path().join("taef2_w8a8.mlpackage"));
     let cases = [
-        (taef2, "latent", Array::new(vec![1, 32, 4, 4], latent)),
+        (taef2, "latent", latent.clone()),
+        (w8a8, "latent", latent),
         (clip, "input_ids", Array::new(vec![1, 77], ids)),
     ];
     for (opts, input, value) in cases {
         let pkg_path = build(&opts).unwrap().package;
         let out = pkg_path.with_extension("mlmodelc");
         compile(&pkg_path, &out, &CompileOptions::default()).unwrap();
+        if opts.quantize_activations.is_some() {
+            let mil = fs::read_to_string(out.join("model.mil")).unwrap();
+            assert!(mil.contains("quantize(") && mil.contains("dequantize("));
+        }
         let pkg = mlc::package::read_package(&pkg_path).unwrap();
         let bundle = mlc::mlmodelc::read_as_package(&out).unwrap();
         let inputs = BTreeMap::from([(input.to_string(), value)]);

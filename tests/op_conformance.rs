@@ -477,6 +477,7 @@ families!(
     Conv2d,
     Rsqrt,
     Clip,
+    FakeQuantize,
     Upsample,
     GroupNorm,
     ReduceMean,
@@ -507,6 +508,7 @@ fn family(op: &Op) -> Family {
         Op::Conv2d(_) => Family::Conv2d,
         Op::Rsqrt { .. } => Family::Rsqrt,
         Op::Clip { .. } => Family::Clip,
+        Op::FakeQuantize { .. } => Family::FakeQuantize,
         Op::Upsample { .. } => Family::Upsample,
         Op::GroupNorm { .. } => Family::GroupNorm,
         Op::ReduceMean { .. } => Family::ReduceMean,
@@ -539,6 +541,7 @@ fn cases(f: Family) -> Vec<Case> {
         Family::Conv2d => conv_cases(r),
         Family::Rsqrt => rsqrt_cases(r),
         Family::Clip => clip_cases(r),
+        Family::FakeQuantize => fake_quantize_cases(r),
         Family::Upsample => upsample_cases(r),
         Family::GroupNorm => group_norm_cases(r),
         Family::ReduceMean => reduce_mean_cases(r),
@@ -853,6 +856,57 @@ fn clip_cases(r: &mut Rng) -> Vec<Case> {
                 0.0,
             )
             .sizes(sizes)
+        })
+        .collect()
+}
+
+/// Lowered to iOS17's `quantize` and `dequantize`. Inputs reach past the int8 range on both
+/// sides (clipped to -128 and 127), and exact halves check rounding to even.
+fn fake_quantize_cases(r: &mut Rng) -> Vec<Case> {
+    let configs: [(f32, i8, Spec, Sizes); 3] = [
+        (0.0625, 0, &["2", "3", "4"], &[]),
+        (0.25, -3, &["1", "2", "H", "W"], &[("H", 3), ("W", 2)]),
+        (1.0, 5, &["8"], &[]),
+    ];
+    configs
+        .into_iter()
+        .map(|(scale, zp, spec, sizes)| {
+            let mut o = operand(r, spec, sizes, (-200.0, 200.0), DType::F32, false);
+            // A halfway value (2.5 steps) must round to 2, one at -3.5 to -4.
+            o.value.data[0] = 2.5 * scale;
+            o.value.data[1] = -3.5 * scale;
+            let (s, z) = (scale as f64, zp as f64);
+            let reference = |v: f64| {
+                let t = v / s;
+                // Round half to even, written out.
+                let f = t.floor();
+                let r = if t - f == 0.5 {
+                    if f % 2.0 == 0.0 {
+                        f
+                    } else {
+                        f + 1.0
+                    }
+                } else {
+                    t.round()
+                };
+                ((r + z).clamp(-128.0, 127.0) - z) * s
+            };
+            let want = Ref {
+                shape: o.value.shape.clone(),
+                data: o.value.data.iter().map(|&v| reference(v as f64)).collect(),
+            };
+            Case::new(
+                format!("fake_quantize scale {scale} zero point {zp}"),
+                Op::FakeQuantize {
+                    scale,
+                    zero_point: zp,
+                },
+                vec![o],
+                want,
+                1e-6,
+            )
+            .sizes(sizes)
+            .lowering(Lowering::Direct(Target::Ios17))
         })
         .collect()
 }

@@ -133,7 +133,19 @@ fn enumerated(text: &str) -> Result<Vec<BTreeMap<String, usize>>, String> {
         .collect()
 }
 
-fn make_pass(name: &str, map: &BTreeMap<String, String>) -> Result<Box<dyn Pass>, String> {
+/// The value named `name` in `g` (filetests name values, passes take handles).
+fn value(g: &Graph, name: &str) -> Result<mlc::ir::ValueId, String> {
+    g.nodes()
+        .find(|(_, n)| n.name == name)
+        .map(|(v, _)| v)
+        .ok_or_else(|| format!("no value named {name}"))
+}
+
+fn make_pass(
+    name: &str,
+    map: &BTreeMap<String, String>,
+    g: &Graph,
+) -> Result<Box<dyn Pass>, String> {
     use passes::*;
     let mut o = Opts { map, used: vec![] };
     let pass: Box<dyn Pass> = match name {
@@ -150,6 +162,28 @@ fn make_pass(name: &str, map: &BTreeMap<String, String>) -> Result<Box<dyn Pass>
             fp16_outputs: o.get("fp16_outputs", false)?,
         }),
         "dce" => Box::new(dce::Dce),
+        // `ranges=x:1.5,r:4` (value:clip), `keep_float=c,s` (convs and adds by name).
+        "quantize_activations" => {
+            let ranges = o.get("ranges", String::new())?;
+            let keep = o.get("keep_float", String::new())?;
+            Box::new(quantize_activations::QuantizeActivations {
+                ranges: ranges
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|r| {
+                        let (n, c) = r
+                            .split_once(':')
+                            .ok_or(format!("range {r} is not NAME:CLIP"))?;
+                        Ok((value(g, n)?, c.parse().map_err(|_| format!("range {r}"))?))
+                    })
+                    .collect::<Result<_, String>>()?,
+                keep_float: keep
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|n| value(g, n))
+                    .collect::<Result<_, String>>()?,
+            })
+        }
         "cancel_transposes" => Box::new(cancel_transposes::CancelTransposes),
         "canonicalize_layout" => Box::new(canonicalize_layout::CanonicalizeLayout {
             input_nhwc: o.get("input_nhwc", false)?,
@@ -197,7 +231,7 @@ fn run(t: &FileTest, bless: bool) -> Result<Option<String>, String> {
     let mut g = before.clone();
     let mut sizes = t.eval_sizes.clone();
     for (name, opts) in &t.passes {
-        let pass = make_pass(name, opts)?;
+        let pass = make_pass(name, opts, &g)?;
         if name == "specialize_shapes" {
             for (k, v) in opts {
                 sizes.insert(k.clone(), v.parse().expect("checked by make_pass"));

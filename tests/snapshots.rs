@@ -173,6 +173,32 @@ fn synthetic_taesd_compressed() {
     }
 }
 
+/// W8A8: int8 weights and quantize/dequantize pairs on conv and add inputs, ranges max-abs over
+/// a fixed random latent (the snapshot pins placement, scales and the MIL types of the pairs).
+#[test]
+fn synthetic_taesd_w8a8() {
+    use mlc::compiler::{ActivationRanges, Compression, QuantMode};
+    let latent = mlc::kernels::Array::new(vec![1, 4, 8, 8], random(256, 21, 2.0));
+    for (name, target) in [
+        ("taesd_synthetic_w8a8_ios17", Target::Ios17),
+        ("taesd_synthetic_w8a8_ios18", Target::Ios18),
+    ] {
+        let mut o = BuildOptions::new("taesd", "unused");
+        o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
+        o.target = target;
+        o.compression = Some(Compression::Quantize {
+            mode: QuantMode::Int8,
+            block_size: None,
+            min_elements: 2048,
+        });
+        o.quantize_activations = Some(ActivationRanges::MaxAbs(
+            [("latent".to_string(), latent.clone())].into(),
+        ));
+        let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+        snapshot!(name, print_model(&c.lowered.model));
+    }
+}
+
 /// The full VAEs at the fixture size (8x8 latents, fp16): the decoder with its chunk-free
 /// attention, the FLUX.2 decoder on packed latents, an encoder with logvar, and the fused
 /// attention of iOS18.

@@ -16,6 +16,16 @@ pub fn evaluate(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, IrError> {
+    evaluate_observed(g, inputs, |_, _| {})
+}
+
+/// [`evaluate`] that shows every value to `observe` as it is computed (before it is dropped):
+/// how activation statistics are gathered without keeping the activations.
+pub fn evaluate_observed(
+    g: &Graph,
+    inputs: &BTreeMap<String, Array>,
+    mut observe: impl FnMut(ValueId, &Array),
+) -> Result<BTreeMap<String, Array>, IrError> {
     let mut uses = g.use_counts();
     let mut values: Vec<Option<Array>> = vec![None; g.len()];
     let mut symbols: BTreeMap<String, usize> = BTreeMap::new();
@@ -49,6 +59,7 @@ pub fn evaluate(
                 op => eval_op_at(op, &args, &symbols).map_err(err)?,
             }
         };
+        observe(id, &out);
         values[id.index()] = Some(out);
         for v in &node.inputs {
             release(&mut uses, &mut values, *v);
@@ -148,6 +159,9 @@ pub fn eval_op_at(
             kernels::map(args[0], move |x| 1.0 / (x + e).sqrt())
         }
         Op::Clip { min, max } => kernels::clip(args[0], *min, *max),
+        Op::FakeQuantize { scale, zero_point } => {
+            kernels::fake_quantize_i8(args[0], *scale, *zero_point)
+        }
         Op::Upsample { scale } => kernels::upsample_nearest(args[0], *scale, *scale),
         Op::GroupNorm { groups, epsilon } => {
             group_norm(args[0], &args[1].data, &args[2].data, *groups, *epsilon)?

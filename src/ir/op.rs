@@ -171,6 +171,15 @@ pub enum Op {
     Rsqrt {
         epsilon: f32,
     },
+    /// An int8 quantize–dequantize pair: `q = clamp(round_half_even(x / scale) + zero_point,
+    /// -128, 127)`, then `(q - zero_point) * scale`, as MIL's iOS17 `quantize` and `dequantize`
+    /// define them. The IR keeps the result in x's float type (the int8 values exist only
+    /// between the two MIL ops); `scale` is positive, finite and exact in x's dtype, so the
+    /// evaluator and the lowered package use the same number.
+    FakeQuantize {
+        scale: f32,
+        zero_point: i8,
+    },
     /// `min(max(x, min), max)`.
     Clip {
         min: f32,
@@ -277,6 +286,7 @@ impl Op {
             Op::Conv2d(_) => "conv2d",
             Op::Rsqrt { .. } => "rsqrt",
             Op::Clip { .. } => "clip",
+            Op::FakeQuantize { .. } => "fake_quantize",
             Op::Upsample { .. } => "upsample",
             Op::GroupNorm { .. } => "group_norm",
             Op::ReduceMean { .. } => "reduce_mean",
@@ -396,6 +406,19 @@ impl Op {
                 arity(1..=1)?;
                 float(inputs[0])?;
                 Ok(inputs[0].clone())
+            }
+            Op::FakeQuantize { scale, .. } => {
+                arity(1..=1)?;
+                let x = inputs[0];
+                float(x)?;
+                let exact = x.dtype != DType::F16 || half::f16::from_f32(*scale).to_f32() == *scale;
+                if !(scale.is_finite() && *scale > 0.0 && exact) {
+                    return Err(format!(
+                        "scale {scale:?} must be positive, finite and exact in {}",
+                        x.dtype
+                    ));
+                }
+                Ok(x.clone())
             }
             Op::Binary(_) => {
                 arity(2..=2)?;

@@ -489,6 +489,10 @@ fn parse_op(name: &str, a: &Attrs) -> Result<Op, String> {
             "rsqrt" => Op::Rsqrt {
                 epsilon: a.get("epsilon")?,
             },
+            "fake_quantize" => Op::FakeQuantize {
+                scale: a.get("scale")?,
+                zero_point: a.get("zero_point")?,
+            },
             "clip" => Op::Clip {
                 min: a.get("min")?,
                 max: a.get("max")?,

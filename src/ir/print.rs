@@ -86,6 +86,9 @@ fn attrs(op: &Op) -> String {
         ),
         Op::Rsqrt { epsilon } => format!("epsilon={epsilon:?}"),
         Op::Clip { min, max } => format!("min={min:?} max={max:?}"),
+        Op::FakeQuantize { scale, zero_point } => {
+            format!("scale={scale:?} zero_point={zero_point}")
+        }
         Op::Upsample { scale } => format!("scale={scale}"),
         Op::GroupNorm { groups, epsilon } => format!("groups={groups} epsilon={epsilon:?}"),
         Op::ReduceMean { axes, keep_dims } => format!("axes={axes:?} keep_dims={keep_dims}"),

@@ -140,6 +140,24 @@ pub fn clip(x: &Array, lo: f32, hi: f32) -> Array {
     map(x, move |v| if v.is_nan() { v } else { v.max(lo).min(hi) })
 }
 
+/// MIL's iOS17 `quantize` to int8 for one value: `clamp(round_half_even(x / scale) +
+/// zero_point, -128, 127)` (division, not a reciprocal product, as the op's definition reads),
+/// held in an f32. NaN stays NaN.
+pub fn quantize_i8(x: f32, scale: f32, zero_point: f32) -> f32 {
+    ((x / scale).round_ties_even() + zero_point).clamp(-128.0, 127.0)
+}
+
+/// MIL's `dequantize` for one value: `scale * (q - zero_point)`.
+pub fn dequantize(q: f32, scale: f32, zero_point: f32) -> f32 {
+    scale * (q - zero_point)
+}
+
+/// An int8 quantize–dequantize pair on every element (the IR's `fake_quantize`).
+pub fn fake_quantize_i8(x: &Array, scale: f32, zero_point: i8) -> Array {
+    let zp = f32::from(zero_point);
+    map(x, move |v| dequantize(quantize_i8(v, scale, zp), scale, zp))
+}
+
 /// `f` applied to every element.
 pub fn map(x: &Array, f: impl Fn(f32) -> f32 + Sync) -> Array {
     let mut out = vec![0.0f32; x.data.len()];
@@ -278,6 +296,22 @@ mod tests {
     }
 
     /// `cargo test --release --lib kernels::elementwise::tests::bench -- --ignored --nocapture`
+    #[test]
+    fn int8_quantization_rounds_half_to_even_and_clips() {
+        let q = |x: f32, zp: f32| quantize_i8(x, 0.5, zp);
+        assert_eq!(
+            [q(1.25, 0.0), q(1.75, 0.0), q(-1.25, 0.0)],
+            [2.0, 4.0, -2.0]
+        );
+        assert_eq!(
+            [q(100.0, 0.0), q(-100.0, 0.0), q(-63.0, -3.0)],
+            [127.0, -128.0, -128.0]
+        );
+        assert!(q(f32::NAN, 0.0).is_nan());
+        let y = fake_quantize_i8(&Array::new(vec![3], vec![0.3, -70.0, 1.25]), 0.5, 1);
+        assert_eq!(y.data, [0.5, -64.5, 1.0]);
+    }
+
     #[test]
     #[ignore]
     fn bench() {

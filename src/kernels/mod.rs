@@ -22,7 +22,9 @@ pub mod slicing;
 pub mod special;
 
 pub use conv::{conv2d, Conv2d};
-pub use elementwise::{binary, broadcast_shape, clip, map};
+pub use elementwise::{
+    binary, broadcast_shape, clip, dequantize, fake_quantize_i8, map, quantize_i8,
+};
 pub use layout::{tile, transpose, upsample_nearest};
 pub use linalg::matmul;
 pub use norm::{layer_norm, softmax};

@@ -8,7 +8,7 @@
 use super::target::Target;
 use super::values::{
     arg, args, blob_value, bool_value, bools_value, f16_bytes_value, floats_value, ints_value,
-    name_attr, named, raw_blob_value, raw_bytes_value, string_value, tensor_type,
+    name_attr, named, raw_blob_value, raw_bytes_value, raw_tensor_type, string_value, tensor_type,
 };
 use crate::ir::{ConstData, Dim, Graph, Op, Palettized, Quantized, TensorType, ValueId};
 use crate::package::{BlobDType, BlobWriter};
@@ -737,6 +737,57 @@ impl FnLowering<'_> {
         Ok(())
     }
 
+    /// iOS17 `quantize(input, zero_point, scale, output_dtype="int8")` to an int8 tensor, then
+    /// `dequantize(input, zero_point, scale)` back to the float type: the pattern Core ML fuses
+    /// into int8 compute. Both ops read the same scalar scale (in x's dtype) and int8 zero point.
+    fn fake_quantize(
+        &mut self,
+        out: &str,
+        x: &str,
+        ty: &TensorType,
+        scale: f32,
+        zero_point: i8,
+    ) -> Result<(), LowerError> {
+        self.check_target("quantize", out)?;
+        self.check_target("dequantize", out)?;
+        let s = self.scalar(out, "scale", scale, ty.dtype);
+        let zp = self.konst(
+            format!("{out}_zero_point"),
+            raw_bytes_value(pb::DataType::Int8, &[], vec![zero_point as u8]),
+        );
+        let dt = self.konst(format!("{out}_output_dtype"), string_value("int8"));
+        let q = format!("{out}_int8");
+        let op =
+            |kind: &str, inputs: Vec<(&str, &str)>, name: &str, ty: pb::ValueType| pb::Operation {
+                r#type: kind.to_string(),
+                inputs: inputs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), arg(v)))
+                    .collect(),
+                outputs: vec![named(name, ty)],
+                blocks: vec![],
+                attributes: [name_attr(name)].into_iter().collect(),
+            };
+        self.ops.push(op(
+            "quantize",
+            vec![
+                ("input", x),
+                ("zero_point", &zp),
+                ("scale", &s),
+                ("output_dtype", &dt),
+            ],
+            &q,
+            raw_tensor_type(pb::DataType::Int8, &ty.shape),
+        ));
+        self.ops.push(op(
+            "dequantize",
+            vec![("input", &q), ("zero_point", &zp), ("scale", &s)],
+            out,
+            tensor_type(ty),
+        ));
+        Ok(())
+    }
+
     fn ints(&mut self, op: &str, param: &str, v: &[usize]) -> String {
         self.konst(
             format!("{op}_{param}"),
@@ -803,6 +854,9 @@ impl FnLowering<'_> {
                 let lo = self.scalar(&out, "alpha", *min, dtype);
                 let hi = self.scalar(&out, "beta", *max, dtype);
                 ("clip", vec![("x", x(0)), ("alpha", lo), ("beta", hi)])
+            }
+            Op::FakeQuantize { scale, zero_point } => {
+                return self.fake_quantize(&out, &x(0), &node.ty, *scale, *zero_point)
             }
             Op::Upsample { scale } => {
                 let sh = self.konst(

@@ -657,6 +657,68 @@ pub fn constexpr_affine_dequantize(a: &Args) -> Result<Array, String> {
     Ok(Array::new(q.shape.clone(), data.collect()))
 }
 
+/// The scale and zero point of iOS17 `quantize`/`dequantize` for each element of `x`: scalars,
+/// or vectors along `axis` (the zero point defaults to 0).
+fn quant_params<'v>(a: &Args<'v>, x: &Array) -> Result<impl Fn(usize) -> (f32, f32) + 'v, String> {
+    let (scale, zp) = (a.num("scale")?, a.opt("zero_point")?);
+    let (inner, c) = match a.opt("axis")? {
+        None => {
+            if scale.len() != 1 || zp.is_some_and(|z| z.len() != 1) {
+                return Err("scale and zero_point must be scalars without an axis".into());
+            }
+            (1, 1)
+        }
+        Some(_) => {
+            let r = x.shape.len() as f32;
+            let axis = a.scalar("axis")?;
+            if axis.fract() != 0.0 || axis < -r || axis >= r {
+                return Err(format!("axis {axis} out of range for {:?}", x.shape));
+            }
+            let axis = if axis < 0.0 { axis + r } else { axis } as usize;
+            let c = x.shape[axis];
+            if scale.len() != c || zp.is_some_and(|z| z.len() != c) {
+                return Err(format!(
+                    "scale {:?} and zero_point must have {c} values along axis {axis} of {:?}",
+                    scale.shape, x.shape
+                ));
+            }
+            (x.shape[axis + 1..].iter().product::<usize>().max(1), c)
+        }
+    };
+    Ok(move |e: usize| {
+        let ch = (e / inner) % c;
+        (scale.data[ch], zp.map_or(0.0, |z| z.data[ch]))
+    })
+}
+
+/// iOS17 `quantize`: `clamp(round_half_even(input / scale) + zero_point)` to the range of
+/// `output_dtype` (int8 or uint8), values held in f32.
+pub fn quantize(a: &Args) -> Result<Array, String> {
+    let x = a.num("input")?;
+    let (lo, hi) = match a.string("output_dtype")?.as_str() {
+        "int8" => (-128.0, 127.0),
+        "uint8" => (0.0, 255.0),
+        other => return Err(format!("output_dtype {other:?} is not int8 or uint8")),
+    };
+    let p = quant_params(a, x)?;
+    let data = x.data.iter().enumerate().map(|(e, &v)| {
+        let (s, z) = p(e);
+        ((v / s).round_ties_even() + z).clamp(lo, hi)
+    });
+    Ok(Array::new(x.shape.clone(), data.collect()))
+}
+
+/// iOS17 `dequantize`: `scale * (input - zero_point)`.
+pub fn dequantize(a: &Args) -> Result<Array, String> {
+    let q = a.num("input")?;
+    let p = quant_params(a, q)?;
+    let data = q.data.iter().enumerate().map(|(e, &v)| {
+        let (s, z) = p(e);
+        kernels::dequantize(v, s, z)
+    });
+    Ok(Array::new(q.shape.clone(), data.collect()))
+}
+
 pub fn constexpr_blockwise_shift_scale(a: &Args) -> Result<Array, String> {
     let (d, scale) = (a.num("data")?, a.num("scale")?);
     let offset = a.opt("offset")?;

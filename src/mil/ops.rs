@@ -75,7 +75,7 @@ const fn row(
 }
 
 use Ane::{No, Yes};
-use Target::{Ios16, Ios18};
+use Target::{Ios16, Ios17, Ios18};
 
 const CAST_OFF_ANE: &str =
     "cast between fp32 and fp16 runs outside the ANE (fp32 model I/O; build with fp16 I/O to avoid it)";
@@ -133,6 +133,15 @@ const OPS: &[MilOp] = &[
         Ios18,
         Yes,
         Eval::Op(e::constexpr_blockwise_shift_scale),
+    ),
+    // Activation quantization: Core ML fuses a dequantize into the conv or add that reads it.
+    row("quantize", &["input"], Ios17, Yes, Eval::Op(e::quantize)),
+    row(
+        "dequantize",
+        &["input"],
+        Ios17,
+        Yes,
+        Eval::Op(e::dequantize),
     ),
     row("matmul", &["x", "y"], Ios16, Yes, Eval::Op(e::matmul)),
     row("softmax", X, Ios16, Yes, Eval::Op(e::softmax)),

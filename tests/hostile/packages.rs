@@ -231,6 +231,50 @@ fn hostile_cases() -> Vec<(&'static str, Vec<pb::Operation>, &'static str)> {
             ],
             "op mm (matmul): a result of shape [40000, 40000] would exceed",
         ),
+        (
+            "quantize with an empty scale",
+            vec![
+                konst("s", empty()),
+                konst("dt", mv::string_value("int8")),
+                op(
+                    "quantize",
+                    "q",
+                    &[("input", "latent"), ("scale", "s"), ("output_dtype", "dt")],
+                ),
+            ],
+            "op q (quantize): scale and zero_point must be scalars without an axis",
+        ),
+        (
+            "quantize to int4",
+            vec![
+                konst("s", scalar(1.0)),
+                konst("dt", mv::string_value("int4")),
+                op(
+                    "quantize",
+                    "q",
+                    &[("input", "latent"), ("scale", "s"), ("output_dtype", "dt")],
+                ),
+            ],
+            "op q (quantize): output_dtype \"int4\" is not int8 or uint8",
+        ),
+        (
+            "dequantize with an axis past the rank",
+            vec![
+                konst("s", mv::floats_value(&[4], vec![1.0; 4])),
+                konst("ax", scalar(9.0)),
+                op("dequantize", "d", &[("input", "latent"), ("scale", "s"), ("axis", "ax")]),
+            ],
+            "op d (dequantize): axis 9 out of range for [1, 4, 4, 4]",
+        ),
+        (
+            "dequantize with a scale vector of the wrong length",
+            vec![
+                konst("s", mv::floats_value(&[3], vec![1.0; 3])),
+                konst("ax", scalar(1.0)),
+                op("dequantize", "d", &[("input", "latent"), ("scale", "s"), ("axis", "ax")]),
+            ],
+            "op d (dequantize): scale [3] and zero_point must have 4 values along axis 1",
+        ),
     ]
 }
 
