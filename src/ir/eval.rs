@@ -16,6 +16,25 @@ pub fn evaluate(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, IrError> {
+    evaluate_inner(g, inputs, None)
+}
+
+/// [`evaluate`] that shows `observe` every value the graph computes (inputs and ops, not
+/// constants) as soon as it exists, before it is dropped: statistics over activations without
+/// keeping them (calibration).
+pub fn evaluate_observed(
+    g: &Graph,
+    inputs: &BTreeMap<String, Array>,
+    observe: &mut dyn FnMut(ValueId, &Array),
+) -> Result<BTreeMap<String, Array>, IrError> {
+    evaluate_inner(g, inputs, Some(observe))
+}
+
+fn evaluate_inner(
+    g: &Graph,
+    inputs: &BTreeMap<String, Array>,
+    mut observe: Option<&mut dyn FnMut(ValueId, &Array)>,
+) -> Result<BTreeMap<String, Array>, IrError> {
     let mut uses = g.use_counts();
     let mut values: Vec<Option<Array>> = vec![None; g.len()];
     let mut symbols: BTreeMap<String, usize> = BTreeMap::new();
@@ -49,6 +68,11 @@ pub fn evaluate(
                 op => eval_op_at(op, &args, &symbols).map_err(err)?,
             }
         };
+        if let Some(f) = observe.as_mut() {
+            if !matches!(node.op, Op::Const(_)) {
+                f(id, &out);
+            }
+        }
         values[id.index()] = Some(out);
         for v in &node.inputs {
             release(&mut uses, &mut values, *v);
