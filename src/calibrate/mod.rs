@@ -7,9 +7,11 @@
 //! - [`image`]: decoding PNG/JPEG and fitting a photo to the model's size.
 //! - [`stats`]: one evaluation per sample gathering per-value statistics ([`collect`]).
 //! - [`histogram`]: the bounded |x| histogram and the clipping range minimising the error.
+//! - [`ranges`]: an emitted package's per-op ranges on the samples (`mlc inspect --ranges`).
 
 pub mod histogram;
 pub mod image;
+pub mod ranges;
 pub mod source;
 pub mod stats;
 

@@ -74,7 +74,9 @@ impl Target {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let images = image_feed(model, part, options, b, weights, encoder_weights)?;
+        // Only photos need the encoder: without it a safetensors file still calibrates.
+        let images = image_feed(model, part, options, b, weights, encoder_weights)
+            .unwrap_or_else(|e| ImageFeed::Refused(e.to_string()));
         Ok(Target {
             inputs,
             images,

@@ -65,6 +65,9 @@ pub struct EvalOptions {
     /// op's result); `None` is [`crate::limits::MAX_EVAL_ELEMENTS`]. A smaller limit bounds
     /// the memory, and so the time, of evaluating an untrusted package.
     pub max_elements: Option<usize>,
+    /// Record every op's value range ([`ActivationStats::ops`]): what `mlc inspect --ranges`
+    /// prints.
+    pub ranges: bool,
 }
 
 impl EvalOptions {
@@ -83,6 +86,151 @@ pub struct ActivationStats {
     /// Ops whose fp16 output overflowed (|value| > 65504, or already infinite), in program
     /// order.
     pub overflowed: Vec<String>,
+    /// With [`EvalOptions::ranges`]: every non-constant op with a floating-point output, in
+    /// program order, and what its values were (before any fp16 rounding of that output).
+    pub ops: Vec<OpRange>,
+}
+
+impl ActivationStats {
+    /// Folds in the statistics of another evaluation of the same function (the next sample).
+    pub fn merge(&mut self, other: ActivationStats) {
+        if other.largest > self.largest || self.largest_at.is_empty() {
+            self.largest = other.largest;
+            self.largest_at = other.largest_at;
+        }
+        for o in other.overflowed {
+            if !self.overflowed.contains(&o) {
+                self.overflowed.push(o);
+            }
+        }
+        if self.ops.is_empty() {
+            self.ops = other.ops;
+            return;
+        }
+        let mut at: HashMap<String, usize> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.op.clone(), i))
+            .collect();
+        for r in other.ops {
+            match at.get(&r.op) {
+                Some(&i) => self.ops[i].merge(&r),
+                None => {
+                    at.insert(r.op.clone(), self.ops.len());
+                    self.ops.push(r);
+                }
+            }
+        }
+    }
+}
+
+/// Smallest positive normal fp16 value (2^-14): below it fp16 keeps fewer than 11 significant
+/// bits.
+pub const FP16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// The values one op produced, over every evaluation merged in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpRange {
+    /// The op's output name.
+    pub op: String,
+    /// The op type (`conv`, `add`, ...).
+    pub kind: String,
+    /// Whether the output is declared fp16.
+    pub fp16: bool,
+    /// Largest finite magnitude.
+    pub abs_max: f32,
+    /// Finite values, and their sum of squares.
+    pub count: u64,
+    pub sum_sq: f64,
+    /// Non-zero finite values, and how many of those lie in fp16's subnormal range.
+    pub nonzero: u64,
+    pub subnormal: u64,
+    /// NaNs and infinities.
+    pub nonfinite: u64,
+}
+
+impl OpRange {
+    fn of(op: &str, kind: &str, fp16: bool, data: &[f32]) -> OpRange {
+        let mut r = OpRange {
+            op: op.to_string(),
+            kind: kind.to_string(),
+            fp16,
+            ..OpRange::default()
+        };
+        for &x in data {
+            if !x.is_finite() {
+                r.nonfinite += 1;
+                continue;
+            }
+            let a = x.abs();
+            r.count += 1;
+            r.sum_sq += (a as f64) * (a as f64);
+            r.abs_max = r.abs_max.max(a);
+            if a > 0.0 {
+                r.nonzero += 1;
+                if a < FP16_MIN_NORMAL {
+                    r.subnormal += 1;
+                }
+            }
+        }
+        r
+    }
+
+    fn merge(&mut self, o: &OpRange) {
+        self.abs_max = self.abs_max.max(o.abs_max);
+        self.count += o.count;
+        self.sum_sq += o.sum_sq;
+        self.nonzero += o.nonzero;
+        self.subnormal += o.subnormal;
+        self.nonfinite += o.nonfinite;
+    }
+
+    /// Root mean square of the finite values: the op's typical magnitude.
+    pub fn rms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            (self.sum_sq / self.count as f64).sqrt()
+        }
+    }
+
+    /// Whether fp16 cannot hold the values: some exceed 65,504 or are already infinite.
+    pub fn overflows_fp16(&self) -> bool {
+        self.abs_max > FP16_MAX || self.nonfinite > 0
+    }
+
+    /// Whether fp16 loses precision on this op's values, by either of two measures:
+    /// - the largest magnitude is so far above the typical one (RMS) that half the fp16 spacing
+    ///   there (the rounding error of a sum or value of that size) exceeds 10% of the RMS; an
+    ///   fp16 accumulation at that magnitude then cannot resolve the op's ordinary values;
+    /// - more than 1% of the non-zero values are fp16 subnormals (below 2^-14), which keep
+    ///   fewer significant bits and flush to zero on hardware without subnormals.
+    pub fn loses_fp16_precision(&self) -> bool {
+        self.coarse_in_fp16() || self.subnormal_in_fp16()
+    }
+
+    /// The first measure of [`OpRange::loses_fp16_precision`]: half the fp16 spacing at the
+    /// largest magnitude exceeds 10% of the RMS.
+    pub fn coarse_in_fp16(&self) -> bool {
+        let rms = self.rms();
+        let half_spacing = fp16_spacing(self.abs_max) as f64 / 2.0;
+        rms > 0.0 && half_spacing > 0.1 * rms
+    }
+
+    /// The second measure: more than 1% of the non-zero values are fp16 subnormals.
+    pub fn subnormal_in_fp16(&self) -> bool {
+        self.subnormal as f64 > 0.01 * self.nonzero as f64
+    }
+}
+
+/// The distance between adjacent fp16 values around magnitude `v` (normal range: 2^(e - 10)
+/// for `v` in [2^e, 2^(e+1)); subnormals: 2^-24).
+pub fn fp16_spacing(v: f32) -> f32 {
+    if v < FP16_MIN_NORMAL {
+        return 2f32.powi(-24);
+    }
+    2f32.powi(v.log2().floor() as i32 - 10)
 }
 
 /// Largest finite fp16 value.
@@ -198,6 +346,15 @@ pub fn evaluate_with(
                 let activation = options.fp16_activations
                     && op.r#type != "const"
                     && !op.r#type.starts_with("constexpr_");
+                let float = matches!(dt, pb::DataType::Float16 | pb::DataType::Float32);
+                if options.ranges && float && !op.r#type.starts_with("const") {
+                    stats.ops.push(OpRange::of(
+                        &name,
+                        &op.r#type,
+                        *dt == pb::DataType::Float16,
+                        &a.data,
+                    ));
+                }
                 if *dt == pb::DataType::Float16 && activation {
                     let peak = a
                         .data
