@@ -76,7 +76,12 @@ impl Target {
             .collect::<Result<Vec<_>, _>>()?;
         // Only photos need the encoder: without it a safetensors file still calibrates.
         let images = image_feed(model, part, options, b, weights, encoder_weights)
-            .unwrap_or_else(|e| ImageFeed::Refused(e.to_string()));
+            .unwrap_or_else(|e| {
+                ImageFeed::Refused(match e {
+                    CalibrationError::Model(m) => m,
+                    e => e.to_string(),
+                })
+            });
         Ok(Target {
             inputs,
             images,
