@@ -604,7 +604,10 @@ pub fn main(cli: Cli) -> Result<()> {
 fn inspect_ranges(pkg: &crate::package::Package, a: &InspectArgs) -> Result<String> {
     use crate::calibrate::{ranges, Calibration};
     use std::io::IsTerminal;
-    let path = a.calibration.as_ref().context("--ranges needs --calibration")?;
+    let path = a
+        .calibration
+        .as_ref()
+        .context("--ranges needs --calibration")?;
     let function = a
         .function
         .clone()

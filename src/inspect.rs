@@ -239,7 +239,13 @@ pub fn ranges(stats: &crate::mil::eval::ActivationStats, samples: usize, sha256:
         s,
         "activation ranges over {samples} calibration samples (sha256 {sha256})"
     );
-    let width = stats.ops.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
+    let width = stats
+        .ops
+        .iter()
+        .map(|r| r.op.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let _ = writeln!(
         s,
         "{:width$}  {:<14}  {:>12}  {:>12}  fp16",

@@ -46,7 +46,14 @@ fn taef2_decoder_target(latent: usize, encoder: Option<&Path>) -> Target {
     Target::for_model(m, Part::Decoder, &none, &b, None, encoder).unwrap()
 }
 
-fn write_png(path: &Path, color: png::ColorType, depth: png::BitDepth, w: u32, h: u32, data: &[u8]) {
+fn write_png(
+    path: &Path,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    w: u32,
+    h: u32,
+    data: &[u8],
+) {
     let file = std::fs::File::create(path).unwrap();
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
     enc.set_color(color);
@@ -124,18 +131,39 @@ fn jpeg_is_area_averaged_and_centre_cropped() {
 fn png_grey_alpha_and_16_bit_decode_to_rgb() {
     let tmp = tempfile::tempdir().unwrap();
     let grey = tmp.path().join("g.png");
-    write_png(&grey, png::ColorType::Grayscale, png::BitDepth::Eight, 2, 1, &[0, 255]);
+    write_png(
+        &grey,
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        2,
+        1,
+        &[0, 255],
+    );
     let g = decode(&grey).unwrap();
     assert_eq!(g.data, [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
     let rgba = tmp.path().join("a.png");
-    write_png(&rgba, png::ColorType::Rgba, png::BitDepth::Eight, 1, 1, &[51, 102, 255, 7]);
+    write_png(
+        &rgba,
+        png::ColorType::Rgba,
+        png::BitDepth::Eight,
+        1,
+        1,
+        &[51, 102, 255, 7],
+    );
     assert_eq!(decode(&rgba).unwrap().data, [0.2, 0.4, 1.0]);
     let deep = tmp.path().join("d.png");
     let px: Vec<u8> = [65535u16, 32768, 0]
         .iter()
         .flat_map(|v| v.to_be_bytes())
         .collect();
-    write_png(&deep, png::ColorType::Rgb, png::BitDepth::Sixteen, 1, 1, &px);
+    write_png(
+        &deep,
+        png::ColorType::Rgb,
+        png::BitDepth::Sixteen,
+        1,
+        1,
+        &px,
+    );
     assert_eq!(decode(&deep).unwrap().data, [1.0, 32768.0 / 65535.0, 0.0]);
 }
 
@@ -145,7 +173,13 @@ fn shared_photos_load_sorted_with_a_stable_hash() {
     let a = Calibration::load(&photos(), &t).unwrap();
     assert_eq!(a.len(), 4, "the four photos, README.md skipped");
     let names: Vec<&str> = (0..4)
-        .map(|i| Path::new(a.source(i)).file_name().unwrap().to_str().unwrap())
+        .map(|i| {
+            Path::new(a.source(i))
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        })
         .collect();
     assert_eq!(
         names,
@@ -184,13 +218,21 @@ fn bad_calibration_inputs_are_one_line_errors_naming_the_culprit() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("notes.txt"), "no photos").unwrap();
-    let e = one_line(Calibration::load(&empty, &direct([8, 8])).unwrap_err().to_string());
+    let e = one_line(
+        Calibration::load(&empty, &direct([8, 8]))
+            .unwrap_err()
+            .to_string(),
+    );
     assert!(e.contains("empty") && e.contains("no .png"), "{e}");
 
     let broken = tmp.path().join("broken");
     std::fs::create_dir(&broken).unwrap();
     std::fs::write(broken.join("bad.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
-    let e = one_line(Calibration::load(&broken, &direct([8, 8])).unwrap_err().to_string());
+    let e = one_line(
+        Calibration::load(&broken, &direct([8, 8]))
+            .unwrap_err()
+            .to_string(),
+    );
     assert!(e.contains("bad.png") && e.contains("PNG"), "{e}");
 
     let e = one_line(
@@ -201,14 +243,21 @@ fn bad_calibration_inputs_are_one_line_errors_naming_the_culprit() {
     assert!(e.contains("missing"), "{e}");
 
     // The 512x512 photo cannot fill 768x768 (and is the first smaller one in sorted order).
-    let e = one_line(Calibration::load(&photos(), &direct([768, 768])).unwrap_err().to_string());
+    let e = one_line(
+        Calibration::load(&photos(), &direct([768, 768]))
+            .unwrap_err()
+            .to_string(),
+    );
     assert!(
         e.contains("immunohistochemistry.png") && e.contains("512x512") && e.contains("768x768"),
         "{e}"
     );
 
     let mut wrong = BTreeMap::new();
-    wrong.insert("latent".to_string(), Tensor::f32(vec![1, 16, 8, 8], vec![0.0; 1024]));
+    wrong.insert(
+        "latent".to_string(),
+        Tensor::f32(vec![1, 16, 8, 8], vec![0.0; 1024]),
+    );
     wrong.insert("other".to_string(), Tensor::f32(vec![1], vec![0.0]));
     let f = tmp.path().join("latents.safetensors");
     write_safetensors(&f, &wrong);
@@ -233,7 +282,10 @@ fn safetensors_batches_split_into_samples() {
     let n = 32 * 8 * 8;
     let data = random(3 * n, 7, 2.0);
     let f = tmp.path().join("three.safetensors");
-    let t = BTreeMap::from([("latent".to_string(), Tensor::f32(vec![3, 32, 8, 8], data.clone()))]);
+    let t = BTreeMap::from([(
+        "latent".to_string(),
+        Tensor::f32(vec![3, 32, 8, 8], data.clone()),
+    )]);
     write_safetensors(&f, &t);
     let cal = Calibration::load(&f, &taef2_decoder_target(8, None)).unwrap();
     assert_eq!(cal.len(), 3);
@@ -246,10 +298,15 @@ fn safetensors_batches_split_into_samples() {
     let g = tmp.path().join("changed.safetensors");
     write_safetensors(
         &g,
-        &BTreeMap::from([("latent".to_string(), Tensor::f32(vec![3, 32, 8, 8], changed))]),
+        &BTreeMap::from([(
+            "latent".to_string(),
+            Tensor::f32(vec![3, 32, 8, 8], changed),
+        )]),
     );
     assert_ne!(
-        Calibration::load(&g, &taef2_decoder_target(8, None)).unwrap().hash(),
+        Calibration::load(&g, &taef2_decoder_target(8, None))
+            .unwrap()
+            .hash(),
         cal.hash()
     );
 }
@@ -269,7 +326,12 @@ fn decoder_photos_become_encoder_latents() {
         .load(Part::Encoder, &enc, &ModelOptions::default())
         .unwrap();
     let g = mlc::compiler::declare(&o, &w).unwrap();
-    let img = fit(&decode(&photos().join("retina.png")).unwrap(), [64, 64], false).unwrap();
+    let img = fit(
+        &decode(&photos().join("retina.png")).unwrap(),
+        [64, 64],
+        false,
+    )
+    .unwrap();
     let out = mlc::ir::eval::evaluate(&g, &BTreeMap::from([("image".to_string(), img)])).unwrap();
     let latent = &cal.inputs()["latent"][2];
     assert_eq!(latent.shape, [1, 32, 8, 8]);
@@ -319,7 +381,10 @@ fn statistics_match_brute_force() {
         let flat: Vec<f32> = all.concat();
         assert_eq!(s.count, 180);
         assert_eq!(s.min, flat.iter().copied().fold(f32::INFINITY, f32::min));
-        assert_eq!(s.max, flat.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        assert_eq!(
+            s.max,
+            flat.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        );
         assert_eq!(s.abs_max, flat.iter().fold(0f32, |m, v| m.max(v.abs())));
         let (mean, m2) = (s.channel_mean(), s.channel_second_moment());
         for c in 0..3 {
@@ -329,7 +394,10 @@ fn statistics_match_brute_force() {
                 .collect();
             let bm = ch.iter().sum::<f64>() / 60.0;
             let bq = ch.iter().map(|v| v * v).sum::<f64>() / 60.0;
-            assert!((mean[c] - bm).abs() <= 1e-12 * bq.sqrt().max(1.0), "{id} mean {c}");
+            assert!(
+                (mean[c] - bm).abs() <= 1e-12 * bq.sqrt().max(1.0),
+                "{id} mean {c}"
+            );
             assert!((m2[c] - bq).abs() <= 1e-12 * bq.max(1.0), "{id} m2 {c}");
         }
         assert_eq!(s.histogram.total(), 180);
@@ -365,7 +433,11 @@ fn clip_range_matches_a_brute_force_search() {
                 .enumerate()
                 .map(|(j, &v)| {
                     let mag = -(1.0 - v.abs()).max(1e-6).ln() * 0.2;
-                    let outlier = if (i * 60 + j as u64) % 797 == 0 { 30.0 } else { 1.0 };
+                    let outlier = if (i * 60 + j as u64) % 797 == 0 {
+                        30.0
+                    } else {
+                        1.0
+                    };
                     v.signum() * mag * outlier * (1.0 + (i / 10) as f32)
                 })
                 .collect();
@@ -393,10 +465,16 @@ fn clip_range_matches_a_brute_force_search() {
                 got <= best * 1.03,
                 "{id} int{bits}: clip {c} gives {got:.4e}, brute force {best:.4e}"
             );
-            println!("{id} int{bits}: clip {c} of max {}, mse {got:.4e} vs best {best:.4e}", s.abs_max);
+            println!(
+                "{id} int{bits}: clip {c} of max {}, mse {got:.4e} vs best {best:.4e}",
+                s.abs_max
+            );
             // Where clipping pays (4 bits here), the range is not the raw max.
             if bits == 4 {
-                assert!(c < 0.75 * s.abs_max, "{id} int{bits}: outliers not clipped ({c})");
+                assert!(
+                    c < 0.75 * s.abs_max,
+                    "{id} int{bits}: outliers not clipped ({c})"
+                );
             }
         }
     }
@@ -425,7 +503,11 @@ fn inspect_ranges_names_ops_and_reports_what_the_package_computes() {
     ];
     let out = mlc(&args, &repo());
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("over 4 calibration samples"), "{text}");
     let line = |op: &str| {
         text.lines()
@@ -435,7 +517,12 @@ fn inspect_ranges_names_ops_and_reports_what_the_package_computes() {
     };
     let conv = line("l8_conv2_conv");
     assert_eq!(conv.split_whitespace().nth(1), Some("conv"), "{conv}");
-    let image_max: f32 = line("image").split_whitespace().nth(2).unwrap().parse().unwrap();
+    let image_max: f32 = line("image")
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
     let cal = Calibration::load(&photos(), &taef2_decoder_target(8, Some(&enc))).unwrap();
     let p = mlc::package::read_package(&pkg).unwrap();
     let mut want = 0f32;
@@ -451,7 +538,10 @@ fn inspect_ranges_names_ops_and_reports_what_the_package_computes() {
 
     // A latent file of the wrong shape: one line naming the file, tensor and both shapes.
     let f = dir.join("wrong.safetensors");
-    let wrong = BTreeMap::from([("latent".to_string(), Tensor::f32(vec![1, 32, 4, 4], vec![0.0; 512]))]);
+    let wrong = BTreeMap::from([(
+        "latent".to_string(),
+        Tensor::f32(vec![1, 32, 4, 4], vec![0.0; 512]),
+    )]);
     write_safetensors(&f, &wrong);
     let mut bad = args;
     bad[4] = f.to_str().unwrap();
@@ -460,7 +550,9 @@ fn inspect_ranges_names_ops_and_reports_what_the_package_computes() {
     assert!(!out.status.success());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("wrong.safetensors") && err.contains("[1, 32, 4, 4]") && err.contains("[1, 32, 8, 8]"),
+        err.contains("wrong.safetensors")
+            && err.contains("[1, 32, 4, 4]")
+            && err.contains("[1, 32, 8, 8]"),
         "{err}"
     );
     oracle(&dir);

@@ -75,9 +75,7 @@ fn decode_png(bytes: &[u8]) -> Result<Rgb, String> {
         png::BitDepth::Sixteen => true,
         d => return Err(format!("a PNG of bit depth {} after expansion", d as u8)),
     };
-    let size = reader
-        .output_buffer_size()
-        .ok_or("the PNG is too large")?;
+    let size = reader.output_buffer_size().ok_or("the PNG is too large")?;
     let mut buf = vec![0u8; size];
     let frame = reader
         .next_frame(&mut buf)

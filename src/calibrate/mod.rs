@@ -124,9 +124,8 @@ fn hash_inputs(inputs: &BTreeMap<String, Vec<Array>>) -> String {
             for d in &a.shape {
                 h.update((*d as u64).to_le_bytes());
             }
-            for x in &a.data {
-                h.update(x.to_le_bytes());
-            }
+            let bytes: Vec<u8> = a.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            h.update(&bytes);
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

@@ -110,12 +110,13 @@ pub fn package_ranges(
             eprint!("\rmeasuring ranges: sample {}/{}", i + 1, cal.len());
             let _ = std::io::stderr().flush();
         }
-        let (_, stats) = crate::run::run_with(pkg, function, &cal.sample(i), options).map_err(
-            |e| CalibrationError::Eval {
-                sample: cal.source(i).to_string(),
-                reason: e.to_string(),
-            },
-        )?;
+        let (_, stats) =
+            crate::run::run_with(pkg, function, &cal.sample(i), options).map_err(|e| {
+                CalibrationError::Eval {
+                    sample: cal.source(i).to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
         total.merge(stats);
     }
     if progress && !cal.is_empty() {

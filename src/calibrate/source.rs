@@ -75,8 +75,8 @@ impl Target {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Only photos need the encoder: without it a safetensors file still calibrates.
-        let images = image_feed(model, part, options, b, weights, encoder_weights)
-            .unwrap_or_else(|e| {
+        let images =
+            image_feed(model, part, options, b, weights, encoder_weights).unwrap_or_else(|e| {
                 ImageFeed::Refused(match e {
                     CalibrationError::Model(m) => m,
                     e => e.to_string(),
@@ -281,15 +281,20 @@ fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, Calibr
                 Some(crate::ir::Op::Input { name }) => name.clone(),
                 _ => "image".to_string(),
             };
-            let out = crate::ir::eval::evaluate(enc, &BTreeMap::from([(name, x)]))
-                .map_err(|e| CalibrationError::Eval {
-                    sample: at.clone(),
-                    reason: format!("encoding: {e}"),
+            let out =
+                crate::ir::eval::evaluate(enc, &BTreeMap::from([(name, x)])).map_err(|e| {
+                    CalibrationError::Eval {
+                        sample: at.clone(),
+                        reason: format!("encoding: {e}"),
+                    }
                 })?;
-            x = out.into_values().next().ok_or_else(|| CalibrationError::Eval {
-                sample: at.clone(),
-                reason: "the encoder has no output".into(),
-            })?;
+            x = out
+                .into_values()
+                .next()
+                .ok_or_else(|| CalibrationError::Eval {
+                    sample: at.clone(),
+                    reason: "the encoder has no output".into(),
+                })?;
         }
         if let Some(s) = &expected {
             if &x.shape != s {
@@ -312,7 +317,11 @@ fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, Calibr
     Calibration::from_samples(BTreeMap::from([(input.clone(), samples)]), sources)
 }
 
-fn from_safetensors(path: &Path, len: u64, target: &Target) -> Result<Calibration, CalibrationError> {
+fn from_safetensors(
+    path: &Path,
+    len: u64,
+    target: &Target,
+) -> Result<Calibration, CalibrationError> {
     let at = path.display().to_string();
     let bad = |reason: String| CalibrationError::Input {
         path: at.clone(),

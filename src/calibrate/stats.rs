@@ -154,11 +154,9 @@ pub fn collect(g: &Graph, cal: &Calibration, progress: bool) -> Result<Stats, Ca
                 failed = Some(format!("{}: {e}", g.node(id).name));
             }
         };
-        eval::evaluate_observed(g, &inputs, &mut observe).map_err(|e| {
-            CalibrationError::Eval {
-                sample: cal.source(i).to_string(),
-                reason: e.to_string(),
-            }
+        eval::evaluate_observed(g, &inputs, &mut observe).map_err(|e| CalibrationError::Eval {
+            sample: cal.source(i).to_string(),
+            reason: e.to_string(),
         })?;
         if let Some(reason) = failed {
             return Err(CalibrationError::Eval {

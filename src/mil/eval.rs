@@ -571,6 +571,51 @@ fn run_op(
 mod tests {
     use super::*;
 
+    #[test]
+    fn fp16_spacing_and_precision_flags() {
+        assert_eq!(fp16_spacing(1.0), 2f32.powi(-10));
+        assert_eq!(fp16_spacing(1.99), 2f32.powi(-10));
+        assert_eq!(fp16_spacing(2048.0), 2.0);
+        assert_eq!(fp16_spacing(65504.0), 32.0);
+        assert_eq!(fp16_spacing(1e-6), 2f32.powi(-24));
+        // A million values of 1: one of 100 is resolved (half spacing 2^-5, 3% of the RMS of
+        // about 1), one of 4096 is not (half spacing 2, half the RMS of about 4.2).
+        let mut data = vec![1.0f32; 1_000_000];
+        data[0] = 100.0;
+        let r = OpRange::of("a", "conv", true, &data);
+        assert!(!r.coarse_in_fp16() && !r.overflows_fp16(), "{r:?}");
+        data[0] = 4096.0;
+        let r = OpRange::of("a", "conv", true, &data);
+        assert!(r.coarse_in_fp16() && r.loses_fp16_precision(), "{r:?}");
+        data[0] = 70000.0;
+        assert!(OpRange::of("a", "conv", true, &data).overflows_fp16());
+        // Subnormals: 2 of 100 non-zero values is over 1%.
+        let mut small = vec![0.5f32; 100];
+        small[..2].fill(1e-5);
+        small.push(0.0);
+        let r = OpRange::of("b", "mul", true, &small);
+        assert_eq!((r.nonzero, r.subnormal), (100, 2));
+        assert!(r.subnormal_in_fp16());
+    }
+
+    #[test]
+    fn merging_samples_keeps_the_largest_and_adds_counts() {
+        let one = |v: f32, at: &str| ActivationStats {
+            largest: v,
+            largest_at: at.into(),
+            overflowed: vec![],
+            ops: vec![OpRange::of("x", "relu", true, &[v, -1.0])],
+        };
+        let mut s = one(2.0, "x");
+        s.merge(one(5.0, "x"));
+        s.merge(one(3.0, "x"));
+        assert_eq!(s.largest, 5.0);
+        assert_eq!(s.ops.len(), 1);
+        assert_eq!(s.ops[0].abs_max, 5.0);
+        assert_eq!(s.ops[0].count, 6);
+        assert_eq!(s.ops[0].sum_sq, 4.0 + 25.0 + 9.0 + 3.0);
+    }
+
     /// Found by fuzzing: an op named with a newline made a two-line error.
     #[test]
     fn names_with_control_characters_stay_on_one_line() {
