@@ -25,15 +25,18 @@ pub fn evaluate(
 pub fn evaluate_observed(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
-    observe: &mut dyn FnMut(ValueId, &Array),
+    observe: Observer,
 ) -> Result<BTreeMap<String, Array>, IrError> {
     evaluate_inner(g, inputs, Some(observe))
 }
 
+/// What [`evaluate_observed`] calls with each value it computes.
+pub type Observer<'a> = &'a mut dyn FnMut(ValueId, &Array);
+
 fn evaluate_inner(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
-    mut observe: Option<&mut dyn FnMut(ValueId, &Array)>,
+    mut observe: Option<Observer>,
 ) -> Result<BTreeMap<String, Array>, IrError> {
     let mut uses = g.use_counts();
     let mut values: Vec<Option<Array>> = vec![None; g.len()];
