@@ -90,6 +90,23 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    // The statistics' own cost, on one activation of the decoder's last stage.
+    let big = mlc::kernels::Array::new(
+        vec![1, 64, 8 * latent, 8 * latent],
+        (0..64 * 64 * latent * latent)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
+            .collect(),
+    );
+    let mut one = mlc::calibrate::ValueStats::new(64);
+    let t = Instant::now();
+    one.observe(&big).unwrap();
+    let per = t.elapsed().as_secs_f64() / big.data.len() as f64;
+    let observed: u64 = stats.values.values().map(|s| s.count).sum();
+    println!(
+        "statistics: {:.2} ns per element, {observed} elements observed: about {:.2} s",
+        per * 1e9,
+        per * observed as f64
+    );
     let (worst, at) = stats
         .values
         .iter()

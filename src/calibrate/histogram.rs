@@ -31,9 +31,9 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    /// Adds the finite values of `data`; `abs_max` is their largest magnitude (the caller has
-    /// it already, from its own pass).
-    pub fn add(&mut self, data: &[f32], abs_max: f32) {
+    /// Adds the finite values of `data`; `abs_max` is their largest magnitude and `finite`
+    /// says whether all of them are finite (the caller has both from its own pass).
+    pub fn add(&mut self, data: &[f32], abs_max: f32, finite: bool) {
         let abs_max = abs_max as f64;
         if abs_max > 0.0 {
             if self.width == 0.0 {
@@ -49,6 +49,19 @@ impl Histogram {
         } else {
             0.0
         };
+        if finite && (inv as f32).is_finite() {
+            // Branch-free: zeros land in bin 0 and are moved to their own count afterwards.
+            let inv = inv as f32;
+            let mut zeros = 0u64;
+            for &x in data {
+                let i = ((x.abs() * inv) as usize).min(BINS - 1);
+                self.counts[i] += 1;
+                zeros += u64::from(x == 0.0);
+            }
+            self.counts[0] -= zeros;
+            self.zeros += zeros;
+            return;
+        }
         for &x in data {
             if x == 0.0 {
                 self.zeros += 1;
@@ -191,11 +204,11 @@ mod tests {
     #[test]
     fn doubling_merges_counts_exactly() {
         let mut h = Histogram::default();
-        h.add(&[1.0, -0.5, 0.0, 0.25], 1.0);
+        h.add(&[1.0, -0.5, 0.0, 0.25], 1.0, true);
         assert_eq!(h.total(), 4);
         assert_eq!(h.zeros(), 1);
         let w = h.width();
-        h.add(&[3.0], 3.0);
+        h.add(&[3.0, f32::NAN], 3.0, false);
         assert_eq!(h.width(), 4.0 * w);
         assert_eq!(h.total(), 5);
         // 0.25 and 0.5 now share the bins of width 4w = 2/2048.
@@ -226,7 +239,7 @@ mod tests {
     #[test]
     fn all_zeros_clip_at_zero() {
         let mut h = Histogram::default();
-        h.add(&[0.0; 10], 0.0);
+        h.add(&[0.0; 10], 0.0, true);
         assert_eq!(h.clip_range(8), 0.0);
     }
 }
