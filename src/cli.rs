@@ -244,7 +244,8 @@ pub struct InspectArgs {
     /// them) on --calibration and print, op by op, the largest activation magnitude and the RMS,
     /// flagged where fp16 overflows (beyond 65,504) or loses precision (half the fp16 spacing at
     /// the largest value over 10% of the RMS, or over 1% of values fp16 subnormals): how to
-    /// learn before shipping that a model needs fp32 or rescaled weights.
+    /// learn before shipping that a model needs fp32 or rescaled weights. Ranges are measured
+    /// on a package (build it first), so they include what the build's passes did.
     #[arg(long, requires = "calibration", conflicts_with_all = ["ane", "dot"])]
     pub ranges: bool,
     /// With --ranges: a folder of PNG/JPEG photos (sorted by name; scaled down by area average
@@ -254,8 +255,8 @@ pub struct InspectArgs {
     #[arg(long, value_name = "DIR|FILE")]
     pub calibration: Option<PathBuf>,
     /// With --ranges on a decoder calibrated with photos: the encoder weights that turn them
-    /// into latents [default: the model's published encoder; a full VAE's decoder file holds
-    /// none, so give its checkpoint].
+    /// into latents [default: the model's published encoder; for a full VAE, give the
+    /// checkpoint, which holds its encoder].
     #[arg(long, value_name = "FILE", requires = "ranges")]
     pub encoder_weights: Option<PathBuf>,
     /// With --ranges: scale photos smaller than the package's size up (area average) instead of

@@ -52,14 +52,41 @@ impl Histogram {
         if finite && (inv as f32).is_finite() {
             // Branch-free: zeros land in bin 0 and are moved to their own count afterwards.
             let inv = inv as f32;
-            let mut zeros = 0u64;
-            for &x in data {
-                let i = ((x.abs() * inv) as usize).min(BINS - 1);
-                self.counts[i] += 1;
-                zeros += u64::from(x == 0.0);
+            let bin = |data: &[f32]| {
+                let mut counts = vec![0u64; BINS];
+                let mut zeros = 0u64;
+                for &x in data {
+                    counts[((x.abs() * inv) as usize).min(BINS - 1)] += 1;
+                    zeros += u64::from(x == 0.0);
+                }
+                counts[0] -= zeros;
+                (counts, zeros)
+            };
+            // Large activations are binned across the cores, each into its own counts.
+            let threads = crate::kernels::num_threads()
+                .min(data.len() / crate::kernels::PAR_MIN_ELEMS)
+                .max(1);
+            let parts: Vec<(Vec<u64>, u64)> = if threads == 1 {
+                vec![bin(data)]
+            } else {
+                std::thread::scope(|s| {
+                    let bin = &bin;
+                    let handles: Vec<_> = data
+                        .chunks(data.len().div_ceil(threads))
+                        .map(|part| s.spawn(move || bin(part)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("a histogram thread panicked"))
+                        .collect()
+                })
+            };
+            for (counts, zeros) in parts {
+                for (total, n) in self.counts.iter_mut().zip(counts) {
+                    *total += n;
+                }
+                self.zeros += zeros;
             }
-            self.counts[0] -= zeros;
-            self.zeros += zeros;
             return;
         }
         for &x in data {

@@ -56,12 +56,14 @@ impl ValueStats {
         }
         let mut abs_max = 0f32;
         let nonfinite_before = self.nonfinite;
-        for o in 0..outer {
-            for c in 0..channels {
-                let chunk = &a.data[(o * channels + c) * inner..][..inner];
-                let m = Moments::of(chunk);
+        if outer * channels * inner == 0 || a.data.len() != outer * channels * inner {
+            return Ok(());
+        }
+        for (k, m) in all_moments(&a.data, inner).into_iter().enumerate() {
+            {
+                let c = k % channels;
                 self.nonfinite += m.nonfinite;
-                let n = chunk.len() as u64 - m.nonfinite;
+                let n = inner as u64 - m.nonfinite;
                 if n > 0 {
                     self.min = self.min.min(m.min);
                     self.max = self.max.max(m.max);
@@ -95,6 +97,30 @@ impl ValueStats {
     pub fn clip_range(&self, bits: u32) -> f32 {
         self.histogram.clip_range(bits).min(self.abs_max)
     }
+}
+
+/// The moments of each `inner`-long slice of `data`, across the cores for a large activation
+/// (the evaluator waits meanwhile, so the cores are free).
+fn all_moments(data: &[f32], inner: usize) -> Vec<Moments> {
+    let slices: Vec<&[f32]> = data.chunks(inner).collect();
+    let threads = crate::kernels::num_threads()
+        .min(data.len() / crate::kernels::PAR_MIN_ELEMS)
+        .min(slices.len())
+        .max(1);
+    if threads == 1 {
+        return slices.iter().map(|x| Moments::of(x)).collect();
+    }
+    let per = slices.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = slices
+            .chunks(per)
+            .map(|group| s.spawn(move || group.iter().map(|x| Moments::of(x)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a moments thread panicked"))
+            .collect()
+    })
 }
 
 /// Min, max, sum and sum of squares of the finite values of a slice.
@@ -265,6 +291,34 @@ mod tests {
         assert_eq!(s.channel_sum_sq, [1.0 + 4.0 + 9.0 + 0.25 + 16.0 + 81.0]);
         assert_eq!(s.histogram.total(), 9);
         assert_eq!(s.histogram.zeros(), 3);
+    }
+
+    /// Large enough to be split across threads: the same numbers as one plain pass.
+    #[test]
+    fn threaded_statistics_equal_a_plain_pass() {
+        let (c, hw) = (4, 256 * 256);
+        let data: Vec<f32> = (0..c * hw)
+            .map(|i| ((i * 7919) % 2001) as f32 - 1000.0)
+            .collect();
+        let mut s = ValueStats::new(c);
+        s.observe(&Array::new(vec![1, c, 256, 256], data.clone()))
+            .unwrap();
+        for ch in 0..c {
+            let part = &data[ch * hw..(ch + 1) * hw];
+            // Integers below 2^53 in total: every order of summation is exact.
+            assert_eq!(
+                s.channel_sum[ch],
+                part.iter().map(|&x| x as f64).sum::<f64>()
+            );
+            assert_eq!(
+                s.channel_sum_sq[ch],
+                part.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
+            );
+        }
+        assert_eq!((s.min, s.max, s.abs_max), (-1000.0, 1000.0, 1000.0));
+        let mut plain = Histogram::default();
+        plain.add(&data, 1000.0, false);
+        assert_eq!(s.histogram, plain);
     }
 
     #[test]
