@@ -264,6 +264,32 @@ pub struct InspectArgs {
     /// Print the program as a Graphviz graph (one node per op) instead.
     #[arg(long, conflicts_with = "ane")]
     pub dot: bool,
+    /// Evaluate the package (its own MIL program, fp16 activations rounded as a device stores
+    /// them) on --calibration and print, op by op, the largest activation magnitude and the RMS,
+    /// flagged where fp16 overflows (beyond 65,504) or loses precision (half the fp16 spacing at
+    /// the largest value over 10% of the RMS, or over 1% of values fp16 subnormals): how to
+    /// learn before shipping that a model needs fp32 or rescaled weights. Ranges are measured
+    /// on a package (build it first), so they include what the build's passes did.
+    #[arg(long, requires = "calibration", conflicts_with_all = ["ane", "dot"])]
+    pub ranges: bool,
+    /// With --ranges: a folder of PNG/JPEG photos (sorted by name; scaled down by area average
+    /// so the shorter side fits, then centre-cropped to the package's size), one photo, or a
+    /// safetensors file of the inputs by name (one sample, or a batch [N, ...]). A decoder's
+    /// photos are first encoded into latents by its model's encoder, evaluated by mlc.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub calibration: Option<PathBuf>,
+    /// With --ranges on a decoder calibrated with photos: the encoder weights that turn them
+    /// into latents [default: the model's published encoder; for a full VAE, give the
+    /// checkpoint, which holds its encoder].
+    #[arg(long, value_name = "FILE", requires = "ranges")]
+    pub encoder_weights: Option<PathBuf>,
+    /// With --ranges: scale photos smaller than the package's size up (area average) instead of
+    /// refusing them.
+    #[arg(long, requires = "ranges")]
+    pub upscale: bool,
+    /// With --ranges: the function to evaluate [default: the package's default].
+    #[arg(long, requires = "ranges")]
+    pub function: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -588,7 +614,9 @@ pub fn main(cli: Cli) -> Result<()> {
         }
         Command::Inspect(a) => {
             let pkg = read_model(&a.package)?;
-            if a.ane {
+            if a.ranges {
+                print!("{}", inspect_ranges(&pkg, &a)?);
+            } else if a.ane {
                 print!("{}", crate::ane::report(&pkg.model));
             } else if a.dot {
                 print!("{}", crate::inspect::dot(&pkg.model));
@@ -599,6 +627,25 @@ pub fn main(cli: Cli) -> Result<()> {
         }
         Command::Run(a) => run(&a),
     }
+}
+
+/// `mlc inspect --ranges`: the package on its calibration inputs, op by op.
+fn inspect_ranges(pkg: &crate::package::Package, a: &InspectArgs) -> Result<String> {
+    use crate::calibrate::{ranges, Calibration};
+    use std::io::IsTerminal;
+    let path = a
+        .calibration
+        .as_ref()
+        .context("--ranges needs --calibration")?;
+    let function = a
+        .function
+        .clone()
+        .unwrap_or_else(|| crate::run::default_function(pkg));
+    let mut target = ranges::package_target(pkg, &function, a.encoder_weights.as_deref())?;
+    target.upscale = a.upscale;
+    let cal = Calibration::load(path, &target)?;
+    let stats = ranges::package_ranges(pkg, &function, &cal, std::io::stderr().is_terminal())?;
+    Ok(crate::inspect::ranges(&stats, cal.len(), &cal.hash()))
 }
 
 /// What `--fp16-activations` found: the largest fp16 activation and any overflow.

@@ -494,7 +494,7 @@ pub fn activation_ranges(
         }
         ActivationRanges::MaxAbs(inputs) => {
             let mut ranges = std::collections::HashMap::new();
-            crate::ir::eval::evaluate_observed(g, inputs, |v, a| {
+            crate::ir::eval::evaluate_observed(g, inputs, &mut |v, a| {
                 if wanted.contains(&v) {
                     let m = a.data.iter().fold(0f32, |m, x| m.max(x.abs()));
                     let r = ranges.entry(v).or_insert(0f32);

@@ -227,3 +227,67 @@ pub fn dot(model: &spec::Model) -> String {
     }
     format!("{}", Dot::with_config(&g, &[Config::EdgeNoLabel]))
 }
+
+/// `mlc inspect --ranges`: one line per op (program order) with the largest magnitude seen over
+/// the calibration samples and the typical one (RMS), flagged where fp16 would fail:
+/// `overflow` (beyond 65,504, or infinite), `coarse` (half the fp16 spacing at the largest
+/// magnitude exceeds 10% of the RMS), `subnormal` (over 1% of non-zero values below 2^-14).
+pub fn ranges(stats: &crate::mil::eval::ActivationStats, samples: usize, sha256: &str) -> String {
+    use crate::mil::eval::FP16_MAX;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "activation ranges over {samples} calibration samples (sha256 {sha256})"
+    );
+    let width = stats
+        .ops
+        .iter()
+        .map(|r| r.op.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let _ = writeln!(
+        s,
+        "{:width$}  {:<14}  {:>12}  {:>12}  fp16",
+        "op", "type", "max |x|", "rms"
+    );
+    let (mut overflow, mut precision) = (0, 0);
+    for r in &stats.ops {
+        let mut flags = Vec::new();
+        if r.overflows_fp16() {
+            flags.push("overflow");
+            overflow += 1;
+        }
+        if r.coarse_in_fp16() {
+            flags.push("coarse");
+        }
+        if r.subnormal_in_fp16() {
+            flags.push("subnormal");
+        }
+        if r.loses_fp16_precision() {
+            precision += 1;
+        }
+        let _ = writeln!(
+            s,
+            "{:width$}  {:<14}  {:>12.4e}  {:>12.4e}  {}",
+            r.op,
+            r.kind,
+            r.abs_max,
+            r.rms(),
+            flags.join(",")
+        );
+    }
+    let (peak, at) = stats
+        .ops
+        .iter()
+        .map(|r| (r.abs_max, r.op.as_str()))
+        .fold((0f32, ""), |m, x| if x.0 > m.0 { x } else { m });
+    let _ = writeln!(
+        s,
+        "largest {peak:.4e} at {at} ({:.2}% of fp16's {FP16_MAX}); {overflow} ops overflow fp16, \
+         {precision} lose precision (coarse: half the fp16 spacing at the largest value exceeds \
+         10% of the op's RMS; subnormal: over 1% of non-zero values below 2^-14)",
+        100.0 * peak / FP16_MAX
+    );
+    s
+}

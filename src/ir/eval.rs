@@ -16,15 +16,27 @@ pub fn evaluate(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
 ) -> Result<BTreeMap<String, Array>, IrError> {
-    evaluate_observed(g, inputs, |_, _| {})
+    evaluate_inner(g, inputs, None)
 }
 
-/// [`evaluate`] that shows every value to `observe` as it is computed (before it is dropped):
-/// how activation statistics are gathered without keeping the activations.
+/// [`evaluate`] that shows `observe` every value the graph computes (inputs and ops, not
+/// constants) as soon as it exists, before it is dropped: statistics over activations without
+/// keeping them (calibration).
 pub fn evaluate_observed(
     g: &Graph,
     inputs: &BTreeMap<String, Array>,
-    mut observe: impl FnMut(ValueId, &Array),
+    observe: Observer,
+) -> Result<BTreeMap<String, Array>, IrError> {
+    evaluate_inner(g, inputs, Some(observe))
+}
+
+/// What [`evaluate_observed`] calls with each value it computes.
+pub type Observer<'a> = &'a mut dyn FnMut(ValueId, &Array);
+
+fn evaluate_inner(
+    g: &Graph,
+    inputs: &BTreeMap<String, Array>,
+    mut observe: Option<Observer>,
 ) -> Result<BTreeMap<String, Array>, IrError> {
     let mut uses = g.use_counts();
     let mut values: Vec<Option<Array>> = vec![None; g.len()];
@@ -59,7 +71,11 @@ pub fn evaluate_observed(
                 op => eval_op_at(op, &args, &symbols).map_err(err)?,
             }
         };
-        observe(id, &out);
+        if let Some(f) = observe.as_mut() {
+            if !matches!(node.op, Op::Const(_)) {
+                f(id, &out);
+            }
+        }
         values[id.index()] = Some(out);
         for v in &node.inputs {
             release(&mut uses, &mut values, *v);

@@ -65,6 +65,9 @@ pub struct EvalOptions {
     /// op's result); `None` is [`crate::limits::MAX_EVAL_ELEMENTS`]. A smaller limit bounds
     /// the memory, and so the time, of evaluating an untrusted package.
     pub max_elements: Option<usize>,
+    /// Record every op's value range ([`ActivationStats::ops`]): what `mlc inspect --ranges`
+    /// prints.
+    pub ranges: bool,
 }
 
 impl EvalOptions {
@@ -83,6 +86,151 @@ pub struct ActivationStats {
     /// Ops whose fp16 output overflowed (|value| > 65504, or already infinite), in program
     /// order.
     pub overflowed: Vec<String>,
+    /// With [`EvalOptions::ranges`]: every non-constant op with a floating-point output, in
+    /// program order, and what its values were (before any fp16 rounding of that output).
+    pub ops: Vec<OpRange>,
+}
+
+impl ActivationStats {
+    /// Folds in the statistics of another evaluation of the same function (the next sample).
+    pub fn merge(&mut self, other: ActivationStats) {
+        if other.largest > self.largest || self.largest_at.is_empty() {
+            self.largest = other.largest;
+            self.largest_at = other.largest_at;
+        }
+        for o in other.overflowed {
+            if !self.overflowed.contains(&o) {
+                self.overflowed.push(o);
+            }
+        }
+        if self.ops.is_empty() {
+            self.ops = other.ops;
+            return;
+        }
+        let mut at: HashMap<String, usize> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.op.clone(), i))
+            .collect();
+        for r in other.ops {
+            match at.get(&r.op) {
+                Some(&i) => self.ops[i].merge(&r),
+                None => {
+                    at.insert(r.op.clone(), self.ops.len());
+                    self.ops.push(r);
+                }
+            }
+        }
+    }
+}
+
+/// Smallest positive normal fp16 value (2^-14): below it fp16 keeps fewer than 11 significant
+/// bits.
+pub const FP16_MIN_NORMAL: f32 = 6.103_515_6e-5;
+
+/// The values one op produced, over every evaluation merged in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpRange {
+    /// The op's output name.
+    pub op: String,
+    /// The op type (`conv`, `add`, ...).
+    pub kind: String,
+    /// Whether the output is declared fp16.
+    pub fp16: bool,
+    /// Largest finite magnitude.
+    pub abs_max: f32,
+    /// Finite values, and their sum of squares.
+    pub count: u64,
+    pub sum_sq: f64,
+    /// Non-zero finite values, and how many of those lie in fp16's subnormal range.
+    pub nonzero: u64,
+    pub subnormal: u64,
+    /// NaNs and infinities.
+    pub nonfinite: u64,
+}
+
+impl OpRange {
+    fn of(op: &str, kind: &str, fp16: bool, data: &[f32]) -> OpRange {
+        let mut r = OpRange {
+            op: op.to_string(),
+            kind: kind.to_string(),
+            fp16,
+            ..OpRange::default()
+        };
+        for &x in data {
+            if !x.is_finite() {
+                r.nonfinite += 1;
+                continue;
+            }
+            let a = x.abs();
+            r.count += 1;
+            r.sum_sq += (a as f64) * (a as f64);
+            r.abs_max = r.abs_max.max(a);
+            if a > 0.0 {
+                r.nonzero += 1;
+                if a < FP16_MIN_NORMAL {
+                    r.subnormal += 1;
+                }
+            }
+        }
+        r
+    }
+
+    fn merge(&mut self, o: &OpRange) {
+        self.abs_max = self.abs_max.max(o.abs_max);
+        self.count += o.count;
+        self.sum_sq += o.sum_sq;
+        self.nonzero += o.nonzero;
+        self.subnormal += o.subnormal;
+        self.nonfinite += o.nonfinite;
+    }
+
+    /// Root mean square of the finite values: the op's typical magnitude.
+    pub fn rms(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            (self.sum_sq / self.count as f64).sqrt()
+        }
+    }
+
+    /// Whether fp16 cannot hold the values: some exceed 65,504 or are already infinite.
+    pub fn overflows_fp16(&self) -> bool {
+        self.abs_max > FP16_MAX || self.nonfinite > 0
+    }
+
+    /// Whether fp16 loses precision on this op's values, by either of two measures:
+    /// - the largest magnitude is so far above the typical one (RMS) that half the fp16 spacing
+    ///   there (the rounding error of a sum or value of that size) exceeds 10% of the RMS; an
+    ///   fp16 accumulation at that magnitude then cannot resolve the op's ordinary values;
+    /// - more than 1% of the non-zero values are fp16 subnormals (below 2^-14), which keep
+    ///   fewer significant bits and flush to zero on hardware without subnormals.
+    pub fn loses_fp16_precision(&self) -> bool {
+        self.coarse_in_fp16() || self.subnormal_in_fp16()
+    }
+
+    /// The first measure of [`OpRange::loses_fp16_precision`]: half the fp16 spacing at the
+    /// largest magnitude exceeds 10% of the RMS.
+    pub fn coarse_in_fp16(&self) -> bool {
+        let rms = self.rms();
+        let half_spacing = fp16_spacing(self.abs_max) as f64 / 2.0;
+        rms > 0.0 && half_spacing > 0.1 * rms
+    }
+
+    /// The second measure: more than 1% of the non-zero values are fp16 subnormals.
+    pub fn subnormal_in_fp16(&self) -> bool {
+        self.subnormal as f64 > 0.01 * self.nonzero as f64
+    }
+}
+
+/// The distance between adjacent fp16 values around magnitude `v` (normal range: 2^(e - 10)
+/// for `v` in [2^e, 2^(e+1)); subnormals: 2^-24).
+pub fn fp16_spacing(v: f32) -> f32 {
+    if v < FP16_MIN_NORMAL {
+        return 2f32.powi(-24);
+    }
+    2f32.powi(v.log2().floor() as i32 - 10)
 }
 
 /// Largest finite fp16 value.
@@ -198,6 +346,15 @@ pub fn evaluate_with(
                 let activation = options.fp16_activations
                     && op.r#type != "const"
                     && !op.r#type.starts_with("constexpr_");
+                let float = matches!(dt, pb::DataType::Float16 | pb::DataType::Float32);
+                if options.ranges && float && !op.r#type.starts_with("const") {
+                    stats.ops.push(OpRange::of(
+                        &name,
+                        &op.r#type,
+                        *dt == pb::DataType::Float16,
+                        &a.data,
+                    ));
+                }
                 if *dt == pb::DataType::Float16 && activation {
                     let peak = a
                         .data
@@ -413,6 +570,51 @@ fn run_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp16_spacing_and_precision_flags() {
+        assert_eq!(fp16_spacing(1.0), 2f32.powi(-10));
+        assert_eq!(fp16_spacing(1.99), 2f32.powi(-10));
+        assert_eq!(fp16_spacing(2048.0), 2.0);
+        assert_eq!(fp16_spacing(65504.0), 32.0);
+        assert_eq!(fp16_spacing(1e-6), 2f32.powi(-24));
+        // A million values of 1: one of 100 is resolved (half spacing 2^-5, 3% of the RMS of
+        // about 1), one of 4096 is not (half spacing 2, half the RMS of about 4.2).
+        let mut data = vec![1.0f32; 1_000_000];
+        data[0] = 100.0;
+        let r = OpRange::of("a", "conv", true, &data);
+        assert!(!r.coarse_in_fp16() && !r.overflows_fp16(), "{r:?}");
+        data[0] = 4096.0;
+        let r = OpRange::of("a", "conv", true, &data);
+        assert!(r.coarse_in_fp16() && r.loses_fp16_precision(), "{r:?}");
+        data[0] = 70000.0;
+        assert!(OpRange::of("a", "conv", true, &data).overflows_fp16());
+        // Subnormals: 2 of 100 non-zero values is over 1%.
+        let mut small = vec![0.5f32; 100];
+        small[..2].fill(1e-5);
+        small.push(0.0);
+        let r = OpRange::of("b", "mul", true, &small);
+        assert_eq!((r.nonzero, r.subnormal), (100, 2));
+        assert!(r.subnormal_in_fp16());
+    }
+
+    #[test]
+    fn merging_samples_keeps_the_largest_and_adds_counts() {
+        let one = |v: f32, at: &str| ActivationStats {
+            largest: v,
+            largest_at: at.into(),
+            overflowed: vec![],
+            ops: vec![OpRange::of("x", "relu", true, &[v, -1.0])],
+        };
+        let mut s = one(2.0, "x");
+        s.merge(one(5.0, "x"));
+        s.merge(one(3.0, "x"));
+        assert_eq!(s.largest, 5.0);
+        assert_eq!(s.ops.len(), 1);
+        assert_eq!(s.ops[0].abs_max, 5.0);
+        assert_eq!(s.ops[0].count, 6);
+        assert_eq!(s.ops[0].sum_sq, 4.0 + 25.0 + 9.0 + 3.0);
+    }
 
     /// Found by fuzzing: an op named with a newline made a two-line error.
     #[test]

@@ -273,6 +273,15 @@ impl ModelOptions {
     }
 }
 
+/// Where the encoder that turns calibration photos into a decoder's latents reads its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderWeights {
+    /// The decoder's own weights file (a full autoencoder checkpoint holds both halves).
+    SameFile,
+    /// A file of its own: the one given (`--encoder-weights`), else the published encoder.
+    Separate,
+}
+
 /// Package metadata a model contributes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Description {
@@ -334,6 +343,14 @@ pub trait Model: Sync {
         options: &ModelOptions,
     ) -> Result<Graph, ModelError> {
         self.build(part, &weights, fixed, options)
+    }
+    /// For a part taking latents: where the encoder that turns calibration photos into them
+    /// finds its weights (this model's [`Part::Encoder`], built at the matching size). None
+    /// when photos cannot feed the part. The default: a decoder of a model with an encoder
+    /// uses a separate encoder file.
+    fn calibration_encoder(&self, part: Part) -> Option<EncoderWeights> {
+        (part == Part::Decoder && self.parts().contains(&Part::Encoder))
+            .then_some(EncoderWeights::Separate)
     }
     /// The published weights file for a part, when there is one to download.
     fn published(&self, _part: Part) -> Option<&'static Source> {

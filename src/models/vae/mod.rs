@@ -128,6 +128,11 @@ impl Model for Vae {
         &[Part::Decoder, Part::Encoder]
     }
 
+    /// A VAE checkpoint holds the encoder beside the decoder.
+    fn calibration_encoder(&self, part: Part) -> Option<super::EncoderWeights> {
+        (part == Part::Decoder).then_some(super::EncoderWeights::SameFile)
+    }
+
     fn interface(&self, part: Part, o: &ModelOptions) -> Interface {
         let (h, w) = (Dim::sym("H"), Dim::sym("W"));
         let c = self.latent_channels;
