@@ -148,7 +148,10 @@ pub fn analyze(model: &spec::Model) -> AneReport {
                 else {
                     continue;
                 };
-                if op.r#type != "cast" && t.data_type != pb::DataType::Float16 as i32 {
+                // A cast's job is its dtype; `quantize` makes the int8 activations that iOS17's
+                // W8A8 runs (its pairs fuse into int8 compute).
+                let converts = matches!(op.r#type.as_str(), "cast" | "quantize");
+                if !converts && t.data_type != pb::DataType::Float16 as i32 {
                     reasons.push(format!(
                         "output {} is {}, the ANE computes in fp16",
                         o.name,

@@ -168,8 +168,28 @@ pub struct BuildArgs {
     /// Quantize activations to int8 (with --quantize int8: W8A8): quantize-dequantize pairs on
     /// the inputs of convs and of adds of two activations, clipped to ranges measured with
     /// --calibration; --target ios17 or newer.
-    #[arg(long, value_enum, value_name = "TYPE")]
+    #[arg(long, value_enum, value_name = "TYPE", requires = "calibration")]
     pub quantize_activations: Option<ActivationQuantArg>,
+    /// With --quantize-activations: the calibration set the activation ranges are measured on,
+    /// a folder of PNG/JPEG photos (sorted by name; scaled by area average to cover the model's
+    /// size, then centre-cropped) or a safetensors file of the model's inputs by name (one
+    /// sample, or a batch [N, ...]). A decoder's photos are first encoded into latents by its
+    /// model's encoder, evaluated by mlc. Its sha256 goes into the package's metadata.
+    #[arg(long, value_name = "DIR|FILE", requires = "quantize_activations")]
+    pub calibration: Option<PathBuf>,
+    /// With --quantize-activations: keep float activations on the fewest convs and adds (the
+    /// most sensitive, as measured on the calibration set) that hold the model's output there at
+    /// DB dB PSNR against the same model without int8 activations; the build prints which.
+    #[arg(long, value_name = "DB", requires = "calibration")]
+    pub activation_min_psnr: Option<f64>,
+    /// With --calibration photos for a decoder: the encoder weights that turn them into latents
+    /// [default: the model's own file for a full VAE, else the published encoder].
+    #[arg(long, value_name = "FILE", requires = "calibration")]
+    pub encoder_weights: Option<PathBuf>,
+    /// With --calibration: scale photos smaller than the model's size up instead of refusing
+    /// them.
+    #[arg(long, requires = "calibration")]
+    pub upscale: bool,
     /// Compress only weights with at least N elements (smaller ones stay dense).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub min_elements: usize,
@@ -479,9 +499,17 @@ impl BuildArgs {
             }),
             (None, None) => None,
         };
-        o.quantize_activations = self
-            .quantize_activations
-            .map(|ActivationQuantArg::Int8| compiler::ActivationRanges::Calibration);
+        o.quantize_activations = match (self.quantize_activations, &self.calibration) {
+            (Some(ActivationQuantArg::Int8), Some(path)) => Some(
+                compiler::ActivationRanges::Calibration(compiler::CalibrationSource {
+                    path: path.clone(),
+                    encoder_weights: self.encoder_weights.clone(),
+                    upscale: self.upscale,
+                }),
+            ),
+            _ => None,
+        };
+        o.activation_min_psnr = self.activation_min_psnr;
         o.validate().map_err(|e| self.flagged(e))?;
         Ok(o)
     }
@@ -536,6 +564,15 @@ pub fn main(cli: Cli) -> Result<()> {
                     r.model,
                     r.part,
                     opts.target
+                );
+            }
+            if let Some(k) = &r.kept_float {
+                eprintln!(
+                    "int8 activations on {} of {} convs and adds (output {:.2} dB on the calibration set); kept fp16: {}",
+                    k.sites - k.names.len(),
+                    k.sites,
+                    k.psnr,
+                    if k.names.is_empty() { "none".to_string() } else { k.names.join(", ") }
                 );
             }
             if a.timings {

@@ -99,17 +99,33 @@ pub struct BuildOptions {
     /// int8 activations (`--quantize-activations int8`, iOS17+): quantize–dequantize pairs on
     /// conv and add inputs, clipped to ranges from this source.
     pub quantize_activations: Option<ActivationRanges>,
+    /// With calibrated int8 activations: keep float the fewest layers (most sensitive first)
+    /// that hold the output on the calibration set at this PSNR in dB.
+    pub activation_min_psnr: Option<f64>,
 }
 
 /// Where the clipping range of each quantized activation comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ActivationRanges {
-    /// Measured on the calibration set (`--calibration`); see [`activation_ranges`].
-    Calibration,
+    /// Measured on a calibration set (`--calibration`): each value's clipping range minimises
+    /// the int8 quantization error over its histogram ([`crate::calibrate`]).
+    Calibration(CalibrationSource),
     /// The largest magnitude each value takes on these model inputs (by input name): plain
     /// max-abs on data the caller chooses, for tests and measurements, not a held-out
     /// calibration.
     MaxAbs(BTreeMap<String, crate::kernels::Array>),
+}
+
+/// A calibration set as the user names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CalibrationSource {
+    /// A folder of PNG/JPEG photos, or a safetensors file of model inputs.
+    pub path: PathBuf,
+    /// For a decoder calibrated on photos: the weights of the encoder that turns them into
+    /// latents (else the model's own file where it holds one, or the published encoder).
+    pub encoder_weights: Option<PathBuf>,
+    /// Scale photos smaller than the model's size up instead of refusing them.
+    pub upscale: bool,
 }
 
 impl BuildOptions {
@@ -134,6 +150,7 @@ impl BuildOptions {
             output_type: OutputType::Array,
             input_type: InputType::Array,
             quantize_activations: None,
+            activation_min_psnr: None,
         }
     }
 
@@ -340,9 +357,19 @@ impl BuildOptions {
                     ),
                 );
             }
-            // LEAD: accept `Calibration` once BuildOptions carries the --calibration path.
-            if *src == ActivationRanges::Calibration {
-                return option_error(O::QuantizeActivations, NEEDS_CALIBRATION);
+            if let (Some(p), ActivationRanges::MaxAbs(_)) = (self.activation_min_psnr, src) {
+                return option_error(
+                    O::QuantizeActivations,
+                    format!("--activation-min-psnr {p} needs a calibration set"),
+                );
+            }
+            if let ActivationRanges::Calibration(c) = src {
+                if std::fs::metadata(&c.path).is_err() {
+                    return option_error(
+                        O::QuantizeActivations,
+                        format!("calibration {}: not found", c.path.display()),
+                    );
+                }
             }
         }
         let iface = model.interface(part, &self.model_options);
@@ -472,25 +499,52 @@ fn option_error<T>(option: BuildOption, reason: impl Into<String>) -> Result<T, 
     })
 }
 
-const NEEDS_CALIBRATION: &str =
-    "needs --calibration PATH (the images or model inputs the activation ranges are measured on)";
+/// Clipping ranges of the values int8 activations need, by value.
+pub type Ranges = std::collections::HashMap<crate::ir::ValueId, f32>;
 
 /// The symmetric clipping magnitude of every value the activation pass can quantize in `g` (the
-/// final graph, whose value ids the pass reads).
+/// final graph, whose value ids the pass reads), and the calibration set when one was used.
 pub fn activation_ranges(
     g: &Graph,
     src: &ActivationRanges,
-) -> Result<std::collections::HashMap<crate::ir::ValueId, f32>, BuildError> {
+    opts: &BuildOptions,
+) -> Result<(Ranges, Option<crate::calibrate::Calibration>), BuildError> {
     let wanted: std::collections::BTreeSet<crate::ir::ValueId> =
         passes::quantize_activations::sites(g)
             .into_iter()
             .flat_map(|(_, inputs)| inputs)
             .collect();
+    let failed = |reason: String| BuildError::Option {
+        option: BuildOption::QuantizeActivations,
+        reason,
+    };
     match src {
-        // LEAD: wire src/calibrate here: its per-value `clip_range(8)` over the calibration set,
-        // evaluated on this graph, for the values in `wanted`.
-        ActivationRanges::Calibration => {
-            option_error(BuildOption::QuantizeActivations, NEEDS_CALIBRATION)
+        ActivationRanges::Calibration(c) => {
+            use std::io::IsTerminal;
+            let (model, part) = opts.model_part()?;
+            let b = opts.size_bindings()?.into_iter().next().unwrap_or_default();
+            let weights = opts.weights_path()?;
+            let mut target = crate::calibrate::Target::for_model(
+                model,
+                part,
+                &opts.model_options,
+                &b,
+                Some(&weights),
+                c.encoder_weights.as_deref(),
+            )
+            .map_err(|e| failed(e.to_string()))?;
+            target.upscale = c.upscale;
+            let cal = crate::calibrate::Calibration::load(&c.path, &target)
+                .map_err(|e| failed(e.to_string()))?;
+            let progress = std::io::stderr().is_terminal();
+            let stats = crate::calibrate::collect_values(g, &cal, progress, Some(&wanted))
+                .map_err(|e| failed(e.to_string()))?;
+            let ranges = stats
+                .values
+                .iter()
+                .map(|(&v, s)| (v, s.clip_range(8)))
+                .collect();
+            Ok((ranges, Some(cal)))
         }
         ActivationRanges::MaxAbs(inputs) => {
             let mut ranges = std::collections::HashMap::new();
@@ -501,11 +555,8 @@ pub fn activation_ranges(
                     *r = r.max(m);
                 }
             })
-            .map_err(|e| BuildError::Option {
-                option: BuildOption::QuantizeActivations,
-                reason: format!("measuring activation ranges: {e}"),
-            })?;
-            Ok(ranges)
+            .map_err(|e| failed(format!("measuring activation ranges: {e}")))?;
+            Ok((ranges, None))
         }
     }
 }
@@ -527,6 +578,19 @@ pub struct BuildReport {
     pub ane: crate::ane::AneReport,
     /// The largest value the program computes (not a weight), at the size where it is largest.
     pub largest_intermediate: Option<Intermediate>,
+    /// What `--activation-min-psnr` kept float.
+    pub kept_float: Option<KeptFloat>,
+}
+
+/// The layers whose inputs `--activation-min-psnr` kept float.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptFloat {
+    /// The convs and adds (node names) whose inputs stayed float.
+    pub names: Vec<String>,
+    /// Sites that could take int8 activations.
+    pub sites: usize,
+    /// Output PSNR on the calibration set with the rest in int8.
+    pub psnr: f64,
 }
 
 /// One computed value of the final graph at one size.
@@ -685,6 +749,7 @@ pub struct Compiled {
     pub largest_intermediate: Option<Intermediate>,
     pub weights_sha256: String,
     pub timings: Vec<(String, Duration)>,
+    pub kept_float: Option<KeptFloat>,
 }
 
 /// The IR of `opts`' model as the builder declares it (before any pass). A size whose value
@@ -836,16 +901,38 @@ fn compile_from(
     })?;
 
     // Last, on the final graph: the ranges are measured on the values the package computes.
+    let mut calibration_sha256 = None;
+    let mut kept_float = None;
     let g = match &opts.quantize_activations {
         Some(src) => {
             let t = Instant::now();
-            let ranges = activation_ranges(&g, src)?;
+            let (ranges, cal) = activation_ranges(&g, src, opts)?;
+            calibration_sha256 = cal.as_ref().map(|c| c.hash());
             timings.push(("activation ranges".to_string(), t.elapsed()));
+            let keep_float = match (opts.activation_min_psnr, &cal) {
+                (Some(db), Some(cal)) => {
+                    let t = Instant::now();
+                    let choice = crate::calibrate::search::keep_float_for(&g, &ranges, cal, db)
+                        .map_err(|e| BuildError::Option {
+                            option: BuildOption::QuantizeActivations,
+                            reason: e.to_string(),
+                        })?;
+                    timings.push(("activation search".to_string(), t.elapsed()));
+                    kept_float = Some(KeptFloat {
+                        names: choice
+                            .keep_float
+                            .iter()
+                            .map(|&v| g.node(v).name.clone())
+                            .collect(),
+                        sites: choice.sites,
+                        psnr: choice.psnr,
+                    });
+                    choice.keep_float
+                }
+                _ => Default::default(),
+            };
             let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(
-                passes::quantize_activations::QuantizeActivations {
-                    ranges,
-                    keep_float: Default::default(),
-                },
+                passes::quantize_activations::QuantizeActivations { ranges, keep_float },
             )];
             let t = Instant::now();
             let g = passes::run(g, &list, |p, g| after_pass(p.name(), g))?;
@@ -857,7 +944,12 @@ fn compile_from(
 
     let mut largest = largest_intermediate(&g, &opts.size_bindings()?);
     let t = Instant::now();
-    let info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
+    let mut info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
+    if let Some(h) = calibration_sha256 {
+        info.user_defined
+            .insert("mlc.activations".into(), "int8 (calibrated)".into());
+        info.user_defined.insert("mlc.calibration.sha256".into(), h);
+    }
     let iface = interface(opts)?;
     let lowered = if opts.multifunction {
         let image_sizes = image_sizes(opts)?;
@@ -907,6 +999,7 @@ fn compile_from(
         largest_intermediate: largest,
         weights_sha256,
         timings,
+        kept_float,
     })
 }
 
@@ -959,6 +1052,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         largest_intermediate,
         weights_sha256,
         mut timings,
+        kept_float,
     } = compiled;
     let t = Instant::now();
     writer.finish(&lowered.model, lowered.has_weights())?;
@@ -973,6 +1067,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         timings,
         ane: crate::ane::analyze(&lowered.model),
         largest_intermediate,
+        kept_float,
     })
 }
 

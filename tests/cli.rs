@@ -690,8 +690,10 @@ fn int8_activation_refusals_are_one_line() {
     let dir = out_dir("cli_w8a8_refusals");
     let w = weights();
     let base = ["build", "flux2", "--weights", &w, "--quantize", "int8"];
+    let photos = shared("calibration").display().to_string();
     let mut args = base.to_vec();
     args.extend(["--quantize-activations", "int8", "--target", "ios16"]);
+    args.extend(["--calibration", &photos]);
     let e = fails(&dir, &args);
     assert!(
         e.contains("--quantize-activations int8") && e.contains("ios17") && e.contains("ios16"),
@@ -700,8 +702,13 @@ fn int8_activation_refusals_are_one_line() {
     let mut args = base.to_vec();
     args.extend(["--quantize-activations", "int8", "--target", "ios17"]);
     let e = fails(&dir, &args);
+    assert!(e.contains("--calibration"), "{e}");
+    // A calibration set that is not there: named, before any work.
+    args.extend(["--calibration", "no_such_photos"]);
+    let e = fails(&dir, &args);
     assert!(
-        e.contains("--quantize-activations int8") && e.contains("--calibration"),
+        e.contains("no_such_photos") && e.contains("not found"),
         "{e}"
     );
+    assert!(!dir.join("taef2_decoder.mlpackage").exists());
 }

@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use mlc::compiler::{
-    compile_weights, ActivationRanges, BuildOptions, Compression, Precision, QuantMode, Sizes,
+    compile_weights, ActivationRanges, BuildOptions, CalibrationSource, Compression, Precision,
+    QuantMode, Sizes,
 };
 use mlc::ir::{eval::evaluate, Graph, Op};
 use mlc::kernels::Array;
@@ -150,16 +151,23 @@ fn coremltools_loads_w8a8_packages_at_ios17_and_ios18() {
 }
 
 #[test]
-fn int8_activations_below_ios17_or_without_calibration_are_refused() {
+fn int8_activations_below_ios17_or_without_a_calibration_set_are_refused() {
     let inputs = latent_inputs(&Array::new(vec![1, 4, 8, 8], vec![0.0; 256]));
     let o = w8a8("taesd", Precision::Fp16, Target::Ios16, 8, &inputs);
     let e = o.validate().unwrap_err().to_string();
     assert!(e.contains("ios17") && e.contains("ios16"), "{e}");
     assert_eq!(e.lines().count(), 1);
     let mut o = w8a8("taesd", Precision::Fp16, Target::Ios17, 8, &inputs);
-    o.quantize_activations = Some(ActivationRanges::Calibration);
+    o.quantize_activations = Some(ActivationRanges::Calibration(CalibrationSource {
+        path: "no_such_photos".into(),
+        encoder_weights: None,
+        upscale: false,
+    }));
     let e = o.validate().unwrap_err().to_string();
-    assert!(e.contains("--calibration"), "{e}");
+    assert!(
+        e.contains("no_such_photos") && e.contains("not found"),
+        "{e}"
+    );
 }
 
 /// The TAEF2 decoder with int8 weights and int8 activations on every conv and add, ranges from
@@ -190,8 +198,9 @@ fn taef2_w8a8_psnr_with_max_abs_ranges() {
         // Convs only: the adds' inputs stay fp16 (IR evaluator; the package computes the same,
         // as the synthetic test above shows).
         let ranges =
-            mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()))
-                .unwrap();
+            mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), &o)
+                .unwrap()
+                .0;
         let sites = mlc::passes::quantize_activations::sites(&g);
         let adds = sites
             .iter()
@@ -269,7 +278,9 @@ fn taef2_w8a8_sensitivity_of_each_add() {
     compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
     let g = last.unwrap();
     let ranges =
-        mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone())).unwrap();
+        mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), &o)
+            .unwrap()
+            .0;
     let adds: Vec<_> = sites(&g)
         .into_iter()
         .filter(|(v, _)| !matches!(g.node(*v).op, Op::Conv2d(_)))
@@ -299,4 +310,200 @@ fn taef2_w8a8_sensitivity_of_each_add() {
     let all = psnr(Default::default());
     eprintln!("convs + every add: {all:.2} dB");
     assert!(all <= convs);
+}
+
+/// Issue 10's targets, at test size (128x128 images): TAEF2 with int8 weights and int8
+/// activations, ranges calibrated (histogram clipping) on two of the shared photos (rocket and
+/// the tissue stain; calibrated the other way round, the tissue stain, unlike anything in the
+/// two space photos, reaches only 26 dB), measured on the other two (the reference: the fp32 decoder graph, which matches PyTorch's to 1e-6 on the
+/// fixtures; they have no 128x128 case). Every conv and add in int8 is reported; with `--activation-min-psnr 40`
+/// the search must keep at least 75% of the convs in int8 and reach 34 dB on every held-out
+/// case. The package records the calibration set's hash. Run with --nocapture for the figures.
+#[test]
+fn taef2_w8a8_calibrated_on_two_photos_holds_on_the_others() {
+    use std::os::unix::fs::symlink;
+    let dir = out_dir("w8a8_calibrated");
+    let photos = shared("calibration");
+    let (cal, held) = (dir.join("calibrate_on"), dir.join("held_out"));
+    for (sub, names) in [
+        (&cal, ["rocket.png", "immunohistochemistry.png"]),
+        (&held, ["hubble_deep_field.png", "retina.png"]),
+    ] {
+        std::fs::create_dir_all(sub).unwrap();
+        for n in names {
+            symlink(photos.join(n), sub.join(n)).unwrap();
+        }
+    }
+    let encoder = shared("weights/taef2_encoder.safetensors");
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.target = Target::Ios17;
+    o.sizes = Sizes::Latent(vec![[16, 16]]);
+    o.compression = int8_weights();
+    o.quantize_activations = Some(ActivationRanges::Calibration(CalibrationSource {
+        path: cal.clone(),
+        encoder_weights: Some(encoder.clone()),
+        upscale: false,
+    }));
+    o.output = Some(dir.join("taef2_w8a8_all.mlpackage"));
+    let all = mlc::compiler::build(&o).unwrap();
+    assert!(all.kept_float.is_none());
+    let text =
+        mlc::mil::print::print_model(&mlc::package::read_package(&all.package).unwrap().model);
+    assert!(
+        text.contains("mlc.calibration.sha256 = "),
+        "the hash is recorded"
+    );
+    let mut searched = o.clone();
+    searched.activation_min_psnr = Some(40.0);
+    searched.output = Some(dir.join("taef2_w8a8_min40.mlpackage"));
+    let t = std::time::Instant::now();
+    let searched = mlc::compiler::build(&searched).unwrap();
+    let kept = searched.kept_float.clone().unwrap();
+    let convs_kept = kept.names.iter().filter(|n| n.contains("conv")).count();
+    eprintln!(
+        "--activation-min-psnr 40: {:.1} s, {} of {} sites int8, {:.2} dB on the calibration set, kept fp16: {:?}",
+        t.elapsed().as_secs_f64(),
+        kept.sites - kept.names.len(),
+        kept.sites,
+        kept.psnr,
+        kept.names
+    );
+    assert!(kept.psnr >= 40.0);
+    let g_convs = 41;
+    assert!(
+        convs_kept * 4 <= g_convs,
+        "at least 75% of the convs stay int8: {kept:?}"
+    );
+    let mut w8 = o.clone();
+    w8.quantize_activations = None;
+    w8.output = Some(dir.join("taef2_w8.mlpackage"));
+    let w8 = mlc::compiler::build(&w8).unwrap().package;
+
+    // The held-out photos' latents, encoded as calibration encodes them; the fp32 graph decodes
+    // the reference.
+    let model = mlc::models::lookup("flux2").unwrap();
+    let b = o.size_bindings().unwrap().remove(0);
+    let target = mlc::calibrate::Target::for_model(
+        model,
+        mlc::models::Part::Decoder,
+        &Default::default(),
+        &b,
+        Some(&taef2_weights()),
+        Some(&encoder),
+    )
+    .unwrap();
+    let held = mlc::calibrate::Calibration::load(&held, &target).unwrap();
+    let mut o32 = BuildOptions::new("flux2", taef2_weights());
+    o32.precision = Precision::Fp32;
+    o32.sizes = o.sizes.clone();
+    let reference =
+        mlc::compiler::declare(&o32, &Weights::load(&taef2_weights()).unwrap()).unwrap();
+    let cases: Vec<(String, BTreeMap<String, Array>, Array)> = (0..held.len())
+        .map(|i| {
+            let x = held.sample(i);
+            let want = evaluate(&reference, &x).unwrap().remove("image").unwrap();
+            let name = held.source(i).rsplit('/').next().unwrap().to_string();
+            (name, x, want)
+        })
+        .collect();
+    for (name, x, want) in &cases {
+        let every = compare(&run(&all.package, x), want);
+        let min40 = compare(&run(&searched.package, x), want);
+        let weights_only = compare(&run(&w8, x), want);
+        eprintln!(
+            "TAEF2 128x128 {name}: W8A8 every conv and add {:.2} dB; --activation-min-psnr 40 {:.2} dB; W8 {:.2} dB",
+            every.psnr, min40.psnr, weights_only.psnr
+        );
+        assert!(every.psnr >= 34.0, "{name}: {every:?}");
+        assert!(min40.psnr >= 34.0, "{name}: {min40:?}");
+        assert!(
+            every.psnr <= min40.psnr && min40.psnr < weights_only.psnr,
+            "{name}"
+        );
+    }
+    oracle(&dir);
+}
+
+/// Measurement (ignored): calibrated ranges, convs only vs convs and adds, on the held-out photos.
+#[test]
+#[ignore]
+fn taef2_calibrated_convs_only_vs_adds() {
+    use mlc::passes::quantize_activations::{sites, QuantizeActivations};
+    use mlc::passes::Pass;
+    let dir = out_dir("w8a8_calibrated_sites");
+    let photos = shared("calibration");
+    let cal = dir.join("calibrate_on");
+    std::fs::create_dir_all(&cal).unwrap();
+    for n in ["hubble_deep_field.png", "retina.png"] {
+        std::os::unix::fs::symlink(photos.join(n), cal.join(n)).unwrap();
+    }
+    let encoder = shared("weights/taef2_encoder.safetensors");
+    let w = Weights::load(&taef2_weights()).unwrap();
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.target = Target::Ios17;
+    o.sizes = Sizes::Latent(vec![[32, 32]]);
+    o.compression = int8_weights();
+    let mut last = None;
+    compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
+    let g = last.unwrap();
+    let src = ActivationRanges::Calibration(CalibrationSource {
+        path: cal,
+        encoder_weights: Some(encoder.clone()),
+        upscale: false,
+    });
+    let ranges = mlc::compiler::activation_ranges(&g, &src, &o).unwrap().0;
+    let model = mlc::models::lookup("flux2").unwrap();
+    let b = o.size_bindings().unwrap().remove(0);
+    let target = mlc::calibrate::Target::for_model(
+        model,
+        mlc::models::Part::Decoder,
+        &Default::default(),
+        &b,
+        Some(&taef2_weights()),
+        Some(&encoder),
+    )
+    .unwrap();
+    let held = mlc::calibrate::Calibration::load(&photos, &target).unwrap();
+    let mut o32 = BuildOptions::new("flux2", taef2_weights());
+    o32.precision = Precision::Fp32;
+    o32.sizes = o.sizes.clone();
+    let reference = mlc::compiler::declare(&o32, &w).unwrap();
+    let all = sites(&g);
+    let adds: std::collections::BTreeSet<_> = all
+        .iter()
+        .filter(|(v, _)| !matches!(g.node(*v).op, Op::Conv2d(_)))
+        .map(|(v, _)| *v)
+        .collect();
+    for (label, keep) in [
+        ("convs+adds", Default::default()),
+        ("convs only", adds.clone()),
+    ] {
+        let q = QuantizeActivations {
+            ranges: ranges.clone(),
+            keep_float: keep,
+        }
+        .run(g.clone())
+        .unwrap();
+        for i in 0..held.len() {
+            let x = held.sample(i);
+            let want = evaluate(&reference, &x).unwrap().remove("image").unwrap();
+            let c = compare(&evaluate(&q, &x).unwrap()["image"], &want);
+            eprintln!("{label} {}: {:.2} dB", held.source(i), c.psnr);
+        }
+    }
+    // Per conv: PSNR with that conv float too (adds float), the hardest photo.
+    let x = held.sample(1);
+    let want = evaluate(&reference, &x).unwrap().remove("image").unwrap();
+    for (a, _) in all.iter().filter(|(v, _)| !adds.contains(v)) {
+        let mut keep = adds.clone();
+        keep.insert(*a);
+        let q = QuantizeActivations {
+            ranges: ranges.clone(),
+            keep_float: keep,
+        }
+        .run(g.clone())
+        .unwrap();
+        let c = compare(&evaluate(&q, &x).unwrap()["image"], &want);
+        eprintln!("all but {}: {:.2} dB", g.node(*a).name, c.psnr);
+    }
 }

@@ -8,15 +8,17 @@
 //! - [`stats`]: one evaluation per sample gathering per-value statistics ([`collect`]).
 //! - [`histogram`]: the bounded |x| histogram and the clipping range minimising the error.
 //! - [`ranges`]: an emitted package's per-op ranges on the samples (`mlc inspect --ranges`).
+//! - [`search`]: which layers keep float activations for an output PSNR (`--activation-min-psnr`).
 
 pub mod histogram;
 pub mod image;
 pub mod ranges;
+pub mod search;
 pub mod source;
 pub mod stats;
 
 pub use source::{ImageFeed, Target};
-pub use stats::{collect, Stats, ValueStats};
+pub use stats::{collect, collect_values, Stats, ValueStats};
 
 use crate::kernels::Array;
 use sha2::{Digest, Sha256};

@@ -216,6 +216,17 @@ pub struct Stats {
 /// Evaluates `g` once per calibration sample with the IR evaluator, folding every value into
 /// its statistics as it is computed. With `progress`, a line on stderr counts the samples.
 pub fn collect(g: &Graph, cal: &Calibration, progress: bool) -> Result<Stats, CalibrationError> {
+    collect_values(g, cal, progress, None)
+}
+
+/// [`collect`] for the values in `only` (all when None): the statistics of values nobody reads
+/// are not worth their time.
+pub fn collect_values(
+    g: &Graph,
+    cal: &Calibration,
+    progress: bool,
+    only: Option<&std::collections::BTreeSet<ValueId>>,
+) -> Result<Stats, CalibrationError> {
     let mut stats = Stats {
         samples: 0,
         calibration_sha256: cal.hash(),
@@ -230,7 +241,7 @@ pub fn collect(g: &Graph, cal: &Calibration, progress: bool) -> Result<Stats, Ca
         let inputs = cal.sample(i);
         let mut failed: Option<String> = None;
         let mut observe = |id: ValueId, a: &Array| {
-            if failed.is_some() {
+            if failed.is_some() || only.is_some_and(|o| !o.contains(&id)) {
                 return;
             }
             let s = stats
