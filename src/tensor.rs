@@ -221,16 +221,7 @@ impl Tensor {
 
     /// Same data, new shape with the same element count.
     pub fn reshaped(&self, shape: Vec<usize>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            self.len(),
-            "reshape {:?} -> {shape:?}",
-            self.shape
-        );
-        Tensor {
-            shape,
-            data: self.data.clone(),
-        }
+        self.clone().into_reshaped(shape)
     }
 }
 

@@ -128,20 +128,6 @@ fn pooled_state_is_taken_at_the_largest_id() {
     assert_ne!(pooled.data[..], last.data[76 * 64..]);
 }
 
-fn one_line_error(o: &BuildOptions) -> String {
-    let e = match build(o) {
-        Ok(_) => panic!("the build must fail"),
-        Err(e) => e.to_string(),
-    };
-    assert!(!e.contains('\n'), "not one line: {e}");
-    assert!(
-        !o.output.as_ref().unwrap().exists(),
-        "a failed build wrote {}",
-        o.output.as_ref().unwrap().display()
-    );
-    e
-}
-
 #[test]
 fn wrong_weights_and_configs_are_one_line_errors() {
     let out = out_dir("clip_bad");

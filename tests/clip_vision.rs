@@ -280,20 +280,6 @@ fn run_takes_a_png_or_safetensors() {
     }
 }
 
-fn one_line_error(o: &BuildOptions) -> String {
-    let e = match build(o) {
-        Ok(_) => panic!("the build must fail"),
-        Err(e) => e.to_string(),
-    };
-    assert!(!e.contains('\n'), "not one line: {e}");
-    assert!(
-        !o.output.as_ref().unwrap().exists(),
-        "a failed build wrote {}",
-        o.output.as_ref().unwrap().display()
-    );
-    e
-}
-
 #[test]
 fn wrong_weights_configs_and_sizes_are_one_line_errors() {
     let out = out_dir("clip_vision_bad");

@@ -319,3 +319,19 @@ pub fn write_full_size_sd_vae_decoder(path: &Path) {
         .collect();
     write_safetensors(path, &t);
 }
+
+/// The one-line error of a build that must fail, having checked that it wrote nothing at its
+/// output.
+pub fn one_line_error(o: &mlc::compiler::BuildOptions) -> String {
+    let e = match mlc::compiler::build(o) {
+        Ok(_) => panic!("the build must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(!e.contains('\n'), "not one line: {e}");
+    assert!(
+        !o.output.as_ref().unwrap().exists(),
+        "a failed build wrote {}",
+        o.output.as_ref().unwrap().display()
+    );
+    e
+}

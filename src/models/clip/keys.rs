@@ -208,24 +208,45 @@ pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), St
             return Err(format!("projection_dim is {n} but the tensors give {p}"));
         }
     }
-    if let Some(h) = int("num_attention_heads")? {
-        if h == 0 || cfg.hidden % h != 0 {
+    apply_layer_config(
+        json,
+        cfg.hidden,
+        &mut cfg.heads,
+        &mut cfg.epsilon,
+        &mut cfg.activation,
+    )
+}
+
+/// What config.json says about the encoder layers (text and image alike): heads (which must
+/// divide `hidden`), layer-norm epsilon and activation; absent fields keep their values.
+pub fn apply_layer_config(
+    json: &serde_json::Value,
+    hidden: usize,
+    heads: &mut usize,
+    epsilon: &mut f32,
+    activation: &mut Activation,
+) -> Result<(), String> {
+    if let Some(v) = json.get("num_attention_heads") {
+        let h = v
+            .as_u64()
+            .and_then(|h| usize::try_from(h).ok())
+            .ok_or_else(|| format!("num_attention_heads is {v}, not a whole number"))?;
+        if h == 0 || hidden % h != 0 {
             return Err(format!(
-                "num_attention_heads {h} does not divide hidden_size {}",
-                cfg.hidden
+                "num_attention_heads {h} does not divide hidden_size {hidden}"
             ));
         }
-        cfg.heads = h;
+        *heads = h;
     }
     if let Some(v) = json.get("layer_norm_eps") {
         let e = v
             .as_f64()
             .filter(|e| *e > 0.0 && e.is_finite())
             .ok_or_else(|| format!("layer_norm_eps is {v}, not a positive number"))?;
-        cfg.epsilon = e as f32;
+        *epsilon = e as f32;
     }
     if let Some(v) = json.get("hidden_act") {
-        cfg.activation = v
+        *activation = v
             .as_str()
             .and_then(Activation::parse)
             .ok_or_else(|| format!("hidden_act is {v}; mlc knows \"gelu\" and \"quick_gelu\""))?;

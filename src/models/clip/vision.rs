@@ -24,7 +24,7 @@ use crate::models::{
 };
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
-use crate::weights::{StoredDtype, WeightFile, Weights};
+use crate::weights::{WeightFile, Weights};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -273,20 +273,9 @@ impl Model for ClipVision {
     fn load(&self, _part: Part, path: &Path, _o: &ModelOptions) -> Result<Weights, ModelError> {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a whole CLIPModel's text tower is never read at all.
-        let mut store = WeightFile::open(path)?;
+        let store = WeightFile::open(path)?;
         let layout = self.inspect(path, &store)?;
-        let wanted: Vec<(String, String)> = store
-            .tensors()
-            .iter()
-            // Integer tensors (`position_ids` in older saves) are buffers, not weights.
-            .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
-            .filter_map(|(k, _)| Some((k.clone(), layout.model_key(k)?)))
-            .collect();
-        let mut tensors = BTreeMap::new();
-        for (file_key, key) in wanted {
-            tensors.insert(key, store.read(&file_key)?);
-        }
-        Ok(Weights::new(path, store.format(), tensors))
+        super::transformer::read_weights(path, store, |k| layout.model_key(k))
     }
 
     fn build(

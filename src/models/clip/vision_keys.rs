@@ -233,29 +233,13 @@ pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), St
             }
         }
     }
-    if let Some(h) = int("num_attention_heads")? {
-        if h == 0 || cfg.hidden % h != 0 {
-            return Err(format!(
-                "num_attention_heads {h} does not divide hidden_size {}",
-                cfg.hidden
-            ));
-        }
-        cfg.heads = h;
-    }
-    if let Some(v) = json.get("layer_norm_eps") {
-        let e = v
-            .as_f64()
-            .filter(|e| *e > 0.0 && e.is_finite())
-            .ok_or_else(|| format!("layer_norm_eps is {v}, not a positive number"))?;
-        cfg.epsilon = e as f32;
-    }
-    if let Some(v) = json.get("hidden_act") {
-        cfg.activation = v
-            .as_str()
-            .and_then(Activation::parse)
-            .ok_or_else(|| format!("hidden_act is {v}; mlc knows \"gelu\" and \"quick_gelu\""))?;
-    }
-    Ok(())
+    super::keys::apply_layer_config(
+        json,
+        cfg.hidden,
+        &mut cfg.heads,
+        &mut cfg.epsilon,
+        &mut cfg.activation,
+    )
 }
 
 #[cfg(test)]
