@@ -337,3 +337,56 @@ fn clip_vision_encoder_fp16() {
     assert!(!text.contains("causal_mask"), "{text}");
     snapshot!("clip_vision_encoder_fp16_ios16", text);
 }
+
+/// MIL text of a CLIP model built from its fixture with these options.
+fn clip_text(model: &str, fixture: &str, options: mlc::models::ModelOptions) -> String {
+    let path = shared(&format!("fixtures/clip/{fixture}/model.safetensors"));
+    let m = mlc::models::lookup(model).unwrap();
+    let w = m.load(mlc::models::Part::Encoder, &path, &options).unwrap();
+    let mut o = BuildOptions::new(model, "unused");
+    o.model_options = options;
+    print_model(&compile_weights(&o, &w, |_, _| {}).unwrap().lowered.model)
+}
+
+#[test]
+fn clip_bigg_text_encoder_both_layouts_fp16() {
+    use mlc::models::{ModelOptions, TransformerLayout};
+    for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
+        let o = ModelOptions {
+            hidden_layer: Some(2),
+            layout,
+            ..Default::default()
+        };
+        let text = clip_text("clip-bigg", "bigg", o);
+        // What review must see: the projection of the pooled state (a matmul by the [P, D]
+        // table, or a 1x1 conv on [1, D, 1, 1]), gelu, and the penultimate hidden state.
+        assert!(
+            text.contains("// output text_embeds: multiarray float16 [1, 32]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("// output hidden_state: multiarray float16 [1, 77, 64]"),
+            "{text}"
+        );
+        assert_eq!(text.matches(" = gelu(").count(), 3, "{text}");
+        let name = format!("clip_bigg_text_encoder_{layout:?}_fp16_ios16").to_lowercase();
+        snapshot!(name.as_str(), text);
+    }
+}
+
+#[test]
+fn clip_vision_encoder_ane_fp16() {
+    let o = mlc::models::ModelOptions {
+        layout: mlc::models::TransformerLayout::Ane,
+        ..Default::default()
+    };
+    let text = clip_text("clip-vision", "vision", o);
+    // What review must see: the patch grid flattened to [1, D, 1, 16] and the class token
+    // joined on the token axis (3), per-head attention without a mask, one transpose back to
+    // [1, 17, D], the class state sliced on axis 3 and projected by a 1x1 conv.
+    assert!(text.contains("%tokens: (1, 64, 1, 17, fp16)"), "{text}");
+    assert!(text.contains("axis=3"), "{text}");
+    assert!(!text.contains("causal_mask"), "{text}");
+    assert_eq!(text.matches(" = transpose(").count(), 1, "{text}");
+    snapshot!("clip_vision_encoder_ane_fp16_ios16", text);
+}
