@@ -357,6 +357,12 @@ impl BuildOptions {
                     ),
                 );
             }
+            if let Some(p) = self.activation_min_psnr.filter(|p| !p.is_finite()) {
+                return option_error(
+                    O::QuantizeActivations,
+                    format!("--activation-min-psnr {p}: needs a finite number of dB"),
+                );
+            }
             if let (Some(p), ActivationRanges::MaxAbs(_)) = (self.activation_min_psnr, src) {
                 return option_error(
                     O::QuantizeActivations,

@@ -381,23 +381,7 @@ fn taef2_w8a8_calibrated_on_two_photos_holds_on_the_others() {
 
     // The held-out photos' latents, encoded as calibration encodes them; the fp32 graph decodes
     // the reference.
-    let model = mlc::models::lookup("flux2").unwrap();
-    let b = o.size_bindings().unwrap().remove(0);
-    let target = mlc::calibrate::Target::for_model(
-        model,
-        mlc::models::Part::Decoder,
-        &Default::default(),
-        &b,
-        Some(&taef2_weights()),
-        Some(&encoder),
-    )
-    .unwrap();
-    let held = mlc::calibrate::Calibration::load(&held, &target).unwrap();
-    let mut o32 = BuildOptions::new("flux2", taef2_weights());
-    o32.precision = Precision::Fp32;
-    o32.sizes = o.sizes.clone();
-    let reference =
-        mlc::compiler::declare(&o32, &Weights::load(&taef2_weights()).unwrap()).unwrap();
+    let (held, reference) = photos_and_reference(&held, &o, &encoder);
     let cases: Vec<(String, BTreeMap<String, Array>, Array)> = (0..held.len())
         .map(|i| {
             let x = held.sample(i);
@@ -452,22 +436,7 @@ fn taef2_calibrated_convs_only_vs_adds() {
         upscale: false,
     });
     let ranges = mlc::compiler::activation_ranges(&g, &src, &o).unwrap().0;
-    let model = mlc::models::lookup("flux2").unwrap();
-    let b = o.size_bindings().unwrap().remove(0);
-    let target = mlc::calibrate::Target::for_model(
-        model,
-        mlc::models::Part::Decoder,
-        &Default::default(),
-        &b,
-        Some(&taef2_weights()),
-        Some(&encoder),
-    )
-    .unwrap();
-    let held = mlc::calibrate::Calibration::load(&photos, &target).unwrap();
-    let mut o32 = BuildOptions::new("flux2", taef2_weights());
-    o32.precision = Precision::Fp32;
-    o32.sizes = o.sizes.clone();
-    let reference = mlc::compiler::declare(&o32, &w).unwrap();
+    let (held, reference) = photos_and_reference(&photos, &o, &encoder);
     let all = sites(&g);
     let adds: std::collections::BTreeSet<_> = all
         .iter()
@@ -506,4 +475,29 @@ fn taef2_calibrated_convs_only_vs_adds() {
         let c = compare(&evaluate(&q, &x).unwrap()["image"], &want);
         eprintln!("all but {}: {:.2} dB", g.node(*a).name, c.psnr);
     }
+}
+
+/// The photos in `dir` as TAEF2 decoder inputs at `o`'s size (encoded as calibration encodes
+/// them, by `encoder`), and the fp32 decoder graph that decodes the reference.
+fn photos_and_reference(
+    dir: &Path,
+    o: &BuildOptions,
+    encoder: &Path,
+) -> (mlc::calibrate::Calibration, Graph) {
+    let b = o.size_bindings().unwrap().remove(0);
+    let target = mlc::calibrate::Target::for_model(
+        mlc::models::lookup("flux2").unwrap(),
+        mlc::models::Part::Decoder,
+        &Default::default(),
+        &b,
+        Some(&taef2_weights()),
+        Some(encoder),
+    )
+    .unwrap();
+    let photos = mlc::calibrate::Calibration::load(dir, &target).unwrap();
+    let mut o32 = BuildOptions::new("flux2", taef2_weights());
+    o32.precision = Precision::Fp32;
+    o32.sizes = o.sizes.clone();
+    let w = Weights::load(&taef2_weights()).unwrap();
+    (photos, mlc::compiler::declare(&o32, &w).unwrap())
 }

@@ -14,51 +14,78 @@ pub const TOKEN_EMBEDDING: &str = "embeddings.token_embedding.weight";
 pub const POSITION_EMBEDDING: &str = "embeddings.position_embedding.weight";
 pub const PROJECTION: &str = "text_projection.weight";
 
-/// Single-file checkpoint prefixes, for messages.
-pub const SINGLE_FILE_PREFIXES: &[&str] = &[
-    "cond_stage_model.transformer.",
-    "conditioner.embedders.0.transformer.",
-];
+/// What identifies one CLIP tower (text or image) in a file, and how messages name it.
+pub struct Tower {
+    /// "text" or "image".
+    pub what: &'static str,
+    /// The key suffix only this tower has.
+    pub anchor: &'static str,
+    /// The tower's own prefix in transformers' layout (`text_model.`).
+    pub own_prefix: &'static str,
+    /// The projection's key, beside the tower's prefix.
+    pub projection: &'static str,
+    /// The layouts it is found in, for the message when it is not.
+    pub layouts: &'static str,
+    /// The other tower's anchor, and what to say when only that one is there.
+    pub other: (&'static str, &'static str),
+}
 
-/// Where the text model's keys are in a file.
+/// The text tower.
+pub const TEXT: Tower = Tower {
+    what: "text",
+    anchor: TOKEN_EMBEDDING,
+    own_prefix: "text_model.",
+    projection: PROJECTION,
+    layouts:
+        "transformers layout, bare, under text_model., or under cond_stage_model.transformer. \
+              or conditioner.embedders.0.transformer.",
+    other: (
+        super::vision_keys::PATCH_EMBEDDING,
+        "an image encoder's weights (build clip-vision)",
+    ),
+};
+
+/// Where a tower's keys are in a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Prefix of the text model's own keys (`""`, `text_model.`, `cond_stage_model.transformer.
-    /// text_model.`).
+    /// Prefix of the tower's own keys (`""`, `text_model.`, `cond_stage_model.transformer.
+    /// text_model.`, `vision_model.`).
     pub prefix: String,
-    /// Where `text_projection.weight` would be: the prefix without its `text_model.`.
+    /// Where the projection would be: the prefix without the tower's own prefix.
     pub root: String,
+    projection: &'static str,
 }
 
 impl Layout {
-    /// Finds the one text model among `keys`.
-    pub fn find<'k>(keys: impl Iterator<Item = &'k str>) -> Result<Layout, String> {
-        let mut image = false;
+    /// Finds the one `tower` among `keys`.
+    pub fn find<'k>(keys: impl Iterator<Item = &'k str>, tower: &Tower) -> Result<Layout, String> {
+        let (what, anchor) = (tower.what, tower.anchor);
+        let mut other = false;
         let found: Vec<&str> = keys
-            .inspect(|k| image |= k.ends_with(super::vision_keys::PATCH_EMBEDDING))
-            .filter_map(|k| k.strip_suffix(TOKEN_EMBEDDING))
+            .inspect(|k| other |= k.ends_with(tower.other.0))
+            .filter_map(|k| k.strip_suffix(anchor))
             .filter(|p| p.is_empty() || p.ends_with('.'))
             .collect();
         match found[..] {
             [prefix] => Ok(Layout {
                 prefix: prefix.to_string(),
                 root: prefix
-                    .strip_suffix("text_model.")
+                    .strip_suffix(tower.own_prefix)
                     .unwrap_or(prefix)
                     .to_string(),
+                projection: tower.projection,
             }),
-            [] if image => Err(format!(
-                "no CLIP text encoder here: no key ends in \"{TOKEN_EMBEDDING}\", and \
-                 \"{}\" says these are an image encoder's weights (build clip-vision)",
-                super::vision_keys::PATCH_EMBEDDING
+            [] if other => Err(format!(
+                "no CLIP {what} encoder here: no key ends in \"{anchor}\", and \"{}\" says these \
+                 are {}",
+                tower.other.0, tower.other.1
             )),
             [] => Err(format!(
-                "no CLIP text encoder here: no key ends in \"{TOKEN_EMBEDDING}\" (transformers \
-                 layout, bare, under text_model., or under {})",
-                SINGLE_FILE_PREFIXES.join(" or ")
+                "no CLIP {what} encoder here: no key ends in \"{anchor}\" ({})",
+                tower.layouts
             )),
             _ => Err(format!(
-                "several text encoders here (under {}); give a file with one",
+                "several {what} encoders here (under {}); give a file with one",
                 found
                     .iter()
                     .map(|p| format!("\"{p}\""))
@@ -68,10 +95,10 @@ impl Layout {
         }
     }
 
-    /// The builder's key for file key `k`, if `k` belongs to the text encoder.
+    /// The builder's key for file key `k`, if `k` belongs to the tower.
     pub fn model_key(&self, k: &str) -> Option<String> {
-        if k == format!("{}{PROJECTION}", self.root) {
-            return Some(PROJECTION.to_string());
+        if k == format!("{}{}", self.root, self.projection) {
+            return Some(self.projection.to_string());
         }
         k.strip_prefix(&self.prefix).map(str::to_string)
     }
@@ -273,7 +300,7 @@ mod tests {
                 "cond_stage_model.transformer.",
             ),
         ] {
-            let l = Layout::find([key, "other.weight"].into_iter()).unwrap();
+            let l = Layout::find([key, "other.weight"].into_iter(), &TEXT).unwrap();
             assert_eq!((l.prefix.as_str(), l.root.as_str()), (prefix, root));
             assert_eq!(l.model_key(key).as_deref(), Some(TOKEN_EMBEDDING));
             assert_eq!(
@@ -282,19 +309,19 @@ mod tests {
                 Some(PROJECTION)
             );
         }
-        let e = Layout::find(["decoder.conv_in.weight"].into_iter()).unwrap_err();
+        let e = Layout::find(["decoder.conv_in.weight"].into_iter(), &TEXT).unwrap_err();
         assert!(e.contains(TOKEN_EMBEDDING), "{e}");
         let two = [
             "a.text_model.embeddings.token_embedding.weight",
             "b.text_model.embeddings.token_embedding.weight",
         ];
-        let e = Layout::find(two.into_iter()).unwrap_err();
+        let e = Layout::find(two.into_iter(), &TEXT).unwrap_err();
         assert!(
             e.contains("\"a.text_model.\"") && e.contains("several"),
             "{e}"
         );
         // A key that merely ends like the token embedding is not a text model.
-        assert!(Layout::find(["xembeddings.token_embedding.weight"].into_iter()).is_err());
+        assert!(Layout::find(["xembeddings.token_embedding.weight"].into_iter(), &TEXT).is_err());
     }
 
     #[test]

@@ -93,7 +93,8 @@ impl Clip {
             file: file.clone(),
             reason,
         };
-        let layout = Keys::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
+        let layout =
+            Keys::find(store.tensors().keys().map(String::as_str), &keys::TEXT).map_err(wrong)?;
         let shapes: BTreeMap<String, Vec<usize>> = store
             .tensors()
             .iter()

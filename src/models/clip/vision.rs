@@ -50,7 +50,8 @@ impl ClipVision {
             file: path.display().to_string(),
             reason,
         };
-        let layout = Keys::find(store.tensors().keys().map(String::as_str)).map_err(wrong)?;
+        let layout =
+            Keys::find(store.tensors().keys().map(String::as_str), &keys::IMAGE).map_err(wrong)?;
         let shapes: BTreeMap<String, Vec<usize>> = store
             .tensors()
             .iter()

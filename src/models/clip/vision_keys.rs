@@ -18,60 +18,20 @@ pub const PROJECTION: &str = "visual_projection.weight";
 /// names one.
 const HEAD_SIZE: usize = 64;
 
-/// Where the image model's keys are in a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    /// Prefix of the image model's own keys (`""`, `vision_model.`).
-    pub prefix: String,
-    /// Where `visual_projection.weight` would be: the prefix without its `vision_model.`.
-    pub root: String,
-}
+pub use super::keys::Layout;
 
-impl Layout {
-    /// Finds the one image model among `keys`.
-    pub fn find<'k>(keys: impl Iterator<Item = &'k str>) -> Result<Layout, String> {
-        let mut text = false;
-        let found: Vec<&str> = keys
-            .inspect(|k| text |= k.ends_with(super::keys::TOKEN_EMBEDDING))
-            .filter_map(|k| k.strip_suffix(PATCH_EMBEDDING))
-            .filter(|p| p.is_empty() || p.ends_with('.'))
-            .collect();
-        match found[..] {
-            [prefix] => Ok(Layout {
-                prefix: prefix.to_string(),
-                root: prefix
-                    .strip_suffix("vision_model.")
-                    .unwrap_or(prefix)
-                    .to_string(),
-            }),
-            [] if text => Err(format!(
-                "no CLIP image encoder here: no key ends in \"{PATCH_EMBEDDING}\", and \"{}\" \
-                 says these are a text encoder's weights (build clip-l, clip-bigg or clip-h)",
-                super::keys::TOKEN_EMBEDDING
-            )),
-            [] => Err(format!(
-                "no CLIP image encoder here: no key ends in \"{PATCH_EMBEDDING}\" (transformers \
-                 layout, bare or under vision_model.)"
-            )),
-            _ => Err(format!(
-                "several image encoders here (under {}); give a file with one",
-                found
-                    .iter()
-                    .map(|p| format!("\"{p}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        }
-    }
-
-    /// The builder's key for file key `k`, if `k` belongs to the image encoder.
-    pub fn model_key(&self, k: &str) -> Option<String> {
-        if k == format!("{}{PROJECTION}", self.root) {
-            return Some(PROJECTION.to_string());
-        }
-        k.strip_prefix(&self.prefix).map(str::to_string)
-    }
-}
+/// The image tower.
+pub const IMAGE: super::keys::Tower = super::keys::Tower {
+    what: "image",
+    anchor: PATCH_EMBEDDING,
+    own_prefix: "vision_model.",
+    projection: PROJECTION,
+    layouts: "transformers layout, bare or under vision_model.",
+    other: (
+        super::keys::TOKEN_EMBEDDING,
+        "a text encoder's weights (build clip-l, clip-bigg or clip-h)",
+    ),
+};
 
 /// An image encoder's sizes.
 #[derive(Clone, Debug, PartialEq)]
@@ -309,6 +269,7 @@ mod tests {
                 "visual_projection.weight",
             ]
             .into_iter(),
+            &IMAGE,
         )
         .unwrap();
         assert_eq!((l.prefix.as_str(), l.root.as_str()), ("vision_model.", ""));
@@ -316,8 +277,11 @@ mod tests {
             l.model_key("visual_projection.weight").as_deref(),
             Some(PROJECTION)
         );
-        let e =
-            Layout::find(["text_model.embeddings.token_embedding.weight"].into_iter()).unwrap_err();
+        let e = Layout::find(
+            ["text_model.embeddings.token_embedding.weight"].into_iter(),
+            &IMAGE,
+        )
+        .unwrap_err();
         assert!(e.contains("clip-l"), "{e}");
     }
 }
