@@ -4,6 +4,7 @@
 //! verifier runs after every pass, so a pass bug surfaces with the pass's name on it, and any
 //! pass's output can be dumped (`--dump-passes`).
 
+pub mod bias_correction;
 pub mod cancel_transposes;
 pub mod canonicalize_layout;
 pub mod cast_fp16;
@@ -87,8 +88,17 @@ pub fn attention_pass(opts: &PipelineOptions) -> lower_attention::LowerAttention
     }
 }
 
-/// The passes for `opts`, in order.
+/// The passes for `opts`, in order, with data-free weight compression: [`prepare`] then
+/// [`finish`].
 pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
+    let mut passes = prepare(opts);
+    passes.extend(finish(opts, None));
+    passes
+}
+
+/// The passes up to weight compression: what the model computes, in the types and layout it
+/// will store. Calibrated compression measures the convs' inputs on this graph.
+pub fn prepare(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = vec![
         // Before folding: the lowering reshapes gamma/beta, which folding then precomputes.
         Box::new(lower_group_norm::LowerGroupNorm),
@@ -118,6 +128,16 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
             fp16_outputs: opts.fp16_outputs,
         }));
     }
+    passes
+}
+
+/// Weight compression (fitted to the layers' outputs where `calibrated` has their inputs'
+/// statistics, measured on the graph [`prepare`] produced) and the clean-up after it.
+pub fn finish(
+    opts: &PipelineOptions,
+    calibrated: Option<std::sync::Arc<crate::calibrate::layer_inputs::LayerInputs>>,
+) -> Vec<Box<dyn Pass>> {
+    let mut passes: Vec<Box<dyn Pass>> = Vec::new();
     // After the fp16 cast: tables and scales are fitted to the values the model stores.
     match opts.compression.clone() {
         Some(Compression::Palettize {
@@ -128,6 +148,7 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
             bits,
             group_size,
             min_elements,
+            calibrated,
         })),
         Some(Compression::Quantize {
             mode,
@@ -137,6 +158,7 @@ pub fn pipeline(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
             mode,
             block_size,
             min_elements,
+            calibrated,
         })),
         None => {}
     }

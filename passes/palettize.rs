@@ -7,10 +7,13 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(palettized, 4-bit, 1 table(s) of fp16)
 //! ```
 
-use super::Pass;
-use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
-use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
+use super::{bias_correction, Pass};
+use crate::calibrate::layer_inputs::LayerInputs;
+use crate::compress::kmeans::{kmeans_1d, kmeans_1d_batch, palettize_grouped, Palette};
+use crate::compress::output_aware;
+use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized, ValueId};
 use crate::tensor::{DType, Tensor};
+use std::sync::Arc;
 
 /// Elements clustered per batch (64 MiB of f32 values, plus their indices).
 const BATCH_ELEMENTS: usize = 16 << 20;
@@ -20,6 +23,9 @@ pub struct Palettize {
     /// Output channels per table; `None` for one table per tensor.
     pub group_size: Option<usize>,
     pub min_elements: usize,
+    /// Calibration statistics of the convs' inputs: their weights get tables fitted to the
+    /// layer's output ([`output_aware`]) and bias correction; other constants stay data-free.
+    pub calibrated: Option<Arc<LayerInputs>>,
 }
 
 impl Pass for Palettize {
@@ -29,13 +35,17 @@ impl Pass for Palettize {
 
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
         let k = 1usize << self.bits;
+        let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
-        let chosen: Vec<usize> = nodes
+        let (calibrated, chosen): (Vec<usize>, Vec<usize>) = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
-            .collect();
+            .partition(|&i| self.layer(i).is_some());
+        for i in calibrated {
+            self.palettize_calibrated(&mut nodes, &uses, i)?;
+        }
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
         // while it is clustered, so a large model is not held a second time in f32. Whole
         // tensors per batch, so the tables are the same as clustering all at once.
@@ -78,36 +88,93 @@ impl Pass for Palettize {
                     .collect::<Result<_, _>>()?,
             };
             for ((&i, v), group_palettes) in batch.iter().zip(&values).zip(palettes) {
-                // The constant's type: an f16-stored fp32 constant gets fp32 tables.
-                let shape = nodes[i].ty.known_shape().unwrap_or_default();
-                let dtype = nodes[i].ty.dtype;
-                let groups = group_palettes.len();
-                let per_group = v.len() / groups;
-                let mut lut = vec![0f32; groups * k];
-                let mut indices = Vec::with_capacity(v.len());
-                for (gi, p) in group_palettes.into_iter().enumerate() {
-                    // Tables are stored in the model's dtype; re-assigning to the rounded entries can
-                    // only lower the error.
-                    let p = if dtype == DType::F16 {
-                        p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group])
-                    } else {
-                        p
-                    };
-                    lut[gi * k..gi * k + p.lut.len()].copy_from_slice(&p.lut);
-                    indices.extend_from_slice(&p.indices);
-                }
-                let lut = Tensor::f32(vec![groups, k], lut).cast(dtype);
-                let group_size = shape[0] / groups;
-                nodes[i].op = Op::Const(ConstData::Palettized(Palettized {
-                    shape,
-                    bits: self.bits,
-                    group_size,
-                    lut,
-                    indices,
-                }));
+                // Tables are stored in the model's dtype; re-assigning to the rounded entries
+                // can only lower the error.
+                let per_group = v.len() / group_palettes.len().max(1);
+                let group_palettes = group_palettes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(gi, p)| match nodes[i].ty.dtype {
+                        DType::F16 => p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group]),
+                        _ => p,
+                    })
+                    .collect();
+                nodes[i].op = self.table(&nodes[i], group_palettes);
             }
         }
         Ok(Graph::from_parts(name, nodes, outputs))
+    }
+}
+
+impl Palettize {
+    /// The calibration statistics of constant `i`, if it is a conv weight they cover.
+    fn layer(&self, i: usize) -> Option<&crate::calibrate::layer_inputs::LayerInput> {
+        self.calibrated.as_ref()?.layers.get(&ValueId(i as u32))
+    }
+
+    /// Tables for conv weight `i` fitted to the conv's output on the calibration set, and the
+    /// output shift they leave folded into the conv's bias.
+    fn palettize_calibrated(
+        &self,
+        nodes: &mut [Node],
+        uses: &[usize],
+        i: usize,
+    ) -> Result<(), IrError> {
+        let layer = self.layer(i).expect("chosen for its statistics");
+        let v = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
+        finite(&nodes[i].name, "palettize", &v)?;
+        let shape = nodes[i].ty.known_shape().unwrap_or_default();
+        let rows = shape.first().copied().unwrap_or(0);
+        let group_rows = self.group_size.unwrap_or(rows);
+        if rows == 0 || group_rows == 0 || rows % group_rows != 0 || v.len() != rows * layer.dim {
+            return Err(IrError::Type {
+                node: nodes[i].name.clone(),
+                op: "palettize",
+                reason: format!(
+                    "group size {group_rows} does not divide the {rows} output channels of {shape:?}"
+                ),
+            });
+        }
+        let data = layer.data();
+        let palettes = output_aware::palettize(
+            &v,
+            rows,
+            layer.dim,
+            group_rows,
+            1 << self.bits,
+            nodes[i].ty.dtype == DType::F16,
+            &data,
+            |values, _weights, k| kmeans_1d(values, k),
+        );
+        let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
+        if let Some(b) = bias_correction::bias_of(nodes, uses, i) {
+            let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
+            bias_correction::add_shift(nodes, b, &shift);
+        }
+        nodes[i].op = self.table(&nodes[i], palettes);
+        Ok(())
+    }
+
+    /// The palettized constant of node `n` from its groups' (final, dtype-exact) tables.
+    fn table(&self, n: &Node, palettes: Vec<Palette>) -> Op {
+        let k = 1usize << self.bits;
+        let shape = n.ty.known_shape().unwrap_or_default();
+        let groups = palettes.len();
+        let mut lut = vec![0f32; groups * k];
+        let mut indices = Vec::with_capacity(shape.iter().product());
+        for (gi, p) in palettes.into_iter().enumerate() {
+            lut[gi * k..gi * k + p.lut.len()].copy_from_slice(&p.lut);
+            indices.extend_from_slice(&p.indices);
+        }
+        let lut = Tensor::f32(vec![groups, k], lut).cast(n.ty.dtype);
+        let group_size = shape[0] / groups;
+        Op::Const(ConstData::Palettized(Palettized {
+            shape,
+            bits: self.bits,
+            group_size,
+            lut,
+            indices,
+        }))
     }
 }
 
@@ -171,6 +238,7 @@ mod tests {
                 bits,
                 group_size,
                 min_elements: 100,
+                calibrated: None,
             }
             .run(g.clone())
             .unwrap();
@@ -197,6 +265,7 @@ mod tests {
             bits: 4,
             group_size: Some(3),
             min_elements: 100,
+            calibrated: None,
         }
         .run(g)
         .unwrap_err();

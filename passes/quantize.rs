@@ -7,12 +7,15 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(int8, scales [64, 1, 1, 1] of fp16)
 //! ```
 
-use super::Pass;
+use super::{bias_correction, Pass};
+use crate::calibrate::layer_inputs::LayerInputs;
+use crate::compress::output_aware;
 use crate::compress::quantize::{
     quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, ScaleType,
 };
-use crate::ir::{ConstData, Graph, IrError, Op, Quantized};
+use crate::ir::{ConstData, Graph, IrError, Op, Quantized, ValueId};
 use crate::tensor::DType;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -27,6 +30,10 @@ pub struct Quantize {
     /// Input channels per scale (iOS18 blockwise); `None` for one scale per output channel.
     pub block_size: Option<usize>,
     pub min_elements: usize,
+    /// Calibration statistics of the convs' inputs: their weights are rounded with error
+    /// feedback to the layer's output ([`output_aware::requantize`]) and their output shift is
+    /// folded into the bias; other constants are rounded to nearest.
+    pub calibrated: Option<Arc<LayerInputs>>,
 }
 
 impl Pass for Quantize {
@@ -35,8 +42,10 @@ impl Pass for Quantize {
     }
 
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
-        for n in &mut nodes {
+        for i in 0..nodes.len() {
+            let n = &mut nodes[i];
             let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
                 continue;
             };
@@ -80,7 +89,28 @@ impl Pass for Quantize {
                     })
                 }
             };
-            n.op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
+            let layer = self
+                .calibrated
+                .as_ref()
+                .and_then(|c| c.layers.get(&ValueId(i as u32)))
+                .filter(|l| l.dim > 0 && v.len() % l.dim == 0);
+            let q = match layer {
+                Some(layer) => {
+                    let (rows, data) = (v.len() / layer.dim, layer.data());
+                    let q = match data.gram {
+                        Some(h) => output_aware::requantize(&v, rows, layer.dim, h, q),
+                        None => q,
+                    };
+                    if let Some(b) = bias_correction::bias_of(&nodes, &uses, i) {
+                        let shift =
+                            output_aware::bias_shift(&v, &q.dequantize(), rows, layer.dim, &data);
+                        bias_correction::add_shift(&mut nodes, b, &shift);
+                    }
+                    q
+                }
+                None => q,
+            };
+            nodes[i].op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
         }
         Ok(Graph::from_parts(name, nodes, outputs))
     }
@@ -112,6 +142,7 @@ mod tests {
                 mode,
                 block_size: block,
                 min_elements: 100,
+                calibrated: None,
             }
             .run(g.clone())
             .unwrap();
@@ -124,6 +155,7 @@ mod tests {
             mode: Mode::Int8,
             block_size: Some(3),
             min_elements: 100,
+            calibrated: None,
         }
         .run(g)
         .unwrap_err();

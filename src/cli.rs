@@ -170,12 +170,15 @@ pub struct BuildArgs {
     /// --calibration; --target ios17 or newer.
     #[arg(long, value_enum, value_name = "TYPE", requires = "calibration")]
     pub quantize_activations: Option<ActivationQuantArg>,
-    /// With --quantize-activations: the calibration set the activation ranges are measured on,
-    /// a folder of PNG/JPEG photos (sorted by name; scaled by area average to cover the model's
-    /// size, then centre-cropped) or a safetensors file of the model's inputs by name (one
-    /// sample, or a batch [N, ...]). A decoder's photos are first encoded into latents by its
-    /// model's encoder, evaluated by mlc. Its sha256 goes into the package's metadata.
-    #[arg(long, value_name = "DIR|FILE", requires = "quantize_activations")]
+    /// Real inputs to fit compression to: with --palettize or --quantize, each conv's weights
+    /// are fitted to its output on them (weighted k-means, error-feedback rounding, table refit,
+    /// bias correction) instead of to the weights alone; with --quantize-activations, the ranges
+    /// are measured on them. A folder of PNG/JPEG photos (sorted by name; scaled by area
+    /// average to cover the model's size, then centre-cropped) or a safetensors file of the
+    /// model's inputs by name (one sample, or a batch [N, ...]). A decoder's photos are first
+    /// encoded into latents by its model's encoder, evaluated by mlc. Its sha256 goes into the
+    /// package's metadata.
+    #[arg(long, value_name = "DIR|FILE")]
     pub calibration: Option<PathBuf>,
     /// With --quantize-activations: keep float activations on the fewest convs and adds (the
     /// most sensitive, as measured on the calibration set) that hold the model's output there at
@@ -499,16 +502,17 @@ impl BuildArgs {
             }),
             (None, None) => None,
         };
-        o.quantize_activations = match (self.quantize_activations, &self.calibration) {
-            (Some(ActivationQuantArg::Int8), Some(path)) => Some(
-                compiler::ActivationRanges::Calibration(compiler::CalibrationSource {
-                    path: path.clone(),
-                    encoder_weights: self.encoder_weights.clone(),
-                    upscale: self.upscale,
-                }),
-            ),
-            _ => None,
-        };
+        o.calibration = self
+            .calibration
+            .as_ref()
+            .map(|path| compiler::CalibrationSource {
+                path: path.clone(),
+                encoder_weights: self.encoder_weights.clone(),
+                upscale: self.upscale,
+            });
+        o.quantize_activations = self
+            .quantize_activations
+            .map(|ActivationQuantArg::Int8| compiler::ActivationRanges::Calibrated);
         o.activation_min_psnr = self.activation_min_psnr;
         o.validate().map_err(|e| self.flagged(e))?;
         Ok(o)
@@ -539,6 +543,7 @@ impl BuildArgs {
             O::OutputType => "--output-type image".into(),
             O::InputType => "--input-type image".into(),
             O::QuantizeActivations => "--quantize-activations int8".into(),
+            O::Calibration => "--calibration".into(),
         };
         anyhow::anyhow!("{flag}: {reason}")
     }

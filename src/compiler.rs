@@ -96,6 +96,9 @@ pub struct BuildOptions {
     pub output_layout: Layout,
     pub output_type: OutputType,
     pub input_type: InputType,
+    /// Real inputs (`--calibration`): weight compression fits each conv's weights to its
+    /// output on them, and calibrated int8 activations take their ranges from them.
+    pub calibration: Option<CalibrationSource>,
     /// int8 activations (`--quantize-activations int8`, iOS17+): quantize–dequantize pairs on
     /// conv and add inputs, clipped to ranges from this source.
     pub quantize_activations: Option<ActivationRanges>,
@@ -107,9 +110,10 @@ pub struct BuildOptions {
 /// Where the clipping range of each quantized activation comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ActivationRanges {
-    /// Measured on a calibration set (`--calibration`): each value's clipping range minimises
-    /// the int8 quantization error over its histogram ([`crate::calibrate`]).
-    Calibration(CalibrationSource),
+    /// Measured on the build's calibration set ([`BuildOptions::calibration`]): each value's
+    /// clipping range minimises the int8 quantization error over its histogram
+    /// ([`crate::calibrate`]).
+    Calibrated,
     /// The largest magnitude each value takes on these model inputs (by input name): plain
     /// max-abs on data the caller chooses, for tests and measurements, not a held-out
     /// calibration.
@@ -149,6 +153,7 @@ impl BuildOptions {
             output_layout: Layout::Nchw,
             output_type: OutputType::Array,
             input_type: InputType::Array,
+            calibration: None,
             quantize_activations: None,
             activation_min_psnr: None,
         }
@@ -369,13 +374,22 @@ impl BuildOptions {
                     format!("--activation-min-psnr {p} needs a calibration set"),
                 );
             }
-            if let ActivationRanges::Calibration(c) = src {
-                if std::fs::metadata(&c.path).is_err() {
-                    return option_error(
-                        O::QuantizeActivations,
-                        format!("calibration {}: not found", c.path.display()),
-                    );
-                }
+            if *src == ActivationRanges::Calibrated && self.calibration.is_none() {
+                return option_error(O::QuantizeActivations, "needs a calibration set");
+            }
+        }
+        if let Some(c) = &self.calibration {
+            if self.compression.is_none() && self.quantize_activations.is_none() {
+                return option_error(
+                    O::Calibration,
+                    "calibrates compression: give a weight compression or int8 activations",
+                );
+            }
+            if std::fs::metadata(&c.path).is_err() {
+                return option_error(
+                    O::Calibration,
+                    format!("calibration {}: not found", c.path.display()),
+                );
             }
         }
         let iface = model.interface(part, &self.model_options);
@@ -480,6 +494,7 @@ pub enum BuildOption {
     OutputType,
     InputType,
     QuantizeActivations,
+    Calibration,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -494,6 +509,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::OutputType => f.write_str("image output"),
             BuildOption::InputType => f.write_str("image input"),
             BuildOption::QuantizeActivations => f.write_str("int8 activations"),
+            BuildOption::Calibration => f.write_str("calibration"),
         }
     }
 }
@@ -508,13 +524,50 @@ fn option_error<T>(option: BuildOption, reason: impl Into<String>) -> Result<T, 
 /// Clipping ranges of the values int8 activations need, by value.
 pub type Ranges = std::collections::HashMap<crate::ir::ValueId, f32>;
 
+/// The calibration set `opts` names, read into the model's inputs at its first size (a decoder's
+/// photos encoded by its encoder); `None` without `--calibration`.
+pub fn load_calibration(
+    opts: &BuildOptions,
+) -> Result<Option<crate::calibrate::Calibration>, BuildError> {
+    let Some(c) = &opts.calibration else {
+        return Ok(None);
+    };
+    let failed = |reason: String| BuildError::Option {
+        option: BuildOption::Calibration,
+        reason,
+    };
+    let (model, part) = opts.model_part()?;
+    let b = opts.size_bindings()?.into_iter().next().unwrap_or_default();
+    let weights = opts.weights_path()?;
+    let mut target = crate::calibrate::Target::for_model(
+        model,
+        part,
+        &opts.model_options,
+        &b,
+        Some(&weights),
+        c.encoder_weights.as_deref(),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    target.upscale = c.upscale;
+    crate::calibrate::Calibration::load(&c.path, &target)
+        .map(Some)
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// Whether to print progress on stderr (a terminal is watching).
+fn progress() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 /// The symmetric clipping magnitude of every value the activation pass can quantize in `g` (the
-/// final graph, whose value ids the pass reads), and the calibration set when one was used.
+/// final graph, whose value ids the pass reads): from `cal` ([`load_calibration`]) for
+/// [`ActivationRanges::Calibrated`].
 pub fn activation_ranges(
     g: &Graph,
     src: &ActivationRanges,
-    opts: &BuildOptions,
-) -> Result<(Ranges, Option<crate::calibrate::Calibration>), BuildError> {
+    cal: Option<&crate::calibrate::Calibration>,
+) -> Result<Ranges, BuildError> {
     let wanted: std::collections::BTreeSet<crate::ir::ValueId> =
         passes::quantize_activations::sites(g)
             .into_iter()
@@ -525,32 +578,15 @@ pub fn activation_ranges(
         reason,
     };
     match src {
-        ActivationRanges::Calibration(c) => {
-            use std::io::IsTerminal;
-            let (model, part) = opts.model_part()?;
-            let b = opts.size_bindings()?.into_iter().next().unwrap_or_default();
-            let weights = opts.weights_path()?;
-            let mut target = crate::calibrate::Target::for_model(
-                model,
-                part,
-                &opts.model_options,
-                &b,
-                Some(&weights),
-                c.encoder_weights.as_deref(),
-            )
-            .map_err(|e| failed(e.to_string()))?;
-            target.upscale = c.upscale;
-            let cal = crate::calibrate::Calibration::load(&c.path, &target)
+        ActivationRanges::Calibrated => {
+            let cal = cal.ok_or_else(|| failed("needs a calibration set".into()))?;
+            let stats = crate::calibrate::collect_values(g, cal, progress(), Some(&wanted))
                 .map_err(|e| failed(e.to_string()))?;
-            let progress = std::io::stderr().is_terminal();
-            let stats = crate::calibrate::collect_values(g, &cal, progress, Some(&wanted))
-                .map_err(|e| failed(e.to_string()))?;
-            let ranges = stats
+            Ok(stats
                 .values
                 .iter()
                 .map(|(&v, s)| (v, s.clip_range(8)))
-                .collect();
-            Ok((ranges, Some(cal)))
+                .collect())
         }
         ActivationRanges::MaxAbs(inputs) => {
             let mut ranges = std::collections::HashMap::new();
@@ -562,7 +598,7 @@ pub fn activation_ranges(
                 }
             })
             .map_err(|e| failed(format!("measuring activation ranges: {e}")))?;
-            Ok((ranges, None))
+            Ok(ranges)
         }
     }
 }
@@ -897,23 +933,41 @@ fn compile_from(
     timings.push(("declare".to_string(), t.elapsed()));
     after_pass("declare", &g);
 
+    let t = Instant::now();
+    let cal = load_calibration(opts)?;
+    if cal.is_some() {
+        timings.push(("load calibration".to_string(), t.elapsed()));
+    }
+
     let pipeline = pipeline_options(opts)?;
-    let list = passes::pipeline(&pipeline);
     let mut t = Instant::now();
-    let g = passes::run(g, &list, |p, g| {
+    let mut timed = |p: &dyn passes::Pass, g: &Graph| {
         timings.push((p.name().to_string(), t.elapsed()));
         after_pass(p.name(), g);
         t = Instant::now();
-    })?;
+    };
+    let g = passes::run(g, &passes::prepare(&pipeline), &mut timed)?;
+    // Measured on the graph as it will compute, just before its weights are compressed.
+    let layers = match (&cal, &opts.compression) {
+        (Some(cal), Some(_)) => Some(std::sync::Arc::new(
+            crate::calibrate::layer_inputs::collect(&g, cal, progress()).map_err(|e| {
+                BuildError::Option {
+                    option: BuildOption::Calibration,
+                    reason: e.to_string(),
+                }
+            })?,
+        )),
+        _ => None,
+    };
+    let g = passes::run(g, &passes::finish(&pipeline, layers), &mut timed)?;
+    drop(timed);
 
     // Last, on the final graph: the ranges are measured on the values the package computes.
-    let mut calibration_sha256 = None;
     let mut kept_float = None;
     let g = match &opts.quantize_activations {
         Some(src) => {
             let t = Instant::now();
-            let (ranges, cal) = activation_ranges(&g, src, opts)?;
-            calibration_sha256 = cal.as_ref().map(|c| c.hash());
+            let ranges = activation_ranges(&g, src, cal.as_ref())?;
             timings.push(("activation ranges".to_string(), t.elapsed()));
             let keep_float = match (opts.activation_min_psnr, &cal) {
                 (Some(db), Some(cal)) => {
@@ -951,10 +1005,19 @@ fn compile_from(
     let mut largest = largest_intermediate(&g, &opts.size_bindings()?);
     let t = Instant::now();
     let mut info = model_info(model, part, &weights_path, &weights_sha256, opts)?;
-    if let Some(h) = calibration_sha256 {
+    if let Some(cal) = &cal {
+        info.user_defined
+            .insert("mlc.calibration.sha256".into(), cal.hash());
+        if opts.compression.is_some() {
+            info.user_defined.insert(
+                "mlc.weights.fit".into(),
+                "layer outputs (calibrated)".into(),
+            );
+        }
+    }
+    if opts.quantize_activations == Some(ActivationRanges::Calibrated) {
         info.user_defined
             .insert("mlc.activations".into(), "int8 (calibrated)".into());
-        info.user_defined.insert("mlc.calibration.sha256".into(), h);
     }
     let iface = interface(opts)?;
     let lowered = if opts.multifunction {

@@ -158,14 +158,25 @@ fn int8_activations_below_ios17_or_without_a_calibration_set_are_refused() {
     assert!(e.contains("ios17") && e.contains("ios16"), "{e}");
     assert_eq!(e.lines().count(), 1);
     let mut o = w8a8("taesd", Precision::Fp16, Target::Ios17, 8, &inputs);
-    o.quantize_activations = Some(ActivationRanges::Calibration(CalibrationSource {
+    o.quantize_activations = Some(ActivationRanges::Calibrated);
+    let e = o.validate().unwrap_err().to_string();
+    assert!(e.contains("needs a calibration set"), "{e}");
+    o.calibration = Some(CalibrationSource {
         path: "no_such_photos".into(),
         encoder_weights: None,
         upscale: false,
-    }));
+    });
     let e = o.validate().unwrap_err().to_string();
     assert!(
         e.contains("no_such_photos") && e.contains("not found"),
+        "{e}"
+    );
+    // A calibration set that calibrates nothing is a mistake, not a no-op.
+    o.quantize_activations = None;
+    o.compression = None;
+    let e = o.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("give a weight compression or int8 activations"),
         "{e}"
     );
 }
@@ -198,9 +209,8 @@ fn taef2_w8a8_psnr_with_max_abs_ranges() {
         // Convs only: the adds' inputs stay fp16 (IR evaluator; the package computes the same,
         // as the synthetic test above shows).
         let ranges =
-            mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), &o)
-                .unwrap()
-                .0;
+            mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), None)
+                .unwrap();
         let sites = mlc::passes::quantize_activations::sites(&g);
         let adds = sites
             .iter()
@@ -278,9 +288,8 @@ fn taef2_w8a8_sensitivity_of_each_add() {
     compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
     let g = last.unwrap();
     let ranges =
-        mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), &o)
-            .unwrap()
-            .0;
+        mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), None)
+            .unwrap();
     let adds: Vec<_> = sites(&g)
         .into_iter()
         .filter(|(v, _)| !matches!(g.node(*v).op, Op::Conv2d(_)))
@@ -339,11 +348,12 @@ fn taef2_w8a8_calibrated_on_two_photos_holds_on_the_others() {
     o.target = Target::Ios17;
     o.sizes = Sizes::Latent(vec![[16, 16]]);
     o.compression = int8_weights();
-    o.quantize_activations = Some(ActivationRanges::Calibration(CalibrationSource {
+    o.calibration = Some(CalibrationSource {
         path: cal.clone(),
         encoder_weights: Some(encoder.clone()),
         upscale: false,
-    }));
+    });
+    o.quantize_activations = Some(ActivationRanges::Calibrated);
     o.output = Some(dir.join("taef2_w8a8_all.mlpackage"));
     let all = mlc::compiler::build(&o).unwrap();
     assert!(all.kept_float.is_none());
@@ -430,12 +440,15 @@ fn taef2_calibrated_convs_only_vs_adds() {
     let mut last = None;
     compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
     let g = last.unwrap();
-    let src = ActivationRanges::Calibration(CalibrationSource {
+    o.calibration = Some(CalibrationSource {
         path: cal,
         encoder_weights: Some(encoder.clone()),
         upscale: false,
     });
-    let ranges = mlc::compiler::activation_ranges(&g, &src, &o).unwrap().0;
+    let calibration = mlc::compiler::load_calibration(&o).unwrap();
+    let ranges =
+        mlc::compiler::activation_ranges(&g, &ActivationRanges::Calibrated, calibration.as_ref())
+            .unwrap();
     let (held, reference) = photos_and_reference(&photos, &o, &encoder);
     let all = sites(&g);
     let adds: std::collections::BTreeSet<_> = all

@@ -5,6 +5,8 @@
 //!   inputs) into the model's inputs ([`Calibration`]); for a decoder the photos go through the
 //!   matching encoder, built and evaluated by mlc.
 //! - [`image`]: decoding PNG/JPEG and fitting a photo to the model's size.
+//! - [`layer_inputs`]: what each conv's weights multiply (moments, patch Gram matrices), for
+//!   output-aware weight compression.
 //! - [`stats`]: one evaluation per sample gathering per-value statistics ([`collect`]).
 //! - [`histogram`]: the bounded |x| histogram and the clipping range minimising the error.
 //! - [`ranges`]: an emitted package's per-op ranges on the samples (`mlc inspect --ranges`).
@@ -12,6 +14,7 @@
 
 pub mod histogram;
 pub mod image;
+pub mod layer_inputs;
 pub mod ranges;
 pub mod search;
 pub mod source;

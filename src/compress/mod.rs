@@ -6,10 +6,17 @@
 //! * [`quantize`]: linear int8/uint8 quantization per output channel or per block, and the
 //!   matching dequantization.
 //! * [`pack`]: sub-byte packing of indices in Core ML's bit order.
+//! * [`output_aware`]: with calibration statistics, the palette or codes that move a layer's
+//!   output least: weighted k-means, [`feedback`] rounding (GPTQ), [`refit`] of the table by
+//!   least squares, bias correction; [`cholesky`] solves their small dense systems.
 
+pub mod cholesky;
+pub mod feedback;
 pub mod kmeans;
+pub mod output_aware;
 pub mod pack;
 pub mod quantize;
+pub mod refit;
 
 pub use kmeans::{kmeans_1d, kmeans_1d_batch, palettize_grouped, Palette};
 pub use pack::{pack_bits, unpack_bits};

@@ -226,7 +226,10 @@ fn quantize(
 
 /// For every element of a row-major tensor of `shape`, in order, the row-major index of its
 /// scale entry when `block[d]` consecutive indices along `d` share one.
-fn scale_cells<'a>(shape: &'a [usize], block: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+pub(crate) fn scale_cells<'a>(
+    shape: &'a [usize],
+    block: &'a [usize],
+) -> impl Iterator<Item = usize> + 'a {
     let rank = shape.len();
     let cells: Vec<usize> = shape.iter().zip(block).map(|(&s, &b)| s / b).collect();
     // Stride of each dimension in the scale tensor.
