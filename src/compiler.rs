@@ -947,7 +947,9 @@ fn compile_from(
         t = Instant::now();
     };
     let g = passes::run(g, &passes::prepare(&pipeline), &mut timed)?;
+    drop(timed);
     // Measured on the graph as it will compute, just before its weights are compressed.
+    let t_stats = Instant::now();
     let layers = match (&cal, &opts.compression) {
         (Some(cal), Some(_)) => Some(std::sync::Arc::new(
             crate::calibrate::layer_inputs::collect(&g, cal, progress()).map_err(|e| {
@@ -959,8 +961,15 @@ fn compile_from(
         )),
         _ => None,
     };
-    let g = passes::run(g, &passes::finish(&pipeline, layers), &mut timed)?;
-    drop(timed);
+    if layers.is_some() {
+        timings.push(("weight statistics".to_string(), t_stats.elapsed()));
+    }
+    let mut t = Instant::now();
+    let g = passes::run(g, &passes::finish(&pipeline, layers), |p, g| {
+        timings.push((p.name().to_string(), t.elapsed()));
+        after_pass(p.name(), g);
+        t = Instant::now();
+    })?;
 
     // Last, on the final graph: the ranges are measured on the values the package computes.
     let mut kept_float = None;

@@ -45,33 +45,40 @@ pub fn solve(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
 /// The upper-triangular `U` with `a⁻¹ = Uᵀ U` (row-major), the factor error feedback walks
 /// (row `i` of `U`, scaled by `1 / U[i][i]`, is how an error in column `i` is best absorbed by
 /// the columns after it). `None` if `a` is not positive definite.
+///
+/// Without forming `a⁻¹`: with `J` the order reversal, `J a J = L Lᵀ` gives `a = V Vᵀ` for the
+/// upper-triangular `V = J L J`, so `a⁻¹ = V⁻ᵀ V⁻¹` and `U = V⁻¹ = J L⁻¹ J`: one Cholesky
+/// factorisation and one triangular inverse.
 pub fn inverse_upper_factor(a: &[f64], n: usize) -> Option<Vec<f64>> {
-    let l = cholesky(a, n)?;
-    // M = L⁻¹ (lower), column by column of the identity.
-    let mut m = vec![0f64; n * n];
-    for c in 0..n {
-        for i in c..n {
-            let rhs = if i == c { 1.0 } else { 0.0 };
-            let dot: f64 = (c..i).map(|k| l[i * n + k] * m[k * n + c]).sum();
-            m[i * n + c] = (rhs - dot) / l[i * n + i];
-        }
-    }
-    // a⁻¹ = Mᵀ M.
-    let mut inv = vec![0f64; n * n];
+    let mut rev = vec![0f64; n * n];
     for i in 0..n {
-        for j in 0..=i {
-            // Column i and j of M; M is lower, so rows start at max(i, j) = i.
-            let v: f64 = (i..n).map(|k| m[k * n + i] * m[k * n + j]).sum();
-            inv[i * n + j] = v;
-            inv[j * n + i] = v;
+        for j in 0..n {
+            rev[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
         }
     }
-    let lo = cholesky(&inv, n)?;
-    // U = Loᵀ.
+    let l = cholesky(&rev, n)?;
+    // X = L⁻¹ by forward substitution on the identity, a row at a time: row i is e_i minus
+    // the earlier rows it combines, each a contiguous axpy over columns 0..=k.
+    let mut x = vec![0f64; n * n];
+    for i in 0..n {
+        let (done, rest) = x.split_at_mut(i * n);
+        let xi = &mut rest[..n];
+        xi[i] = 1.0;
+        for k in 0..i {
+            let c = l[i * n + k];
+            if c != 0.0 {
+                for (t, &v) in xi[..=k].iter_mut().zip(&done[k * n..k * n + k + 1]) {
+                    *t -= c * v;
+                }
+            }
+        }
+        let inv = 1.0 / l[i * n + i];
+        xi[..=i].iter_mut().for_each(|t| *t *= inv);
+    }
     let mut u = vec![0f64; n * n];
     for i in 0..n {
         for j in i..n {
-            u[i * n + j] = lo[j * n + i];
+            u[i * n + j] = x[(n - 1 - i) * n + (n - 1 - j)];
         }
     }
     Some(u)

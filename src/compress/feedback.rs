@@ -19,9 +19,72 @@ use super::cholesky::inverse_upper_factor;
 /// not span every direction (fewer positions than columns, or dead inputs), as GPTQ does.
 pub const DAMPING: f64 = 0.01;
 
-/// Codes of the `rows × d` row-major weights `w` rounded with error feedback through the
-/// `d × d` Gram matrix `gram`; `round(row, column, value)` gives a value's code and its
-/// reconstruction. `None` if the damped Gram matrix cannot be factored (non-finite input).
+/// The factorisation of one layer's damped Gram matrix, column order included: computed once,
+/// used for every rounding of the layer's weights (each palette refit rounds again).
+pub struct Feedback {
+    d: usize,
+    /// Columns in the order they are rounded.
+    order: Vec<usize>,
+    /// Upper Cholesky factor of the permuted, damped `H⁻¹`.
+    u: Vec<f64>,
+}
+
+impl Feedback {
+    /// `None` if the damped `d × d` Gram matrix cannot be factored (non-finite input).
+    pub fn new(gram: &[f64], d: usize) -> Option<Feedback> {
+        assert_eq!(gram.len(), d * d, "the Gram matrix is not d × d");
+        let diag: Vec<f64> = (0..d).map(|i| gram[i * d + i]).collect();
+        let mean = diag.iter().sum::<f64>() / d.max(1) as f64;
+        if !mean.is_finite() {
+            return None;
+        }
+        // Inputs that are always zero: their weights are free; rounding them plainly is as good
+        // as anything, and a unit diagonal keeps them out of the others' way.
+        let damp = if mean > 0.0 { DAMPING * mean } else { 1.0 };
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
+        let mut h = vec![0f64; d * d];
+        for (pi, &i) in order.iter().enumerate() {
+            for (pj, &j) in order.iter().enumerate() {
+                h[pi * d + pj] = gram[i * d + j];
+            }
+            if diag[i] <= 0.0 {
+                h[pi * d + pi] = 1.0;
+            }
+            h[pi * d + pi] += damp;
+        }
+        let u = inverse_upper_factor(&h, d)?;
+        Some(Feedback { d, order, u })
+    }
+
+    /// Codes of the `rows × d` row-major weights `w` rounded with error feedback;
+    /// `round(row, column, value)` gives a value's code and its reconstruction.
+    pub fn round(&self, w: &[f32], round: impl Fn(usize, usize, f64) -> (u32, f64)) -> Vec<u32> {
+        let d = self.d;
+        assert_eq!(w.len() % d.max(1), 0, "weights are not rows × d");
+        let rows = w.len() / d.max(1);
+        let (order, u) = (&self.order, &self.u);
+        let mut codes = vec![0u32; rows * d];
+        let mut row = vec![0f64; d];
+        for r in 0..rows {
+            for (p, &i) in order.iter().enumerate() {
+                row[p] = f64::from(w[r * d + i]);
+            }
+            for p in 0..d {
+                let (code, q) = round(r, order[p], row[p]);
+                codes[r * d + order[p]] = code;
+                let err = (row[p] - q) / u[p * d + p];
+                let up = &u[p * d + p + 1..(p + 1) * d];
+                for (x, &c) in row[p + 1..].iter_mut().zip(up) {
+                    *x -= err * c;
+                }
+            }
+        }
+        codes
+    }
+}
+
+/// [`Feedback::round`] of the `rows × d` weights `w` through `gram`, factored for this call.
 pub fn round_with_feedback(
     w: &[f32],
     rows: usize,
@@ -30,61 +93,40 @@ pub fn round_with_feedback(
     round: impl Fn(usize, usize, f64) -> (u32, f64),
 ) -> Option<Vec<u32>> {
     assert_eq!(w.len(), rows * d, "weights are not rows × d");
-    assert_eq!(gram.len(), d * d, "the Gram matrix is not d × d");
-    let diag: Vec<f64> = (0..d).map(|i| gram[i * d + i]).collect();
-    let mean = diag.iter().sum::<f64>() / d.max(1) as f64;
-    if !mean.is_finite() {
-        return None;
-    }
-    // Inputs that are always zero: their weights are free; rounding them plainly is as good as
-    // anything, and a unit diagonal keeps them out of the others' way.
-    let damp = if mean > 0.0 { DAMPING * mean } else { 1.0 };
-    let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
-    let mut h = vec![0f64; d * d];
-    for (pi, &i) in order.iter().enumerate() {
-        for (pj, &j) in order.iter().enumerate() {
-            h[pi * d + pj] = gram[i * d + j];
-        }
-        if diag[i] <= 0.0 {
-            h[pi * d + pi] = 1.0;
-        }
-        h[pi * d + pi] += damp;
-    }
-    let u = inverse_upper_factor(&h, d)?;
-    let mut codes = vec![0u32; rows * d];
-    let mut row = vec![0f64; d];
-    for r in 0..rows {
-        for (p, &i) in order.iter().enumerate() {
-            row[p] = f64::from(w[r * d + i]);
-        }
-        for p in 0..d {
-            let (code, q) = round(r, order[p], row[p]);
-            codes[r * d + order[p]] = code;
-            let err = (row[p] - q) / u[p * d + p];
-            let up = &u[p * d + p + 1..(p + 1) * d];
-            for (x, &c) in row[p + 1..].iter_mut().zip(up) {
-                *x -= err * c;
-            }
-        }
-    }
-    Some(codes)
+    Some(Feedback::new(gram, d)?.round(w, round))
 }
 
 /// `Σ_rows ΔWᵀ H ΔW`: the mean squared output error of replacing `w` by `q`.
 pub fn output_error(w: &[f32], q: &[f32], d: usize, gram: &[f64]) -> f64 {
-    let mut total = 0.0;
-    let mut delta = vec![0f64; d];
-    for (wr, qr) in w.chunks_exact(d).zip(q.chunks_exact(d)) {
-        for ((x, &a), &b) in delta.iter_mut().zip(wr).zip(qr) {
-            *x = f64::from(b) - f64::from(a);
-        }
-        for i in 0..d {
-            let hi = &gram[i * d..(i + 1) * d];
-            total += delta[i] * hi.iter().zip(&delta).map(|(h, x)| h * x).sum::<f64>();
-        }
+    let rows = w.len() / d.max(1);
+    let delta: Vec<f64> = w
+        .iter()
+        .zip(q)
+        .map(|(&a, &b)| f64::from(b) - f64::from(a))
+        .collect();
+    // ΔH for all rows in one product, then the row-wise dot with Δ.
+    let mut dh = vec![0f64; rows * d];
+    // SAFETY: the pointers cover rows × d, d × d and rows × d row-major matrices, as the
+    // dimensions and strides say.
+    unsafe {
+        matrixmultiply::dgemm(
+            rows,
+            d,
+            d,
+            1.0,
+            delta.as_ptr(),
+            d as isize,
+            1,
+            gram.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            dh.as_mut_ptr(),
+            d as isize,
+            1,
+        );
     }
-    total
+    delta.iter().zip(&dh).map(|(a, b)| a * b).sum()
 }
 
 #[cfg(test)]

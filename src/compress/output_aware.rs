@@ -12,7 +12,7 @@
 //! 3. bias correction ([`bias_shift`]): the mean output shift the compression leaves is folded
 //!    into the layer's bias by the caller.
 
-use super::feedback::{output_error, round_with_feedback};
+use super::feedback::{output_error, round_with_feedback, Feedback};
 use super::kmeans::Palette;
 use super::quantize::{scale_cells, QuantData, Quantized};
 use super::refit::refit_lut;
@@ -80,14 +80,15 @@ pub fn palettize(
 /// Alternates feedback assignment and least-squares refits from the k-means palette `p`; the
 /// result never has a larger output error than `p`.
 fn refine(values: &[f32], d: usize, h: &[f64], p: Palette, f16_lut: bool) -> Palette {
+    let Some(feedback) = Feedback::new(h, d) else {
+        return p;
+    };
     let error_of = |p: &Palette| output_error(values, &p.dequantize(), d, h);
     let mut best_error = error_of(&p);
     let mut best = p;
     let mut lut = best.lut.clone();
     for round in 0..=REFITS {
-        let Some(indices) = assign(values, d, h, &lut) else {
-            break;
-        };
+        let indices = assign(values, &feedback, &lut);
         let candidate = palette(values, lut.clone(), indices);
         let e = error_of(&candidate);
         if e < best_error {
@@ -106,13 +107,12 @@ fn refine(values: &[f32], d: usize, h: &[f64], p: Palette, f16_lut: bool) -> Pal
 }
 
 /// Feedback assignment of `values` to the sorted table `lut`.
-fn assign(values: &[f32], d: usize, h: &[f64], lut: &[f32]) -> Option<Vec<u16>> {
-    let rows = values.len() / d;
-    let codes = round_with_feedback(values, rows, d, h, |_, _, v| {
+fn assign(values: &[f32], feedback: &Feedback, lut: &[f32]) -> Vec<u16> {
+    let codes = feedback.round(values, |_, _, v| {
         let i = nearest(lut, v);
         (i as u32, f64::from(lut[i]))
-    })?;
-    Some(codes.into_iter().map(|c| c as u16).collect())
+    });
+    codes.into_iter().map(|c| c as u16).collect()
 }
 
 fn palette(values: &[f32], lut: Vec<f32>, indices: Vec<u16>) -> Palette {
