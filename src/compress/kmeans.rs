@@ -431,8 +431,9 @@ fn group_len(len: usize, shape: &[usize], group_size: usize) -> usize {
 const WEIGHT_FLOOR: f64 = 1e-6;
 
 /// Minimum weighted-squared-error k-means: minimises `sum_e weights[e] · (values[e] -
-/// lut[indices[e]])²` over at most `k` entries, exactly (up to [`WEIGHT_FLOOR`]) and
-/// deterministically. Data-aware palettization uses it with `weights[e]` the second moment of
+/// lut[indices[e]])²` over at most `k` entries, exactly and deterministically (unique values
+/// whose summed weight is below 1e-6 of the mean per unique value count as that much, which
+/// keeps the mean of an all-zero-weight cluster defined). Data-aware palettization uses it with `weights[e]` the second moment of
 /// the input channel the weight multiplies.
 ///
 /// Each LUT entry is the weighted mean of its cluster (clusters are still contiguous runs of
