@@ -15,6 +15,14 @@
 //! f64) make `cost` O(1). The cost is Monge (it satisfies the quadrangle inequality), so the
 //! optimal split `opt[m][j]` is non-decreasing in `j` and in `m` (Knuth/Yao).
 //!
+//! The data-aware variant ([`kmeans_1d_weighted`]) minimises `sum_e h_e (x_e - c(e))²` with a
+//! real weight `h_e >= 0` per element (for palettization, the second moment of the input channel
+//! the weight multiplies). All of the above still holds with each unique value weighted by the
+//! sum of its elements' `h_e` instead of their count, so the same solver is exact there too; the
+//! weight type is a parameter of the solver (module `weight`). Unique values of (near) zero
+//! total weight are raised to a tiny floor (`WEIGHT_FLOOR`), which keeps every cluster's mean
+//! defined.
+//!
 //! # Time
 //!
 //! First a Lagrangian search (module `lagrange`): with a penalty per cluster instead of a
@@ -34,9 +42,11 @@
 //!   window shrinks like `j / m²`; on the TAEF2 weights the layers past ~40 of an 8-bit palette
 //!   cost 2–4 evaluations per cell, against 8–14 for divide and conquer.
 //!
-//! Cluster weights are integer element counts, so `1 / w` comes from a table of reciprocals
-//! (O(N) for N elements) and the hot loop has no division. Short scans select the minimum
-//! without branches; long ones branch (well predicted there).
+//! With counts, cluster weights are integers up to the element count, so `1 / w` comes from a
+//! table of reciprocals (O(N) for N elements) and the hot loop has no division; with real
+//! weights it divides (no table). Both are monomorphised instances of one generic solver, so the
+//! count path compiles as if written for counts alone. Short scans select the minimum without
+//! branches; long ones branch (well predicted there).
 //!
 //! # Memory: O(n), no `k × n` table
 //!
@@ -51,8 +61,8 @@
 //! a subproblem has at most `CHECKPOINTS + 1` clusters the single pass yields all its
 //! boundaries. Total work is the top-level pass times `1 + 1/(C+1) + 1/(C+1)² + … < 1.15`.
 //!
-//! Live allocations at any time: the sort buffer, the reciprocal table and the output (O(N) for
-//! N elements), the unique values and prefix sums (O(n)), and the scratch rows (five words plus
+//! Live allocations at any time: the sort buffer, the reciprocal table (counts only) and the
+//! output (O(N) for N elements), the unique values and prefix sums (O(n)), and the scratch rows (five words plus
 //! two `[u32; CHECKPOINTS]` per unique value), all independent of `k`. Recursion depth is
 //! `log_{C+1} k`, with one boundary list of at most `k` entries per level. Nothing anywhere is
 //! indexed by both a layer and a position: the only per-layer state is the current and previous
@@ -70,6 +80,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::f16;
 
 mod lagrange;
+mod weight;
+
+use weight::Weight;
 
 /// Boundaries recorded per forward pass. More means less recursion (the recursion adds at most
 /// `1/CHECKPOINTS` to the top-level pass) but a bigger copy per DP cell; at 7 the copy is one
@@ -86,8 +99,9 @@ pub struct Palette {
     pub lut: Vec<f32>,
     /// LUT index of every input value, in input order.
     pub indices: Vec<u16>,
-    /// Sum of squared differences between the input values and `lut[indices]` (computed in f64
-    /// with the f32 LUT actually stored).
+    /// Sum of squared differences between the input values and `lut[indices]`, each multiplied
+    /// by its element's weight for the weighted functions (computed in f64 with the f32 LUT
+    /// actually stored).
     pub sse: f64,
 }
 
@@ -104,6 +118,27 @@ impl Palette {
     /// models) and each value re-assigned to its nearest rounded entry, which can only lower the
     /// error with that LUT. `values` must be the tensor this palette was computed from.
     pub fn with_f16_lut(&self, values: &[f32]) -> Palette {
+        self.rounded_lut(values, |_| 1.0)
+    }
+
+    /// [`Palette::with_f16_lut`] for a palette from [`kmeans_1d_weighted`]: nearest is still the
+    /// right re-assignment (each element's term of the weighted error is independent), and
+    /// `sse` stays the weighted error.
+    ///
+    /// # Panics
+    /// If `values` or `weights` do not match the palette in length.
+    pub fn with_f16_lut_weighted(&self, values: &[f32], weights: &[f32]) -> Palette {
+        assert_eq!(
+            weights.len(),
+            self.indices.len(),
+            "weights do not match the palette"
+        );
+        self.rounded_lut(values, |e| f64::from(weights[e]))
+    }
+
+    /// The fp16-rounded palette, with `sse` summing `weight(e)` times element `e`'s squared
+    /// error.
+    fn rounded_lut(&self, values: &[f32], weight: impl Fn(usize) -> f64) -> Palette {
         assert_eq!(
             values.len(),
             self.indices.len(),
@@ -118,11 +153,11 @@ impl Palette {
             .collect();
         let mut indices = Vec::with_capacity(values.len());
         let mut sse = 0.0;
-        for &v in values {
+        for (e, &v) in values.iter().enumerate() {
             let i = nearest(&lut, v);
             indices.push(i as u16);
             let d = f64::from(v) - f64::from(lut[i]);
-            sse += d * d;
+            sse += weight(e) * (d * d);
         }
         Palette { lut, indices, sse }
     }
@@ -219,7 +254,7 @@ thread_local! {
 
 /// Optimal LUT of the sorted unique values `uniq` with element `counts`, the cluster of each
 /// unique value, and the squared error (in f64, against the f32 LUT).
-fn cluster_unique(uniq: &[f32], counts: &[u32], k: usize) -> (Vec<f32>, Vec<u16>, f64) {
+fn cluster_unique<W: Weight>(uniq: &[f32], counts: &[W], k: usize) -> (Vec<f32>, Vec<u16>, f64) {
     let n = uniq.len();
     // starts[c] = first unique index of cluster c; starts[clusters] = n.
     let starts: Vec<usize> = if n <= k {
@@ -237,14 +272,14 @@ fn cluster_unique(uniq: &[f32], counts: &[u32], k: usize) -> (Vec<f32>, Vec<u16>
         let (a, b) = (starts[c], starts[c + 1]);
         let (mut sw, mut sx) = (0.0f64, 0.0f64);
         for u in a..b {
-            sw += f64::from(counts[u]);
-            sx += f64::from(counts[u]) * f64::from(uniq[u]);
+            sw += counts[u].to_f64();
+            sx += counts[u].to_f64() * f64::from(uniq[u]);
         }
         let centroid = (sx / sw) as f32;
         lut.push(centroid);
         for u in a..b {
             let d = f64::from(uniq[u]) - f64::from(centroid);
-            sse += f64::from(counts[u]) * (d * d);
+            sse += counts[u].to_f64() * (d * d);
         }
         cluster_of_unique.extend(std::iter::repeat_n(c as u16, b - a));
     }
@@ -340,7 +375,7 @@ fn counting_kmeans(keys: &[u16], k: usize, hist: &mut Vec<u32>) -> Palette {
 /// [`kmeans_1d`] of several tensors, run on all available cores (whole tensors per thread, so
 /// the results are identical to the sequential ones).
 pub fn kmeans_1d_batch(tensors: &[&[f32]], k: usize) -> Vec<Palette> {
-    parallel_map(tensors, |t| kmeans_1d(t, k))
+    parallel_map(tensors, |t| t.len(), |t| kmeans_1d(t, k))
 }
 
 /// One palette per group of `group_size` consecutive output channels (axis 0) of a row-major
@@ -356,21 +391,7 @@ pub fn palettize_grouped(
     group_size: usize,
     k: usize,
 ) -> Vec<Palette> {
-    assert!(
-        !shape.is_empty(),
-        "palettize_grouped needs a tensor of rank >= 1"
-    );
-    assert_eq!(
-        shape.iter().product::<usize>(),
-        values.len(),
-        "shape does not match values"
-    );
-    assert!(
-        group_size > 0 && shape[0] % group_size == 0,
-        "group size {group_size} must divide the {} output channels",
-        shape[0]
-    );
-    let group_len = group_size * shape[1..].iter().product::<usize>();
+    let group_len = group_len(values.len(), shape, group_size);
     if group_len == 0 {
         return vec![kmeans_1d(&[], k); shape[0] / group_size];
     }
@@ -378,20 +399,172 @@ pub fn palettize_grouped(
     kmeans_1d_batch(&groups, k)
 }
 
-/// Maps `f` over `items` on up to `available_parallelism` threads, largest items first.
-fn parallel_map<F>(items: &[&[f32]], f: F) -> Vec<Palette>
+/// Elements per group of [`palettize_grouped`], after checking `shape` against `len` elements.
+fn group_len(len: usize, shape: &[usize], group_size: usize) -> usize {
+    assert!(
+        !shape.is_empty(),
+        "palettize_grouped needs a tensor of rank >= 1"
+    );
+    assert_eq!(
+        shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)),
+        Some(len),
+        "shape does not match values"
+    );
+    assert!(
+        group_size > 0 && shape[0] % group_size == 0,
+        "group size {group_size} must divide the {} output channels",
+        shape[0]
+    );
+    // Cannot overflow: it divides the checked product.
+    group_size * shape[1..].iter().product::<usize>()
+}
+
+/// Unique values whose summed weight is below this fraction of the mean per unique value are
+/// raised to it, for two reasons. A cluster whose elements all have weight 0 has no weighted
+/// mean (0/0); with the floor its entry is the plain mean of its unique values, and since such
+/// elements do not count in the error, where that entry goes hardly matters. And every step of
+/// the f64 prefix sums of the weights must be positive for `w[j] - w[i]` to be a positive
+/// divisor: the floor is `1e-6 · total / n`, above the rounding `total · 2^-53` of the sums for
+/// every `n <= u32::MAX` unique values. The objective then differs from the true weighted error
+/// by at most the floor times the squared errors of the raised values: a relative `1e-6` of the
+/// mean weight, far below what fp16 storage of the LUT changes.
+const WEIGHT_FLOOR: f64 = 1e-6;
+
+/// Minimum weighted-squared-error k-means: minimises `sum_e weights[e] · (values[e] -
+/// lut[indices[e]])²` over at most `k` entries, exactly and deterministically (unique values
+/// whose summed weight is below 1e-6 of the mean per unique value count as that much, which
+/// keeps the mean of an all-zero-weight cluster defined). Data-aware palettization uses it with `weights[e]` the second moment of
+/// the input channel the weight multiplies.
+///
+/// Each LUT entry is the weighted mean of its cluster (clusters are still contiguous runs of
+/// sorted values, equal values sharing one, so the same DP is exact with summed real weights).
+/// Every element, including those of weight 0, is indexed to its nearest LUT entry, which is
+/// what the optimum assigns and never raises the error with the rounded f32 LUT. `sse` is the
+/// weighted error. If every weight is 0 the objective is empty: the result is [`kmeans_1d`]'s
+/// LUT and indices, with `sse` 0. `-0.0` is treated as `0.0`.
+///
+/// # Panics
+/// If `k` is 0 or above 65536, the lengths differ, a value is not finite, or a weight is
+/// negative or not finite.
+pub fn kmeans_1d_weighted(values: &[f32], weights: &[f32], k: usize) -> Palette {
+    assert!(
+        (1..=1 << 16).contains(&k),
+        "k must be in 1..=65536, got {k}"
+    );
+    assert_eq!(
+        values.len(),
+        weights.len(),
+        "k-means needs one weight per value"
+    );
+    assert!(
+        values.iter().all(|v| v.is_finite()),
+        "k-means input must be finite"
+    );
+    assert!(
+        weights.iter().all(|w| w.is_finite() && *w >= 0.0),
+        "k-means weights must be finite and >= 0"
+    );
+    if weights.iter().all(|&w| w == 0.0) {
+        return Palette {
+            sse: 0.0,
+            ..kmeans_1d(values, k)
+        };
+    }
+
+    let sorted = sort_with_index(values);
+    // Unique values with their summed weights (in sorted order, so the sums are deterministic).
+    let mut uniq: Vec<f32> = Vec::new();
+    let mut sums: Vec<f64> = Vec::new();
+    let mut prev_key = None;
+    for &e in &sorted {
+        let key = (e >> 32) as u32;
+        let w = f64::from(weights[(e & 0xffff_ffff) as usize]);
+        if prev_key == Some(key) {
+            *sums.last_mut().unwrap() += w;
+        } else {
+            uniq.push(key_to_f32(key));
+            sums.push(w);
+            prev_key = Some(key);
+        }
+    }
+    let floor = WEIGHT_FLOOR * sums.iter().sum::<f64>() / uniq.len() as f64;
+    let floored: Vec<f64> = sums.iter().map(|&w| w.max(floor)).collect();
+    let (lut, _, _) = cluster_unique(&uniq, &floored, k);
+
+    let nearest_of_unique: Vec<u16> = uniq.iter().map(|&x| nearest(&lut, x) as u16).collect();
+    let sse = uniq
+        .iter()
+        .zip(&sums)
+        .zip(&nearest_of_unique)
+        .map(|((&x, &w), &c)| {
+            let d = f64::from(x) - f64::from(lut[usize::from(c)]);
+            w * (d * d)
+        })
+        .sum();
+    let mut indices = vec![0u16; values.len()];
+    let mut u = usize::MAX;
+    let mut prev_key = None;
+    for &e in &sorted {
+        let key = (e >> 32) as u32;
+        if prev_key != Some(key) {
+            u = u.wrapping_add(1);
+            prev_key = Some(key);
+        }
+        indices[(e & 0xffff_ffff) as usize] = nearest_of_unique[u];
+    }
+    Palette { lut, indices, sse }
+}
+
+/// [`kmeans_1d_weighted`] of several `(values, weights)` tensors on all available cores (whole
+/// tensors per thread, so the results are identical to the sequential ones).
+pub fn kmeans_1d_weighted_batch(tensors: &[(&[f32], &[f32])], k: usize) -> Vec<Palette> {
+    parallel_map(tensors, |t| t.0.len(), |t| kmeans_1d_weighted(t.0, t.1, k))
+}
+
+/// [`palettize_grouped`] with the weighted objective: `weights` has the shape of `values` and
+/// is grouped the same way.
+///
+/// # Panics
+/// As [`palettize_grouped`], and if `weights` is not as long as `values`.
+pub fn palettize_grouped_weighted(
+    values: &[f32],
+    weights: &[f32],
+    shape: &[usize],
+    group_size: usize,
+    k: usize,
+) -> Vec<Palette> {
+    assert_eq!(
+        values.len(),
+        weights.len(),
+        "k-means needs one weight per value"
+    );
+    let group_len = group_len(values.len(), shape, group_size);
+    if group_len == 0 {
+        return vec![kmeans_1d(&[], k); shape[0] / group_size];
+    }
+    let groups: Vec<(&[f32], &[f32])> = values
+        .chunks(group_len)
+        .zip(weights.chunks(group_len))
+        .collect();
+    kmeans_1d_weighted_batch(&groups, k)
+}
+
+/// Maps `f` over `items` on up to `available_parallelism` threads, largest (by `len`) first.
+fn parallel_map<T, L, F>(items: &[T], len: L, f: F) -> Vec<Palette>
 where
-    F: Fn(&[f32]) -> Palette + Sync,
+    T: Sync,
+    L: Fn(&T) -> usize,
+    F: Fn(&T) -> Palette + Sync,
 {
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .min(items.len());
     if threads <= 1 {
-        return items.iter().map(|t| f(t)).collect();
+        return items.iter().map(&f).collect();
     }
     // Big tensors first so that no thread is left with a big one at the end.
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(items[i].len()));
+    order.sort_by_key(|&i| std::cmp::Reverse(len(&items[i])));
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Palette>> = vec![None; items.len()];
     std::thread::scope(|s| {
@@ -402,7 +575,7 @@ where
                     loop {
                         let slot = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = order.get(slot) else { break };
-                        done.push((i, f(items[i])));
+                        done.push((i, f(&items[i])));
                     }
                     done
                 })
@@ -478,38 +651,39 @@ fn sort_with_index(values: &[f32]) -> Vec<u64> {
 }
 
 /// Prefix sums over the unique values: index `j` covers unique values `0..j`.
-struct Prefix {
-    /// Element counts (exact integers).
-    w: Vec<u32>,
+struct Prefix<W> {
+    /// Element counts (exact integers) or summed real weights.
+    w: Vec<W>,
     s1: Vec<f64>,
     s2: Vec<f64>,
-    /// `recip[t] = 1 / t`: cluster weights are integers up to the element count, so a table
-    /// lookup replaces the division in the hot loop (a multiply is several times cheaper).
+    /// `recip[t] = 1 / t` for counts: cluster weights are integers up to the element count, so
+    /// a table lookup replaces the division in the hot loop (a multiply is several times
+    /// cheaper). Empty for real weights.
     recip: Vec<f64>,
 }
 
-impl Prefix {
-    fn new(uniq: &[f32], counts: &[u32]) -> Prefix {
+impl<W: Weight> Prefix<W> {
+    fn new(uniq: &[f32], counts: &[W]) -> Prefix<W> {
         let n = uniq.len();
         let (mut w, mut s1, mut s2) = (
             Vec::with_capacity(n + 1),
             Vec::with_capacity(n + 1),
             Vec::with_capacity(n + 1),
         );
-        let (mut a, mut b, mut c) = (0u32, 0.0f64, 0.0f64);
+        let (mut a, mut b, mut c) = (W::ZERO, 0.0f64, 0.0f64);
         w.push(a);
         s1.push(b);
         s2.push(c);
         for (&x, &cnt) in uniq.iter().zip(counts) {
             let x = f64::from(x);
-            a += cnt;
-            b += f64::from(cnt) * x;
-            c += f64::from(cnt) * x * x;
+            a = a.add(cnt);
+            b += cnt.to_f64() * x;
+            c += cnt.to_f64() * x * x;
             w.push(a);
             s1.push(b);
             s2.push(c);
         }
-        let recip = (0..=a).map(|t| 1.0 / f64::from(t)).collect();
+        let recip = W::recip_table(a);
         Prefix { w, s1, s2, recip }
     }
 
@@ -517,13 +691,13 @@ impl Prefix {
     #[cfg(test)]
     fn cost(&self, i: usize, j: usize) -> f64 {
         let d = self.s1[j] - self.s1[i];
-        (self.s2[j] - self.s2[i]) - d * d * self.recip[(self.w[j] - self.w[i]) as usize]
+        (self.s2[j] - self.s2[i]) - W::quotient(d * d, &self.recip, self.w[j], self.w[i])
     }
 }
 
 /// Starts of the `k` clusters of an optimal partition of the `n` unique values (`k < n`),
 /// followed by `n`: the Lagrangian search when it lands on `k`, else the constrained DP.
-fn optimal_starts(p: &Prefix, n: usize, k: usize) -> Vec<usize> {
+fn optimal_starts<W: Weight>(p: &Prefix<W>, n: usize, k: usize) -> Vec<usize> {
     if k > 1 {
         if let Some(starts) = lagrange::Wqs::default().solve(p, n, k) {
             return starts;
@@ -533,7 +707,7 @@ fn optimal_starts(p: &Prefix, n: usize, k: usize) -> Vec<usize> {
 }
 
 /// [`optimal_starts`] by the constrained DP alone.
-fn constrained_starts(p: &Prefix, n: usize, k: usize) -> Vec<usize> {
+fn constrained_starts<W: Weight>(p: &Prefix<W>, n: usize, k: usize) -> Vec<usize> {
     let mut bounds = Vec::with_capacity(k + 1);
     bounds.push(0);
     let mut scratch = Scratch::default();
@@ -558,7 +732,14 @@ struct Scratch {
 
 /// Appends to `out` the optimal starts of clusters 2..=k of unique values `lo..hi` split into
 /// exactly `k` non-empty clusters (`k <= hi - lo`).
-fn solve(p: &Prefix, lo: usize, hi: usize, k: usize, out: &mut Vec<usize>, s: &mut Scratch) {
+fn solve<W: Weight>(
+    p: &Prefix<W>,
+    lo: usize,
+    hi: usize,
+    k: usize,
+    out: &mut Vec<usize>,
+    s: &mut Scratch,
+) {
     debug_assert!(k >= 1 && k <= hi - lo);
     if k == 1 {
         return;
@@ -589,8 +770,8 @@ fn solve(p: &Prefix, lo: usize, hi: usize, k: usize, out: &mut Vec<usize>, s: &m
 /// One forward DP pass over unique values `lo..hi` with `k` clusters. Returns, for each
 /// checkpoint layer `t` in `layers` (ascending, in `1..k`), the start of cluster `t+1` in an
 /// optimal partition.
-fn forward(
-    p: &Prefix,
+fn forward<W: Weight>(
+    p: &Prefix<W>,
     lo: usize,
     hi: usize,
     k: usize,
@@ -619,7 +800,7 @@ fn forward(
     // Layer 1: one cluster over 0..j, for every j that leaves room for the other k-1 clusters.
     for j in 1..=n - (k - 1) {
         let d1 = s1[j] - s1[0];
-        s.d_prev[j] = (s2[j] - s2[0]) - d1 * d1 * p.recip[(w[j] - w[0]) as usize];
+        s.d_prev[j] = (s2[j] - s2[0]) - W::quotient(d1 * d1, &p.recip, w[j], w[0]);
         s.opt_prev[j] = 0;
     }
     // Estimated work of Knuth's method for the next layer; unknown for layer 2 (where it is
@@ -695,8 +876,8 @@ fn forward(
 
 /// One DP layer: row j's value is `min_i base[i] - (s1[j]-s1[i])² / (w[j]-w[i]) + s2[j]`
 /// over candidates `i` in `imin..=imax`.
-struct Layer<'a> {
-    w: &'a [u32],
+struct Layer<'a, W> {
+    w: &'a [W],
     recip: &'a [f64],
     s1: &'a [f64],
     s2: &'a [f64],
@@ -707,7 +888,7 @@ struct Layer<'a> {
     imax: usize,
 }
 
-impl Layer<'_> {
+impl<W: Weight> Layer<'_, W> {
     /// Leftmost minimising candidate of row `j` within `a..=b`, and the row's value.
     #[inline(always)]
     fn row_min(&self, j: usize, a: usize, b: usize) -> (f64, usize) {
@@ -718,14 +899,14 @@ impl Layer<'_> {
         let len = base.len();
         // Equal-length slices let the compiler drop the bounds checks in the loop.
         let (s1, w) = (&self.s1[a..a + len], &self.w[a..a + len]);
-        let recip = &self.recip[..=wj as usize];
+        let recip = W::row_table(self.recip, wj);
         if len <= 8 {
             // Short windows (most rows of the Knuth layers): a data-dependent branch here
             // mispredicts about once per row, which costs more than the evaluations, so select
             // without branching.
             for t in 0..len {
                 let d = s1j - s1[t];
-                let v = base[t] - d * d * recip[(wj - w[t]) as usize];
+                let v = base[t] - W::quotient(d * d, recip, wj, w[t]);
                 let better = v < best;
                 best = if better { v } else { best };
                 arg = if better { t } else { arg };
@@ -733,7 +914,7 @@ impl Layer<'_> {
         } else {
             for t in 0..len {
                 let d = s1j - s1[t];
-                let v = base[t] - d * d * recip[(wj - w[t]) as usize];
+                let v = base[t] - W::quotient(d * d, recip, wj, w[t]);
                 if v < best {
                     best = v;
                     arg = t;
@@ -1007,11 +1188,11 @@ mod tests {
     }
 
     /// Total cost of a partition given by its starts (followed by `n`).
-    fn starts_cost(p: &Prefix, starts: &[usize]) -> f64 {
+    fn starts_cost<W: Weight>(p: &Prefix<W>, starts: &[usize]) -> f64 {
         starts.windows(2).map(|s| p.cost(s[0], s[1])).sum()
     }
 
-    fn prefix_of(values: &[f32]) -> (Prefix, usize) {
+    fn prefix_of(values: &[f32]) -> (Prefix<u32>, usize) {
         let mut u: Vec<f32> = values.iter().map(|&v| v + 0.0).collect();
         u.sort_by(f32::total_cmp);
         let (mut uniq, mut counts) = (Vec::new(), Vec::<u32>::new());
@@ -1275,5 +1456,340 @@ mod tests {
                 key_to_f32((e >> 32) as u32)
             );
         }
+    }
+
+    /// Sorted unique values with their summed weights.
+    fn weighted_unique_with(values: &[f32], weights: &[f32]) -> Vec<(f64, f64)> {
+        let mut u: Vec<(f32, f32)> = values
+            .iter()
+            .map(|&v| v + 0.0)
+            .zip(weights.iter().copied())
+            .collect();
+        u.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut xs: Vec<(f64, f64)> = Vec::new();
+        for (v, w) in u {
+            match xs.last_mut() {
+                Some(last) if last.0 == f64::from(v) => last.1 += f64::from(w),
+                _ => xs.push((f64::from(v), f64::from(w))),
+            }
+        }
+        xs
+    }
+
+    /// Least weighted error over every split of the unique values into at most `k` runs.
+    fn brute_force_weighted(values: &[f32], weights: &[f32], k: usize) -> f64 {
+        let xs = weighted_unique_with(values, weights);
+        let n = xs.len();
+        if n <= k {
+            return 0.0;
+        }
+        let mut best = f64::INFINITY;
+        for mask in 0u32..1 << (n - 1) {
+            if mask.count_ones() as usize != k - 1 {
+                continue;
+            }
+            let mut starts = vec![0];
+            starts.extend((0..n - 1).filter(|g| mask >> g & 1 == 1).map(|g| g + 1));
+            starts.push(n);
+            best = best.min(partition_sse(&xs, &starts));
+        }
+        best
+    }
+
+    /// Weighted error of `p` recomputed from its indices, and the structural checks of
+    /// [`check_consistent`].
+    fn check_weighted(values: &[f32], weights: &[f32], p: &Palette, k: usize) {
+        assert!(p.lut.len() <= k);
+        assert!(p.lut.iter().all(|c| c.is_finite()), "{:?}", p.lut);
+        assert!(p.lut.windows(2).all(|w| w[0] < w[1]), "{:?}", p.lut);
+        assert_eq!(p.indices.len(), values.len());
+        let sse: f64 = values
+            .iter()
+            .zip(weights)
+            .zip(&p.indices)
+            .map(|((&v, &w), &i)| {
+                f64::from(w) * (f64::from(v) - f64::from(p.lut[usize::from(i)])).powi(2)
+            })
+            .sum();
+        assert!(
+            (sse - p.sse).abs() <= 1e-12 * (1.0 + sse),
+            "reported {} vs {sse}",
+            p.sse
+        );
+        // Every element sits at its nearest entry.
+        for (&v, &i) in values.iter().zip(&p.indices) {
+            assert_eq!(usize::from(i), nearest(&p.lut, v), "{v} in {:?}", p.lut);
+        }
+    }
+
+    /// Random weights spanning four orders of magnitude.
+    fn random_weights(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| 10f32.powf(rng.below(4001) as f32 / 1000.0 - 2.0))
+            .collect()
+    }
+
+    #[test]
+    fn weighted_matches_brute_force_on_small_tensors() {
+        let mut rng = Rng(0xdead_beef);
+        for case in 0..300 {
+            let len = 1 + rng.below(30) as usize;
+            let levels = 1 + rng.below(14);
+            let spread = [0.01f32, 1.0, 300.0][case % 3];
+            let values: Vec<f32> = (0..len)
+                .map(|_| (rng.below(levels) as f32 - 3.0) * spread + (rng.below(3) as f32) * 1e-3)
+                .collect();
+            let weights = random_weights(&mut rng, len);
+            for k in 1..=6 {
+                let p = kmeans_1d_weighted(&values, &weights, k);
+                check_weighted(&values, &weights, &p, k);
+                let best = brute_force_weighted(&values, &weights, k);
+                let scale: f64 = values
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&v, &w)| f64::from(w) * f64::from(v) * f64::from(v))
+                    .sum();
+                let tol = 1e-9 * (1.0 + best) + 1e-12 * scale;
+                assert!(
+                    (p.sse - best).abs() <= tol,
+                    "case {case} k {k}: got {} want {best} for {values:?} {weights:?}",
+                    p.sse
+                );
+            }
+        }
+    }
+
+    /// Weight `c` behaves like `c` copies of the value: same LUT, same index per element.
+    #[test]
+    fn integer_weights_equal_repeated_values() {
+        let mut rng = Rng(0xfeed);
+        for case in 0..60 {
+            let len = 2 + rng.below([20, 300, 1500][case % 3]) as usize;
+            // Irregular values (no exact ties between partitions), some repeated.
+            let values: Vec<f32> = (0..len)
+                .map(|_| (rng.below(1 + len as u64 / 2) as f32).sqrt() * 0.37 - 1.1)
+                .collect();
+            let counts: Vec<u32> = (0..len).map(|_| 1 + rng.below(5) as u32).collect();
+            let weights: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
+            let mut repeated = Vec::new();
+            let mut first_copy = Vec::new();
+            for (&v, &c) in values.iter().zip(&counts) {
+                first_copy.push(repeated.len());
+                repeated.extend(std::iter::repeat_n(v, c as usize));
+            }
+            for k in [2usize, 5, 16, 40] {
+                let w = kmeans_1d_weighted(&values, &weights, k);
+                let r = kmeans_1d(&repeated, k);
+                assert_eq!(w.lut, r.lut, "case {case} k {k}");
+                for (e, &f) in first_copy.iter().enumerate() {
+                    assert_eq!(w.indices[e], r.indices[f], "case {case} k {k} element {e}");
+                }
+                assert!((w.sse - r.sse).abs() <= 1e-12 * (1.0 + r.sse));
+            }
+        }
+    }
+
+    /// Prefix sums of random real weights over sorted unique values.
+    fn weighted_prefix_of(values: &[f32], weights: &[f32]) -> (Prefix<f64>, usize) {
+        let xs = weighted_unique_with(values, weights);
+        let uniq: Vec<f32> = xs.iter().map(|p| p.0 as f32).collect();
+        let w: Vec<f64> = xs.iter().map(|p| p.1).collect();
+        (Prefix::new(&uniq, &w), xs.len())
+    }
+
+    #[test]
+    fn weighted_lagrangian_matches_constrained_dp() {
+        let mut rng = Rng(0xa11ce);
+        let (mut answered, mut instances) = (0usize, 0usize);
+        for case in 0..120 {
+            let len = 2 + rng.below([60, 600, 3000][case % 3]) as usize;
+            let values: Vec<f32> = match case % 2 {
+                0 => (0..len)
+                    .map(|_| {
+                        let g = (rng.below(2001) as f32 - 1000.0) / 1000.0;
+                        f16::from_f32(g * g * g).to_f32()
+                    })
+                    .collect(),
+                _ => (0..len).map(|i| i as f32 * 0.5 - 7.0).collect(),
+            };
+            let weights = random_weights(&mut rng, len);
+            let (p, n) = weighted_prefix_of(&values, &weights);
+            for _ in 0..4 {
+                let k = 2 + rng.below(150) as usize;
+                if k >= n {
+                    continue;
+                }
+                instances += 1;
+                let want = starts_cost(&p, &constrained_starts(&p, n, k));
+                if let Some(starts) = lagrange::Wqs::default().solve(&p, n, k) {
+                    answered += 1;
+                    assert_eq!(starts.len(), k + 1);
+                    assert_eq!((starts[0], starts[k]), (0, n));
+                    assert!(starts.windows(2).all(|s| s[0] < s[1]));
+                    let got = starts_cost(&p, &starts);
+                    assert!(
+                        (got - want).abs() <= 1e-9 * want + 1e-12,
+                        "case {case} n {n} k {k}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        println!("weighted Lagrangian search answered {answered} of {instances}");
+        // Random weights break the ties of equally spaced values: most take the fast path.
+        assert!(answered * 10 >= instances * 9, "{answered} of {instances}");
+    }
+
+    /// The constrained DP (with the recursion and Knuth layers) on real weights against the
+    /// O(k·n²) full-table reference.
+    #[test]
+    fn weighted_constrained_dp_matches_full_table() {
+        let mut rng = Rng(777);
+        for &(len, k) in &[(600usize, 40usize), (400, 9), (300, 120)] {
+            let values: Vec<f32> = (0..len)
+                .map(|_| (rng.below(100_000) as f32 / 1e5 - 0.5).powi(3))
+                .collect();
+            let weights = random_weights(&mut rng, len);
+            let xs = weighted_unique_with(&values, &weights);
+            let (p, n) = weighted_prefix_of(&values, &weights);
+            let got = partition_sse(&xs, &constrained_starts(&p, n, k));
+            let (mut d, mut arg) = (
+                vec![vec![f64::INFINITY; n + 1]; k + 1],
+                vec![vec![0; n + 1]; k + 1],
+            );
+            d[0][0] = 0.0;
+            for m in 1..=k {
+                for j in m..=n {
+                    for i in m - 1..j {
+                        let v = d[m - 1][i] + p.cost(i, j);
+                        if v < d[m][j] {
+                            d[m][j] = v;
+                            arg[m][j] = i;
+                        }
+                    }
+                }
+            }
+            let mut starts = vec![n];
+            let mut j = n;
+            for m in (1..=k).rev() {
+                j = arg[m][j];
+                starts.push(j);
+            }
+            starts.reverse();
+            let want = partition_sse(&xs, &starts);
+            assert!(
+                (got - want).abs() <= 1e-9 * want + 1e-12,
+                "len {len} k {k}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn weighted_is_deterministic() {
+        let mut rng = Rng(8);
+        let values: Vec<f32> = (0..20000)
+            .map(|_| rng.below(5000) as f32 / 977.0 - 2.0)
+            .collect();
+        let weights = random_weights(&mut rng, values.len());
+        let a = kmeans_1d_weighted(&values, &weights, 16);
+        check_weighted(&values, &weights, &a, 16);
+        for _ in 0..3 {
+            assert_eq!(a, kmeans_1d_weighted(&values, &weights, 16));
+        }
+        let batch = kmeans_1d_weighted_batch(
+            &[
+                (&values, &weights),
+                (&values[..7000], &weights[..7000]),
+                (&values, &weights),
+            ],
+            16,
+        );
+        assert_eq!(batch[0], a);
+        assert_eq!(batch[2], a);
+        assert_eq!(
+            batch[1],
+            kmeans_1d_weighted(&values[..7000], &weights[..7000], 16)
+        );
+        // The weights matter: uniform weights give a different palette here.
+        assert_ne!(a.lut, kmeans_1d(&values, 16).lut);
+    }
+
+    #[test]
+    fn zero_weights() {
+        let values = [0.0f32, 1.0, 10.0, 11.0, 20.0, 21.0];
+        // All zero: the unweighted palette, with no weighted error.
+        let p = kmeans_1d_weighted(&values, &[0.0; 6], 3);
+        let q = kmeans_1d(&values, 3);
+        assert_eq!((&p.lut, &p.indices, p.sse), (&q.lut, &q.indices, 0.0));
+
+        // A cluster of zero-weight values only: its entry is their plain mean, and the weighted
+        // error is exactly that of the positive values, all represented exactly.
+        let weights = [0.0f32, 0.0, 1.0, 2.0, 3.0, 4.0];
+        let p = kmeans_1d_weighted(&values, &weights, 5);
+        check_weighted(&values, &weights, &p, 5);
+        assert_eq!(p.lut, vec![0.5, 10.0, 11.0, 20.0, 21.0]);
+        assert_eq!(p.sse, 0.0);
+
+        // Zero-weight elements anywhere: they still get their nearest entry, and the error is
+        // the optimum of the positive elements alone (up to the floor's pull).
+        let mut rng = Rng(21);
+        for case in 0..100 {
+            let len = 2 + rng.below(25) as usize;
+            let values: Vec<f32> = (0..len).map(|_| rng.below(40) as f32 * 0.25).collect();
+            let mut weights = random_weights(&mut rng, len);
+            for w in weights.iter_mut() {
+                if rng.below(3) == 0 {
+                    *w = 0.0;
+                }
+            }
+            for k in 1..=5 {
+                let p = kmeans_1d_weighted(&values, &weights, k);
+                check_weighted(&values, &weights, &p, k);
+                let (pv, pw): (Vec<f32>, Vec<f32>) =
+                    values.iter().zip(&weights).filter(|p| *p.1 > 0.0).unzip();
+                let best = brute_force_weighted(&pv, &pw, k);
+                let total: f64 = pw.iter().map(|&w| f64::from(w)).sum();
+                // The floor's bound: floor · (raised values) · (value range)², with the floor at
+                // most WEIGHT_FLOOR · total.
+                let slack = WEIGHT_FLOOR * total * len as f64 * 100.0;
+                assert!(
+                    p.sse >= best - 1e-9 * (1.0 + best) && p.sse <= best + slack + 1e-9,
+                    "case {case} k {k}: got {} want {best}",
+                    p.sse
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_grouped_and_f16_lut() {
+        let mut rng = Rng(55);
+        let shape = [8usize, 3, 2, 2];
+        let values: Vec<f32> = (0..96).map(|_| rng.below(1000) as f32 / 100.0).collect();
+        let weights = random_weights(&mut rng, 96);
+        let ps = palettize_grouped_weighted(&values, &weights, &shape, 2, 4);
+        assert_eq!(ps.len(), 4);
+        for (g, p) in ps.iter().enumerate() {
+            let r = g * 24..(g + 1) * 24;
+            assert_eq!(p, &kmeans_1d_weighted(&values[r.clone()], &weights[r], 4));
+        }
+
+        let values: Vec<f32> = (0..4096)
+            .map(|_| f16::from_f32(rng.below(100_000) as f32 / 7e5 - 0.07).to_f32())
+            .collect();
+        let weights = random_weights(&mut rng, values.len());
+        let p = kmeans_1d_weighted(&values, &weights, 16);
+        let q = p.with_f16_lut_weighted(&values, &weights);
+        assert!(q.lut.iter().all(|&c| f16::from_f32(c).to_f32() == c));
+        check_weighted(&values, &weights, &q, 16);
+        let rounded_same_indices: f64 = values
+            .iter()
+            .zip(&weights)
+            .zip(&p.indices)
+            .map(|((&v, &w), &i)| {
+                f64::from(w) * (f64::from(v) - f64::from(q.lut[usize::from(i)])).powi(2)
+            })
+            .sum();
+        assert!(q.sse <= rounded_same_indices);
+        assert!(q.sse >= p.sse * 0.999);
     }
 }

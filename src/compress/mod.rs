@@ -18,7 +18,10 @@ pub mod pack;
 pub mod quantize;
 pub mod refit;
 
-pub use kmeans::{kmeans_1d, kmeans_1d_batch, palettize_grouped, Palette};
+pub use kmeans::{
+    kmeans_1d, kmeans_1d_batch, kmeans_1d_weighted, kmeans_1d_weighted_batch, palettize_grouped,
+    palettize_grouped_weighted, Palette,
+};
 pub use pack::{pack_bits, unpack_bits};
 pub use quantize::{
     quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, QuantData, Quantized,

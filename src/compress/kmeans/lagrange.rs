@@ -23,6 +23,7 @@
 //! needs 1.05 penalised DPs per tensor instead of 3.2, and all levels together cost about 1.5
 //! full-size DPs.
 
+use super::weight::Weight;
 use super::Prefix;
 
 /// Cap on penalised DP evaluations before giving up (the search normally needs far fewer).
@@ -37,17 +38,17 @@ const MIN_POSITIONS_PER_CLUSTER: usize = 16;
 /// Prefix sums at the allowed cluster boundaries: position `j` covers unique values
 /// `0..pos(j)` of the full problem (every unique value at the finest level, every `STRIDE`-th
 /// one level up, …), so costs between positions are exact costs of the real values.
-struct Sums<'a> {
-    w: &'a [u32],
+struct Sums<'a, W> {
+    w: &'a [W],
     s1: &'a [f64],
     s2: &'a [f64],
     recip: &'a [f64],
 }
 
-impl Sums<'_> {
+impl<W: Weight> Sums<'_, W> {
     fn cost(&self, i: usize, j: usize) -> f64 {
         let d = self.s1[j] - self.s1[i];
-        (self.s2[j] - self.s2[i]) - d * d * self.recip[(self.w[j] - self.w[i]) as usize]
+        (self.s2[j] - self.s2[i]) - W::quotient(d * d, self.recip, self.w[j], self.w[i])
     }
 }
 
@@ -83,7 +84,12 @@ fn model_lambda(a: (usize, f64), b: Option<(usize, f64)>, k: usize) -> Option<f6
 impl Wqs {
     /// Optimal starts of clusters `0..k` of the `n` unique values plus `n`, if the Lagrangian
     /// search lands exactly on `k` clusters; `None` at a breakpoint (or if the search stalls).
-    pub(super) fn solve(&mut self, p: &Prefix, n: usize, k: usize) -> Option<Vec<usize>> {
+    pub(super) fn solve<W: Weight>(
+        &mut self,
+        p: &Prefix<W>,
+        n: usize,
+        k: usize,
+    ) -> Option<Vec<usize>> {
         debug_assert!(1 < k && k < n);
         let fine = Sums {
             w: &p.w,
@@ -101,13 +107,13 @@ impl Wqs {
     /// error curve of the coarse problem is close to the fine one, so the fine search mostly
     /// needs one or two penalised DPs instead of three to eight, for about a third of one in
     /// coarse work. `None` if the coarse level would be too coarse for `k` clusters.
-    fn seed(&mut self, v: &Sums, n: usize, k: usize) -> Option<f64> {
+    fn seed<W: Weight>(&mut self, v: &Sums<W>, n: usize, k: usize) -> Option<f64> {
         let cn = n.div_ceil(STRIDE);
         if cn < MIN_POSITIONS_PER_CLUSTER * k {
             return None;
         }
         let pos = |t: usize| (t * STRIDE).min(n);
-        let w: Vec<u32> = (0..=cn).map(|t| v.w[pos(t)]).collect();
+        let w: Vec<W> = (0..=cn).map(|t| v.w[pos(t)]).collect();
         let s1: Vec<f64> = (0..=cn).map(|t| v.s1[pos(t)]).collect();
         let s2: Vec<f64> = (0..=cn).map(|t| v.s2[pos(t)]).collect();
         let coarse = Sums {
@@ -125,7 +131,13 @@ impl Wqs {
     /// Searches for a penalty whose penalised optimum of `v` has exactly `k` clusters, starting
     /// with `seed` if given. `Ok(λ)` leaves that optimum's parents in `self.parent`; `Err(λ)` is
     /// the best guess at a breakpoint or when the search stalls.
-    fn search(&mut self, v: &Sums, n: usize, k: usize, seed: Option<f64>) -> Result<f64, f64> {
+    fn search<W: Weight>(
+        &mut self,
+        v: &Sums<W>,
+        n: usize,
+        k: usize,
+        seed: Option<f64>,
+    ) -> Result<f64, f64> {
         let total = v.cost(0, n);
         // Bracketing hull points (clusters, error), and whether each came from a penalised DP
         // (rather than being the trivial end (1, total) or (n, 0)).
@@ -186,7 +198,7 @@ impl Wqs {
 
     /// Solves `F(j) = min_i F(i) + cost(i, j) + λ` for `j` up to `n`; returns the cluster count
     /// and value of `F(n)`.
-    fn penalised(&mut self, v: &Sums, n: usize, lambda: f64) -> (usize, f64) {
+    fn penalised<W: Weight>(&mut self, v: &Sums<W>, n: usize, lambda: f64) -> (usize, f64) {
         let (w, s1, s2, recip) = (&v.w[..=n], &v.s1[..=n], &v.s2[..=n], v.recip);
         self.base.clear();
         self.base.resize(n + 1, 0.0);
@@ -203,7 +215,7 @@ impl Wqs {
             ($i:expr, $j:expr) => {{
                 let (i, j) = ($i, $j);
                 let d = s1[j] - s1[i];
-                base[i] - d * d * recip[(w[j] - w[i]) as usize]
+                base[i] - W::quotient(d * d, recip, w[j], w[i])
             }};
         }
         // The same with a division: the binary search jumps far, where the reciprocal table
@@ -212,7 +224,7 @@ impl Wqs {
             ($i:expr, $j:expr) => {{
                 let (i, j) = ($i, $j);
                 let d = s1[j] - s1[i];
-                base[i] - d * d / f64::from(w[j] - w[i])
+                base[i] - W::quotient_div(d * d, w[j], w[i])
             }};
         }
         let mut f_last = 0.0;

@@ -1,0 +1,96 @@
+//! The two kinds of cluster weight the solver runs on: integer element counts (plain k-means)
+//! and real per-element weights (data-aware k-means). The DP only ever needs prefix sums of the
+//! weights and `num / (w[j] - w[i])`; this trait supplies both, monomorphised so that the count
+//! path compiles to the same code as a solver written for counts alone.
+
+/// A cluster weight: summed along the sorted unique values into prefix sums, and divided by.
+pub(super) trait Weight: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+
+    /// `self + other` (prefix sums; for counts the caller bounds the total by the element
+    /// count, which fits in u32).
+    fn add(self, other: Self) -> Self;
+
+    fn to_f64(self) -> f64;
+
+    /// Table that [`Weight::quotient`] reads: `1/t` for every count `t` up to `total`, so the hot
+    /// loop multiplies instead of dividing. Empty for real weights, which divide.
+    fn recip_table(total: Self) -> Vec<f64>;
+
+    /// The part of `table` that row `wj`'s quotients can read. Slicing once per row lets the
+    /// compiler keep the bound in a register instead of re-reading the table length.
+    fn row_table(table: &[f64], wj: Self) -> &[f64];
+
+    /// `num / (wj - wi)` for `wi < wj`, through `table` when there is one.
+    fn quotient(num: f64, table: &[f64], wj: Self, wi: Self) -> f64;
+
+    /// `num / (wj - wi)` by division: for access patterns that jump far (binary searches), where
+    /// a table as long as the tensor would miss the cache.
+    fn quotient_div(num: f64, wj: Self, wi: Self) -> f64;
+}
+
+impl Weight for u32 {
+    const ZERO: Self = 0;
+
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+
+    fn recip_table(total: Self) -> Vec<f64> {
+        (0..=total).map(|t| 1.0 / f64::from(t)).collect()
+    }
+
+    #[inline(always)]
+    fn row_table(table: &[f64], wj: Self) -> &[f64] {
+        &table[..=wj as usize]
+    }
+
+    #[inline(always)]
+    fn quotient(num: f64, table: &[f64], wj: Self, wi: Self) -> f64 {
+        num * table[(wj - wi) as usize]
+    }
+
+    #[inline(always)]
+    fn quotient_div(num: f64, wj: Self, wi: Self) -> f64 {
+        num / f64::from(wj - wi)
+    }
+}
+
+impl Weight for f64 {
+    const ZERO: Self = 0.0;
+
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+
+    fn recip_table(_total: Self) -> Vec<f64> {
+        Vec::new()
+    }
+
+    #[inline(always)]
+    fn row_table(table: &[f64], _wj: Self) -> &[f64] {
+        table
+    }
+
+    #[inline(always)]
+    fn quotient(num: f64, _table: &[f64], wj: Self, wi: Self) -> f64 {
+        num / (wj - wi)
+    }
+
+    #[inline(always)]
+    fn quotient_div(num: f64, wj: Self, wi: Self) -> f64 {
+        num / (wj - wi)
+    }
+}
