@@ -4,7 +4,7 @@
 //! verifier runs after every pass, so a pass bug surfaces with the pass's name on it, and any
 //! pass's output can be dumped (`--dump-passes`).
 
-pub mod bias_correction;
+pub mod calibrated;
 pub mod cancel_transposes;
 pub mod canonicalize_layout;
 pub mod cast_fp16;
@@ -135,7 +135,7 @@ pub fn prepare(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
 /// statistics, measured on the graph [`prepare`] produced) and the clean-up after it.
 pub fn finish(
     opts: &PipelineOptions,
-    calibrated: Option<std::sync::Arc<crate::calibrate::layer_inputs::LayerInputs>>,
+    calibrated: Option<calibrated::Calibrated>,
 ) -> Vec<Box<dyn Pass>> {
     let mut passes: Vec<Box<dyn Pass>> = Vec::new();
     // After the fp16 cast: tables and scales are fitted to the values the model stores.
@@ -148,7 +148,7 @@ pub fn finish(
             bits,
             group_size,
             min_elements,
-            calibrated,
+            calibrated: calibrated.clone(),
         })),
         Some(Compression::Quantize {
             mode,

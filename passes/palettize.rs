@@ -7,13 +7,12 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(palettized, 4-bit, 1 table(s) of fp16)
 //! ```
 
-use super::{bias_correction, Pass};
-use crate::calibrate::layer_inputs::LayerInputs;
-use crate::compress::kmeans::{kmeans_1d, kmeans_1d_batch, palettize_grouped, Palette};
+use super::calibrated::{self, Calibrated};
+use super::Pass;
+use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::compress::output_aware;
-use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized, ValueId};
+use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::tensor::{DType, Tensor};
-use std::sync::Arc;
 
 /// Elements clustered per batch (64 MiB of f32 values, plus their indices).
 const BATCH_ELEMENTS: usize = 16 << 20;
@@ -25,7 +24,7 @@ pub struct Palettize {
     pub min_elements: usize,
     /// Calibration statistics of the convs' inputs: their weights get tables fitted to the
     /// layer's output ([`output_aware`]) and bias correction; other constants stay data-free.
-    pub calibrated: Option<Arc<LayerInputs>>,
+    pub calibrated: Option<Calibrated>,
 }
 
 impl Pass for Palettize {
@@ -109,7 +108,7 @@ impl Pass for Palettize {
 impl Palettize {
     /// The calibration statistics of constant `i`, if it is a conv weight they cover.
     fn layer(&self, i: usize) -> Option<&crate::calibrate::layer_inputs::LayerInput> {
-        self.calibrated.as_ref()?.layers.get(&ValueId(i as u32))
+        self.calibrated.as_ref()?.layer(i)
     }
 
     /// Tables for conv weight `i` fitted to the conv's output on the calibration set, and the
@@ -120,7 +119,8 @@ impl Palettize {
         uses: &[usize],
         i: usize,
     ) -> Result<(), IrError> {
-        let layer = self.layer(i).expect("chosen for its statistics");
+        let cal = self.calibrated.as_ref().expect("chosen for its statistics");
+        let layer = cal.layer(i).expect("chosen for its statistics");
         let v = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
         finite(&nodes[i].name, "palettize", &v)?;
         let shape = nodes[i].ty.known_shape().unwrap_or_default();
@@ -144,12 +144,12 @@ impl Palettize {
             1 << self.bits,
             nodes[i].ty.dtype == DType::F16,
             &data,
-            |values, _weights, k| kmeans_1d(values, k),
+            cal.steps,
         );
         let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
-        if let Some(b) = bias_correction::bias_of(nodes, uses, i) {
+        if let Some(b) = calibrated::bias_of(nodes, uses, i).filter(|_| cal.steps.bias_correction) {
             let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
-            bias_correction::add_shift(nodes, b, &shift);
+            calibrated::add_shift(nodes, b, &shift);
         }
         nodes[i].op = self.table(&nodes[i], palettes);
         Ok(())

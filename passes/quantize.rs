@@ -7,15 +7,14 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(int8, scales [64, 1, 1, 1] of fp16)
 //! ```
 
-use super::{bias_correction, Pass};
-use crate::calibrate::layer_inputs::LayerInputs;
+use super::calibrated::{self, Calibrated};
+use super::Pass;
 use crate::compress::output_aware;
 use crate::compress::quantize::{
     quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, ScaleType,
 };
-use crate::ir::{ConstData, Graph, IrError, Op, Quantized, ValueId};
+use crate::ir::{ConstData, Graph, IrError, Op, Quantized};
 use crate::tensor::DType;
-use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -33,7 +32,7 @@ pub struct Quantize {
     /// Calibration statistics of the convs' inputs: their weights are rounded with error
     /// feedback to the layer's output ([`output_aware::requantize`]) and their output shift is
     /// folded into the bias; other constants are rounded to nearest.
-    pub calibrated: Option<Arc<LayerInputs>>,
+    pub calibrated: Option<Calibrated>,
 }
 
 impl Pass for Quantize {
@@ -89,22 +88,23 @@ impl Pass for Quantize {
                     })
                 }
             };
-            let layer = self
-                .calibrated
-                .as_ref()
-                .and_then(|c| c.layers.get(&ValueId(i as u32)))
-                .filter(|l| l.dim > 0 && v.len() % l.dim == 0);
+            let layer = self.calibrated.as_ref().and_then(|c| {
+                let l = c.layer(i).filter(|l| l.dim > 0 && v.len() % l.dim == 0)?;
+                Some((l, c.steps))
+            });
             let q = match layer {
-                Some(layer) => {
+                Some((layer, steps)) => {
                     let (rows, data) = (v.len() / layer.dim, layer.data());
-                    let q = match data.gram {
+                    let q = match data.gram.filter(|_| steps.feedback) {
                         Some(h) => output_aware::requantize(&v, rows, layer.dim, h, q),
                         None => q,
                     };
-                    if let Some(b) = bias_correction::bias_of(&nodes, &uses, i) {
+                    if let Some(b) =
+                        calibrated::bias_of(&nodes, &uses, i).filter(|_| steps.bias_correction)
+                    {
                         let shift =
                             output_aware::bias_shift(&v, &q.dequantize(), rows, layer.dim, &data);
-                        bias_correction::add_shift(&mut nodes, b, &shift);
+                        calibrated::add_shift(&mut nodes, b, &shift);
                     }
                     q
                 }

@@ -951,14 +951,14 @@ fn compile_from(
     // Measured on the graph as it will compute, just before its weights are compressed.
     let t_stats = Instant::now();
     let layers = match (&cal, &opts.compression) {
-        (Some(cal), Some(_)) => Some(std::sync::Arc::new(
+        (Some(cal), Some(_)) => Some(passes::calibrated::Calibrated::new(std::sync::Arc::new(
             crate::calibrate::layer_inputs::collect(&g, cal, progress()).map_err(|e| {
                 BuildError::Option {
                     option: BuildOption::Calibration,
                     reason: e.to_string(),
                 }
             })?,
-        )),
+        ))),
         _ => None,
     };
     if layers.is_some() {

@@ -6,13 +6,13 @@
 mod common;
 
 use common::*;
-use mlc::compiler::{
-    compile_weights, BuildOptions, CalibrationSource, Compression, QuantMode, Sizes,
-};
+use mlc::compiler::{BuildOptions, CalibrationSource, Compression, QuantMode, Sizes};
+use mlc::compress::output_aware::Steps;
 use mlc::ir::{eval::evaluate, Graph};
-use mlc::mil::Target;
+use mlc::passes::{self, calibrated::Calibrated};
 use mlc::weights::Weights;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Symlinks `names` from the shared photos into `dir`.
 fn photo_dir(dir: PathBuf, names: &[&str]) -> PathBuf {
@@ -22,12 +22,6 @@ fn photo_dir(dir: PathBuf, names: &[&str]) -> PathBuf {
         std::os::unix::fs::symlink(photos.join(n), dir.join(n)).unwrap();
     }
     dir
-}
-
-fn final_graph(o: &BuildOptions, w: &Weights) -> Graph {
-    let mut last = None;
-    compile_weights(o, w, |_, g| last = Some(g.clone())).unwrap();
-    last.unwrap()
 }
 
 fn source(path: &Path) -> CalibrationSource {
@@ -62,10 +56,45 @@ fn psnrs(
     out
 }
 
+/// Which output-aware steps run, by name, for the table.
+fn variants() -> Vec<(&'static str, Steps)> {
+    let none = Steps {
+        weighted_kmeans: false,
+        feedback: false,
+        refits: 0,
+        bias_correction: false,
+    };
+    vec![
+        (
+            "weighted k-means",
+            Steps {
+                weighted_kmeans: true,
+                ..none
+            },
+        ),
+        (
+            "+ bias correction",
+            Steps {
+                weighted_kmeans: true,
+                bias_correction: true,
+                ..none
+            },
+        ),
+        (
+            "+ feedback rounding",
+            Steps {
+                refits: 0,
+                ..Steps::ALL
+            },
+        ),
+        ("+ table refits (all)", Steps::ALL),
+    ]
+}
+
 #[test]
 fn calibrated_compression_beats_data_free_on_held_out_images() {
     let dir = out_dir("calibrated_compression");
-    let cal = photo_dir(
+    let cal_dir = photo_dir(
         dir.join("calibrate_on"),
         &["rocket.png", "immunohistochemistry.png"],
     );
@@ -74,65 +103,149 @@ fn calibrated_compression_beats_data_free_on_held_out_images() {
         &["hubble_deep_field.png", "retina.png"],
     );
     let w = Weights::load(&taef2_weights()).unwrap();
-    let latent: usize = std::env::var("MLC_LATENT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+    let latent = 32;
     let mut o = BuildOptions::new("flux2", taef2_weights());
     o.sizes = Sizes::Latent(vec![[latent, latent]]);
-    let mut held_o = o.clone();
-    held_o.calibration = Some(source(&held_dir));
-    held_o.compression = Some(Compression::Palettize {
-        bits: 4,
-        group_size: None,
-        min_elements: 2048,
-    });
-    let held = mlc::compiler::load_calibration(&held_o).unwrap().unwrap();
+    let load = |path: &Path| {
+        let mut c = o.clone();
+        c.calibration = Some(source(path));
+        c.compression = Some(Compression::Palettize {
+            bits: 4,
+            group_size: None,
+            min_elements: 2048,
+        });
+        mlc::compiler::load_calibration(&c).unwrap().unwrap()
+    };
+    let (cal, held) = (load(&cal_dir), load(&held_dir));
     let mut o32 = o.clone();
     o32.precision = mlc::compiler::Precision::Fp32;
     let reference = mlc::compiler::declare(&o32, &w).unwrap();
+
+    // The graph compression sees, and what the convs' inputs were on the calibration photos.
+    let pipeline = mlc::compiler::pipeline_options(&o).unwrap();
+    let prepared = passes::run(
+        mlc::compiler::declare(&o, &w).unwrap(),
+        &passes::prepare(&pipeline),
+        |_, _| {},
+    )
+    .unwrap();
+    let layers = Arc::new(mlc::calibrate::layer_inputs::collect(&prepared, &cal, false).unwrap());
+    assert_eq!(layers.samples, 2);
+    assert!(layers
+        .layers
+        .values()
+        .all(|l| l.gram.is_some() && l.positions > 0));
+
     let settings = [
         (
-            "palettize 4",
+            "--palettize 4",
             Compression::Palettize {
                 bits: 4,
                 group_size: None,
                 min_elements: 2048,
             },
+            2.0,
         ),
         (
-            "palettize 8",
+            "--palettize 8",
             Compression::Palettize {
                 bits: 8,
                 group_size: None,
                 min_elements: 2048,
             },
+            1.0,
         ),
         (
-            "quantize int8",
+            "--quantize int8",
             Compression::Quantize {
                 mode: QuantMode::Int8,
                 block_size: None,
                 min_elements: 2048,
             },
+            1.0,
         ),
     ];
-    for (label, c) in settings {
-        let mut free = o.clone();
-        free.compression = Some(c.clone());
-        free.target = Target::Ios16;
-        let t = std::time::Instant::now();
-        let a = psnrs(&final_graph(&free, &w), &held, &reference, latent);
-        let t_free = t.elapsed();
-        let mut fit = free.clone();
-        fit.calibration = Some(source(&cal));
-        let t = std::time::Instant::now();
-        let b = psnrs(&final_graph(&fit, &w), &held, &reference, latent);
-        eprintln!(
-            "{label} at {}px: data-free {a:.2?} dB ({:.1?}), calibrated {b:.2?} dB ({:.1?})",
-            latent * 8,
-            t_free,
-            t.elapsed()
+    eprintln!("PSNR (dB) on hubble_deep_field, retina (vs the fp32 decoder), seed0, seed1 (vs PyTorch), {}px", latent * 8);
+    for (label, c, gain) in settings {
+        let mut p = pipeline.clone();
+        p.compression = Some(c.clone());
+        let run = |calibrated: Option<Calibrated>| {
+            let g =
+                passes::run(prepared.clone(), &passes::finish(&p, calibrated), |_, _| {}).unwrap();
+            psnrs(&g, &held, &reference, latent)
+        };
+        let free = run(None);
+        eprintln!("{label} data-free: {free:.2?}");
+        let mut last = Vec::new();
+        for (name, steps) in variants() {
+            if matches!(c, Compression::Quantize { .. })
+                && (steps.weighted_kmeans && !steps.feedback && !steps.bias_correction)
+            {
+                continue;
+            }
+            last = run(Some(Calibrated {
+                layers: layers.clone(),
+                steps,
+            }));
+            let gains: Vec<f32> = last.iter().zip(&free).map(|(a, b)| a - b).collect();
+            eprintln!("{label} {name}: {last:.2?} (gain {gains:+.2?})");
+        }
+        for (i, (a, b)) in last.iter().zip(&free).enumerate() {
+            assert!(
+                a - b >= gain,
+                "{label}, image {i}: {a:.2} dB calibrated vs {b:.2} dB data-free"
+            );
+        }
+    }
+}
+
+/// The whole build through the library: the package records the calibration set and how the
+/// weights were fitted, and the same photos give the same bytes.
+#[test]
+fn calibrated_builds_are_reproducible_and_say_so() {
+    let dir = out_dir("calibrated_compression_build");
+    let cal_dir = photo_dir(dir.join("calibrate_on"), &["rocket.png", "retina.png"]);
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.sizes = Sizes::Latent(vec![[16, 16]]);
+    o.compression = Some(Compression::Palettize {
+        bits: 4,
+        group_size: None,
+        min_elements: 2048,
+    });
+    o.calibration = Some(source(&cal_dir));
+    let mut bytes = Vec::new();
+    for name in ["a", "b"] {
+        let mut b = o.clone();
+        b.output = Some(dir.join(format!("{name}.mlpackage")));
+        let r = mlc::compiler::build(&b).unwrap();
+        let pkg = mlc::package::read_package(&r.package).unwrap();
+        let meta = &pkg
+            .model
+            .description
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .user_defined;
+        assert_eq!(meta["mlc.weights.fit"], "layer outputs (calibrated)");
+        assert_eq!(meta["mlc.calibration.sha256"].len(), 64);
+        assert!(!meta.contains_key("mlc.activations"));
+        assert!(r.timings.iter().any(|(s, _)| s == "weight statistics"));
+        bytes.push(
+            std::fs::read(r.package.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap(),
         );
     }
+    assert_eq!(bytes[0], bytes[1]);
+    // Different photos, different tables.
+    let other = photo_dir(dir.join("other"), &["hubble_deep_field.png"]);
+    let mut b = o.clone();
+    b.calibration = Some(source(&other));
+    b.output = Some(dir.join("c.mlpackage"));
+    let r = mlc::compiler::build(&b).unwrap();
+    assert_ne!(
+        std::fs::read(r.package.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap(),
+        bytes[0]
+    );
+    oracle(&dir);
 }

@@ -13,13 +13,33 @@
 //!    into the layer's bias by the caller.
 
 use super::feedback::{output_error, round_with_feedback, Feedback};
-use super::kmeans::Palette;
+use super::kmeans::{kmeans_1d, kmeans_1d_weighted, Palette};
 use super::quantize::{scale_cells, QuantData, Quantized};
 use super::refit::refit_lut;
 use half::f16;
 
-/// Rounds of (feedback assignment, table refit) after the k-means table.
-pub const REFITS: usize = 2;
+/// Which steps run. Every step is kept only where it lowers the measured output error; turning
+/// one off measures what it buys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Steps {
+    /// k-means weighted by each column's input energy (else plain k-means on the weights).
+    pub weighted_kmeans: bool,
+    /// Error-feedback rounding through the Gram matrix (palettes and int8 codes).
+    pub feedback: bool,
+    /// Least-squares table refits, each followed by a feedback assignment.
+    pub refits: usize,
+    /// Bias correction.
+    pub bias_correction: bool,
+}
+
+impl Steps {
+    pub const ALL: Steps = Steps {
+        weighted_kmeans: true,
+        feedback: true,
+        refits: 2,
+        bias_correction: true,
+    };
+}
 
 /// What the calibration saw of a layer's inputs, per column of its weight rows.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,8 +68,8 @@ impl LayerData<'_> {
 }
 
 /// One table per `group_rows` consecutive rows of the `rows × d` weights `w` (`k` entries,
-/// stored in fp16 when `f16`), fitted to the layer's output. `kmeans` is the weighted k-means
-/// (values, per-element weights, k).
+/// stored in fp16 when `f16_lut`), fitted to the layer's output.
+#[allow(clippy::too_many_arguments)]
 pub fn palettize(
     w: &[f32],
     rows: usize,
@@ -58,19 +78,39 @@ pub fn palettize(
     k: usize,
     f16_lut: bool,
     data: &LayerData,
-    kmeans: impl Fn(&[f32], &[f64], usize) -> Palette,
+    steps: Steps,
 ) -> Vec<Palette> {
     let per = group_rows * d;
     (0..rows / group_rows)
         .map(|g| {
             let values = &w[g * per..(g + 1) * per];
-            let weights = data.element_weights(g * group_rows, (g + 1) * group_rows, rows);
-            let mut p = kmeans(values, &weights, k);
-            if f16_lut {
+            let mut p = if steps.weighted_kmeans {
+                let weights: Vec<f32> = data
+                    .element_weights(g * group_rows, (g + 1) * group_rows, rows)
+                    .iter()
+                    // Non-finite statistics (a NaN activation) carry no information: weight 0.
+                    .map(|&x| {
+                        if x.is_finite() && x > 0.0 {
+                            (x as f32).min(f32::MAX)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let p = kmeans_1d_weighted(values, &weights, k);
+                if f16_lut {
+                    p.with_f16_lut_weighted(values, &weights)
+                } else {
+                    p
+                }
+            } else {
+                kmeans_1d(values, k)
+            };
+            if f16_lut && !steps.weighted_kmeans {
                 p = p.with_f16_lut(values);
             }
-            match data.gram {
-                Some(h) => refine(values, d, h, p, f16_lut),
+            match data.gram.filter(|_| steps.feedback) {
+                Some(h) => refine(values, d, h, p, f16_lut, steps.refits),
                 None => p,
             }
         })
@@ -79,7 +119,14 @@ pub fn palettize(
 
 /// Alternates feedback assignment and least-squares refits from the k-means palette `p`; the
 /// result never has a larger output error than `p`.
-fn refine(values: &[f32], d: usize, h: &[f64], p: Palette, f16_lut: bool) -> Palette {
+fn refine(
+    values: &[f32],
+    d: usize,
+    h: &[f64],
+    p: Palette,
+    f16_lut: bool,
+    refits: usize,
+) -> Palette {
     let Some(feedback) = Feedback::new(h, d) else {
         return p;
     };
@@ -87,14 +134,14 @@ fn refine(values: &[f32], d: usize, h: &[f64], p: Palette, f16_lut: bool) -> Pal
     let mut best_error = error_of(&p);
     let mut best = p;
     let mut lut = best.lut.clone();
-    for round in 0..=REFITS {
+    for round in 0..=refits {
         let indices = assign(values, &feedback, &lut);
         let candidate = palette(values, lut.clone(), indices);
         let e = error_of(&candidate);
         if e < best_error {
             (best, best_error) = (candidate.clone(), e);
         }
-        if round == REFITS {
+        if round == refits {
             break;
         }
         lut = refit_lut(values, &candidate.indices, d, h, &lut);

@@ -1,12 +1,37 @@
-//! Bias correction for calibrated weight compression: the mean output shift compression leaves
-//! in a conv ([`crate::compress::output_aware::bias_shift`]) is folded into the conv's bias, so
-//! the next layer sees the activations centred where the float model had them.
-//!
-//! Shared by the palettize and quantize passes; not a pass itself, since the shift is only known
-//! while the weights are being compressed.
+//! What the palettize and quantize passes share when compression is calibrated: the convs'
+//! input statistics with the steps to use them for, and bias correction (the mean output shift
+//! compression leaves in a conv, [`crate::compress::output_aware::bias_shift`], folded into the
+//! conv's bias so the next layer sees its inputs centred where the float model had them).
 
+use crate::calibrate::layer_inputs::{LayerInput, LayerInputs};
+use crate::compress::output_aware::Steps;
 use crate::ir::{ConstData, Node, Op, ValueId};
 use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// Calibration statistics for a compression pass.
+#[derive(Clone, Debug)]
+pub struct Calibrated {
+    /// Per conv weight, what its conv's input was on the calibration set.
+    pub layers: Arc<LayerInputs>,
+    /// Which output-aware steps run (all, except to measure what each buys).
+    pub steps: Steps,
+}
+
+impl Calibrated {
+    /// All steps on `layers`.
+    pub fn new(layers: Arc<LayerInputs>) -> Calibrated {
+        Calibrated {
+            layers,
+            steps: Steps::ALL,
+        }
+    }
+
+    /// The statistics of constant `i`, if it is a conv weight they cover.
+    pub fn layer(&self, i: usize) -> Option<&LayerInput> {
+        self.layers.layers.get(&ValueId(i as u32))
+    }
+}
 
 /// The conv reading constant `weight` and the index of its bias constant, when the bias is a
 /// dense constant read by that conv alone.
