@@ -179,6 +179,33 @@ impl Tensor {
         out
     }
 
+    /// [`Tensor::to_le_bytes`] without the copy where the memory already holds those bytes
+    /// (f32 and f16 on little-endian machines): a model's weights go to `weight.bin` from
+    /// where they lie, not through a second copy of each tensor.
+    pub fn le_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: f32 and f16 (a `repr(transparent)` u16) have no padding and every byte
+            // is initialized; u8 has alignment 1, the length covers exactly the same memory,
+            // and the borrow of `self` keeps it alive and unchanged for the slice's lifetime.
+            // On a little-endian machine these bytes are the values' little-endian encoding.
+            match &self.data {
+                TensorData::F32(v) => {
+                    return std::borrow::Cow::Borrowed(unsafe {
+                        std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), 4 * v.len())
+                    })
+                }
+                TensorData::F16(v) => {
+                    return std::borrow::Cow::Borrowed(unsafe {
+                        std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), 2 * v.len())
+                    })
+                }
+                TensorData::I32(_) | TensorData::Bool(_) => {}
+            }
+        }
+        std::borrow::Cow::Owned(self.to_le_bytes())
+    }
+
     fn other_le_bytes(&self) -> Vec<u8> {
         match &self.data {
             TensorData::F32(_) | TensorData::F16(_) => unreachable!("handled by to_le_bytes"),
@@ -261,6 +288,22 @@ mod tests {
         assert_eq!(t.dtype(), DType::F16);
         assert_eq!(t.to_f32(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         assert!(Tensor::scalar(1.0).transposed().is_none());
+    }
+
+    /// The borrowed view is the same bytes as the copy, for every dtype.
+    #[test]
+    fn le_bytes_are_to_le_bytes() {
+        let values = [1.5f32, -0.0, 65504.0, f32::MIN_POSITIVE];
+        for t in [
+            Tensor::f32(vec![4], values.to_vec()),
+            Tensor::f16(vec![2, 2], values.map(f16::from_f32).to_vec()),
+            Tensor::f32(vec![0], vec![]),
+            Tensor::i32(vec![2], vec![-1, 7]),
+        ] {
+            assert_eq!(t.le_bytes().as_ref(), t.to_le_bytes().as_slice(), "{t:?}");
+        }
+        let t = Tensor::f16(vec![1], vec![f16::from_f32(1.0)]);
+        assert_eq!(t.le_bytes().as_ref(), [0x00, 0x3c]);
     }
 
     /// Sizes that are not multiples of the tile, so partial tiles on both edges are covered.

@@ -11,11 +11,13 @@
 //! after the last blob's data (no trailing padding), as coremltools writes it.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::append::Appender;
 use super::PackageError;
 
 /// What a MIL `BlobFileValue.fileName` holds: `@model_path` is the directory of `model.mlmodel`.
@@ -130,7 +132,7 @@ struct Candidate {
 enum Sink {
     Memory(Vec<u8>),
     File {
-        file: std::fs::File,
+        out: Appender,
         path: PathBuf,
         error: Option<std::io::Error>,
     },
@@ -158,18 +160,19 @@ impl BlobWriter {
     /// ([`BlobWriter::finish_file`]).
     pub fn to_file(path: &Path) -> Result<Self, PackageError> {
         // Readable too: a deduplicated blob is compared with the bytes already written.
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
             .map_err(PackageError::io(path))?;
-        file.write_all(&[0; HEADER_LEN])
+        let mut out = Appender::new(file, path);
+        out.append(&[0; HEADER_LEN])
             .map_err(PackageError::io(path))?;
         Ok(BlobWriter {
             sink: Sink::File {
-                file,
+                out,
                 path: path.to_path_buf(),
                 error: None,
             },
@@ -278,9 +281,9 @@ impl BlobWriter {
     fn append(&mut self, bytes: &[u8]) {
         match &mut self.sink {
             Sink::Memory(buf) => buf.extend_from_slice(bytes),
-            Sink::File { file, error, .. } => {
+            Sink::File { out, error, .. } => {
                 if error.is_none() {
-                    if let Err(e) = file.write_all(bytes) {
+                    if let Err(e) = out.append(bytes) {
                         *error = Some(e);
                     }
                 }
@@ -302,17 +305,12 @@ impl BlobWriter {
             Sink::Memory(buf) => Some(std::borrow::Cow::Borrowed(
                 &buf[start as usize..start as usize + len],
             )),
-            Sink::File { file, error, .. } => {
+            Sink::File { out, error, .. } => {
                 if error.is_some() {
                     return None;
                 }
-                let mut stored = vec![0; len];
-                let read = file
-                    .seek(SeekFrom::Start(start))
-                    .and_then(|_| file.read_exact(&mut stored))
-                    .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()));
-                match read {
-                    Ok(()) => Some(std::borrow::Cow::Owned(stored)),
+                match out.read_at(start, len) {
+                    Ok(stored) => Some(std::borrow::Cow::Owned(stored)),
                     Err(e) => {
                         *error = Some(e);
                         None
@@ -359,19 +357,17 @@ impl BlobWriter {
     /// For an in-memory writer (a caller bug).
     pub fn finish_file(self) -> Result<u64, PackageError> {
         let header = self.header();
-        let Sink::File {
-            mut file,
-            path,
-            error,
-        } = self.sink
-        else {
+        let Sink::File { out, path, error } = self.sink else {
             panic!("finish_file() of an in-memory BlobWriter: use finish()");
         };
         if let Some(e) = error {
             return Err(PackageError::io(&path)(e));
         }
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&header))
+        out.finish()
+            .and_then(|mut file| {
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&header)
+            })
             .map_err(PackageError::io(&path))?;
         Ok(self.len)
     }
