@@ -165,24 +165,57 @@ fn content_digest_is_the_documented_canonical_form() {
     assert_eq!(w.format, WeightFormat::Safetensors);
     assert_eq!(w.tensors["a"].dtype(), DType::F16, "f16 is kept");
 
-    let mut h = Sha256::new();
-    h.update(b"a\0");
-    h.update(0u64.to_le_bytes());
-    h.update(0.5f32.to_le_bytes());
-    h.update(b"b\0");
-    h.update(1u64.to_le_bytes());
-    h.update(2u64.to_le_bytes());
-    h.update(1.0f32.to_le_bytes());
-    h.update((-2.5f32).to_le_bytes());
-    let expected: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    // A tree: one SHA-256 per tensor (f16 when the values fit it exactly), then one of those.
+    let leaf = |key: &[u8], dims: &[u64], values: &[u8]| -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(key);
+        h.update([0]);
+        h.update((dims.len() as u64).to_le_bytes());
+        dims.iter().for_each(|d| h.update(d.to_le_bytes()));
+        h.update(values);
+        h.finalize().into()
+    };
+    let f16s = |v: &[f32]| -> Vec<u8> {
+        let mut out = vec![16];
+        v.iter()
+            .for_each(|&x| out.extend(half::f16::from_f32(x).to_le_bytes()));
+        out
+    };
+    let root = |leaves: &[[u8; 32]]| -> String {
+        let mut h = Sha256::new();
+        leaves.iter().for_each(|l| h.update(l));
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let expected = root(&[
+        leaf(b"a", &[], &f16s(&[0.5])),
+        leaf(b"b", &[2], &f16s(&[1.0, -2.5])),
+    ]);
     assert_eq!(w.content_sha256(), expected);
-    // The digest is over f32 values, whatever the stored dtype.
+    // The digest is over the values, whatever the stored dtype.
     let mut widened = tensors.clone();
     widened.insert("a".into(), Tensor::f32(vec![], vec![0.5]));
     assert_eq!(
         Weights::from_tensors("x".into(), widened).content_sha256(),
         expected
     );
+    // Values f16 cannot hold exactly are hashed as f32.
+    let mut wide = tensors.clone();
+    wide.insert("b".into(), Tensor::f32(vec![2], vec![1.0, 0.1]));
+    let mut f32s = vec![32];
+    f32s.extend(1.0f32.to_le_bytes());
+    f32s.extend(0.1f32.to_le_bytes());
+    assert_eq!(
+        Weights::from_tensors("x".into(), wide).content_sha256(),
+        root(&[leaf(b"a", &[], &f16s(&[0.5])), leaf(b"b", &[2], &f32s)])
+    );
+    // Infinities and NaN (rejected later by the build, but hashed first) agree across dtypes.
+    let odd = [f32::INFINITY, f32::NAN, -0.0, 65504.0];
+    let as_f16 = Tensor::f16(vec![4], odd.map(half::f16::from_f32).to_vec());
+    let as_f32 = Tensor::f32(vec![4], as_f16.to_f32());
+    let digest = |t: Tensor| {
+        Weights::from_tensors("x".into(), BTreeMap::from([("o".to_string(), t)])).content_sha256()
+    };
+    assert_eq!(digest(as_f16), digest(as_f32));
 
     // Any change of value, shape or key changes it.
     let mut changed = tensors.clone();

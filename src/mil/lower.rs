@@ -449,7 +449,7 @@ impl FnLowering<'_> {
                 _ => None,
             };
             if let Some(dt) = blob_dtype {
-                let offset = self.blobs.add(dt, &t.to_le_bytes());
+                let offset = self.blobs.add(dt, &t.le_bytes());
                 return blob_value(ty, offset);
             }
         }

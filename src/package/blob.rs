@@ -11,11 +11,13 @@
 //! after the last blob's data (no trailing padding), as coremltools writes it.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::append::Appender;
 use super::PackageError;
 
 /// What a MIL `BlobFileValue.fileName` holds: `@model_path` is the directory of `model.mlmodel`.
@@ -105,16 +107,32 @@ pub struct BlobWriter {
     /// Length of the file so far (header included).
     len: u64,
     count: u32,
-    /// Content hash → record offsets with that hash; the bytes are compared on a hit, so a hash
-    /// collision can never merge different blobs.
-    seen: HashMap<(BlobDType, u64, [u8; 32]), Vec<u64>>,
+    /// Blobs written so far, by a cheap key; see [`BlobWriter::find`].
+    seen: HashMap<QuickKey, Vec<Candidate>>,
+    /// The checksum in the key: CRC-32, or a constant in tests that force collisions.
+    quick: fn(&[u8]) -> u32,
+}
+
+/// Type, padding, length and CRC-32 of a blob: equal for identical blobs, and for different
+/// ones only by chance (or by design of a hostile weight file), which [`Candidate`] handles.
+type QuickKey = (BlobDType, u64, usize, u32);
+
+/// A blob already written whose [`QuickKey`] another blob shared.
+#[derive(Debug)]
+struct Candidate {
+    /// Offset of its metadata record.
+    offset: u64,
+    /// SHA-256 of its bytes, computed once a blob with the same key arrives: then each further
+    /// blob is compared byte for byte only with the candidates of equal SHA-256, so blobs built
+    /// to share a CRC cost one SHA-256 each, not a comparison with every earlier one.
+    sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug)]
 enum Sink {
     Memory(Vec<u8>),
     File {
-        file: std::fs::File,
+        out: Appender,
         path: PathBuf,
         error: Option<std::io::Error>,
     },
@@ -134,6 +152,7 @@ impl BlobWriter {
             len: HEADER_LEN as u64,
             count: 0,
             seen: HashMap::new(),
+            quick: crc32fast::hash,
         }
     }
 
@@ -141,24 +160,26 @@ impl BlobWriter {
     /// ([`BlobWriter::finish_file`]).
     pub fn to_file(path: &Path) -> Result<Self, PackageError> {
         // Readable too: a deduplicated blob is compared with the bytes already written.
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
             .map_err(PackageError::io(path))?;
-        file.write_all(&[0; HEADER_LEN])
+        let mut out = Appender::new(file, path);
+        out.append(&[0; HEADER_LEN])
             .map_err(PackageError::io(path))?;
         Ok(BlobWriter {
             sink: Sink::File {
-                file,
+                out,
                 path: path.to_path_buf(),
                 error: None,
             },
             len: HEADER_LEN as u64,
             count: 0,
             seen: HashMap::new(),
+            quick: crc32fast::hash,
         })
     }
 
@@ -188,14 +209,11 @@ impl BlobWriter {
     }
 
     fn add_padded(&mut self, dtype: BlobDType, data: &[u8], padding_bits: u64) -> u64 {
-        let key = (dtype, padding_bits, Sha256::digest(data).into());
-        if let Some(offsets) = self.seen.get(&key).cloned() {
-            for off in offsets {
-                if self.stored_equals(off + RECORD_LEN as u64, data) {
-                    return off;
-                }
-            }
-        }
+        let key = (dtype, padding_bits, data.len(), (self.quick)(data));
+        let sha256 = match self.find(&key, data) {
+            Ok(offset) => return offset,
+            Err(sha256) => sha256,
+        };
 
         let offset = self.len.next_multiple_of(ALIGN as u64);
         let data_offset = offset + RECORD_LEN as u64;
@@ -210,16 +228,62 @@ impl BlobWriter {
         self.append(data);
         self.count += 1;
 
-        self.seen.entry(key).or_default().push(offset);
+        self.seen
+            .entry(key)
+            .or_default()
+            .push(Candidate { offset, sha256 });
         offset
+    }
+
+    /// The record offset of a blob already written with `key` and bytes `data`, or else the
+    /// SHA-256 of `data` if any blob shares the key (what the new blob's candidate keeps).
+    ///
+    /// Exact: offsets are returned only after a byte comparison. A CRC-32 match between honest
+    /// blobs is almost always a duplicate, compared straight away; a candidate that turns out to
+    /// differ gets its SHA-256 kept, and later blobs are compared only with the candidates of
+    /// equal SHA-256.
+    fn find(&mut self, key: &QuickKey, data: &[u8]) -> Result<u64, Option<[u8; 32]>> {
+        let Some(candidates) = self.seen.get(key) else {
+            return Err(None);
+        };
+        let mut checks: Vec<(usize, u64, Option<[u8; 32]>)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.offset, c.sha256))
+            .collect();
+        let mut own: Option<[u8; 32]> = None;
+        for (i, offset, sha256) in checks.drain(..) {
+            let start = offset + RECORD_LEN as u64;
+            match sha256 {
+                Some(theirs) => {
+                    let mine = *own.get_or_insert_with(|| Sha256::digest(data).into());
+                    if theirs == mine && self.stored_equals(start, data) {
+                        return Ok(offset);
+                    }
+                }
+                None => {
+                    let Some(stored) = self.stored(start, data.len()) else {
+                        continue;
+                    };
+                    if stored.as_ref() == data {
+                        return Ok(offset);
+                    }
+                    let theirs: [u8; 32] = Sha256::digest(&stored).into();
+                    if let Some(c) = self.seen.get_mut(key).and_then(|c| c.get_mut(i)) {
+                        c.sha256 = Some(theirs);
+                    }
+                }
+            }
+        }
+        Err(Some(own.unwrap_or_else(|| Sha256::digest(data).into())))
     }
 
     fn append(&mut self, bytes: &[u8]) {
         match &mut self.sink {
             Sink::Memory(buf) => buf.extend_from_slice(bytes),
-            Sink::File { file, error, .. } => {
+            Sink::File { out, error, .. } => {
                 if error.is_none() {
-                    if let Err(e) = file.write_all(bytes) {
+                    if let Err(e) = out.append(bytes) {
                         *error = Some(e);
                     }
                 }
@@ -230,22 +294,26 @@ impl BlobWriter {
 
     /// Whether the bytes at `start` are `data` (a hash hit, checked).
     fn stored_equals(&mut self, start: u64, data: &[u8]) -> bool {
+        self.stored(start, data.len())
+            .is_some_and(|stored| stored.as_ref() == data)
+    }
+
+    /// The `len` bytes written at `start`; None once a write or this read has failed (the
+    /// error is kept for [`BlobWriter::finish_file`]).
+    fn stored(&mut self, start: u64, len: usize) -> Option<std::borrow::Cow<'_, [u8]>> {
         match &mut self.sink {
-            Sink::Memory(buf) => &buf[start as usize..start as usize + data.len()] == data,
-            Sink::File { file, error, .. } => {
+            Sink::Memory(buf) => Some(std::borrow::Cow::Borrowed(
+                &buf[start as usize..start as usize + len],
+            )),
+            Sink::File { out, error, .. } => {
                 if error.is_some() {
-                    return false;
+                    return None;
                 }
-                let mut stored = vec![0; data.len()];
-                let read = file
-                    .seek(SeekFrom::Start(start))
-                    .and_then(|_| file.read_exact(&mut stored))
-                    .and_then(|()| file.seek(SeekFrom::End(0)).map(|_| ()));
-                match read {
-                    Ok(()) => stored == data,
+                match out.read_at(start, len) {
+                    Ok(stored) => Some(std::borrow::Cow::Owned(stored)),
                     Err(e) => {
                         *error = Some(e);
-                        false
+                        None
                     }
                 }
             }
@@ -289,19 +357,17 @@ impl BlobWriter {
     /// For an in-memory writer (a caller bug).
     pub fn finish_file(self) -> Result<u64, PackageError> {
         let header = self.header();
-        let Sink::File {
-            mut file,
-            path,
-            error,
-        } = self.sink
-        else {
+        let Sink::File { out, path, error } = self.sink else {
             panic!("finish_file() of an in-memory BlobWriter: use finish()");
         };
         if let Some(e) = error {
             return Err(PackageError::io(&path)(e));
         }
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&header))
+        out.finish()
+            .and_then(|mut file| {
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&header)
+            })
             .map_err(PackageError::io(&path))?;
         Ok(self.len)
     }
@@ -523,6 +589,48 @@ pub(crate) mod tests {
         let missing = dir.path().join("no/such/dir/weight.bin");
         let e = BlobWriter::to_file(&missing).unwrap_err().to_string();
         assert!(e.contains("no/such/dir"), "{e}");
+    }
+
+    /// With every blob's CRC forced equal, dedup still shares exactly the identical blobs, in
+    /// memory and in a file (where candidates are read back), and the files agree.
+    #[test]
+    fn forced_checksum_collisions_never_share_different_blobs() {
+        let blobs: Vec<Vec<u8>> = vec![
+            vec![1; 64],
+            vec![2; 64],
+            vec![1; 64],
+            vec![3; 64],
+            vec![2; 64],
+            vec![3; 64],
+            vec![4; 63],
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weight.bin");
+        let mut mem = BlobWriter::new();
+        let mut file = BlobWriter::to_file(&path).unwrap();
+        for w in [&mut mem, &mut file] {
+            w.quick = |_| 7;
+        }
+        let mut offsets = Vec::new();
+        for b in &blobs {
+            let at = mem.add(BlobDType::U8, b);
+            assert_eq!(file.add(BlobDType::U8, b), at);
+            offsets.push(at);
+        }
+        // Equal offsets exactly where the bytes are equal.
+        for (i, a) in blobs.iter().enumerate() {
+            for (j, b) in blobs.iter().enumerate() {
+                assert_eq!(offsets[i] == offsets[j], a == b, "blobs {i} and {j}");
+            }
+        }
+        file.finish_file().unwrap();
+        let bytes = mem.finish();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let r = BlobReader::new(&bytes).unwrap();
+        assert_eq!(r.len(), 4);
+        for (b, &at) in blobs.iter().zip(&offsets) {
+            assert_eq!(r.get(at).unwrap(), (BlobDType::U8, &b[..]));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Every error names the file (and, for `weight.bin`, the offset) at fault, and no input, however
 //! corrupt, makes the readers panic.
 
+mod append;
 mod blob;
 pub(crate) mod manifest;
 mod read;

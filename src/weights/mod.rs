@@ -360,27 +360,20 @@ impl Weights {
         Ok(t)
     }
 
-    /// sha256 (hex) of the tensors in canonical form: for each key in sorted order, key bytes, a
-    /// 0 byte, rank as u64 LE, dims as u64 LE, the values as f32 LE (f16 widened). Same weights →
-    /// same digest whatever the container, key layout or stored dtype.
+    /// sha256 (hex) of the tensors in canonical form, hashed as a tree so the tensors can be
+    /// hashed on all cores: the SHA-256 of the leaf digests of the keys in sorted order, where a
+    /// tensor's leaf is the SHA-256 of its key bytes, a 0 byte, rank as u64 LE, dims as u64 LE,
+    /// then its values as f32 (f16 widened) written narrow when that loses nothing: a byte 16
+    /// and the values as f16 LE when every value survives the round trip f32 → f16 → f32 bit
+    /// for bit, else a byte 32 and the values as f32 LE. Same weights → same digest whatever the
+    /// container, key layout or stored dtype; an fp16 checkpoint is hashed from its own bytes.
     pub fn content_sha256(&self) -> String {
-        let mut h = Sha256::new();
-        let mut buf = Vec::with_capacity(4 * HASH_BATCH);
-        for (key, t) in &self.tensors {
-            h.update(key.as_bytes());
-            h.update([0u8]);
-            h.update((t.shape.len() as u64).to_le_bytes());
-            for &d in &t.shape {
-                h.update((d as u64).to_le_bytes());
-            }
-            // In batches, so the hasher sees large slices and no tensor is copied whole.
-            for_each_f32_batch(t, |values| {
-                buf.clear();
-                buf.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-                h.update(&buf);
-            });
+        let tensors: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
+        let mut root = Sha256::new();
+        for leaf in on_all_cores(&tensors, |(key, t)| leaf_sha256(key, t)) {
+            root.update(leaf);
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        root.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The file's name without its directory, for messages and metadata.
@@ -393,6 +386,105 @@ impl Weights {
 }
 
 const HASH_BATCH: usize = 4096;
+
+/// `f` of every item, in order, computed on as many threads as the machine has cores (items
+/// taken one at a time, so one large item does not hold up the rest).
+fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return out;
+                        };
+                        out.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    done.sort_unstable_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// One tensor's leaf of [`Weights::content_sha256`].
+fn leaf_sha256(key: &str, t: &Tensor) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0u8]);
+    h.update((t.shape.len() as u64).to_le_bytes());
+    for &d in &t.shape {
+        h.update((d as u64).to_le_bytes());
+    }
+    let mut buf = [0u8; 4 * HASH_BATCH];
+    match &t.data {
+        // Every f16 but NaN (whose payload the round trip may change) widens and narrows back
+        // to itself, so without NaN the stored bits are the canonical ones.
+        TensorData::F16(v) if f16_all_finite(v) || !v.iter().any(|x| x.is_nan()) => {
+            h.update([16u8]);
+            for chunk in v.chunks(HASH_BATCH) {
+                let bytes = &mut buf[..2 * chunk.len()];
+                bytes
+                    .chunks_exact_mut(2)
+                    .zip(chunk)
+                    .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes()));
+                h.update(bytes);
+            }
+        }
+        _ => {
+            let mut narrow = true;
+            for_each_f32_batch(t, |values| {
+                narrow &= values
+                    .iter()
+                    .all(|&x| half::f16::from_f32(x).to_f32().to_bits() == x.to_bits());
+            });
+            h.update([if narrow { 16u8 } else { 32 }]);
+            for_each_f32_batch(t, |values| {
+                let bytes = if narrow {
+                    let bytes = &mut buf[..2 * values.len()];
+                    bytes.chunks_exact_mut(2).zip(values).for_each(|(o, &x)| {
+                        o.copy_from_slice(&half::f16::from_f32(x).to_le_bytes())
+                    });
+                    bytes
+                } else {
+                    let bytes = &mut buf[..4 * values.len()];
+                    bytes
+                        .chunks_exact_mut(4)
+                        .zip(values)
+                        .for_each(|(o, x)| o.copy_from_slice(&x.to_le_bytes()));
+                    bytes
+                };
+                h.update(bytes);
+            });
+        }
+    }
+    h.finalize().into()
+}
+
+/// Whether no value is infinite or NaN, checked a batch at a time without branching per value
+/// (the common case of a whole checkpoint, at memory speed).
+pub fn f16_all_finite(v: &[half::f16]) -> bool {
+    const EXPONENT: u16 = 0x7c00;
+    v.chunks(HASH_BATCH).all(|chunk| {
+        chunk
+            .iter()
+            .fold(true, |ok, x| ok & (x.to_bits() & EXPONENT != EXPONENT))
+    })
+}
 
 /// Calls `f` on the values of a float tensor as f32, a batch at a time (f16 widened per batch,
 /// never the whole tensor); integer and bool tensors give no batches.
