@@ -23,7 +23,7 @@ impl Calibrated {
     pub fn new(layers: Arc<LayerInputs>) -> Calibrated {
         Calibrated {
             layers,
-            steps: Steps::ALL,
+            steps: Steps::DEFAULT,
         }
     }
 
