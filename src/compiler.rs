@@ -603,6 +603,69 @@ pub fn activation_ranges(
     }
 }
 
+/// The convs' input statistics for calibrated weight compression, measured on `g` (the graph
+/// about to be compressed); with calibrated int8 activations, their clipping ranges too, by
+/// node name, from the same evaluation (one decoder run per sample instead of two: compression
+/// leaves the activations it would measure within its own small error).
+#[allow(clippy::type_complexity)]
+fn calibrate_weights(
+    g: &Graph,
+    cal: &crate::calibrate::Calibration,
+    activations: &Option<ActivationRanges>,
+) -> Result<
+    (
+        std::sync::Arc<crate::calibrate::layer_inputs::LayerInputs>,
+        Option<std::collections::HashMap<String, f32>>,
+    ),
+    BuildError,
+> {
+    let ranged = *activations == Some(ActivationRanges::Calibrated);
+    let wanted: std::collections::BTreeSet<crate::ir::ValueId> = match ranged {
+        true => passes::quantize_activations::sites(g)
+            .into_iter()
+            .flat_map(|(_, inputs)| inputs)
+            .collect(),
+        false => Default::default(),
+    };
+    let mut layers = crate::calibrate::layer_inputs::Collector::new(g);
+    let mut stats = crate::calibrate::Stats::new(cal);
+    crate::calibrate::stats::evaluate_samples(
+        g,
+        cal,
+        progress(),
+        "calibrating",
+        &mut |s, id, a| {
+            layers.observe(s, id, a)?;
+            match ranged {
+                true => stats.observe(g, id, a, Some(&wanted)),
+                false => Ok(()),
+            }
+        },
+    )
+    .map_err(|e| BuildError::Option {
+        option: BuildOption::Calibration,
+        reason: e.to_string(),
+    })?;
+    let ranges = ranged.then(|| {
+        stats
+            .values
+            .iter()
+            .map(|(&v, s)| (g.node(v).name.clone(), s.clip_range(8)))
+            .collect()
+    });
+    Ok((std::sync::Arc::new(layers.finish(cal.len())), ranges))
+}
+
+/// `ranges` (by node name) for the activation sites of `g`; `None` if a site has none (it was
+/// not measured under that name).
+fn ranges_by_name(g: &Graph, ranges: &std::collections::HashMap<String, f32>) -> Option<Ranges> {
+    passes::quantize_activations::sites(g)
+        .into_iter()
+        .flat_map(|(_, inputs)| inputs)
+        .map(|v| Some((v, *ranges.get(&g.node(v).name)?)))
+        .collect()
+}
+
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildReport {
@@ -956,20 +1019,14 @@ fn compile_from(
     drop(timed);
     // Measured on the graph as it will compute, just before its weights are compressed.
     let t_stats = Instant::now();
-    let layers = match (&cal, &opts.compression) {
-        (Some(cal), Some(_)) => Some(passes::calibrated::Calibrated::new(std::sync::Arc::new(
-            crate::calibrate::layer_inputs::collect(&g, cal, progress()).map_err(|e| {
-                BuildError::Option {
-                    option: BuildOption::Calibration,
-                    reason: e.to_string(),
-                }
-            })?,
-        ))),
-        _ => None,
+    let (layers, early_ranges) = match (&cal, &opts.compression) {
+        (Some(cal), Some(_)) => {
+            let (layers, ranges) = calibrate_weights(&g, cal, &opts.quantize_activations)?;
+            timings.push(("weight statistics".to_string(), t_stats.elapsed()));
+            (Some(passes::calibrated::Calibrated::new(layers)), ranges)
+        }
+        _ => (None, None),
     };
-    if layers.is_some() {
-        timings.push(("weight statistics".to_string(), t_stats.elapsed()));
-    }
     let mut t = Instant::now();
     let g = passes::run(g, &passes::finish(&pipeline, layers), |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
@@ -982,8 +1039,14 @@ fn compile_from(
     let g = match &opts.quantize_activations {
         Some(src) => {
             let t = Instant::now();
-            let ranges = activation_ranges(&g, src, cal.as_ref())?;
-            timings.push(("activation ranges".to_string(), t.elapsed()));
+            let ranges = match early_ranges.as_ref().and_then(|r| ranges_by_name(&g, r)) {
+                Some(r) => r,
+                None => {
+                    let r = activation_ranges(&g, src, cal.as_ref())?;
+                    timings.push(("activation ranges".to_string(), t.elapsed()));
+                    r
+                }
+            };
             let keep_float = match (opts.activation_min_psnr, &cal) {
                 (Some(db), Some(cal)) => {
                     let t = Instant::now();

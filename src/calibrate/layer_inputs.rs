@@ -17,10 +17,9 @@
 
 use super::{Calibration, CalibrationError};
 use crate::compress::output_aware::LayerData;
-use crate::ir::{eval, ConstData, Conv2d, Graph, Op, ValueId};
+use crate::ir::{ConstData, Conv2d, Graph, Op, ValueId};
 use crate::kernels::Array;
 use std::collections::HashMap;
-use std::io::Write;
 
 /// Longest patch (input channels per group × kernel area) whose Gram matrix is kept: the
 /// compression solves `d × d` systems per layer, O(d³).
@@ -160,107 +159,103 @@ pub fn collect(
     cal: &Calibration,
     progress: bool,
 ) -> Result<LayerInputs, CalibrationError> {
-    let sites = sites(g);
-    let mut acc: HashMap<ValueId, Acc> = HashMap::new();
-    let n = cal.len();
-    for s in 0..n {
-        if progress {
-            eprint!("\rcalibrating weights: sample {}/{n}", s + 1);
-            let _ = std::io::stderr().flush();
+    let mut c = Collector::new(g);
+    super::stats::evaluate_samples(g, cal, progress, "calibrating weights", &mut |s, id, a| {
+        c.observe(s, id, a)
+    })?;
+    Ok(c.finish(cal.len()))
+}
+
+/// The running sums of [`collect`], for a caller that evaluates the samples itself (and
+/// gathers other statistics in the same evaluation).
+pub struct Collector<'g> {
+    g: &'g Graph,
+    sites: HashMap<ValueId, Vec<Site>>,
+    acc: HashMap<ValueId, Acc>,
+}
+
+impl<'g> Collector<'g> {
+    pub fn new(g: &'g Graph) -> Collector<'g> {
+        Collector {
+            g,
+            sites: sites(g),
+            acc: HashMap::new(),
         }
-        let mut failed: Option<String> = None;
-        let mut observe = |id: ValueId, a: &Array| {
-            let Some(list) = sites.get(&id) else { return };
-            if failed.is_some() {
-                return;
-            }
-            let &[1, c, h, w] = a.shape.as_slice() else {
-                failed = Some(format!(
-                    "{}: conv input of shape {:?} (expected [1, C, H, W])",
-                    g.node(id).name,
-                    a.shape
-                ));
-                return;
-            };
-            let moments = channel_moments(&a.data, c, h * w);
-            for site in list {
-                let e = acc.entry(site.weight).or_insert_with(|| Acc {
-                    channel_count: vec![0; c],
-                    channel_sum: vec![0.0; c],
-                    channel_sum_sq: vec![0.0; c],
-                    gram: site.gram.then(|| vec![0.0; site.dim() * site.dim()]),
-                    patch_sum: site.gram.then(|| vec![0.0; site.dim()]),
-                    positions: 0,
-                });
-                if e.channel_sum.len() != c {
-                    failed = Some(format!("{}: channel count changed", g.node(id).name));
-                    return;
-                }
-                for (k, (sum, sq)) in moments.iter().enumerate() {
-                    e.channel_count[k] += (h * w) as u64;
-                    e.channel_sum[k] += sum;
-                    e.channel_sum_sq[k] += sq;
-                }
-                if let (Some(gram), Some(psum)) = (&mut e.gram, &mut e.patch_sum) {
-                    let p = sample_patches(a, site, s as u64);
-                    e.positions += accumulate(gram, psum, &p, site.dim()) as u64;
-                }
-            }
+    }
+
+    /// Folds in value `id` of sample `sample`, if a conv reads it.
+    pub fn observe(&mut self, sample: usize, id: ValueId, a: &Array) -> Result<(), String> {
+        let Some(list) = self.sites.get(&id) else {
+            return Ok(());
         };
-        eval::evaluate_observed(g, &cal.sample(s), &mut observe).map_err(|e| {
-            CalibrationError::Eval {
-                sample: cal.source(s).to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        if let Some(reason) = failed {
-            return Err(CalibrationError::Eval {
-                sample: cal.source(s).to_string(),
-                reason,
+        let name = || self.g.node(id).name.clone();
+        let &[1, c, h, w] = a.shape.as_slice() else {
+            return Err(format!(
+                "{}: conv input of shape {:?} (expected [1, C, H, W])",
+                name(),
+                a.shape
+            ));
+        };
+        let moments = channel_moments(&a.data, c, h * w);
+        for site in list {
+            let e = self.acc.entry(site.weight).or_insert_with(|| Acc {
+                channel_count: vec![0; c],
+                channel_sum: vec![0.0; c],
+                channel_sum_sq: vec![0.0; c],
+                gram: site.gram.then(|| vec![0.0; site.dim() * site.dim()]),
+                patch_sum: site.gram.then(|| vec![0.0; site.dim()]),
+                positions: 0,
             });
+            if e.channel_sum.len() != c {
+                return Err(format!("{}: channel count changed", name()));
+            }
+            for (k, (sum, sq)) in moments.iter().enumerate() {
+                e.channel_count[k] += (h * w) as u64;
+                e.channel_sum[k] += sum;
+                e.channel_sum_sq[k] += sq;
+            }
+            if let (Some(gram), Some(psum)) = (&mut e.gram, &mut e.patch_sum) {
+                let p = sample_patches(a, site, sample as u64);
+                e.positions += accumulate(gram, psum, &p, site.dim()) as u64;
+            }
         }
+        Ok(())
     }
-    if progress && n > 0 {
-        eprintln!();
+
+    /// The statistics over `samples` samples.
+    pub fn finish(self, samples: usize) -> LayerInputs {
+        let sites = self.sites;
+        let layers = self
+            .acc
+            .into_iter()
+            .map(|(w, a)| {
+                let div = |v: &[f64], n: u64| -> Vec<f64> {
+                    v.iter()
+                        .map(|x| if n == 0 { 0.0 } else { x / n as f64 })
+                        .collect()
+                };
+                let per_channel = |v: &[f64]| -> Vec<f64> {
+                    v.iter()
+                        .zip(&a.channel_count)
+                        .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
+                        .collect()
+                };
+                let site = sites.values().flatten().find(|s| s.weight == w);
+                let layer = LayerInput {
+                    channel_mean: per_channel(&a.channel_sum),
+                    channel_second_moment: per_channel(&a.channel_sum_sq),
+                    dim: site.map_or(0, Site::dim),
+                    kernel_area: site.map_or(1, |s| s.wshape[2] * s.wshape[3]),
+                    groups: site.map_or(1, |s| s.conv.groups),
+                    gram: a.gram.as_deref().map(|g| div(g, a.positions)),
+                    patch_mean: a.patch_sum.as_deref().map(|p| div(p, a.positions)),
+                    positions: a.positions,
+                };
+                (w, layer)
+            })
+            .collect();
+        LayerInputs { layers, samples }
     }
-    let layers = acc
-        .into_iter()
-        .map(|(w, a)| {
-            let div = |v: &[f64], n: u64| -> Vec<f64> {
-                v.iter()
-                    .map(|x| if n == 0 { 0.0 } else { x / n as f64 })
-                    .collect()
-            };
-            let site = sites.values().flatten().find(|s| s.weight == w);
-            let dim = site.map_or(0, Site::dim);
-            let kernel_area = site.map_or(1, |s| s.wshape[2] * s.wshape[3]);
-            let groups = site.map_or(1, |s| s.conv.groups);
-            let mean: Vec<f64> = a
-                .channel_sum
-                .iter()
-                .zip(&a.channel_count)
-                .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
-                .collect();
-            let sq: Vec<f64> = a
-                .channel_sum_sq
-                .iter()
-                .zip(&a.channel_count)
-                .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
-                .collect();
-            let layer = LayerInput {
-                channel_mean: mean,
-                channel_second_moment: sq,
-                dim,
-                kernel_area,
-                groups,
-                gram: a.gram.as_deref().map(|g| div(g, a.positions)),
-                patch_mean: a.patch_sum.as_deref().map(|p| div(p, a.positions)),
-                positions: a.positions,
-            };
-            (w, layer)
-        })
-        .collect();
-    Ok(LayerInputs { layers, samples: n })
 }
 
 impl Site {

@@ -227,34 +227,70 @@ pub fn collect_values(
     progress: bool,
     only: Option<&std::collections::BTreeSet<ValueId>>,
 ) -> Result<Stats, CalibrationError> {
-    let mut stats = Stats {
-        samples: 0,
-        calibration_sha256: cal.hash(),
-        values: BTreeMap::new(),
-    };
+    let mut stats = Stats::new(cal);
+    evaluate_samples(g, cal, progress, "calibrating", &mut |_, id, a| {
+        stats.observe(g, id, a, only)
+    })?;
+    stats.samples = cal.len();
+    Ok(stats)
+}
+
+impl Stats {
+    /// Nothing seen yet of `cal`.
+    pub fn new(cal: &Calibration) -> Stats {
+        Stats {
+            samples: 0,
+            calibration_sha256: cal.hash(),
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// Folds in value `id` of `g` (if in `only`, when given).
+    pub fn observe(
+        &mut self,
+        g: &Graph,
+        id: ValueId,
+        a: &Array,
+        only: Option<&std::collections::BTreeSet<ValueId>>,
+    ) -> Result<(), String> {
+        if only.is_some_and(|o| !o.contains(&id)) {
+            return Ok(());
+        }
+        self.values
+            .entry(id)
+            .or_insert_with(|| ValueStats::new(layout(&a.shape).1))
+            .observe(a)
+            .map_err(|e| format!("{}: {e}", g.node(id).name))
+    }
+}
+
+/// Evaluates `g` once per calibration sample with the IR evaluator, showing `observe` every
+/// value as it is computed (sample index, value, array); the first error it returns ends the
+/// run, naming the sample. With `progress`, `label` and a sample count on stderr.
+pub fn evaluate_samples(
+    g: &Graph,
+    cal: &Calibration,
+    progress: bool,
+    label: &str,
+    observe: &mut dyn FnMut(usize, ValueId, &Array) -> Result<(), String>,
+) -> Result<(), CalibrationError> {
     let n = cal.len();
     for i in 0..n {
         if progress {
-            eprint!("\rcalibrating: sample {}/{n}", i + 1);
+            eprint!("\r{label}: sample {}/{n}", i + 1);
             let _ = std::io::stderr().flush();
         }
-        let inputs = cal.sample(i);
         let mut failed: Option<String> = None;
-        let mut observe = |id: ValueId, a: &Array| {
-            if failed.is_some() || only.is_some_and(|o| !o.contains(&id)) {
-                return;
-            }
-            let s = stats
-                .values
-                .entry(id)
-                .or_insert_with(|| ValueStats::new(layout(&a.shape).1));
-            if let Err(e) = s.observe(a) {
-                failed = Some(format!("{}: {e}", g.node(id).name));
+        let mut each = |id: ValueId, a: &Array| {
+            if failed.is_none() {
+                failed = observe(i, id, a).err();
             }
         };
-        eval::evaluate_observed(g, &inputs, &mut observe).map_err(|e| CalibrationError::Eval {
-            sample: cal.source(i).to_string(),
-            reason: e.to_string(),
+        eval::evaluate_observed(g, &cal.sample(i), &mut each).map_err(|e| {
+            CalibrationError::Eval {
+                sample: cal.source(i).to_string(),
+                reason: e.to_string(),
+            }
         })?;
         if let Some(reason) = failed {
             return Err(CalibrationError::Eval {
@@ -262,12 +298,11 @@ pub fn collect_values(
                 reason,
             });
         }
-        stats.samples += 1;
     }
     if progress && n > 0 {
         eprintln!();
     }
-    Ok(stats)
+    Ok(())
 }
 
 #[cfg(test)]
