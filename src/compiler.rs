@@ -1010,13 +1010,11 @@ fn compile_from(
 
     let pipeline = pipeline_options(opts)?;
     let mut t = Instant::now();
-    let mut timed = |p: &dyn passes::Pass, g: &Graph| {
+    let g = passes::run(g, &passes::prepare(&pipeline), |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
         after_pass(p.name(), g);
         t = Instant::now();
-    };
-    let g = passes::run(g, &passes::prepare(&pipeline), &mut timed)?;
-    drop(timed);
+    })?;
     // Measured on the graph as it will compute, just before its weights are compressed.
     let t_stats = Instant::now();
     let (layers, early_ranges) = match (&cal, &opts.compression) {

@@ -710,5 +710,12 @@ fn int8_activation_refusals_are_one_line() {
         e.contains("no_such_photos") && e.contains("not found"),
         "{e}"
     );
+    // Photos that would calibrate nothing: a mistake to name, not a no-op.
+    let args = ["build", "flux2", "--weights", &w, "--calibration", &photos];
+    let e = fails(&dir, &args);
+    assert!(
+        e.starts_with("error: --calibration:") && e.contains("weight compression"),
+        "{e}"
+    );
     assert!(!dir.join("taef2_decoder.mlpackage").exists());
 }
