@@ -390,3 +390,38 @@ fn clip_vision_encoder_ane_fp16() {
     assert_eq!(text.matches(" = transpose(").count(), 1, "{text}");
     snapshot!("clip_vision_encoder_ane_fp16_ios16", text);
 }
+
+/// Calibrated 4-bit palettization (tables fitted to the convs' outputs on two fixed random
+/// latents, biases corrected): the same program as data-free palettization (tables and biases
+/// live in weight.bin), with the fit and the calibration set's hash in the metadata.
+#[test]
+fn synthetic_taesd_palettize4_calibrated() {
+    use mlc::compiler::{CalibrationSource, Compression};
+    use mlc::tensor::Tensor;
+    let dir = out_dir("snapshot_calibrated");
+    let latents = dir.join("latents.safetensors");
+    let tensors = [(
+        "latent".to_string(),
+        Tensor::f32(vec![2, 4, 8, 8], random(512, 23, 2.0)),
+    )];
+    write_safetensors(&latents, &tensors.into());
+    let mut o = BuildOptions::new("taesd", "unused");
+    o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
+    o.compression = Some(Compression::Palettize {
+        bits: 4,
+        group_size: None,
+        min_elements: 2048,
+    });
+    o.calibration = Some(CalibrationSource {
+        path: latents,
+        encoder_weights: None,
+        upscale: false,
+    });
+    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    let text = print_model(&c.lowered.model);
+    assert!(
+        text.contains("mlc.weights.fit = layer outputs (calibrated)"),
+        "{text}"
+    );
+    snapshot!("taesd_synthetic_palettize4_calibrated", text);
+}
