@@ -1035,7 +1035,11 @@ mod tests {
 
     /// Minimum over every split of the sorted unique values into exactly `k` runs.
     fn brute_force(values: &[f32], k: usize) -> f64 {
-        let xs = weighted_unique(values);
+        brute_force_pairs(&weighted_unique(values), k)
+    }
+
+    /// Minimum over every split of sorted unique `(x, w)` pairs into exactly `k` runs.
+    fn brute_force_pairs(xs: &[(f64, f64)], k: usize) -> f64 {
         let n = xs.len();
         if n <= k {
             return 0.0;
@@ -1049,7 +1053,7 @@ mod tests {
             let mut starts = vec![0];
             starts.extend((0..n - 1).filter(|g| mask >> g & 1 == 1).map(|g| g + 1));
             starts.push(n);
-            best = best.min(partition_sse(&xs, &starts));
+            best = best.min(partition_sse(xs, &starts));
         }
         best
     }
@@ -1163,6 +1167,12 @@ mod tests {
             let d = s1[j] - s1[i];
             (s2[j] - s2[i]) - d * d / (w[j] - w[i])
         };
+        partition_sse(&xs, &full_table_starts(n, k, cost))
+    }
+
+    /// Starts (then `n`) of the least-cost split of `n` positions into `k` runs, by the complete
+    /// `k × n` table.
+    fn full_table_starts(n: usize, k: usize, cost: impl Fn(usize, usize) -> f64) -> Vec<usize> {
         let mut d = vec![vec![f64::INFINITY; n + 1]; k + 1];
         let mut arg = vec![vec![0usize; n + 1]; k + 1];
         d[0][0] = 0.0;
@@ -1184,7 +1194,7 @@ mod tests {
             starts.push(j);
         }
         starts.reverse();
-        partition_sse(&xs, &starts)
+        starts
     }
 
     /// Total cost of a partition given by its starts (followed by `n`).
@@ -1478,22 +1488,7 @@ mod tests {
 
     /// Least weighted error over every split of the unique values into at most `k` runs.
     fn brute_force_weighted(values: &[f32], weights: &[f32], k: usize) -> f64 {
-        let xs = weighted_unique_with(values, weights);
-        let n = xs.len();
-        if n <= k {
-            return 0.0;
-        }
-        let mut best = f64::INFINITY;
-        for mask in 0u32..1 << (n - 1) {
-            if mask.count_ones() as usize != k - 1 {
-                continue;
-            }
-            let mut starts = vec![0];
-            starts.extend((0..n - 1).filter(|g| mask >> g & 1 == 1).map(|g| g + 1));
-            starts.push(n);
-            best = best.min(partition_sse(&xs, &starts));
-        }
-        best
+        brute_force_pairs(&weighted_unique_with(values, weights), k)
     }
 
     /// Weighted error of `p` recomputed from its indices, and the structural checks of
@@ -1652,29 +1647,7 @@ mod tests {
             let xs = weighted_unique_with(&values, &weights);
             let (p, n) = weighted_prefix_of(&values, &weights);
             let got = partition_sse(&xs, &constrained_starts(&p, n, k));
-            let (mut d, mut arg) = (
-                vec![vec![f64::INFINITY; n + 1]; k + 1],
-                vec![vec![0; n + 1]; k + 1],
-            );
-            d[0][0] = 0.0;
-            for m in 1..=k {
-                for j in m..=n {
-                    for i in m - 1..j {
-                        let v = d[m - 1][i] + p.cost(i, j);
-                        if v < d[m][j] {
-                            d[m][j] = v;
-                            arg[m][j] = i;
-                        }
-                    }
-                }
-            }
-            let mut starts = vec![n];
-            let mut j = n;
-            for m in (1..=k).rev() {
-                j = arg[m][j];
-                starts.push(j);
-            }
-            starts.reverse();
+            let starts = full_table_starts(n, k, |i, j| p.cost(i, j));
             let want = partition_sse(&xs, &starts);
             assert!(
                 (got - want).abs() <= 1e-9 * want + 1e-12,
