@@ -12,12 +12,17 @@
 //!   so output pixels are cut into bands whose slice of `col` is built just before its GEMM.
 //!
 //! Work is cut into bands (pixel ranges, or output rows on the shifted path) sized to keep the
-//! GEMM operands in L2, and bands run in order while `sgemm`'s own threading (the crate's
-//! "threading" feature) spreads each GEMM over the cores. Running bands on our own threads as
-//! well is kept as an option for the bench: every `sgemm` call shares matrixmultiply's single
-//! global worker pool, so band threads only add contention (it measured slower or no faster).
+//! GEMM operands in L2, and the bands are shared out to one scoped thread per core, each thread
+//! claiming the next unclaimed band. `sgemm` itself runs single-threaded (matrixmultiply is built
+//! without its "threading" feature): its pool hands every GEMM call to a worker over a channel
+//! and waits in `sched_yield`, which at ~7000 small GEMMs per 768² shifted conv cost more than
+//! the parallel GEMM gained (a quarter of the profile in the scheduler, see `bench`). Claiming
+//! bands dynamically rather than dealing them round-robin keeps both cores busy when a
+//! neighbouring process takes one of them for a while.
 
-use super::{num_threads, Array};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{num_threads, Array, PAR_MIN_ELEMS};
 
 /// Convolution hyper-parameters with PyTorch / Core ML meaning.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,8 +92,8 @@ pub fn conv2d(x: &Array, w: &Array, bias: Option<&[f32]>, p: &Conv2d) -> Array {
 struct Strategy {
     im2col_band_bytes: usize,
     shifted_band_bytes: usize,
-    /// Deal bands round-robin to one scoped thread per core. Otherwise bands run in order and
-    /// only `sgemm`'s own threading ("threading" feature) uses the other cores.
+    /// Share bands out to one scoped thread per core. Otherwise everything runs on the calling
+    /// thread.
     threaded: bool,
     /// Use the shifted-GEMM formulation for stride-1 convs instead of im2col.
     shifted: bool,
@@ -99,7 +104,7 @@ impl Default for Strategy {
         Strategy {
             im2col_band_bytes: IM2COL_BAND_BYTES,
             shifted_band_bytes: SHIFTED_BAND_BYTES,
-            threaded: false,
+            threaded: true,
             shifted: true,
         }
     }
@@ -176,7 +181,8 @@ fn conv2d_with(
     };
     let k = geom.k();
     let npix = ho * wo;
-    let mut out = vec![0.0f32; n * cout * npix];
+    let out_len = n * cout * npix;
+    let mut out = vec![0.0f32; out_len];
 
     let path = if kh == 1 && kw == 1 && p.strides == [1, 1] && p.pads == [0; 4] {
         Path::Direct
@@ -269,8 +275,12 @@ fn conv2d_with(
             }
         }
     };
+    // A thread spawn costs ~10-50µs; convs with little output stay on the calling thread.
     let threads = if strategy.threaded {
-        num_threads().min(tasks.len())
+        num_threads()
+            .min(tasks.len())
+            .min(out_len / PAR_MIN_ELEMS)
+            .max(1)
     } else {
         1
     };
@@ -278,12 +288,19 @@ fn conv2d_with(
     if threads <= 1 {
         run(&mut (0..ntasks));
     } else {
+        let next = AtomicUsize::new(0);
+        let claim = || {
+            std::iter::from_fn(|| {
+                let t = next.fetch_add(1, Ordering::Relaxed);
+                (t < ntasks).then_some(t)
+            })
+        };
         std::thread::scope(|s| {
-            let run = &run;
-            for t in 1..threads {
-                s.spawn(move || run(&mut (t..ntasks).step_by(threads)));
+            let (run, claim) = (&run, &claim);
+            for _ in 1..threads {
+                s.spawn(move || run(&mut claim()));
             }
-            run(&mut (0..ntasks).step_by(threads));
+            run(&mut claim());
         });
     }
     Array {
@@ -776,10 +793,11 @@ mod tests {
 
     #[test]
     fn large_enough_to_band_and_thread() {
-        // Several default-size bands per image (K = 288 → ~450-pixel bands) and two images.
+        // Several default-size bands per image (K = 288 → ~450-pixel bands) and two images;
+        // outputs above PAR_MIN_ELEMS, so the bands run on several threads.
         let c = Case {
             x: [2, 32, 40, 37],
-            cout: 16,
+            cout: 32,
             k: [3, 3],
             p: conv([1, 1], [1, 1, 1, 1], [1, 1], 1),
             bias: true,

@@ -1,12 +1,12 @@
 //! Batched matrix multiplication with MIL `matmul` semantics.
 //!
-//! Each batch is one `matrixmultiply::sgemm` call. Transposes and broadcast batch dims are
-//! expressed as strides and offsets into the operands, so nothing is copied. Batches run in order:
-//! the crate's "threading" feature already spreads each GEMM over the cores, and extra threads
-//! around it only contend for its single worker pool (see `conv`).
+//! Each batch is `matrixmultiply::sgemm` calls. Transposes and broadcast batch dims are
+//! expressed as strides and offsets into the operands, so nothing is copied. `sgemm` is
+//! single-threaded (see `conv`), so the stacked output rows of all batches are split over the
+//! cores, each thread multiplying its rows of every batch it touches.
 
 use super::elementwise::broadcast_shape;
-use super::{strides_of, Array};
+use super::{par_chunks, strides_of, Array};
 
 /// `a · b` over the last two dims, with numpy broadcasting of the leading (batch) dims.
 ///
@@ -52,32 +52,43 @@ pub fn matmul(a: &Array, b: &Array, transpose_a: bool, transpose_b: bool) -> Opt
     // With k = 0 the product is all zeros, which `out` already is; skipping also keeps sgemm
     // away from empty operands.
     if m > 0 && n > 0 && k > 0 {
-        for (bi, c) in out.chunks_exact_mut(m * n).enumerate() {
-            let (pa, pb) = (&a.data[a_off[bi]..], &b.data[b_off[bi]..]);
-            debug_assert!((m - 1) * rsa + (k - 1) * csa < pa.len());
-            debug_assert!((k - 1) * rsb + (n - 1) * csb < pb.len());
-            // SAFETY: the logical m×k and k×n matrices lie inside this batch's slices of `a`
-            // and `b` (one stored matrix each, checked above in debug builds); C is this
-            // batch's m×n chunk of `out`, which aliases neither.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    pa.as_ptr(),
-                    rsa as isize,
-                    csa as isize,
-                    pb.as_ptr(),
-                    rsb as isize,
-                    csb as isize,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            };
-        }
+        par_chunks(&mut out, n, |off, chunk| {
+            // The chunk is whole rows r0..r1 of the nbatch·m stacked output rows.
+            let r0 = off / n;
+            let r1 = r0 + chunk.len() / n;
+            let mut r = r0;
+            while r < r1 {
+                let (bi, i0) = (r / m, r % m);
+                let rows = (m - i0).min(r1 - r);
+                let pa = &a.data[a_off[bi] + i0 * rsa..];
+                let pb = &b.data[b_off[bi]..];
+                let c = &mut chunk[(r - r0) * n..][..rows * n];
+                debug_assert!((rows - 1) * rsa + (k - 1) * csa < pa.len());
+                debug_assert!((k - 1) * rsb + (n - 1) * csb < pb.len());
+                // SAFETY: rows i0..i0+rows of this batch's logical m×k A and its k×n B lie
+                // inside `pa` and `pb` (checked above in debug builds); C is those rows of this
+                // batch's m×n output, a slice of this thread's chunk, which aliases neither.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        k,
+                        n,
+                        1.0,
+                        pa.as_ptr(),
+                        rsa as isize,
+                        csa as isize,
+                        pb.as_ptr(),
+                        rsb as isize,
+                        csb as isize,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                r += rows;
+            }
+        });
     }
     let mut shape = batch;
     if !a_vec {
@@ -239,6 +250,19 @@ mod tests {
         let q = Array::new(vec![2, 70, 33], rng.vec(2 * 70 * 33));
         let k = Array::new(vec![2, 70, 33], rng.vec(2 * 70 * 33));
         check(&q, &k, false, true);
+    }
+
+    #[test]
+    fn rows_split_across_threads_mid_batch() {
+        // 3·150 stacked rows of 160 outputs: above PAR_MIN_ELEMS, so two threads split the rows
+        // at 225, inside the second batch; A transposed and broadcast from one batch, so a
+        // thread's first row is offset through the column stride of a shared matrix.
+        let mut rng = Lcg(11);
+        let a = Array::new(vec![1, 17, 150], rng.vec(17 * 150));
+        let b = Array::new(vec![3, 17, 160], rng.vec(3 * 17 * 160));
+        assert!(3 * 150 * 160 > super::super::PAR_MIN_ELEMS);
+        check(&a, &b, true, false);
+        check(&b, &a, true, false);
     }
 
     #[test]
