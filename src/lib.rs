@@ -23,6 +23,7 @@ pub mod coremlc;
 pub mod dump;
 pub mod fuzzing;
 pub mod hub;
+pub mod huge_pages;
 pub mod inspect;
 pub mod ir;
 pub mod kernels;

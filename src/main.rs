@@ -1,5 +1,9 @@
 use clap::Parser;
 
+// Big evaluator buffers on huge pages: see the module doc.
+#[global_allocator]
+static ALLOC: mlc::huge_pages::HugePageAlloc = mlc::huge_pages::HugePageAlloc;
+
 fn main() -> std::process::ExitCode {
     let cli = mlc::cli::Cli::parse();
     match mlc::cli::main(cli) {

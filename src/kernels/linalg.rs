@@ -260,7 +260,7 @@ mod tests {
         let mut rng = Lcg(11);
         let a = Array::new(vec![1, 17, 150], rng.vec(17 * 150));
         let b = Array::new(vec![3, 17, 160], rng.vec(3 * 17 * 160));
-        assert!(3 * 150 * 160 > super::super::PAR_MIN_ELEMS);
+        const { assert!(3 * 150 * 160 > super::super::PAR_MIN_ELEMS) };
         check(&a, &b, true, false);
         check(&b, &a, true, false);
     }
