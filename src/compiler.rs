@@ -568,11 +568,7 @@ pub fn activation_ranges(
     src: &ActivationRanges,
     cal: Option<&crate::calibrate::Calibration>,
 ) -> Result<Ranges, BuildError> {
-    let wanted: std::collections::BTreeSet<crate::ir::ValueId> =
-        passes::quantize_activations::sites(g)
-            .into_iter()
-            .flat_map(|(_, inputs)| inputs)
-            .collect();
+    let wanted = activation_inputs(g);
     let failed = |reason: String| BuildError::Option {
         option: BuildOption::QuantizeActivations,
         reason,
@@ -620,11 +616,8 @@ fn calibrate_weights(
     BuildError,
 > {
     let ranged = *activations == Some(ActivationRanges::Calibrated);
-    let wanted: std::collections::BTreeSet<crate::ir::ValueId> = match ranged {
-        true => passes::quantize_activations::sites(g)
-            .into_iter()
-            .flat_map(|(_, inputs)| inputs)
-            .collect(),
+    let wanted = match ranged {
+        true => activation_inputs(g),
         false => Default::default(),
     };
     let mut layers = crate::calibrate::layer_inputs::Collector::new(g);
@@ -659,10 +652,17 @@ fn calibrate_weights(
 /// `ranges` (by node name) for the activation sites of `g`; `None` if a site has none (it was
 /// not measured under that name).
 fn ranges_by_name(g: &Graph, ranges: &std::collections::HashMap<String, f32>) -> Option<Ranges> {
+    activation_inputs(g)
+        .into_iter()
+        .map(|v| Some((v, *ranges.get(&g.node(v).name)?)))
+        .collect()
+}
+
+/// The values the activation pass can quantize in `g`: the inputs of its sites.
+fn activation_inputs(g: &Graph) -> std::collections::BTreeSet<crate::ir::ValueId> {
     passes::quantize_activations::sites(g)
         .into_iter()
         .flat_map(|(_, inputs)| inputs)
-        .map(|v| Some((v, *ranges.get(&g.node(v).name)?)))
         .collect()
 }
 

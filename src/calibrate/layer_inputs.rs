@@ -196,7 +196,8 @@ impl<'g> Collector<'g> {
                 a.shape
             ));
         };
-        let moments = channel_moments(&a.data, c, h * w);
+        // Per channel (the batch is 1): sum and sum of squares, on every core.
+        let moments = super::stats::all_moments(&a.data, h * w);
         for site in list {
             let e = self.acc.entry(site.weight).or_insert_with(|| Acc {
                 channel_count: vec![0; c],
@@ -209,10 +210,11 @@ impl<'g> Collector<'g> {
             if e.channel_sum.len() != c {
                 return Err(format!("{}: channel count changed", name()));
             }
-            for (k, (sum, sq)) in moments.iter().enumerate() {
-                e.channel_count[k] += (h * w) as u64;
-                e.channel_sum[k] += sum;
-                e.channel_sum_sq[k] += sq;
+            for (k, m) in moments.iter().enumerate() {
+                // Non-finite values are left out, as the activation statistics leave them out.
+                e.channel_count[k] += (h * w) as u64 - m.nonfinite;
+                e.channel_sum[k] += m.sum;
+                e.channel_sum_sq[k] += m.sum_sq;
             }
             if let (Some(gram), Some(psum)) = (&mut e.gram, &mut e.patch_sum) {
                 let p = sample_patches(a, site, sample as u64);
@@ -262,30 +264,6 @@ impl Site {
     fn dim(&self) -> usize {
         self.wshape[1] * self.wshape[2] * self.wshape[3]
     }
-}
-
-/// Per channel of a `[C, inner]` block: sum and sum of squares.
-fn channel_moments(data: &[f32], c: usize, inner: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .map(|k| {
-            let x = &data[k * inner..(k + 1) * inner];
-            let (mut s, mut q) = ([0f64; 8], [0f64; 8]);
-            let mut chunks = x.chunks_exact(8);
-            for ch in &mut chunks {
-                for l in 0..8 {
-                    let v = f64::from(ch[l]);
-                    s[l] += v;
-                    q[l] += v * v;
-                }
-            }
-            let (mut s, mut q) = (s.iter().sum::<f64>(), q.iter().sum::<f64>());
-            for &v in chunks.remainder() {
-                s += f64::from(v);
-                q += f64::from(v) * f64::from(v);
-            }
-            (s, q)
-        })
-        .collect()
 }
 
 /// Patches (rows of `d` values, zero outside the image) at up to [`POSITIONS_PER_SAMPLE`]

@@ -101,7 +101,7 @@ impl ValueStats {
 
 /// The moments of each `inner`-long slice of `data`, across the cores for a large activation
 /// (the evaluator waits meanwhile, so the cores are free).
-fn all_moments(data: &[f32], inner: usize) -> Vec<Moments> {
+pub(super) fn all_moments(data: &[f32], inner: usize) -> Vec<Moments> {
     let slices: Vec<&[f32]> = data.chunks(inner).collect();
     let threads = crate::kernels::num_threads()
         .min(data.len() / crate::kernels::PAR_MIN_ELEMS)
@@ -124,12 +124,12 @@ fn all_moments(data: &[f32], inner: usize) -> Vec<Moments> {
 }
 
 /// Min, max, sum and sum of squares of the finite values of a slice.
-struct Moments {
+pub(super) struct Moments {
     min: f32,
     max: f32,
-    sum: f64,
-    sum_sq: f64,
-    nonfinite: u64,
+    pub(super) sum: f64,
+    pub(super) sum_sq: f64,
+    pub(super) nonfinite: u64,
 }
 
 impl Moments {

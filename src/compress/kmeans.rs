@@ -164,16 +164,20 @@ impl Palette {
 }
 
 /// Index of the LUT entry nearest to `v` (the lower one on a tie) in a sorted LUT.
-fn nearest(lut: &[f32], v: f32) -> usize {
-    let hi = lut.partition_point(|&c| c < v);
+///
+/// `v` is f64 so that error feedback, whose running values are f64, shares it; an f32 value
+/// widens exactly and compares as before.
+pub(crate) fn nearest(lut: &[f32], v: impl Into<f64>) -> usize {
+    let v: f64 = v.into();
+    let hi = lut.partition_point(|&c| f64::from(c) < v);
     if hi == 0 {
         return 0;
     }
     if hi == lut.len() {
         return hi - 1;
     }
-    let below = f64::from(v) - f64::from(lut[hi - 1]);
-    let above = f64::from(lut[hi]) - f64::from(v);
+    let below = v - f64::from(lut[hi - 1]);
+    let above = f64::from(lut[hi]) - v;
     if above < below {
         hi
     } else {

@@ -14,7 +14,7 @@
 //!    into the layer's bias by the caller.
 
 use super::feedback::{output_error, round_with_feedback, Feedback};
-use super::kmeans::{kmeans_1d, kmeans_1d_weighted, Palette};
+use super::kmeans::{kmeans_1d, kmeans_1d_weighted, nearest, Palette};
 use super::quantize::{scale_cells, QuantData, Quantized};
 use super::refit::refit_lut;
 use half::f16;
@@ -173,22 +173,6 @@ fn palette(values: &[f32], lut: Vec<f32>, indices: Vec<u16>) -> Palette {
         .map(|(&v, &i)| (f64::from(v) - f64::from(lut[usize::from(i)])).powi(2))
         .sum();
     Palette { lut, indices, sse }
-}
-
-/// Index of the entry of the sorted `lut` nearest to `v` (the lower one on a tie).
-fn nearest(lut: &[f32], v: f64) -> usize {
-    let hi = lut.partition_point(|&c| f64::from(c) < v);
-    if hi == 0 {
-        return 0;
-    }
-    if hi == lut.len() {
-        return hi - 1;
-    }
-    if f64::from(lut[hi]) - v < v - f64::from(lut[hi - 1]) {
-        hi
-    } else {
-        hi - 1
-    }
 }
 
 /// The codes of `q` (a data-free quantization of the `rows × d` weights `w`, whose scales and
