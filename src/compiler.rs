@@ -1334,8 +1334,30 @@ fn model_info(
         feature_descriptions: iface
             .inputs
             .iter()
-            .chain(&iface.outputs)
-            .map(|f| (f.name.clone(), f.description.clone()))
+            .map(|f| (f, opts.input_type == InputType::Image))
+            .chain(
+                iface
+                    .outputs
+                    .iter()
+                    .map(|f| (f, opts.output_type == OutputType::Image)),
+            )
+            .map(|(f, as_image)| (f.name.clone(), feature_description(f, as_image)))
             .collect(),
     })
+}
+
+/// What a feature's description says; an RGB image passed as a Core ML image is described as
+/// one, since the interface's text speaks of the array the model computes on.
+fn feature_description(f: &crate::models::Feature, as_image: bool) -> String {
+    match (as_image, f.role, f.range) {
+        (true, Role::Image, Some((lo, hi))) => format!(
+            "RGB image, 8 bits per channel (pixels 0..255 are the model's [{lo}, {hi}]{})",
+            if f.normalization.is_some() {
+                ", then normalised per channel"
+            } else {
+                ""
+            }
+        ),
+        _ => f.description.clone(),
+    }
 }

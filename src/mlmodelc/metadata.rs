@@ -125,95 +125,17 @@ pub fn metadata_json(model: &spec::Model, stem: &str) -> Result<Vec<u8>, String>
     Ok(out.into_bytes())
 }
 
-/// Mirrors the Core ML feature types mlc can describe; others are refused, not guessed at.
+/// The feature entries of one schema (`schema.rs` says how each is described).
 fn schema(features: &[spec::FeatureDescription]) -> Result<J, String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(features.len());
     for f in features {
-        let t = f.r#type.as_ref();
-        let Some(spec::feature_type::Type::MultiArrayType(a)) = t.and_then(|t| t.r#type.as_ref())
-        else {
-            // No Apple-compiled ML Program with image features has been found to copy
-            // coremlc's output from, so none is guessed at.
-            return Err(format!(
-                "feature {:?}: only multi-array features can be compiled by mlc so far (build with --input-type array --output-type array, or compile with --compiler xcrun)",
-                f.name.escape_debug().to_string()
-            ));
-        };
-        use spec::array_feature_type::ArrayDataType as A;
-        let dt = match A::try_from(a.data_type) {
-            Ok(A::Float32) => "Float32",
-            Ok(A::Float16) => "Float16",
-            Ok(A::Double) => "Double",
-            Ok(A::Int32) => "Int32",
-            Ok(A::Int8) => "Int8",
-            _ => return Err(format!("feature {:?}: unknown array data type", f.name)),
-        };
-        let dims = a
-            .shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(" \u{d7} ");
-        let formatted = if dims.is_empty() {
-            format!("MultiArray ({dt})")
-        } else {
-            format!("MultiArray ({dt} {dims})")
-        };
-        let shape = format!(
-            "[{}]",
-            a.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let mut e = vec![
-            ("name", s(f.name.clone())),
-            ("type", s("MultiArray")),
-            ("dataType", s(dt)),
-            ("formattedType", s(formatted)),
-            ("shape", s(shape)),
-            ("shortDescription", s(f.short_description.clone())),
-            (
-                "isOptional",
-                s(if t.is_some_and(|t| t.is_optional) {
-                    "1"
-                } else {
-                    "0"
-                }),
-            ),
-        ];
-        match &a.shape_flexibility {
-            Some(spec::array_feature_type::ShapeFlexibility::ShapeRange(r)) => {
-                let flex: Vec<String> = r
-                    .size_ranges
-                    .iter()
-                    .map(|r| {
-                        if i64::try_from(r.lower_bound).ok() == Some(r.upper_bound) {
-                            r.upper_bound.to_string()
-                        } else {
-                            format!("{}...{}", r.lower_bound, r.upper_bound)
-                        }
-                    })
-                    .collect();
-                let ranges: Vec<String> = r
-                    .size_ranges
-                    .iter()
-                    .map(|r| format!("[{}, {}]", r.lower_bound, r.upper_bound))
-                    .collect();
-                e.push(("hasShapeFlexibility", s("1")));
-                e.push(("shapeFlexibility", s(flex.join(" \u{d7} "))));
-                e.push(("shapeRange", s(format!("[{}]", ranges.join(", ")))));
-            }
-            Some(spec::array_feature_type::ShapeFlexibility::EnumeratedShapes(_)) => {
-                return Err(format!(
-                    "feature {:?} has enumerated shapes; build with --multifunction or compile with --compiler xcrun",
-                    f.name
-                ))
-            }
-            None => e.push(("hasShapeFlexibility", s("0"))),
-        }
-        out.push(obj(e));
+        let entry = super::schema::feature_entry(f)?;
+        out.push(J::Obj(
+            entry
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), s(v)))
+                .collect(),
+        ));
     }
     Ok(J::Arr(out))
 }

@@ -113,10 +113,26 @@ fn flexible_shapes(
     };
     let mut out = RangeShapes::new();
     for input in inputs {
-        let Some(spec::feature_type::Type::MultiArrayType(a)) =
-            input.r#type.as_ref().and_then(|t| t.r#type.as_ref())
-        else {
-            continue;
+        let a = match input.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            Some(spec::feature_type::Type::MultiArrayType(a)) => a,
+            Some(spec::feature_type::Type::ImageType(i)) => match i.size_flexibility {
+                None => continue,
+                Some(spec::image_feature_type::SizeFlexibility::EnumeratedSizes(_)) => {
+                    return Err(format!(
+                        "input {:?} has enumerated shapes (image sizes), whose keys in coremlc's output are an unknown hash; build with --multifunction (one function per shape) or compile with --compiler xcrun",
+                        input.name
+                    ))
+                }
+                // No public Apple output shows how coremlc turns an image's size range into
+                // shapes; a guess the runtime would trust is worse than a refusal.
+                Some(spec::image_feature_type::SizeFlexibility::ImageSizeRange(_)) => {
+                    return Err(format!(
+                        "input {:?} has a range of image sizes, which mlc cannot compile yet; build with fixed sizes or --multifunction, or compile with --compiler xcrun",
+                        input.name
+                    ))
+                }
+            },
+            _ => continue,
         };
         match &a.shape_flexibility {
             None => {}
@@ -132,7 +148,7 @@ fn flexible_shapes(
                     .iter()
                     .map(|r| (r.lower_bound, r.upper_bound))
                     .collect();
-                out.insert(input.name.clone(), (a.shape.clone(), ranges));
+                out.insert(input.name.clone(), (super::schema::default_shape(a), ranges));
             }
         }
     }

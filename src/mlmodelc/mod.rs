@@ -22,6 +22,7 @@ pub mod coremldata;
 pub mod metadata;
 pub mod mil_text;
 pub mod parse;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -51,8 +51,6 @@ pub enum RoundTrip {
     Equal { evaluated: usize },
     /// Refused for its enumerated shapes, as mlc compile must.
     RefusedEnumerated,
-    /// Refused for its image features, which mlc cannot describe in `coremldata.bin` yet.
-    RefusedImage,
 }
 
 /// Runs the round trip on every package under `dir`; panics naming the package at fault.
@@ -83,18 +81,13 @@ pub fn round_trip(path: &Path) -> RoundTrip {
             );
             return RoundTrip::RefusedEnumerated;
         }
-        assert!(
-            has_image_features(&pkg.model)
-                && e.contains("only multi-array features")
-                && e.contains("--input-type array"),
-            "{name}: mlc compile failed: {e}"
-        );
-        return RoundTrip::RefusedImage;
+        panic!("{name}: mlc compile failed: {e}");
     }
     assert!(
         !has_enumerated_shapes(&pkg.model),
         "{name}: enumerated shapes compiled"
     );
+    check_schemas(&out, &pkg.model, &name.to_string());
     let bundle =
         mlc::mlmodelc::read_as_package(&out).unwrap_or_else(|e| panic!("{name}: read back: {e}"));
     assert!(
@@ -197,24 +190,38 @@ fn normalized(model: &spec::Model) -> pb::Program {
     p
 }
 
-fn has_image_features(model: &spec::Model) -> bool {
-    let Some(d) = &model.description else {
-        return false;
-    };
-    d.input
+/// `metadata.json`'s top-level schemas describe the default function's features, by name and
+/// kind, images with their size and color space.
+fn check_schemas(bundle: &Path, model: &spec::Model, name: &str) {
+    use spec::feature_type::Type as T;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("metadata.json")).unwrap()).unwrap();
+    let d = model.description.clone().unwrap_or_default();
+    let f = d
+        .functions
         .iter()
-        .chain(&d.output)
-        .chain(
-            d.functions
-                .iter()
-                .flat_map(|f| f.input.iter().chain(&f.output)),
-        )
-        .any(|f| {
-            matches!(
-                f.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
-                Some(spec::feature_type::Type::ImageType(_))
-            )
-        })
+        .find(|f| f.name == d.default_function_name);
+    let (inputs, outputs) = match f {
+        Some(f) if d.input.is_empty() => (&f.input, &f.output),
+        _ => (&d.input, &d.output),
+    };
+    for (key, features) in [("inputSchema", inputs), ("outputSchema", outputs)] {
+        let entries = json[0][key].as_array().unwrap();
+        assert_eq!(entries.len(), features.len(), "{name}: {key}");
+        for (e, f) in entries.iter().zip(features) {
+            assert_eq!(e["name"], f.name.as_str(), "{name}: {key}");
+            match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+                Some(T::ImageType(i)) => {
+                    assert_eq!(e["type"], "Image", "{name}: {}", f.name);
+                    assert_eq!(e["width"], i.width.to_string().as_str(), "{name}");
+                    assert_eq!(e["height"], i.height.to_string().as_str(), "{name}");
+                    let color = e["colorspace"].as_str().unwrap();
+                    assert!(["RGB", "BGR", "Grayscale"].contains(&color), "{name}");
+                }
+                _ => assert_eq!(e["type"], "MultiArray", "{name}: {}", f.name),
+            }
+        }
+    }
 }
 
 fn has_enumerated_shapes(model: &spec::Model) -> bool {
