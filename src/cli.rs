@@ -519,6 +519,23 @@ impl BuildArgs {
     }
 
     /// A library error in the command line's terms: an option error names the flag at fault.
+    /// Refuses, before building, a `--compile` mlc's compiler would refuse after: several sizes
+    /// in one function are enumerated shapes, whose keys in coremlc's output are an unknown hash.
+    fn check_compile(&self) -> Result<()> {
+        let compiling = self.compile || self.compile_to.is_some();
+        let sizes = self.latent_size.as_ref().or(self.image_size.as_ref());
+        if compiling
+            && self.compiler == CompilerArg::Mlc
+            && !self.multifunction
+            && sizes.is_some_and(|s| s.0.len() > 1)
+        {
+            anyhow::bail!(
+                "--compile: several sizes in one function are enumerated shapes, which mlc's compiler cannot write (coremlc keys them by an unknown hash); add --multifunction (--target ios18) or use --compiler xcrun"
+            );
+        }
+        Ok(())
+    }
+
     fn flagged(&self, e: compiler::BuildError) -> anyhow::Error {
         use compiler::{BuildError, BuildOption as O, Remedy};
         if let Some(r) = e.remedy() {
@@ -553,6 +570,7 @@ pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(a) => {
             let opts = a.options()?;
+            a.check_compile()?;
             let r = compiler::build(&opts).map_err(|e| a.flagged(e))?;
             if a.json {
                 let pkg = crate::package::read_package(&r.package)?;

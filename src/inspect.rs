@@ -10,7 +10,11 @@ use std::fmt::Write;
 /// Description, op histogram, sizes and MIL text of a package.
 pub fn describe(pkg: &Package) -> Result<String, PackageError> {
     let mut s = String::new();
-    let _ = writeln!(s, "package {}", pkg.path.display());
+    // A compiled bundle is read back into a package's form (`mlmodelc::read_as_package`); say
+    // which it was, and that its model size is of that form, not of a file in the bundle.
+    let bundle = pkg.path.extension().is_some_and(|e| e == "mlmodelc");
+    let kind = if bundle { "bundle" } else { "package" };
+    let _ = writeln!(s, "{kind} {}", pkg.path.display());
     if let Some(d) = &pkg.model.description {
         if let Some(m) = &d.metadata {
             if !m.short_description.is_empty() {
@@ -40,8 +44,9 @@ pub fn describe(pkg: &Package) -> Result<String, PackageError> {
     let blobs = pkg.blobs()?;
     let _ = writeln!(
         s,
-        "sizes: model.mlmodel {} bytes, weight.bin {} bytes in {} blobs",
+        "sizes: model.mlmodel {} bytes{}, weight.bin {} bytes in {} blobs",
         pkg.model.encoded_len(),
+        if bundle { " (re-encoded)" } else { "" },
         pkg.weights.as_ref().map_or(0, Vec::len),
         blobs.as_ref().map_or(0, |b| b.len())
     );

@@ -402,11 +402,19 @@ fn compile_without_apple_tools() {
     let body = |o: &Output| -> Vec<String> {
         String::from_utf8_lossy(&o.stdout)
             .lines()
-            .filter(|l| !l.starts_with("package ") && !l.starts_with("sizes: "))
+            .filter(|l| !l.starts_with("package ") && !l.starts_with("bundle "))
+            .filter(|l| !l.starts_with("sizes: "))
             .map(str::to_owned)
             .collect()
     };
     assert_eq!(body(&from_bundle), body(&from_pkg));
+    let first = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .map(str::to_owned)
+    };
+    assert_eq!(first(&from_bundle).as_deref(), Some("bundle m.mlmodelc"));
 
     // Run on the bundle writes the same bytes as run on its package.
     let latent = mlc::tensor::Tensor::f32(vec![1, 32, 8, 8], random(32 * 64, 7, 2.0));
@@ -506,6 +514,21 @@ fn compile_refusals_are_one_line() {
         (
             &["compile", "nn.mlmodel", "-o", "nn.mlmodelc"][..],
             "not an ML Program",
+        ),
+        // Refused before building: no package is written either.
+        (
+            &[
+                "build",
+                "flux2",
+                "--weights",
+                &w,
+                "--latent-size",
+                "8,16",
+                "--compile",
+                "-o",
+                "f.mlpackage",
+            ][..],
+            "--compile: several sizes",
         ),
     ] {
         let before = tree(&dir);
