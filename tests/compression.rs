@@ -193,7 +193,7 @@ fn packages_are_small_accurate_and_load_in_coremltools() {
 #[test]
 fn compression_flags_reject_undefined_combinations() {
     let dir = out_dir("compression_cli");
-    let w = taef2_weights().display().to_string();
+    let w = taef2_arg();
     let bad: &[(&[&str], &str)] = &[
         (
             &["--palettize", "3"],
@@ -252,16 +252,7 @@ fn compression_flags_reject_undefined_combinations() {
         ),
     ];
     for (args, needle) in bad {
-        let mut all = vec![
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "-o",
-            "bad.mlpackage",
-        ];
+        let mut all = taef2_build(&w, "8", &["-o", "bad.mlpackage"]);
         all.extend_from_slice(args);
         let o = mlc(&all, &dir);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -1,14 +1,22 @@
 //! Shared test helpers: paths to ../shared, fixtures, synthetic weights and the coremltools oracle.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod files;
 pub mod round_trip;
+
+// Each test crate uses a different part of these.
+#[allow(unused_imports)]
+pub use cli::*;
+#[allow(unused_imports)]
+pub use files::*;
 
 use mlc::kernels::Array;
 use mlc::tensor::Tensor;
 use mlc::weights::Weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -156,15 +164,6 @@ pub fn oracle(dir: &Path) {
 /// Max abs error, mean abs error and PSNR of `out` against `reference`.
 pub fn compare(out: &Array, reference: &Array) -> mlc::run::Compare {
     mlc::run::compare(out, reference)
-}
-
-/// Runs the mlc binary in `cwd`.
-pub fn mlc(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
 }
 
 /// Writes f32 tensors to a safetensors file.
