@@ -41,6 +41,34 @@ fn write_pth(dir: &Path, name: &str, pickle: &[u8], storages: &[(&str, &[u8])]) 
     path
 }
 
+/// A checkpoint pickle whose one tensor, "1.weight", views the single float of storage "0" with
+/// `size` and `stride`: stride 0 makes it as large as `size` says.
+fn one_float_pickle(size: Vec<u32>, stride: Vec<u32>) -> Vec<u8> {
+    state_dict_pickle(&[Entry {
+        key: "1.weight".into(),
+        storage: "0",
+        numel: 1,
+        offset: 0,
+        size,
+        stride,
+    }])
+}
+
+/// Writes `bomb.pth` to `dir`, one float viewed as `size` (strides 0), and returns the taesd
+/// build of it.
+fn bomb_build(dir: &Path, size: Vec<u32>) -> [&'static str; 6] {
+    let pickle = one_float_pickle(size, vec![0, 0]);
+    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
+    [
+        "build",
+        "taesd",
+        "--weights",
+        "bomb.pth",
+        "-o",
+        "o.mlpackage",
+    ]
+}
+
 fn load_err(path: &Path) -> String {
     let t = Instant::now();
     let e = Weights::load(path).unwrap_err().to_string();
@@ -58,16 +86,7 @@ fn load_err(path: &Path) -> String {
 #[test]
 fn pth_stride_zero_expansion_hits_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let bomb = |size: Vec<u32>, stride: Vec<u32>| {
-        state_dict_pickle(&[Entry {
-            key: "1.weight".into(),
-            storage: "0",
-            numel: 1,
-            offset: 0,
-            size,
-            stride,
-        }])
-    };
+    let bomb = one_float_pickle;
     let one = 1.5f32.to_le_bytes();
     let p = write_pth(
         tmp.path(),
@@ -179,23 +198,7 @@ fn pth_pickle_bombs_are_refused() {
 fn cli_budget_error_and_override() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pickle = state_dict_pickle(&[Entry {
-        key: "1.weight".into(),
-        storage: "0",
-        numel: 1,
-        offset: 0,
-        size: vec![1 << 12, 1 << 12],
-        stride: vec![0, 0],
-    }]);
-    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
-    let args = [
-        "build",
-        "taesd",
-        "--weights",
-        "bomb.pth",
-        "-o",
-        "o.mlpackage",
-    ];
+    let args = bomb_build(dir, vec![1 << 12, 1 << 12]);
     let e = fails(
         dir,
         &["bomb.pth"],
@@ -250,23 +253,7 @@ fn cli_budget_error_and_override() {
 fn twenty_gib_bomb_fails_cleanly_in_a_bounded_address_space() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pickle = state_dict_pickle(&[Entry {
-        key: "1.weight".into(),
-        storage: "0",
-        numel: 1,
-        offset: 0,
-        size: vec![5 << 10, 1 << 20],
-        stride: vec![0, 0],
-    }]);
-    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
-    let args = [
-        "build",
-        "taesd",
-        "--weights",
-        "bomb.pth",
-        "-o",
-        "o.mlpackage",
-    ];
+    let args = bomb_build(dir, vec![5 << 10, 1 << 20]);
     let e = fails(dir, &["bomb.pth"], &args, &[]);
     assert!(e.contains("\"1.weight\"") && e.contains("budget"), "{e}");
     let e = fails(
