@@ -345,14 +345,8 @@ fn cli_sizes_layouts_and_bad_input() {
         ),
     ];
     for (args, needle) in bad {
-        let mut all = vec!["build", "flux2", "--weights", &w, "-o", "bad.mlpackage"];
-        all.extend_from_slice(args);
-        let o = mlc(&all, &dir);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        let base = ["build", "flux2", "--weights", &w, "-o", "bad.mlpackage"];
+        assert_refused(&dir, &base, args, needle);
         assert!(
             !dir.join("bad.mlpackage").exists(),
             "{args:?} left output behind"

@@ -68,6 +68,13 @@ fn opts(
     o
 }
 
+/// Builds the encoder for every fixture's size at `out`; returns the package.
+fn build_all_sizes(out: &Path, precision: Precision, io: Option<Precision>) -> PathBuf {
+    build(&opts(out, precision, io, &all_sizes()))
+        .unwrap()
+        .package
+}
+
 fn encode(pkg: &Path, function: &str, image: &Array) -> Array {
     let p = read_package(pkg).unwrap();
     let inputs = BTreeMap::from([("image".to_string(), image.clone())]);
@@ -104,14 +111,7 @@ fn check_all(
 #[test]
 fn fp32_enumerated_matches_pytorch_within_1e_4() {
     let dir = out_dir("taef2_encoder_fp32");
-    let pkg = build(&opts(
-        &dir.join("enc_fp32.mlpackage"),
-        Precision::Fp32,
-        None,
-        &all_sizes(),
-    ))
-    .unwrap()
-    .package;
+    let pkg = build_all_sizes(&dir.join("enc_fp32.mlpackage"), Precision::Fp32, None);
     check_all("fp32", &pkg, |_| "main".into(), |_| FP32_MAX_ABS);
     oracle(&dir);
 }
@@ -123,14 +123,11 @@ fn fp16_enumerated_within_the_reference_tools_error() {
         ("fp16 fp16-io", None),
         ("fp16 fp32-io", Some(Precision::Fp32)),
     ] {
-        let pkg = build(&opts(
+        let pkg = build_all_sizes(
             &dir.join(format!("enc_{}.mlpackage", label.replace(' ', "_"))),
             Precision::Fp16,
             io,
-            &all_sizes(),
-        ))
-        .unwrap()
-        .package;
+        );
         check_all(label, &pkg, |_| "main".into(), fp16_bound);
     }
     oracle(&dir);
@@ -139,14 +136,7 @@ fn fp16_enumerated_within_the_reference_tools_error() {
 #[test]
 fn enumerated_package_lists_every_image_size() {
     let dir = out_dir("taef2_encoder_enumerated");
-    let pkg = build(&opts(
-        &dir.join("enc.mlpackage"),
-        Precision::Fp16,
-        None,
-        &all_sizes(),
-    ))
-    .unwrap()
-    .package;
+    let pkg = build_all_sizes(&dir.join("enc.mlpackage"), Precision::Fp16, None);
     let model = read_package(&pkg).unwrap().model;
     let d = model.description.as_ref().unwrap();
     let array = |f: &spec::FeatureDescription| match f.r#type.as_ref().unwrap().r#type.as_ref() {

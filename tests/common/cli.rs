@@ -23,6 +23,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs mlc with `base` then `args` in `cwd`: it must fail with `needle` in its error. The
+/// failure names the case by `args`.
+pub fn assert_refused(cwd: &Path, base: &[&str], args: &[&str], needle: &str) {
+    let mut all = base.to_vec();
+    all.extend_from_slice(args);
+    let o = mlc(&all, cwd);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains(needle),
+        "{args:?}: {err}"
+    );
+}
+
 /// The shared TAEF2 decoder weights as a command-line argument.
 pub fn taef2_arg() -> String {
     super::taef2_weights().display().to_string()

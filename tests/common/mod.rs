@@ -247,6 +247,13 @@ pub fn relative_error(out: &Array, reference: &Array) -> f32 {
     diff / peak
 }
 
+/// Prints `what`'s [`relative_error`] and checks that it is at most `tol`.
+pub fn assert_within(what: &str, got: &Array, reference: &Array, tol: f32) {
+    let e = relative_error(got, reference);
+    println!("{what}: relative max error {e:.2e}");
+    assert!(e <= tol, "{what}: {e} > {tol}");
+}
+
 /// Synthetic weights with the diffusers keys and full sizes of the SD VAE decoder (4 latent
 /// channels, block channels 128, 256, 512, 512, two resnets per level plus one, mid-block
 /// attention) and its quant convs, written as f32 safetensors to `path` (about 200 MB): the
