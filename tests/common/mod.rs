@@ -326,6 +326,29 @@ pub fn write_full_size_sd_vae_decoder(path: &Path) {
     write_safetensors(path, &t);
 }
 
+/// Copies `weights` into `dir` and, one `(from, to, needle)` edit at a time, writes the
+/// config.json beside `weights` with `from` replaced by `to` beside the copy: `error(copy)`, the
+/// one-line error of a build of the copy, must name config.json and `needle`. Returns the copy
+/// (its config.json the last edit's).
+pub fn assert_config_edits_named(
+    dir: &Path,
+    weights: &Path,
+    edits: &[(&str, &str, &str)],
+    error: impl Fn(&Path) -> String,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let copy = dir.join(weights.file_name().unwrap());
+    std::fs::copy(weights, &copy).unwrap();
+    let config = std::fs::read_to_string(weights.with_file_name("config.json")).unwrap();
+    for (from, to, needle) in edits {
+        assert!(config.contains(from), "the fixture's config has {from}");
+        std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        let e = error(&copy);
+        assert!(e.contains("config.json") && e.contains(needle), "{e}");
+    }
+    copy
+}
+
 /// The one-line error of a build that must fail, having checked that it wrote nothing at its
 /// output.
 pub fn one_line_error(o: &mlc::compiler::BuildOptions) -> String {

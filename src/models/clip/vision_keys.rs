@@ -111,16 +111,7 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, String> {
     let image = grid
         .checked_mul(patch)
         .ok_or_else(|| format!("{grid} patches of {patch} pixels overflow"))?;
-    let mut layers = 0;
-    while shapes
-        .keys()
-        .any(|k| k.starts_with(&format!("encoder.layers.{layers}.")))
-    {
-        layers += 1;
-    }
-    if layers == 0 {
-        return Err("no \"encoder.layers.0.*\" tensors".into());
-    }
+    let layers = super::keys::layer_count(shapes)?;
     let (intermediate, _) = matrix("encoder.layers.0.mlp.fc1.weight")?;
     let projection = match shapes.get(PROJECTION) {
         Some(_) => matrix(PROJECTION)?.0,
@@ -160,39 +151,29 @@ pub fn check_heads(cfg: &Config) -> Result<(), String> {
 /// Applies `config.json`'s heads, epsilon and activation and checks its sizes against the
 /// tensors': the reason names the first field that disagrees.
 pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), String> {
-    let int = |field: &str| -> Result<Option<usize>, String> {
-        match json.get(field) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| format!("{field} is {v}, not a whole number")),
-        }
-    };
-    if let (Some(image), Some(patch)) = (int("image_size")?, int("patch_size")?) {
+    use super::keys::config_int;
+    if let (Some(image), Some(patch)) = (
+        config_int(json, "image_size")?,
+        config_int(json, "patch_size")?,
+    ) {
         if patch == 0 || image % patch != 0 {
             return Err(format!(
                 "image_size {image} is not a multiple of patch_size {patch}"
             ));
         }
     }
-    let checks: [(&str, usize); 7] = [
-        ("image_size", cfg.image),
-        ("patch_size", cfg.patch),
-        ("hidden_size", cfg.hidden),
-        ("intermediate_size", cfg.intermediate),
-        ("num_hidden_layers", cfg.layers),
-        ("projection_dim", cfg.projection),
-        ("num_channels", 3),
-    ];
-    for (field, have) in checks {
-        if let Some(n) = int(field)? {
-            if n != have {
-                return Err(format!("{field} is {n} but the tensors give {have}"));
-            }
-        }
-    }
+    super::keys::check_sizes(
+        json,
+        &[
+            ("image_size", cfg.image),
+            ("patch_size", cfg.patch),
+            ("hidden_size", cfg.hidden),
+            ("intermediate_size", cfg.intermediate),
+            ("num_hidden_layers", cfg.layers),
+            ("projection_dim", cfg.projection),
+            ("num_channels", 3),
+        ],
+    )?;
     super::keys::apply_layer_config(
         json,
         cfg.hidden,
