@@ -115,6 +115,25 @@ impl Layout {
     }
 }
 
+/// The shape of the tensor the builder names `k` (text and image alike).
+pub fn shape_of<'s>(
+    shapes: &'s BTreeMap<String, Vec<usize>>,
+    k: &str,
+) -> Result<&'s [usize], String> {
+    shapes
+        .get(k)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("missing tensor \"{k}\""))
+}
+
+/// The two dimensions of the matrix the builder names `k` (text and image alike).
+pub fn matrix_of(shapes: &BTreeMap<String, Vec<usize>>, k: &str) -> Result<(usize, usize), String> {
+    match *shape_of(shapes, k)? {
+        [a, b] => Ok((a, b)),
+        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
+    }
+}
+
 /// How many encoder layers the builder's keys `shapes` hold, counting from 0 up to the first
 /// missing one (text and image alike).
 pub fn layer_count(shapes: &BTreeMap<String, Vec<usize>>) -> Result<usize, String> {
@@ -172,15 +191,7 @@ pub fn detect(
     heads: usize,
     activation: Activation,
 ) -> Result<Config, String> {
-    let shape = |k: &str| {
-        shapes
-            .get(k)
-            .ok_or_else(|| format!("missing tensor \"{k}\""))
-    };
-    let matrix = |k: &str| match shape(k)?[..] {
-        [a, b] => Ok((a, b)),
-        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
-    };
+    let matrix = |k: &str| matrix_of(shapes, k);
     let (vocab, hidden) = matrix(TOKEN_EMBEDDING)?;
     let (positions, d) = matrix(POSITION_EMBEDDING)?;
     if d != hidden {

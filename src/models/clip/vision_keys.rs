@@ -65,15 +65,8 @@ impl Config {
 /// Sizes from the tensors' shapes (keys as the builder names them); heads, epsilon and the
 /// activation are defaults (64-channel heads, 1e-5, quick_gelu) that `config.json` may override.
 pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, String> {
-    let shape = |k: &str| {
-        shapes
-            .get(k)
-            .ok_or_else(|| format!("missing tensor \"{k}\""))
-    };
-    let matrix = |k: &str| match shape(k)?[..] {
-        [a, b] => Ok((a, b)),
-        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
-    };
+    let shape = |k: &str| super::keys::shape_of(shapes, k);
+    let matrix = |k: &str| super::keys::matrix_of(shapes, k);
     let (hidden, patch) = match shape(PATCH_EMBEDDING)?[..] {
         [d, 3, p, q] if p == q && p > 0 && d > 0 => (d, p),
         ref s => {
