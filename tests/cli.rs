@@ -532,18 +532,14 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
 
     // Bad input, in a directory of its own (the checks look for stray packages).
     let bad = out_dir("cli_clip_bad");
+    let run_fails = |input: &[&str]| {
+        let mut args = vec!["run", pkg.as_str()];
+        args.extend_from_slice(input);
+        args.extend(["--output", "o.safetensors"]);
+        fails(&bad, &args)
+    };
     write_ids(&bad.join("short.safetensors"), &[49406, 320, 49407]);
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--input",
-            "short.safetensors",
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--input", "short.safetensors"]);
     assert!(e.contains("input_ids") && e.contains("[1, 3]"), "{e}");
     let mut floats = std::collections::BTreeMap::new();
     floats.insert(
@@ -551,35 +547,12 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
         mlc::kernels::Array::new(vec![1, 77], vec![1.5; 77]),
     );
     write_st(&bad.join("floats.safetensors"), &floats);
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--input",
-            "floats.safetensors",
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--input", "floats.safetensors"]);
     assert!(e.contains("input_ids") && e.contains("1.5"), "{e}");
     let many: Vec<String> = (0..78).map(|i| i.to_string()).collect();
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--tokens",
-            &many.join(","),
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--tokens", &many.join(",")]);
     assert!(e.contains("78 ids") && e.contains("1 to 77"), "{e}");
-    let e = fails(
-        &bad,
-        &["run", &pkg, "--tokens", "1,x", "--output", "o.safetensors"],
-    );
+    let e = run_fails(&["--tokens", "1,x"]);
     assert!(e.contains("\"x\""), "{e}");
     assert!(!bad.join("o.safetensors").exists());
     let vae = shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors");
