@@ -61,41 +61,29 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// Panics if `data` does not hold the product of `shape` elements (a programming error).
+    fn checked(shape: Vec<usize>, data: TensorData) -> Tensor {
+        let t = Tensor { shape, data };
+        assert_eq!(
+            t.shape.iter().product::<usize>(),
+            t.len(),
+            "shape {:?}",
+            t.shape
+        );
+        t
+    }
+
     /// An f32 tensor; panics if `data.len()` is not the product of `shape` (a programming error).
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?}"
-        );
-        Tensor {
-            shape,
-            data: TensorData::F32(data),
-        }
+        Tensor::checked(shape, TensorData::F32(data))
     }
 
     pub fn f16(shape: Vec<usize>, data: Vec<f16>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?}"
-        );
-        Tensor {
-            shape,
-            data: TensorData::F16(data),
-        }
+        Tensor::checked(shape, TensorData::F16(data))
     }
 
     pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "shape {shape:?}"
-        );
-        Tensor {
-            shape,
-            data: TensorData::I32(data),
-        }
+        Tensor::checked(shape, TensorData::I32(data))
     }
 
     /// A rank-0 f32 tensor.

@@ -6,10 +6,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs a build that must fail; returns its error line and checks the directory stays empty.
 fn fails(dir: &Path, args: &[&str]) -> String {
     let o = mlc(args, dir);
@@ -40,24 +36,10 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     err
 }
 
-fn weights() -> String {
-    taef2_weights().display().to_string()
-}
-
 #[test]
 fn build_inspect_run_round_trip() {
     let dir = out_dir("cli_round_trip");
-    let o = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &weights(),
-            "--latent-size",
-            "32",
-        ],
-        &dir,
-    );
+    let o = mlc(&taef2_build(&taef2_arg(), "32", &[]), &dir);
     assert!(o.status.success(), "{}", stderr(&o));
     let pkg = dir.join("taef2_decoder.mlpackage");
     assert!(pkg.join("Manifest.json").is_file());
@@ -108,7 +90,7 @@ fn build_inspect_run_round_trip() {
 #[test]
 fn bad_input_gives_one_line_cause_and_no_output() {
     let dir = out_dir("cli_errors");
-    let w = weights();
+    let w = taef2_arg();
 
     let e = fails(
         &dir,
@@ -316,42 +298,14 @@ fn published_weights_come_from_the_hugging_face_cache() {
     );
 }
 
-/// Files under `dir` (relative paths), sorted.
-fn tree(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.push(p.strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
 /// `build --compile` uses mlc's own compiler by default (no xcrun on PATH needed), and
 /// `mlc compile` writes the same bundle beside the package or where -o says.
 #[test]
 fn compile_without_apple_tools() {
     let dir = out_dir("cli_compile");
-    let w = weights();
+    let w = taef2_arg();
     let o = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "-o",
-            "m.mlpackage",
-            "--compile",
-        ],
+        &taef2_build(&w, "8", &["-o", "m.mlpackage", "--compile"]),
         &dir,
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -469,18 +423,7 @@ fn compile_without_apple_tools() {
 
     // --compile-to names a directory, as with Apple's coremlc.
     let o = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "-o",
-            "n.mlpackage",
-            "--compile-to",
-            "out/c",
-        ],
+        &taef2_build(&w, "8", &["-o", "n.mlpackage", "--compile-to", "out/c"]),
         &dir,
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -492,20 +435,8 @@ fn compile_without_apple_tools() {
 #[test]
 fn compile_refusals_are_one_line() {
     let dir = out_dir("cli_compile_refusals");
-    let w = weights();
-    let o = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8,16",
-            "-o",
-            "e.mlpackage",
-        ],
-        &dir,
-    );
+    let w = taef2_arg();
+    let o = mlc(&taef2_build(&w, "8,16", &["-o", "e.mlpackage"]), &dir);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(dir.join("nn.mlmodel"), [0x08, 0x04, 0xa2, 0x1f, 0x00]).unwrap();
     for (args, needle) in [
@@ -624,18 +555,14 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
 
     // Bad input, in a directory of its own (the checks look for stray packages).
     let bad = out_dir("cli_clip_bad");
+    let run_fails = |input: &[&str]| {
+        let mut args = vec!["run", pkg.as_str()];
+        args.extend_from_slice(input);
+        args.extend(["--output", "o.safetensors"]);
+        fails(&bad, &args)
+    };
     write_ids(&bad.join("short.safetensors"), &[49406, 320, 49407]);
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--input",
-            "short.safetensors",
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--input", "short.safetensors"]);
     assert!(e.contains("input_ids") && e.contains("[1, 3]"), "{e}");
     let mut floats = std::collections::BTreeMap::new();
     floats.insert(
@@ -643,35 +570,12 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
         mlc::kernels::Array::new(vec![1, 77], vec![1.5; 77]),
     );
     write_st(&bad.join("floats.safetensors"), &floats);
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--input",
-            "floats.safetensors",
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--input", "floats.safetensors"]);
     assert!(e.contains("input_ids") && e.contains("1.5"), "{e}");
     let many: Vec<String> = (0..78).map(|i| i.to_string()).collect();
-    let e = fails(
-        &bad,
-        &[
-            "run",
-            &pkg,
-            "--tokens",
-            &many.join(","),
-            "--output",
-            "o.safetensors",
-        ],
-    );
+    let e = run_fails(&["--tokens", &many.join(",")]);
     assert!(e.contains("78 ids") && e.contains("1 to 77"), "{e}");
-    let e = fails(
-        &bad,
-        &["run", &pkg, "--tokens", "1,x", "--output", "o.safetensors"],
-    );
+    let e = run_fails(&["--tokens", "1,x"]);
     assert!(e.contains("\"x\""), "{e}");
     assert!(!bad.join("o.safetensors").exists());
     let vae = shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors");
@@ -711,7 +615,7 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
 #[test]
 fn int8_activation_refusals_are_one_line() {
     let dir = out_dir("cli_w8a8_refusals");
-    let w = weights();
+    let w = taef2_arg();
     let base = ["build", "flux2", "--weights", &w, "--quantize", "int8"];
     let photos = shared("calibration").display().to_string();
     let mut args = base.to_vec();

@@ -124,9 +124,8 @@ fn eight_bit_weights_stay_within_budget() {
                 let x: Array = f[input].clone();
                 let got = mlc::run::run(&p, "main", &BTreeMap::from([(input.into(), x)])).unwrap();
                 for (output, reference) in outputs.iter() {
-                    let e = relative_error(&got[*output], &f[*reference]);
-                    println!("{name} {case} {output}: relative max error {e:.2e}");
-                    assert!(e <= *tol, "{name} {case} {output}: {e} > {tol}");
+                    let what = format!("{name} {case} {output}");
+                    assert_within(&what, &got[*output], &f[*reference], *tol);
                 }
             }
         }

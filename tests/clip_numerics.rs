@@ -40,9 +40,12 @@ fn check_cases(tag: &str, pkg: &Path, fixture: &str, pooled: (&str, &str), tol: 
             ("hidden_state", "penultimate_hidden_state"),
             pooled,
         ] {
-            let e = relative_error(&got[name], &f[reference]);
-            println!("{tag} {case} {name}: relative max error {e:.2e}");
-            assert!(e <= tol, "{tag} {case} {name}: {e} > {tol}");
+            assert_within(
+                &format!("{tag} {case} {name}"),
+                &got[name],
+                &f[reference],
+                tol,
+            );
         }
     }
 }
@@ -150,11 +153,10 @@ fn wrong_weights_and_configs_are_one_line_errors() {
     let e = one_line_error(&options("clip-bigg", &l, Precision::Fp16, target.clone()));
     assert!(e.contains("CLIPTextModel weights"), "{e}");
     // config.json disagreeing with the tensors: the field is named.
-    let copy = out.join("weights");
-    std::fs::create_dir_all(&copy).unwrap();
-    std::fs::copy(&l, copy.join("model.safetensors")).unwrap();
-    let config = std::fs::read_to_string(dir("clip_l").join("config.json")).unwrap();
-    for (from, to, field) in [
+    let clip_l_error = |weights: &Path| {
+        one_line_error(&options("clip-l", weights, Precision::Fp16, target.clone()))
+    };
+    let edits = [
         (
             "\"num_hidden_layers\": 3",
             "\"num_hidden_layers\": 4",
@@ -171,27 +173,11 @@ fn wrong_weights_and_configs_are_one_line_errors() {
             "\"hidden_act\": \"relu\"",
             "hidden_act",
         ),
-    ] {
-        assert!(config.contains(from), "the fixture's config has {from}");
-        std::fs::write(copy.join("config.json"), config.replace(from, to)).unwrap();
-        let weights = copy.join("model.safetensors");
-        let e = one_line_error(&options(
-            "clip-l",
-            &weights,
-            Precision::Fp16,
-            target.clone(),
-        ));
-        assert!(e.contains("config.json") && e.contains(field), "{e}");
-    }
+    ];
+    let copy = assert_config_edits_named(&out.join("weights"), &l, &edits, clip_l_error);
     // Without config.json, clip-l's default 12 heads do not divide the fixture's 64 channels.
-    std::fs::remove_file(copy.join("config.json")).unwrap();
-    let weights = copy.join("model.safetensors");
-    let e = one_line_error(&options(
-        "clip-l",
-        &weights,
-        Precision::Fp16,
-        target.clone(),
-    ));
+    std::fs::remove_file(copy.with_file_name("config.json")).unwrap();
+    let e = clip_l_error(&copy);
     assert!(
         e.contains("12 heads") && e.contains("num_attention_heads"),
         "{e}"

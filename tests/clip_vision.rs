@@ -80,9 +80,7 @@ fn vision_encoder_matches_transformers() {
                 let got = mlc::run::run(&p, "main", &BTreeMap::from([("pixel_values".into(), x)]))
                     .unwrap();
                 for name in ["last_hidden_state", "image_embeds"] {
-                    let e = relative_error(&got[name], &f[name]);
-                    println!("{tag} {c} {name}: relative max error {e:.2e}");
-                    assert!(e <= tol, "{tag} {c} {name}: {e} > {tol}");
+                    assert_within(&format!("{tag} {c} {name}"), &got[name], &f[name], tol);
                 }
             }
         }
@@ -309,11 +307,7 @@ fn wrong_weights_configs_and_sizes_are_one_line_errors() {
         "{e}"
     );
     // config.json disagreeing with the tensors: the field is named.
-    let copy = out.join("weights");
-    std::fs::create_dir_all(&copy).unwrap();
-    std::fs::copy(weights(), copy.join("model.safetensors")).unwrap();
-    let config = std::fs::read_to_string(dir().join("config.json")).unwrap();
-    for (from, to, want) in [
+    let edits = [
         (
             "\"image_size\": 64",
             "\"image_size\": 72",
@@ -346,17 +340,15 @@ fn wrong_weights_configs_and_sizes_are_one_line_errors() {
             "\"hidden_act\": \"relu\"",
             "hidden_act",
         ),
-    ] {
-        assert!(config.contains(from), "the fixture's config has {from}");
-        std::fs::write(copy.join("config.json"), config.replace(from, to)).unwrap();
-        let e = one_line_error(&options(
+    ];
+    assert_config_edits_named(&out.join("weights"), &weights(), &edits, |copy| {
+        one_line_error(&options(
             "clip-vision",
-            &copy.join("model.safetensors"),
+            copy,
             Precision::Fp16,
             target.clone(),
-        ));
-        assert!(e.contains("config.json") && e.contains(want), "{e}");
-    }
+        ))
+    });
     // An image size the patch does not divide, and one the position table does not have.
     for (side, want) in [
         (72, "not a multiple of the patch size 16"),

@@ -6,9 +6,11 @@ mod common;
 use common::*;
 use mlc::compiler::{build, compile_weights, BuildOptions, Compression, QuantMode};
 use mlc::ir::{ConstData, Graph, Op};
+use mlc::kernels::Array;
 use mlc::mil::Target;
 use mlc::weights::Weights;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 fn palettize(bits: u32, group_size: Option<usize>) -> Compression {
     Compression::Palettize {
@@ -86,6 +88,35 @@ fn quantization_error_meets_the_reference_figures() {
     assert!(block < channel, "{block} vs {channel}");
 }
 
+/// Builds the TAEF2 decoder compressed by `c` for `target` as `name` in `dir` (at `latent_size`,
+/// or the default) and decodes a fixture's latent with it: the package's weight.bin bytes, and
+/// the decoded image against the fixture's, both printed.
+fn decode_compressed(
+    dir: &Path,
+    name: &str,
+    c: Compression,
+    target: Target,
+    latent_size: Option<[usize; 2]>,
+    (latent, image): (&Array, &Array),
+) -> (usize, mlc::run::Compare) {
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.output = Some(dir.join(format!("{name}.mlpackage")));
+    if let Some(size) = latent_size {
+        o.sizes = mlc::compiler::Sizes::Latent(vec![size]);
+    }
+    o.target = target;
+    o.compression = Some(c);
+    let r = build(&o).unwrap();
+    let inputs = BTreeMap::from([("latent".to_string(), latent.clone())]);
+    let out = mlc::run::run_path(&r.package, &inputs)
+        .unwrap()
+        .remove("image")
+        .unwrap();
+    let q = compare(&out, image);
+    eprintln!("{name}: weight.bin {} bytes, {q:?}", r.weight_bytes);
+    (r.weight_bytes, q)
+}
+
 #[test]
 fn packages_are_small_accurate_and_load_in_coremltools() {
     let dir = out_dir("compression");
@@ -130,22 +161,10 @@ fn packages_are_small_accurate_and_load_in_coremltools() {
         ),
     ];
     for (name, c, target, max_bytes, min_psnr) in cases {
-        let mut o = BuildOptions::new("flux2", taef2_weights());
-        o.output = Some(dir.join(format!("{name}.mlpackage")));
-        o.target = target;
-        o.compression = Some(c);
-        let r = build(&o).unwrap();
-        let inputs = BTreeMap::from([("latent".to_string(), latent.clone())]);
-        let out = mlc::run::run_path(&r.package, &inputs)
-            .unwrap()
-            .remove("image")
-            .unwrap();
-        let q = compare(&out, &image);
-        eprintln!("{name}: weight.bin {} bytes, {q:?}", r.weight_bytes);
+        let (weight_bytes, q) = decode_compressed(&dir, name, c, target, None, (&latent, &image));
         assert!(
-            r.weight_bytes <= max_bytes,
-            "{name}: {} > {max_bytes}",
-            r.weight_bytes
+            weight_bytes <= max_bytes,
+            "{name}: {weight_bytes} > {max_bytes}"
         );
         assert!(q.psnr >= min_psnr, "{name}: {q:?}");
     }
@@ -171,19 +190,8 @@ fn packages_are_small_accurate_and_load_in_coremltools() {
             Target::Ios18,
         ),
     ] {
-        let mut o = BuildOptions::new("flux2", taef2_weights());
-        o.output = Some(dir.join(format!("{name}.mlpackage")));
-        o.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]);
-        o.target = target;
-        o.compression = Some(c);
-        let r = build(&o).unwrap();
-        let inputs = BTreeMap::from([("latent".to_string(), small.clone())]);
-        let out = mlc::run::run_path(&r.package, &inputs)
-            .unwrap()
-            .remove("image")
-            .unwrap();
-        let q = compare(&out, &small_image);
-        eprintln!("{name}: weight.bin {} bytes, {q:?}", r.weight_bytes);
+        let fixture = (&small, &small_image);
+        let (_, q) = decode_compressed(&dir, name, c, target, Some([32, 32]), fixture);
         // Even 2-bit palettes decode recognisably (~19.6 dB); broken decompression gives < 10 dB.
         assert!(q.psnr > 18.0, "{name}: {q:?}");
     }
@@ -193,7 +201,7 @@ fn packages_are_small_accurate_and_load_in_coremltools() {
 #[test]
 fn compression_flags_reject_undefined_combinations() {
     let dir = out_dir("compression_cli");
-    let w = taef2_weights().display().to_string();
+    let w = taef2_arg();
     let bad: &[(&[&str], &str)] = &[
         (
             &["--palettize", "3"],
@@ -252,23 +260,8 @@ fn compression_flags_reject_undefined_combinations() {
         ),
     ];
     for (args, needle) in bad {
-        let mut all = vec![
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "-o",
-            "bad.mlpackage",
-        ];
-        all.extend_from_slice(args);
-        let o = mlc(&all, &dir);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        let base = taef2_build(&w, "8", &["-o", "bad.mlpackage"]);
+        assert_refused(&dir, &base, args, needle);
         assert!(
             std::fs::read_dir(&dir).unwrap().next().is_none(),
             "{args:?} left output behind"

@@ -83,7 +83,7 @@ impl Case {
     }
 
     fn sizes(mut self, pairs: &[(&str, usize)]) -> Case {
-        self.sizes = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.sizes = bound(pairs);
         self
     }
 
@@ -127,6 +127,11 @@ impl Rng {
     }
 }
 
+/// The symbol values of a case, as the evaluators and `resolve` take them.
+fn bound(sizes: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
 fn dims(spec: &[&str]) -> Vec<Dim> {
     spec.iter()
         .map(|s| match s.parse() {
@@ -151,9 +156,8 @@ fn operand(
     dtype: DType,
     constant: bool,
 ) -> Operand {
-    let sizes: BTreeMap<String, usize> = sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let ty = TensorType::new(dtype, dims(spec));
-    let mut value = rng.array(&resolve(&ty.shape, &sizes), range.0, range.1);
+    let mut value = rng.array(&resolve(&ty.shape, &bound(sizes)), range.0, range.1);
     if dtype == DType::F16 {
         // The evaluators round fp16 inputs; the reference must see the same numbers.
         value
@@ -178,6 +182,14 @@ fn w(rng: &mut Rng, spec: &[&str]) -> Operand {
 
 fn f64s(a: &Array) -> Vec<f64> {
     a.data.iter().map(|&v| v as f64).collect()
+}
+
+/// The reference of an op that maps each element of `a` on its own.
+fn map_ref(a: &Array, f: impl Fn(f64) -> f64) -> Ref {
+    Ref {
+        shape: a.shape.clone(),
+        data: a.data.iter().map(|&v| f(v as f64)).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,10 +597,7 @@ fn input_cases(r: &mut Rng) -> Vec<Case> {
     ];
     for (name, spec, sizes, dtype) in configs {
         let o = operand(r, spec, sizes, (-3.0, 3.0), dtype, false);
-        let want = Ref {
-            shape: o.value.shape.clone(),
-            data: f64s(&o.value),
-        };
+        let want = map_ref(&o.value, |v| v);
         out.push(
             Case::new(
                 format!("input {name}"),
@@ -641,10 +650,7 @@ fn unary_cases(r: &mut Rng) -> Vec<Case> {
         ];
         for (spec, sizes) in configs {
             let o = operand(r, spec, sizes, (lo, hi), DType::F32, false);
-            let want = Ref {
-                shape: o.value.shape.clone(),
-                data: o.value.data.iter().map(|&v| f(v as f64)).collect(),
-            };
+            let want = map_ref(&o.value, f);
             out.push(
                 Case::new(
                     format!("{} {spec:?}", u.name()),
@@ -807,15 +813,7 @@ fn rsqrt_cases(r: &mut Rng) -> Vec<Case> {
         .into_iter()
         .map(|(eps, spec, sizes)| {
             let o = operand(r, spec, sizes, (0.0, 4.0), DType::F32, false);
-            let want = Ref {
-                shape: o.value.shape.clone(),
-                data: o
-                    .value
-                    .data
-                    .iter()
-                    .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
-                    .collect(),
-            };
+            let want = map_ref(&o.value, |v| 1.0 / (v + eps as f64).sqrt());
             Case::new(
                 format!("rsqrt eps={eps}"),
                 Op::Rsqrt { epsilon: eps },
@@ -839,15 +837,7 @@ fn clip_cases(r: &mut Rng) -> Vec<Case> {
         .into_iter()
         .map(|(lo, hi, spec, sizes)| {
             let o = operand(r, spec, sizes, (-8.0, 8.0), DType::F32, false);
-            let want = Ref {
-                shape: o.value.shape.clone(),
-                data: o
-                    .value
-                    .data
-                    .iter()
-                    .map(|&v| (v as f64).max(lo as f64).min(hi as f64))
-                    .collect(),
-            };
+            let want = map_ref(&o.value, |v| v.max(lo as f64).min(hi as f64));
             Case::new(
                 format!("clip {lo}..{hi}"),
                 Op::Clip { min: lo, max: hi },
@@ -891,10 +881,7 @@ fn fake_quantize_cases(r: &mut Rng) -> Vec<Case> {
                 };
                 ((r + z).clamp(-128.0, 127.0) - z) * s
             };
-            let want = Ref {
-                shape: o.value.shape.clone(),
-                data: o.value.data.iter().map(|&v| reference(v as f64)).collect(),
-            };
+            let want = map_ref(&o.value, reference);
             Case::new(
                 format!("fake_quantize scale {scale} zero point {zp}"),
                 Op::FakeQuantize {
@@ -941,6 +928,23 @@ fn gn_pass() -> Box<dyn Pass> {
     Box::new(LowerGroupNorm)
 }
 
+/// A normalization's input around `offset` and its constant gamma and beta along `axis`. An
+/// offset mean: a one-pass variance would lose the digits these cases check.
+fn norm_operands(
+    r: &mut Rng,
+    spec: &[&str],
+    sizes: &[(&str, usize)],
+    offset: f64,
+    axis: usize,
+) -> [Operand; 3] {
+    let range = (offset - 3.0, offset + 3.0);
+    let o = operand(r, spec, sizes, range, DType::F32, false);
+    let c = o.value.shape[axis].to_string();
+    let gamma = operand(r, &[&c], &[], (-2.0, 2.0), DType::F32, true);
+    let beta = operand(r, &[&c], &[], (-1.0, 1.0), DType::F32, true);
+    [o, gamma, beta]
+}
+
 fn group_norm_cases(r: &mut Rng) -> Vec<Case> {
     let configs: [(usize, f32, Spec, Sizes, f64); 3] = [
         (4, 1e-5, &["1", "8", "5", "7"], &[], 20.0),
@@ -950,18 +954,7 @@ fn group_norm_cases(r: &mut Rng) -> Vec<Case> {
     configs
         .into_iter()
         .map(|(groups, eps, spec, sizes, offset)| {
-            // An offset mean: a one-pass variance would lose the digits this case checks.
-            let o = operand(
-                r,
-                spec,
-                sizes,
-                (offset - 3.0, offset + 3.0),
-                DType::F32,
-                false,
-            );
-            let c = o.value.shape[1].to_string();
-            let gamma = operand(r, &[&c], &[], (-2.0, 2.0), DType::F32, true);
-            let beta = operand(r, &[&c], &[], (-1.0, 1.0), DType::F32, true);
+            let [o, gamma, beta] = norm_operands(r, spec, sizes, offset, 1);
             let want = group_norm_ref(&o.value, &gamma.value, &beta.value, groups, eps as f64);
             Case::new(
                 format!("group_norm {groups} groups {spec:?}"),
@@ -1028,10 +1021,8 @@ fn reshape_cases(r: &mut Rng) -> Vec<Case> {
         .into_iter()
         .map(|(from, to, sizes)| {
             let o = x(r, from, sizes);
-            let bound: BTreeMap<String, usize> =
-                sizes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             let want = Ref {
-                shape: resolve(&dims(to), &bound),
+                shape: resolve(&dims(to), &bound(sizes)),
                 data: f64s(&o.value),
             };
             Case::new(
@@ -1119,20 +1110,11 @@ fn cast_cases(r: &mut Rng) -> Vec<Case> {
     ];
     for (from, to, spec, sizes) in configs {
         let o = operand(r, spec, sizes, (-300.0, 300.0), from, false);
-        let data = o
-            .value
-            .data
-            .iter()
-            .map(|&v| match to {
-                DType::F16 => to_f16(v as f64),
-                DType::I32 => (v as f64).trunc(),
-                _ => v as f64,
-            })
-            .collect();
-        let want = Ref {
-            shape: o.value.shape.clone(),
-            data,
-        };
+        let want = map_ref(&o.value, |v| match to {
+            DType::F16 => to_f16(v),
+            DType::I32 => v.trunc(),
+            _ => v,
+        });
         out.push(
             Case::new(
                 format!("cast {from} to {to}"),
@@ -1217,36 +1199,29 @@ fn softmax_cases(r: &mut Rng) -> Vec<Case> {
         .collect()
 }
 
-fn attention_decomposed() -> Box<dyn Pass> {
-    // A small budget so the case also runs the chunked form (slice + concat).
+/// The attention pass with a small budget, so the cases also run the chunked form (slice +
+/// concat).
+fn attention_pass(fused: bool, sizes: Vec<BTreeMap<String, usize>>) -> Box<dyn Pass> {
     Box::new(LowerAttention {
-        fused: false,
+        fused,
         max_bytes: 64,
         element_bytes: 4,
-        sizes: vec![],
+        sizes,
     })
 }
 
+fn attention_decomposed() -> Box<dyn Pass> {
+    attention_pass(false, vec![])
+}
+
 fn attention_fused() -> Box<dyn Pass> {
-    Box::new(LowerAttention {
-        fused: true,
-        max_bytes: 64,
-        element_bytes: 4,
-        sizes: vec![],
-    })
+    attention_pass(true, vec![])
 }
 
 fn attention_enumerated() -> Box<dyn Pass> {
     // Two enumerated query counts, 6 and 12: within 64 bytes the larger needs 4 parts, and 6 is
     // the smallest count from 4 up that divides both.
-    Box::new(LowerAttention {
-        fused: false,
-        max_bytes: 64,
-        element_bytes: 4,
-        sizes: [6, 12]
-            .map(|l| BTreeMap::from([("L".to_string(), l)]))
-            .to_vec(),
-    })
+    attention_pass(false, [6, 12].map(|l| bound(&[("L", l)])).to_vec())
 }
 
 fn attention_cases(r: &mut Rng) -> Vec<Case> {
@@ -1420,18 +1395,8 @@ fn layer_norm_cases(r: &mut Rng) -> Vec<Case> {
     configs
         .into_iter()
         .map(|(spec, axis, eps, sizes, offset)| {
-            let o = operand(
-                r,
-                spec,
-                sizes,
-                (offset - 3.0, offset + 3.0),
-                DType::F32,
-                false,
-            );
+            let [o, gamma, beta] = norm_operands(r, spec, sizes, offset, axis);
             let d = o.value.shape[axis];
-            let ds = d.to_string();
-            let gamma = operand(r, &[&ds], &[], (-2.0, 2.0), DType::F32, true);
-            let beta = operand(r, &[&ds], &[], (-1.0, 1.0), DType::F32, true);
             let (xv, g, b) = (&o.value, &gamma.value, &beta.value);
             let stride: usize = xv.shape[axis + 1..].iter().product();
             let want = elementwise(xv.shape.clone(), |idx| {

@@ -8,26 +8,6 @@ use mlc::package::read_package;
 use mlc::proto::specification as spec;
 use std::path::Path;
 
-fn files(pkg: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![pkg.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((
-                    p.strip_prefix(pkg).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn build_from(weights: &Path, out: &Path) {
     build_with(weights, out, |_| {});
 }

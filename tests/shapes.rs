@@ -245,7 +245,7 @@ fn ane_report_flags_what_does_not_fit() {
 #[test]
 fn cli_sizes_layouts_and_bad_input() {
     let dir = out_dir("shapes_cli");
-    let w = taef2_weights().display().to_string();
+    let w = taef2_arg();
     let ok = mlc(
         &[
             "build",
@@ -279,19 +279,11 @@ fn cli_sizes_layouts_and_bad_input() {
     );
 
     let mf = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
+        &taef2_build(
             &w,
-            "--latent-size",
             "32,40",
-            "--multifunction",
-            "--target",
-            "ios18",
-            "-o",
-            "mf.mlpackage",
-        ],
+            &["--multifunction", "--target", "ios18", "-o", "mf.mlpackage"],
+        ),
         &dir,
     );
     assert!(
@@ -353,14 +345,8 @@ fn cli_sizes_layouts_and_bad_input() {
         ),
     ];
     for (args, needle) in bad {
-        let mut all = vec!["build", "flux2", "--weights", &w, "-o", "bad.mlpackage"];
-        all.extend_from_slice(args);
-        let o = mlc(&all, &dir);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        let base = ["build", "flux2", "--weights", &w, "-o", "bad.mlpackage"];
+        assert_refused(&dir, &base, args, needle);
         assert!(
             !dir.join("bad.mlpackage").exists(),
             "{args:?} left output behind"

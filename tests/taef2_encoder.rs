@@ -13,7 +13,6 @@ use mlc::package::read_package;
 use mlc::proto::specification as spec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 /// The fixtures: (name, image [h, w]).
 const FIXTURES: [(&str, [usize; 2]); 3] = [
@@ -69,6 +68,13 @@ fn opts(
     o
 }
 
+/// Builds the encoder for every fixture's size at `out`; returns the package.
+fn build_all_sizes(out: &Path, precision: Precision, io: Option<Precision>) -> PathBuf {
+    build(&opts(out, precision, io, &all_sizes()))
+        .unwrap()
+        .package
+}
+
 fn encode(pkg: &Path, function: &str, image: &Array) -> Array {
     let p = read_package(pkg).unwrap();
     let inputs = BTreeMap::from([("image".to_string(), image.clone())]);
@@ -105,14 +111,7 @@ fn check_all(
 #[test]
 fn fp32_enumerated_matches_pytorch_within_1e_4() {
     let dir = out_dir("taef2_encoder_fp32");
-    let pkg = build(&opts(
-        &dir.join("enc_fp32.mlpackage"),
-        Precision::Fp32,
-        None,
-        &all_sizes(),
-    ))
-    .unwrap()
-    .package;
+    let pkg = build_all_sizes(&dir.join("enc_fp32.mlpackage"), Precision::Fp32, None);
     check_all("fp32", &pkg, |_| "main".into(), |_| FP32_MAX_ABS);
     oracle(&dir);
 }
@@ -124,14 +123,11 @@ fn fp16_enumerated_within_the_reference_tools_error() {
         ("fp16 fp16-io", None),
         ("fp16 fp32-io", Some(Precision::Fp32)),
     ] {
-        let pkg = build(&opts(
+        let pkg = build_all_sizes(
             &dir.join(format!("enc_{}.mlpackage", label.replace(' ', "_"))),
             Precision::Fp16,
             io,
-            &all_sizes(),
-        ))
-        .unwrap()
-        .package;
+        );
         check_all(label, &pkg, |_| "main".into(), fp16_bound);
     }
     oracle(&dir);
@@ -140,14 +136,7 @@ fn fp16_enumerated_within_the_reference_tools_error() {
 #[test]
 fn enumerated_package_lists_every_image_size() {
     let dir = out_dir("taef2_encoder_enumerated");
-    let pkg = build(&opts(
-        &dir.join("enc.mlpackage"),
-        Precision::Fp16,
-        None,
-        &all_sizes(),
-    ))
-    .unwrap()
-    .package;
+    let pkg = build_all_sizes(&dir.join("enc.mlpackage"), Precision::Fp16, None);
     let model = read_package(&pkg).unwrap().model;
     let d = model.description.as_ref().unwrap();
     let array = |f: &spec::FeatureDescription| match f.r#type.as_ref().unwrap().r#type.as_ref() {
@@ -212,26 +201,6 @@ fn multifunction_encodes_every_fixture_with_its_own_function() {
     oracle(&dir);
 }
 
-/// Every file under `dir`, relative path → bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn pth_and_safetensors_give_byte_identical_packages() {
     let dir = out_dir("taef2_encoder_pth");
@@ -247,22 +216,31 @@ fn pth_and_safetensors_give_byte_identical_packages() {
     from_pth.weights = Some(shared("weights/taef2_encoder.pth"));
     let a = files(&build(&from_st).unwrap().package);
     let b = files(&build(&from_pth).unwrap().package);
-    assert!(a.len() >= 3, "{:?}", a.keys());
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (k, v) in &a {
-        assert!(
-            v == &b[k],
-            "{} differs between .pth and .safetensors",
-            k.display()
-        );
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert!(a.len() >= 3, "{:?}", names(&a));
+    assert_eq!(names(&a), names(&b));
+    for ((k, va), (_, vb)) in a.iter().zip(&b) {
+        assert!(va == vb, "{k} differs between .pth and .safetensors");
     }
     oracle(&dir);
 }
 
 // --- The binary: wrong weights, bad sizes, `mlc run` on an encoder. ---
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `build flux2 --part encoder --weights <enc> --image-size <size>`, then `extra`.
+fn encoder_build<'a>(enc: &'a str, size: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "build",
+        "flux2",
+        "--part",
+        "encoder",
+        "--weights",
+        enc,
+        "--image-size",
+        size,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Runs mlc where it must fail with its own one-line error, leaving `dir` as it was.
@@ -292,7 +270,7 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
 fn wrong_part_weights_and_bad_sizes_fail_naming_the_cause() {
     let dir = out_dir("taef2_encoder_errors");
     let enc = encoder_weights().display().to_string();
-    let dec = taef2_weights().display().to_string();
+    let dec = taef2_arg();
 
     let e = fails(
         &dir,
@@ -323,36 +301,12 @@ fn wrong_part_weights_and_bad_sizes_fail_naming_the_cause() {
         )
     );
     // The encoder's image must be a multiple of 8.
-    let e = fails(
-        &dir,
-        &[
-            "build",
-            "flux2",
-            "--part",
-            "encoder",
-            "--weights",
-            &enc,
-            "--image-size",
-            "60",
-        ],
-    );
+    let e = fails(&dir, &encoder_build(&enc, "60", &[]));
     assert!(
         e.contains("--image-size") && e.contains("60x60") && e.contains("multiples of 8"),
         "{e}"
     );
-    let e = fails(
-        &dir,
-        &[
-            "build",
-            "flux2",
-            "--part",
-            "encoder",
-            "--weights",
-            &enc,
-            "--image-size",
-            "64,64x60",
-        ],
-    );
+    let e = fails(&dir, &encoder_build(&enc, "64,64x60", &[]));
     assert!(e.contains("64x60") && e.contains("multiples of 8"), "{e}");
     // No published encoder weights: --weights is required.
     let e = fails(&dir, &["build", "flux2", "--part", "encoder"]);
@@ -417,20 +371,7 @@ fn run_encodes_a_png_or_safetensors_image_into_a_safetensors_latent() {
         ("enc_fp16.mlpackage", "fp16"),
     ] {
         let o = mlc(
-            &[
-                "build",
-                "flux2",
-                "--part",
-                "encoder",
-                "--weights",
-                &enc,
-                "--image-size",
-                "128x192",
-                "--precision",
-                precision,
-                "-o",
-                pkg,
-            ],
+            &encoder_build(&enc, "128x192", &["--precision", precision, "-o", pkg]),
             &dir,
         );
         assert!(o.status.success(), "{}", stderr(&o));
@@ -481,20 +422,8 @@ fn run_encodes_a_png_or_safetensors_image_into_a_safetensors_latent() {
         e.trim_end(),
         "error: latent.png: the model's output \"latent\" is [1, 32, 16, 24], not an image; write it to a .safetensors file"
     );
-    let dec = taef2_weights().display().to_string();
-    let o = mlc(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &dec,
-            "--latent-size",
-            "32",
-            "-o",
-            "dec.mlpackage",
-        ],
-        &dir,
-    );
+    let dec = taef2_arg();
+    let o = mlc(&taef2_build(&dec, "32", &["-o", "dec.mlpackage"]), &dir);
     assert!(o.status.success(), "{}", stderr(&o));
     let e = fails(
         &dir,

@@ -5,16 +5,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn mlc_with_path(args: &[&str], cwd: &Path, path_env: Option<&Path>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
-    c.args(args).current_dir(cwd);
-    if let Some(p) = path_env {
-        c.env("PATH", p);
-    }
-    c.output().unwrap()
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -23,22 +13,10 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn dump_passes_writes_every_stage_in_order() {
     let dir = out_dir("tooling_dump");
-    let w = taef2_weights().display().to_string();
-    let o = mlc_with_path(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "--dump-passes",
-            "dumps",
-            "-o",
-            "m.mlpackage",
-        ],
+    let w = taef2_arg();
+    let o = mlc(
+        &taef2_build(&w, "8", &["--dump-passes", "dumps", "-o", "m.mlpackage"]),
         &dir,
-        None,
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let mut names: Vec<String> = std::fs::read_dir(dir.join("dumps"))
@@ -104,22 +82,10 @@ fn dump_passes_writes_every_stage_in_order() {
 #[test]
 fn timings_and_json_reports() {
     let dir = out_dir("tooling_reports");
-    let w = taef2_weights().display().to_string();
-    let o = mlc_with_path(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "--timings",
-            "--json",
-            "-o",
-            "m.mlpackage",
-        ],
+    let w = taef2_arg();
+    let o = mlc(
+        &taef2_build(&w, "8", &["--timings", "--json", "-o", "m.mlpackage"]),
         &dir,
-        None,
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let err = text(&o.stderr);
@@ -154,7 +120,7 @@ fn timings_and_json_reports() {
 #[test]
 fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
     let dir = out_dir("tooling_compile");
-    let w = taef2_weights().display().to_string();
+    let w = taef2_arg();
     // A stand-in xcrun: records its arguments and makes the .mlmodelc coremlc would.
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -169,20 +135,18 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
     );
 
     let o = mlc_with_path(
-        &[
-            "build",
-            "flux2",
-            "--weights",
+        &taef2_build(
             &w,
-            "--latent-size",
             "8",
-            "-o",
-            "m.mlpackage",
-            "--compile-to",
-            "compiled",
-            "--compiler",
-            "xcrun",
-        ],
+            &[
+                "-o",
+                "m.mlpackage",
+                "--compile-to",
+                "compiled",
+                "--compiler",
+                "xcrun",
+            ],
+        ),
         &dir,
         Some(Path::new(&path)),
     );
@@ -202,19 +166,11 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
     // No xcrun at all: a clear error; the package is still there.
     std::fs::remove_dir_all(dir.join("m.mlpackage")).unwrap();
     let o = mlc_with_path(
-        &[
-            "build",
-            "flux2",
-            "--weights",
+        &taef2_build(
             &w,
-            "--latent-size",
             "8",
-            "-o",
-            "m.mlpackage",
-            "--compile",
-            "--compiler",
-            "xcrun",
-        ],
+            &["-o", "m.mlpackage", "--compile", "--compiler", "xcrun"],
+        ),
         &dir,
         Some(Path::new("/nonexistent")),
     );
@@ -230,24 +186,11 @@ fn compile_runs_xcrun_coremlc_and_fails_clearly_without_it() {
 #[test]
 fn inspect_dot_draws_the_program() {
     let dir = out_dir("tooling_dot");
-    let w = taef2_weights().display().to_string();
-    assert!(mlc_with_path(
-        &[
-            "build",
-            "flux2",
-            "--weights",
-            &w,
-            "--latent-size",
-            "8",
-            "-o",
-            "m.mlpackage"
-        ],
-        &dir,
-        None
-    )
-    .status
-    .success());
-    let o = mlc_with_path(&["inspect", "m.mlpackage", "--dot"], &dir, None);
+    let w = taef2_arg();
+    assert!(mlc(&taef2_build(&w, "8", &["-o", "m.mlpackage"]), &dir)
+        .status
+        .success());
+    let o = mlc(&["inspect", "m.mlpackage", "--dot"], &dir);
     let dot = text(&o.stdout);
     assert!(dot.starts_with("digraph {"), "{dot}");
     assert_eq!(dot.matches(": conv\"").count(), 41);

@@ -1,6 +1,6 @@
 //! Data movement: transpose, tile, nearest-neighbour upsampling.
 
-use super::{coalesce, par_chunks, strides_of, Array};
+use super::{coalesce, next_row, par_chunks, strides_of, Array};
 
 /// Output dims `perm`-uted from the input: `out.shape[i] = x.shape[perm[i]]`.
 ///
@@ -43,15 +43,7 @@ pub fn transpose(x: &Array, perm: &[usize]) -> Array {
                     *o = x.data[base + j * inner_stride];
                 }
             }
-            let mut d = r - 1;
-            while d > 0 {
-                d -= 1;
-                idx[d] += 1;
-                if idx[d] < dims[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
+            next_row(&mut idx, &dims);
         }
     });
     Array { shape, data: out }

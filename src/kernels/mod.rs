@@ -92,6 +92,20 @@ pub(crate) fn strides_of(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// Steps `idx` to the next row of `dims`: the index over every dim but the innermost, in
+/// row-major order (back to all zeros after the last row).
+pub(crate) fn next_row(idx: &mut [usize], dims: &[usize]) {
+    let mut d = dims.len().saturating_sub(1);
+    while d > 0 {
+        d -= 1;
+        idx[d] += 1;
+        if idx[d] < dims[d] {
+            break;
+        }
+        idx[d] = 0;
+    }
+}
+
 /// Merges adjacent dims that every operand walks contiguously, and drops size-1 dims, so that the
 /// innermost loop of a kernel runs as long as possible. `strides[i]` are operand i's element
 /// strides over `dims`. The result always has at least one dim.

@@ -1,6 +1,6 @@
 //! Reductions.
 
-use super::{coalesce, strides_of, Array};
+use super::{coalesce, next_row, strides_of, Array};
 
 /// Mean over `axes` (each `< rank`; duplicates count once). `keep_dims` keeps reduced axes as
 /// size 1. Empty `axes` returns the input unchanged; reducing an empty axis gives NaN, as numpy.
@@ -53,15 +53,7 @@ pub fn reduce_mean(x: &Array, axes: &[usize], keep_dims: bool) -> Array {
                     *a += v as f64;
                 }
             }
-            let mut d = r - 1;
-            while d > 0 {
-                d -= 1;
-                idx[d] += 1;
-                if idx[d] < dims[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
+            next_row(&mut idx, &dims);
         }
     }
     let data = acc.iter().map(|&s| (s / count as f64) as f32).collect();

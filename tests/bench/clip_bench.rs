@@ -110,27 +110,15 @@ impl Arch {
 #[path = "rng.rs"]
 mod rng;
 use rng::Rng;
+#[path = "safetensors_header.rs"]
+mod safetensors_header;
 
 /// Writes the tensors as an fp16 safetensors file, streaming the data.
 fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Fill)>, seed: u64) {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (k, (shape, _)) in tensors {
-        let n = shape.iter().product::<usize>() * 2;
-        header.insert(
-            k.clone(),
-            serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}),
-        );
-        offset += n;
-    }
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let f = std::fs::File::create(path).expect("create weights file");
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-    out.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
-    out.write_all(&h).unwrap();
+    let header = tensors
+        .iter()
+        .map(|(k, (shape, _))| (k.as_str(), "F16", &shape[..], 2));
+    let mut out = safetensors_header::create(path, header);
     let mut rng = Rng(seed);
     let mut buf = Vec::new();
     for (shape, fill) in tensors.values() {

@@ -179,39 +179,16 @@ impl Arch {
 #[path = "rng.rs"]
 mod rng;
 use rng::Rng;
+#[path = "safetensors_header.rs"]
+mod safetensors_header;
 
 /// Writes the tensors as a safetensors file, streaming the data (no whole-file buffer).
 fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Spec>, seed: u64) {
-    let dtype_size = |s: &Spec| {
-        if matches!(s.fill, Fill::Counter) {
-            8
-        } else {
-            4
-        }
-    };
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (k, s) in tensors {
-        let n = s.shape.iter().product::<usize>() * dtype_size(s);
-        let dtype = if matches!(s.fill, Fill::Counter) {
-            "I64"
-        } else {
-            "F32"
-        };
-        header.insert(
-            k.clone(),
-            serde_json::json!({"dtype": dtype, "shape": s.shape, "data_offsets": [offset, offset + n]}),
-        );
-        offset += n;
-    }
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let f = std::fs::File::create(path).expect("create weights file");
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-    out.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
-    out.write_all(&h).unwrap();
+    let header = tensors.iter().map(|(k, s)| match s.fill {
+        Fill::Counter => (k.as_str(), "I64", &s.shape[..], 8),
+        _ => (k.as_str(), "F32", &s.shape[..], 4),
+    });
+    let mut out = safetensors_header::create(path, header);
     let mut rng = Rng(seed);
     let mut buf = Vec::new();
     for s in tensors.values() {

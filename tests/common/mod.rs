@@ -1,14 +1,22 @@
 //! Shared test helpers: paths to ../shared, fixtures, synthetic weights and the coremltools oracle.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod files;
 pub mod round_trip;
+
+// Each test crate uses a different part of these.
+#[allow(unused_imports)]
+pub use cli::*;
+#[allow(unused_imports)]
+pub use files::*;
 
 use mlc::kernels::Array;
 use mlc::tensor::Tensor;
 use mlc::weights::Weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -158,15 +166,6 @@ pub fn compare(out: &Array, reference: &Array) -> mlc::run::Compare {
     mlc::run::compare(out, reference)
 }
 
-/// Runs the mlc binary in `cwd`.
-pub fn mlc(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
-}
-
 /// Writes f32 tensors to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
@@ -248,6 +247,13 @@ pub fn relative_error(out: &Array, reference: &Array) -> f32 {
     diff / peak
 }
 
+/// Prints `what`'s [`relative_error`] and checks that it is at most `tol`.
+pub fn assert_within(what: &str, got: &Array, reference: &Array, tol: f32) {
+    let e = relative_error(got, reference);
+    println!("{what}: relative max error {e:.2e}");
+    assert!(e <= tol, "{what}: {e} > {tol}");
+}
+
 /// Synthetic weights with the diffusers keys and full sizes of the SD VAE decoder (4 latent
 /// channels, block channels 128, 256, 512, 512, two resnets per level plus one, mid-block
 /// attention) and its quant convs, written as f32 safetensors to `path` (about 200 MB): the
@@ -318,6 +324,29 @@ pub fn write_full_size_sd_vae_decoder(path: &Path) {
         })
         .collect();
     write_safetensors(path, &t);
+}
+
+/// Copies `weights` into `dir` and, one `(from, to, needle)` edit at a time, writes the
+/// config.json beside `weights` with `from` replaced by `to` beside the copy: `error(copy)`, the
+/// one-line error of a build of the copy, must name config.json and `needle`. Returns the copy
+/// (its config.json the last edit's).
+pub fn assert_config_edits_named(
+    dir: &Path,
+    weights: &Path,
+    edits: &[(&str, &str, &str)],
+    error: impl Fn(&Path) -> String,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let copy = dir.join(weights.file_name().unwrap());
+    std::fs::copy(weights, &copy).unwrap();
+    let config = std::fs::read_to_string(weights.with_file_name("config.json")).unwrap();
+    for (from, to, needle) in edits {
+        assert!(config.contains(from), "the fixture's config has {from}");
+        std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        let e = error(&copy);
+        assert!(e.contains("config.json") && e.contains(needle), "{e}");
+    }
+    copy
 }
 
 /// The one-line error of a build that must fail, having checked that it wrote nothing at its

@@ -61,6 +61,65 @@ fn empty() -> pb::Value {
     mv::floats_value(&[0], vec![])
 }
 
+/// constexpr_affine_dequantize `dq` of 2x2 uint8 data with these zero point, scale and axis.
+fn affine_dequantize(zp: pb::Value, s: pb::Value, ax: pb::Value) -> Vec<pb::Operation> {
+    vec![
+        konst(
+            "q",
+            mv::raw_bytes_value(pb::DataType::Uint8, &[2, 2], vec![1; 4]),
+        ),
+        konst("zp", zp),
+        konst("s", s),
+        konst("ax", ax),
+        op(
+            "constexpr_affine_dequantize",
+            "dq",
+            &[
+                ("quantized_data", "q"),
+                ("zero_point", "zp"),
+                ("scale", "s"),
+                ("axis", "ax"),
+            ],
+        ),
+    ]
+}
+
+/// quantize `q` of the latent by scale `s` to `dtype`.
+fn quantize(s: pb::Value, dtype: &str) -> Vec<pb::Operation> {
+    vec![
+        konst("s", s),
+        konst("dt", mv::string_value(dtype)),
+        op(
+            "quantize",
+            "q",
+            &[("input", "latent"), ("scale", "s"), ("output_dtype", "dt")],
+        ),
+    ]
+}
+
+/// dequantize `d` of the latent by scale `s` along `ax`.
+fn dequantize(s: pb::Value, ax: pb::Value) -> Vec<pb::Operation> {
+    vec![
+        konst("s", s),
+        konst("ax", ax),
+        op(
+            "dequantize",
+            "d",
+            &[("input", "latent"), ("scale", "s"), ("axis", "ax")],
+        ),
+    ]
+}
+
+/// Binary op `kind` named `out` of a [40000, 1] column and a [1, 40000] row of ones: a result
+/// of 1.6e9 elements.
+fn column_by_row(kind: &str, out: &str) -> Vec<pb::Operation> {
+    vec![
+        konst("a", mv::floats_value(&[40000, 1], vec![1.0; 40000])),
+        konst("b", mv::floats_value(&[1, 40000], vec![1.0; 40000])),
+        op(kind, out, &[("x", "a"), ("y", "b")]),
+    ]
+}
+
 /// Hostile ops put first in the program (they run before anything else).
 fn hostile_cases() -> Vec<(&'static str, Vec<pb::Operation>, &'static str)> {
     let w4 = || mv::floats_value(&[4, 4, 1, 1], vec![0.5; 16]);
@@ -110,42 +169,12 @@ fn hostile_cases() -> Vec<(&'static str, Vec<pb::Operation>, &'static str)> {
         ),
         (
             "dequantize with an empty scale",
-            vec![
-                konst("q", mv::raw_bytes_value(pb::DataType::Uint8, &[2, 2], vec![1; 4])),
-                konst("zp", empty()),
-                konst("s", empty()),
-                konst("ax", scalar(0.0)),
-                op(
-                    "constexpr_affine_dequantize",
-                    "dq",
-                    &[
-                        ("quantized_data", "q"),
-                        ("zero_point", "zp"),
-                        ("scale", "s"),
-                        ("axis", "ax"),
-                    ],
-                ),
-            ],
+            affine_dequantize(empty(), empty(), scalar(0.0)),
             "op dq (constexpr_affine_dequantize): scale [0] / zero_point [0] do not fit",
         ),
         (
             "dequantize with an empty axis",
-            vec![
-                konst("q", mv::raw_bytes_value(pb::DataType::Uint8, &[2, 2], vec![1; 4])),
-                konst("zp", scalar(0.0)),
-                konst("s", scalar(1.0)),
-                konst("ax", empty()),
-                op(
-                    "constexpr_affine_dequantize",
-                    "dq",
-                    &[
-                        ("quantized_data", "q"),
-                        ("zero_point", "zp"),
-                        ("scale", "s"),
-                        ("axis", "ax"),
-                    ],
-                ),
-            ],
+            affine_dequantize(scalar(0.0), scalar(1.0), empty()),
             "op dq (constexpr_affine_dequantize): axis must hold one value, got 0",
         ),
         (
@@ -215,64 +244,32 @@ fn hostile_cases() -> Vec<(&'static str, Vec<pb::Operation>, &'static str)> {
         ),
         (
             "broadcast to 1.6e9 elements",
-            vec![
-                konst("a", mv::floats_value(&[40000, 1], vec![1.0; 40000])),
-                konst("b", mv::floats_value(&[1, 40000], vec![1.0; 40000])),
-                op("add", "s", &[("x", "a"), ("y", "b")]),
-            ],
+            column_by_row("add", "s"),
             "op s (add): a result of shape [40000, 40000] would exceed",
         ),
         (
             "matmul to 1.6e9 elements",
-            vec![
-                konst("a", mv::floats_value(&[40000, 1], vec![1.0; 40000])),
-                konst("b", mv::floats_value(&[1, 40000], vec![1.0; 40000])),
-                op("matmul", "mm", &[("x", "a"), ("y", "b")]),
-            ],
+            column_by_row("matmul", "mm"),
             "op mm (matmul): a result of shape [40000, 40000] would exceed",
         ),
         (
             "quantize with an empty scale",
-            vec![
-                konst("s", empty()),
-                konst("dt", mv::string_value("int8")),
-                op(
-                    "quantize",
-                    "q",
-                    &[("input", "latent"), ("scale", "s"), ("output_dtype", "dt")],
-                ),
-            ],
+            quantize(empty(), "int8"),
             "op q (quantize): scale and zero_point must be scalars without an axis",
         ),
         (
             "quantize to int4",
-            vec![
-                konst("s", scalar(1.0)),
-                konst("dt", mv::string_value("int4")),
-                op(
-                    "quantize",
-                    "q",
-                    &[("input", "latent"), ("scale", "s"), ("output_dtype", "dt")],
-                ),
-            ],
+            quantize(scalar(1.0), "int4"),
             "op q (quantize): output_dtype \"int4\" is not int8 or uint8",
         ),
         (
             "dequantize with an axis past the rank",
-            vec![
-                konst("s", mv::floats_value(&[4], vec![1.0; 4])),
-                konst("ax", scalar(9.0)),
-                op("dequantize", "d", &[("input", "latent"), ("scale", "s"), ("axis", "ax")]),
-            ],
+            dequantize(mv::floats_value(&[4], vec![1.0; 4]), scalar(9.0)),
             "op d (dequantize): axis 9 out of range for [1, 4, 4, 4]",
         ),
         (
             "dequantize with a scale vector of the wrong length",
-            vec![
-                konst("s", mv::floats_value(&[3], vec![1.0; 3])),
-                konst("ax", scalar(1.0)),
-                op("dequantize", "d", &[("input", "latent"), ("scale", "s"), ("axis", "ax")]),
-            ],
+            dequantize(mv::floats_value(&[3], vec![1.0; 3]), scalar(1.0)),
             "op d (dequantize): scale [3] and zero_point must have 4 values along axis 1",
         ),
     ]

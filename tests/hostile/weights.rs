@@ -41,6 +41,45 @@ fn write_pth(dir: &Path, name: &str, pickle: &[u8], storages: &[(&str, &[u8])]) 
     path
 }
 
+/// A checkpoint pickle whose one tensor, "1.weight", views the single float of storage "0" with
+/// `size` and `stride`: stride 0 makes it as large as `size` says.
+fn one_float_pickle(size: Vec<u32>, stride: Vec<u32>) -> Vec<u8> {
+    state_dict_pickle(&[Entry {
+        key: "1.weight".into(),
+        storage: "0",
+        numel: 1,
+        offset: 0,
+        size,
+        stride,
+    }])
+}
+
+/// Writes `bomb.pth` to `dir`, one float viewed as `size` (strides 0), and returns the taesd
+/// build of it.
+fn bomb_build(dir: &Path, size: Vec<u32>) -> [&'static str; 6] {
+    let pickle = one_float_pickle(size, vec![0, 0]);
+    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
+    [
+        "build",
+        "taesd",
+        "--weights",
+        "bomb.pth",
+        "-o",
+        "o.mlpackage",
+    ]
+}
+
+/// The one-line error of `args` run in `dir` (where only bomb.pth may stay) with the weight
+/// budget `budget`.
+fn fails_within(dir: &Path, args: &[&str], budget: &str) -> String {
+    fails(
+        dir,
+        &["bomb.pth"],
+        args,
+        &[("MLC_MAX_WEIGHT_BYTES", budget)],
+    )
+}
+
 fn load_err(path: &Path) -> String {
     let t = Instant::now();
     let e = Weights::load(path).unwrap_err().to_string();
@@ -58,16 +97,7 @@ fn load_err(path: &Path) -> String {
 #[test]
 fn pth_stride_zero_expansion_hits_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let bomb = |size: Vec<u32>, stride: Vec<u32>| {
-        state_dict_pickle(&[Entry {
-            key: "1.weight".into(),
-            storage: "0",
-            numel: 1,
-            offset: 0,
-            size,
-            stride,
-        }])
-    };
+    let bomb = one_float_pickle;
     let one = 1.5f32.to_le_bytes();
     let p = write_pth(
         tmp.path(),
@@ -179,41 +209,15 @@ fn pth_pickle_bombs_are_refused() {
 fn cli_budget_error_and_override() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pickle = state_dict_pickle(&[Entry {
-        key: "1.weight".into(),
-        storage: "0",
-        numel: 1,
-        offset: 0,
-        size: vec![1 << 12, 1 << 12],
-        stride: vec![0, 0],
-    }]);
-    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
-    let args = [
-        "build",
-        "taesd",
-        "--weights",
-        "bomb.pth",
-        "-o",
-        "o.mlpackage",
-    ];
-    let e = fails(
-        dir,
-        &["bomb.pth"],
-        &args,
-        &[("MLC_MAX_WEIGHT_BYTES", "32M")],
-    );
+    let args = bomb_build(dir, vec![1 << 12, 1 << 12]);
+    let e = fails_within(dir, &args, "32M");
     assert!(
         e.contains("bomb.pth") && e.contains("tensor \"1.weight\"") && e.contains("budget"),
         "{e}"
     );
-    let e = fails(dir, &["bomb.pth"], &args, &[("MLC_MAX_WEIGHT_BYTES", "1G")]);
+    let e = fails_within(dir, &args, "1G");
     assert!(!e.contains("budget") && e.contains("\"1.weight\""), "{e}");
-    let e = fails(
-        dir,
-        &["bomb.pth"],
-        &args,
-        &[("MLC_MAX_WEIGHT_BYTES", "lots")],
-    );
+    let e = fails_within(dir, &args, "lots");
     assert!(e.contains("MLC_MAX_WEIGHT_BYTES=\"lots\""), "{e}");
 
     // Real weights within a budget too small for them.
@@ -221,18 +225,13 @@ fn cli_budget_error_and_override() {
     let real = real.to_str().unwrap();
     let args = ["build", "flux2", "--weights", real, "-o", "o.mlpackage"];
     // The file (2.7 MB of fp16) fits, its f32 tensors (5.4 MB) do not.
-    let e = fails(dir, &["bomb.pth"], &args, &[("MLC_MAX_WEIGHT_BYTES", "4M")]);
+    let e = fails_within(dir, &args, "4M");
     assert!(
         e.contains("taef2_decoder.pth") && e.contains("tensor \"") && e.contains("budget"),
         "{e}"
     );
     // Below the file's own size, the file is not even read.
-    let e = fails(
-        dir,
-        &["bomb.pth"],
-        &args,
-        &[("MLC_MAX_WEIGHT_BYTES", "100000")],
-    );
+    let e = fails_within(dir, &args, "100000");
     assert!(
         e.ends_with(
             "file is 2704756 bytes, more than the 100000 allowed (set MLC_MAX_WEIGHT_BYTES to \
@@ -250,31 +249,10 @@ fn cli_budget_error_and_override() {
 fn twenty_gib_bomb_fails_cleanly_in_a_bounded_address_space() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let pickle = state_dict_pickle(&[Entry {
-        key: "1.weight".into(),
-        storage: "0",
-        numel: 1,
-        offset: 0,
-        size: vec![5 << 10, 1 << 20],
-        stride: vec![0, 0],
-    }]);
-    write_pth(dir, "bomb.pth", &pickle, &[("0", &[0u8; 4])]);
-    let args = [
-        "build",
-        "taesd",
-        "--weights",
-        "bomb.pth",
-        "-o",
-        "o.mlpackage",
-    ];
+    let args = bomb_build(dir, vec![5 << 10, 1 << 20]);
     let e = fails(dir, &["bomb.pth"], &args, &[]);
     assert!(e.contains("\"1.weight\"") && e.contains("budget"), "{e}");
-    let e = fails(
-        dir,
-        &["bomb.pth"],
-        &args,
-        &[("MLC_MAX_WEIGHT_BYTES", "32G")],
-    );
+    let e = fails_within(dir, &args, "32G");
     assert!(
         e.contains("\"1.weight\"") && e.contains("cannot allocate 21474836480 bytes"),
         "{e}"

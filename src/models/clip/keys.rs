@@ -7,6 +7,7 @@
 //! the same under a single-file checkpoint's prefix (`cond_stage_model.transformer.` in SD 1.x,
 //! `conditioner.embedders.0.transformer.` in SDXL). The builder reads keys without the prefix.
 
+use crate::weights::WeightFile;
 use std::collections::BTreeMap;
 
 /// The key whose suffix locates the text model in a file.
@@ -102,6 +103,51 @@ impl Layout {
         }
         k.strip_prefix(&self.prefix).map(str::to_string)
     }
+
+    /// The shapes of the tower's float tensors in `store`, under the builder's keys.
+    pub fn shapes(&self, store: &WeightFile) -> BTreeMap<String, Vec<usize>> {
+        store
+            .tensors()
+            .iter()
+            .filter(|(_, i)| i.dtype.is_float())
+            .filter_map(|(k, i)| Some((self.model_key(k)?, i.shape.clone())))
+            .collect()
+    }
+}
+
+/// The shape of the tensor the builder names `k` (text and image alike).
+pub fn shape_of<'s>(
+    shapes: &'s BTreeMap<String, Vec<usize>>,
+    k: &str,
+) -> Result<&'s [usize], String> {
+    shapes
+        .get(k)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("missing tensor \"{k}\""))
+}
+
+/// The two dimensions of the matrix the builder names `k` (text and image alike).
+pub fn matrix_of(shapes: &BTreeMap<String, Vec<usize>>, k: &str) -> Result<(usize, usize), String> {
+    match *shape_of(shapes, k)? {
+        [a, b] => Ok((a, b)),
+        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
+    }
+}
+
+/// How many encoder layers the builder's keys `shapes` hold, counting from 0 up to the first
+/// missing one (text and image alike).
+pub fn layer_count(shapes: &BTreeMap<String, Vec<usize>>) -> Result<usize, String> {
+    let mut layers = 0;
+    while shapes
+        .keys()
+        .any(|k| k.starts_with(&format!("encoder.layers.{layers}.")))
+    {
+        layers += 1;
+    }
+    if layers == 0 {
+        return Err("no \"encoder.layers.0.*\" tensors".into());
+    }
+    Ok(layers)
 }
 
 /// The activation of the MLP.
@@ -145,15 +191,7 @@ pub fn detect(
     heads: usize,
     activation: Activation,
 ) -> Result<Config, String> {
-    let shape = |k: &str| {
-        shapes
-            .get(k)
-            .ok_or_else(|| format!("missing tensor \"{k}\""))
-    };
-    let matrix = |k: &str| match shape(k)?[..] {
-        [a, b] => Ok((a, b)),
-        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
-    };
+    let matrix = |k: &str| matrix_of(shapes, k);
     let (vocab, hidden) = matrix(TOKEN_EMBEDDING)?;
     let (positions, d) = matrix(POSITION_EMBEDDING)?;
     if d != hidden {
@@ -161,16 +199,7 @@ pub fn detect(
             "\"{POSITION_EMBEDDING}\" is [{positions}, {d}] but the token embedding has {hidden} channels"
         ));
     }
-    let mut layers = 0;
-    while shapes
-        .keys()
-        .any(|k| k.starts_with(&format!("encoder.layers.{layers}.")))
-    {
-        layers += 1;
-    }
-    if layers == 0 {
-        return Err("no \"encoder.layers.0.*\" tensors".into());
-    }
+    let layers = layer_count(shapes)?;
     let (intermediate, _) = matrix("encoder.layers.0.mlp.fc1.weight")?;
     let projection = match shapes.get(PROJECTION) {
         Some(_) => Some(matrix(PROJECTION)?.0),
@@ -205,32 +234,19 @@ pub fn check_heads(cfg: &Config) -> Result<(), String> {
 /// Applies `config.json`'s heads, epsilon and activation and checks its sizes against the
 /// tensors': the reason names the first field that disagrees.
 pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), String> {
-    let int = |field: &str| -> Result<Option<usize>, String> {
-        match json.get(field) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| format!("{field} is {v}, not a whole number")),
-        }
-    };
-    let checks: [(&str, usize); 5] = [
-        ("hidden_size", cfg.hidden),
-        ("intermediate_size", cfg.intermediate),
-        ("num_hidden_layers", cfg.layers),
-        ("vocab_size", cfg.vocab),
-        ("max_position_embeddings", cfg.positions),
-    ];
-    for (field, have) in checks {
-        if let Some(n) = int(field)? {
-            if n != have {
-                return Err(format!("{field} is {n} but the tensors give {have}"));
-            }
-        }
-    }
+    check_sizes(
+        json,
+        &[
+            ("hidden_size", cfg.hidden),
+            ("intermediate_size", cfg.intermediate),
+            ("num_hidden_layers", cfg.layers),
+            ("vocab_size", cfg.vocab),
+            ("max_position_embeddings", cfg.positions),
+        ],
+    )?;
     // CLIPTextModel's config names a projection_dim its weights do not have; only a model with
     // a projection is held to it.
-    if let (Some(p), Some(n)) = (cfg.projection, int("projection_dim")?) {
+    if let (Some(p), Some(n)) = (cfg.projection, config_int(json, "projection_dim")?) {
         if n != p {
             return Err(format!("projection_dim is {n} but the tensors give {p}"));
         }
@@ -242,6 +258,31 @@ pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), St
         &mut cfg.epsilon,
         &mut cfg.activation,
     )
+}
+
+/// config.json's whole number `field`, where it has one (text and image alike).
+pub fn config_int(json: &serde_json::Value, field: &str) -> Result<Option<usize>, String> {
+    match json.get(field) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{field} is {v}, not a whole number")),
+    }
+}
+
+/// Refuses the first of `checks` (a config.json field, and the size the tensors give) that
+/// config.json has with another value (text and image alike).
+pub fn check_sizes(json: &serde_json::Value, checks: &[(&str, usize)]) -> Result<(), String> {
+    for &(field, have) in checks {
+        if let Some(n) = config_int(json, field)? {
+            if n != have {
+                return Err(format!("{field} is {n} but the tensors give {have}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What config.json says about the encoder layers (text and image alike): heads (which must

@@ -34,7 +34,6 @@ use crate::tensor::DType;
 use crate::weights::{WeightFile, Weights};
 use keys::{Activation, Config, Layout as Keys};
 use layout::Layout;
-use std::collections::BTreeMap;
 use std::path::Path;
 use transformer::{feature, layer, Encoder};
 
@@ -95,12 +94,7 @@ impl Clip {
         };
         let layout =
             Keys::find(store.tensors().keys().map(String::as_str), &keys::TEXT).map_err(wrong)?;
-        let shapes: BTreeMap<String, Vec<usize>> = store
-            .tensors()
-            .iter()
-            .filter(|(_, i)| i.dtype.is_float())
-            .filter_map(|(k, i)| Some((layout.model_key(k)?, i.shape.clone())))
-            .collect();
+        let shapes = layout.shapes(store);
         let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(wrong)?;
         match (self.projection, cfg.projection.is_some()) {
             (true, false) => {
@@ -121,13 +115,13 @@ impl Clip {
             }
             _ => {}
         }
-        if let Some((at, json)) = text_config(path)? {
-            keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
-                file: at,
-                reason: format!("disagrees with {file}: {r}"),
-            })?;
-        }
-        keys::check_heads(&cfg).map_err(wrong)?;
+        configure_tower(
+            &mut cfg,
+            path,
+            TEXT_CONFIG,
+            keys::apply_config,
+            keys::check_heads,
+        )?;
         Ok((layout, cfg))
     }
 
@@ -139,23 +133,19 @@ impl Clip {
             .iter()
             .map(|(k, t)| (k.clone(), t.shape.clone()))
             .collect();
-        let file = weights.path.display().to_string();
         let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(|reason| {
             ModelError::WrongModel {
-                file: file.clone(),
+                file: weights.path.display().to_string(),
                 reason,
             }
         })?;
-        if let Some((at, json)) = text_config(&weights.path)? {
-            keys::apply_config(&mut cfg, &json).map_err(|reason| ModelError::WrongModel {
-                file: at,
-                reason: format!("disagrees with {file}: {reason}"),
-            })?;
-        }
-        keys::check_heads(&cfg).map_err(|reason| ModelError::WrongModel {
-            file: file.clone(),
-            reason,
-        })?;
+        configure_tower(
+            &mut cfg,
+            &weights.path,
+            TEXT_CONFIG,
+            keys::apply_config,
+            keys::check_heads,
+        )?;
         Ok(cfg)
     }
 
@@ -229,18 +219,35 @@ impl Clip {
     }
 }
 
-/// The text model's config in the `config.json` beside `weights` (path for messages, JSON): a
-/// `CLIPTextConfig`, or a `CLIPConfig`'s `text_config`; None when there is none (or it describes
-/// another model, as a pipeline folder's might).
-fn text_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, ModelError> {
-    let Some((at, json)) = super::config_beside(weights)? else {
-        return Ok(None);
-    };
-    Ok(match json.get("model_type").and_then(|v| v.as_str()) {
-        Some("clip_text_model") => Some((at, json)),
-        Some("clip") => json.get("text_config").cloned().map(|t| (at, t)),
-        _ => None,
-    })
+/// The text model's config: a `CLIPTextConfig`, or a `CLIPConfig`'s `text_config`.
+const TEXT_CONFIG: (&str, &str) = ("clip_text_model", "text_config");
+
+/// Applies one tower's config (`model_type` and the key of it in a `CLIPConfig`) from the
+/// `config.json` beside `weights` to `cfg` with `apply`, then checks the head count with `heads`:
+/// what the text and image encoders both do after reading their sizes from the tensors. A
+/// config.json that describes another model (as a pipeline folder's might) is passed over.
+pub(crate) fn configure_tower<C>(
+    cfg: &mut C,
+    weights: &Path,
+    (model_type, key): (&str, &str),
+    apply: fn(&mut C, &serde_json::Value) -> Result<(), String>,
+    heads: fn(&C) -> Result<(), String>,
+) -> Result<(), ModelError> {
+    let file = weights.display().to_string();
+    if let Some((at, json)) = super::config_beside(weights)? {
+        let tower = match json.get("model_type").and_then(|v| v.as_str()) {
+            Some(t) if t == model_type => Some(json),
+            Some("clip") => json.get(key).cloned(),
+            _ => None,
+        };
+        if let Some(json) = tower {
+            apply(cfg, &json).map_err(|r| ModelError::WrongModel {
+                file: at,
+                reason: format!("disagrees with {file}: {r}"),
+            })?;
+        }
+    }
+    heads(cfg).map_err(|reason| ModelError::WrongModel { file, reason })
 }
 
 impl Model for Clip {

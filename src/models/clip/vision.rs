@@ -52,12 +52,7 @@ impl ClipVision {
         };
         let layout =
             Keys::find(store.tensors().keys().map(String::as_str), &keys::IMAGE).map_err(wrong)?;
-        let shapes: BTreeMap<String, Vec<usize>> = store
-            .tensors()
-            .iter()
-            .filter(|(_, i)| i.dtype.is_float())
-            .filter_map(|(k, i)| Some((layout.model_key(k)?, i.shape.clone())))
-            .collect();
+        let shapes = layout.shapes(store);
         configure(path, &shapes)?;
         Ok(layout)
     }
@@ -180,33 +175,19 @@ impl ClipVision {
 
 /// The sizes `shapes` give, with config.json's beside `weights` applied and checked.
 fn configure(weights: &Path, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, ModelError> {
-    let file = weights.display().to_string();
-    let wrong = |reason: String| ModelError::WrongModel {
-        file: file.clone(),
+    let mut cfg = keys::detect(shapes).map_err(|reason| ModelError::WrongModel {
+        file: weights.display().to_string(),
         reason,
-    };
-    let mut cfg = keys::detect(shapes).map_err(wrong)?;
-    if let Some((at, json)) = vision_config(weights)? {
-        keys::apply_config(&mut cfg, &json).map_err(|r| ModelError::WrongModel {
-            file: at,
-            reason: format!("disagrees with {file}: {r}"),
-        })?;
-    }
-    keys::check_heads(&cfg).map_err(wrong)?;
+    })?;
+    // A `CLIPVisionConfig`, or a `CLIPConfig`'s `vision_config`.
+    super::configure_tower(
+        &mut cfg,
+        weights,
+        ("clip_vision_model", "vision_config"),
+        keys::apply_config,
+        keys::check_heads,
+    )?;
     Ok(cfg)
-}
-
-/// The image model's config in the `config.json` beside `weights`: a `CLIPVisionConfig`, or a
-/// `CLIPConfig`'s `vision_config`; None when there is none or it describes another model.
-fn vision_config(weights: &Path) -> Result<Option<(String, serde_json::Value)>, ModelError> {
-    let Some((at, json)) = crate::models::config_beside(weights)? else {
-        return Ok(None);
-    };
-    Ok(match json.get("model_type").and_then(|v| v.as_str()) {
-        Some("clip_vision_model") => Some((at, json)),
-        Some("clip") => json.get("vision_config").cloned().map(|v| (at, v)),
-        _ => None,
-    })
 }
 
 impl Model for ClipVision {

@@ -65,15 +65,8 @@ impl Config {
 /// Sizes from the tensors' shapes (keys as the builder names them); heads, epsilon and the
 /// activation are defaults (64-channel heads, 1e-5, quick_gelu) that `config.json` may override.
 pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, String> {
-    let shape = |k: &str| {
-        shapes
-            .get(k)
-            .ok_or_else(|| format!("missing tensor \"{k}\""))
-    };
-    let matrix = |k: &str| match shape(k)?[..] {
-        [a, b] => Ok((a, b)),
-        ref s => Err(format!("\"{k}\" has shape {s:?}, expected 2 dimensions")),
-    };
+    let shape = |k: &str| super::keys::shape_of(shapes, k);
+    let matrix = |k: &str| super::keys::matrix_of(shapes, k);
     let (hidden, patch) = match shape(PATCH_EMBEDDING)?[..] {
         [d, 3, p, q] if p == q && p > 0 && d > 0 => (d, p),
         ref s => {
@@ -111,16 +104,7 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Config, String> {
     let image = grid
         .checked_mul(patch)
         .ok_or_else(|| format!("{grid} patches of {patch} pixels overflow"))?;
-    let mut layers = 0;
-    while shapes
-        .keys()
-        .any(|k| k.starts_with(&format!("encoder.layers.{layers}.")))
-    {
-        layers += 1;
-    }
-    if layers == 0 {
-        return Err("no \"encoder.layers.0.*\" tensors".into());
-    }
+    let layers = super::keys::layer_count(shapes)?;
     let (intermediate, _) = matrix("encoder.layers.0.mlp.fc1.weight")?;
     let projection = match shapes.get(PROJECTION) {
         Some(_) => matrix(PROJECTION)?.0,
@@ -160,39 +144,29 @@ pub fn check_heads(cfg: &Config) -> Result<(), String> {
 /// Applies `config.json`'s heads, epsilon and activation and checks its sizes against the
 /// tensors': the reason names the first field that disagrees.
 pub fn apply_config(cfg: &mut Config, json: &serde_json::Value) -> Result<(), String> {
-    let int = |field: &str| -> Result<Option<usize>, String> {
-        match json.get(field) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| format!("{field} is {v}, not a whole number")),
-        }
-    };
-    if let (Some(image), Some(patch)) = (int("image_size")?, int("patch_size")?) {
+    use super::keys::config_int;
+    if let (Some(image), Some(patch)) = (
+        config_int(json, "image_size")?,
+        config_int(json, "patch_size")?,
+    ) {
         if patch == 0 || image % patch != 0 {
             return Err(format!(
                 "image_size {image} is not a multiple of patch_size {patch}"
             ));
         }
     }
-    let checks: [(&str, usize); 7] = [
-        ("image_size", cfg.image),
-        ("patch_size", cfg.patch),
-        ("hidden_size", cfg.hidden),
-        ("intermediate_size", cfg.intermediate),
-        ("num_hidden_layers", cfg.layers),
-        ("projection_dim", cfg.projection),
-        ("num_channels", 3),
-    ];
-    for (field, have) in checks {
-        if let Some(n) = int(field)? {
-            if n != have {
-                return Err(format!("{field} is {n} but the tensors give {have}"));
-            }
-        }
-    }
+    super::keys::check_sizes(
+        json,
+        &[
+            ("image_size", cfg.image),
+            ("patch_size", cfg.patch),
+            ("hidden_size", cfg.hidden),
+            ("intermediate_size", cfg.intermediate),
+            ("num_hidden_layers", cfg.layers),
+            ("projection_dim", cfg.projection),
+            ("num_channels", 3),
+        ],
+    )?;
     super::keys::apply_layer_config(
         json,
         cfg.hidden,
