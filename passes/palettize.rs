@@ -7,7 +7,7 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(palettized, 4-bit, 1 table(s) of fp16)
 //! ```
 
-use super::calibrated::{self, Calibrated};
+use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
 use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::compress::output_aware;
@@ -22,8 +22,9 @@ pub struct Palettize {
     /// Output channels per table; `None` for one table per tensor.
     pub group_size: Option<usize>,
     pub min_elements: usize,
-    /// Calibration statistics of the convs' inputs: their weights get tables fitted to the
-    /// layer's output ([`output_aware`]) and bias correction; other constants stay data-free.
+    /// Calibration statistics of the layers' inputs: the weights of convs and matmuls they
+    /// cover get tables fitted to the layer's output ([`output_aware`]) and bias correction;
+    /// other constants stay data-free.
     pub calibrated: Option<Calibrated>,
 }
 
@@ -36,14 +37,21 @@ impl Pass for Palettize {
         let k = 1usize << self.bits;
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
+        let fitted = match &self.calibrated {
+            Some(c) => c.fitted(&nodes, &uses),
+            None => Default::default(),
+        };
+        // A weight stored transposed has its tables' groups across its inputs, not its
+        // outputs: fitted only with one table for the whole tensor.
+        let fits = |f: &Fitted| !f.layer.transposed || self.group_size.is_none();
         let (calibrated, chosen): (Vec<usize>, Vec<usize>) = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
-            .partition(|&i| self.layer(i).is_some());
+            .partition(|i| fitted.get(i).is_some_and(fits));
         for i in calibrated {
-            self.palettize_calibrated(&mut nodes, &uses, i)?;
+            self.palettize_calibrated(&mut nodes, &uses, &fitted[&i])?;
         }
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
         // while it is clustered, so a large model is not held a second time in f32. Whole
@@ -106,27 +114,23 @@ impl Pass for Palettize {
 }
 
 impl Palettize {
-    /// The calibration statistics of constant `i`, if it is a conv weight they cover.
-    fn layer(&self, i: usize) -> Option<&crate::calibrate::layer_inputs::LayerInput> {
-        self.calibrated.as_ref()?.layer(i)
-    }
-
-    /// Tables for conv weight `i` fitted to the conv's output on the calibration set, and the
-    /// output shift they leave folded into the conv's bias.
+    /// Tables for the weight of `fit` fitted to its layer's output on the calibration set, and
+    /// the output shift they leave folded into the layer's bias.
     fn palettize_calibrated(
         &self,
         nodes: &mut [Node],
         uses: &[usize],
-        i: usize,
+        fit: &Fitted,
     ) -> Result<(), IrError> {
         let cal = self.calibrated.as_ref().expect("chosen for its statistics");
-        let layer = cal.layer(i).expect("chosen for its statistics");
-        let v = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
-        finite(&nodes[i].name, "palettize", &v)?;
+        let (layer, input) = (&fit.layer, fit.input);
+        let i = layer.weight.index();
+        let stored = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
+        finite(&nodes[i].name, "palettize", &stored)?;
         let shape = nodes[i].ty.known_shape().unwrap_or_default();
-        let rows = shape.first().copied().unwrap_or(0);
+        let rows = layer.rows;
         let group_rows = self.group_size.unwrap_or(rows);
-        if rows == 0 || group_rows == 0 || rows % group_rows != 0 || v.len() != rows * layer.dim {
+        if group_rows == 0 || rows % group_rows != 0 || stored.len() != rows * layer.dim {
             return Err(IrError::Type {
                 node: nodes[i].name.clone(),
                 op: "palettize",
@@ -135,8 +139,9 @@ impl Palettize {
                 ),
             });
         }
-        let data = layer.data();
-        let palettes = output_aware::palettize(
+        let v = layer.to_rows(&stored);
+        let data = input.data();
+        let mut palettes = output_aware::palettize(
             &v,
             rows,
             layer.dim,
@@ -146,10 +151,18 @@ impl Palettize {
             &data,
             cal.steps,
         );
-        let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
-        if let Some(b) = calibrated::bias_of(nodes, uses, i).filter(|_| cal.steps.bias_correction) {
-            let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
-            calibrated::add_shift(nodes, b, &shift);
+        if cal.steps.bias_correction {
+            if let Some(b) = layer.bias(nodes, uses) {
+                let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
+                let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
+                calibrated::add_shift(nodes, b, &shift);
+            }
+        }
+        if layer.transposed {
+            // One table (checked by the caller): only the indices move.
+            for p in &mut palettes {
+                p.indices = layer.to_stored(&p.indices);
+            }
         }
         nodes[i].op = self.table(&nodes[i], palettes);
         Ok(())

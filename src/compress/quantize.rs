@@ -71,6 +71,28 @@ impl Quantized {
         }
     }
 
+    /// The quantization of a matrix's transpose: codes, scales and zero points transposed
+    /// alike; `None` unless it has rank 2.
+    pub fn transposed(&self) -> Option<Quantized> {
+        let (&[r, c], &[sr, sc]) = (self.shape.as_slice(), self.scale_shape.as_slice()) else {
+            return None;
+        };
+        use crate::tensor::transpose as t;
+        let data = match &self.data {
+            QuantData::Symmetric(q) => QuantData::Symmetric(t(q, r, c)),
+            QuantData::Affine { data, zero_point } => QuantData::Affine {
+                data: t(data, r, c),
+                zero_point: t(zero_point, sr, sc),
+            },
+        };
+        Some(Quantized {
+            shape: vec![c, r],
+            scale_shape: vec![sc, sr],
+            scale: t(&self.scale, sr, sc),
+            data,
+        })
+    }
+
     /// Reconstructs the values as Core ML does (f32 arithmetic).
     pub fn dequantize(&self) -> Vec<f32> {
         let block = self.block_sizes();
