@@ -192,4 +192,46 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A linear layer whose weight is stored `[in, out]`: its codes are re-rounded as the
+    /// `[out, in]` rows it multiplies with (scales transposed along), the package's constant
+    /// keeps the stored shape, and the layer's output moves less than with rounding to nearest.
+    #[test]
+    fn transposed_matmul_weights_are_fitted_to_the_output() {
+        use crate::calibrate::layer_inputs;
+        use crate::ir::eval::evaluate;
+        use crate::passes::calibrated::Calibrated;
+        use crate::passes::testing::{linear, token_calibration, tokens};
+        use std::sync::Arc;
+        let (g, wi, _) = linear(&random(&[24, 40], 5, 0.5), true);
+        let layers = Arc::new(layer_inputs::collect(&g, &token_calibration(4), false).unwrap());
+        let pass = |calibrated| Quantize {
+            mode: Mode::Int8,
+            block_size: None,
+            min_elements: 100,
+            calibrated,
+        };
+        let fitted = pass(Some(Calibrated::new(layers))).run(g.clone()).unwrap();
+        let free = pass(None).run(g.clone()).unwrap();
+        verify(&fitted).unwrap();
+        assert!(
+            print(&fitted).contains("fp32[40,24] = const(int8, scales [40, 1] of fp32)"),
+            "{}",
+            print(&fitted)
+        );
+        assert_ne!(fitted.node_slice()[wi], free.node_slice()[wi]);
+        let x = BTreeMap::from([("x".to_string(), tokens(9))]);
+        let want = &evaluate(&g, &x).unwrap()["z"];
+        let err = |h: &Graph| {
+            let out = &evaluate(h, &x).unwrap()["z"];
+            out.data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>()
+        };
+        let (e_fitted, e_free) = (err(&fitted), err(&free));
+        // Measured: 0.62 of the data-free error.
+        assert!(e_fitted < 0.75 * e_free, "{e_fitted} vs {e_free}");
+    }
 }

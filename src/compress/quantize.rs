@@ -467,4 +467,31 @@ mod tests {
     fn blockwise_rejects_uneven_blocks() {
         quantize_blockwise_i8(&[0.0; 12], &[2, 6], 4, ScaleType::F32);
     }
+
+    /// Transposing the quantization (codes, scales, zero points) transposes the values it
+    /// stands for, per channel and per block, symmetric and affine.
+    #[test]
+    fn transposed_quantization_dequantizes_to_the_transpose() {
+        let shape = [6, 8];
+        let v = sample(&shape, 7);
+        for q in [
+            quantize_per_channel_i8(&v, &shape, ScaleType::F32),
+            quantize_per_channel_u8(&v, &shape, ScaleType::F16),
+            quantize_blockwise_i8(&v, &shape, 4, ScaleType::F32),
+        ] {
+            let t = q.transposed().unwrap();
+            assert_eq!(
+                (t.shape.clone(), t.scale_shape[0]),
+                (vec![8, 6], q.scale_shape[1])
+            );
+            assert_eq!(
+                t.dequantize(),
+                crate::tensor::transpose(&q.dequantize(), 6, 8)
+            );
+            assert_eq!(t.transposed().unwrap(), q);
+        }
+        let mut q = quantize_per_channel_i8(&v, &shape, ScaleType::F32);
+        q.shape = vec![2, 3, 8];
+        assert_eq!(q.transposed(), None);
+    }
 }
