@@ -11,8 +11,12 @@ use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
 use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::compress::output_aware;
+use crate::compress::parallel::parallel_map;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::tensor::{DType, Tensor};
+
+/// A calibrated weight's tables, and its layer's bias with the shift to add to it.
+type LayerTables = (Vec<Palette>, Option<(usize, Vec<f64>)>);
 
 /// Elements clustered per batch (64 MiB of f32 values, plus their indices).
 const BATCH_ELEMENTS: usize = 16 << 20;
@@ -50,8 +54,21 @@ impl Pass for Palettize {
             .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
             .partition(|i| fitted.get(i).is_some_and(fits));
-        for i in calibrated {
-            self.palettize_calibrated(&mut nodes, &uses, &fitted[&i])?;
+        // Each layer's fit is independent of the others' (the statistics are the float
+        // model's): on every core, then applied in graph order.
+        let fits: Vec<&Fitted> = calibrated.iter().map(|i| &fitted[i]).collect();
+        let tables = parallel_map(
+            &fits,
+            |f| f.layer.rows * f.layer.dim,
+            |f| self.fit_tables(&nodes, &uses, f),
+        );
+        for (f, t) in fits.iter().zip(tables) {
+            let (palettes, shift) = t?;
+            if let Some((b, shift)) = shift {
+                calibrated::add_shift(&mut nodes, b, &shift);
+            }
+            let i = f.layer.weight.index();
+            nodes[i].op = self.table(&nodes[i], palettes);
         }
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
         // while it is clustered, so a large model is not held a second time in f32. Whole
@@ -114,14 +131,15 @@ impl Pass for Palettize {
 }
 
 impl Palettize {
-    /// Tables for the weight of `fit` fitted to its layer's output on the calibration set, and
-    /// the output shift they leave folded into the layer's bias.
-    fn palettize_calibrated(
+    /// Tables for the weight of `fit` fitted to its layer's output on the calibration set (in
+    /// the weight's stored order), and the layer's bias with the output shift they leave, to
+    /// fold into it.
+    fn fit_tables(
         &self,
-        nodes: &mut [Node],
+        nodes: &[Node],
         uses: &[usize],
         fit: &Fitted,
-    ) -> Result<(), IrError> {
+    ) -> Result<LayerTables, IrError> {
         let cal = self.calibrated.as_ref().expect("chosen for its statistics");
         let (layer, input) = (&fit.layer, fit.input);
         let i = layer.weight.index();
@@ -151,21 +169,20 @@ impl Palettize {
             &data,
             cal.steps,
         );
-        if cal.steps.bias_correction {
-            if let Some(b) = layer.bias(nodes, uses) {
+        let shift = match layer.bias(nodes, uses) {
+            Some(b) if cal.steps.bias_correction => {
                 let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
-                let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
-                calibrated::add_shift(nodes, b, &shift);
+                Some((b, output_aware::bias_shift(&v, &q, rows, layer.dim, &data)))
             }
-        }
+            _ => None,
+        };
         if layer.transposed {
             // One table (checked by the caller): only the indices move.
             for p in &mut palettes {
                 p.indices = layer.to_stored(&p.indices);
             }
         }
-        nodes[i].op = self.table(&nodes[i], palettes);
-        Ok(())
+        Ok((palettes, shift))
     }
 
     /// The palettized constant of node `n` from its groups' (final, dtype-exact) tables.
