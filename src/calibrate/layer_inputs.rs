@@ -25,6 +25,7 @@ use crate::ir::weighted_layer::{Kind, WeightedLayer};
 use crate::ir::{Conv2d, Graph, ValueId};
 use crate::kernels::Array;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Longest patch (input channels per group × kernel area) whose Gram matrix is kept: the
 /// compression solves `d × d` systems per layer, O(d³).
@@ -47,8 +48,9 @@ pub struct LayerInput {
     pub kernel_area: usize,
     /// The conv's groups: output row `o` of `O` reads channels of group `o / (O / groups)`.
     pub groups: usize,
-    /// `E[p pᵀ]`, row-major `d × d`, over the sampled positions (groups = 1 only).
-    pub gram: Option<Vec<f64>>,
+    /// `E[p pᵀ]`, row-major `d × d`, over the sampled positions (groups = 1 only); one copy for
+    /// the layers that read the same patches of the same value (a transformer's q, k and v).
+    pub gram: Option<Arc<[f64]>>,
     /// `E[p]` over the same positions.
     pub patch_mean: Option<Vec<f64>>,
     /// Patches in `gram`.
@@ -100,6 +102,9 @@ pub struct LayerInputs {
 /// One layer being measured.
 struct Site {
     layer: WeightedLayer,
+    /// The weight of the first site reading the same patches of the same value (this one's
+    /// own if none): that site's sums are this one's too.
+    owner: ValueId,
     /// Keeps a Gram matrix.
     gram: bool,
     /// Its index in the sampling order (a different pseudo-random sample per layer).
@@ -125,6 +130,20 @@ fn sites(g: &Graph) -> HashMap<ValueId, Vec<Site>> {
         .into_iter()
         .enumerate()
     {
+        let same = by_input.get(&layer.input).and_then(|list| {
+            list.iter()
+                .find(|s| s.layer.kind == layer.kind && s.layer.dim == layer.dim)
+        });
+        if let Some(first) = same {
+            let (owner, gram, index) = (first.owner, first.gram, first.index);
+            by_input.entry(layer.input).or_default().push(Site {
+                layer,
+                owner,
+                gram,
+                index,
+            });
+            continue;
+        }
         let dim = layer.dim;
         let bytes = dim.saturating_mul(dim).saturating_mul(8);
         let gram = layer.groups() == 1
@@ -134,6 +153,7 @@ fn sites(g: &Graph) -> HashMap<ValueId, Vec<Site>> {
             gram_bytes += bytes;
         }
         by_input.entry(layer.input).or_default().push(Site {
+            owner: layer.weight,
             layer,
             gram,
             index: index as u64,
@@ -190,7 +210,7 @@ impl<'g> Collector<'g> {
         // The layers reading one value share its per-channel moments; work them out once per
         // way of reading it.
         let mut moments: HashMap<Patches, Vec<ChannelMoments>> = HashMap::new();
-        for site in list {
+        for site in list.iter().filter(|s| s.owner == s.layer.weight) {
             let layout = Patches::of(&site.layer);
             let m = match moments.entry(layout) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -226,38 +246,40 @@ impl<'g> Collector<'g> {
 
     /// The statistics over `samples` samples.
     pub fn finish(self, samples: usize) -> LayerInputs {
-        let sites = self.sites;
-        let layers = self
+        let div = |v: &[f64], n: &[u64]| -> Vec<f64> {
+            v.iter()
+                .zip(n.iter().cycle())
+                .map(|(x, &n)| if n == 0 { 0.0 } else { x / n as f64 })
+                .collect()
+        };
+        let owned: HashMap<ValueId, LayerInput> = self
             .acc
             .into_iter()
             .map(|(w, a)| {
-                let div = |v: &[f64], n: u64| -> Vec<f64> {
-                    v.iter()
-                        .map(|x| if n == 0 { 0.0 } else { x / n as f64 })
-                        .collect()
-                };
-                let per_channel = |v: &[f64]| -> Vec<f64> {
-                    v.iter()
-                        .zip(&a.channel_count)
-                        .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
-                        .collect()
-                };
-                let layer = sites
-                    .values()
-                    .flatten()
-                    .map(|s| &s.layer)
-                    .find(|l| l.weight == w);
                 let layer = LayerInput {
-                    channel_mean: per_channel(&a.channel_sum),
-                    channel_second_moment: per_channel(&a.channel_sum_sq),
-                    dim: layer.map_or(0, |l| l.dim),
-                    kernel_area: layer.map_or(1, WeightedLayer::kernel_area),
-                    groups: layer.map_or(1, WeightedLayer::groups),
-                    gram: a.gram.as_deref().map(|g| div(g, a.positions)),
-                    patch_mean: a.patch_sum.as_deref().map(|p| div(p, a.positions)),
+                    channel_mean: div(&a.channel_sum, &a.channel_count),
+                    channel_second_moment: div(&a.channel_sum_sq, &a.channel_count),
+                    dim: 0,
+                    kernel_area: 1,
+                    groups: 1,
+                    gram: a.gram.as_deref().map(|g| div(g, &[a.positions]).into()),
+                    patch_mean: a.patch_sum.as_deref().map(|p| div(p, &[a.positions])),
                     positions: a.positions,
                 };
                 (w, layer)
+            })
+            .collect();
+        // Every site from its owner's sums (the Gram matrix shared, not copied).
+        let layers = self
+            .sites
+            .values()
+            .flatten()
+            .filter_map(|s| {
+                let mut layer = owned.get(&s.owner)?.clone();
+                layer.dim = s.layer.dim;
+                layer.kernel_area = s.layer.kernel_area();
+                layer.groups = s.layer.groups();
+                Some((s.layer.weight, layer))
             })
             .collect();
         LayerInputs { layers, samples }
@@ -647,5 +669,50 @@ mod tests {
             assert!(close(&l.channel_mean, &mean), "{transposed}");
             assert!(close(&l.channel_second_moment, &square), "{transposed}");
         }
+    }
+
+    /// Projections reading the same tokens (a transformer's q, k and v) share one Gram matrix,
+    /// counted once against the budget; a layer reading the same value another way (a conv
+    /// of its `[1, C, H, W]` view) keeps its own.
+    #[test]
+    fn layers_reading_the_same_patches_share_one_gram() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 4, 2, 3]));
+        let mm = Op::MatMul {
+            transpose_x: false,
+            transpose_y: true,
+        };
+        let mut outs = Vec::new();
+        for (i, rows) in [5, 6, 3].into_iter().enumerate() {
+            let w = g.constant(
+                format!("w{i}"),
+                Tensor::f32(vec![rows, 3], vec![0.1; rows * 3]),
+            );
+            outs.push((w, g.add(mm.clone(), &[x, w], format!("p{i}")).unwrap()));
+        }
+        let wc = g.constant("wc", Tensor::f32(vec![2, 4, 1, 1], vec![0.1; 8]));
+        let c = g
+            .add(Op::Conv2d(Conv2d::same(1)), &[x, wc], "conv")
+            .unwrap();
+        g.set_output("c", c);
+        for (i, (_, y)) in outs.iter().enumerate() {
+            g.set_output(&format!("y{i}"), *y);
+        }
+        let data: Vec<f32> = (0..24).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let cal = Calibration::from_samples(
+            BTreeMap::from([("x".to_string(), vec![Array::new(vec![1, 4, 2, 3], data)])]),
+            vec!["s".into()],
+        )
+        .unwrap();
+        let stats = collect(&g, &cal, false).unwrap();
+        let gram = |w: ValueId| stats.layers[&w].gram.clone().unwrap();
+        let first = gram(outs[0].0);
+        assert_eq!(first.len(), 9);
+        for (w, _) in &outs[1..] {
+            assert!(Arc::ptr_eq(&first, &gram(*w)));
+            assert_eq!(stats.layers[w].positions, 8);
+        }
+        let conv = gram(wc);
+        assert_eq!((conv.len(), stats.layers[&wc].positions), (16, 6));
     }
 }
