@@ -116,6 +116,9 @@ fn fit_to_output(
 ) -> crate::compress::Quantized {
     let (layer, data) = (&fit.layer, fit.input.data());
     let (rows, d) = (layer.rows, layer.dim);
+    if stored.len() != rows * d {
+        return q;
+    }
     // A weight stored [in, out] is fitted as [out, in], its scales transposed with it.
     let (v, q) = match layer.transposed {
         true => match q.transposed() {
@@ -124,9 +127,6 @@ fn fit_to_output(
         },
         false => (stored.to_vec(), q),
     };
-    if v.len() != rows * d {
-        return q;
-    }
     let q = match data.gram.filter(|_| steps.feedback) {
         Some(h) => output_aware::requantize(&v, rows, d, h, q),
         None => q,
