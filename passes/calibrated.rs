@@ -1,18 +1,21 @@
-//! What the palettize and quantize passes share when compression is calibrated: the convs'
-//! input statistics with the steps to use them for, and bias correction (the mean output shift
-//! compression leaves in a conv, [`crate::compress::output_aware::bias_shift`], folded into the
-//! conv's bias so the next layer sees its inputs centred where the float model had them).
+//! What the palettize and quantize passes share when compression is calibrated: the layers'
+//! input statistics with the steps to use them for, which weights they cover (convs' and
+//! matmuls' by a constant, [`WeightedLayer`]), and bias correction (the mean output shift
+//! compression leaves in a layer, [`crate::compress::output_aware::bias_shift`], folded into the
+//! layer's bias so the next layer sees its inputs centred where the float model had them).
 
 use crate::calibrate::layer_inputs::{LayerInput, LayerInputs};
 use crate::compress::output_aware::Steps;
-use crate::ir::{ConstData, Node, Op, ValueId};
+use crate::ir::weighted_layer::WeightedLayer;
+use crate::ir::{ConstData, Node, Op};
 use crate::tensor::Tensor;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Calibration statistics for a compression pass.
 #[derive(Clone, Debug)]
 pub struct Calibrated {
-    /// Per conv weight, what its conv's input was on the calibration set.
+    /// Per layer weight, what its layer's input was on the calibration set.
     pub layers: Arc<LayerInputs>,
     /// Which output-aware steps run (all, except to measure what each buys).
     pub steps: Steps,
@@ -27,24 +30,23 @@ impl Calibrated {
         }
     }
 
-    /// The statistics of constant `i`, if it is a conv weight they cover.
-    pub fn layer(&self, i: usize) -> Option<&LayerInput> {
-        self.layers.layers.get(&ValueId(i as u32))
+    /// The weights of `nodes` (with their use counts) the statistics cover, by constant index:
+    /// each with the layer reading it and what that layer's input was.
+    pub fn fitted<'a>(&'a self, nodes: &[Node], uses: &[usize]) -> HashMap<usize, Fitted<'a>> {
+        WeightedLayer::find(nodes, uses)
+            .into_iter()
+            .filter_map(|layer| {
+                let input = self.layers.layers.get(&layer.weight)?;
+                (input.dim == layer.dim).then(|| (layer.weight.index(), Fitted { layer, input }))
+            })
+            .collect()
     }
 }
 
-/// The conv reading constant `weight` and the index of its bias constant, when the bias is a
-/// dense constant read by that conv alone.
-pub fn bias_of(nodes: &[Node], uses: &[usize], weight: usize) -> Option<usize> {
-    let conv = nodes.iter().find(|n| {
-        matches!(n.op, Op::Conv2d(_)) && n.inputs.get(1) == Some(&ValueId(weight as u32))
-    })?;
-    let b = conv.inputs.get(2)?.index();
-    let dense = matches!(
-        nodes[b].op,
-        Op::Const(ConstData::Dense(_) | ConstData::Half(_))
-    );
-    (dense && uses[b] == 1).then_some(b)
+/// A weight the calibration covers.
+pub struct Fitted<'a> {
+    pub layer: WeightedLayer,
+    pub input: &'a LayerInput,
 }
 
 /// Adds `shift` (one value per output channel) to the bias constant `bias`, in its own dtype;

@@ -222,6 +222,57 @@ pub(crate) mod testing {
         Array::new(shape.to_vec(), data)
     }
 
+    /// A linear layer `z = x · Wᵀ + b` on `x` [1, 30, in] for `w` [out, in], with the weight
+    /// stored as is (`transpose_y`) or transposed, `[in, out]`; with the indices of the weight
+    /// and of the bias (0.1 everywhere).
+    pub fn linear(w: &Array, stored_transposed: bool) -> (Graph, usize, usize) {
+        use crate::ir::{Binary, Op, TensorType};
+        use crate::tensor::{DType, Tensor};
+        let &[out, inp] = w.shape.as_slice() else {
+            panic!("a matrix")
+        };
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 30, inp]));
+        let t = Tensor::f32(vec![out, inp], w.data.clone());
+        let t = match stored_transposed {
+            true => t.transposed().unwrap(),
+            false => t,
+        };
+        let wv = g.constant("w", t);
+        let b = g.constant("b", Tensor::f32(vec![out], vec![0.1; out]));
+        let op = Op::MatMul {
+            transpose_x: false,
+            transpose_y: !stored_transposed,
+        };
+        let y = g.add(op, &[x, wv], "matmul").unwrap();
+        let z = g.add(Op::Binary(Binary::Add), &[y, b], "linear").unwrap();
+        g.set_output("z", z);
+        (g, wv.index(), b.index())
+    }
+
+    /// 30 tokens of 40 correlated, off-centre features: inputs on which an output-aware fit
+    /// differs from a data-free one.
+    pub fn tokens(seed: u64) -> Array {
+        let r = random(&[1, 30, 40], seed, 1.0);
+        let data = r
+            .data
+            .chunks(40)
+            .flat_map(|row| {
+                (0..40).map(move |j| row[j] + 0.8 * row[(j + 1) % 40] + 0.3 * (j % 3) as f32)
+            })
+            .collect();
+        Array::new(vec![1, 30, 40], data)
+    }
+
+    /// `n` samples of [`tokens`] as the calibration set of input `x`.
+    pub fn token_calibration(n: u64) -> crate::calibrate::Calibration {
+        crate::calibrate::Calibration::from_samples(
+            BTreeMap::from([("x".to_string(), (1..=n).map(tokens).collect())]),
+            (1..=n).map(|i| format!("s{i}")).collect(),
+        )
+        .unwrap()
+    }
+
     /// Largest absolute difference between the outputs of two graphs on the same inputs.
     pub fn max_diff(a: &Graph, b: &Graph, inputs: &BTreeMap<String, Array>) -> f32 {
         let (ra, rb) = (evaluate(a, inputs).unwrap(), evaluate(b, inputs).unwrap());

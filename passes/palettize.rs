@@ -7,12 +7,16 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(palettized, 4-bit, 1 table(s) of fp16)
 //! ```
 
-use super::calibrated::{self, Calibrated};
+use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
 use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::compress::output_aware;
+use crate::compress::parallel::parallel_map;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::tensor::{DType, Tensor};
+
+/// A calibrated weight's tables, and its layer's bias with the shift to add to it.
+type LayerTables = (Vec<Palette>, Option<(usize, Vec<f64>)>);
 
 /// Elements clustered per batch (64 MiB of f32 values, plus their indices).
 const BATCH_ELEMENTS: usize = 16 << 20;
@@ -22,8 +26,9 @@ pub struct Palettize {
     /// Output channels per table; `None` for one table per tensor.
     pub group_size: Option<usize>,
     pub min_elements: usize,
-    /// Calibration statistics of the convs' inputs: their weights get tables fitted to the
-    /// layer's output ([`output_aware`]) and bias correction; other constants stay data-free.
+    /// Calibration statistics of the layers' inputs: the weights of convs and matmuls they
+    /// cover get tables fitted to the layer's output ([`output_aware`]) and bias correction;
+    /// other constants stay data-free.
     pub calibrated: Option<Calibrated>,
 }
 
@@ -36,14 +41,34 @@ impl Pass for Palettize {
         let k = 1usize << self.bits;
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
+        let fitted = match &self.calibrated {
+            Some(c) => c.fitted(&nodes, &uses),
+            None => Default::default(),
+        };
+        // A weight stored transposed has its tables' groups across its inputs, not its
+        // outputs: fitted only with one table for the whole tensor.
+        let fits = |f: &Fitted| !f.layer.transposed || self.group_size.is_none();
         let (calibrated, chosen): (Vec<usize>, Vec<usize>) = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
-            .partition(|&i| self.layer(i).is_some());
-        for i in calibrated {
-            self.palettize_calibrated(&mut nodes, &uses, i)?;
+            .partition(|i| fitted.get(i).is_some_and(fits));
+        // Each layer's fit is independent of the others' (the statistics are the float
+        // model's): on every core, then applied in graph order.
+        let fits: Vec<&Fitted> = calibrated.iter().map(|i| &fitted[i]).collect();
+        let tables = parallel_map(
+            &fits,
+            |f| f.layer.rows * f.layer.dim,
+            |f| self.fit_tables(&nodes, &uses, f),
+        );
+        for (f, t) in fits.iter().zip(tables) {
+            let (palettes, shift) = t?;
+            if let Some((b, shift)) = shift {
+                calibrated::add_shift(&mut nodes, b, &shift);
+            }
+            let i = f.layer.weight.index();
+            nodes[i].op = self.table(&nodes[i], palettes);
         }
         // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
         // while it is clustered, so a large model is not held a second time in f32. Whole
@@ -106,27 +131,24 @@ impl Pass for Palettize {
 }
 
 impl Palettize {
-    /// The calibration statistics of constant `i`, if it is a conv weight they cover.
-    fn layer(&self, i: usize) -> Option<&crate::calibrate::layer_inputs::LayerInput> {
-        self.calibrated.as_ref()?.layer(i)
-    }
-
-    /// Tables for conv weight `i` fitted to the conv's output on the calibration set, and the
-    /// output shift they leave folded into the conv's bias.
-    fn palettize_calibrated(
+    /// Tables for the weight of `fit` fitted to its layer's output on the calibration set (in
+    /// the weight's stored order), and the layer's bias with the output shift they leave, to
+    /// fold into it.
+    fn fit_tables(
         &self,
-        nodes: &mut [Node],
+        nodes: &[Node],
         uses: &[usize],
-        i: usize,
-    ) -> Result<(), IrError> {
+        fit: &Fitted,
+    ) -> Result<LayerTables, IrError> {
         let cal = self.calibrated.as_ref().expect("chosen for its statistics");
-        let layer = cal.layer(i).expect("chosen for its statistics");
-        let v = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
-        finite(&nodes[i].name, "palettize", &v)?;
+        let (layer, input) = (&fit.layer, fit.input);
+        let i = layer.weight.index();
+        let stored = dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32);
+        finite(&nodes[i].name, "palettize", &stored)?;
         let shape = nodes[i].ty.known_shape().unwrap_or_default();
-        let rows = shape.first().copied().unwrap_or(0);
+        let rows = layer.rows;
         let group_rows = self.group_size.unwrap_or(rows);
-        if rows == 0 || group_rows == 0 || rows % group_rows != 0 || v.len() != rows * layer.dim {
+        if group_rows == 0 || rows % group_rows != 0 || stored.len() != rows * layer.dim {
             return Err(IrError::Type {
                 node: nodes[i].name.clone(),
                 op: "palettize",
@@ -135,8 +157,9 @@ impl Palettize {
                 ),
             });
         }
-        let data = layer.data();
-        let palettes = output_aware::palettize(
+        let v = layer.to_rows(&stored);
+        let data = input.data();
+        let mut palettes = output_aware::palettize(
             &v,
             rows,
             layer.dim,
@@ -146,13 +169,20 @@ impl Palettize {
             &data,
             cal.steps,
         );
-        let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
-        if let Some(b) = calibrated::bias_of(nodes, uses, i).filter(|_| cal.steps.bias_correction) {
-            let shift = output_aware::bias_shift(&v, &q, rows, layer.dim, &data);
-            calibrated::add_shift(nodes, b, &shift);
+        let shift = match layer.bias(nodes, uses) {
+            Some(b) if cal.steps.bias_correction => {
+                let q: Vec<f32> = palettes.iter().flat_map(Palette::dequantize).collect();
+                Some((b, output_aware::bias_shift(&v, &q, rows, layer.dim, &data)))
+            }
+            _ => None,
+        };
+        if layer.transposed {
+            // One table (checked by the caller): only the indices move.
+            for p in &mut palettes {
+                p.indices = layer.to_stored(&p.indices);
+            }
         }
-        nodes[i].op = self.table(&nodes[i], palettes);
-        Ok(())
+        Ok((palettes, shift))
     }
 
     /// The palettized constant of node `n` from its groups' (final, dtype-exact) tables.
@@ -274,5 +304,64 @@ mod tests {
                 .contains("group size 3 does not divide the 8 output channels"),
             "{e}"
         );
+    }
+
+    /// A linear layer `x · Wᵀ + b` (W `[24, 40]`) and the same layer with W stored `[40, 24]`
+    /// (`x · W`), calibrated on the same tokens: the weight is fitted as the same `[24, 40]`
+    /// rows either way, so both get the same values and the same bias correction; and fitted
+    /// to the output, it moves the layer's output less than data-free tables do.
+    #[test]
+    fn matmul_weights_are_fitted_alike_whichever_way_they_are_stored() {
+        use crate::calibrate::layer_inputs;
+        use crate::ir::eval::evaluate;
+        use crate::passes::testing::{linear, token_calibration, tokens};
+        use std::sync::Arc;
+        let w = random(&[24, 40], 5, 0.5);
+        let cal = token_calibration(4);
+        let mut got = Vec::new();
+        for stored_transposed in [false, true] {
+            let (g, wi, bi) = linear(&w, stored_transposed);
+            let layers = Arc::new(layer_inputs::collect(&g, &cal, false).unwrap());
+            let pass = |calibrated| Palettize {
+                bits: 3,
+                group_size: None,
+                min_elements: 100,
+                calibrated,
+            };
+            let fitted = pass(Some(Calibrated::new(layers))).run(g.clone()).unwrap();
+            let free = pass(None).run(g.clone()).unwrap();
+            verify(&fitted).unwrap();
+            let consts = |g: &Graph| {
+                let (w, b) = (g.node_slice()[wi].clone(), g.node_slice()[bi].clone());
+                let Op::Const(w @ ConstData::Palettized(_)) = w.op else {
+                    panic!("{}", print(g));
+                };
+                let Op::Const(b) = b.op else { unreachable!() };
+                let w = w.dense().into_owned();
+                let w = if stored_transposed {
+                    w.transposed().unwrap()
+                } else {
+                    w
+                };
+                (w.to_f32(), b.dense().to_f32())
+            };
+            let (fw, fb) = consts(&fitted);
+            assert!(fb.iter().any(|&v| v != 0.1), "bias corrected");
+            let x = BTreeMap::from([("x".to_string(), tokens(9))]);
+            let want = &evaluate(&g, &x).unwrap()["z"];
+            let err = |h: &Graph| {
+                let out = &evaluate(h, &x).unwrap()["z"];
+                out.data
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum::<f64>()
+            };
+            let (e_fitted, e_free) = (err(&fitted), err(&free));
+            // Measured: 0.79 of the data-free error.
+            assert!(e_fitted < 0.9 * e_free, "{e_fitted} vs {e_free}");
+            got.push((fw, fb));
+        }
+        assert_eq!(got[0], got[1]);
     }
 }

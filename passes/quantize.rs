@@ -7,13 +7,13 @@
 //! %w: fp16[64,64,3,3] = const(dense, 36864 elements)   ==>   %w: fp16[64,64,3,3] = const(int8, scales [64, 1, 1, 1] of fp16)
 //! ```
 
-use super::calibrated::{self, Calibrated};
+use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
-use crate::compress::output_aware;
+use crate::compress::output_aware::{self, Steps};
 use crate::compress::quantize::{
     quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, ScaleType,
 };
-use crate::ir::{ConstData, Graph, IrError, Op, Quantized};
+use crate::ir::{ConstData, Graph, IrError, Node, Op, Quantized};
 use crate::tensor::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,9 +29,10 @@ pub struct Quantize {
     /// Input channels per scale (iOS18 blockwise); `None` for one scale per output channel.
     pub block_size: Option<usize>,
     pub min_elements: usize,
-    /// Calibration statistics of the convs' inputs: their weights are rounded with error
-    /// feedback to the layer's output ([`output_aware::requantize`]) and their output shift is
-    /// folded into the bias; other constants are rounded to nearest.
+    /// Calibration statistics of the layers' inputs: the weights of convs and matmuls they
+    /// cover are rounded with error feedback to the layer's output
+    /// ([`output_aware::requantize`]) and their output shift is folded into the bias; other
+    /// constants are rounded to nearest.
     pub calibrated: Option<Calibrated>,
 }
 
@@ -43,6 +44,10 @@ impl Pass for Quantize {
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
+        let fitted = match &self.calibrated {
+            Some(c) => c.fitted(&nodes, &uses),
+            None => Default::default(),
+        };
         for i in 0..nodes.len() {
             let n = &mut nodes[i];
             let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
@@ -88,31 +93,53 @@ impl Pass for Quantize {
                     })
                 }
             };
-            let layer = self.calibrated.as_ref().and_then(|c| {
-                let l = c.layer(i).filter(|l| l.dim > 0 && v.len() % l.dim == 0)?;
-                Some((l, c.steps))
-            });
-            let q = match layer {
-                Some((layer, steps)) => {
-                    let (rows, data) = (v.len() / layer.dim, layer.data());
-                    let q = match data.gram.filter(|_| steps.feedback) {
-                        Some(h) => output_aware::requantize(&v, rows, layer.dim, h, q),
-                        None => q,
-                    };
-                    if let Some(b) =
-                        calibrated::bias_of(&nodes, &uses, i).filter(|_| steps.bias_correction)
-                    {
-                        let shift =
-                            output_aware::bias_shift(&v, &q.dequantize(), rows, layer.dim, &data);
-                        calibrated::add_shift(&mut nodes, b, &shift);
-                    }
-                    q
-                }
-                None => q,
+            let q = match (&self.calibrated, fitted.get(&i)) {
+                (Some(c), Some(fit)) => fit_to_output(&mut nodes, &uses, fit, c.steps, &v, q),
+                _ => q,
             };
             nodes[i].op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
         }
         Ok(Graph::from_parts(name, nodes, outputs))
+    }
+}
+
+/// `q` (the data-free quantization of the weight of `fit`, whose stored values are `stored`)
+/// re-rounded with error feedback to its layer's output, and the output shift it leaves folded
+/// into the layer's bias.
+fn fit_to_output(
+    nodes: &mut [Node],
+    uses: &[usize],
+    fit: &Fitted,
+    steps: Steps,
+    stored: &[f32],
+    q: crate::compress::Quantized,
+) -> crate::compress::Quantized {
+    let (layer, data) = (&fit.layer, fit.input.data());
+    let (rows, d) = (layer.rows, layer.dim);
+    if stored.len() != rows * d {
+        return q;
+    }
+    // A weight stored [in, out] is fitted as [out, in], its scales transposed with it.
+    let (v, q) = match layer.transposed {
+        true => match q.transposed() {
+            Some(t) => (layer.to_rows(stored), t),
+            None => return q,
+        },
+        false => (stored.to_vec(), q),
+    };
+    let q = match data.gram.filter(|_| steps.feedback) {
+        Some(h) => output_aware::requantize(&v, rows, d, h, q),
+        None => q,
+    };
+    if steps.bias_correction {
+        if let Some(b) = layer.bias(nodes, uses) {
+            let shift = output_aware::bias_shift(&v, &q.dequantize(), rows, d, &data);
+            calibrated::add_shift(nodes, b, &shift);
+        }
+    }
+    match layer.transposed {
+        true => q.transposed().unwrap_or(q),
+        false => q,
     }
 }
 
@@ -164,5 +191,47 @@ mod tests {
                 .contains("block size 3 does not divide the 8 input channels"),
             "{e}"
         );
+    }
+
+    /// A linear layer whose weight is stored `[in, out]`: its codes are re-rounded as the
+    /// `[out, in]` rows it multiplies with (scales transposed along), the package's constant
+    /// keeps the stored shape, and the layer's output moves less than with rounding to nearest.
+    #[test]
+    fn transposed_matmul_weights_are_fitted_to_the_output() {
+        use crate::calibrate::layer_inputs;
+        use crate::ir::eval::evaluate;
+        use crate::passes::calibrated::Calibrated;
+        use crate::passes::testing::{linear, token_calibration, tokens};
+        use std::sync::Arc;
+        let (g, wi, _) = linear(&random(&[24, 40], 5, 0.5), true);
+        let layers = Arc::new(layer_inputs::collect(&g, &token_calibration(4), false).unwrap());
+        let pass = |calibrated| Quantize {
+            mode: Mode::Int8,
+            block_size: None,
+            min_elements: 100,
+            calibrated,
+        };
+        let fitted = pass(Some(Calibrated::new(layers))).run(g.clone()).unwrap();
+        let free = pass(None).run(g.clone()).unwrap();
+        verify(&fitted).unwrap();
+        assert!(
+            print(&fitted).contains("fp32[40,24] = const(int8, scales [40, 1] of fp32)"),
+            "{}",
+            print(&fitted)
+        );
+        assert_ne!(fitted.node_slice()[wi], free.node_slice()[wi]);
+        let x = BTreeMap::from([("x".to_string(), tokens(9))]);
+        let want = &evaluate(&g, &x).unwrap()["z"];
+        let err = |h: &Graph| {
+            let out = &evaluate(h, &x).unwrap()["z"];
+            out.data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>()
+        };
+        let (e_fitted, e_free) = (err(&fitted), err(&free));
+        // Measured: 0.62 of the data-free error.
+        assert!(e_fitted < 0.75 * e_free, "{e_fitted} vs {e_free}");
     }
 }

@@ -170,8 +170,8 @@ pub struct BuildArgs {
     /// --calibration; --target ios17 or newer.
     #[arg(long, value_enum, value_name = "TYPE", requires = "calibration")]
     pub quantize_activations: Option<ActivationQuantArg>,
-    /// Real inputs to fit compression to: with --palettize or --quantize, each conv's weights
-    /// are fitted to its output on them (weighted k-means, error-feedback rounding, table refit,
+    /// Real inputs to fit compression to: with --palettize or --quantize, the weights of each
+    /// conv and linear layer (matmul by a constant) are fitted to its output on them (weighted k-means, error-feedback rounding, table refit,
     /// bias correction) instead of to the weights alone; with --quantize-activations, the ranges
     /// are measured on them. A folder of PNG/JPEG photos (sorted by name; scaled by area
     /// average to cover the model's size, then centre-cropped) or a safetensors file of the

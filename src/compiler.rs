@@ -96,8 +96,8 @@ pub struct BuildOptions {
     pub output_layout: Layout,
     pub output_type: OutputType,
     pub input_type: InputType,
-    /// Real inputs (`--calibration`): weight compression fits each conv's weights to its
-    /// output on them, and calibrated int8 activations take their ranges from them.
+    /// Real inputs (`--calibration`): weight compression fits each conv's and linear layer's
+    /// (matmul by a constant) weights to its output on them, and calibrated int8 activations take their ranges from them.
     pub calibration: Option<CalibrationSource>,
     /// int8 activations (`--quantize-activations int8`, iOS17+): quantize–dequantize pairs on
     /// conv and add inputs, clipped to ranges from this source.
@@ -599,7 +599,7 @@ pub fn activation_ranges(
     }
 }
 
-/// The convs' input statistics for calibrated weight compression, measured on `g` (the graph
+/// The layers' input statistics for calibrated weight compression, measured on `g` (the graph
 /// about to be compressed); with calibrated int8 activations, their clipping ranges too, by
 /// node name, from the same evaluation (one decoder run per sample instead of two: compression
 /// leaves the activations it would measure within its own small error).

@@ -218,34 +218,14 @@ impl Tensor {
 
     /// The transpose of a matrix, in its stored type; None unless the tensor has rank 2.
     pub fn transposed(&self) -> Option<Tensor> {
-        // In square tiles, so both the reads and the writes stay within a few cache lines per
-        // row: a column-at-a-time walk of a 126 MB embedding table misses the cache per element.
-        fn t<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
-            const TILE: usize = 32;
-            let Some(&first) = v.first() else {
-                return Vec::new();
-            };
-            let mut out = vec![first; v.len()];
-            for r0 in (0..rows).step_by(TILE) {
-                let r1 = (r0 + TILE).min(rows);
-                for c0 in (0..cols).step_by(TILE) {
-                    for c in c0..(c0 + TILE).min(cols) {
-                        for r in r0..r1 {
-                            out[c * rows + r] = v[r * cols + c];
-                        }
-                    }
-                }
-            }
-            out
-        }
         let &[rows, cols] = &self.shape[..] else {
             return None;
         };
         let data = match &self.data {
-            TensorData::F32(v) => TensorData::F32(t(v, rows, cols)),
-            TensorData::F16(v) => TensorData::F16(t(v, rows, cols)),
-            TensorData::I32(v) => TensorData::I32(t(v, rows, cols)),
-            TensorData::Bool(v) => TensorData::Bool(t(v, rows, cols)),
+            TensorData::F32(v) => TensorData::F32(transpose(v, rows, cols)),
+            TensorData::F16(v) => TensorData::F16(transpose(v, rows, cols)),
+            TensorData::I32(v) => TensorData::I32(transpose(v, rows, cols)),
+            TensorData::Bool(v) => TensorData::Bool(transpose(v, rows, cols)),
         };
         Some(Tensor {
             shape: vec![cols, rows],
@@ -257,6 +237,28 @@ impl Tensor {
     pub fn reshaped(&self, shape: Vec<usize>) -> Tensor {
         self.clone().into_reshaped(shape)
     }
+}
+
+/// The transpose of the row-major `rows × cols` matrix `v` (`cols × rows`).
+pub fn transpose<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    // In square tiles, so both the reads and the writes stay within a few cache lines per
+    // row: a column-at-a-time walk of a 126 MB embedding table misses the cache per element.
+    const TILE: usize = 32;
+    let Some(&first) = v.first() else {
+        return Vec::new();
+    };
+    let mut out = vec![first; v.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..r1 {
+                    out[c * rows + r] = v[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,14 +1,18 @@
-//! What each conv's weights multiply on the calibration set: the statistics output-aware
+//! What each layer's weights multiply on the calibration set: the statistics output-aware
 //! weight compression minimises a layer's output error with.
 //!
-//! A conv computes `y[o] = Σ_j W[o, j] · p[j] + b[o]` at every output position, where `p` is the
-//! input patch in the weight's column order (`j = (c, ky, kx)` row-major, as `[O, I, kh, kw]`
-//! stores it). Replacing `W` by `W + ΔW` moves every output by `ΔW[o] · p`, whose mean square is
-//! `ΔW[o]ᵀ H ΔW[o]` with `H = E[p pᵀ]` (the patch Gram matrix) and whose mean is `ΔW[o] · E[p]`.
-//! So per conv we keep:
+//! The layers are those whose weight is a constant they alone read ([`WeightedLayer`]): convs,
+//! and matmuls by a constant (linear layers in the `standard` transformer layout). Such a layer
+//! computes `y[o] = Σ_j W[o, j] · p[j] (+ b[o])` at every output position, where `p` is the
+//! patch the position reads in the weight's column order: a conv's receptive field
+//! (`j = (c, ky, kx)` row-major, as `[O, I, kh, kw]` stores it), a matmul's feature vector (one
+//! token, `j` = input feature). Replacing `W` by `W + ΔW` moves every output by `ΔW[o] · p`,
+//! whose mean square is `ΔW[o]ᵀ H ΔW[o]` with `H = E[p pᵀ]` (the patch Gram matrix) and whose
+//! mean is `ΔW[o] · E[p]`. So per layer we keep:
 //!
-//! - per input channel, the mean and mean square over every element seen (exact, cheap): the
-//!   diagonal of `H` up to border effects, which weights the k-means;
+//! - per input channel (a matmul's feature), the mean and mean square over every element seen
+//!   (exact, cheap): the diagonal of `H` up to a conv's border effects, which weights the
+//!   k-means;
 //! - `H` itself and `E[p]` over a deterministic sample of output positions, when the patch is
 //!   short enough ([`MAX_GRAM_DIM`]) and the total stays within [`MAX_GRAM_BYTES`]: error feedback
 //!   and palette refits need the correlations between columns, bias correction needs `E[p]`.
@@ -17,9 +21,11 @@
 
 use super::{Calibration, CalibrationError};
 use crate::compress::output_aware::LayerData;
-use crate::ir::{ConstData, Conv2d, Graph, Op, ValueId};
+use crate::ir::weighted_layer::{Kind, WeightedLayer};
+use crate::ir::{Conv2d, Graph, ValueId};
 use crate::kernels::Array;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Longest patch (input channels per group × kernel area) whose Gram matrix is kept: the
 /// compression solves `d × d` systems per layer, O(d³).
@@ -30,20 +36,21 @@ pub const MAX_GRAM_BYTES: usize = 512 << 20;
 /// Output positions sampled per sample and layer for the Gram matrix.
 pub const POSITIONS_PER_SAMPLE: usize = 2048;
 
-/// The calibration statistics of one conv's input, in its weight's terms.
+/// The calibration statistics of one layer's input, in its weight's terms.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerInput {
-    /// Per input channel of the conv (all groups): mean and mean of x².
+    /// Per input channel of the layer (all groups; a matmul's features): mean and mean of x².
     pub channel_mean: Vec<f64>,
     pub channel_second_moment: Vec<f64>,
-    /// Patch length `d` (input channels per group × kh × kw).
+    /// Patch length `d` (input channels per group × kh × kw; a matmul's input features).
     pub dim: usize,
-    /// kh × kw.
+    /// kh × kw (1 for a matmul).
     pub kernel_area: usize,
     /// The conv's groups: output row `o` of `O` reads channels of group `o / (O / groups)`.
     pub groups: usize,
-    /// `E[p pᵀ]`, row-major `d × d`, over the sampled positions (groups = 1 only).
-    pub gram: Option<Vec<f64>>,
+    /// `E[p pᵀ]`, row-major `d × d`, over the sampled positions (groups = 1 only); one copy for
+    /// the layers that read the same patches of the same value (a transformer's q, k and v).
+    pub gram: Option<Arc<[f64]>>,
     /// `E[p]` over the same positions.
     pub patch_mean: Option<Vec<f64>>,
     /// Patches in `gram`.
@@ -85,19 +92,19 @@ impl LayerInput {
     }
 }
 
-/// Per conv weight (the constant's value id): what its conv saw.
+/// Per layer weight (the constant's value id): what its layer saw.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LayerInputs {
     pub layers: HashMap<ValueId, LayerInput>,
     pub samples: usize,
 }
 
-/// One conv whose weight is a constant used by nothing else.
+/// One layer being measured.
 struct Site {
-    weight: ValueId,
-    conv: Conv2d,
-    /// `[O, I/groups, kh, kw]`.
-    wshape: [usize; 4],
+    layer: WeightedLayer,
+    /// The weight of the first site reading the same patches of the same value (this one's
+    /// own if none): that site's sums are this one's too.
+    owner: ValueId,
     /// Keeps a Gram matrix.
     gram: bool,
     /// Its index in the sampling order (a different pseudo-random sample per layer).
@@ -114,45 +121,48 @@ struct Acc {
     positions: u64,
 }
 
-/// The convs of `g` whose weight is a constant read by that conv alone, by the value they read.
+/// The layers of `g` with a constant weight read by them alone ([`WeightedLayer`]), by the
+/// value they read.
 fn sites(g: &Graph) -> HashMap<ValueId, Vec<Site>> {
-    let uses = g.use_counts();
     let mut by_input: HashMap<ValueId, Vec<Site>> = HashMap::new();
     let mut gram_bytes = 0usize;
-    let mut index = 0;
-    for (_, n) in g.nodes() {
-        let Op::Conv2d(conv) = &n.op else { continue };
-        let (Some(&x), Some(&w)) = (n.inputs.first(), n.inputs.get(1)) else {
-            continue;
-        };
-        let wn = g.node(w);
-        if !matches!(wn.op, Op::Const(ConstData::Dense(_) | ConstData::Half(_)))
-            || uses[w.index()] != 1
-        {
+    for (index, layer) in WeightedLayer::find(g.node_slice(), &g.use_counts())
+        .into_iter()
+        .enumerate()
+    {
+        let same = by_input.get(&layer.input).and_then(|list| {
+            list.iter()
+                .find(|s| s.layer.kind == layer.kind && s.layer.dim == layer.dim)
+        });
+        if let Some(first) = same {
+            let (owner, gram, index) = (first.owner, first.gram, first.index);
+            by_input.entry(layer.input).or_default().push(Site {
+                layer,
+                owner,
+                gram,
+                index,
+            });
             continue;
         }
-        let Some(&[o, i, kh, kw]) = wn.ty.known_shape().as_deref() else {
-            continue;
-        };
-        let dim = i * kh * kw;
-        let bytes = dim * dim * 8;
-        let gram = conv.groups == 1 && dim <= MAX_GRAM_DIM && gram_bytes + bytes <= MAX_GRAM_BYTES;
+        let dim = layer.dim;
+        let bytes = dim.saturating_mul(dim).saturating_mul(8);
+        let gram = layer.groups() == 1
+            && dim <= MAX_GRAM_DIM
+            && gram_bytes.saturating_add(bytes) <= MAX_GRAM_BYTES;
         if gram {
             gram_bytes += bytes;
         }
-        by_input.entry(x).or_default().push(Site {
-            weight: w,
-            conv: conv.clone(),
-            wshape: [o, i, kh, kw],
+        by_input.entry(layer.input).or_default().push(Site {
+            owner: layer.weight,
+            layer,
             gram,
-            index,
+            index: index as u64,
         });
-        index += 1;
     }
     by_input
 }
 
-/// Evaluates `g` on every calibration sample, summarising the input of each conv with a
+/// Evaluates `g` on every calibration sample, summarising the input of each layer with a
 /// constant weight. With `progress`, a line on stderr counts the samples.
 pub fn collect(
     g: &Graph,
@@ -183,42 +193,52 @@ impl<'g> Collector<'g> {
         }
     }
 
-    /// Folds in value `id` of sample `sample`, if a conv reads it.
+    /// Folds in value `id` of sample `sample`, if a layer with a constant weight reads it.
     pub fn observe(&mut self, sample: usize, id: ValueId, a: &Array) -> Result<(), String> {
         let Some(list) = self.sites.get(&id) else {
             return Ok(());
         };
         let name = || self.g.node(id).name.clone();
-        let &[1, c, h, w] = a.shape.as_slice() else {
+        if a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(a.data.len()) {
             return Err(format!(
-                "{}: conv input of shape {:?} (expected [1, C, H, W])",
+                "{}: {} values for shape {:?}",
                 name(),
+                a.data.len(),
                 a.shape
             ));
-        };
-        // Per channel (the batch is 1): sum and sum of squares, on every core.
-        let moments = super::stats::all_moments(&a.data, h * w);
-        for site in list {
-            let e = self.acc.entry(site.weight).or_insert_with(|| Acc {
+        }
+        // The layers reading one value share its per-channel moments; work them out once per
+        // way of reading it.
+        let mut moments: HashMap<Patches, Vec<ChannelMoments>> = HashMap::new();
+        for site in list.iter().filter(|s| s.owner == s.layer.weight) {
+            let layout = Patches::of(&site.layer);
+            let m = match moments.entry(layout) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    channel_moments(a, &site.layer).map_err(|r| format!("{}: {r}", name()))?,
+                ),
+            };
+            let c = m.len();
+            let dim = site.layer.dim;
+            let e = self.acc.entry(site.layer.weight).or_insert_with(|| Acc {
                 channel_count: vec![0; c],
                 channel_sum: vec![0.0; c],
                 channel_sum_sq: vec![0.0; c],
-                gram: site.gram.then(|| vec![0.0; site.dim() * site.dim()]),
-                patch_sum: site.gram.then(|| vec![0.0; site.dim()]),
+                gram: site.gram.then(|| vec![0.0; dim * dim]),
+                patch_sum: site.gram.then(|| vec![0.0; dim]),
                 positions: 0,
             });
             if e.channel_sum.len() != c {
                 return Err(format!("{}: channel count changed", name()));
             }
-            for (k, m) in moments.iter().enumerate() {
-                // Non-finite values are left out, as the activation statistics leave them out.
-                e.channel_count[k] += (h * w) as u64 - m.nonfinite;
+            for (k, m) in m.iter().enumerate() {
+                e.channel_count[k] += m.count;
                 e.channel_sum[k] += m.sum;
                 e.channel_sum_sq[k] += m.sum_sq;
             }
             if let (Some(gram), Some(psum)) = (&mut e.gram, &mut e.patch_sum) {
                 let p = sample_patches(a, site, sample as u64);
-                e.positions += accumulate(gram, psum, &p, site.dim()) as u64;
+                e.positions += accumulate(gram, psum, &p, dim) as u64;
             }
         }
         Ok(())
@@ -226,53 +246,205 @@ impl<'g> Collector<'g> {
 
     /// The statistics over `samples` samples.
     pub fn finish(self, samples: usize) -> LayerInputs {
-        let sites = self.sites;
-        let layers = self
+        let div = |v: &[f64], n: &[u64]| -> Vec<f64> {
+            v.iter()
+                .zip(n.iter().cycle())
+                .map(|(x, &n)| if n == 0 { 0.0 } else { x / n as f64 })
+                .collect()
+        };
+        let owned: HashMap<ValueId, LayerInput> = self
             .acc
             .into_iter()
             .map(|(w, a)| {
-                let div = |v: &[f64], n: u64| -> Vec<f64> {
-                    v.iter()
-                        .map(|x| if n == 0 { 0.0 } else { x / n as f64 })
-                        .collect()
-                };
-                let per_channel = |v: &[f64]| -> Vec<f64> {
-                    v.iter()
-                        .zip(&a.channel_count)
-                        .map(|(s, &n)| if n == 0 { 0.0 } else { s / n as f64 })
-                        .collect()
-                };
-                let site = sites.values().flatten().find(|s| s.weight == w);
                 let layer = LayerInput {
-                    channel_mean: per_channel(&a.channel_sum),
-                    channel_second_moment: per_channel(&a.channel_sum_sq),
-                    dim: site.map_or(0, Site::dim),
-                    kernel_area: site.map_or(1, |s| s.wshape[2] * s.wshape[3]),
-                    groups: site.map_or(1, |s| s.conv.groups),
-                    gram: a.gram.as_deref().map(|g| div(g, a.positions)),
-                    patch_mean: a.patch_sum.as_deref().map(|p| div(p, a.positions)),
+                    channel_mean: div(&a.channel_sum, &a.channel_count),
+                    channel_second_moment: div(&a.channel_sum_sq, &a.channel_count),
+                    dim: 0,
+                    kernel_area: 1,
+                    groups: 1,
+                    gram: a.gram.as_deref().map(|g| div(g, &[a.positions]).into()),
+                    patch_mean: a.patch_sum.as_deref().map(|p| div(p, &[a.positions])),
                     positions: a.positions,
                 };
                 (w, layer)
+            })
+            .collect();
+        // Every site from its owner's sums (the Gram matrix shared, not copied).
+        let layers = self
+            .sites
+            .values()
+            .flatten()
+            .filter_map(|s| {
+                let mut layer = owned.get(&s.owner)?.clone();
+                layer.dim = s.layer.dim;
+                layer.kernel_area = s.layer.kernel_area();
+                layer.groups = s.layer.groups();
+                Some((s.layer.weight, layer))
             })
             .collect();
         LayerInputs { layers, samples }
     }
 }
 
-impl Site {
-    fn dim(&self) -> usize {
-        self.wshape[1] * self.wshape[2] * self.wshape[3]
+/// How a layer reads patches from its input: the key under which layers reading the same
+/// value share its channel moments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Patches {
+    /// A conv's `[1, C, H, W]` channels.
+    Channels,
+    /// A matmul's features along the last axis (true) or the second-to-last.
+    Features { last: bool },
+}
+
+impl Patches {
+    fn of(layer: &WeightedLayer) -> Patches {
+        match layer.kind {
+            Kind::Conv { .. } => Patches::Channels,
+            Kind::Linear { features_last, .. } => Patches::Features {
+                last: features_last,
+            },
+        }
     }
 }
 
-/// Patches (rows of `d` values, zero outside the image) at up to [`POSITIONS_PER_SAMPLE`]
-/// output positions, chosen pseudo-randomly from the sample and layer index (deterministic; a
-/// regular stride would alias with the image width).
+/// Finite values, their sum and sum of squares, of one input channel of one sample.
+struct ChannelMoments {
+    count: u64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+/// Per input channel of `layer` (a conv's channels, a matmul's features), the moments of `a`
+/// (whose element count matches its shape). Non-finite values are left out, as the activation
+/// statistics leave them out.
+fn channel_moments(a: &Array, layer: &WeightedLayer) -> Result<Vec<ChannelMoments>, String> {
+    let moments = |inner: usize, channels: usize| -> Vec<ChannelMoments> {
+        let mut out: Vec<ChannelMoments> = (0..channels)
+            .map(|_| ChannelMoments {
+                count: 0,
+                sum: 0.0,
+                sum_sq: 0.0,
+            })
+            .collect();
+        // On every core, one chunk of `inner` values per (outer, channel).
+        for (k, m) in super::stats::all_moments(&a.data, inner).iter().enumerate() {
+            let c = &mut out[k % channels];
+            c.count += inner as u64 - m.nonfinite;
+            c.sum += m.sum;
+            c.sum_sq += m.sum_sq;
+        }
+        out
+    };
+    let rank = a.shape.len();
+    match &layer.kind {
+        Kind::Conv { .. } => {
+            let &[1, c, h, w] = a.shape.as_slice() else {
+                return Err(format!(
+                    "conv input of shape {:?} (expected [1, C, H, W])",
+                    a.shape
+                ));
+            };
+            Ok(match c * h * w {
+                0 => Vec::new(),
+                _ => moments(h * w, c),
+            })
+        }
+        Kind::Linear { features_last, .. } => {
+            let axis = rank.checked_sub(if *features_last { 1 } else { 2 });
+            if axis.map(|x| a.shape[x]) != Some(layer.dim) {
+                return Err(format!(
+                    "matmul input of shape {:?} (expected {} features on axis {})",
+                    a.shape,
+                    layer.dim,
+                    if *features_last { -1 } else { -2 }
+                ));
+            }
+            if a.data.is_empty() {
+                return Ok(Vec::new());
+            }
+            if !features_last {
+                return Ok(moments(a.shape[rank - 1], layer.dim));
+            }
+            let mut out: Vec<ChannelMoments> = (0..layer.dim)
+                .map(|_| ChannelMoments {
+                    count: 0,
+                    sum: 0.0,
+                    sum_sq: 0.0,
+                })
+                .collect();
+            for row in a.data.chunks_exact(layer.dim) {
+                for (c, &x) in out.iter_mut().zip(row) {
+                    if x.is_finite() {
+                        let x = f64::from(x);
+                        c.count += 1;
+                        c.sum += x;
+                        c.sum_sq += x * x;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Up to [`POSITIONS_PER_SAMPLE`] of `total` positions: all of them, or a pseudo-random
+/// sample drawn from the sample and layer index (deterministic; a regular stride would alias
+/// with the image width).
+fn sample_positions(total: usize, sample: u64, index: u64) -> Vec<usize> {
+    if total <= POSITIONS_PER_SAMPLE {
+        return (0..total).collect();
+    }
+    let mut state = (sample << 32 | index) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut pick: Vec<usize> = (0..POSITIONS_PER_SAMPLE)
+        .map(|_| {
+            // splitmix64: cheap, deterministic, no aliasing with the image width.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % total as u64) as usize
+        })
+        .collect();
+    pick.sort_unstable();
+    pick
+}
+
+/// The patches (rows of `d` values) of `site` at up to [`POSITIONS_PER_SAMPLE`] of its output
+/// positions ([`sample_positions`]); `a` was checked by [`channel_moments`].
 fn sample_patches(a: &Array, site: &Site, sample: u64) -> Vec<f32> {
+    match &site.layer.kind {
+        Kind::Conv { conv, kernel } => conv_patches(a, conv, *kernel, site.index, sample),
+        Kind::Linear { features_last, .. } => {
+            let d = site.layer.dim;
+            let total = a.data.len() / d;
+            let positions = sample_positions(total, sample, site.index);
+            if *features_last {
+                if positions.len() == total {
+                    return a.data[..total * d].to_vec();
+                }
+                return positions
+                    .iter()
+                    .flat_map(|&p| &a.data[p * d..(p + 1) * d])
+                    .copied()
+                    .collect();
+            }
+            // [.., d, m]: position p is column p % m of matrix p / m.
+            let m = a.shape[a.shape.len() - 1];
+            let mut out = Vec::with_capacity(positions.len() * d);
+            for &p in &positions {
+                let (base, col) = ((p / m) * d * m, p % m);
+                out.extend((0..d).map(|j| a.data[base + j * m + col]));
+            }
+            out
+        }
+    }
+}
+
+/// A conv's patches (zero outside the image) at up to [`POSITIONS_PER_SAMPLE`] output
+/// positions of `a` ([1, C, H, W]).
+fn conv_patches(a: &Array, conv: &Conv2d, kernel: [usize; 2], index: u64, sample: u64) -> Vec<f32> {
     let [_, c, h, w] = [a.shape[0], a.shape[1], a.shape[2], a.shape[3]];
-    let [_, _, kh, kw] = site.wshape;
-    let conv = &site.conv;
+    let [kh, kw] = kernel;
     let span = |size: usize, pad0: usize, pad1: usize, k: usize, dil: usize, stride: usize| {
         let full = size + pad0 + pad1;
         let reach = dil * (k - 1) + 1;
@@ -298,24 +470,7 @@ fn sample_patches(a: &Array, site: &Site, sample: u64) -> Vec<f32> {
         conv.dilations[1],
         conv.strides[1],
     );
-    let total = ho * wo;
-    let positions: Vec<usize> = if total <= POSITIONS_PER_SAMPLE {
-        (0..total).collect()
-    } else {
-        let mut state = (sample << 32 | site.index) ^ 0x9e37_79b9_7f4a_7c15;
-        let mut pick: Vec<usize> = (0..POSITIONS_PER_SAMPLE)
-            .map(|_| {
-                // splitmix64: cheap, deterministic, no aliasing with the image width.
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                ((z ^ (z >> 31)) % total as u64) as usize
-            })
-            .collect();
-        pick.sort_unstable();
-        pick
-    };
+    let positions = sample_positions(ho * wo, sample, index);
     let d = c * kh * kw;
     let mut out = vec![0f32; positions.len() * d];
     for (r, &pos) in positions.iter().enumerate() {
@@ -384,7 +539,7 @@ fn accumulate(gram: &mut [f64], psum: &mut [f64], p: &[f32], d: usize) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::TensorType;
+    use crate::ir::{Op, TensorType};
     use crate::tensor::{DType, Tensor};
     use std::collections::BTreeMap;
 
@@ -451,5 +606,113 @@ mod tests {
         let data = l.data();
         assert_eq!(data.column_weights[0][4], gram[4 * 18 + 4]);
         assert_eq!(data.column_means[0], mean);
+    }
+
+    /// A linear layer as the `standard` layout writes it (`x · Wᵀ`, W `[4, 3]`) and the same
+    /// layer with the weight stored `[in, out]` and the input transposed: both see the rows of
+    /// `x` (two samples of 5 tokens) as patches, so the Gram matrix, patch mean and per-feature
+    /// moments equal a direct computation over every token of both samples.
+    #[test]
+    fn matmul_gram_and_moments_equal_a_direct_computation() {
+        let x0: Vec<f32> = (0..15).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
+        let x1: Vec<f32> = (0..15).map(|i| ((i * 3) % 8) as f32 * 0.5).collect();
+        let mut gram = vec![0f64; 9];
+        let mut mean = vec![0f64; 3];
+        let mut square = vec![0f64; 3];
+        for row in x0.chunks(3).chain(x1.chunks(3)) {
+            for a in 0..3 {
+                mean[a] += f64::from(row[a]) / 10.0;
+                square[a] += f64::from(row[a] * row[a]) / 10.0;
+                for b in 0..3 {
+                    gram[a * 3 + b] += f64::from(row[a] * row[b]) / 10.0;
+                }
+            }
+        }
+        for transposed in [false, true] {
+            let mut g = Graph::new("t");
+            let shape = if transposed { [1, 3, 5] } else { [1, 5, 3] };
+            let x = g.input("x", TensorType::known(DType::F32, &shape));
+            let wshape = if transposed { vec![3, 4] } else { vec![4, 3] };
+            let w = g.constant("w", Tensor::f32(wshape, vec![0.1; 12]));
+            let op = Op::MatMul {
+                transpose_x: transposed,
+                transpose_y: !transposed,
+            };
+            let y = g.add(op, &[x, w], "matmul").unwrap();
+            g.set_output("y", y);
+            let feed = |v: &[f32]| {
+                let t = Tensor::f32(vec![5, 3], v.to_vec());
+                let t = if transposed {
+                    t.transposed().unwrap()
+                } else {
+                    t
+                };
+                Array::new(shape.to_vec(), t.to_f32())
+            };
+            let cal = Calibration::from_samples(
+                BTreeMap::from([("x".to_string(), vec![feed(&x0), feed(&x1)])]),
+                vec!["a".into(), "b".into()],
+            )
+            .unwrap();
+            let stats = collect(&g, &cal, false).unwrap();
+            let l = &stats.layers[&w];
+            assert_eq!((l.dim, l.kernel_area, l.groups, l.positions), (3, 1, 1, 10));
+            let close = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-9)
+            };
+            assert!(
+                close(l.gram.as_ref().unwrap(), &gram),
+                "{transposed}: {:?}",
+                l.gram
+            );
+            assert!(close(l.patch_mean.as_ref().unwrap(), &mean), "{transposed}");
+            assert!(close(&l.channel_mean, &mean), "{transposed}");
+            assert!(close(&l.channel_second_moment, &square), "{transposed}");
+        }
+    }
+
+    /// Projections reading the same tokens (a transformer's q, k and v) share one Gram matrix,
+    /// counted once against the budget; a layer reading the same value another way (a conv
+    /// of its `[1, C, H, W]` view) keeps its own.
+    #[test]
+    fn layers_reading_the_same_patches_share_one_gram() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 4, 2, 3]));
+        let mm = Op::MatMul {
+            transpose_x: false,
+            transpose_y: true,
+        };
+        let mut outs = Vec::new();
+        for (i, rows) in [5, 6, 3].into_iter().enumerate() {
+            let w = g.constant(
+                format!("w{i}"),
+                Tensor::f32(vec![rows, 3], vec![0.1; rows * 3]),
+            );
+            outs.push((w, g.add(mm.clone(), &[x, w], format!("p{i}")).unwrap()));
+        }
+        let wc = g.constant("wc", Tensor::f32(vec![2, 4, 1, 1], vec![0.1; 8]));
+        let c = g
+            .add(Op::Conv2d(Conv2d::same(1)), &[x, wc], "conv")
+            .unwrap();
+        g.set_output("c", c);
+        for (i, (_, y)) in outs.iter().enumerate() {
+            g.set_output(&format!("y{i}"), *y);
+        }
+        let data: Vec<f32> = (0..24).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let cal = Calibration::from_samples(
+            BTreeMap::from([("x".to_string(), vec![Array::new(vec![1, 4, 2, 3], data)])]),
+            vec!["s".into()],
+        )
+        .unwrap();
+        let stats = collect(&g, &cal, false).unwrap();
+        let gram = |w: ValueId| stats.layers[&w].gram.clone().unwrap();
+        let first = gram(outs[0].0);
+        assert_eq!(first.len(), 9);
+        for (w, _) in &outs[1..] {
+            assert!(Arc::ptr_eq(&first, &gram(*w)));
+            assert_eq!(stats.layers[w].positions, 8);
+        }
+        let conv = gram(wc);
+        assert_eq!((conv.len(), stats.layers[&wc].positions), (16, 6));
     }
 }

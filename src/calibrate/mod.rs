@@ -5,8 +5,8 @@
 //!   inputs) into the model's inputs ([`Calibration`]); for a decoder the photos go through the
 //!   matching encoder, built and evaluated by mlc.
 //! - [`image`]: decoding PNG/JPEG and fitting a photo to the model's size.
-//! - [`layer_inputs`]: what each conv's weights multiply (moments, patch Gram matrices), for
-//!   output-aware weight compression.
+//! - [`layer_inputs`]: what each conv's or linear layer's weights multiply (moments, patch Gram
+//!   matrices), for output-aware weight compression.
 //! - [`stats`]: one evaluation per sample gathering per-value statistics ([`collect`]).
 //! - [`histogram`]: the bounded |x| histogram and the clipping range minimising the error.
 //! - [`ranges`]: an emitted package's per-op ranges on the samples (`mlc inspect --ranges`).

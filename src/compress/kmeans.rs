@@ -75,7 +75,7 @@
 //! parallel batch functions only distribute whole, independent tensors: the output is a function
 //! of the input bits alone.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::parallel::parallel_map;
 
 use half::f16;
 
@@ -551,50 +551,6 @@ pub fn palettize_grouped_weighted(
         .zip(weights.chunks(group_len))
         .collect();
     kmeans_1d_weighted_batch(&groups, k)
-}
-
-/// Maps `f` over `items` on up to `available_parallelism` threads, largest (by `len`) first.
-fn parallel_map<T, L, F>(items: &[T], len: L, f: F) -> Vec<Palette>
-where
-    T: Sync,
-    L: Fn(&T) -> usize,
-    F: Fn(&T) -> Palette + Sync,
-{
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    // Big tensors first so that no thread is left with a big one at the end.
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(len(&items[i])));
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Palette>> = vec![None; items.len()];
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let slot = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&i) = order.get(slot) else { break };
-                        done.push((i, f(&items[i])));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for w in workers {
-            for (i, p) in w.join().expect("k-means worker panicked") {
-                results[i] = Some(p);
-            }
-        }
-    });
-    results
-        .into_iter()
-        .map(|p| p.expect("every tensor is processed"))
-        .collect()
 }
 
 /// Order-preserving map of a finite f32 (with -0.0 folded into 0.0) to u32.

@@ -6,6 +6,7 @@
 //! * [`quantize`]: linear int8/uint8 quantization per output channel or per block, and the
 //!   matching dequantization.
 //! * [`pack`]: sub-byte packing of indices in Core ML's bit order.
+//! * [`parallel`]: independent tensors or layers on every core.
 //! * [`output_aware`]: with calibration statistics, the palette or codes that move a layer's
 //!   output least: weighted k-means, [`feedback`] rounding (GPTQ), [`refit`] of the table by
 //!   least squares, bias correction; [`cholesky`] solves their small dense systems.
@@ -15,6 +16,7 @@ pub mod feedback;
 pub mod kmeans;
 pub mod output_aware;
 pub mod pack;
+pub(crate) mod parallel;
 pub mod quantize;
 pub mod refit;
 

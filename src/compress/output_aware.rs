@@ -1,9 +1,10 @@
 //! Output-aware compression of one layer's weights: the palette or the int8 codes that move the
 //! layer's *output* on the calibration inputs least, rather than the weights themselves.
 //!
-//! The layer is seen as `rows × d` weights (a conv's `[O, I, kh, kw]` as `O × (I·kh·kw)`) and
-//! what the calibration measured of the inputs they multiply ([`LayerData`]). Three steps, each
-//! kept only where it lowers the measured output error:
+//! The layer is seen as `rows × d` weights (a conv's `[O, I, kh, kw]` as `O × (I·kh·kw)`, a
+//! linear layer's `[out, in]` as is; [`crate::ir::weighted_layer`]) and what the calibration
+//! measured of the inputs they multiply ([`LayerData`]). Three steps, each kept only where it
+//! lowers the measured output error:
 //!
 //! 1. the k-means table, optionally weighted by each column's input energy (its mean square), so
 //!    that the table spends its entries where errors reach the output (off by default: on

@@ -71,6 +71,28 @@ impl Quantized {
         }
     }
 
+    /// The quantization of a matrix's transpose: codes, scales and zero points transposed
+    /// alike; `None` unless it has rank 2.
+    pub fn transposed(&self) -> Option<Quantized> {
+        let (&[r, c], &[sr, sc]) = (self.shape.as_slice(), self.scale_shape.as_slice()) else {
+            return None;
+        };
+        use crate::tensor::transpose as t;
+        let data = match &self.data {
+            QuantData::Symmetric(q) => QuantData::Symmetric(t(q, r, c)),
+            QuantData::Affine { data, zero_point } => QuantData::Affine {
+                data: t(data, r, c),
+                zero_point: t(zero_point, sr, sc),
+            },
+        };
+        Some(Quantized {
+            shape: vec![c, r],
+            scale_shape: vec![sc, sr],
+            scale: t(&self.scale, sr, sc),
+            data,
+        })
+    }
+
     /// Reconstructs the values as Core ML does (f32 arithmetic).
     pub fn dequantize(&self) -> Vec<f32> {
         let block = self.block_sizes();
@@ -444,5 +466,32 @@ mod tests {
     #[should_panic(expected = "must divide")]
     fn blockwise_rejects_uneven_blocks() {
         quantize_blockwise_i8(&[0.0; 12], &[2, 6], 4, ScaleType::F32);
+    }
+
+    /// Transposing the quantization (codes, scales, zero points) transposes the values it
+    /// stands for, per channel and per block, symmetric and affine.
+    #[test]
+    fn transposed_quantization_dequantizes_to_the_transpose() {
+        let shape = [6, 8];
+        let v = sample(&shape, 7);
+        for q in [
+            quantize_per_channel_i8(&v, &shape, ScaleType::F32),
+            quantize_per_channel_u8(&v, &shape, ScaleType::F16),
+            quantize_blockwise_i8(&v, &shape, 4, ScaleType::F32),
+        ] {
+            let t = q.transposed().unwrap();
+            assert_eq!(
+                (t.shape.clone(), t.scale_shape[0]),
+                (vec![8, 6], q.scale_shape[1])
+            );
+            assert_eq!(
+                t.dequantize(),
+                crate::tensor::transpose(&q.dequantize(), 6, 8)
+            );
+            assert_eq!(t.transposed().unwrap(), q);
+        }
+        let mut q = quantize_per_channel_i8(&v, &shape, ScaleType::F32);
+        q.shape = vec![2, 3, 8];
+        assert_eq!(q.transposed(), None);
     }
 }

@@ -160,6 +160,11 @@ impl Graph {
             .map(|(i, n)| (ValueId(i as u32), n))
     }
 
+    /// The nodes in definition order, indexed by [`ValueId::index`].
+    pub fn node_slice(&self) -> &[Node] {
+        &self.nodes
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -6,6 +6,7 @@
 //! - [`verify`]: the invariants, all checked at once.
 //! - [`eval`]: an f32 CPU evaluator, the ground truth every pass is tested against.
 //! - [`print`]: the textual form tests read; [`parse`] reads it back.
+//! - [`weighted_layer`]: the convs and matmuls that multiply their input by a constant weight.
 //!
 //! Invariants: definitions come before uses (arena order is topological), every handle is valid,
 //! every stored type equals the type its op infers from its inputs, node names are unique.
@@ -18,6 +19,7 @@ pub mod parse;
 pub mod print;
 pub mod types;
 pub mod verify;
+pub mod weighted_layer;
 
 pub use graph::{Graph, Node, Rebuilder, ValueId};
 pub use op::{Binary, ConstData, Conv2d, Op, Palettized, Quantized, Unary};
