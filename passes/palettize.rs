@@ -54,6 +54,28 @@ impl Pass for Palettize {
             .filter(|(_, n)| dense(n).is_some_and(|t| compressible(t, &n.ty, self.min_elements, k)))
             .map(|(i, _)| i)
             .partition(|i| fitted.get(i).is_some_and(fits));
+        if let Some(gs) = self.group_size {
+            // A weight whose rows the group size does not divide gets one table; a size that
+            // divides none is a mistake, not a choice.
+            let rows = |i: &usize| nodes[*i].ty.known_shape().and_then(|s| s.first().copied());
+            let all: Vec<usize> = calibrated.iter().chain(&chosen).copied().collect();
+            if !all.is_empty()
+                && !all
+                    .iter()
+                    .any(|i| rows(i).is_some_and(|r| gs > 0 && r % gs == 0))
+            {
+                let n = &nodes[all[0]];
+                return Err(IrError::Type {
+                    node: n.name.clone(),
+                    op: "palettize",
+                    reason: format!(
+                        "group size {gs} divides the output channels of no weight (this one has {} in {:?})",
+                        rows(&all[0]).unwrap_or(0),
+                        n.ty.known_shape().unwrap_or_default()
+                    ),
+                });
+            }
+        }
         // Each layer's fit is independent of the others' (the statistics are the float
         // model's): on every core, then applied in graph order.
         let fits: Vec<&Fitted> = calibrated.iter().map(|i| &fitted[i]).collect();
@@ -93,18 +115,28 @@ impl Pass for Palettize {
             let palettes: Vec<Vec<Palette>> = match self.group_size {
                 None => {
                     let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-                    kmeans_1d_batch(&slices, k).into_iter().map(|p| vec![p]).collect()
+                    kmeans_1d_batch(&slices, k)
+                        .into_iter()
+                        .map(|p| vec![p])
+                        .collect()
                 }
                 Some(gs) => batch
                     .iter()
                     .zip(&values)
                     .map(|(&i, v)| {
                         let shape = &nodes[i].ty.known_shape().unwrap_or_default();
-                        if shape.is_empty() || shape[0] % gs != 0 {
+                        // A tensor whose rows the group size does not divide (CLIP's 77
+                        // position embeddings) gets one table rather than failing the build.
+                        let gs = if gs > 0 && shape.first().is_some_and(|&r| r % gs == 0) {
+                            gs
+                        } else {
+                            shape.first().copied().unwrap_or(0)
+                        };
+                        if gs == 0 {
                             return Err(IrError::Type {
                                 node: nodes[i].name.clone(),
                                 op: "palettize",
-                                reason: format!("group size {gs} does not divide the {} output channels of {shape:?}", shape.first().unwrap_or(&0)),
+                                reason: format!("no output channels in {shape:?}"),
                             });
                         }
                         Ok(palettize_grouped(v, shape, gs, k))
@@ -147,14 +179,16 @@ impl Palettize {
         finite(&nodes[i].name, "palettize", &stored)?;
         let shape = nodes[i].ty.known_shape().unwrap_or_default();
         let rows = layer.rows;
-        let group_rows = self.group_size.unwrap_or(rows);
-        if group_rows == 0 || rows % group_rows != 0 || stored.len() != rows * layer.dim {
+        // As without calibration: one table where the group size does not divide the rows.
+        let group_rows = self
+            .group_size
+            .filter(|&g| g > 0 && rows % g == 0)
+            .unwrap_or(rows);
+        if rows == 0 || stored.len() != rows * layer.dim {
             return Err(IrError::Type {
                 node: nodes[i].name.clone(),
                 op: "palettize",
-                reason: format!(
-                    "group size {group_rows} does not divide the {rows} output channels of {shape:?}"
-                ),
+                reason: format!("{rows} output channels do not match the weight {shape:?}"),
             });
         }
         let v = layer.to_rows(&stored);
@@ -291,6 +325,7 @@ mod tests {
                 "{bits}-bit: {d}"
             );
         }
+        // A group size that divides no weight's 8 output channels is refused.
         let e = Palettize {
             bits: 4,
             group_size: Some(3),
@@ -301,9 +336,41 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("group size 3 does not divide the 8 output channels"),
+                .contains("group size 3 divides the output channels of no weight"),
             "{e}"
         );
+    }
+
+    /// Where the group size divides some weights' rows, the others get one table each.
+    #[test]
+    fn weights_the_group_size_does_not_divide_get_one_table() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F16, &[1, 8, 5, 5]));
+        let w1 = random(&[8, 8, 3, 3], 2, 0.5);
+        let w1 = g.constant("w1", Tensor::f32(w1.shape, w1.data).cast(DType::F16));
+        let y1 = g.add(Op::Conv2d(Conv2d::same(3)), &[x, w1], "c1").unwrap();
+        let w2 = random(&[6, 8, 3, 3], 3, 0.5);
+        let w2 = g.constant("w2", Tensor::f32(w2.shape, w2.data).cast(DType::F16));
+        let y2 = g.add(Op::Conv2d(Conv2d::same(3)), &[y1, w2], "c2").unwrap();
+        g.set_output("y", y2);
+        let p = Palettize {
+            bits: 4,
+            group_size: Some(3),
+            min_elements: 100,
+            calibrated: None,
+        }
+        .run(g)
+        .unwrap();
+        verify(&p).unwrap();
+        let text = print(&p);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!("%{name}:")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("w1").contains("1 table(s)"), "{text}");
+        assert!(line("w2").contains("2 table(s)"), "{text}");
     }
 
     /// A linear layer `x · Wᵀ + b` (W `[24, 40]`) and the same layer with W stored `[40, 24]`

@@ -48,6 +48,35 @@ impl Pass for Quantize {
             Some(c) => c.fitted(&nodes, &uses),
             None => Default::default(),
         };
+        if let (Mode::Int8, Some(b)) = (self.mode, self.block_size) {
+            // A weight whose input channels the block size does not divide keeps one scale per
+            // output channel; a size that divides none is a mistake, not a choice.
+            let candidates: Vec<&Node> = nodes
+                .iter()
+                .filter(|n| match &n.op {
+                    Op::Const(ConstData::Dense(t) | ConstData::Half(t)) => {
+                        t.len() >= self.min_elements
+                            && matches!(n.ty.dtype, DType::F16 | DType::F32)
+                            && t.shape.len() >= 2
+                    }
+                    _ => false,
+                })
+                .collect();
+            let divides = |n: &&Node| {
+                n.ty.known_shape()
+                    .is_some_and(|s| b > 0 && s.len() >= 2 && s[1] % b == 0)
+            };
+            if let (Some(n), false) = (candidates.first(), candidates.iter().any(divides)) {
+                return Err(IrError::Type {
+                    node: n.name.clone(),
+                    op: "quantize",
+                    reason: format!(
+                        "block size {b} divides the input channels of no weight (this one is {:?})",
+                        n.ty.known_shape().unwrap_or_default()
+                    ),
+                });
+            }
+        }
         for i in 0..nodes.len() {
             let n = &mut nodes[i];
             let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
@@ -72,19 +101,13 @@ impl Pass for Quantize {
             let q = match (self.mode, self.block_size) {
                 (Mode::Int8, None) => quantize_per_channel_i8(&v, &t.shape, scale_type),
                 (Mode::Uint8, None) => quantize_per_channel_u8(&v, &t.shape, scale_type),
-                (Mode::Int8, Some(b)) => {
-                    if b == 0 || t.shape[1] % b != 0 {
-                        return Err(IrError::Type {
-                            node: n.name.clone(),
-                            op: "quantize",
-                            reason: format!(
-                                "block size {b} does not divide the {} input channels of {:?}",
-                                t.shape[1], t.shape
-                            ),
-                        });
-                    }
-                    quantize_blockwise_i8(&v, &t.shape, b, scale_type)
+                // A tensor whose input channels the block size does not divide (CLIP's
+                // 77-wide causal mask) keeps one scale per output channel rather than failing
+                // the build.
+                (Mode::Int8, Some(b)) if b == 0 || t.shape[1] % b != 0 => {
+                    quantize_per_channel_i8(&v, &t.shape, scale_type)
                 }
+                (Mode::Int8, Some(b)) => quantize_blockwise_i8(&v, &t.shape, b, scale_type),
                 (Mode::Uint8, Some(_)) => {
                     return Err(IrError::Type {
                         node: n.name.clone(),
@@ -178,6 +201,7 @@ mod tests {
             let d = max_diff(&g, &q, &inputs);
             assert!(d > 0.0 && d < 0.05, "{mode:?} {block:?}: {d}");
         }
+        // A block size that divides no weight's 8 input channels is refused.
         let e = Quantize {
             mode: Mode::Int8,
             block_size: Some(3),
@@ -188,9 +212,36 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("block size 3 does not divide the 8 input channels"),
+                .contains("block size 3 divides the input channels of no weight"),
             "{e}"
         );
+    }
+
+    /// Where the block size divides some weights' input channels, the others keep one scale
+    /// per output channel.
+    #[test]
+    fn weights_the_block_size_does_not_divide_keep_per_channel_scales() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 8, 5, 5]));
+        let w1 = random(&[6, 8, 3, 3], 3, 0.5);
+        let w1 = g.constant("w1", Tensor::f32(w1.shape, w1.data));
+        let y1 = g.add(Op::Conv2d(Conv2d::same(3)), &[x, w1], "c1").unwrap();
+        let w2 = random(&[4, 6, 3, 3], 4, 0.5);
+        let w2 = g.constant("w2", Tensor::f32(w2.shape, w2.data));
+        let y2 = g.add(Op::Conv2d(Conv2d::same(3)), &[y1, w2], "c2").unwrap();
+        g.set_output("y", y2);
+        let q = Quantize {
+            mode: Mode::Int8,
+            block_size: Some(3),
+            min_elements: 100,
+            calibrated: None,
+        }
+        .run(g)
+        .unwrap();
+        verify(&q).unwrap();
+        let text = print(&q);
+        assert!(text.contains("int8, scales [6, 1, 1, 1]"), "{text}");
+        assert!(text.contains("int8, scales [4, 2, 1, 1]"), "{text}");
     }
 
     /// A linear layer whose weight is stored `[in, out]`: its codes are re-rounded as the

@@ -154,7 +154,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "BITS")]
     pub palettize: Option<u32>,
     /// With --palettize: per-tensor (one table per weight) or per-grouped-channel=G (one table
-    /// per G output channels; --target ios18).
+    /// per G output channels; --target ios18; a weight whose rows G does not divide gets one
+    /// table).
     #[arg(long, value_name = "per-tensor|per-grouped-channel=G", value_parser = parse_granularity, requires = "palettize")]
     pub granularity: Option<Granularity>,
     /// Quantize weights to 8 bits: int8 (symmetric, one scale per output channel) or uint8
@@ -162,7 +163,8 @@ pub struct BuildArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub quantize: Option<QuantArg>,
     /// With --quantize int8: one scale per B input channels of each output channel
-    /// (--target ios18).
+    /// (--target ios18; a weight whose input channels B does not divide gets one scale per
+    /// output channel).
     #[arg(long, value_name = "B", requires = "quantize")]
     pub block_size: Option<usize>,
     /// Quantize activations to int8 (with --quantize int8: W8A8): quantize-dequantize pairs on

@@ -529,6 +529,15 @@ pub type Ranges = std::collections::HashMap<crate::ir::ValueId, f32>;
 pub fn load_calibration(
     opts: &BuildOptions,
 ) -> Result<Option<crate::calibrate::Calibration>, BuildError> {
+    calibration(opts, None)
+}
+
+/// [`load_calibration`], with the sizes the options leave open taken from the `declared`
+/// graph's inputs where it is given.
+fn calibration(
+    opts: &BuildOptions,
+    declared: Option<&Graph>,
+) -> Result<Option<crate::calibrate::Calibration>, BuildError> {
     let Some(c) = &opts.calibration else {
         return Ok(None);
     };
@@ -537,7 +546,10 @@ pub fn load_calibration(
         reason,
     };
     let (model, part) = opts.model_part()?;
-    let b = opts.size_bindings()?.into_iter().next().unwrap_or_default();
+    let mut b = opts.size_bindings()?.into_iter().next().unwrap_or_default();
+    if let Some(g) = declared {
+        bind_from_graph(&mut b, &model.interface(part, &opts.model_options), g);
+    }
     let weights = opts.weights_path()?;
     let mut target = crate::calibrate::Target::for_model(
         model,
@@ -552,6 +564,30 @@ pub fn load_calibration(
     crate::calibrate::Calibration::load(&c.path, &target)
         .map(Some)
         .map_err(|e| failed(e.to_string()))
+}
+
+/// Binds the interface's size symbols the options leave open from the declared graph's inputs:
+/// where the weights fix a size (an image encoder's position embeddings), the graph has it and
+/// the options do not.
+fn bind_from_graph(b: &mut Bindings, iface: &models::Interface, g: &Graph) {
+    for &v in g.inputs() {
+        let n = g.node(v);
+        let Some(f) = iface.inputs.iter().find(|f| f.name == n.name) else {
+            continue;
+        };
+        if f.shape.len() != n.ty.rank() {
+            continue;
+        }
+        use crate::ir::Dim;
+        for (d, got) in f.shape.iter().zip(&n.ty.shape) {
+            // Only a bare symbol (`H`, not `8*H`) names its size directly.
+            if let (Dim::Sym(s), Dim::Known(size)) = (d, got) {
+                if let Some(sym) = s.symbols().next().filter(|&sym| *d == Dim::sym(sym)) {
+                    b.entry(sym.to_string()).or_insert(*size);
+                }
+            }
+        }
+    }
 }
 
 /// Whether to print progress on stderr (a terminal is watching).
@@ -1003,7 +1039,7 @@ fn compile_from(
     after_pass("declare", &g);
 
     let t = Instant::now();
-    let cal = load_calibration(opts)?;
+    let cal = calibration(opts, Some(&g))?;
     if cal.is_some() {
         timings.push(("load calibration".to_string(), t.elapsed()));
     }

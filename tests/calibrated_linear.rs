@@ -350,3 +350,41 @@ fn calibrated_clip_l_beats_data_free_on_held_out_tokens() {
         ],
     );
 }
+
+/// An image encoder's weights fix its size; a calibrated build need not be told it again: the
+/// same tables as with the size given, and the package says it was fitted.
+#[test]
+fn calibrated_image_encoder_takes_its_size_from_the_weights() {
+    let dir = out_dir("calibrated_linear_default_size");
+    let photos = photo_dir(dir.join("photos"), &["rocket.png"]);
+    let mut weights = Vec::new();
+    for (name, sizes) in [
+        ("default", Sizes::Default),
+        ("given", Sizes::Image(vec![[64, 64]])),
+    ] {
+        let mut o = clip_options("clip-vision", "vision");
+        o.sizes = sizes;
+        o.compression = Some(palettize(4));
+        o.calibration = Some(CalibrationSource {
+            path: photos.clone(),
+            encoder_weights: None,
+            upscale: false,
+        });
+        o.output = Some(dir.join(format!("{name}.mlpackage")));
+        let r = mlc::compiler::build(&o).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let pkg = mlc::package::read_package(&r.package).unwrap();
+        let d = pkg.model.description.unwrap();
+        let meta = d.metadata.unwrap().user_defined;
+        assert_eq!(
+            meta["mlc.weights.fit"], "layer outputs (calibrated)",
+            "{name}"
+        );
+        weights.push(
+            std::fs::read(r.package.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap(),
+        );
+    }
+    assert!(
+        weights[0] == weights[1],
+        "a size given or taken from the weights fits alike"
+    );
+}

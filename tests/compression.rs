@@ -226,7 +226,7 @@ fn compression_flags_reject_undefined_combinations() {
                 "--target",
                 "ios18",
             ],
-            "group size 48 does not divide the 64 output channels",
+            "group size 48 divides the output channels of no weight",
         ),
         (
             &["--palettize", "4", "--quantize", "int8"],
@@ -245,7 +245,7 @@ fn compression_flags_reject_undefined_combinations() {
                 "--target",
                 "ios18",
             ],
-            "block size 48 does not divide",
+            "block size 48 divides the input channels of no weight",
         ),
         (
             &[
