@@ -273,6 +273,19 @@ pub(crate) mod testing {
         .unwrap()
     }
 
+    /// Sum of squared differences between output `z` of `g` and of `reference` on one
+    /// sample of [`tokens`] (the linear-layer fits' error measure).
+    pub fn linear_error(reference: &Graph, g: &Graph) -> f64 {
+        let x = BTreeMap::from([("x".to_string(), tokens(9))]);
+        let want = &evaluate(reference, &x).unwrap()["z"];
+        let got = &evaluate(g, &x).unwrap()["z"];
+        got.data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum()
+    }
+
     /// Largest absolute difference between the outputs of two graphs on the same inputs.
     pub fn max_diff(a: &Graph, b: &Graph, inputs: &BTreeMap<String, Array>) -> f32 {
         let (ra, rb) = (evaluate(a, inputs).unwrap(), evaluate(b, inputs).unwrap());
