@@ -59,11 +59,7 @@ impl Pass for Palettize {
             // divides none is a mistake, not a choice.
             let rows = |i: &usize| nodes[*i].ty.known_shape().and_then(|s| s.first().copied());
             let all: Vec<usize> = calibrated.iter().chain(&chosen).copied().collect();
-            if !all.is_empty()
-                && !all
-                    .iter()
-                    .any(|i| rows(i).is_some_and(|r| gs > 0 && r % gs == 0))
-            {
+            if !all.is_empty() && !all.iter().any(|i| rows(i).is_some_and(|r| self.grouped(r))) {
                 let n = &nodes[all[0]];
                 return Err(IrError::Type {
                     node: n.name.clone(),
@@ -120,18 +116,12 @@ impl Pass for Palettize {
                         .map(|p| vec![p])
                         .collect()
                 }
-                Some(gs) => batch
+                Some(_) => batch
                     .iter()
                     .zip(&values)
                     .map(|(&i, v)| {
                         let shape = &nodes[i].ty.known_shape().unwrap_or_default();
-                        // A tensor whose rows the group size does not divide (CLIP's 77
-                        // position embeddings) gets one table rather than failing the build.
-                        let gs = if gs > 0 && shape.first().is_some_and(|&r| r % gs == 0) {
-                            gs
-                        } else {
-                            shape.first().copied().unwrap_or(0)
-                        };
+                        let gs = self.group_rows(shape.first().copied().unwrap_or(0));
                         if gs == 0 {
                             return Err(IrError::Type {
                                 node: nodes[i].name.clone(),
@@ -163,6 +153,20 @@ impl Pass for Palettize {
 }
 
 impl Palettize {
+    /// Whether the group size (if any) divides `rows` output channels.
+    fn grouped(&self, rows: usize) -> bool {
+        self.group_size.is_some_and(|g| g > 0 && rows % g == 0)
+    }
+
+    /// Output channels per table for a weight of `rows` of them: the group size where it
+    /// divides them, else one table for the tensor (CLIP's 77 position embeddings).
+    fn group_rows(&self, rows: usize) -> usize {
+        match self.group_size {
+            Some(g) if self.grouped(rows) => g,
+            _ => rows,
+        }
+    }
+
     /// Tables for the weight of `fit` fitted to its layer's output on the calibration set (in
     /// the weight's stored order), and the layer's bias with the output shift they leave, to
     /// fold into it.
@@ -179,11 +183,7 @@ impl Palettize {
         finite(&nodes[i].name, "palettize", &stored)?;
         let shape = nodes[i].ty.known_shape().unwrap_or_default();
         let rows = layer.rows;
-        // As without calibration: one table where the group size does not divide the rows.
-        let group_rows = self
-            .group_size
-            .filter(|&g| g > 0 && rows % g == 0)
-            .unwrap_or(rows);
+        let group_rows = self.group_rows(rows);
         if rows == 0 || stored.len() != rows * layer.dim {
             return Err(IrError::Type {
                 node: nodes[i].name.clone(),

@@ -51,17 +51,8 @@ impl Pass for Quantize {
         if let (Mode::Int8, Some(b)) = (self.mode, self.block_size) {
             // A weight whose input channels the block size does not divide keeps one scale per
             // output channel; a size that divides none is a mistake, not a choice.
-            let candidates: Vec<&Node> = nodes
-                .iter()
-                .filter(|n| match &n.op {
-                    Op::Const(ConstData::Dense(t) | ConstData::Half(t)) => {
-                        t.len() >= self.min_elements
-                            && matches!(n.ty.dtype, DType::F16 | DType::F32)
-                            && t.shape.len() >= 2
-                    }
-                    _ => false,
-                })
-                .collect();
+            let candidates: Vec<&Node> =
+                nodes.iter().filter(|n| self.weight(n).is_some()).collect();
             let divides = |n: &&Node| {
                 n.ty.known_shape()
                     .is_some_and(|s| b > 0 && s.len() >= 2 && s[1] % b == 0)
@@ -78,19 +69,12 @@ impl Pass for Quantize {
             }
         }
         for i in 0..nodes.len() {
-            let n = &mut nodes[i];
-            let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
+            let n = &nodes[i];
+            let Some(t) = self.weight(n) else {
                 continue;
             };
             // The constant's type: an f16-stored fp32 constant gets fp32 scales.
             let dtype = n.ty.dtype;
-            if t.len() < self.min_elements
-                || !matches!(dtype, DType::F16 | DType::F32)
-                || t.shape.len() < 2
-                || t.is_empty()
-            {
-                continue;
-            }
             let scale_type = if dtype == DType::F16 {
                 ScaleType::F16
             } else {
@@ -123,6 +107,19 @@ impl Pass for Quantize {
             nodes[i].op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
         }
         Ok(Graph::from_parts(name, nodes, outputs))
+    }
+}
+
+impl Quantize {
+    /// The tensor of `n` if it is a weight this pass quantizes: a float constant of rank 2 or
+    /// more with at least `min_elements` elements.
+    fn weight<'a>(&self, n: &'a Node) -> Option<&'a crate::tensor::Tensor> {
+        let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &n.op else {
+            return None;
+        };
+        let float = matches!(n.ty.dtype, DType::F16 | DType::F32);
+        let big = t.len() >= self.min_elements.max(1);
+        (float && big && t.shape.len() >= 2).then_some(t)
     }
 }
 
