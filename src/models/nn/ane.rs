@@ -58,7 +58,12 @@ pub fn attention(
     for (x, proj) in [(q, names.q), (k, names.k), (v, names.v)] {
         let p = a.child(proj);
         let shape = g.ty(x).shape.clone();
-        let by_head = vec![shape[0].clone(), Dim::Known(h), Dim::Known(dh), shape[3].clone()];
+        let by_head = vec![
+            shape[0].clone(),
+            Dim::Known(h),
+            Dim::Known(dh),
+            shape[3].clone(),
+        ];
         let y = reshape_to(g, x, by_head, p.node("heads"))?;
         let parts = (0..h)
             .map(|i| {
@@ -79,9 +84,7 @@ pub fn attention(
         unreachable!("three projections")
     };
     let (qt, kt) = (g.ty(q).shape.clone(), g.ty(k).shape.clone());
-    let chunks = spec
-        .budget
-        .map_or(1, |b| b.chunks(&qt[0], &kt[3], &qt[3]));
+    let chunks = spec.budget.map_or(1, |b| b.chunks(&qt[0], &kt[3], &qt[3]));
     let queries = qt[3].known().unwrap_or(0);
     let mut outs = Vec::with_capacity(h);
     for (i, ((&q, &k), &v)) in qs.iter().zip(ks).zip(vs).enumerate() {
@@ -116,7 +119,12 @@ pub fn attention(
         [one] => *one,
         _ => g.add(Op::Concat { axis: 1 }, &outs, a.node("heads"))?,
     };
-    let merged = vec![qt[0].clone(), Dim::Known(spec.inner), Dim::Known(1), qt[3].clone()];
+    let merged = vec![
+        qt[0].clone(),
+        Dim::Known(spec.inner),
+        Dim::Known(1),
+        qt[3].clone(),
+    ];
     reshape_to(g, att, merged, a.node("merged"))
 }
 

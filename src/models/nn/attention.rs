@@ -274,7 +274,13 @@ mod tests {
     /// `[L, S]`: a few keys hidden from a few queries, never all of a row.
     fn mask() -> Vec<f32> {
         (0..L * S)
-            .map(|e| if (e / S + 2 * (e % S)) % 5 == 0 { -1e4 } else { 0.0 })
+            .map(|e| {
+                if (e / S + 2 * (e % S)) % 5 == 0 {
+                    -1e4
+                } else {
+                    0.0
+                }
+            })
             .collect()
     }
 
@@ -322,9 +328,8 @@ mod tests {
                     let e: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
                     let sum: f64 = e.iter().sum();
                     for d in 0..dh {
-                        merged[l * INNER + h * dh + d] = (0..S)
-                            .map(|s| e[s] / sum * v[s * INNER + h * dh + d])
-                            .sum();
+                        merged[l * INNER + h * dh + d] =
+                            (0..S).map(|s| e[s] / sum * v[s * INNER + h * dh + d]).sum();
                     }
                 }
             }
@@ -430,7 +435,15 @@ mod tests {
         let big = chunked
             .nodes()
             .filter(|(_, n)| n.name.ends_with("_scores"))
-            .map(|(id, _)| chunked.ty(id).known_shape().unwrap().iter().product::<usize>() * 4)
+            .map(|(id, _)| {
+                chunked
+                    .ty(id)
+                    .known_shape()
+                    .unwrap()
+                    .iter()
+                    .product::<usize>()
+                    * 4
+            })
             .max();
         assert_eq!(big, Some(2 * S * 2 * 4), "largest chunk's scores in bytes");
         let y0 = run_layer(&whole, layout, &x, &c);

@@ -49,7 +49,11 @@ pub fn feed_forward(
 /// `x · sigmoid(1.702 x)`, nodes `{scope}_quick_gelu…`.
 pub fn quick_gelu(g: &mut Graph, p: &Scope, x: ValueId) -> Result<ValueId, ModelError> {
     let k = g.constant(p.node("quick_gelu_k"), Tensor::scalar(1.702f32));
-    let z = g.add(Op::Binary(Binary::Mul), &[x, k], p.node("quick_gelu_scaled"))?;
+    let z = g.add(
+        Op::Binary(Binary::Mul),
+        &[x, k],
+        p.node("quick_gelu_scaled"),
+    )?;
     let z = g.add(Op::Unary(Unary::Sigmoid), &[z], p.node("quick_gelu_gate"))?;
     Ok(g.add(Op::Binary(Binary::Mul), &[x, z], p.node("quick_gelu"))?)
 }
@@ -93,11 +97,18 @@ mod tests {
         let mut want = Vec::new();
         for row in x.data.chunks(dim) {
             let proj = |o: usize| {
-                b1[o] as f64 + (0..dim).map(|i| (row[i] * w1[o * dim + i]) as f64).sum::<f64>()
+                b1[o] as f64
+                    + (0..dim)
+                        .map(|i| (row[i] * w1[o * dim + i]) as f64)
+                        .sum::<f64>()
             };
-            let hidden: Vec<f64> = (0..inner).map(|j| proj(j) * gelu(proj(inner + j))).collect();
+            let hidden: Vec<f64> = (0..inner)
+                .map(|j| proj(j) * gelu(proj(inner + j)))
+                .collect();
             for o in 0..dim {
-                let y: f64 = (0..inner).map(|j| hidden[j] * w2[o * inner + j] as f64).sum();
+                let y: f64 = (0..inner)
+                    .map(|j| hidden[j] * w2[o * inner + j] as f64)
+                    .sum();
                 want.push((y + b2[o] as f64) as f32);
             }
         }

@@ -102,7 +102,10 @@ mod tests {
                 ("nb.weight", &[cout, cin]),
             ],
         );
-        let (wt, bias) = (w.tensors["fc.weight"].to_f32(), w.tensors["fc.bias"].to_f32());
+        let (wt, bias) = (
+            w.tensors["fc.weight"].to_f32(),
+            w.tensors["fc.bias"].to_f32(),
+        );
         let x = Array::new(vec![b, s, cin], Lcg(3).vec(b * s * cin));
         let reference = |with_bias: bool| -> Vec<f32> {
             let wt = if with_bias {
@@ -120,7 +123,10 @@ mod tests {
             y
         };
         for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
-            for (key, spec) in [("fc", Linear::new(cin, cout)), ("nb", Linear::unbiased(cin, cout))] {
+            for (key, spec) in [
+                ("fc", Linear::new(cin, cout)),
+                ("nb", Linear::unbiased(cin, cout)),
+            ] {
                 let params = Params::new(&w);
                 let mut g = Graph::new("t");
                 let xi = input(&mut g, "x", &states_shape(layout, b, s, cin));
@@ -128,7 +134,12 @@ mod tests {
                 g.set_output("y", y);
                 let y = from_layout(layout, &run(&g, &[("x", to_layout(layout, &x))])["y"]);
                 assert_eq!(y.shape, vec![b, s, cout]);
-                assert_close(&y.data, &reference(spec.bias), 1e-5, &format!("{layout:?} {key}"));
+                assert_close(
+                    &y.data,
+                    &reference(spec.bias),
+                    1e-5,
+                    &format!("{layout:?} {key}"),
+                );
             }
         }
     }

@@ -92,13 +92,20 @@ mod tests {
         let w = random_weights(1, &[("ln.weight", &[d]), ("ln.bias", &[d])]);
         let params = Params::new(&w);
         let x = Array::new(vec![1, s, d], Lcg(7).vec(s * d));
-        let (gamma, beta) = (w.tensors["ln.weight"].to_f32(), w.tensors["ln.bias"].to_f32());
+        let (gamma, beta) = (
+            w.tensors["ln.weight"].to_f32(),
+            w.tensors["ln.bias"].to_f32(),
+        );
         let mut want = Vec::new();
         for row in x.data.chunks(d) {
             let mean = row.iter().sum::<f32>() / d as f32;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / d as f32;
             let r = 1.0 / (var + eps).sqrt();
-            want.extend(row.iter().enumerate().map(|(i, v)| (v - mean) * r * gamma[i] + beta[i]));
+            want.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(i, v)| (v - mean) * r * gamma[i] + beta[i]),
+            );
         }
         for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
             let mut g = Graph::new("t");

@@ -73,7 +73,12 @@ pub fn resnet(
         h = binary(g, p, Binary::Add, h, e, "time_add")?;
     }
     let h = norm_silu(g, &p.child("norm2"), h, &norm(cout))?;
-    let h = conv2d(g, &p.child("conv2"), h, &ConvSpec::same(cout, cout, 3, true))?;
+    let h = conv2d(
+        g,
+        &p.child("conv2"),
+        h,
+        &ConvSpec::same(cout, cout, 3, true),
+    )?;
     let skip = if cin != cout {
         let spec = ConvSpec::same(cin, cout, 1, true);
         conv2d(g, &p.child("conv_shortcut"), x, &spec)?
@@ -132,8 +137,9 @@ mod tests {
                                 if y < 0 || z < 0 || y >= h || z >= wd {
                                     continue;
                                 }
-                                let kw = w[((o * c + ci) * k + (di + r) as usize) * k
-                                    + (dj + r) as usize] as f64;
+                                let kw = w
+                                    [((o * c + ci) * k + (di + r) as usize) * k + (dj + r) as usize]
+                                    as f64;
                                 s += kw * x.v[(ci * x.h + y as usize) * x.w + z as usize];
                             }
                         }
@@ -164,8 +170,10 @@ mod tests {
             ("r.conv_shortcut.weight".into(), vec![cout, cin, 1, 1]),
             ("r.conv_shortcut.bias".into(), vec![cout]),
         ];
-        let keys: Vec<(&str, &[usize])> =
-            keys.iter().map(|(k, s)| (k.as_str(), s.as_slice())).collect();
+        let keys: Vec<(&str, &[usize])> = keys
+            .iter()
+            .map(|(k, s)| (k.as_str(), s.as_slice()))
+            .collect();
         let w = random_weights(6, &keys);
         let t = |k: &str| w.tensors[&format!("r.{k}")].to_f32();
         let x = Array::new(vec![1, cin, hw, hw], Lcg(8).vec(cin * hw * hw));
@@ -194,8 +202,18 @@ mod tests {
         }
         let h = group_norm_silu(&h, groups, eps, &t("norm2.weight"), &t("norm2.bias"));
         let h = conv(&h, cout, 3, &t("conv2.weight"), &t("conv2.bias"));
-        let skip = conv(&xm, cout, 1, &t("conv_shortcut.weight"), &t("conv_shortcut.bias"));
-        let want: Vec<f32> = h.v.iter().zip(&skip.v).map(|(a, b)| (a + b) as f32).collect();
+        let skip = conv(
+            &xm,
+            cout,
+            1,
+            &t("conv_shortcut.weight"),
+            &t("conv_shortcut.bias"),
+        );
+        let want: Vec<f32> =
+            h.v.iter()
+                .zip(&skip.v)
+                .map(|(a, b)| (a + b) as f32)
+                .collect();
 
         for temb_shape in [vec![1, tc], vec![1, tc, 1, 1]] {
             let params = Params::new(&w);
