@@ -33,7 +33,7 @@ use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
 use crate::weights::{WeightFile, Weights};
 use keys::{Activation, Config, Layout as Keys};
-use layout::Layout;
+use layout::TokenStates;
 use std::path::Path;
 use transformer::{feature, layer, Encoder};
 
@@ -172,30 +172,30 @@ impl Clip {
             epsilon: cfg.epsilon,
             activation: cfg.activation,
         };
-        let lay = Layout {
+        let states = TokenStates {
             kind: o.layout,
             enc: &encoder,
         };
         let root = params.scope("");
-        let mut x = lay.embeddings(&mut g, &root.child("embeddings"), ids, cfg.vocab)?;
-        let mask = lay.causal_mask(&mut g);
+        let mut x = states.embeddings(&mut g, &root.child("embeddings"), ids, cfg.vocab)?;
+        let mask = states.causal_mask(&mut g);
         let mut hidden = None;
         for i in 0..cfg.layers {
             let p = root.child("encoder.layers").child(i);
-            x = layer(&mut g, &lay, &p, x, Some(mask))?;
+            x = layer(&mut g, &states, &p, x, Some(mask))?;
             if o.hidden_layer == Some(cfg.layers - i) {
                 hidden = Some(x);
             }
         }
-        let last = lay.layer_norm(&mut g, &root.child("final_layer_norm"), x)?;
-        let out = lay.sequence_output(&mut g, last, "last_hidden_state")?;
+        let last = states.layer_norm(&mut g, &root.child("final_layer_norm"), x)?;
+        let out = states.sequence_output(&mut g, last, "last_hidden_state")?;
         g.set_output("last_hidden_state", out);
         let eos = g.add(Op::ArgMax { axis: 1 }, &[ids], "eos_position")?;
-        let at = lay.state_at(&mut g, last, eos)?;
-        let pooled = lay.pooled(&mut g, at, "eos_state_flat")?;
+        let at = states.state_at(&mut g, last, eos)?;
+        let pooled = states.pooled(&mut g, at, "eos_state_flat")?;
         match cfg.projection {
             Some(p) => {
-                let e = lay.project(
+                let e = states.project(
                     &mut g,
                     &root,
                     keys::PROJECTION,
@@ -206,12 +206,12 @@ impl Clip {
                 g.set_output("text_embeds", e);
             }
             None => {
-                let pooled = lay.pooled_output(&mut g, pooled, "eos_state_flat")?;
+                let pooled = states.pooled_output(&mut g, pooled, "eos_state_flat")?;
                 g.set_output("pooled", pooled);
             }
         }
         if let Some(h) = hidden {
-            let h = lay.sequence_output(&mut g, h, "hidden_state")?;
+            let h = states.sequence_output(&mut g, h, "hidden_state")?;
             g.set_output("hidden_state", h);
         }
         params.finish()?;

@@ -1,12 +1,11 @@
 //! What CLIP's text and image encoders share: the pre-norm transformer encoder layer, written
-//! once against the pieces of a [`Layout`] (`standard` or `ane`).
+//! once with the layer library for either layout of [`TokenStates`] (`standard` or `ane`).
 
 use super::keys::Activation;
-use super::layout::Layout;
+use super::layout::TokenStates;
 use crate::ir::{Binary, Dim, Graph, Op, Unary, ValueId};
-use crate::models::nn::Scope;
+use crate::models::nn::{self, AttentionSpec, Linear, Projections, Scope};
 use crate::models::{Feature, ModelError, Role};
-use crate::tensor::Tensor;
 
 /// The sizes one encoder layer is built at.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,38 +34,27 @@ pub fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> 
 /// mask; the image model attends everywhere).
 pub fn layer(
     g: &mut Graph,
-    lay: &Layout,
+    states: &TokenStates,
     p: &Scope,
     x: ValueId,
     mask: Option<ValueId>,
 ) -> Result<ValueId, ModelError> {
-    let e = lay.enc;
+    let (e, layout) = (states.enc, states.kind);
     let d = e.hidden;
-    let a = p.child("self_attn");
-    let x1 = lay.layer_norm(g, &p.child("layer_norm1"), x)?;
-    let q = lay.linear(g, &a.child("q_proj"), x1, d, d)?;
-    let k = lay.linear(g, &a.child("k_proj"), x1, d, d)?;
-    let v = lay.linear(g, &a.child("v_proj"), x1, d, d)?;
-    let att = lay.attention(g, &a, [q, k, v], mask)?;
-    let att = lay.linear(g, &a.child("out_proj"), att, d, d)?;
+    let x1 = states.layer_norm(g, &p.child("layer_norm1"), x)?;
+    let spec = AttentionSpec::new(d, e.heads, Projections::CLIP, layout);
+    let att = nn::attention_layer(g, &p.child("self_attn"), x1, None, mask, &spec)?;
     let x = g.add(Op::Binary(Binary::Add), &[x, att], p.node("attn_residual"))?;
-    let x2 = lay.layer_norm(g, &p.child("layer_norm2"), x)?;
+    let x2 = states.layer_norm(g, &p.child("layer_norm2"), x)?;
     let mlp = p.child("mlp");
-    let y = lay.linear(g, &mlp.child("fc1"), x2, d, e.intermediate)?;
+    let fc1 = Linear::new(d, e.intermediate);
+    let y = nn::linear(g, &mlp.child("fc1"), x2, &fc1, layout)?;
     let y = match e.activation {
-        Activation::Gelu => g.add(Op::Unary(Unary::Gelu), &[y], mlp.node("gelu"))?,
-        Activation::QuickGelu => {
-            let k = g.constant(mlp.node("quick_gelu_k"), Tensor::scalar(1.702f32));
-            let z = g.add(
-                Op::Binary(Binary::Mul),
-                &[y, k],
-                mlp.node("quick_gelu_scaled"),
-            )?;
-            let z = g.add(Op::Unary(Unary::Sigmoid), &[z], mlp.node("quick_gelu_gate"))?;
-            g.add(Op::Binary(Binary::Mul), &[y, z], mlp.node("quick_gelu"))?
-        }
+        Activation::Gelu => nn::unary(g, &mlp, Unary::Gelu, y, "gelu")?,
+        Activation::QuickGelu => nn::quick_gelu(g, &mlp, y)?,
     };
-    let y = lay.linear(g, &mlp.child("fc2"), y, e.intermediate, d)?;
+    let fc2 = Linear::new(e.intermediate, d);
+    let y = nn::linear(g, &mlp.child("fc2"), y, &fc2, layout)?;
     Ok(g.add(Op::Binary(Binary::Add), &[x, y], p.node("mlp_residual"))?)
 }
 
@@ -89,34 +77,4 @@ pub fn read_weights(
         tensors.insert(key, store.read(&file_key)?);
     }
     Ok(crate::weights::Weights::new(path, store.format(), tensors))
-}
-
-pub fn reshape(
-    g: &mut Graph,
-    x: ValueId,
-    shape: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Reshape {
-            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
-        },
-        &[x],
-        name,
-    )?)
-}
-
-pub fn transpose(
-    g: &mut Graph,
-    x: ValueId,
-    perm: &[usize],
-    name: String,
-) -> Result<ValueId, ModelError> {
-    Ok(g.add(
-        Op::Transpose {
-            perm: perm.to_vec(),
-        },
-        &[x],
-        name,
-    )?)
 }

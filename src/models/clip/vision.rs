@@ -13,11 +13,11 @@
 //! The input is the normalised `pixel_values`; with `--input-type image` an RGB image, CLIP's
 //! per-channel mean and std folded in ([`NORMALIZATION`]).
 
-use super::layout::{channels_first, Layout};
-use super::transformer::{feature, layer, reshape, transpose, Encoder};
+use super::layout::TokenStates;
+use super::transformer::{feature, layer, Encoder};
 use super::vision_keys::{self as keys, Config, Layout as Keys};
 use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType};
-use crate::models::nn::{self, ConvSpec, Params};
+use crate::models::nn::{self, ane::channels_first, reshape, transpose, ConvSpec, Params};
 use crate::models::{
     Description, Interface, Model, ModelError, ModelOptions, Normalization, Part, Role,
     TransformerLayout,
@@ -74,7 +74,7 @@ impl ClipVision {
             epsilon: cfg.epsilon,
             activation: cfg.activation,
         };
-        let lay = Layout {
+        let states = TokenStates {
             kind,
             enc: &encoder,
         };
@@ -96,7 +96,7 @@ impl ClipVision {
         let patches = nn::conv2d(&mut g, &emb.child("patch_embedding"), pixels, &spec)?;
         let pos = emb.child("position_embedding");
         // The class token goes in front of the patches, on the token axis of the layout.
-        let (class, patches, pos) = if lay.ane() {
+        let (class, patches, pos) = if states.ane() {
             let patches = reshape(&mut g, patches, &[1, d, 1, n * n], "patches".into())?;
             let c = emb.tensor("class_embedding", &[d])?;
             let c = g.weight(emb.node("class_token"), c.into_reshaped(vec![1, d, 1, 1]));
@@ -109,15 +109,15 @@ impl ClipVision {
             let c = reshape(&mut g, c, &[1, 1, d], emb.node("class_token"))?;
             (c, patches, pos.constant(&mut g, "weight", &[tokens, d])?)
         };
-        let axis = lay.token_axis();
+        let axis = states.token_axis();
         let x = g.add(Op::Concat { axis }, &[class, patches], "tokens")?;
         let x = g.add(Op::Binary(Binary::Add), &[x, pos], "embeddings")?;
-        let mut x = lay.layer_norm(&mut g, &root.child("pre_layrnorm"), x)?;
+        let mut x = states.layer_norm(&mut g, &root.child("pre_layrnorm"), x)?;
         for i in 0..cfg.layers {
             let p = root.child("encoder.layers").child(i);
-            x = layer(&mut g, &lay, &p, x, None)?;
+            x = layer(&mut g, &states, &p, x, None)?;
         }
-        let out = lay.sequence_output(&mut g, x, "last_hidden_state")?;
+        let out = states.sequence_output(&mut g, x, "last_hidden_state")?;
         g.set_output("last_hidden_state", out);
         let class = g.add(
             Op::Slice {
@@ -128,9 +128,9 @@ impl ClipVision {
             &[x],
             "class_state",
         )?;
-        let class = lay.pooled(&mut g, class, "class_state_flat")?;
-        let pooled = lay.layer_norm(&mut g, &root.child("post_layernorm"), class)?;
-        let embeds = lay.project(
+        let class = states.pooled(&mut g, class, "class_state_flat")?;
+        let pooled = states.layer_norm(&mut g, &root.child("post_layernorm"), class)?;
+        let embeds = states.project(
             &mut g,
             &root,
             keys::PROJECTION,

@@ -10,6 +10,7 @@
 //!          the last)  mid  group_norm silu conv_out → [mean | logvar]  [quant_conv]
 //! resnet(x) = shortcut(x) + conv2(silu(gn2(conv1(silu(gn1(x))))))
 //! attention(x) = x + out(attn(q(gn(x)), k(gn(x)), v(gn(x)))) over all H·W positions, one head
+//! (both from the layer library: nn::resnet, nn::spatial_attention)
 //! ```
 //! The architecture (widths, resnets per level, quant convs, FLUX.2's batch norm) is read off the
 //! tensors and checked against the model asked for and, when present, the `config.json` beside
@@ -20,7 +21,7 @@ pub mod keys;
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::taesd::feature;
 use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role};
-use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType, Unary, ValueId};
+use crate::ir::{Binary, Dim, Graph, Op, TensorType, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
 use crate::weights::{StoredDtype, WeightFile, Weights};
@@ -629,6 +630,14 @@ fn unpack(g: &mut Graph, bn: &Scope, x: ValueId, c4: usize) -> Result<ValueId, M
 }
 
 impl Builder<'_> {
+    fn norm(&self, channels: usize) -> nn::GroupNorm {
+        nn::GroupNorm {
+            channels,
+            groups: self.groups,
+            epsilon: EPS,
+        }
+    }
+
     fn norm_silu(
         &self,
         g: &mut Graph,
@@ -636,8 +645,7 @@ impl Builder<'_> {
         x: ValueId,
         ch: usize,
     ) -> Result<ValueId, ModelError> {
-        let x = nn::group_norm(g, p, x, ch, self.groups, EPS)?;
-        nn::unary(g, p, Unary::Silu, x, "silu")
+        nn::norm_silu(g, p, x, &self.norm(ch))
     }
 
     fn resnet(
@@ -648,26 +656,13 @@ impl Builder<'_> {
         cin: usize,
         cout: usize,
     ) -> Result<ValueId, ModelError> {
-        let h = self.norm_silu(g, &p.child("norm1"), x, cin)?;
-        let h = nn::conv2d(g, &p.child("conv1"), h, &ConvSpec::same(cin, cout, 3, true))?;
-        let h = self.norm_silu(g, &p.child("norm2"), h, cout)?;
-        let h = nn::conv2d(
-            g,
-            &p.child("conv2"),
-            h,
-            &ConvSpec::same(cout, cout, 3, true),
-        )?;
-        let skip = if cin != cout {
-            nn::conv2d(
-                g,
-                &p.child("conv_shortcut"),
-                x,
-                &ConvSpec::same(cin, cout, 1, true),
-            )?
-        } else {
-            x
+        let spec = nn::Resnet {
+            cin,
+            cout,
+            groups: self.groups,
+            epsilon: EPS,
         };
-        nn::binary(g, p, Binary::Add, skip, h, "add")
+        nn::resnet(g, p, x, &spec, None)
     }
 
     fn mid_block(
@@ -678,63 +673,12 @@ impl Builder<'_> {
         ch: usize,
     ) -> Result<ValueId, ModelError> {
         let x = self.resnet(g, &p.child("resnets").child(0), x, ch, ch)?;
-        let x = self.attention(g, &p.child("attentions").child(0), x, ch)?;
+        let spec = nn::SpatialAttention {
+            channels: ch,
+            groups: self.groups,
+            epsilon: EPS,
+        };
+        let x = nn::spatial_attention(g, &p.child("attentions").child(0), x, &spec)?;
         self.resnet(g, &p.child("resnets").child(1), x, ch, ch)
     }
-
-    /// Single-head self-attention over all positions, its linear layers as 1x1 convs (the
-    /// channels-first form the Neural Engine prefers).
-    fn attention(
-        &self,
-        g: &mut Graph,
-        p: &Scope,
-        x: ValueId,
-        ch: usize,
-    ) -> Result<ValueId, ModelError> {
-        let h = nn::group_norm(g, &p.child("group_norm"), x, ch, self.groups, EPS)?;
-        let shape = g.ty(h).shape.clone();
-        let positions = shape[2].times(&shape[3]);
-        let seq = |g: &mut Graph, name: &str| -> Result<ValueId, ModelError> {
-            let l = p.child(name);
-            let y = linear_1x1(g, &l, h, ch)?;
-            let y = g.add(
-                Op::Reshape {
-                    shape: vec![Dim::Known(1), Dim::Known(ch), positions.clone()],
-                },
-                &[y],
-                l.node("flat"),
-            )?;
-            Ok(g.add(
-                Op::Transpose {
-                    perm: vec![0, 2, 1],
-                },
-                &[y],
-                l.node("seq"),
-            )?)
-        };
-        let q = seq(g, "to_q")?;
-        let k = seq(g, "to_k")?;
-        let v = seq(g, "to_v")?;
-        let scale = 1.0 / (ch as f32).sqrt();
-        let o = g.add(Op::Attention { scale }, &[q, k, v], p.node("attention"))?;
-        let o = g.add(
-            Op::Transpose {
-                perm: vec![0, 2, 1],
-            },
-            &[o],
-            p.node("channels"),
-        )?;
-        let o = g.add(Op::ReshapeLike, &[o, x], p.node("spatial"))?;
-        let o = linear_1x1(g, &p.child("to_out").child(0), o, ch)?;
-        nn::binary(g, p, Binary::Add, x, o, "residual")
-    }
-}
-
-/// A `[C, C]` linear layer applied per position as a 1x1 conv.
-fn linear_1x1(g: &mut Graph, p: &Scope, x: ValueId, ch: usize) -> Result<ValueId, ModelError> {
-    let mut w = p.tensor("weight", &[ch, ch])?;
-    w.shape = vec![ch, ch, 1, 1];
-    let w = g.weight(p.node("weight"), w);
-    let b = p.constant(g, "bias", &[ch])?;
-    Ok(g.add(Op::Conv2d(Conv2d::same(1)), &[x, w, b], p.node("conv"))?)
 }

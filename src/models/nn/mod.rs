@@ -3,14 +3,38 @@
 //! one error at the end ([`Params::finish`]).
 //!
 //! Layers add IR ops and name their nodes after the weight keys they read (`mid.attn.q` reads
-//! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor.
+//! `mid.attn.q.weight`), so a node in a dump leads straight to its tensor. Each kind of layer has
+//! its file: [`conv`], [`norm`] (group norm, layer norm over either axis), [`linear`] (in both
+//! transformer layouts), [`resnet`] (with an optional time embedding), [`attention`] (self and
+//! cross, heads, a mask; the VAE's spatial attention), [`feed_forward`] (GEGLU, quick GELU) and
+//! [`ane`] (the Neural Engine's `[B, C, 1, S]` states: per-head attention, query chunks, table
+//! and state rearrangements). This file holds the parameter scope and the one-op helpers.
 //!
 //! Weights arrive in their stored dtype and stay in it: an f16 tensor becomes an fp32 constant
 //! stored as f16 ([`crate::ir::ConstData::Half`]), so an f16 file in an fp16 build is never
 //! widened, and elsewhere each constant is widened only where its values are needed.
 
+pub mod ane;
+pub mod attention;
+pub mod conv;
+pub mod feed_forward;
+pub mod linear;
+pub mod norm;
+pub mod resnet;
+#[cfg(test)]
+mod testing;
+
+pub use attention::{
+    attention, attention_layer, spatial_attention, AttentionSpec, Projections, SpatialAttention,
+};
+pub use conv::{conv2d, ConvSpec};
+pub use feed_forward::{feed_forward, quick_gelu, FeedForward};
+pub use linear::{linear, linear_as_conv, Linear};
+pub use norm::{group_norm, layer_norm, GroupNorm, LayerNorm, NormAxis};
+pub use resnet::{norm_silu, resnet, Resnet, TimeEmbedding};
+
 use super::ModelError;
-use crate::ir::{Binary, Conv2d, Graph, Op, Unary, ValueId};
+use crate::ir::{Binary, Dim, Graph, Op, Unary, ValueId};
 use crate::tensor::Tensor;
 use crate::weights::{WeightError, Weights};
 use std::cell::RefCell;
@@ -208,54 +232,6 @@ impl<'p, 'w> Scope<'p, 'w> {
     }
 }
 
-/// `conv2d` with `weight` [cout, cin/groups, k, k] and, when `bias`, `bias` [cout]; named after
-/// the scope.
-pub struct ConvSpec {
-    pub cin: usize,
-    pub cout: usize,
-    pub kernel: usize,
-    pub bias: bool,
-    pub attrs: Conv2d,
-}
-
-impl ConvSpec {
-    /// Stride 1, `kernel/2` zero padding: the size-keeping convolution.
-    pub fn same(cin: usize, cout: usize, kernel: usize, bias: bool) -> ConvSpec {
-        ConvSpec {
-            cin,
-            cout,
-            kernel,
-            bias,
-            attrs: Conv2d::same(kernel),
-        }
-    }
-
-    /// With these strides and `[top, bottom, left, right]` padding.
-    pub fn strided(mut self, stride: usize, pads: [usize; 4]) -> ConvSpec {
-        self.attrs.strides = [stride, stride];
-        self.attrs.pads = pads;
-        self
-    }
-}
-
-pub fn conv2d(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    spec: &ConvSpec,
-) -> Result<ValueId, ModelError> {
-    let groups = spec.attrs.groups.max(1);
-    let k = spec.kernel;
-    let mut args = vec![
-        x,
-        p.constant(g, "weight", &[spec.cout, spec.cin / groups, k, k])?,
-    ];
-    if spec.bias {
-        args.push(p.constant(g, "bias", &[spec.cout])?);
-    }
-    Ok(g.add(Op::Conv2d(spec.attrs.clone()), &args, p.node("conv"))?)
-}
-
 /// A unary op named `{scope}_{what}`.
 pub fn unary(
     g: &mut Graph,
@@ -279,24 +255,6 @@ pub fn binary(
     Ok(g.add(Op::Binary(op), &[x, y], p.node(what))?)
 }
 
-/// Group normalisation over `channels` with affine `weight`/`bias` of this scope.
-pub fn group_norm(
-    g: &mut Graph,
-    p: &Scope,
-    x: ValueId,
-    channels: usize,
-    groups: usize,
-    epsilon: f32,
-) -> Result<ValueId, ModelError> {
-    let gamma = p.constant(g, "weight", &[channels])?;
-    let beta = p.constant(g, "bias", &[channels])?;
-    Ok(g.add(
-        Op::GroupNorm { groups, epsilon },
-        &[x, gamma, beta],
-        p.node("gn"),
-    )?)
-}
-
 /// Nearest-neighbour upsampling by `scale`.
 pub fn upsample(
     g: &mut Graph,
@@ -305,6 +263,42 @@ pub fn upsample(
     scale: usize,
 ) -> Result<ValueId, ModelError> {
     Ok(g.add(Op::Upsample { scale }, &[x], name)?)
+}
+
+/// `x` reshaped to the known `shape`.
+pub fn reshape(
+    g: &mut Graph,
+    x: ValueId,
+    shape: &[usize],
+    name: String,
+) -> Result<ValueId, ModelError> {
+    reshape_to(g, x, shape.iter().map(|&n| Dim::Known(n)).collect(), name)
+}
+
+/// `x` reshaped to `shape`, whose sizes may be symbolic (`H*W` positions).
+pub fn reshape_to(
+    g: &mut Graph,
+    x: ValueId,
+    shape: Vec<Dim>,
+    name: String,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(Op::Reshape { shape }, &[x], name)?)
+}
+
+/// `x` with its axes in the order `perm`.
+pub fn transpose(
+    g: &mut Graph,
+    x: ValueId,
+    perm: &[usize],
+    name: String,
+) -> Result<ValueId, ModelError> {
+    Ok(g.add(
+        Op::Transpose {
+            perm: perm.to_vec(),
+        },
+        &[x],
+        name,
+    )?)
 }
 
 #[cfg(test)]
