@@ -417,4 +417,6 @@ pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> WeightError {
 }
 
 #[cfg(test)]
+mod source_tests;
+#[cfg(test)]
 mod tests;
