@@ -764,7 +764,7 @@ mod tests {
         // A VAE under a prefix it is not known under is not found; two are refused.
         assert_eq!(p(&["vae.decoder.conv_in.weight"]), Err(PrefixError::Absent));
         assert_eq!(
-            p(&["decoder.conv_in.weight", &sd[2]]),
+            p(&["decoder.conv_in.weight", sd[2]]),
             Err(PrefixError::Several(vec![
                 String::new(),
                 FULL_CHECKPOINT_PREFIX.into()
