@@ -160,11 +160,6 @@ impl Sharded {
             shard_of,
         })
     }
-
-    /// The shards' paths, in the order they were opened.
-    pub fn shard_paths(&self) -> Vec<&Path> {
-        self.shards.iter().map(|s| s.path()).collect()
-    }
 }
 
 /// A name that stays in the folder it is joined to: one normal path component, no separator of
