@@ -982,7 +982,8 @@ fn compile_to(
     let (model, part) = opts.model_part()?;
     model.check_options(part, &opts.model_options)?;
     let path = opts.weights_path()?;
-    let weights = model.load(part, &path, &opts.model_options)?;
+    let source = crate::weights::open(&path).map_err(ModelError::from)?;
+    let weights = model.load(part, &*source, &opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
     let mut c = compile_from(opts, WeightsIn::Owned(weights), blobs, after_pass)?;
     c.timings.insert(0, load);

@@ -58,7 +58,11 @@ fn setup(
 ) -> (Graph, Graph, Arc<mlc::calibrate::layer_inputs::LayerInputs>) {
     let (model, part) = o.model_part().unwrap();
     let w = model
-        .load(part, &o.weights_path().unwrap(), &o.model_options)
+        .load(
+            part,
+            &*mlc::weights::open(&o.weights_path().unwrap()).unwrap(),
+            &o.model_options,
+        )
         .unwrap();
     let mut o32 = o.clone();
     o32.precision = Precision::Fp32;

@@ -323,7 +323,11 @@ fn decoder_photos_become_encoder_latents() {
     o.sizes = Sizes::Image(vec![[64, 64]]);
     let w = lookup("flux2")
         .unwrap()
-        .load(Part::Encoder, &enc, &ModelOptions::default())
+        .load(
+            Part::Encoder,
+            &*mlc::weights::open(&enc).unwrap(),
+            &ModelOptions::default(),
+        )
         .unwrap();
     let g = mlc::compiler::declare(&o, &w).unwrap();
     let img = fit(

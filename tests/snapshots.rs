@@ -269,7 +269,7 @@ fn clip_l_text_encoder_fp16() {
     let none = mlc::models::ModelOptions::default();
     let model = mlc::models::lookup("clip-l").unwrap();
     let w = model
-        .load(mlc::models::Part::Encoder, &path, &none)
+        .load(mlc::models::Part::Encoder, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-l", "unused");
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
@@ -294,7 +294,9 @@ fn clip_l_text_encoder_ane_fp16() {
         ..Default::default()
     };
     let model = mlc::models::lookup("clip-l").unwrap();
-    let w = model.load(mlc::models::Part::Encoder, &path, &ane).unwrap();
+    let w = model
+        .load(mlc::models::Part::Encoder, &*open(&path), &ane)
+        .unwrap();
     let mut o = BuildOptions::new("clip-l", "unused");
     o.model_options = ane;
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
@@ -318,7 +320,7 @@ fn clip_vision_encoder_fp16() {
     let none = mlc::models::ModelOptions::default();
     let model = mlc::models::lookup("clip-vision").unwrap();
     let w = model
-        .load(mlc::models::Part::Encoder, &path, &none)
+        .load(mlc::models::Part::Encoder, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-vision", "unused");
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
@@ -342,7 +344,9 @@ fn clip_vision_encoder_fp16() {
 fn clip_text(model: &str, fixture: &str, options: mlc::models::ModelOptions) -> String {
     let path = shared(&format!("fixtures/clip/{fixture}/model.safetensors"));
     let m = mlc::models::lookup(model).unwrap();
-    let w = m.load(mlc::models::Part::Encoder, &path, &options).unwrap();
+    let w = m
+        .load(mlc::models::Part::Encoder, &*open(&path), &options)
+        .unwrap();
     let mut o = BuildOptions::new(model, "unused");
     o.model_options = options;
     print_model(&compile_weights(&o, &w, |_, _| {}).unwrap().lowered.model)
@@ -424,4 +428,9 @@ fn synthetic_taesd_palettize4_calibrated() {
         "{text}"
     );
     snapshot!("taesd_synthetic_palettize4_calibrated", text);
+}
+
+/// The weights at `path` as the driver opens them.
+fn open(path: &std::path::Path) -> Box<dyn mlc::weights::TensorSource> {
+    mlc::weights::open(path).unwrap()
 }

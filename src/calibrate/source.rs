@@ -168,8 +168,9 @@ fn image_feed(
     let enc_b = enc_iface
         .bindings(Role::Image, size)
         .map_err(|e| bad(format!("the {} encoder: {e}", model.name())))?;
-    let w = model
-        .load(Part::Encoder, &path, &enc_options)
+    let w = crate::weights::open(&path)
+        .map_err(crate::models::ModelError::from)
+        .and_then(|source| model.load(Part::Encoder, &*source, &enc_options))
         .map_err(|e| bad(format!("encoder weights: {e}")))?;
     let encoder = model
         .build_owned(Part::Encoder, w, &enc_b, &enc_options)

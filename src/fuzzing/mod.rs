@@ -88,7 +88,8 @@ impl Target {
 /// model's tensors would. The budget is the one `mlc` gives a file of this size.
 fn weights(name: &str, bytes: &[u8]) -> Result<(), String> {
     let path = Path::new(name);
-    let mut f =
+    use crate::weights::TensorSource;
+    let f =
         crate::weights::WeightFile::from_bytes(path, bytes.to_vec()).map_err(|e| e.to_string())?;
     let names: Vec<String> = f.tensors().keys().cloned().collect();
     for n in names {

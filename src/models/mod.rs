@@ -12,7 +12,7 @@ pub mod vae;
 use crate::hub::Source;
 use crate::ir::{Dim, Graph, IrError};
 use crate::passes::specialize_shapes::Bindings;
-use crate::weights::{WeightError, Weights};
+use crate::weights::{TensorSource, WeightError, Weights};
 use std::fmt;
 
 /// Which half of an autoencoder; a text encoder is an encoder with no decoder.
@@ -312,16 +312,16 @@ pub trait Model: Sync {
             }),
         }
     }
-    /// Reads the tensors of a weights file the part needs, under the names the builder uses. The
-    /// default reads every float tensor under its name in the file; families with their own key
-    /// layouts override it.
+    /// Reads the tensors the part needs from `source` (a file, shards, a view of a larger
+    /// checkpoint, patched or not), under the names the builder uses. The default reads every
+    /// float tensor under its source key; families with their own key layouts override it.
     fn load(
         &self,
         _part: Part,
-        path: &std::path::Path,
+        source: &dyn TensorSource,
         _options: &ModelOptions,
     ) -> Result<Weights, ModelError> {
-        Ok(Weights::load(path)?)
+        Ok(source.read_all()?)
     }
     /// Checks that `weights` are this model's (a one-line error naming the key that disagrees)
     /// and declares the graph, with the interface's symbols in `fixed` bound (the others, whose
@@ -358,10 +358,11 @@ pub trait Model: Sync {
     }
     fn description(&self, part: Part, sizes: &str) -> Description;
     /// The weights' source as package metadata records it: by default the file stem, so that
-    /// the same weights in another container (`taef2_decoder.pth`, `.safetensors`) give the
-    /// same package. None leaves it out (the content hash is always recorded).
+    /// the same weights in another container (`taef2_decoder.pth`, `.safetensors`, shards
+    /// behind `taef2_decoder.safetensors.index.json`) give the same package. None leaves it
+    /// out (the content hash is always recorded).
     fn weights_source(&self, path: &std::path::Path) -> Option<String> {
-        path.file_stem().map(|s| s.to_string_lossy().into_owned())
+        crate::weights::stem(path)
     }
 }
 

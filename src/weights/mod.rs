@@ -1,10 +1,17 @@
-//! Weight files as a generic tensor store: name → tensor in its stored dtype, read on demand.
+//! Weights as a generic tensor store: name → tensor in its stored dtype, read on demand.
 //!
-//! [`WeightFile`] opens a safetensors file or a `torch.save` zip checkpoint (the format is taken
-//! from the content, not the extension), lists every tensor's name, stored dtype and shape
-//! without reading any data, and reads one tensor at a time when asked. f32 stays f32 and f16
-//! stays f16; bf16, which the IR has no type for, is widened to f32 (exactly). Integer and bool
-//! tensors (training counters such as `num_batches_tracked`) are listed but never read.
+//! A model reads its tensors through a [`TensorSource`] ([`source`]), whatever holds them:
+//! * [`WeightFile`] ([`file`]): one safetensors file or `torch.save` zip checkpoint (the format
+//!   is taken from the content, not the extension), listing every tensor's name, stored dtype
+//!   and shape without reading any data, and reading one tensor at a time when asked;
+//! * [`Sharded`] ([`sharded`]): a `*.safetensors.index.json` and the shards it names, as one;
+//! * [`Under`] ([`under`]): the part of a source under a key prefix, the prefix stripped (a
+//!   model of a single-file checkpoint); [`KeyPlacement`] ([`prefix`]) finds which prefix;
+//! * [`Patched`] ([`patch`]): a source with an [`Overlay`] that changes tensors as they are read.
+//!
+//! [`open`] turns a `--weights` path into a source. f32 stays f32 and f16 stays f16; bf16,
+//! which the IR has no type for, is widened to f32 (exactly). Integer and bool tensors
+//! (training counters such as `num_batches_tracked`) are listed but never read.
 //!
 //! Nothing here knows any model's key names: a model family maps its own layouts (TAESD's
 //! upstream and diffusers indices, the VAEs' original and diffusers names) onto the names its
@@ -22,22 +29,36 @@
 //! there is one, the tensor key and the shapes involved; nothing in here panics on bad bytes, and
 //! the `.pth` pickle is interpreted by a small VM that only knows the handful of globals a
 //! `state_dict` needs (it never executes anything). Everything a file makes the readers allocate
-//! (the pickle and its objects, storages, decoded tensors) is charged to one [`Budget`] per file
+//! (the pickle and its objects, storages, decoded tensors) is charged to one [`Budget`](crate::limits::Budget) per file
 //! (see [`crate::limits`]).
 
+mod decode;
+pub mod file;
+pub mod patch;
+pub mod prefix;
 mod pth;
 mod safetensors;
+pub mod sharded;
+pub mod source;
+pub mod under;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::limits::Budget;
 use crate::tensor::{Tensor, TensorData};
+
+pub(crate) use decode::{alloc_error, Decoded, FloatKind};
+pub(crate) use file::Bytes;
+pub use file::WeightFile;
+pub use patch::{Overlay, Patched};
+pub use prefix::{KeyPlacement, PrefixError};
+pub use sharded::Sharded;
+pub use source::{open, stem, TensorSource};
+pub use under::Under;
 
 /// Container format of a weight file, detected from its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +82,7 @@ pub enum StoredDtype {
 }
 
 impl StoredDtype {
-    /// Whether [`WeightFile::read`] can read it.
+    /// Whether [`TensorSource::read`] can read it.
     pub fn is_float(&self) -> bool {
         matches!(
             self,
@@ -75,130 +96,6 @@ impl StoredDtype {
 pub struct TensorInfo {
     pub dtype: StoredDtype,
     pub shape: Vec<usize>,
-}
-
-/// An open weight file: the tensor list is known, the tensors are read on demand.
-pub struct WeightFile {
-    path: PathBuf,
-    tensors: BTreeMap<String, TensorInfo>,
-    container: Container,
-    /// Everything reading this file allocates is charged here.
-    budget: Budget,
-}
-
-enum Container {
-    Safetensors(safetensors::Index),
-    Pth(pth::Archive),
-}
-
-/// Where a file's bytes come from: the file, or a copy in memory (for tests that damage files
-/// by the thousand).
-pub(crate) enum Source {
-    File(File),
-    Memory(Cursor<Vec<u8>>),
-}
-
-impl Read for Source {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Source::File(f) => f.read(buf),
-            Source::Memory(c) => c.read(buf),
-        }
-    }
-}
-
-impl Seek for Source {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        match self {
-            Source::File(f) => f.seek(pos),
-            Source::Memory(c) => c.seek(pos),
-        }
-    }
-}
-
-impl WeightFile {
-    /// Opens a regular file within the weight-file size limit and reads its index (safetensors
-    /// header, or zip directory and pickle), checking it; no tensor data is read.
-    pub fn open(path: &Path) -> Result<WeightFile, WeightError> {
-        let (file, len) = crate::limits::open_weight_file(path).map_err(|e| io_error(path, e))?;
-        Self::from_source(path, Source::File(file), len)
-    }
-
-    /// [`WeightFile::open`] on bytes already in memory; `path` only names the file.
-    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<WeightFile, WeightError> {
-        let len = bytes.len() as u64;
-        Self::from_source(path, Source::Memory(Cursor::new(bytes)), len)
-    }
-
-    fn from_source(path: &Path, mut src: Source, len: u64) -> Result<WeightFile, WeightError> {
-        if len == 0 {
-            return Err(corrupt(path, "file is empty"));
-        }
-        let limit = crate::limits::weight_budget(len).map_err(|r| WeightError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, r),
-        })?;
-        let mut budget = Budget::new(limit);
-        let mut magic = [0u8; 4];
-        let got = read_up_to(&mut src, &mut magic).map_err(|e| io_error(path, e))?;
-        src.seek(SeekFrom::Start(0))
-            .map_err(|e| io_error(path, e))?;
-        let (tensors, container) = if is_zip(&magic[..got]) {
-            let (t, a) = pth::Archive::open(path, src, len, &mut budget)?;
-            (t, Container::Pth(a))
-        } else {
-            let (t, i) = safetensors::Index::open(path, src, len)?;
-            (t, Container::Safetensors(i))
-        };
-        Ok(WeightFile {
-            path: path.to_path_buf(),
-            tensors,
-            container,
-            budget,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn format(&self) -> WeightFormat {
-        match self.container {
-            Container::Safetensors(_) => WeightFormat::Safetensors,
-            Container::Pth(_) => WeightFormat::Pth,
-        }
-    }
-
-    /// Every tensor in the file, by its name in the file.
-    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
-        &self.tensors
-    }
-
-    /// The tensor `name`, read now, in its stored dtype (bf16 as f32). Reading a tensor twice
-    /// reads the file twice.
-    pub fn read(&mut self, name: &str) -> Result<Tensor, WeightError> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| WeightError::MissingKey {
-                path: self.path.clone(),
-                key: name.into(),
-            })?;
-        match &info.dtype {
-            StoredDtype::Int(d) | StoredDtype::Unsupported(d) => {
-                return Err(WeightError::UnsupportedDtype {
-                    path: self.path.clone(),
-                    key: name.into(),
-                    dtype: d.clone(),
-                })
-            }
-            StoredDtype::F32 | StoredDtype::F16 | StoredDtype::BF16 => {}
-        }
-        match &mut self.container {
-            Container::Safetensors(i) => i.read(&self.path, name, info, &mut self.budget),
-            Container::Pth(a) => a.read(&self.path, name, info, &mut self.budget),
-        }
-    }
 }
 
 /// Tensors a model has read, under the model's own names, each in its stored dtype (f32 or
@@ -244,6 +141,18 @@ pub enum WeightError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("{}: {reason}", path.display())]
+    Shards { path: PathBuf, reason: String },
+    #[error(
+        "{overlay}: cannot patch tensor \"{key}\" of {}: {reason}",
+        path.display()
+    )]
+    Patch {
+        overlay: String,
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
     /// Tensors the model never read; `keys` holds a few of them, not necessarily all.
     #[error(
         "{}: unused tensor keys ({}); the model reads no tensors of these names",
@@ -261,7 +170,7 @@ pub fn quoted(keys: &[String]) -> String {
         .join(", ")
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> WeightError {
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> WeightError {
     if source.kind() == std::io::ErrorKind::NotFound {
         WeightError::NotFound {
             path: path.to_path_buf(),
@@ -295,28 +204,14 @@ impl Weights {
     /// Every float tensor of a file under its name in the file (integer tensors left out), for
     /// models that use a file's names as they are, and for tests.
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
-        Self::read_all(WeightFile::open(path)?)
+        open(path)?.read_all()
     }
 
     /// [`Weights::load`] on bytes already in memory; `path` only names the file.
     #[cfg(test)]
     pub(crate) fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Weights, WeightError> {
-        Self::read_all(WeightFile::from_bytes(path, bytes.to_vec())?)
-    }
-
-    fn read_all(mut file: WeightFile) -> Result<Weights, WeightError> {
-        let names: Vec<String> = file
-            .tensors()
-            .iter()
-            .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut tensors = BTreeMap::new();
-        for k in names {
-            let t = file.read(&k)?;
-            tensors.insert(k, t);
-        }
-        Ok(Weights::new(file.path(), file.format(), tensors))
+        let file = WeightFile::from_bytes(path, bytes.to_vec())?;
+        (&file as &dyn TensorSource).read_all()
     }
 
     pub fn new(path: &Path, format: WeightFormat, tensors: BTreeMap<String, Tensor>) -> Weights {
@@ -521,103 +416,7 @@ pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> WeightError {
     }
 }
 
-/// Float element types a file may store, as the readers decode them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FloatKind {
-    F32,
-    F16,
-    BF16,
-}
-
-impl FloatKind {
-    pub(crate) fn of(dtype: &StoredDtype) -> Option<FloatKind> {
-        match dtype {
-            StoredDtype::F32 => Some(FloatKind::F32),
-            StoredDtype::F16 => Some(FloatKind::F16),
-            StoredDtype::BF16 => Some(FloatKind::BF16),
-            StoredDtype::Int(_) | StoredDtype::Unsupported(_) => None,
-        }
-    }
-
-    /// Bytes per element in the file.
-    pub(crate) fn size(self) -> usize {
-        match self {
-            FloatKind::F32 => 4,
-            FloatKind::F16 | FloatKind::BF16 => 2,
-        }
-    }
-
-    /// Bytes per element once read (bf16 becomes f32).
-    pub(crate) fn decoded_size(self) -> usize {
-        match self {
-            FloatKind::F32 | FloatKind::BF16 => 4,
-            FloatKind::F16 => 2,
-        }
-    }
-}
-
-/// A tensor being decoded from little-endian element bytes, in its stored dtype (bf16 as f32).
-pub(crate) enum Decoded {
-    F32(Vec<f32>),
-    /// Widened to f32 as it is read.
-    BF16(Vec<f32>),
-    F16(Vec<half::f16>),
-}
-
-impl Decoded {
-    /// Room for `numel` elements of `kind`, or `None` when the allocation fails.
-    pub(crate) fn with_capacity(kind: FloatKind, numel: usize) -> Option<Decoded> {
-        fn reserve<T>(numel: usize) -> Option<Vec<T>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(numel).ok()?;
-            Some(v)
-        }
-        Some(match kind {
-            FloatKind::F32 => Decoded::F32(reserve(numel)?),
-            FloatKind::BF16 => Decoded::BF16(reserve(numel)?),
-            FloatKind::F16 => Decoded::F16(reserve(numel)?),
-        })
-    }
-
-    /// Appends the elements in `bytes` (whole elements of the kind it was made for).
-    pub(crate) fn extend(&mut self, bytes: &[u8]) {
-        match self {
-            Decoded::F32(out) => out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            ),
-            Decoded::BF16(out) => out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
-            ),
-            Decoded::F16(out) => out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]]))),
-            ),
-        }
-    }
-
-    pub(crate) fn into_tensor(self, shape: Vec<usize>) -> Tensor {
-        match self {
-            Decoded::F32(v) | Decoded::BF16(v) => Tensor::f32(shape, v),
-            Decoded::F16(v) => Tensor::f16(shape, v),
-        }
-    }
-}
-
-/// The allocation error for a tensor whose decoded data cannot be allocated.
-pub(crate) fn alloc_error(path: &Path, key: &str, bytes: u64) -> WeightError {
-    WeightError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::OutOfMemory,
-            format!("cannot allocate {bytes} bytes for tensor \"{key}\""),
-        ),
-    }
-}
-
+#[cfg(test)]
+mod source_tests;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::{
-    alloc_error, corrupt, Decoded, FloatKind, Source, StoredDtype, TensorInfo, WeightError,
+    alloc_error, corrupt, Bytes, Decoded, FloatKind, StoredDtype, TensorInfo, WeightError,
 };
 use crate::limits::Budget;
 use crate::tensor::Tensor;
@@ -34,7 +34,7 @@ const MAX_MEMO: usize = 1 << 20;
 
 /// An open checkpoint: its pickle interpreted, its storages still in the archive.
 pub(crate) struct Archive {
-    zip: zip::ZipArchive<Source>,
+    zip: zip::ZipArchive<Bytes>,
     /// `<archive>/`, the folder `data.pkl` is in.
     prefix: String,
     file_len: u64,
@@ -53,7 +53,7 @@ impl Archive {
     /// the pickle.
     pub(crate) fn open(
         path: &Path,
-        src: Source,
+        src: Bytes,
         file_len: u64,
         budget: &mut Budget,
     ) -> Result<(BTreeMap<String, TensorInfo>, Archive), WeightError> {
@@ -201,11 +201,7 @@ fn zip_reason(e: zip::result::ZipError) -> String {
 
 /// Reads a whole zip entry, refusing more than `limit` bytes (declared or actual). The zip crate
 /// checks the CRC when the entry is read to its end, which catches flipped data bytes.
-fn read_entry(
-    zip: &mut zip::ZipArchive<Source>,
-    name: &str,
-    limit: u64,
-) -> Result<Vec<u8>, String> {
+fn read_entry(zip: &mut zip::ZipArchive<Bytes>, name: &str, limit: u64) -> Result<Vec<u8>, String> {
     let mut f = zip
         .by_name(name)
         .map_err(|e| format!("{name}: {}", zip_reason(e)))?;

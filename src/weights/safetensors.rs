@@ -14,7 +14,7 @@ use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 
 use super::{
-    alloc_error, corrupt, read_up_to, Decoded, FloatKind, Source, StoredDtype, TensorInfo,
+    alloc_error, corrupt, read_up_to, Bytes, Decoded, FloatKind, StoredDtype, TensorInfo,
     WeightError,
 };
 use crate::limits::Budget;
@@ -32,7 +32,7 @@ const LEGACY_TORCH_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a
 
 /// An open safetensors file and where each tensor's data lies in it.
 pub(crate) struct Index {
-    src: Source,
+    src: Bytes,
     /// Absolute byte offset and length of each tensor's data.
     spans: BTreeMap<String, (u64, usize)>,
 }
@@ -41,7 +41,7 @@ impl Index {
     /// Reads and checks the header of a file of `len` bytes.
     pub(crate) fn open(
         path: &Path,
-        mut src: Source,
+        mut src: Bytes,
         len: u64,
     ) -> Result<(BTreeMap<String, TensorInfo>, Index), WeightError> {
         let io = |source| super::io_error(path, source);

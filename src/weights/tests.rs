@@ -74,7 +74,7 @@ fn pth_lists_at_open_and_reads_on_demand() {
         ("c/data/2", &c),
         ("c/data/3", &7i64.to_le_bytes()),
     ]);
-    let mut f = WeightFile::from_bytes(Path::new("od.pth"), bytes).unwrap();
+    let f = WeightFile::from_bytes(Path::new("od.pth"), bytes).unwrap();
     assert_eq!(f.format(), WeightFormat::Pth);
     let listed: Vec<(&str, &StoredDtype, &[usize])> = f
         .tensors()
@@ -115,7 +115,7 @@ fn ckpt_state_dict_under_a_key_is_read() {
         let bytes = zip_archive(&[("m/data.pkl", pickle), ("m/data/0", &data)]);
         WeightFile::from_bytes(Path::new("m.ckpt"), bytes)
     };
-    let mut f = open(&wrap("state_dict")).unwrap();
+    let f = open(&wrap("state_dict")).unwrap();
     assert_eq!(f.tensors().keys().collect::<Vec<_>>(), ["w"]);
     assert_eq!(f.read("w").unwrap(), Tensor::f32(vec![1], vec![2.5]));
     // Under another key the dict is not a state_dict: the counter is named.

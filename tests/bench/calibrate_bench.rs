@@ -28,7 +28,11 @@ fn main() {
     o.sizes = Sizes::Latent(vec![[latent, latent]]);
     let m = lookup("flux2").unwrap();
     let w = m
-        .load(Part::Decoder, &dec, &ModelOptions::default())
+        .load(
+            Part::Decoder,
+            &*mlc::weights::open(&dec).unwrap(),
+            &ModelOptions::default(),
+        )
         .unwrap();
     let g = declare(&o, &w).unwrap();
     let declared = t.elapsed();

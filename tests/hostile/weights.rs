@@ -444,3 +444,25 @@ fn compression_of_tiny_constants_is_skipped() {
     let o = mlc_env(&args, dir, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sharded weights: the index names files outside its folder, or disagrees with its shards.
+
+#[test]
+fn cli_build_from_a_hostile_shard_index_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(common::taef2_weights(), dir.path().join("a.safetensors")).unwrap();
+    let index = "m.safetensors.index.json";
+    for (map, want) in [
+        (r#"{"1.weight": "../a.safetensors"}"#, "not a file name"),
+        (r#"{"1.weight": "/etc/passwd"}"#, "not a file name"),
+        (r#"{"1.weight": "b.safetensors"}"#, "not found"),
+        (r#"{"1.weight": "a.safetensors"}"#, "does not list"),
+    ] {
+        let json = format!(r#"{{"metadata": {{}}, "weight_map": {map}}}"#);
+        std::fs::write(dir.path().join(index), json).unwrap();
+        let args = ["build", "taef2", "--weights", index, "-o", "o.mlpackage"];
+        let e = fails(dir.path(), &["a.safetensors", index], &args, &[]);
+        assert!(e.contains(index) && e.contains(want), "{map}: {e}");
+    }
+}

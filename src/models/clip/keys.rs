@@ -7,7 +7,7 @@
 //! the same under a single-file checkpoint's prefix (`cond_stage_model.transformer.` in SD 1.x,
 //! `conditioner.embedders.0.transformer.` in SDXL). The builder reads keys without the prefix.
 
-use crate::weights::WeightFile;
+use crate::weights::{KeyPlacement, PrefixError, TensorSource};
 use std::collections::BTreeMap;
 
 /// The key whose suffix locates the text model in a file.
@@ -46,66 +46,78 @@ pub const TEXT: Tower = Tower {
     ),
 };
 
-/// Where a tower's keys are in a file.
+/// Where a tower's keys are in a file: the root its projection sits under, and the tower's
+/// own prefix below that (`text_model.`, or none in a bare save).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    /// Prefix of the tower's own keys (`""`, `text_model.`, `cond_stage_model.transformer.
-    /// text_model.`, `vision_model.`).
-    pub prefix: String,
-    /// Where the projection would be: the prefix without the tower's own prefix.
+pub struct KeyLayout {
+    /// The prefix the model reads the file under (`""`, `cond_stage_model.transformer.`,
+    /// `conditioner.embedders.0.transformer.`): where the projection would be.
     pub root: String,
+    /// The tower's own prefix under the root, if the file has it (`text_model.`,
+    /// `vision_model.`).
+    pub own: &'static str,
     projection: &'static str,
 }
 
-impl Layout {
-    /// Finds the one `tower` among `keys`.
-    pub fn find<'k>(keys: impl Iterator<Item = &'k str>, tower: &Tower) -> Result<Layout, String> {
+impl KeyLayout {
+    /// Finds the one `tower` among `keys`, under any prefix ([`KeyPlacement`] with the tower's
+    /// anchor).
+    pub fn find<'k>(
+        keys: impl Iterator<Item = &'k str>,
+        tower: &Tower,
+    ) -> Result<KeyLayout, String> {
         let (what, anchor) = (tower.what, tower.anchor);
         let mut other = false;
-        let found: Vec<&str> = keys
-            .inspect(|k| other |= k.ends_with(tower.other.0))
-            .filter_map(|k| k.strip_suffix(anchor))
-            .filter(|p| p.is_empty() || p.ends_with('.'))
-            .collect();
-        match found[..] {
-            [prefix] => Ok(Layout {
-                prefix: prefix.to_string(),
-                root: prefix
-                    .strip_suffix(tower.own_prefix)
-                    .unwrap_or(prefix)
-                    .to_string(),
-                projection: tower.projection,
-            }),
-            [] if other => Err(format!(
+        let keys = keys.inspect(|k| other |= k.ends_with(tower.other.0));
+        let placement = KeyPlacement {
+            anchors: &[anchor],
+            prefixes: &[],
+        };
+        match placement.find(keys) {
+            Ok(prefix) => {
+                let (root, own) = match prefix.strip_suffix(tower.own_prefix) {
+                    Some(root) => (root.to_string(), tower.own_prefix),
+                    None => (prefix, ""),
+                };
+                Ok(KeyLayout {
+                    root,
+                    own,
+                    projection: tower.projection,
+                })
+            }
+            Err(PrefixError::Absent) if other => Err(format!(
                 "no CLIP {what} encoder here: no key ends in \"{anchor}\", and \"{}\" says these \
                  are {}",
                 tower.other.0, tower.other.1
             )),
-            [] => Err(format!(
+            Err(PrefixError::Absent) => Err(format!(
                 "no CLIP {what} encoder here: no key ends in \"{anchor}\" ({})",
                 tower.layouts
             )),
-            _ => Err(format!(
+            Err(e) => Err(format!(
                 "several {what} encoders here (under {}); give a file with one",
-                found
-                    .iter()
-                    .map(|p| format!("\"{p}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                e.prefixes()
             )),
         }
     }
 
-    /// The builder's key for file key `k`, if `k` belongs to the tower.
-    pub fn model_key(&self, k: &str) -> Option<String> {
-        if k == format!("{}{}", self.root, self.projection) {
-            return Some(self.projection.to_string());
-        }
-        k.strip_prefix(&self.prefix).map(str::to_string)
+    /// The prefix of the tower's own keys in the file (`cond_stage_model.transformer.
+    /// text_model.`).
+    pub fn prefix(&self) -> String {
+        format!("{}{}", self.root, self.own)
     }
 
-    /// The shapes of the tower's float tensors in `store`, under the builder's keys.
-    pub fn shapes(&self, store: &WeightFile) -> BTreeMap<String, Vec<usize>> {
+    /// The builder's key for key `k` under [`KeyLayout::root`], if `k` belongs to the tower.
+    pub fn model_key(&self, k: &str) -> Option<String> {
+        if k == self.projection {
+            return Some(self.projection.to_string());
+        }
+        k.strip_prefix(self.own).map(str::to_string)
+    }
+
+    /// The shapes of the tower's float tensors in `store` (the file under the root), under the
+    /// builder's keys.
+    pub fn shapes(&self, store: &dyn TensorSource) -> BTreeMap<String, Vec<usize>> {
         store
             .tensors()
             .iter()
@@ -328,41 +340,44 @@ mod tests {
 
     #[test]
     fn layouts_are_found_under_every_prefix() {
-        for (key, prefix, root) in [
+        for (key, root, own) in [
             ("embeddings.token_embedding.weight", "", ""),
             (
                 "text_model.embeddings.token_embedding.weight",
-                "text_model.",
                 "",
+                "text_model.",
             ),
             (
                 "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
-                "cond_stage_model.transformer.text_model.",
                 "cond_stage_model.transformer.",
+                "text_model.",
             ),
         ] {
-            let l = Layout::find([key, "other.weight"].into_iter(), &TEXT).unwrap();
-            assert_eq!((l.prefix.as_str(), l.root.as_str()), (prefix, root));
-            assert_eq!(l.model_key(key).as_deref(), Some(TOKEN_EMBEDDING));
+            let l = KeyLayout::find([key, "other.weight"].into_iter(), &TEXT).unwrap();
+            assert_eq!((l.root.as_str(), l.own), (root, own));
+            let under_root = key.strip_prefix(root).unwrap();
+            assert_eq!(l.model_key(under_root).as_deref(), Some(TOKEN_EMBEDDING));
             assert_eq!(
-                l.model_key(&format!("{root}text_projection.weight"))
-                    .as_deref(),
+                l.model_key("text_projection.weight").as_deref(),
                 Some(PROJECTION)
             );
+            assert_eq!(l.prefix(), format!("{root}{own}"));
         }
-        let e = Layout::find(["decoder.conv_in.weight"].into_iter(), &TEXT).unwrap_err();
+        let e = KeyLayout::find(["decoder.conv_in.weight"].into_iter(), &TEXT).unwrap_err();
         assert!(e.contains(TOKEN_EMBEDDING), "{e}");
         let two = [
             "a.text_model.embeddings.token_embedding.weight",
             "b.text_model.embeddings.token_embedding.weight",
         ];
-        let e = Layout::find(two.into_iter(), &TEXT).unwrap_err();
+        let e = KeyLayout::find(two.into_iter(), &TEXT).unwrap_err();
         assert!(
             e.contains("\"a.text_model.\"") && e.contains("several"),
             "{e}"
         );
         // A key that merely ends like the token embedding is not a text model.
-        assert!(Layout::find(["xembeddings.token_embedding.weight"].into_iter(), &TEXT).is_err());
+        assert!(
+            KeyLayout::find(["xembeddings.token_embedding.weight"].into_iter(), &TEXT).is_err()
+        );
     }
 
     #[test]

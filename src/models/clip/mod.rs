@@ -31,8 +31,8 @@ use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role}
 use crate::ir::{Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
-use crate::weights::{WeightFile, Weights};
-use keys::{Activation, Config, Layout as Keys};
+use crate::weights::{TensorSource, Weights};
+use keys::{Activation, Config, KeyLayout as Keys};
 use layout::TokenStates;
 use std::path::Path;
 use transformer::{feature, layer, Encoder};
@@ -86,15 +86,16 @@ pub static CLIP_H: Clip = Clip {
 impl Clip {
     /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
     /// sizes they give (checked against a CLIP text config.json beside the file).
-    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<(Keys, Config), ModelError> {
+    fn inspect(&self, source: &dyn TensorSource) -> Result<(Keys, Config), ModelError> {
+        let path = source.path();
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
             file: file.clone(),
             reason,
         };
         let layout =
-            Keys::find(store.tensors().keys().map(String::as_str), &keys::TEXT).map_err(wrong)?;
-        let shapes = layout.shapes(store);
+            Keys::find(source.tensors().keys().map(String::as_str), &keys::TEXT).map_err(wrong)?;
+        let shapes = layout.shapes(&source.under(&layout.root));
         let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(wrong)?;
         match (self.projection, cfg.projection.is_some()) {
             (true, false) => {
@@ -329,12 +330,16 @@ impl Model for Clip {
         }
     }
 
-    fn load(&self, _part: Part, path: &Path, _o: &ModelOptions) -> Result<Weights, ModelError> {
+    fn load(
+        &self,
+        _part: Part,
+        source: &dyn TensorSource,
+        _o: &ModelOptions,
+    ) -> Result<Weights, ModelError> {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a single-file checkpoint's other models are never read at all.
-        let store = WeightFile::open(path)?;
-        let (layout, _) = self.inspect(path, &store)?;
-        transformer::read_weights(path, store, |k| layout.model_key(k))
+        let (layout, _) = self.inspect(source)?;
+        transformer::read_weights(&source.under(&layout.root), |k| layout.model_key(k))
     }
 
     fn build(

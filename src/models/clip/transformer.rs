@@ -58,23 +58,18 @@ pub fn layer(
     Ok(g.add(Op::Binary(Binary::Add), &[x, y], p.node("mlp_residual"))?)
 }
 
-/// The float tensors of `store` that `model_key` names (the model's key for a file key, None for
-/// another model's), read under the model's keys. Integer tensors (`position_ids` in older
+/// The float tensors of `store` that `model_key` names (the model's key for a source key, None
+/// for another model's), read under the model's keys. Integer tensors (`position_ids` in older
 /// saves) are buffers, not weights.
 pub fn read_weights(
-    path: &std::path::Path,
-    mut store: crate::weights::WeightFile,
+    store: &dyn crate::weights::TensorSource,
     model_key: impl Fn(&str) -> Option<String>,
 ) -> Result<crate::weights::Weights, ModelError> {
     let wanted: Vec<(String, String)> = store
         .tensors()
         .iter()
         .filter(|(_, i)| !matches!(i.dtype, crate::weights::StoredDtype::Int(_)))
-        .filter_map(|(k, _)| Some((k.clone(), model_key(k)?)))
+        .filter_map(|(k, _)| Some((model_key(k)?, k.clone())))
         .collect();
-    let mut tensors = std::collections::BTreeMap::new();
-    for (file_key, key) in wanted {
-        tensors.insert(key, store.read(&file_key)?);
-    }
-    Ok(crate::weights::Weights::new(path, store.format(), tensors))
+    Ok(store.read_as(wanted)?)
 }

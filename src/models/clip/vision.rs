@@ -15,7 +15,7 @@
 
 use super::layout::TokenStates;
 use super::transformer::{feature, layer, Encoder};
-use super::vision_keys::{self as keys, Config, Layout as Keys};
+use super::vision_keys::{self as keys, Config, KeyLayout as Keys};
 use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType};
 use crate::models::nn::{self, ane::channels_first, reshape, transpose, ConvSpec, Params};
 use crate::models::{
@@ -24,7 +24,7 @@ use crate::models::{
 };
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
-use crate::weights::{WeightFile, Weights};
+use crate::weights::{TensorSource, Weights};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -45,14 +45,15 @@ pub static CLIP_VISION: ClipVision = ClipVision;
 impl ClipVision {
     /// The file's image-encoder tensors' shapes under the builder's names, its layout, and the
     /// sizes they give (checked against a CLIP vision config.json beside the file).
-    fn inspect(&self, path: &Path, store: &WeightFile) -> Result<Keys, ModelError> {
+    fn inspect(&self, source: &dyn TensorSource) -> Result<Keys, ModelError> {
+        let path = source.path();
         let wrong = |reason: String| ModelError::WrongModel {
             file: path.display().to_string(),
             reason,
         };
         let layout =
-            Keys::find(store.tensors().keys().map(String::as_str), &keys::IMAGE).map_err(wrong)?;
-        let shapes = layout.shapes(store);
+            Keys::find(source.tensors().keys().map(String::as_str), &keys::IMAGE).map_err(wrong)?;
+        let shapes = layout.shapes(&source.under(&layout.root));
         configure(path, &shapes)?;
         Ok(layout)
     }
@@ -252,12 +253,16 @@ impl Model for ClipVision {
         }
     }
 
-    fn load(&self, _part: Part, path: &Path, _o: &ModelOptions) -> Result<Weights, ModelError> {
+    fn load(
+        &self,
+        _part: Part,
+        source: &dyn TensorSource,
+        _o: &ModelOptions,
+    ) -> Result<Weights, ModelError> {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a whole CLIPModel's text tower is never read at all.
-        let store = WeightFile::open(path)?;
-        let layout = self.inspect(path, &store)?;
-        super::transformer::read_weights(path, store, |k| layout.model_key(k))
+        let layout = self.inspect(source)?;
+        super::transformer::read_weights(&source.under(&layout.root), |k| layout.model_key(k))
     }
 
     fn build(

@@ -18,7 +18,7 @@ pub const PROJECTION: &str = "visual_projection.weight";
 /// names one.
 const HEAD_SIZE: usize = 64;
 
-pub use super::keys::Layout;
+pub use super::keys::KeyLayout;
 
 /// The image tower.
 pub const IMAGE: super::keys::Tower = super::keys::Tower {
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn layouts_are_found_and_text_weights_are_named() {
-        let l = Layout::find(
+        let l = KeyLayout::find(
             [
                 "vision_model.embeddings.patch_embedding.weight",
                 "visual_projection.weight",
@@ -246,12 +246,12 @@ mod tests {
             &IMAGE,
         )
         .unwrap();
-        assert_eq!((l.prefix.as_str(), l.root.as_str()), ("vision_model.", ""));
+        assert_eq!((l.root.as_str(), l.own), ("", "vision_model."));
         assert_eq!(
             l.model_key("visual_projection.weight").as_deref(),
             Some(PROJECTION)
         );
-        let e = Layout::find(
+        let e = KeyLayout::find(
             ["text_model.embeddings.token_embedding.weight"].into_iter(),
             &IMAGE,
         )

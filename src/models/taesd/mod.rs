@@ -28,32 +28,30 @@
 
 pub mod keys;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
 use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
-use crate::weights::{WeightFile, Weights};
+use crate::weights::{TensorSource, Weights};
 use keys::KeyStyle;
 
 const CH: usize = 64;
 
-/// A TAESD-family file's tensors of `part` under upstream keys (`1.weight`, `3.conv.0.weight`),
-/// each in its stored dtype, and the key style the file used. The other half's tensors of a
-/// full-autoencoder file are not read.
-pub fn load_weights(path: &Path, part: Part) -> Result<(Weights, KeyStyle), ModelError> {
-    let mut file = WeightFile::open(path)?;
-    let names: Vec<String> = file.tensors().keys().cloned().collect();
-    let (style, kept) = keys::normalise(path, &names, part)?;
-    let mut tensors = BTreeMap::new();
-    for (i, upstream) in kept {
-        tensors.insert(upstream, file.read(&names[i])?);
-    }
-    Ok((Weights::new(path, file.format(), tensors), style))
+/// A TAESD-family source's tensors of `part` under upstream keys (`1.weight`,
+/// `3.conv.0.weight`), each in its stored dtype, and the key style the source used. The other
+/// half's tensors of a full-autoencoder file are not read.
+pub fn load_weights(
+    source: &dyn TensorSource,
+    part: Part,
+) -> Result<(Weights, KeyStyle), ModelError> {
+    let names: Vec<String> = source.tensors().keys().cloned().collect();
+    let (style, kept) = keys::normalise(source.path(), &names, part)?;
+    let wanted = kept
+        .into_iter()
+        .map(|(i, upstream)| (upstream, names[i].clone()));
+    Ok((source.read_as(wanted)?, style))
 }
 
 /// One TAESD-family model: its names and the architecture its published weights have.
@@ -161,10 +159,10 @@ impl Model for Taesd {
     fn load(
         &self,
         part: Part,
-        path: &Path,
+        source: &dyn TensorSource,
         _options: &ModelOptions,
     ) -> Result<Weights, ModelError> {
-        Ok(load_weights(path, part)?.0)
+        Ok(load_weights(source, part)?.0)
     }
 
     fn build(

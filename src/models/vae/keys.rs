@@ -15,7 +15,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Prefix of the VAE inside a full Stable Diffusion checkpoint.
+use crate::weights::KeyPlacement;
+
+/// Where a VAE sits in a file: bare, or under `first_stage_model.` in a full Stable Diffusion
+/// checkpoint (beside the UNet and the text encoder), found by the input convolution of either
+/// half (both layouts name it alike).
+pub const PLACEMENT: KeyPlacement<'static> = KeyPlacement {
+    anchors: &["decoder.conv_in.weight", "encoder.conv_in.weight"],
+    prefixes: &["", FULL_CHECKPOINT_PREFIX],
+};
+
+/// Prefix of the VAE inside a full Stable Diffusion checkpoint; its VAE is in the original
+/// layout.
 pub const FULL_CHECKPOINT_PREFIX: &str = "first_stage_model.";
 
 /// GroupNorm group count assumed by [`detect`]: the tensors do not record it, and every
@@ -25,12 +36,11 @@ pub const DEFAULT_NORM_GROUPS: usize = 32;
 /// Top-level modules of a VAE, in both schemes.
 const VAE_ROOTS: [&str; 5] = ["encoder", "decoder", "quant_conv", "post_quant_conv", "bn"];
 
-/// The VAE key inside `key`: `first_stage_model.` stripped, `None` for tensors that are not part
-/// of a VAE (the UNet and text encoder of a full checkpoint, training-only `loss.*` tensors).
-pub fn vae_key(key: &str) -> Option<&str> {
-    let k = key.strip_prefix(FULL_CHECKPOINT_PREFIX).unwrap_or(key);
-    let root = k.split('.').next()?;
-    (VAE_ROOTS.contains(&root) && k.len() > root.len()).then_some(k)
+/// Whether `key` (under the VAE's prefix) is the VAE's: not a training-only `loss.*` tensor or
+/// anything else beside it.
+pub fn is_vae_key(key: &str) -> bool {
+    let root = key.split('.').next().unwrap_or("");
+    VAE_ROOTS.contains(&root) && key.len() > root.len()
 }
 
 /// A diffusers key, and whether the tensor is an original 1x1-conv attention weight
@@ -55,7 +65,7 @@ fn index(s: &str) -> Option<usize> {
 /// Number of decoder up blocks in an original-layout key set (highest `decoder.up.N` + 1, 0 if
 /// none). The mapping needs it because original up blocks are numbered in reverse.
 pub fn up_block_count<'a>(keys: impl Iterator<Item = &'a str>) -> usize {
-    keys.filter_map(vae_key)
+    keys.filter(|k| is_vae_key(k))
         .filter_map(|k| index(k.strip_prefix("decoder.up.")?.split('.').next()?))
         .map(|i| i + 1)
         .max()
@@ -82,11 +92,13 @@ fn resnet(sub: &[&str]) -> Option<String> {
     }
 }
 
-/// Maps one original-layout key to its diffusers key; `first_stage_model.` is accepted and
-/// stripped. `up_blocks` is [`up_block_count`] of the whole file. `None` for keys outside the
-/// VAE or not in the original AutoencoderKL layout.
-pub fn original_to_diffusers(key: &str, up_blocks: usize) -> Option<Mapped> {
-    let k = vae_key(key)?;
+/// Maps one original-layout key (under the VAE's prefix) to its diffusers key. `up_blocks` is
+/// [`up_block_count`] of the whole file. `None` for keys outside the VAE or not in the original
+/// AutoencoderKL layout.
+pub fn original_to_diffusers(k: &str, up_blocks: usize) -> Option<Mapped> {
+    if !is_vae_key(k) {
+        return None;
+    }
     let parts: Vec<&str> = k.split('.').collect();
     let plain = |key: String| {
         Some(Mapped {
@@ -146,22 +158,27 @@ pub fn original_to_diffusers(key: &str, up_blocks: usize) -> Option<Mapped> {
     plain(format!("{side}.{tail}"))
 }
 
-/// Maps every VAE key of an original-layout file, skipping keys outside the VAE (see
-/// [`vae_key`]). Returns `(original key, mapped)` pairs in input order. Errors, one line each,
-/// on a VAE key that does not map and on two keys mapping to the same diffusers key.
-pub fn map_original_keys<'a>(keys: &[&'a str]) -> Result<Vec<(&'a str, Mapped)>, String> {
+/// Maps every VAE key of an original-layout file (keys under the VAE's `prefix`), skipping
+/// keys outside the VAE (see [`is_vae_key`]). Returns `(original key, mapped)` pairs in input
+/// order. Errors, one line each naming the file's key (prefix included), on a VAE key that does
+/// not map and on two keys mapping to the same diffusers key.
+pub fn map_original_keys<'a>(
+    keys: &[&'a str],
+    prefix: &str,
+) -> Result<Vec<(&'a str, Mapped)>, String> {
     let up = up_block_count(keys.iter().copied());
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::new();
     for &k in keys {
-        if vae_key(k).is_none() {
+        if !is_vae_key(k) {
             continue;
         }
-        let m = original_to_diffusers(k, up)
-            .ok_or_else(|| format!("tensor \"{k}\" is not part of the original VAE layout"))?;
+        let m = original_to_diffusers(k, up).ok_or_else(|| {
+            format!("tensor \"{prefix}{k}\" is not part of the original VAE layout")
+        })?;
         if let Some(prev) = seen.insert(m.key.clone(), k) {
             return Err(format!(
-                "tensors \"{prev}\" and \"{k}\" both map to \"{}\"",
+                "tensors \"{prefix}{prev}\" and \"{prefix}{k}\" both map to \"{}\"",
                 m.key
             ));
         }
@@ -545,6 +562,7 @@ pub fn check_config(cfg: &VaeConfig, config_json: &serde_json::Value) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::PrefixError;
     use std::path::PathBuf;
 
     fn fixtures() -> PathBuf {
@@ -578,7 +596,7 @@ mod tests {
     fn mapped_original(model: &str) -> BTreeMap<String, Vec<usize>> {
         let orig = shapes(&fixtures().join(model).join("original.safetensors"));
         let keys: Vec<&str> = orig.keys().map(String::as_str).collect();
-        let mapped = map_original_keys(&keys).unwrap();
+        let mapped = map_original_keys(&keys, "").unwrap();
         assert_eq!(mapped.len(), orig.len(), "{model}: some keys were skipped");
         mapped
             .into_iter()
@@ -735,28 +753,34 @@ mod tests {
 
     #[test]
     fn full_checkpoint_prefix_and_foreign_keys() {
+        let p = |keys: &[&str]| PLACEMENT.find(keys.iter().copied());
+        let sd = [
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+            "first_stage_model.decoder.conv_in.weight",
+        ];
+        assert_eq!(p(&sd).as_deref(), Ok(FULL_CHECKPOINT_PREFIX));
+        assert_eq!(p(&["encoder.conv_in.weight"]).as_deref(), Ok(""));
+        // A VAE under a prefix it is not known under is not found; two are refused.
+        assert_eq!(p(&["vae.decoder.conv_in.weight"]), Err(PrefixError::Absent));
         assert_eq!(
-            vae_key("first_stage_model.decoder.conv_in.weight"),
-            Some("decoder.conv_in.weight")
+            p(&["decoder.conv_in.weight", sd[2]]),
+            Err(PrefixError::Several(vec![
+                String::new(),
+                FULL_CHECKPOINT_PREFIX.into()
+            ]))
         );
-        assert_eq!(vae_key("model.diffusion_model.x"), None);
-        assert_eq!(vae_key("cond_stage_model.transformer.x"), None);
-        assert_eq!(vae_key("first_stage_model.loss.logvar"), None);
-        assert_eq!(
-            original_to_diffusers("first_stage_model.decoder.conv_in.weight", 4),
-            Some(Mapped {
-                key: "decoder.conv_in.weight".into(),
-                squeeze_1x1: false
-            })
-        );
+        assert!(is_vae_key("decoder.conv_in.weight"));
+        assert!(!is_vae_key("loss.logvar"));
+        assert!(!is_vae_key("decoder"));
         assert_eq!(original_to_diffusers("model.diffusion_model.x", 4), None);
         let keys = [
-            "model.diffusion_model.input_blocks.0.0.weight",
-            "first_stage_model.decoder.up.1.block.0.conv1.weight",
-            "first_stage_model.decoder.up.0.block.0.conv1.weight",
-            "first_stage_model.decoder.mid.attn_1.proj_out.weight",
+            "loss.logvar",
+            "decoder.up.1.block.0.conv1.weight",
+            "decoder.up.0.block.0.conv1.weight",
+            "decoder.mid.attn_1.proj_out.weight",
         ];
-        let m = map_original_keys(&keys).unwrap();
+        let m = map_original_keys(&keys, FULL_CHECKPOINT_PREFIX).unwrap();
         let got: Vec<(&str, &str, bool)> = m
             .iter()
             .map(|(k, m)| (*k, m.key.as_str(), m.squeeze_1x1))
@@ -772,6 +796,12 @@ mod tests {
                     true
                 ),
             ]
+        );
+        // Errors name the file's key, prefix and all.
+        let e = map_original_keys(&["decoder.up.0.x.weight"], FULL_CHECKPOINT_PREFIX).unwrap_err();
+        assert!(
+            e.contains("\"first_stage_model.decoder.up.0.x.weight\""),
+            "{e}"
         );
     }
 
@@ -830,8 +860,11 @@ mod tests {
             assert_eq!(m(bad), None, "{bad}");
         }
         assert_eq!(
-            map_original_keys(&["decoder.conv_in.weight", "decoder.up_blocks.0.x.weight"])
-                .unwrap_err(),
+            map_original_keys(
+                &["decoder.conv_in.weight", "decoder.up_blocks.0.x.weight"],
+                ""
+            )
+            .unwrap_err(),
             "tensor \"decoder.up_blocks.0.x.weight\" is not part of the original VAE layout"
         );
     }

@@ -14,7 +14,7 @@
 //! ```
 //! The architecture (widths, resnets per level, quant convs, FLUX.2's batch norm) is read off the
 //! tensors and checked against the model asked for and, when present, the `config.json` beside
-//! the weights. Any container [`WeightFile`] reads will do (safetensors or a `.pth` state dict).
+//! the weights. Any [`crate::weights::TensorSource`] will do (safetensors, a `.pth` state dict, shards).
 
 pub mod keys;
 
@@ -24,7 +24,7 @@ use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role}
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
-use crate::weights::{StoredDtype, WeightFile, Weights};
+use crate::weights::{PrefixError, StoredDtype, TensorSource, Weights};
 use keys::VaeConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -224,34 +224,52 @@ impl Model for Vae {
         Ok(())
     }
 
-    fn load(&self, part: Part, path: &Path, o: &ModelOptions) -> Result<Weights, ModelError> {
+    fn load(
+        &self,
+        part: Part,
+        source: &dyn TensorSource,
+        o: &ModelOptions,
+    ) -> Result<Weights, ModelError> {
         // The index first: the architecture is checked on shapes alone, and only the part's
         // tensors are then read (the other half of the file never is). Integer tensors
         // (`bn.num_batches_tracked`) are training state no build needs.
-        let mut store = WeightFile::open(path)?;
+        let path = source.path();
+        let file = path.display().to_string();
+        let wrong = |reason: String| ModelError::WrongModel {
+            file: file.clone(),
+            reason,
+        };
+        // A file with no VAE anchor is read bare, so the architecture check names what is
+        // missing.
+        let prefix = match keys::PLACEMENT.find(source.tensors().keys().map(String::as_str)) {
+            Ok(p) => p,
+            Err(PrefixError::Absent) => String::new(),
+            Err(e) => {
+                return Err(wrong(format!(
+                    "a VAE under each of {}; give a file with one",
+                    e.prefixes()
+                )))
+            }
+        };
+        let store = source.under(&prefix);
         let file_shapes: BTreeMap<String, Vec<usize>> = store
             .tensors()
             .iter()
             .filter(|(_, i)| !matches!(i.dtype, StoredDtype::Int(_)))
             .map(|(k, i)| (k.clone(), i.shape.clone()))
             .collect();
-        let file = path.display().to_string();
-        let wrong = |reason: String| ModelError::WrongModel {
-            file: file.clone(),
-            reason,
-        };
-        let original = file_shapes.keys().any(|k| {
-            k.starts_with(keys::FULL_CHECKPOINT_PREFIX)
-                || k.starts_with("decoder.up.")
-                || k.starts_with("encoder.down.")
-                || k.starts_with("decoder.mid.")
-                || k.starts_with("encoder.mid.")
-        });
+        let original = prefix == keys::FULL_CHECKPOINT_PREFIX
+            || file_shapes.keys().any(|k| {
+                k.starts_with("decoder.up.")
+                    || k.starts_with("encoder.down.")
+                    || k.starts_with("decoder.mid.")
+                    || k.starts_with("encoder.mid.")
+            });
         // Model key → (file key, squeeze a [o, i, 1, 1] weight to [o, i]).
         let mut sources: BTreeMap<String, (String, bool)> = BTreeMap::new();
         if original {
             let names: Vec<&str> = file_shapes.keys().map(String::as_str).collect();
-            let mapped = keys::map_original_keys(&names).map_err(wrong)?;
+            let mapped = keys::map_original_keys(&names, &prefix).map_err(wrong)?;
             for (k, m) in mapped {
                 let s = &file_shapes[k];
                 let squeeze = m.squeeze_1x1 && s.len() == 4 && s[2..] == [1, 1];
@@ -303,7 +321,7 @@ impl Model for Vae {
             }
             tensors.insert(k, t);
         }
-        Ok(Weights::new(path, store.format(), tensors))
+        Ok(Weights::new(path, source.format(), tensors))
     }
 
     fn build(

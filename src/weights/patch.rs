@@ -1,0 +1,79 @@
+//! [`Patched`]: a source whose tensors an [`Overlay`] changes as they are read (a LoRA adapter
+//! merged into the weights it adapts), so a model reads patched weights the way it reads any.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{TensorInfo, TensorSource, WeightError, WeightFormat};
+use crate::tensor::{Tensor, TensorData};
+
+/// A change to some tensors of a source, applied as they are read.
+pub trait Overlay {
+    /// What messages call it (the adapter file).
+    fn name(&self) -> String;
+    /// Whether it changes the tensor `key` (the source's key). Tensors it does not change are
+    /// passed through untouched: an f16 tensor keeps its bits.
+    fn patches(&self, key: &str) -> bool;
+    /// Changes `values`, the tensor `key` of shape `shape`, in place, in f32. The reason of an
+    /// error is one line; the message adds the overlay, the file and the key.
+    fn patch(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<(), String>;
+}
+
+/// `inner` with `overlay` applied. An f16 tensor that is patched is widened to f32, patched and
+/// rounded to f16 once, so it loses no more than one rounding (patching in f16 would round
+/// every step), and stays f16 as the file stored it; f32 stays f32. Keys, dtypes and shapes
+/// are the inner source's.
+pub struct Patched<'a> {
+    inner: &'a dyn TensorSource,
+    overlay: &'a dyn Overlay,
+}
+
+impl<'a> Patched<'a> {
+    pub fn new(inner: &'a dyn TensorSource, overlay: &'a dyn Overlay) -> Patched<'a> {
+        Patched { inner, overlay }
+    }
+}
+
+impl TensorSource for Patched<'_> {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn format(&self) -> WeightFormat {
+        self.inner.format()
+    }
+
+    fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        self.inner.tensors()
+    }
+
+    fn read(&self, key: &str) -> Result<Tensor, WeightError> {
+        let t = self.inner.read(key)?;
+        if !self.overlay.patches(key) {
+            return Ok(t);
+        }
+        let failed = |reason: String| WeightError::Patch {
+            overlay: self.overlay.name(),
+            path: self.inner.path().to_path_buf(),
+            key: key.to_string(),
+            reason: reason.replace(['\n', '\r'], " "),
+        };
+        let Tensor { shape, data } = t;
+        match data {
+            TensorData::F32(mut v) => {
+                self.overlay.patch(key, &shape, &mut v).map_err(failed)?;
+                Ok(Tensor::f32(shape, v))
+            }
+            TensorData::F16(h) => {
+                let mut v: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
+                drop(h);
+                self.overlay.patch(key, &shape, &mut v).map_err(failed)?;
+                let h = v.into_iter().map(half::f16::from_f32).collect();
+                Ok(Tensor::f16(shape, h))
+            }
+            TensorData::I32(_) | TensorData::Bool(_) => {
+                Err(failed("only float tensors can be patched".to_string()))
+            }
+        }
+    }
+}
