@@ -33,8 +33,8 @@ pub struct HubConfig {
     pub endpoint: String,
     /// `HF_HUB_OFFLINE` set to 1/true/yes/on: use the cache only.
     pub offline: bool,
-    /// Overall limit on one download, redirects and body included (besides the 60 s limit on
-    /// a stalled read): `$MLC_DOWNLOAD_TIMEOUT_SECS` (a positive number; anything else is
+    /// Overall limit on one download, redirects and body included (besides the rate floor
+    /// and a 60 s limit on a stalled read): `$MLC_DOWNLOAD_TIMEOUT_SECS` (a positive number; anything else is
     /// ignored), else [`DEFAULT_DOWNLOAD_TIMEOUT`].
     pub download_timeout: Duration,
     /// A body longer than this is refused, as it streams in: [`DEFAULT_MAX_DOWNLOAD_BYTES`].
