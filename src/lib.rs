@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ane;
+pub(crate) mod atomic_dir;
 pub mod calibrate;
 #[cfg(feature = "cli")]
 pub mod cli;
