@@ -1,8 +1,8 @@
 //! Many tensors at once: lists of tensors and the groups of output channels of one tensor,
 //! each palettized on its own, spread over the cores.
 
-use super::super::parallel::parallel_map;
 use super::{kmeans_1d, kmeans_1d_weighted, Palette};
+use crate::parallel::parallel_map;
 
 /// [`kmeans_1d`] of several tensors, run on all available cores (whole tensors per thread, so
 /// the results are identical to the sequential ones).
