@@ -11,8 +11,8 @@ use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
 use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
 use crate::compress::output_aware;
-use crate::compress::parallel::parallel_map;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
+use crate::parallel::parallel_map;
 use crate::tensor::{DType, Tensor};
 
 /// A calibrated weight's tables, and its layer's bias with the shift to add to it.

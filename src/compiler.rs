@@ -551,7 +551,7 @@ fn calibration(
         bind_from_graph(&mut b, &model.interface(part, &opts.model_options), g);
     }
     let weights = opts.weights_path()?;
-    let mut target = crate::calibrate::Target::for_model(
+    let mut target = crate::calibrate::SampleSpec::for_model(
         model,
         part,
         &opts.model_options,

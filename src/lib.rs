@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ane;
+pub(crate) mod atomic_dir;
 pub mod calibrate;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod mil;
 pub mod mlmodelc;
 pub mod models;
 pub mod package;
+pub(crate) mod parallel;
 #[path = "../passes/mod.rs"]
 pub mod passes;
 pub mod proto;

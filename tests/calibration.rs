@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mlc::calibrate::image::{decode, fit};
-use mlc::calibrate::{collect, Calibration, ImageFeed, Target};
+use mlc::calibrate::{collect, Calibration, ImageFeed, SampleSpec};
 use mlc::compiler::{build, BuildOptions, Sizes};
 use mlc::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use mlc::kernels::Array;
@@ -23,8 +23,8 @@ fn encoder_weights() -> PathBuf {
 }
 
 /// Photos straight into input `image` at `size` (an encoder's target).
-fn direct(size: [usize; 2]) -> Target {
-    Target {
+fn direct(size: [usize; 2]) -> SampleSpec {
+    SampleSpec {
         inputs: vec![("image".into(), vec![1, 3, size[0], size[1]])],
         images: ImageFeed::Direct {
             input: "image".into(),
@@ -36,14 +36,14 @@ fn direct(size: [usize; 2]) -> Target {
 }
 
 /// The TAEF2 decoder's target at `latent` x `latent`, photos through the TAEF2 encoder.
-fn taef2_decoder_target(latent: usize, encoder: Option<&Path>) -> Target {
+fn taef2_decoder_target(latent: usize, encoder: Option<&Path>) -> SampleSpec {
     let m = lookup("flux2").unwrap();
     let none = ModelOptions::default();
     let b = m
         .interface(Part::Decoder, &none)
         .bindings(Role::Latent, [latent, latent])
         .unwrap();
-    Target::for_model(m, Part::Decoder, &none, &b, None, encoder).unwrap()
+    SampleSpec::for_model(m, Part::Decoder, &none, &b, None, encoder).unwrap()
 }
 
 fn write_png(

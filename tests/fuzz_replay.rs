@@ -1,6 +1,6 @@
 //! The fuzz targets' inputs, replayed on stable Rust: every file under
 //! `tests/fuzz/regressions/<target>/` (minimised corpora and every crash the fuzzers found) runs
-//! through [`mlc::fuzzing::Target::run`], the function the `cargo fuzz` targets call, and must
+//! through [`mlc::fuzzing::InputFormat::run`], the function the `cargo fuzz` targets call, and must
 //! return in time without panicking. The seed inputs, generated here from the library's own
 //! writers, must be accepted, so a reader that refuses everything fails this test.
 //!
@@ -14,10 +14,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mlc::fuzzing::{eval_input, Target};
+use mlc::fuzzing::{eval_input, InputFormat};
 use mlc::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType, Unary};
 use mlc::mil::lower::{lower, Interface, ModelInfo};
-use mlc::mil::Target as MilTarget;
+use mlc::mil::Target;
 use mlc::passes::{quantize::Mode, Compression, PipelineOptions};
 use mlc::tensor::{DType, Tensor};
 use prost::Message;
@@ -26,7 +26,7 @@ use prost::Message;
 /// milliseconds, so this only catches a hang).
 const BOUND: Duration = Duration::from_secs(2);
 
-fn regressions(t: Target) -> Vec<PathBuf> {
+fn regressions(t: InputFormat) -> Vec<PathBuf> {
     let dir = common::repo().join("tests/fuzz/regressions").join(t.name());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -38,7 +38,7 @@ fn regressions(t: Target) -> Vec<PathBuf> {
 }
 
 /// Runs `bytes` through `t`, naming `what` if it panics or takes longer than [`BOUND`].
-fn replay(t: Target, what: &str, bytes: &[u8]) -> Result<(), String> {
+fn replay(t: InputFormat, what: &str, bytes: &[u8]) -> Result<(), String> {
     let start = Instant::now();
     let result = std::panic::catch_unwind(|| t.run(bytes))
         .unwrap_or_else(|_| panic!("{} panicked on {what}", t.name()));
@@ -50,7 +50,7 @@ fn replay(t: Target, what: &str, bytes: &[u8]) -> Result<(), String> {
 #[test]
 fn regression_inputs_replay_without_panics_or_hangs() {
     let mut summary = Vec::new();
-    for t in Target::ALL {
+    for t in InputFormat::ALL {
         let files = regressions(t);
         let (mut accepted, mut rejected) = (0, 0);
         for f in &files {
@@ -71,13 +71,13 @@ fn regression_inputs_replay_without_panics_or_hangs() {
             files.len()
         );
     }
-    assert_eq!(summary.len(), Target::ALL.len());
+    assert_eq!(summary.len(), InputFormat::ALL.len());
 }
 
 #[test]
 fn seeds_are_accepted_and_damage_is_refused() {
     let seeds = seeds();
-    for t in Target::ALL {
+    for t in InputFormat::ALL {
         let mine: Vec<_> = seeds.iter().filter(|s| s.0 == t).collect();
         assert!(mine.len() >= 2, "{}: {} seeds", t.name(), mine.len());
         for (_, name, bytes) in &mine {
@@ -106,34 +106,38 @@ fn write_seed_corpora() {
 // ---------------------------------------------------------------------------------------------
 // Seeds: small valid inputs of every format, written by the library or by hand to spec.
 
-fn seeds() -> Vec<(Target, String, Vec<u8>)> {
+fn seeds() -> Vec<(InputFormat, String, Vec<u8>)> {
     let mut out = Vec::new();
     for (name, bytes) in safetensors_seeds() {
-        out.push((Target::Safetensors, name, bytes));
+        out.push((InputFormat::Safetensors, name, bytes));
     }
     for (name, bytes) in pth_seeds() {
-        out.push((Target::Pth, name, bytes));
+        out.push((InputFormat::Pth, name, bytes));
     }
     let ct = common::repo().join("tests/data/ct_conv_relu.mlpackage");
     let read = |rel: &str| std::fs::read(ct.join(rel)).unwrap();
-    out.push((Target::Manifest, "ct".into(), read("Manifest.json")));
+    out.push((InputFormat::Manifest, "ct".into(), read("Manifest.json")));
     let ct_model = read("Data/com.apple.CoreML/model.mlmodel");
     let ct_weights = read("Data/com.apple.CoreML/weights/weight.bin");
-    out.push((Target::Mlmodel, "ct".into(), ct_model.clone()));
-    out.push((Target::Blob, "ct".into(), ct_weights.clone()));
+    out.push((InputFormat::Mlmodel, "ct".into(), ct_model.clone()));
+    out.push((InputFormat::Blob, "ct".into(), ct_weights.clone()));
     out.push((
-        Target::Eval,
+        InputFormat::Eval,
         "ct".into(),
         eval_input(&ct_model, Some(&ct_weights)),
     ));
 
     for (name, model, weights) in packages() {
         let model = model.encode_to_vec();
-        out.push((Target::Mlmodel, name.clone(), model.clone()));
+        out.push((InputFormat::Mlmodel, name.clone(), model.clone()));
         if let Some(w) = &weights {
-            out.push((Target::Blob, name.clone(), w.clone()));
+            out.push((InputFormat::Blob, name.clone(), w.clone()));
         }
-        out.push((Target::Eval, name, eval_input(&model, weights.as_deref())));
+        out.push((
+            InputFormat::Eval,
+            name,
+            eval_input(&model, weights.as_deref()),
+        ));
     }
     // The manifest mlc writes, as written.
     let tmp = tempfile::tempdir().unwrap();
@@ -141,7 +145,7 @@ fn seeds() -> Vec<(Target, String, Vec<u8>)> {
     let pkg = tmp.path().join("m.mlpackage");
     mlc::package::write_package(&pkg, &model, weights.as_deref()).unwrap();
     out.push((
-        Target::Manifest,
+        InputFormat::Manifest,
         "mlc".into(),
         std::fs::read(pkg.join("Manifest.json")).unwrap(),
     ));
@@ -406,36 +410,36 @@ fn packages() -> Vec<(String, mlc::proto::specification::Model, Option<Vec<u8>>)
         BTreeMap::from([("H".to_string(), 4), ("W".to_string(), 4)]),
         BTreeMap::from([("H".to_string(), 2), ("W".to_string(), 6)]),
     ];
-    let variants: Vec<(&str, MilTarget, bool, Option<Compression>)> = vec![
-        ("decoder-fp32", MilTarget::Ios16, false, None),
-        ("decoder-fp16", MilTarget::Ios16, true, None),
+    let variants: Vec<(&str, Target, bool, Option<Compression>)> = vec![
+        ("decoder-fp32", Target::Ios16, false, None),
+        ("decoder-fp16", Target::Ios16, true, None),
         (
             "decoder-lut2",
-            MilTarget::Ios16,
+            Target::Ios16,
             true,
             Some(palettize(2, None)),
         ),
         (
             "decoder-lut4-grouped",
-            MilTarget::Ios18,
+            Target::Ios18,
             true,
             Some(palettize(4, Some(1))),
         ),
         (
             "decoder-int8",
-            MilTarget::Ios16,
+            Target::Ios16,
             false,
             Some(quantize(Mode::Int8, None)),
         ),
         (
             "decoder-uint8",
-            MilTarget::Ios17,
+            Target::Ios17,
             true,
             Some(quantize(Mode::Uint8, None)),
         ),
         (
             "decoder-int8-blocks",
-            MilTarget::Ios18,
+            Target::Ios18,
             true,
             Some(quantize(Mode::Int8, Some(2))),
         ),
@@ -451,8 +455,8 @@ fn packages() -> Vec<(String, mlc::proto::specification::Model, Option<Vec<u8>>)
         out.push(lowered(name, decoder_graph(), &opts, target, sizes.clone()));
     }
     for (name, target, fused) in [
-        ("attention-ios16", MilTarget::Ios16, false),
-        ("attention-ios18", MilTarget::Ios18, true),
+        ("attention-ios16", Target::Ios16, false),
+        ("attention-ios18", Target::Ios18, true),
     ] {
         let opts = PipelineOptions {
             fp16: fused,
@@ -473,7 +477,7 @@ fn packages() -> Vec<(String, mlc::proto::specification::Model, Option<Vec<u8>>)
             sizes: sizes.clone(),
             ..Default::default()
         },
-        MilTarget::Ios16,
+        Target::Ios16,
         sizes,
     ));
     out
@@ -512,7 +516,7 @@ fn lowered(
     name: &str,
     g: Graph,
     opts: &PipelineOptions,
-    target: MilTarget,
+    target: Target,
     sizes: Vec<mlc::passes::specialize_shapes::Bindings>,
 ) -> (String, mlc::proto::specification::Model, Option<Vec<u8>>) {
     let g = mlc::passes::run(g, &mlc::passes::pipeline(opts), |_, _| {})

@@ -32,6 +32,7 @@ const PINNED: Source = Source {
     revision: COMMIT,
     sha256: Some(WEIGHTS_SHA),
     size: Some(WEIGHTS_LEN),
+    max_bytes: 64 << 20,
 };
 
 const UNPINNED: Source = Source {
@@ -41,6 +42,7 @@ const UNPINNED: Source = Source {
     revision: "main",
     sha256: None,
     size: None,
+    max_bytes: 64 << 20,
 };
 
 #[derive(Clone)]
@@ -58,6 +60,8 @@ enum Reply {
     Endless,
     /// 200 announcing a megabyte, then one byte every 50 ms.
     Slow,
+    /// 200 without a length, then one byte per interval until the client hangs up.
+    Trickle(Duration),
 }
 
 /// Serves fixed replies by path, one request per connection, and counts requests. It stops
@@ -193,6 +197,15 @@ fn serve(
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Some(Reply::Trickle(every)) => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until {
+                out.write_all(b"x")?;
+                out.flush()?;
+                std::thread::sleep(*every);
+            }
+        }
         None => {
             out.write_all(head("404 Not Found", 0, &[]).as_bytes())?;
         }
@@ -212,6 +225,8 @@ fn config_at(cache: &Path, endpoint: &str, offline: bool) -> HubConfig {
         offline,
         download_timeout: hub::DEFAULT_DOWNLOAD_TIMEOUT,
         max_download_bytes: hub::DEFAULT_MAX_DOWNLOAD_BYTES,
+        min_rate: hub::DEFAULT_MIN_RATE,
+        rate_window: hub::DEFAULT_RATE_WINDOW,
     }
 }
 
@@ -615,6 +630,219 @@ fn endless_body_stops_at_the_size_cap() {
 }
 
 #[test]
+fn endless_body_stops_at_the_models_own_cap() {
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Endless,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let src = Source {
+        max_bytes: 3 << 20,
+        ..UNPINNED
+    };
+    let mut received = 0;
+    let start = Instant::now();
+    let err = hub::resolve_with_progress(&src, &cfg, &mut |p| received = p.received).unwrap_err();
+    let url = format!("{}{}", server.addr, resolve_path(&src));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "download {url}: body is longer than 3145728 bytes (3 MiB), more than a taesd \
+             weights file can hold; refused"
+        )
+    );
+    assert!(received <= 3 << 20, "{received} bytes taken");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // The temporary file the body streamed into is gone with everything else.
+    assert_nothing_cached(tmp.path());
+
+    // A lower general cap still names itself.
+    let mut cfg = cfg;
+    cfg.max_download_bytes = 1 << 20;
+    let err = hub::resolve(&src, &cfg).unwrap_err();
+    assert!(
+        matches!(err, HubError::TooLarge { limit: 1048576, .. }),
+        "{err:?}"
+    );
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
+fn announced_length_over_the_models_cap_is_refused_before_the_body() {
+    let server = Server::start(vec![(
+        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
+        Reply::File(WEIGHTS, vec![]),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &server, false);
+    let src = Source {
+        size: None,
+        max_bytes: 1 << 20,
+        ..PINNED
+    };
+    let mut seen = 0;
+    let err = hub::resolve_with_progress(&src, &cfg, &mut |_| seen += 1).unwrap_err();
+    assert!(
+        matches!(err, HubError::OverModelCap { cap: 1048576, .. }),
+        "{err:?}"
+    );
+    assert_eq!(seen, 0, "no body was read");
+    assert_nothing_cached(tmp.path());
+}
+
+/// The real taesd source through the binary: an endless body stops at taesd's 64 MiB.
+#[test]
+fn cli_endless_taesd_body_stops_at_its_cap() {
+    let server = Server::start(vec![(
+        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+        Reply::Endless,
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let start = Instant::now();
+    let o = mlc_against(&server, &home, &work, &[]);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let url = format!(
+        "{}/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+        server.addr
+    );
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: download {url}: body is longer than 67108864 bytes (64 MiB), more than a \
+             taesd weights file can hold; refused"
+        )
+    );
+    assert_nothing_cached(&home.join("hub"));
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+}
+
+#[test]
+fn trickle_is_cut_by_the_rate_floor() {
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Trickle(Duration::from_millis(200)),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), &server, false);
+    cfg.rate_window = Duration::from_secs(1);
+    let start = Instant::now();
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    let took = start.elapsed();
+    let HubError::TooSlow {
+        min_rate: 1000,
+        received,
+        ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert!((1..=20).contains(&received), "{received}");
+    // Cut after the first whole window, long before the 600 s deadline.
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("slower than 1000 bytes/s over 1 s")
+            && msg.contains("MLC_DOWNLOAD_MIN_RATE")
+            && msg.contains("MLC_DOWNLOAD_RATE_WINDOW_SECS"),
+        "{msg}"
+    );
+    assert_nothing_cached(tmp.path());
+
+    // With the floor off, only the overall deadline stops it.
+    cfg.min_rate = 0;
+    cfg.download_timeout = Duration::from_millis(1500);
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    assert!(matches!(err, HubError::Deadline { .. }), "{err:?}");
+    assert_nothing_cached(tmp.path());
+}
+
+#[test]
+fn a_read_idle_for_a_whole_window_is_cut_by_the_rate_floor() {
+    // One byte, then nothing for longer than the window: the read itself times out.
+    let server = Server::start(vec![(
+        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+        Reply::Trickle(Duration::from_secs(2)),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), &server, false);
+    cfg.rate_window = Duration::from_secs(1);
+    let start = Instant::now();
+    let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(err, HubError::TooSlow { .. }), "{err:?}");
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+    assert_nothing_cached(tmp.path());
+}
+
+/// `mlc build taesd --latent-size 4` against `server`, with its own HF_HOME and extra
+/// environment variables.
+fn mlc_against(
+    server: &Server,
+    home: &Path,
+    work: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(["build", "taesd", "--latent-size", "4"])
+        .current_dir(work)
+        .env("HF_HOME", home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("MLC_DOWNLOAD_TIMEOUT_SECS")
+        .env_remove("MLC_DOWNLOAD_MIN_RATE")
+        .env_remove("MLC_DOWNLOAD_RATE_WINDOW_SECS")
+        .env("HF_ENDPOINT", &server.addr)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The floor's window and rate from the environment: a trickle stops the binary in about a
+/// window, with a one-line error and nothing left behind.
+#[test]
+fn cli_rate_floor_from_the_environment() {
+    let server = Server::start(vec![(
+        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+        Reply::Trickle(Duration::from_millis(100)),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let start = Instant::now();
+    let o = mlc_against(
+        &server,
+        &home,
+        &work,
+        &[
+            ("MLC_DOWNLOAD_RATE_WINDOW_SECS", "1"),
+            ("MLC_DOWNLOAD_MIN_RATE", "50"),
+        ],
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: download ")
+            && err.trim_end().lines().count() == 1
+            && err.contains("slower than 50 bytes/s over 1 s"),
+        "{err}"
+    );
+    assert_nothing_cached(&home.join("hub"));
+    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
+}
+
+#[test]
 fn announced_length_over_the_cap_is_refused_before_the_body() {
     let server = Server::start(vec![(
         "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
@@ -741,17 +969,7 @@ fn cli_download_deadline_from_the_environment() {
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&work).unwrap();
     let start = Instant::now();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(["build", "taesd", "--latent-size", "4"])
-        .current_dir(&work)
-        .env("HF_HOME", &home)
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HUGGINGFACE_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .env("HF_ENDPOINT", &server.addr)
-        .env("MLC_DOWNLOAD_TIMEOUT_SECS", "1")
-        .output()
-        .unwrap();
+    let o = mlc_against(&server, &home, &work, &[("MLC_DOWNLOAD_TIMEOUT_SECS", "1")]);
     assert!(start.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

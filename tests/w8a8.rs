@@ -498,7 +498,7 @@ fn photos_and_reference(
     encoder: &Path,
 ) -> (mlc::calibrate::Calibration, Graph) {
     let b = o.size_bindings().unwrap().remove(0);
-    let target = mlc::calibrate::Target::for_model(
+    let target = mlc::calibrate::SampleSpec::for_model(
         mlc::models::lookup("flux2").unwrap(),
         mlc::models::Part::Decoder,
         &Default::default(),

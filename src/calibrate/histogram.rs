@@ -5,6 +5,8 @@
 //! bins, unlike re-binning by interpolation (PyTorch's `HistogramObserver`). Exact zeros (ReLU
 //! outputs) are counted apart, since they quantize without error whatever the range.
 
+use crate::parallel::parallel_map_on;
+
 /// Bins per histogram: fine enough that a bin is far narrower than an int8 step (BINS / 127
 /// bins per step at the full range), small enough that the search over ranges stays cheap.
 pub const BINS: usize = 2048;
@@ -69,17 +71,8 @@ impl Histogram {
             let parts: Vec<(Vec<u64>, u64)> = if threads == 1 {
                 vec![bin(data)]
             } else {
-                std::thread::scope(|s| {
-                    let bin = &bin;
-                    let handles: Vec<_> = data
-                        .chunks(data.len().div_ceil(threads))
-                        .map(|part| s.spawn(move || bin(part)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("a histogram thread panicked"))
-                        .collect()
-                })
+                let parts: Vec<&[f32]> = data.chunks(data.len().div_ceil(threads)).collect();
+                parallel_map_on(threads, &parts, |p| p.len(), |p| bin(p))
             };
             for (counts, zeros) in parts {
                 for (total, n) in self.counts.iter_mut().zip(counts) {

@@ -20,7 +20,7 @@ pub mod search;
 pub mod source;
 pub mod stats;
 
-pub use source::{ImageFeed, Target};
+pub use source::{ImageFeed, SampleSpec};
 pub use stats::{collect, collect_values, Stats, ValueStats};
 
 use crate::kernels::Array;
@@ -81,9 +81,12 @@ impl Calibration {
     }
 
     /// Reads `path` (a folder of PNG/JPEG photos or a safetensors file of model inputs) into the
-    /// inputs `target` describes.
-    pub fn load(path: &std::path::Path, target: &Target) -> Result<Calibration, CalibrationError> {
-        source::load(path, target)
+    /// inputs `spec` describes.
+    pub fn load(
+        path: &std::path::Path,
+        spec: &SampleSpec,
+    ) -> Result<Calibration, CalibrationError> {
+        source::load(path, spec)
     }
 
     /// sha256 (hex) of the samples: every input's name, shape and f32 little-endian bytes, in

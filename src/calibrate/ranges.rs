@@ -2,7 +2,7 @@
 //! package's own MIL program is evaluated, fp16 storage of activations included, so what is
 //! measured is what ships.
 
-use super::{Calibration, CalibrationError, ImageFeed, Target};
+use super::{Calibration, CalibrationError, ImageFeed, SampleSpec};
 use crate::mil::eval::{ActivationStats, EvalOptions};
 use crate::models::Role;
 use crate::package::Package;
@@ -17,7 +17,7 @@ pub fn package_target(
     pkg: &Package,
     function: &str,
     encoder_weights: Option<&Path>,
-) -> Result<Target, CalibrationError> {
+) -> Result<SampleSpec, CalibrationError> {
     let bad = |r: String| CalibrationError::Model(format!("{}: {r}", pkg.path.display()));
     let mut inputs = Vec::new();
     for name in crate::run::input_names(pkg, function) {
@@ -53,7 +53,7 @@ pub fn package_target(
                     let b = iface
                         .bindings(f.role, [shape[2], shape[3]])
                         .map_err(|e| bad(e.to_string()))?;
-                    Some(Target::for_model(
+                    Some(SampleSpec::for_model(
                         model,
                         part,
                         &options,
@@ -73,7 +73,7 @@ pub fn package_target(
             }
         }
     };
-    Ok(Target {
+    Ok(SampleSpec {
         inputs,
         images,
         upscale: false,

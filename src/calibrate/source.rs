@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// What a calibration set must provide.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct SampleSpec {
     /// Every input of the calibrated graph and the shape each sample has.
     pub inputs: Vec<(String, Vec<usize>)>,
     pub images: ImageFeed,
@@ -47,8 +47,8 @@ pub enum ImageFeed {
     },
 }
 
-impl Target {
-    /// The target for `part` of `model` built at the sizes `b`: its inputs, and how photos feed
+impl SampleSpec {
+    /// The spec for `part` of `model` built at the sizes `b`: its inputs, and how photos feed
     /// it. `weights` is the part's weights file (a full autoencoder's encoder is read from it);
     /// `encoder_weights` overrides where the encoder of a decoder comes from.
     pub fn for_model(
@@ -58,7 +58,7 @@ impl Target {
         b: &Bindings,
         weights: Option<&Path>,
         encoder_weights: Option<&Path>,
-    ) -> Result<Target, CalibrationError> {
+    ) -> Result<SampleSpec, CalibrationError> {
         let iface = model.interface(part, options);
         let inputs = iface
             .inputs
@@ -82,7 +82,7 @@ impl Target {
                     e => e.to_string(),
                 })
             });
-        Ok(Target {
+        Ok(SampleSpec {
             inputs,
             images,
             upscale: false,
@@ -189,7 +189,7 @@ fn image_feed(
 }
 
 /// See the module docs.
-pub fn load(path: &Path, target: &Target) -> Result<Calibration, CalibrationError> {
+pub fn load(path: &Path, spec: &SampleSpec) -> Result<Calibration, CalibrationError> {
     let at = path.display().to_string();
     let bad = |reason: String| CalibrationError::Input {
         path: at.clone(),
@@ -201,11 +201,11 @@ pub fn load(path: &Path, target: &Target) -> Result<Calibration, CalibrationErro
         if files.is_empty() {
             return Err(bad("the folder holds no .png, .jpg or .jpeg file".into()));
         }
-        from_images(&files, target)
+        from_images(&files, spec)
     } else if has_extension(path, "safetensors") {
-        from_safetensors(path, meta.len(), target)
+        from_safetensors(path, meta.len(), spec)
     } else {
-        from_images(&[path.to_path_buf()], target)
+        from_images(&[path.to_path_buf()], spec)
     }
 }
 
@@ -235,8 +235,8 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, CalibrationError> {
-    let (input, size, range, encoder) = match &target.images {
+fn from_images(files: &[PathBuf], spec: &SampleSpec) -> Result<Calibration, CalibrationError> {
+    let (input, size, range, encoder) = match &spec.images {
         ImageFeed::Refused(why) => {
             return Err(CalibrationError::Input {
                 path: files[0].display().to_string(),
@@ -251,7 +251,7 @@ fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, Calibr
             encoder,
         } => (input, *size, *range, Some(encoder.as_ref())),
     };
-    let expected = target
+    let expected = spec
         .inputs
         .iter()
         .find(|(n, _)| n == input)
@@ -266,8 +266,8 @@ fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, Calibr
             reason,
         };
         let img = image::decode(f).map_err(bad)?;
-        let mut x = image::fit(&img, size, target.upscale).map_err(|e| {
-            bad(if target.upscale {
+        let mut x = image::fit(&img, size, spec.upscale).map_err(|e| {
+            bad(if spec.upscale {
                 e
             } else {
                 format!("{e} (photos are scaled down, never up)")
@@ -321,7 +321,7 @@ fn from_images(files: &[PathBuf], target: &Target) -> Result<Calibration, Calibr
 fn from_safetensors(
     path: &Path,
     len: u64,
-    target: &Target,
+    spec: &SampleSpec,
 ) -> Result<Calibration, CalibrationError> {
     let at = path.display().to_string();
     let bad = |reason: String| CalibrationError::Input {
@@ -334,10 +334,10 @@ fn from_safetensors(
         )));
     }
     let mut tensors = crate::run::read_safetensors(path).map_err(|e| bad(e.to_string()))?;
-    let single = tensors.len() == 1 && target.inputs.len() == 1;
+    let single = tensors.len() == 1 && spec.inputs.len() == 1;
     let mut inputs = BTreeMap::new();
     let mut count: Option<usize> = None;
-    for (name, shape) in &target.inputs {
+    for (name, shape) in &spec.inputs {
         let (found_as, t) = match tensors.remove_entry(name) {
             Some(t) => t,
             None if single => tensors.pop_first().expect("one tensor"),

@@ -6,6 +6,7 @@ use super::histogram::Histogram;
 use super::{Calibration, CalibrationError};
 use crate::ir::{eval, Graph, ValueId};
 use crate::kernels::Array;
+use crate::parallel::parallel_map_on;
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -110,17 +111,13 @@ pub(super) fn all_moments(data: &[f32], inner: usize) -> Vec<Moments> {
     if threads == 1 {
         return slices.iter().map(|x| Moments::of(x)).collect();
     }
-    let per = slices.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = slices
-            .chunks(per)
-            .map(|group| s.spawn(move || group.iter().map(|x| Moments::of(x)).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a moments thread panicked"))
-            .collect()
-    })
+    // One group of consecutive slices per thread: slices can be tiny, groups never are.
+    let groups: Vec<&[&[f32]]> = slices.chunks(slices.len().div_ceil(threads)).collect();
+    let moments = |group: &&[&[f32]]| group.iter().map(|x| Moments::of(x)).collect::<Vec<_>>();
+    parallel_map_on(threads, &groups, |g| g.len(), moments)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Min, max, sum and sum of squares of the finite values of a slice.

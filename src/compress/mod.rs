@@ -16,7 +16,6 @@ pub mod feedback;
 pub mod kmeans;
 pub mod output_aware;
 pub mod pack;
-pub(crate) mod parallel;
 pub mod quantize;
 pub mod refit;
 

@@ -2,7 +2,7 @@
 //! from bytes to accepted (`Ok`) or refused (a one-line error), never a panic.
 //!
 //! The `cargo fuzz` targets in `tests/fuzz/` and the replay test `tests/fuzz_replay.rs` (which
-//! runs the committed regression inputs on stable Rust) both call [`Target::run`], so what CI
+//! runs the committed regression inputs on stable Rust) both call [`InputFormat::run`], so what CI
 //! replays is exactly what was fuzzed. The module lives in the library, not in the fuzz crate,
 //! because the readers it drives (the `.pth` VM, the manifest parser) are crate-private; it
 //! adds no dependency and only reads bytes in memory.
@@ -19,14 +19,14 @@ use crate::package::{BlobReader, Package};
 use crate::proto::mil_spec as pb;
 use crate::proto::specification as spec;
 
-/// Most elements of any tensor the [`Target::Eval`] target lets the evaluator allocate
+/// Most elements of any tensor the [`InputFormat::Eval`] target lets the evaluator allocate
 /// (256 KiB of f32): enough for the seed programs, small enough that a mutated shape costs
 /// microseconds to refuse or milliseconds to compute, never gigabytes.
 pub const EVAL_MAX_ELEMENTS: usize = 1 << 16;
 
 /// An input format, with the library code that reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum InputFormat {
     /// A `.safetensors` weight file, read into decoder tensors.
     Safetensors,
     /// A `torch.save` zip checkpoint: the zip reader, the pickle VM and the storages.
@@ -42,25 +42,25 @@ pub enum Target {
     Eval,
 }
 
-impl Target {
-    pub const ALL: [Target; 6] = [
-        Target::Safetensors,
-        Target::Pth,
-        Target::Manifest,
-        Target::Blob,
-        Target::Mlmodel,
-        Target::Eval,
+impl InputFormat {
+    pub const ALL: [InputFormat; 6] = [
+        InputFormat::Safetensors,
+        InputFormat::Pth,
+        InputFormat::Manifest,
+        InputFormat::Blob,
+        InputFormat::Mlmodel,
+        InputFormat::Eval,
     ];
 
     /// The name of the fuzz target and of its corpus directory.
     pub fn name(self) -> &'static str {
         match self {
-            Target::Safetensors => "safetensors",
-            Target::Pth => "pth",
-            Target::Manifest => "manifest",
-            Target::Blob => "blob",
-            Target::Mlmodel => "mlmodel",
-            Target::Eval => "eval",
+            InputFormat::Safetensors => "safetensors",
+            InputFormat::Pth => "pth",
+            InputFormat::Manifest => "manifest",
+            InputFormat::Blob => "blob",
+            InputFormat::Mlmodel => "mlmodel",
+            InputFormat::Eval => "eval",
         }
     }
 
@@ -70,12 +70,12 @@ impl Target {
     /// If a reader's error spans several lines (a bug the fuzzer should report).
     pub fn run(self, bytes: &[u8]) -> Result<(), String> {
         let result = match self {
-            Target::Safetensors => safetensors(bytes),
-            Target::Pth => pth(bytes),
-            Target::Manifest => manifest(bytes),
-            Target::Blob => blob(bytes),
-            Target::Mlmodel => mlmodel(bytes),
-            Target::Eval => eval(bytes),
+            InputFormat::Safetensors => safetensors(bytes),
+            InputFormat::Pth => pth(bytes),
+            InputFormat::Manifest => manifest(bytes),
+            InputFormat::Blob => blob(bytes),
+            InputFormat::Mlmodel => mlmodel(bytes),
+            InputFormat::Eval => eval(bytes),
         };
         if let Err(e) = &result {
             assert!(!e.contains('\n'), "{} error spans lines: {e}", self.name());
@@ -141,7 +141,7 @@ fn mlmodel(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The input of the [`Target::Eval`] target for a package: the length of `model.mlmodel` (u32,
+/// The input of the [`InputFormat::Eval`] target for a package: the length of `model.mlmodel` (u32,
 /// little-endian), its bytes, then `weight.bin` (nothing for a package without weights).
 pub fn eval_input(model: &[u8], weights: Option<&[u8]>) -> Vec<u8> {
     let mut out = (model.len() as u32).to_le_bytes().to_vec();

@@ -10,8 +10,18 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub const DOWNLOAD_TIMEOUT_ENV: &str = "MLC_DOWNLOAD_TIMEOUT_SECS";
 /// A whole download may take this long by default (TAESD-family files are a few MB).
 pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-/// No weights file mlc fetches comes near this; a body longer than it is refused.
+/// No weights file mlc fetches comes near this; a body longer than it is refused. Each
+/// [`Source`](super::Source) also states a cap of its own, usually far lower.
 pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
+/// Environment variable for [`HubConfig::min_rate`], in bytes per second (0 turns the floor off).
+pub const MIN_RATE_ENV: &str = "MLC_DOWNLOAD_MIN_RATE";
+/// Environment variable for [`HubConfig::rate_window`], in seconds.
+pub const RATE_WINDOW_ENV: &str = "MLC_DOWNLOAD_RATE_WINDOW_SECS";
+/// A transfer slower than this many bytes per second over a [`DEFAULT_RATE_WINDOW`] is cut:
+/// a few-MB file at that rate already takes longer than the overall deadline.
+pub const DEFAULT_MIN_RATE: u64 = 1000;
+/// The window over which [`DEFAULT_MIN_RATE`] is measured.
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Settings for finding and fetching hub files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +33,21 @@ pub struct HubConfig {
     pub endpoint: String,
     /// `HF_HUB_OFFLINE` set to 1/true/yes/on: use the cache only.
     pub offline: bool,
-    /// Overall limit on one download, redirects and body included (besides the 60 s limit on
-    /// a stalled read): `$MLC_DOWNLOAD_TIMEOUT_SECS` (a positive number; anything else is
+    /// Overall limit on one download, redirects and body included (besides the rate floor
+    /// and a 60 s limit on a stalled read): `$MLC_DOWNLOAD_TIMEOUT_SECS` (a positive number; anything else is
     /// ignored), else [`DEFAULT_DOWNLOAD_TIMEOUT`].
     pub download_timeout: Duration,
     /// A body longer than this is refused, as it streams in: [`DEFAULT_MAX_DOWNLOAD_BYTES`].
     pub max_download_bytes: u64,
+    /// A transfer that brings fewer than this many bytes per second over a [`rate_window`]
+    /// is cut, so a server that trickles stops mlc long before the overall limit:
+    /// `$MLC_DOWNLOAD_MIN_RATE` (a whole number; 0 turns the floor off), else
+    /// [`DEFAULT_MIN_RATE`].
+    ///
+    /// [`rate_window`]: HubConfig::rate_window
+    pub min_rate: u64,
+    /// `$MLC_DOWNLOAD_RATE_WINDOW_SECS` (a positive number), else [`DEFAULT_RATE_WINDOW`].
+    pub rate_window: Duration,
 }
 
 impl HubConfig {
@@ -61,17 +80,25 @@ impl HubConfig {
             .map(|e| e.trim_end_matches('/').to_string())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         let offline = get("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v));
-        let download_timeout = get(DOWNLOAD_TIMEOUT_ENV)
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT);
+        let seconds = |k: &str| {
+            get(k)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        };
+        let download_timeout = seconds(DOWNLOAD_TIMEOUT_ENV).unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT);
+        let rate_window = seconds(RATE_WINDOW_ENV).unwrap_or(DEFAULT_RATE_WINDOW);
+        let min_rate = get(MIN_RATE_ENV)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_MIN_RATE);
         HubConfig {
             cache_dir,
             endpoint,
             offline,
             download_timeout,
             max_download_bytes: DEFAULT_MAX_DOWNLOAD_BYTES,
+            min_rate,
+            rate_window,
         }
     }
 }
@@ -140,5 +167,22 @@ mod tests {
         for no in ["0", "false", "", "no", "2"] {
             assert!(!cfg(&[("HF_HUB_OFFLINE", no)]).offline, "{no}");
         }
+    }
+
+    #[test]
+    fn rate_floor_defaults_and_overrides() {
+        let c = cfg(&[]);
+        assert_eq!((c.min_rate, c.rate_window), (1000, Duration::from_secs(30)));
+        let c = cfg(&[(MIN_RATE_ENV, " 5000 "), (RATE_WINDOW_ENV, "1.5")]);
+        assert_eq!(
+            (c.min_rate, c.rate_window),
+            (5000, Duration::from_millis(1500))
+        );
+        assert_eq!(cfg(&[(MIN_RATE_ENV, "0")]).min_rate, 0);
+        // Nonsense is ignored, as for the overall limit.
+        let c = cfg(&[(MIN_RATE_ENV, "-1"), (RATE_WINDOW_ENV, "0")]);
+        assert_eq!((c.min_rate, c.rate_window), (1000, Duration::from_secs(30)));
+        let c = cfg(&[(MIN_RATE_ENV, "fast"), (RATE_WINDOW_ENV, "inf")]);
+        assert_eq!((c.min_rate, c.rate_window), (1000, Duration::from_secs(30)));
     }
 }

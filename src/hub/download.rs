@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 use super::cache::{self, hex, is_commit, repo_dir};
 use super::{HubConfig, HubError, Progress, Resolved, Source};
 
+/// A read that brings nothing for this long fails, whatever the rate floor.
+const STALLED_READ: Duration = Duration::from_secs(60);
+
 /// The hub sends one redirect (to its CDN) today; a few more allow for renamed repos.
 const MAX_REDIRECTS: usize = 10;
 
@@ -37,7 +40,7 @@ pub(crate) fn download(
     result
 }
 
-fn agent(env_proxy: bool) -> ureq::Agent {
+fn agent(env_proxy: bool, per_read: Duration) -> ureq::Agent {
     let mut builder = ureq::Agent::config_builder();
     if !env_proxy {
         builder = builder.proxy(None);
@@ -49,7 +52,7 @@ fn agent(env_proxy: bool) -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         // An idle limit, not a total one: a slow link may take long but must keep moving.
-        .timeout_per_read(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(per_read))
         .user_agent(concat!("mlc/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
@@ -79,7 +82,10 @@ fn fetch(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Resolved, HubError> {
     let url = resolve_url(src, &cfg.endpoint);
-    let (proxied, direct) = (agent(true), agent(false));
+    // A read idle for a whole rate window has brought nothing in it: below any floor.
+    let floor = (cfg.min_rate > 0).then_some(cfg.rate_window);
+    let per_read = floor.map_or(STALLED_READ, |w| w.min(STALLED_READ));
+    let (proxied, direct) = (agent(true, per_read), agent(false, per_read));
     let start = Instant::now();
     let limit = cfg.download_timeout;
     let late = |url: String, received: u64| HubError::Deadline {
@@ -142,12 +148,21 @@ fn fetch(
     };
     let here = place(&url, &hop);
     let total = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
-    let cap = cfg.max_download_bytes;
+    // The lower of the two caps decides, and names itself in the error.
+    let cap = cfg.max_download_bytes.min(src.max_bytes);
+    let too_large = |url: String| {
+        if cap == cfg.max_download_bytes {
+            HubError::TooLarge { url, limit: cap }
+        } else {
+            HubError::OverModelCap {
+                url,
+                model: src.model.to_string(),
+                cap,
+            }
+        }
+    };
     if total.is_some_and(|t| t > cap) {
-        return Err(HubError::TooLarge {
-            url: here,
-            limit: cap,
-        });
+        return Err(too_large(here));
     }
     // A length other than the pinned file's cannot end in the pinned digest: no need to wait
     // for the body to find out.
@@ -175,6 +190,15 @@ fn fetch(
     let mut received: u64 = 0;
     let mut buf = vec![0u8; 1 << 16];
     let mut reader = resp.body_mut().as_reader();
+    let slow = |url: String, received: u64| HubError::TooSlow {
+        url,
+        min_rate: cfg.min_rate,
+        secs: cfg.rate_window.as_secs_f64(),
+        received,
+    };
+    // The rate is measured over consecutive windows: each must bring `min_rate` bytes per
+    // second of its length, so a trickle is cut within two windows of starting.
+    let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     progress(Progress { received, total });
     loop {
         if start.elapsed() >= limit {
@@ -185,6 +209,9 @@ fn fetch(
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) if start.elapsed() >= limit => return Err(late(here, received)),
+            Err(_) if floor.is_some_and(|w| window_start.elapsed() >= w) => {
+                return Err(slow(here, received))
+            }
             Err(e) => {
                 return Err(match total {
                     Some(expected) if received < expected => HubError::ShortBody {
@@ -205,16 +232,23 @@ fn fetch(
             return Err(HubError::LongerThanPinned { url: here, pinned });
         }
         if so_far.is_none_or(|r| r > cap) {
-            return Err(HubError::TooLarge {
-                url: here,
-                limit: cap,
-            });
+            return Err(too_large(here));
         }
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])
             .map_err(|e| HubError::io(tmp.path(), e))?;
         received += n as u64;
         progress(Progress { received, total });
+        if let Some(window) = floor {
+            let took = window_start.elapsed();
+            if took >= window {
+                let want = cfg.min_rate as f64 * took.as_secs_f64();
+                if ((received - window_bytes) as f64) < want {
+                    return Err(slow(here, received));
+                }
+                (window_start, window_bytes) = (Instant::now(), received);
+            }
+        }
     }
     // ureq already refuses a body cut short of Content-Length; checked again here because a
     // weights file must never be taken short.
@@ -375,6 +409,7 @@ mod tests {
             revision: "main",
             sha256: None,
             size: None,
+            max_bytes: 1,
         };
         assert_eq!(
             resolve_url(&src, "https://huggingface.co/"),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{
     HubConfig, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_ENDPOINT, DEFAULT_MAX_DOWNLOAD_BYTES,
-    DOWNLOAD_TIMEOUT_ENV,
+    DEFAULT_MIN_RATE, DEFAULT_RATE_WINDOW, DOWNLOAD_TIMEOUT_ENV, MIN_RATE_ENV, RATE_WINDOW_ENV,
 };
 pub use download::resolve_url;
 pub use sources::{require_source, source, Source, SOURCES};
@@ -78,6 +78,27 @@ pub enum HubError {
     },
     #[error("download {url}: body is longer than the {limit}-byte limit; refused")]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "download {url}: body is longer than {cap} bytes ({} MiB), more than a {model} weights \
+         file can hold; refused",
+        cap >> 20
+    )]
+    OverModelCap {
+        url: String,
+        model: String,
+        cap: u64,
+    },
+    #[error(
+        "download {url}: slower than {min_rate} bytes/s over {secs} s ({received} bytes \
+         received); cut. Set MLC_DOWNLOAD_MIN_RATE (bytes/s, 0 for no floor) or \
+         MLC_DOWNLOAD_RATE_WINDOW_SECS to allow a slower link"
+    )]
+    TooSlow {
+        url: String,
+        min_rate: u64,
+        secs: f64,
+        received: u64,
+    },
     #[error(
         "download {url}: the server announces {announced} bytes, but the pinned file is \
          {pinned} bytes; refused"

@@ -19,16 +19,24 @@ pub struct Source {
     /// The file's size in bytes, when pinned with its sha256: a download announcing another
     /// length, or sending more, is refused at once instead of after the whole body.
     pub size: Option<u64>,
+    /// The most bytes this model's weights can take, pinned or not: a body longer than this
+    /// is refused as it streams in, so a server that never stops sending an unpinned file
+    /// (taesd, taesdxl) is cut after megabytes, not gigabytes.
+    pub max_bytes: u64,
 }
+
+/// A TAESD-family file (decoder, or decoder and encoder) is under 20 MB; 64 MiB leaves room
+/// for a republished file in another dtype without letting an endless body run on.
+const TAESD_FAMILY_CAP: u64 = 64 << 20;
 
 /// The published decoder weights mlc knows how to fetch.
 ///
-/// | model | repo | file | revision | sha256 | bytes |
-/// | --- | --- | --- | --- | --- | --- |
-/// | taef2 | `madebyollin/taef2` | `taef2.safetensors` | `bd244eb…` | `701d31c…` | not known |
-/// | taef1 | `madebyollin/taef1` | `diffusion_pytorch_model.safetensors` | `b1b2d00…` | `47a6c2b…` | 9848636 |
-/// | taesd | `madebyollin/taesd` | `taesd_decoder.safetensors` | `main` | not pinned | not pinned |
-/// | taesdxl | `madebyollin/taesdxl` | `taesdxl_decoder.safetensors` | `main` | not pinned | not pinned |
+/// | model | repo | file | revision | sha256 | bytes | cap |
+/// | --- | --- | --- | --- | --- | --- | --- |
+/// | taef2 | `madebyollin/taef2` | `taef2.safetensors` | `bd244eb…` | `701d31c…` | not known | 64 MiB |
+/// | taef1 | `madebyollin/taef1` | `diffusion_pytorch_model.safetensors` | `b1b2d00…` | `47a6c2b…` | 9848636 | 64 MiB |
+/// | taesd | `madebyollin/taesd` | `taesd_decoder.safetensors` | `main` | not pinned | not pinned | 64 MiB |
+/// | taesdxl | `madebyollin/taesdxl` | `taesdxl_decoder.safetensors` | `main` | not pinned | not pinned | 64 MiB |
 ///
 /// taef2's file holds encoder and decoder with diffusers-style keys; the weights loader picks
 /// out the decoder. taesd3 has no single-file decoder published there, so it is absent.
@@ -41,6 +49,7 @@ pub static SOURCES: &[Source] = &[
         sha256: Some("701d31c0ecbef3b609fe236e2e3a65ffb17f3a94237acdd771e8ea3194df557a"),
         // Not established (no copy of the file at hand); the digest still guards it.
         size: None,
+        max_bytes: TAESD_FAMILY_CAP,
     },
     Source {
         model: "taef1",
@@ -49,6 +58,7 @@ pub static SOURCES: &[Source] = &[
         revision: "b1b2d00e9e440cfbf3dedb34266864da86016ceb",
         sha256: Some("47a6c2bff850da04b267cab70fe3553fef57255eb9a8e76852baa0a87850e54d"),
         size: Some(9_848_636),
+        max_bytes: TAESD_FAMILY_CAP,
     },
     Source {
         model: "taesd",
@@ -57,6 +67,7 @@ pub static SOURCES: &[Source] = &[
         revision: "main",
         sha256: None,
         size: None,
+        max_bytes: TAESD_FAMILY_CAP,
     },
     Source {
         model: "taesdxl",
@@ -65,6 +76,7 @@ pub static SOURCES: &[Source] = &[
         revision: "main",
         sha256: None,
         size: None,
+        max_bytes: TAESD_FAMILY_CAP,
     },
 ];
 
@@ -132,6 +144,12 @@ mod tests {
             // A size means something only next to the digest it was measured with.
             assert!(s.size.is_none() || s.sha256.is_some(), "{}", s.model);
             assert_ne!(s.size, Some(0), "{}", s.model);
+            assert!(s.size.is_none_or(|n| n <= s.max_bytes), "{}", s.model);
+            assert!(
+                s.max_bytes <= super::super::DEFAULT_MAX_DOWNLOAD_BYTES,
+                "{}",
+                s.model
+            );
         }
     }
 

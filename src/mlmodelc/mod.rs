@@ -28,10 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use prost::Message;
 
+use crate::atomic_dir::{hidden_sibling, replace_dir, ReplaceError};
 use crate::package::manifest::{Manifest, DATA_DIR, MANIFEST_FILE};
 use crate::proto::mil_spec as pb;
 use crate::proto::specification as spec;
@@ -332,14 +332,7 @@ fn write_atomically(out: &Path, name: &str, bundle: &Bundle) -> Result<(), Compi
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if let Ok(meta) = fs::symlink_metadata(out) {
-        if !meta.is_dir() || !out.join("model.mil").is_file() {
-            return Err(invalid(
-                out,
-                "exists and is not a compiled model; not replacing it",
-            ));
-        }
-    }
+    check_replaceable(out)?;
     // The directories created here are removed again if the write fails, innermost first.
     let mut created = Vec::new();
     let mut missing = parent.as_path();
@@ -348,7 +341,7 @@ fn write_atomically(out: &Path, name: &str, bundle: &Bundle) -> Result<(), Compi
         missing = missing.parent().unwrap_or(Path::new(""));
     }
     fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let tmp = unique_sibling(&parent, name, "tmp");
+    let tmp = hidden_sibling(&parent, name, "tmp");
     let result = fill(&tmp, bundle).and_then(|()| replace(&tmp, out, &parent, name));
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -360,11 +353,16 @@ fn write_atomically(out: &Path, name: &str, bundle: &Bundle) -> Result<(), Compi
     result
 }
 
-/// A hidden name next to `out` no other write (in this or another process) is using.
-fn unique_sibling(parent: &Path, name: &str, kind: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    parent.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
+/// Refuses to replace anything at `out` but a compiled model, so a mistyped `-o` deletes
+/// nothing else.
+fn check_replaceable(out: &Path) -> Result<(), CompileError> {
+    match fs::symlink_metadata(out) {
+        Ok(meta) if !meta.is_dir() || !out.join("model.mil").is_file() => Err(invalid(
+            out,
+            "exists and is not a compiled model; not replacing it",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn fill(dir: &Path, bundle: &Bundle) -> Result<(), CompileError> {
@@ -388,18 +386,13 @@ fn fill(dir: &Path, bundle: &Bundle) -> Result<(), CompileError> {
     Ok(())
 }
 
+/// Moves the finished `tmp` to `out` (see [`replace_dir`]), checking again what is there.
 fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), CompileError> {
-    if fs::symlink_metadata(out).is_ok() {
-        let old = unique_sibling(parent, name, "old");
-        fs::rename(out, &old).map_err(io(out))?;
-        if let Err(e) = fs::rename(tmp, out) {
-            let _ = fs::rename(&old, out);
-            return Err(io(out)(e));
-        }
-        let _ = fs::remove_dir_all(&old);
-        return Ok(());
-    }
-    fs::rename(tmp, out).map_err(io(out))
+    replace_dir(tmp, out, parent, name, check_replaceable).map_err(|e| match e {
+        ReplaceError::Refused(e) => e,
+        ReplaceError::Io(source) => io(out)(source),
+        ReplaceError::Busy => invalid(out, "is being written by another mlc process; try again"),
+    })
 }
 
 /// `model.mil` alone, for tests and tools that compare text.

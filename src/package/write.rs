@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use prost::Message;
 
@@ -15,6 +14,7 @@ use super::manifest::{
     Manifest, DATA_DIR, MANIFEST_FILE, MODEL_PATH, WEIGHTS_DIR_PATH, WEIGHTS_FILE,
 };
 use super::PackageError;
+use crate::atomic_dir::{hidden_sibling, replace_dir, ReplaceError};
 use crate::proto::specification::Model;
 
 /// Writes `out` (a directory ending in .mlpackage) atomically: everything goes to a temporary
@@ -91,7 +91,7 @@ impl PackageWriter {
         };
         let created = create_parents(&parent, out)?;
         remove_stale(&parent, &name);
-        let tmp = unique_sibling(&parent, &name, "tmp");
+        let tmp = hidden_sibling(&parent, &name, "tmp");
         let w = PackageWriter {
             out: out.to_path_buf(),
             parent,
@@ -267,13 +267,6 @@ fn same_file(_a: &fs::Metadata, _b: &fs::Metadata) -> bool {
     true
 }
 
-/// A hidden name next to `out` that no other write (in this or another process) is using.
-fn unique_sibling(parent: &Path, name: &str, kind: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    parent.join(format!(".{name}.{kind}-{}-{n}", std::process::id()))
-}
-
 /// The writer's PID in a temporary's name `.NAME.tmp-PID-N` or `.NAME.old-PID-N`.
 fn leftover_pid(entry: &str, name: &str) -> Option<u32> {
     let rest = entry.strip_prefix('.')?.strip_prefix(name)?;
@@ -315,77 +308,20 @@ fn write_file(
     after_file(path)
 }
 
-/// How often `replace` retries when other writers keep putting their package at `out`.
-const REPLACE_ATTEMPTS: usize = 20;
-
-/// Whether a rename failed because something (another writer's package) is at the target.
-fn occupied(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists
-    )
-}
-
-/// Moves the finished `tmp` to `out`. A directory cannot be renamed over a non-empty one, so an
-/// existing package is first moved aside (and deleted once `tmp` is in place, or put back if
-/// the final rename fails for another reason). Other writers may do the same concurrently:
-/// when one of them takes `out` in between, this retries; every package that reaches `out` is
-/// complete, so whichever rename is last wins.
+/// Moves the finished `tmp` to `out`, replacing a package there (see
+/// [`replace_dir`](crate::atomic_dir::replace_dir)); what is at `out` is checked again before
+/// it is moved aside, as another writer may have put something there since [`check_replaceable`].
 fn replace(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), PackageError> {
-    for _ in 0..REPLACE_ATTEMPTS {
-        match fs::rename(tmp, out) {
-            Ok(()) => return Ok(()),
-            Err(e) if occupied(&e) => {}
-            Err(source) => {
-                return Err(PackageError::Io {
-                    path: out.to_path_buf(),
-                    source,
-                })
-            }
-        }
-        // Whatever is there now may have arrived after the first check.
-        check_replaceable(out)?;
-        let old = unique_sibling(parent, name, "old");
-        match fs::rename(out, &old) {
-            Ok(()) => {}
-            // Another writer moved it aside first.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(PackageError::Io {
-                    path: out.to_path_buf(),
-                    source,
-                })
-            }
-        }
-        match fs::rename(tmp, out) {
-            Ok(()) => {
-                // The new package is in place, so the write has succeeded; failing to delete
-                // the old copy only wastes space in a hidden sibling.
-                let _ = fs::remove_dir_all(&old);
-                return Ok(());
-            }
-            Err(e) if occupied(&e) => {
-                // Another writer's complete package arrived in between; the one moved aside
-                // is older than both.
-                let _ = fs::remove_dir_all(&old);
-            }
-            Err(source) => {
-                if let Err(e) = fs::rename(&old, out) {
-                    // Only if a newer package took its place; otherwise it stays for the user.
-                    if occupied(&e) {
-                        let _ = fs::remove_dir_all(&old);
-                    }
-                }
-                return Err(PackageError::Io {
-                    path: out.to_path_buf(),
-                    source,
-                });
-            }
-        }
-    }
-    Err(PackageError::InvalidOutput {
-        path: out.to_path_buf(),
-        reason: "is being written by another mlc process; try again".to_owned(),
+    replace_dir(tmp, out, parent, name, check_replaceable).map_err(|e| match e {
+        ReplaceError::Refused(e) => e,
+        ReplaceError::Io(source) => PackageError::Io {
+            path: out.to_path_buf(),
+            source,
+        },
+        ReplaceError::Busy => PackageError::InvalidOutput {
+            path: out.to_path_buf(),
+            reason: "is being written by another mlc process; try again".to_owned(),
+        },
     })
 }
 

@@ -265,7 +265,8 @@ impl Weights {
     pub fn content_sha256(&self) -> String {
         let tensors: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
         let mut root = Sha256::new();
-        for leaf in on_all_cores(&tensors, |(key, t)| leaf_sha256(key, t)) {
+        let size = |(_, t): &(&String, &Tensor)| t.shape.iter().product::<usize>();
+        for leaf in crate::parallel::parallel_map(&tensors, size, |(key, t)| leaf_sha256(key, t)) {
             root.update(leaf);
         }
         root.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -281,40 +282,6 @@ impl Weights {
 }
 
 const HASH_BATCH: usize = 4096;
-
-/// `f` of every item, in order, computed on as many threads as the machine has cores (items
-/// taken one at a time, so one large item does not hold up the rest).
-fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
-                            return out;
-                        };
-                        out.push((i, f(item)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    done.sort_unstable_by_key(|&(i, _)| i);
-    done.into_iter().map(|(_, r)| r).collect()
-}
 
 /// One tensor's leaf of [`Weights::content_sha256`].
 fn leaf_sha256(key: &str, t: &Tensor) -> [u8; 32] {

@@ -5,7 +5,7 @@
 //! `--eval-only` it also times plain evaluation of the same latents, so the statistics' own cost
 //! is the difference. Run under `/usr/bin/time -v` for the peak RSS.
 
-use mlc::calibrate::{collect, Calibration, Target};
+use mlc::calibrate::{collect, Calibration, SampleSpec};
 use mlc::compiler::{declare, BuildOptions, Sizes};
 use mlc::models::{lookup, ModelOptions, Part, Role};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ fn main() {
         .interface(Part::Decoder, &none)
         .bindings(Role::Latent, [latent, latent])
         .unwrap();
-    let mut target = Target::for_model(m, Part::Decoder, &none, &b, None, Some(&enc)).unwrap();
+    let mut target = SampleSpec::for_model(m, Part::Decoder, &none, &b, None, Some(&enc)).unwrap();
     target.upscale = true;
     let encoder_built = t.elapsed();
 

@@ -23,8 +23,8 @@
 //! needs 1.05 penalised DPs per tensor instead of 3.2, and all levels together cost about 1.5
 //! full-size DPs.
 
+use super::dp::Prefix;
 use super::weight::Weight;
-use super::Prefix;
 
 /// Cap on penalised DP evaluations before giving up (the search normally needs far fewer).
 const MAX_ITERATIONS: usize = 64;

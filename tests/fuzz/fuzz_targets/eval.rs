@@ -1,8 +1,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mlc::fuzzing::Target;
+use mlc::fuzzing::InputFormat;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = Target::Eval.run(data);
+    let _ = InputFormat::Eval.run(data);
 });
