@@ -18,13 +18,13 @@ pub const MIL: &[MilOp] = &[MilOp::new("reduce_argmax", X).off_ane(NOT_KNOWN)];
 
 pub fn infer(inputs: &[&TensorType], axis: &usize) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        if *axis >= x.rank() {
-            return Err(format!("axis {axis} out of range for {x}"));
-        }
-        let mut shape = x.shape.clone();
-        shape.remove(*axis);
-        Ok(TensorType::new(DType::I32, shape))
+    let x = inputs[0];
+    if *axis >= x.rank() {
+        return Err(format!("axis {axis} out of range for {x}"));
+    }
+    let mut shape = x.shape.clone();
+    shape.remove(*axis);
+    Ok(TensorType::new(DType::I32, shape))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize) -> Result<Array, String> {
@@ -41,7 +41,11 @@ pub fn lower(e: &mut Emitter, id: ValueId, axis: &usize) -> Result<(), LowerErro
     let a = e.int(&out, "axis", *axis);
     let k = e.flag(&out, "keep_dims", false);
     let x = e.input(id, 0);
-    e.op(id, "reduce_argmax", vec![("x", x), ("axis", a), ("keep_dims", k)])
+    e.op(
+        id,
+        "reduce_argmax",
+        vec![("x", x), ("axis", a), ("keep_dims", k)],
+    )
 }
 
 #[cfg(test)]

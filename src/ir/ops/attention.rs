@@ -1,7 +1,7 @@
 //! `attention(q, k, v[, mask]) scale=s`: `softmax(q kᵀ · scale + mask) v` for q [B, L, D],
 //! k [B, S, D], v [B, S, E] → [B, L, E], with an optional fourth input `mask` [L, S] added to every
 //! batch's scores (a causal mask holds a large negative value above the diagonal).
-//! 
+//!
 //! The `lower_attention` pass lowers it for the target: one MIL `scaled_dot_product_attention` on
 //! iOS18 (which scales by 1/sqrt(D), so another scale needs the decomposed form), matmuls and a
 //! softmax before, split into query chunks when the score matrix would be large. The fused op is
@@ -15,41 +15,46 @@ use crate::ir::ValueId;
 use crate::kernels::Array;
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, NOT_KNOWN};
-use crate::mil::LowerError;
 use crate::mil::target::Target;
+use crate::mil::LowerError;
 
 pub const NAME: &str = "attention";
 
-pub const MIL: &[MilOp] = &[MilOp::new("scaled_dot_product_attention", &["query", "key", "value", "attn_mask"]).since(Target::Ios18).off_ane(NOT_KNOWN)];
+pub const MIL: &[MilOp] = &[MilOp::new(
+    "scaled_dot_product_attention",
+    &["query", "key", "value", "attn_mask"],
+)
+.since(Target::Ios18)
+.off_ane(NOT_KNOWN)];
 
 pub fn infer(inputs: &[&TensorType], _scale: &f32) -> Result<TensorType, String> {
     arity(inputs, 3..=4)?;
-        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        if let Some(m) = inputs.get(3) {
-            if m.shape != [q.shape[1].clone(), k.shape[1].clone()] || m.dtype != q.dtype {
-                return Err(format!(
-                    "mask must be {}[{}, {}], got {m}",
-                    q.dtype, q.shape[1], k.shape[1]
-                ));
-            }
-        }
-        float(q)?;
-        let ok = [q, k, v]
-            .iter()
-            .all(|t| t.rank() == 3 && t.dtype == q.dtype)
-            && q.shape[0] == k.shape[0]
-            && k.shape[0] == v.shape[0]
-            && q.shape[2] == k.shape[2]
-            && k.shape[1] == v.shape[1];
-        if !ok {
+    let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+    if let Some(m) = inputs.get(3) {
+        if m.shape != [q.shape[1].clone(), k.shape[1].clone()] || m.dtype != q.dtype {
             return Err(format!(
-                "needs q [B, L, D], k [B, S, D], v [B, S, E], got {q}, {k}, {v}"
+                "mask must be {}[{}, {}], got {m}",
+                q.dtype, q.shape[1], k.shape[1]
             ));
         }
-        Ok(TensorType::new(
-            q.dtype,
-            vec![q.shape[0].clone(), q.shape[1].clone(), v.shape[2].clone()],
-        ))
+    }
+    float(q)?;
+    let ok = [q, k, v]
+        .iter()
+        .all(|t| t.rank() == 3 && t.dtype == q.dtype)
+        && q.shape[0] == k.shape[0]
+        && k.shape[0] == v.shape[0]
+        && q.shape[2] == k.shape[2]
+        && k.shape[1] == v.shape[1];
+    if !ok {
+        return Err(format!(
+            "needs q [B, L, D], k [B, S, D], v [B, S, E], got {q}, {k}, {v}"
+        ));
+    }
+    Ok(TensorType::new(
+        q.dtype,
+        vec![q.shape[0].clone(), q.shape[1].clone(), v.shape[2].clone()],
+    ))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, scale: &f32) -> Result<Array, String> {

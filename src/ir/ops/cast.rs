@@ -4,14 +4,14 @@
 
 use super::attr::Visit;
 use super::{arity, Sizes};
+use crate::ir::eval::round_f16;
 use crate::ir::types::TensorType;
 use crate::ir::ValueId;
 use crate::kernels::Array;
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, X};
-use crate::mil::LowerError;
-use crate::ir::eval::round_f16;
 use crate::mil::values::string_value;
+use crate::mil::LowerError;
 use crate::tensor::DType;
 
 pub const NAME: &str = "cast";

@@ -9,8 +9,8 @@ use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::MilOp;
-use crate::mil::LowerError;
 use crate::mil::values::{arg, args, name_attr, named, tensor_type};
+use crate::mil::LowerError;
 use crate::proto::mil_spec as pb;
 
 pub const NAME: &str = "concat";
@@ -19,37 +19,36 @@ pub const MIL: &[MilOp] = &[MilOp::new("concat", &["values"]).moves_data()];
 
 pub fn infer(inputs: &[&TensorType], axis: &usize) -> Result<TensorType, String> {
     if inputs.is_empty() {
-            return Err("takes at least one input".into());
+        return Err("takes at least one input".into());
+    }
+    let x = inputs[0];
+    if *axis >= x.rank() {
+        return Err(format!("axis {axis} out of range for {x}"));
+    }
+    for t in inputs {
+        let same = t.rank() == x.rank()
+            && t.dtype == x.dtype
+            && (0..x.rank()).all(|a| a == *axis || t.shape[a] == x.shape[a]);
+        if !same {
+            return Err(format!("{t} does not join {x} along axis {axis}"));
         }
-        let x = inputs[0];
-        if *axis >= x.rank() {
-            return Err(format!("axis {axis} out of range for {x}"));
+    }
+    let sizes: Option<Vec<usize>> = inputs.iter().map(|t| t.shape[*axis].known()).collect();
+    let d = &x.shape[*axis];
+    let total = match sizes {
+        Some(n) => Dim::Known(n.iter().sum()),
+        // Equal symbolic parts (attention chunks of an enumerated size) add up to
+        // their count times one of them; unequal ones have no monomial sum.
+        None if inputs.iter().all(|t| &t.shape[*axis] == d) => d.scaled(inputs.len()),
+        None => {
+            return Err(format!(
+                "axis {axis} sizes are not all known and not all equal: cannot add them"
+            ))
         }
-        for t in inputs {
-            let same = t.rank() == x.rank()
-                && t.dtype == x.dtype
-                && (0..x.rank()).all(|a| a == *axis || t.shape[a] == x.shape[a]);
-            if !same {
-                return Err(format!("{t} does not join {x} along axis {axis}"));
-            }
-        }
-        let sizes: Option<Vec<usize>> =
-            inputs.iter().map(|t| t.shape[*axis].known()).collect();
-        let d = &x.shape[*axis];
-        let total = match sizes {
-            Some(n) => Dim::Known(n.iter().sum()),
-            // Equal symbolic parts (attention chunks of an enumerated size) add up to
-            // their count times one of them; unequal ones have no monomial sum.
-            None if inputs.iter().all(|t| &t.shape[*axis] == d) => d.scaled(inputs.len()),
-            None => {
-                return Err(format!(
-                    "axis {axis} sizes are not all known and not all equal: cannot add them"
-                ))
-            }
-        };
-        let mut shape = x.shape.clone();
-        shape[*axis] = total;
-        Ok(TensorType::new(x.dtype, shape))
+    };
+    let mut shape = x.shape.clone();
+    shape[*axis] = total;
+    Ok(TensorType::new(x.dtype, shape))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize) -> Result<Array, String> {

@@ -152,7 +152,12 @@ fn constexpr(
 /// iOS16/17: `constexpr_lut_to_dense(indices: packed uint8, lut: [2^bits], shape: uint32)`,
 /// one table per tensor. iOS18: `constexpr_lut_to_dense(indices: uintN[shape],
 /// lut: [groups, 1, …, 2^bits, 1])`, one table per group of output channels.
-fn palettized(e: &mut Emitter, out: &str, ty: &TensorType, p: &Palettized) -> Result<(), LowerError> {
+fn palettized(
+    e: &mut Emitter,
+    out: &str,
+    ty: &TensorType,
+    p: &Palettized,
+) -> Result<(), LowerError> {
     let table = 1usize << p.bits;
     let groups = p.shape[0] / p.group_size;
     let packed = crate::compress::pack::pack_bits(&p.indices, p.bits);
@@ -193,7 +198,8 @@ fn palettized(e: &mut Emitter, out: &str, ty: &TensorType, p: &Palettized) -> Re
             format!("{out}_shape"),
             raw_bytes_value(pb::DataType::Uint32, &[p.shape.len()], shape),
         );
-        constexpr(e, 
+        constexpr(
+            e,
             "constexpr_lut_to_dense",
             out,
             ty,
@@ -215,7 +221,8 @@ fn palettized(e: &mut Emitter, out: &str, ty: &TensorType, p: &Palettized) -> Re
         lut_shape.extend([table, 1]);
         let lut = e.tensor_value(&p.lut.reshaped(lut_shape));
         let lut = e.konst(format!("{out}_lut"), lut);
-        constexpr(e, 
+        constexpr(
+            e,
             "constexpr_lut_to_dense",
             out,
             ty,
@@ -270,7 +277,8 @@ fn quantized(e: &mut Emitter, out: &str, ty: &TensorType, q: &Quantized) -> Resu
             ),
         };
         let axis = e.konst(format!("{out}_axis"), ints_value(&[], vec![axis as i32]));
-        constexpr(e, 
+        constexpr(
+            e,
             "constexpr_affine_dequantize",
             out,
             ty,
@@ -301,7 +309,6 @@ fn quantized(e: &mut Emitter, out: &str, ty: &TensorType, q: &Quantized) -> Resu
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 pub fn examples() -> Vec<String> {

@@ -49,66 +49,64 @@ pub fn from_name(name: &str) -> Option<Conv2d> {
 
 pub fn infer(inputs: &[&TensorType], p: &Conv2d) -> Result<TensorType, String> {
     arity(inputs, 2..=3)?;
-        let (x, w) = (inputs[0], inputs[1]);
-        float(x)?;
-        if x.rank() != 4 || w.rank() != 4 {
-            return Err(format!("needs rank-4 x and weight, got {x} and {w}"));
+    let (x, w) = (inputs[0], inputs[1]);
+    float(x)?;
+    if x.rank() != 4 || w.rank() != 4 {
+        return Err(format!("needs rank-4 x and weight, got {x} and {w}"));
+    }
+    if x.dtype != w.dtype {
+        return Err(format!("x is {} but weight is {}", x.dtype, w.dtype));
+    }
+    let wk = w.known_shape().ok_or("weight shape must be known")?;
+    let (cout, cin_g, kh, kw) = (wk[0], wk[1], wk[2], wk[3]);
+    if p.groups == 0 || cout % p.groups != 0 {
+        return Err(format!(
+            "groups {} does not divide {cout} output channels",
+            p.groups
+        ));
+    }
+    if x.shape[1] != Dim::Known(cin_g * p.groups) {
+        return Err(format!(
+            "x has {} channels, weight {w} expects {}",
+            x.shape[1],
+            cin_g * p.groups
+        ));
+    }
+    if let Some(b) = inputs.get(2) {
+        if b.shape != [Dim::Known(cout)] || b.dtype != x.dtype {
+            return Err(format!("bias {b} does not match {cout} output channels"));
         }
-        if x.dtype != w.dtype {
-            return Err(format!("x is {} but weight is {}", x.dtype, w.dtype));
-        }
-        let wk = w.known_shape().ok_or("weight shape must be known")?;
-        let (cout, cin_g, kh, kw) = (wk[0], wk[1], wk[2], wk[3]);
-        if p.groups == 0 || cout % p.groups != 0 {
-            return Err(format!(
-                "groups {} does not divide {cout} output channels",
-                p.groups
-            ));
-        }
-        if x.shape[1] != Dim::Known(cin_g * p.groups) {
-            return Err(format!(
-                "x has {} channels, weight {w} expects {}",
-                x.shape[1],
-                cin_g * p.groups
-            ));
-        }
-        if let Some(b) = inputs.get(2) {
-            if b.shape != [Dim::Known(cout)] || b.dtype != x.dtype {
-                return Err(format!("bias {b} does not match {cout} output channels"));
-            }
-        }
-        let spatial = |d: &Dim, k: usize, axis: usize| -> Result<Dim, String> {
-            let (s, dil) = (p.strides[axis], p.dilations[axis]);
-            let pad = p.pads[2 * axis] + p.pads[2 * axis + 1];
-            let span = dil * (k - 1);
-            match d {
-                Dim::Known(n) if n + pad > span => {
-                    Ok(Dim::Known((n + pad - span - 1) / s + 1))
-                }
-                Dim::Known(n) => Err(format!("input size {n} is smaller than the kernel")),
-                // floor((n + pad - span - 1) / s) + 1 is exactly n / s for every n that
-                // s divides when 0 <= pad - span - 1 + s < s; binding checks s | n.
-                Dim::Sym(_) => {
-                    let c = pad as isize - span as isize - 1 + s as isize;
-                    if (0..s as isize).contains(&c) {
-                        d.divided(s).ok_or_else(|| format!("stride {s} of {d}"))
-                    } else {
-                        Err(format!(
-                            "symbolic size {d} with padding {pad} and stride {s} is not {d}/{s}"
-                        ))
-                    }
+    }
+    let spatial = |d: &Dim, k: usize, axis: usize| -> Result<Dim, String> {
+        let (s, dil) = (p.strides[axis], p.dilations[axis]);
+        let pad = p.pads[2 * axis] + p.pads[2 * axis + 1];
+        let span = dil * (k - 1);
+        match d {
+            Dim::Known(n) if n + pad > span => Ok(Dim::Known((n + pad - span - 1) / s + 1)),
+            Dim::Known(n) => Err(format!("input size {n} is smaller than the kernel")),
+            // floor((n + pad - span - 1) / s) + 1 is exactly n / s for every n that
+            // s divides when 0 <= pad - span - 1 + s < s; binding checks s | n.
+            Dim::Sym(_) => {
+                let c = pad as isize - span as isize - 1 + s as isize;
+                if (0..s as isize).contains(&c) {
+                    d.divided(s).ok_or_else(|| format!("stride {s} of {d}"))
+                } else {
+                    Err(format!(
+                        "symbolic size {d} with padding {pad} and stride {s} is not {d}/{s}"
+                    ))
                 }
             }
-        };
-        Ok(TensorType::new(
-            x.dtype,
-            vec![
-                x.shape[0].clone(),
-                Dim::Known(cout),
-                spatial(&x.shape[2], kh, 0)?,
-                spatial(&x.shape[3], kw, 1)?,
-            ],
-        ))
+        }
+    };
+    Ok(TensorType::new(
+        x.dtype,
+        vec![
+            x.shape[0].clone(),
+            Dim::Known(cout),
+            spatial(&x.shape[2], kh, 0)?,
+            spatial(&x.shape[3], kw, 1)?,
+        ],
+    ))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, p: &Conv2d) -> Result<Array, String> {
@@ -143,7 +141,10 @@ pub fn lower(e: &mut Emitter, id: ValueId, p: &Conv2d) -> Result<(), LowerError>
     ));
     inputs.push(("pad", e.ints(&out, "pad", &p.pads)));
     inputs.push(("dilations", e.ints(&out, "dilations", &p.dilations)));
-    let groups = e.konst(format!("{out}_groups"), ints_value(&[], vec![p.groups as i32]));
+    let groups = e.konst(
+        format!("{out}_groups"),
+        ints_value(&[], vec![p.groups as i32]),
+    );
     inputs.push(("groups", groups));
     e.op(id, "conv", inputs)
 }

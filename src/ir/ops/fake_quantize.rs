@@ -12,9 +12,9 @@ use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::MilOp;
-use crate::mil::LowerError;
 use crate::mil::target::Target;
 use crate::mil::values::{raw_bytes_value, raw_tensor_type, string_value, tensor_type};
+use crate::mil::LowerError;
 use crate::proto::mil_spec as pb;
 use crate::tensor::DType;
 
@@ -27,19 +27,24 @@ pub const MIL: &[MilOp] = &[
 
 pub fn infer(inputs: &[&TensorType], scale: &f32, _zero_point: &i8) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        float(x)?;
-        let exact = x.dtype != DType::F16 || half::f16::from_f32(*scale).to_f32() == *scale;
-        if !(scale.is_finite() && *scale > 0.0 && exact) {
-            return Err(format!(
-                "scale {scale:?} must be positive, finite and exact in {}",
-                x.dtype
-            ));
-        }
-        Ok(x.clone())
+    let x = inputs[0];
+    float(x)?;
+    let exact = x.dtype != DType::F16 || half::f16::from_f32(*scale).to_f32() == *scale;
+    if !(scale.is_finite() && *scale > 0.0 && exact) {
+        return Err(format!(
+            "scale {scale:?} must be positive, finite and exact in {}",
+            x.dtype
+        ));
+    }
+    Ok(x.clone())
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, scale: &f32, zero_point: &i8) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    scale: &f32,
+    zero_point: &i8,
+) -> Result<Array, String> {
     Ok(kernels::fake_quantize_i8(args[0], *scale, *zero_point))
 }
 

@@ -5,12 +5,12 @@
 use super::attr::Visit;
 use super::{arity, Sizes};
 use crate::ir::types::TensorType;
-use crate::tensor::DType;
 use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::MilOp;
 use crate::mil::LowerError;
+use crate::tensor::DType;
 
 pub const NAME: &str = "gather";
 
@@ -18,16 +18,16 @@ pub const MIL: &[MilOp] = &[MilOp::new("gather", &["x", "indices"]).moves_data()
 
 pub fn infer(inputs: &[&TensorType], axis: &usize) -> Result<TensorType, String> {
     arity(inputs, 2..=2)?;
-        let (x, i) = (inputs[0], inputs[1]);
-        if *axis >= x.rank() || i.dtype != DType::I32 {
-            return Err(format!(
-                "needs int32 indices and an axis of x, got {x} by {i} along {axis}"
-            ));
-        }
-        let mut shape = x.shape[..*axis].to_vec();
-        shape.extend(i.shape.iter().cloned());
-        shape.extend(x.shape[axis + 1..].iter().cloned());
-        Ok(TensorType::new(x.dtype, shape))
+    let (x, i) = (inputs[0], inputs[1]);
+    if *axis >= x.rank() || i.dtype != DType::I32 {
+        return Err(format!(
+            "needs int32 indices and an axis of x, got {x} by {i} along {axis}"
+        ));
+    }
+    let mut shape = x.shape[..*axis].to_vec();
+    shape.extend(i.shape.iter().cloned());
+    shape.extend(x.shape[axis + 1..].iter().cloned());
+    Ok(TensorType::new(x.dtype, shape))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize) -> Result<Array, String> {

@@ -20,24 +20,29 @@ pub const MIL: &[MilOp] = &[];
 
 pub fn infer(inputs: &[&TensorType], groups: &usize, _epsilon: &f32) -> Result<TensorType, String> {
     arity(inputs, 3..=3)?;
-        let x = inputs[0];
-        float(x)?;
-        let c = match x.shape.get(1) {
-            Some(Dim::Known(c)) if x.rank() == 4 => *c,
-            _ => return Err(format!("needs [N,C,H,W] with known C, got {x}")),
-        };
-        if *groups == 0 || c % groups != 0 {
-            return Err(format!("{groups} groups do not divide {c} channels"));
+    let x = inputs[0];
+    float(x)?;
+    let c = match x.shape.get(1) {
+        Some(Dim::Known(c)) if x.rank() == 4 => *c,
+        _ => return Err(format!("needs [N,C,H,W] with known C, got {x}")),
+    };
+    if *groups == 0 || c % groups != 0 {
+        return Err(format!("{groups} groups do not divide {c} channels"));
+    }
+    for t in &inputs[1..] {
+        if t.shape != [Dim::Known(c)] || t.dtype != x.dtype {
+            return Err(format!("gamma/beta must be {}[{c}], got {t}", x.dtype));
         }
-        for t in &inputs[1..] {
-            if t.shape != [Dim::Known(c)] || t.dtype != x.dtype {
-                return Err(format!("gamma/beta must be {}[{c}], got {t}", x.dtype));
-            }
-        }
-        Ok(x.clone())
+    }
+    Ok(x.clone())
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, groups: &usize, epsilon: &f32) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    groups: &usize,
+    epsilon: &f32,
+) -> Result<Array, String> {
     group_norm(args[0], &args[1].data, &args[2].data, *groups, *epsilon)
 }
 
@@ -47,7 +52,12 @@ pub fn attrs(v: &mut impl Visit, groups: &mut usize, epsilon: &mut f32) -> Resul
     v.attr("epsilon", epsilon)
 }
 
-pub fn lower(e: &mut Emitter, id: ValueId, _groups: &usize, _epsilon: &f32) -> Result<(), LowerError> {
+pub fn lower(
+    e: &mut Emitter,
+    id: ValueId,
+    _groups: &usize,
+    _epsilon: &f32,
+) -> Result<(), LowerError> {
     Err(LowerError::Unlowered {
         node: e.g.node(id).name.clone(),
         op: NAME,

@@ -18,19 +18,19 @@ pub const MIL: &[MilOp] = &[MilOp::new("layer_norm", &["x", "gamma", "beta"])];
 
 pub fn infer(inputs: &[&TensorType], axis: &usize, _epsilon: &f32) -> Result<TensorType, String> {
     arity(inputs, 3..=3)?;
-        let x = inputs[0];
-        float(x)?;
-        let d = x
-            .shape
-            .get(*axis)
-            .and_then(Dim::known)
-            .ok_or_else(|| format!("needs an axis {axis} of known size, got {x}"))?;
-        for t in &inputs[1..] {
-            if t.shape != [Dim::Known(d)] || t.dtype != x.dtype {
-                return Err(format!("gamma/beta must be {}[{d}], got {t}", x.dtype));
-            }
+    let x = inputs[0];
+    float(x)?;
+    let d = x
+        .shape
+        .get(*axis)
+        .and_then(Dim::known)
+        .ok_or_else(|| format!("needs an axis {axis} of known size, got {x}"))?;
+    for t in &inputs[1..] {
+        if t.shape != [Dim::Known(d)] || t.dtype != x.dtype {
+            return Err(format!("gamma/beta must be {}[{d}], got {t}", x.dtype));
         }
-        Ok(x.clone())
+    }
+    Ok(x.clone())
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize, epsilon: &f32) -> Result<Array, String> {

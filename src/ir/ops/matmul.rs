@@ -4,6 +4,7 @@
 //! 1x1 conv (the report hints at it).
 
 use super::attr::Visit;
+use super::broadcast;
 use super::{arity, float, Sizes};
 use crate::ir::types::TensorType;
 use crate::ir::ValueId;
@@ -11,52 +12,69 @@ use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::MilOp;
 use crate::mil::LowerError;
-use super::broadcast;
 
 pub const NAME: &str = "matmul";
 
 pub const MIL: &[MilOp] = &[MilOp::new("matmul", &["x", "y"])];
 
-pub fn infer(inputs: &[&TensorType], transpose_x: &bool, transpose_y: &bool) -> Result<TensorType, String> {
+pub fn infer(
+    inputs: &[&TensorType],
+    transpose_x: &bool,
+    transpose_y: &bool,
+) -> Result<TensorType, String> {
     arity(inputs, 2..=2)?;
-        let (x, y) = (inputs[0], inputs[1]);
-        float(x)?;
-        if x.dtype != y.dtype || x.rank() < 2 || y.rank() < 2 {
-            return Err(format!(
-                "needs two float operands of rank >= 2, got {x} and {y}"
-            ));
+    let (x, y) = (inputs[0], inputs[1]);
+    float(x)?;
+    if x.dtype != y.dtype || x.rank() < 2 || y.rank() < 2 {
+        return Err(format!(
+            "needs two float operands of rank >= 2, got {x} and {y}"
+        ));
+    }
+    let last2 = |t: &TensorType, tr: bool| {
+        let (a, b) = (t.shape[t.rank() - 2].clone(), t.shape[t.rank() - 1].clone());
+        if tr {
+            (b, a)
+        } else {
+            (a, b)
         }
-        let last2 = |t: &TensorType, tr: bool| {
-            let (a, b) = (t.shape[t.rank() - 2].clone(), t.shape[t.rank() - 1].clone());
-            if tr {
-                (b, a)
-            } else {
-                (a, b)
-            }
-        };
-        let (m, k) = last2(x, *transpose_x);
-        let (k2, n) = last2(y, *transpose_y);
-        if k != k2 {
-            return Err(format!("inner sizes {k} and {k2} differ ({x} by {y})"));
-        }
-        let mut shape = broadcast(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
-            .ok_or_else(|| format!("batch axes of {x} and {y} do not broadcast"))?;
-        shape.extend([m, n]);
-        Ok(TensorType::new(x.dtype, shape))
+    };
+    let (m, k) = last2(x, *transpose_x);
+    let (k2, n) = last2(y, *transpose_y);
+    if k != k2 {
+        return Err(format!("inner sizes {k} and {k2} differ ({x} by {y})"));
+    }
+    let mut shape = broadcast(&x.shape[..x.rank() - 2], &y.shape[..y.rank() - 2])
+        .ok_or_else(|| format!("batch axes of {x} and {y} do not broadcast"))?;
+    shape.extend([m, n]);
+    Ok(TensorType::new(x.dtype, shape))
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, transpose_x: &bool, transpose_y: &bool) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    transpose_x: &bool,
+    transpose_y: &bool,
+) -> Result<Array, String> {
     kernels::matmul(args[0], args[1], *transpose_x, *transpose_y)
         .ok_or_else(|| format!("{:?} by {:?} do not multiply", args[0].shape, args[1].shape))
 }
 
 /// The attributes, in printed order: the one declaration the printer and the parser share.
-pub fn attrs(v: &mut impl Visit, transpose_x: &mut bool, transpose_y: &mut bool) -> Result<(), String> {
+pub fn attrs(
+    v: &mut impl Visit,
+    transpose_x: &mut bool,
+    transpose_y: &mut bool,
+) -> Result<(), String> {
     v.attr("transpose_x", transpose_x)?;
     v.attr("transpose_y", transpose_y)
 }
 
-pub fn lower(e: &mut Emitter, id: ValueId, transpose_x: &bool, transpose_y: &bool) -> Result<(), LowerError> {
+pub fn lower(
+    e: &mut Emitter,
+    id: ValueId,
+    transpose_x: &bool,
+    transpose_y: &bool,
+) -> Result<(), LowerError> {
     let out = e.name(id);
     let tx = e.flag(&out, "transpose_x", *transpose_x);
     let ty = e.flag(&out, "transpose_y", *transpose_y);

@@ -17,22 +17,22 @@ pub const MIL: &[MilOp] = &[MilOp::new("pixel_shuffle", X).off_ane(NOT_KNOWN)];
 
 pub fn infer(inputs: &[&TensorType], factor: &usize) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        float(x)?;
-        let r = *factor;
-        let c = match x.shape.get(1).and_then(Dim::known) {
-            Some(c) if x.rank() == 4 && r > 0 && c % (r * r) == 0 => c / (r * r),
-            _ => return Err(format!("needs [N, C*{r}*{r}, H, W] with known C, got {x}")),
-        };
-        Ok(TensorType::new(
-            x.dtype,
-            vec![
-                x.shape[0].clone(),
-                Dim::Known(c),
-                x.shape[2].scaled(r),
-                x.shape[3].scaled(r),
-            ],
-        ))
+    let x = inputs[0];
+    float(x)?;
+    let r = *factor;
+    let c = match x.shape.get(1).and_then(Dim::known) {
+        Some(c) if x.rank() == 4 && r > 0 && c % (r * r) == 0 => c / (r * r),
+        _ => return Err(format!("needs [N, C*{r}*{r}, H, W] with known C, got {x}")),
+    };
+    Ok(TensorType::new(
+        x.dtype,
+        vec![
+            x.shape[0].clone(),
+            Dim::Known(c),
+            x.shape[2].scaled(r),
+            x.shape[3].scaled(r),
+        ],
+    ))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, factor: &usize) -> Result<Array, String> {

@@ -14,39 +14,61 @@ pub const NAME: &str = "reduce_mean";
 
 pub const MIL: &[MilOp] = &[MilOp::new("reduce_mean", X)];
 
-pub fn infer(inputs: &[&TensorType], axes: &[usize], keep_dims: &bool) -> Result<TensorType, String> {
+pub fn infer(
+    inputs: &[&TensorType],
+    axes: &[usize],
+    keep_dims: &bool,
+) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        float(x)?;
-        if axes.iter().any(|&a| a >= x.rank()) {
-            return Err(format!("axes {axes:?} out of range for {x}"));
-        }
-        let shape = (0..x.rank())
-            .filter_map(|i| match (axes.contains(&i), keep_dims) {
-                (false, _) => Some(x.shape[i].clone()),
-                (true, true) => Some(Dim::Known(1)),
-                (true, false) => None,
-            })
-            .collect();
-        Ok(TensorType::new(x.dtype, shape))
+    let x = inputs[0];
+    float(x)?;
+    if axes.iter().any(|&a| a >= x.rank()) {
+        return Err(format!("axes {axes:?} out of range for {x}"));
+    }
+    let shape = (0..x.rank())
+        .filter_map(|i| match (axes.contains(&i), keep_dims) {
+            (false, _) => Some(x.shape[i].clone()),
+            (true, true) => Some(Dim::Known(1)),
+            (true, false) => None,
+        })
+        .collect();
+    Ok(TensorType::new(x.dtype, shape))
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, axes: &[usize], keep_dims: &bool) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    axes: &[usize],
+    keep_dims: &bool,
+) -> Result<Array, String> {
     Ok(kernels::reduce_mean(args[0], axes, *keep_dims))
 }
 
 /// The attributes, in printed order: the one declaration the printer and the parser share.
-pub fn attrs(v: &mut impl Visit, axes: &mut Vec<usize>, keep_dims: &mut bool) -> Result<(), String> {
+pub fn attrs(
+    v: &mut impl Visit,
+    axes: &mut Vec<usize>,
+    keep_dims: &mut bool,
+) -> Result<(), String> {
     v.attr("axes", axes)?;
     v.attr("keep_dims", keep_dims)
 }
 
-pub fn lower(e: &mut Emitter, id: ValueId, axes: &[usize], keep_dims: &bool) -> Result<(), LowerError> {
+pub fn lower(
+    e: &mut Emitter,
+    id: ValueId,
+    axes: &[usize],
+    keep_dims: &bool,
+) -> Result<(), LowerError> {
     let out = e.name(id);
     let a = e.ints(&out, "axes", axes);
     let k = e.flag(&out, "keep_dims", *keep_dims);
     let x = e.input(id, 0);
-    e.op(id, "reduce_mean", vec![("x", x), ("axes", a), ("keep_dims", k)])
+    e.op(
+        id,
+        "reduce_mean",
+        vec![("x", x), ("axes", a), ("keep_dims", k)],
+    )
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use crate::ir::ValueId;
 use crate::kernels::Array;
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, X};
-use crate::mil::LowerError;
 use crate::mil::values::ints_value;
+use crate::mil::LowerError;
 use std::collections::BTreeMap;
 
 pub const NAME: &str = "reshape";
@@ -20,12 +20,12 @@ pub const MIL: &[MilOp] = &[MilOp::new("reshape", X).moves_data()];
 
 pub fn infer(inputs: &[&TensorType], shape: &[Dim]) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        let to = TensorType::new(x.dtype, shape.to_vec());
-        if x.elements() != to.elements() {
-            return Err(format!("cannot reshape {x} to {to}"));
-        }
-        Ok(to)
+    let x = inputs[0];
+    let to = TensorType::new(x.dtype, shape.to_vec());
+    if x.elements() != to.elements() {
+        return Err(format!("cannot reshape {x} to {to}"));
+    }
+    Ok(to)
 }
 
 pub fn eval(args: &[&Array], sizes: &Sizes, shape: &[Dim]) -> Result<Array, String> {

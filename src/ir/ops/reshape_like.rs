@@ -10,8 +10,8 @@ use crate::ir::ValueId;
 use crate::kernels::Array;
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, NOT_KNOWN, X};
-use crate::mil::LowerError;
 use crate::mil::values::{ints_value, tensor_type};
+use crate::mil::LowerError;
 use crate::tensor::DType;
 
 pub const NAME: &str = "reshape_like";
@@ -20,11 +20,11 @@ pub const MIL: &[MilOp] = &[MilOp::new("shape", X).off_ane(NOT_KNOWN)];
 
 pub fn infer(inputs: &[&TensorType]) -> Result<TensorType, String> {
     arity(inputs, 2..=2)?;
-        let (x, r) = (inputs[0], inputs[1]);
-        if x.elements() != r.elements() {
-            return Err(format!("cannot reshape {x} like {r}"));
-        }
-        Ok(r.with_dtype(x.dtype))
+    let (x, r) = (inputs[0], inputs[1]);
+    if x.elements() != r.elements() {
+        return Err(format!("cannot reshape {x} like {r}"));
+    }
+    Ok(r.with_dtype(x.dtype))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes) -> Result<Array, String> {

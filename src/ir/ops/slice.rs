@@ -8,28 +8,41 @@ use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, X};
-use crate::mil::LowerError;
 use crate::mil::values::bools_value;
+use crate::mil::LowerError;
 
 pub const NAME: &str = "slice";
 
 pub const MIL: &[MilOp] = &[MilOp::new("slice_by_index", X).moves_data()];
 
-pub fn infer(inputs: &[&TensorType], axis: &usize, begin: &usize, end: &usize) -> Result<TensorType, String> {
+pub fn infer(
+    inputs: &[&TensorType],
+    axis: &usize,
+    begin: &usize,
+    end: &usize,
+) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        let n = x.shape.get(*axis).and_then(Dim::known).ok_or_else(|| {
-            format!("axis {axis} of {x} must exist and have a known size")
-        })?;
-        if begin >= end || *end > n {
-            return Err(format!("{begin}..{end} is not a slice of {n} elements"));
-        }
-        let mut shape = x.shape.clone();
-        shape[*axis] = Dim::Known(end - begin);
-        Ok(TensorType::new(x.dtype, shape))
+    let x = inputs[0];
+    let n = x
+        .shape
+        .get(*axis)
+        .and_then(Dim::known)
+        .ok_or_else(|| format!("axis {axis} of {x} must exist and have a known size"))?;
+    if begin >= end || *end > n {
+        return Err(format!("{begin}..{end} is not a slice of {n} elements"));
+    }
+    let mut shape = x.shape.clone();
+    shape[*axis] = Dim::Known(end - begin);
+    Ok(TensorType::new(x.dtype, shape))
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize, begin: &usize, end: &usize) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    axis: &usize,
+    begin: &usize,
+    end: &usize,
+) -> Result<Array, String> {
     let x = args[0];
     let mut b = vec![0; x.shape.len()];
     let mut e = x.shape.clone();
@@ -39,7 +52,12 @@ pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize, begin: &usize, end: &
 }
 
 /// The attributes, in printed order: the one declaration the printer and the parser share.
-pub fn attrs(v: &mut impl Visit, axis: &mut usize, begin: &mut usize, end: &mut usize) -> Result<(), String> {
+pub fn attrs(
+    v: &mut impl Visit,
+    axis: &mut usize,
+    begin: &mut usize,
+    end: &mut usize,
+) -> Result<(), String> {
     v.attr("axis", axis)?;
     let mut range = *begin..*end;
     v.attr("range", &mut range)?;
@@ -47,7 +65,13 @@ pub fn attrs(v: &mut impl Visit, axis: &mut usize, begin: &mut usize, end: &mut 
     Ok(())
 }
 
-pub fn lower(e: &mut Emitter, id: ValueId, axis: &usize, begin: &usize, end: &usize) -> Result<(), LowerError> {
+pub fn lower(
+    e: &mut Emitter,
+    id: ValueId,
+    axis: &usize,
+    begin: &usize,
+    end: &usize,
+) -> Result<(), LowerError> {
     let out = e.name(id);
     let rank = e.g.node(id).ty.rank();
     let mut b = vec![0usize; rank];

@@ -15,11 +15,11 @@ pub const MIL: &[MilOp] = &[MilOp::new("softmax", X)];
 
 pub fn infer(inputs: &[&TensorType], axis: &usize) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        float(inputs[0])?;
-        if *axis >= inputs[0].rank() {
-            return Err(format!("axis {axis} out of range for {}", inputs[0]));
-        }
-        Ok(inputs[0].clone())
+    float(inputs[0])?;
+    if *axis >= inputs[0].rank() {
+        return Err(format!("axis {axis} out of range for {}", inputs[0]));
+    }
+    Ok(inputs[0].clone())
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize) -> Result<Array, String> {

@@ -11,8 +11,8 @@ use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, X};
-use crate::mil::LowerError;
 use crate::mil::values::{arg, name_attr, named, tensor_type};
+use crate::mil::LowerError;
 use crate::proto::mil_spec as pb;
 
 pub const NAME: &str = "split";
@@ -22,26 +22,37 @@ pub const MIL: &[MilOp] = &[
     MilOp::new("identity", X).off_ane("identity is not known to run on the ANE"),
 ];
 
-pub fn infer(inputs: &[&TensorType], axis: &usize, parts: &usize, index: &usize) -> Result<TensorType, String> {
+pub fn infer(
+    inputs: &[&TensorType],
+    axis: &usize,
+    parts: &usize,
+    index: &usize,
+) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        let d = x
-            .shape
-            .get(*axis)
-            .ok_or_else(|| format!("axis {axis} out of range for {x}"))?;
-        if *index >= *parts {
-            return Err(format!("part {index} of {parts} does not exist"));
-        }
-        let part = d
-            .divided(*parts)
-            .filter(|p| d.known().is_none() || p.known().is_some())
-            .ok_or_else(|| format!("{parts} parts do not divide axis {axis} of {x}"))?;
-        let mut shape = x.shape.clone();
-        shape[*axis] = part;
-        Ok(TensorType::new(x.dtype, shape))
+    let x = inputs[0];
+    let d = x
+        .shape
+        .get(*axis)
+        .ok_or_else(|| format!("axis {axis} out of range for {x}"))?;
+    if *index >= *parts {
+        return Err(format!("part {index} of {parts} does not exist"));
+    }
+    let part = d
+        .divided(*parts)
+        .filter(|p| d.known().is_none() || p.known().is_some())
+        .ok_or_else(|| format!("{parts} parts do not divide axis {axis} of {x}"))?;
+    let mut shape = x.shape.clone();
+    shape[*axis] = part;
+    Ok(TensorType::new(x.dtype, shape))
 }
 
-pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize, parts: &usize, index: &usize) -> Result<Array, String> {
+pub fn eval(
+    args: &[&Array],
+    _sizes: &Sizes,
+    axis: &usize,
+    parts: &usize,
+    index: &usize,
+) -> Result<Array, String> {
     let x = args[0];
     let part = match x.shape.get(*axis) {
         Some(&n) if *parts > 0 && n % parts == 0 && index < parts => n / parts,
@@ -59,13 +70,24 @@ pub fn eval(args: &[&Array], _sizes: &Sizes, axis: &usize, parts: &usize, index:
 }
 
 /// The attributes, in printed order: the one declaration the printer and the parser share.
-pub fn attrs(v: &mut impl Visit, axis: &mut usize, parts: &mut usize, index: &mut usize) -> Result<(), String> {
+pub fn attrs(
+    v: &mut impl Visit,
+    axis: &mut usize,
+    parts: &mut usize,
+    index: &mut usize,
+) -> Result<(), String> {
     v.attr("axis", axis)?;
     v.attr("parts", parts)?;
     v.attr("index", index)
 }
 
-pub fn lower(e: &mut Emitter, id: ValueId, axis: &usize, parts: &usize, index: &usize) -> Result<(), LowerError> {
+pub fn lower(
+    e: &mut Emitter,
+    id: ValueId,
+    axis: &usize,
+    parts: &usize,
+    index: &usize,
+) -> Result<(), LowerError> {
     let out = e.name(id);
     let key = (e.g.node(id).inputs[0], *axis, *parts);
     if !e.splits.contains_key(&key) {

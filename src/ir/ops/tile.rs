@@ -15,17 +15,17 @@ pub const MIL: &[MilOp] = &[MilOp::new("tile", X).moves_data()];
 
 pub fn infer(inputs: &[&TensorType], reps: &[usize]) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        if reps.len() != x.rank() {
-            return Err(format!("reps {reps:?} do not match {x}"));
-        }
-        let shape = x
-            .shape
-            .iter()
-            .zip(reps)
-            .map(|(d, &r)| d.scaled(r))
-            .collect();
-        Ok(TensorType::new(x.dtype, shape))
+    let x = inputs[0];
+    if reps.len() != x.rank() {
+        return Err(format!("reps {reps:?} do not match {x}"));
+    }
+    let shape = x
+        .shape
+        .iter()
+        .zip(reps)
+        .map(|(d, &r)| d.scaled(r))
+        .collect();
+    Ok(TensorType::new(x.dtype, shape))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, reps: &[usize]) -> Result<Array, String> {

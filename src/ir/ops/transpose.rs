@@ -16,16 +16,16 @@ pub const MIL: &[MilOp] = &[MilOp::new("transpose", X).moves_data()];
 
 pub fn infer(inputs: &[&TensorType], perm: &[usize]) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        let mut seen = perm.to_vec();
-        seen.sort_unstable();
-        if seen != (0..x.rank()).collect::<Vec<_>>() {
-            return Err(format!("perm {perm:?} is not a permutation of {x}'s axes"));
-        }
-        Ok(TensorType::new(
-            x.dtype,
-            perm.iter().map(|&p| x.shape[p].clone()).collect(),
-        ))
+    let x = inputs[0];
+    let mut seen = perm.to_vec();
+    seen.sort_unstable();
+    if seen != (0..x.rank()).collect::<Vec<_>>() {
+        return Err(format!("perm {perm:?} is not a permutation of {x}'s axes"));
+    }
+    Ok(TensorType::new(
+        x.dtype,
+        perm.iter().map(|&p| x.shape[p].clone()).collect(),
+    ))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, perm: &[usize]) -> Result<Array, String> {

@@ -8,8 +8,8 @@ use crate::ir::ValueId;
 use crate::kernels::{self, Array};
 use crate::mil::emit::Emitter;
 use crate::mil::ops::{MilOp, X};
-use crate::mil::LowerError;
 use crate::mil::values::floats_value;
+use crate::mil::LowerError;
 
 pub const NAME: &str = "upsample";
 
@@ -17,17 +17,17 @@ pub const MIL: &[MilOp] = &[MilOp::new("upsample_nearest_neighbor", X)];
 
 pub fn infer(inputs: &[&TensorType], scale: &usize) -> Result<TensorType, String> {
     arity(inputs, 1..=1)?;
-        let x = inputs[0];
-        float(x)?;
-        if x.rank() != 4 || *scale == 0 {
-            return Err(format!(
-                "needs a rank-4 input and a scale >= 1, got {x} x{scale}"
-            ));
-        }
-        let mut shape = x.shape.clone();
-        shape[2] = shape[2].scaled(*scale);
-        shape[3] = shape[3].scaled(*scale);
-        Ok(TensorType::new(x.dtype, shape))
+    let x = inputs[0];
+    float(x)?;
+    if x.rank() != 4 || *scale == 0 {
+        return Err(format!(
+            "needs a rank-4 input and a scale >= 1, got {x} x{scale}"
+        ));
+    }
+    let mut shape = x.shape.clone();
+    shape[2] = shape[2].scaled(*scale);
+    shape[3] = shape[3].scaled(*scale);
+    Ok(TensorType::new(x.dtype, shape))
 }
 
 pub fn eval(args: &[&Array], _sizes: &Sizes, scale: &usize) -> Result<Array, String> {
