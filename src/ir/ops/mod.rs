@@ -1,5 +1,5 @@
 //! The closed set of IR operations, defined once: one file per op, one line per op in the
-//! [`ops!`] list below.
+//! `ops!` list below.
 //!
 //! An op's file holds everything about it: its semantics (module doc), type inference, IR
 //! evaluation (through its kernel in `src/kernels/`), its attributes as the text form prints and
@@ -69,7 +69,8 @@ macro_rules! template {
 }
 
 /// Generates the op set from its list: `Variant { fields } => file`, `Variant(Type) => file` or
-/// `Variant => file`, each line with the variant's doc.
+/// `Variant => file`, each line with the variant's doc. New ops go at the end: the conformance
+/// cases seed their random inputs from an op's place in the list.
 macro_rules! ops {
     ($(
         $(#[$doc:meta])*
@@ -189,7 +190,7 @@ ops! {
     FakeQuantize { scale: f32, zero_point: i8 } => fake_quantize,
     /// Nearest-neighbour upsampling of H and W by an integer factor.
     Upsample { scale: usize } => upsample,
-    /// Inputs: x [N,C,H,W], gamma [C], beta [C].
+    /// Inputs: x `[N, C, H, W]`, gamma `[C]`, beta `[C]`.
     GroupNorm { groups: usize, epsilon: f32 } => group_norm,
     ReduceMean { axes: Vec<usize>, keep_dims: bool } => reduce_mean,
     /// Target shape with the same element count; dimensions may be symbolic (`H*W`).
