@@ -1,9 +1,9 @@
 //! `group_norm(x, gamma, beta) groups=g epsilon=e`: x `[N, C, H, W]` normalised over each group
-//! of C/g channels and all of H and W, then scaled by gamma `[C]` and shifted by beta `[C]`. MIL has no
-//! group norm: the `lower_group_norm` pass rewrites it into primitives valid for every enumerated
-//! size before lowering, so it emits no MIL op itself. The evaluator computes it directly
-//! (two-pass, f64 sums), independent of that rewrite, so the rewrite is checked against a separate
-//! formulation.
+//! of C/g channels and all of H and W, then scaled by gamma `[C]` and shifted by beta `[C]`.
+//! MIL has no group norm: the `lower_group_norm` pass rewrites it into primitives valid for every
+//! enumerated size before lowering, so it emits no MIL op itself. The evaluator computes it
+//! directly (two-pass, f64 sums), independent of that rewrite, so the rewrite is checked against
+//! a separate formulation.
 
 use super::attr::Visit;
 use super::{arity, float, Sizes};

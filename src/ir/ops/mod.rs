@@ -153,7 +153,11 @@ macro_rules! ops {
             }
 
             /// Emits the MIL ops of node `id`, whose op this is.
-            pub(crate) fn lower(&self, e: &mut Emitter, id: super::ValueId) -> Result<(), LowerError> {
+            pub(crate) fn lower(
+                &self,
+                e: &mut Emitter,
+                id: super::ValueId,
+            ) -> Result<(), LowerError> {
                 match self {
                     $(Op::$v $({ $($f),* })? $((bind!($inner, a)))? =>
                         $m::lower(e, id, $($($f,)*)? $(bind!($inner, a))?),)*
