@@ -15,6 +15,9 @@
 //! (memory copies) and linear layers as matmuls (a 1x1 convolution uses its convolution
 //! engine) are flagged. Ops at the interface (reached from an input or output through casts,
 //! reshapes and transposes only) are not: the caller chose that layout.
+//!
+//! What is known per op type (whether it runs there, whether it only moves data) is in the op
+//! table's rows ([`crate::mil::ops`]), which the IR op files that emit those ops declare.
 
 use crate::mil::ops::Ane;
 use crate::proto::mil_spec as pb;
@@ -208,21 +211,15 @@ fn is_constant(op_type: &str) -> bool {
     op_type == "const" || op_type.starts_with("constexpr_")
 }
 
-/// Ops that only move data: their rank is their inputs' business.
-const DATA_MOVEMENT: &[&str] = &[
-    "reshape",
-    "transpose",
-    "split",
-    "concat",
-    "gather",
-    "gather_along_axis",
-    "slice_by_index",
-    "slice_by_size",
-    "expand_dims",
-    "squeeze",
-    "cast",
-    "tile",
-];
+/// Data-movement ops of other tools' packages that the op table does not list (its rows say
+/// which of the others only move data).
+const OTHER_DATA_MOVEMENT: &[&str] = &["gather_along_axis", "slice_by_size"];
+
+/// Whether an op only moves data: its rank is its inputs' business.
+fn moves_data(op_type: &str) -> bool {
+    crate::mil::ops::lookup(op_type).is_some_and(|o| o.moves_data)
+        || OTHER_DATA_MOVEMENT.contains(&op_type)
+}
 
 /// The names of an op's tensor arguments (variable references).
 fn arguments<'a>(op: &'a pb::Operation, param: &str) -> impl Iterator<Item = &'a str> {
@@ -326,7 +323,7 @@ fn hints(
         }
         _ => {}
     }
-    if !DATA_MOVEMENT.contains(&op.r#type.as_str()) && out.is_some_and(|t| t.rank != 4) {
+    if !moves_data(&op.r#type) && out.is_some_and(|t| t.rank != 4) {
         h.push(Hint::Rank);
     }
     h

@@ -2,7 +2,7 @@
 //! scripts both call [`build`]; nothing here prints.
 
 use crate::ir::Graph;
-use crate::mil::{self, lower::Interface, ModelInfo, Target};
+use crate::mil::{self, lower::FeatureTypes, ModelInfo, Target};
 use crate::models::{self, Model, ModelError, ModelOptions, Part, Role};
 use crate::package::{self, BlobWriter, PackageError};
 use crate::passes::image_input::PixelMap;
@@ -1254,8 +1254,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
 }
 
 /// How the package's features are described for `opts`.
-fn interface(opts: &BuildOptions) -> Result<Interface, BuildError> {
-    Ok(Interface {
+fn interface(opts: &BuildOptions) -> Result<FeatureTypes, BuildError> {
+    Ok(FeatureTypes {
         sizes: if opts.multifunction {
             vec![]
         } else {

@@ -4,7 +4,7 @@
 //! opens.
 
 use crate::ir::{dot::to_dot, print::print, Graph};
-use crate::mil::lower::{lower, Interface, ModelInfo};
+use crate::mil::lower::{lower, FeatureTypes, ModelInfo};
 use crate::mil::print::print_model;
 use crate::mil::Target;
 use std::path::{Path, PathBuf};
@@ -13,12 +13,12 @@ pub struct Dumper {
     dir: PathBuf,
     index: usize,
     target: Target,
-    iface: Interface,
+    iface: FeatureTypes,
     error: Option<std::io::Error>,
 }
 
 impl Dumper {
-    pub fn new(dir: &Path, target: Target, iface: Interface) -> std::io::Result<Dumper> {
+    pub fn new(dir: &Path, target: Target, iface: FeatureTypes) -> std::io::Result<Dumper> {
         std::fs::create_dir_all(dir)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         Ok(Dumper {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mlc::fuzzing::{eval_input, InputFormat};
 use mlc::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType, Unary};
-use mlc::mil::lower::{lower, Interface, ModelInfo};
+use mlc::mil::lower::{lower, FeatureTypes, ModelInfo};
 use mlc::mil::Target;
 use mlc::passes::{quantize::Mode, Compression, PipelineOptions};
 use mlc::tensor::{DType, Tensor};
@@ -521,7 +521,7 @@ fn lowered(
 ) -> (String, mlc::proto::specification::Model, Option<Vec<u8>>) {
     let g = mlc::passes::run(g, &mlc::passes::pipeline(opts), |_, _| {})
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let iface = Interface {
+    let iface = FeatureTypes {
         sizes,
         image_outputs: false,
         image_inputs: false,

@@ -1,6 +1,6 @@
 //! The graph: an arena of nodes in definition order, each producing one typed value.
 
-use super::op::{ConstData, Op};
+use super::ops::{ConstData, Op};
 use super::types::TensorType;
 use super::IrError;
 use crate::tensor::{DType, Tensor};

@@ -1,7 +1,7 @@
 //! The IR: a typed dataflow graph of high-level ops.
 //!
 //! - [`types`]: `TensorType` = dtype + shape of known or symbolic (`k*H`) dimensions.
-//! - [`op`]: the closed `Op` enum and its type inference.
+//! - [`ops`]: the closed `Op` set, one file per op (inference, evaluation, text, lowering).
 //! - [`graph`]: the arena of nodes in definition order; handles are `ValueId`s.
 //! - [`verify`]: the invariants, all checked at once.
 //! - [`eval`]: an f32 CPU evaluator, the ground truth every pass is tested against.
@@ -14,7 +14,7 @@
 pub mod dot;
 pub mod eval;
 pub mod graph;
-pub mod op;
+pub mod ops;
 pub mod parse;
 pub mod print;
 pub mod types;
@@ -22,7 +22,7 @@ pub mod verify;
 pub mod weighted_layer;
 
 pub use graph::{Graph, Node, Rebuilder, ValueId};
-pub use op::{Binary, ConstData, Conv2d, Op, Palettized, Quantized, Unary};
+pub use ops::{Binary, ConstData, Conv2d, Op, OpKind, Palettized, Quantized, Unary};
 pub use types::{known_dims, Dim, SymDim, TensorType};
 
 /// What can be wrong with a graph, naming the node at fault.

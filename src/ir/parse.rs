@@ -13,7 +13,8 @@
 //! Every op line's declared type is checked against the type its op infers, so a hand-written
 //! graph cannot disagree with the IR's own typing.
 
-use super::op::{Binary, ConstData, Conv2d, Op, Unary};
+use super::ops::attr::{Attr, Visit};
+use super::ops::{ConstData, Op};
 use super::types::{Dim, TensorType};
 use super::{Graph, Node, ValueId};
 use crate::tensor::{DType, Tensor};
@@ -225,7 +226,7 @@ pub fn parse_type(s: &str) -> Result<TensorType, String> {
     Ok(TensorType::new(dtype, shape))
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
     [DType::F32, DType::F16, DType::I32, DType::Bool]
         .into_iter()
         .find(|d| d.mil_name() == s)
@@ -268,7 +269,7 @@ pub fn parse_dim(s: &str) -> Result<Dim, String> {
 }
 
 /// A Rust-style string literal, as `{:?}` writes it.
-fn parse_string(s: &str) -> Result<String, String> {
+pub(crate) fn parse_string(s: &str) -> Result<String, String> {
     let inner = s
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
@@ -436,33 +437,6 @@ impl Attrs {
             .ok_or_else(|| format!("missing attribute {key}"))
     }
 
-    fn list<T: std::str::FromStr>(&self, key: &str) -> Result<Vec<T>, String> {
-        let v = self
-            .raw(key)
-            .ok_or_else(|| format!("missing attribute {key}"))?;
-        let inner = v
-            .strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .ok_or_else(|| format!("{key} must be a [list], got {v}"))?;
-        if inner.trim().is_empty() {
-            return Ok(vec![]);
-        }
-        inner
-            .split(',')
-            .map(|x| {
-                x.trim()
-                    .parse()
-                    .map_err(|_| format!("{key}: {x:?} is not valid"))
-            })
-            .collect()
-    }
-
-    fn array<const N: usize>(&self, key: &str) -> Result<[usize; N], String> {
-        self.list::<usize>(key)?
-            .try_into()
-            .map_err(|_| format!("{key} must have {N} values"))
-    }
-
     /// Fails on attributes nothing asked for, so a misspelt one is not silently dropped.
     fn done(&self, what: &str) -> Result<(), String> {
         let used = self.used.borrow();
@@ -473,109 +447,26 @@ impl Attrs {
     }
 }
 
+/// The op `name` with the attributes its file declares, read from `a`.
 fn parse_op(name: &str, a: &Attrs) -> Result<Op, String> {
-    let op = if let Some(u) = Unary::ALL.iter().find(|u| u.name() == name) {
-        Op::Unary(*u)
-    } else if let Some(b) = Binary::ALL.iter().find(|b| b.name() == name) {
-        Op::Binary(*b)
-    } else {
-        match name {
-            "conv2d" => Op::Conv2d(Conv2d {
-                strides: a.array("strides")?,
-                pads: a.array("pads")?,
-                dilations: a.array("dilations")?,
-                groups: a.get("groups")?,
-            }),
-            "rsqrt" => Op::Rsqrt {
-                epsilon: a.get("epsilon")?,
-            },
-            "fake_quantize" => Op::FakeQuantize {
-                scale: a.get("scale")?,
-                zero_point: a.get("zero_point")?,
-            },
-            "clip" => Op::Clip {
-                min: a.get("min")?,
-                max: a.get("max")?,
-            },
-            "upsample" => Op::Upsample {
-                scale: a.get("scale")?,
-            },
-            "group_norm" => Op::GroupNorm {
-                groups: a.get("groups")?,
-                epsilon: a.get("epsilon")?,
-            },
-            "reduce_mean" => Op::ReduceMean {
-                axes: a.list("axes")?,
-                keep_dims: a.get("keep_dims")?,
-            },
-            "reshape" => Op::Reshape {
-                shape: a
-                    .list::<String>("shape")?
-                    .iter()
-                    .map(|d| parse_dim(d))
-                    .collect::<Result<_, _>>()?,
-            },
-            "tile" => Op::Tile {
-                reps: a.list("reps")?,
-            },
-            "transpose" => Op::Transpose {
-                perm: a.list("perm")?,
-            },
-            "cast" => Op::Cast {
-                dtype: parse_dtype(
-                    a.raw("dtype")
-                        .ok_or_else(|| "missing attribute dtype".to_string())?,
-                )?,
-            },
-            "matmul" => Op::MatMul {
-                transpose_x: a.get("transpose_x")?,
-                transpose_y: a.get("transpose_y")?,
-            },
-            "softmax" => Op::Softmax {
-                axis: a.get("axis")?,
-            },
-            "attention" => Op::Attention {
-                scale: a.get("scale")?,
-            },
-            "slice" => {
-                let range: String = a.get("range")?;
-                let (b, e) = range
-                    .split_once("..")
-                    .and_then(|(b, e)| Some((b.parse().ok()?, e.parse().ok()?)))
-                    .ok_or_else(|| format!("range={range} is not BEGIN..END"))?;
-                Op::Slice {
-                    axis: a.get("axis")?,
-                    begin: b,
-                    end: e,
-                }
-            }
-            "split" => Op::Split {
-                axis: a.get("axis")?,
-                parts: a.get("parts")?,
-                index: a.get("index")?,
-            },
-            "reshape_like" => Op::ReshapeLike,
-            "concat" => Op::Concat {
-                axis: a.get("axis")?,
-            },
-            "pixel_shuffle" => Op::PixelShuffle {
-                factor: a.get("factor")?,
-            },
-            "layer_norm" => Op::LayerNorm {
-                axis: a.get("axis")?,
-                epsilon: a.get("epsilon")?,
-            },
-            "gather" => Op::Gather {
-                axis: a.get("axis")?,
-            },
-            "argmax" => Op::ArgMax {
-                axis: a.get("axis")?,
-            },
-            other => return Err(format!("unknown op {other:?}")),
-        }
-    };
+    let mut op = Op::from_name(name).ok_or_else(|| format!("unknown op {name:?}"))?;
+    op.visit_attrs(&mut Reader(a))?;
     a.done(name)?;
     Ok(op)
+}
+
+/// The parser's visitor: reads each declared attribute from the text.
+struct Reader<'a>(&'a Attrs);
+
+impl Visit for Reader<'_> {
+    fn attr<T: Attr>(&mut self, key: &'static str, value: &mut T) -> Result<(), String> {
+        let text = self
+            .0
+            .raw(key)
+            .ok_or_else(|| format!("missing attribute {key}"))?;
+        *value = T::read(key, text)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub fn print(g: &Graph) -> String {
             Op::Input { name } => format!("input({name:?})"),
             Op::Const(c) => format!("const({})", const_summary(c)),
             op => {
-                let attrs = attrs(op);
+                let attrs = op.attr_text();
                 let sep = if attrs.is_empty() { "" } else { " " };
                 format!("{}({}){sep}{attrs}", op.name(), args.join(", "))
             }
@@ -75,44 +75,5 @@ fn const_summary(c: &ConstData) -> String {
         vals.join("")
     } else {
         format!("[{}]", vals.join(", "))
-    }
-}
-
-fn attrs(op: &Op) -> String {
-    match op {
-        Op::Conv2d(p) => format!(
-            "strides={:?} pads={:?} dilations={:?} groups={}",
-            p.strides, p.pads, p.dilations, p.groups
-        ),
-        Op::Rsqrt { epsilon } => format!("epsilon={epsilon:?}"),
-        Op::Clip { min, max } => format!("min={min:?} max={max:?}"),
-        Op::FakeQuantize { scale, zero_point } => {
-            format!("scale={scale:?} zero_point={zero_point}")
-        }
-        Op::Upsample { scale } => format!("scale={scale}"),
-        Op::GroupNorm { groups, epsilon } => format!("groups={groups} epsilon={epsilon:?}"),
-        Op::ReduceMean { axes, keep_dims } => format!("axes={axes:?} keep_dims={keep_dims}"),
-        Op::Reshape { shape } => {
-            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-            format!("shape=[{}]", dims.join(", "))
-        }
-        Op::Tile { reps } => format!("reps={reps:?}"),
-        Op::Transpose { perm } => format!("perm={perm:?}"),
-        Op::Cast { dtype } => format!("dtype={dtype}"),
-        Op::MatMul {
-            transpose_x,
-            transpose_y,
-        } => format!("transpose_x={transpose_x} transpose_y={transpose_y}"),
-        Op::Softmax { axis } => format!("axis={axis}"),
-        Op::Attention { scale } => format!("scale={scale:?}"),
-        Op::Slice { axis, begin, end } => format!("axis={axis} range={begin}..{end}"),
-        Op::Split { axis, parts, index } => format!("axis={axis} parts={parts} index={index}"),
-        Op::Concat { axis } => format!("axis={axis}"),
-        Op::PixelShuffle { factor } => format!("factor={factor}"),
-        Op::LayerNorm { axis, epsilon } => format!("axis={axis} epsilon={epsilon:?}"),
-        Op::Gather { axis } | Op::ArgMax { axis } => format!("axis={axis}"),
-        Op::Input { .. } | Op::Const(_) | Op::Unary(_) | Op::Binary(_) | Op::ReshapeLike => {
-            String::new()
-        }
     }
 }

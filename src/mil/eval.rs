@@ -550,9 +550,9 @@ fn run_op(
     max_elements: usize,
 ) -> Result<Vec<Val>, String> {
     let kind = &op.r#type;
-    let def = super::ops::lookup(kind)
+    let eval = super::op_eval::evaluator(kind)
         .ok_or_else(|| format!("op type {kind:?} is not supported by the evaluator"))?;
-    let vals = def.evaluate(&Args {
+    let vals = eval.run(&Args {
         op,
         env,
         max_elements,

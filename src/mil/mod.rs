@@ -3,6 +3,7 @@
 //! The printer and evaluator read only the protobuf (never the IR), so they check what a package
 //! really contains, whoever wrote it.
 
+pub mod emit;
 pub mod eval;
 pub mod lower;
 pub mod op_eval;
@@ -11,5 +12,5 @@ pub mod print;
 pub mod target;
 pub mod values;
 
-pub use lower::{lower, LowerError, Lowered, ModelInfo};
+pub use lower::{lower, FeatureTypes, LowerError, Lowered, ModelInfo};
 pub use target::Target;

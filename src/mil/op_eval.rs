@@ -1,6 +1,6 @@
 //! What each MIL op computes, for the evaluator: one function per op type over its named
-//! arguments, referenced from the op table ([`super::ops`]). Parameters come from the package and
-//! are checked before use.
+//! arguments, found by MIL name ([`evaluator`]), since the evaluator runs other tools' packages
+//! too. Parameters come from the package and are checked before use.
 
 use super::eval::Val;
 use crate::kernels::{self, Array};
@@ -111,6 +111,86 @@ impl<'a> Args<'a> {
             _ => Err(format!("input {k} must be a string")),
         }
     }
+}
+
+/// What the evaluator computes for an op.
+#[derive(Clone, Copy)]
+pub enum Eval {
+    Unary(fn(f32) -> f32),
+    Binary(fn(f32, f32) -> f32),
+    Op(fn(&Args) -> Result<Array, String>),
+    /// An op with several outputs (`split`), in output order.
+    Multi(fn(&Args) -> Result<Vec<Array>, String>),
+}
+
+impl Eval {
+    /// Runs the op: one value per output.
+    pub fn run(self, args: &Args) -> Result<Vec<Array>, String> {
+        match self {
+            Eval::Unary(f) => unary(args, f).map(|a| vec![a]),
+            Eval::Binary(f) => binary(args, f).map(|a| vec![a]),
+            Eval::Op(f) => f(args).map(|a| vec![a]),
+            Eval::Multi(f) => f(args),
+        }
+    }
+}
+
+/// Ops other than the elementwise tables, by MIL name.
+const OPS: &[(&str, Eval)] = &[
+    ("identity", Eval::Op(identity)),
+    ("rsqrt", Eval::Op(rsqrt)),
+    ("clip", Eval::Op(clip)),
+    ("conv", Eval::Op(conv)),
+    (
+        "upsample_nearest_neighbor",
+        Eval::Op(upsample_nearest_neighbor),
+    ),
+    ("reduce_mean", Eval::Op(reduce_mean)),
+    ("reshape", Eval::Op(reshape)),
+    ("split", Eval::Multi(split)),
+    ("tile", Eval::Op(tile)),
+    ("transpose", Eval::Op(transpose)),
+    ("cast", Eval::Op(cast)),
+    ("constexpr_lut_to_dense", Eval::Op(constexpr_lut_to_dense)),
+    (
+        "constexpr_affine_dequantize",
+        Eval::Op(constexpr_affine_dequantize),
+    ),
+    (
+        "constexpr_blockwise_shift_scale",
+        Eval::Op(constexpr_blockwise_shift_scale),
+    ),
+    ("quantize", Eval::Op(quantize)),
+    ("dequantize", Eval::Op(dequantize)),
+    ("matmul", Eval::Op(matmul)),
+    ("softmax", Eval::Op(softmax)),
+    ("layer_norm", Eval::Op(layer_norm)),
+    ("gather", Eval::Op(gather)),
+    ("reduce_argmax", Eval::Op(reduce_argmax)),
+    (
+        "scaled_dot_product_attention",
+        Eval::Op(scaled_dot_product_attention),
+    ),
+    ("slice_by_index", Eval::Op(slice_by_index)),
+    ("concat", Eval::Op(concat)),
+    ("shape", Eval::Op(shape)),
+    ("pixel_shuffle", Eval::Op(pixel_shuffle)),
+];
+
+/// What MIL op type `name` computes, if the evaluator knows it. Elementwise ops share the IR's
+/// kernels ([`crate::ir::Unary`], [`crate::ir::Binary`]), so both evaluators agree on them.
+pub fn evaluator(name: &str) -> Option<Eval> {
+    use crate::ir::{Binary, Unary};
+    if let Some((_, e)) = OPS.iter().find(|(n, _)| *n == name) {
+        return Some(*e);
+    }
+    if let Some(u) = Unary::ALL.iter().find(|u| u.mil_name() == name) {
+        return Some(Eval::Unary(u.kernel()));
+    }
+    Binary::ALL
+        .iter()
+        .find(|b| b.mil_name() == name)
+        .map(|b| Eval::Binary(b.kernel()))
 }
 
 pub fn unary(a: &Args, f: fn(f32) -> f32) -> Result<Array, String> {
