@@ -14,6 +14,7 @@
 //! ```
 
 pub mod ane;
+pub mod build;
 pub mod calibrate;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -25,6 +25,7 @@
 //! (the pickle and its objects, storages, decoded tensors) is charged to one [`Budget`] per file
 //! (see [`crate::limits`]).
 
+pub mod check;
 mod pth;
 mod safetensors;
 
