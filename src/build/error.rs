@@ -21,6 +21,8 @@ pub enum BuildOption {
     InputType,
     QuantizeActivations,
     Calibration,
+    /// Compiling the package with mlc's own compiler.
+    Compile,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -36,6 +38,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::InputType => f.write_str("image input"),
             BuildOption::QuantizeActivations => f.write_str("int8 activations"),
             BuildOption::Calibration => f.write_str("calibration"),
+            BuildOption::Compile => f.write_str("compiling with mlc"),
         }
     }
 }

@@ -128,6 +128,21 @@ impl<'o> Plan<'o> {
         })
     }
 
+    /// Refuses, before building, a package mlc's own compiler ([`crate::mlmodelc`]) would
+    /// refuse after: several sizes in one function are enumerated shapes.
+    pub fn check_mlc_compilable(&self) -> Result<(), BuildError> {
+        if self.sizes.len() > 1 && !self.opts.multifunction {
+            return option_error(
+                BuildOption::Compile,
+                format!(
+                    "several sizes in one function are enumerated shapes, {}",
+                    crate::mlmodelc::ENUMERATED_SHAPES
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// How the package's features are described to the lowering.
     pub fn lowering(&self) -> lower::Interface {
         lower::Interface {

@@ -30,7 +30,12 @@ use std::time::Instant;
 /// println!("cargo:rustc-env=TAEF2_MLPACKAGE={}", report.package.display());
 /// ```
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
-    let plan = Plan::new(opts)?;
+    build_plan(&Plan::new(opts)?)
+}
+
+/// [`build`] for options already resolved and checked.
+pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
+    let opts = plan.opts;
     let out = plan.output_path();
     // Opened first, so the lowering writes weight.bin straight into the package; dropped on an
     // error, it removes what it made.
@@ -43,7 +48,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         ),
         None => None,
     };
-    let compiled = compile_to(&plan, blobs, |pass, g| {
+    let compiled = compile_to(plan, blobs, |pass, g| {
         if let Some(d) = dumper.as_mut() {
             d.dump(pass, g);
         }
