@@ -360,7 +360,10 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Decoder, &|o| {
         o.model_options.packed_input = true
     });
-    assert!(e.contains("packed input"), "{e}");
+    assert!(
+        e.contains("sd-vae decoder does not take --input packed"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -11,38 +11,30 @@ use crate::mil::Target;
 use crate::models::{Model, ModelError, ModelOption, Part, Role, TransformerLayout};
 use crate::passes::Compression;
 
-/// The options only some models take that `opts` set.
+/// The options only some models take that `opts` set, in [`ModelOption::ALL`]'s order.
 pub fn requested(opts: &BuildOptions) -> Vec<ModelOption> {
+    ModelOption::ALL
+        .into_iter()
+        .filter(|&o| asks(opts, o))
+        .collect()
+}
+
+fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
     let m = &opts.model_options;
-    [
-        (
-            ModelOption::LatentSize,
-            matches!(opts.sizes, Sizes::Latent(_)),
-        ),
-        (
-            ModelOption::ImageSize,
-            matches!(opts.sizes, Sizes::Image(_)),
-        ),
-        (ModelOption::Multifunction, opts.multifunction),
-        (ModelOption::InputLayout, opts.input_layout == Layout::Nhwc),
-        (
-            ModelOption::OutputLayout,
-            opts.output_layout == Layout::Nhwc,
-        ),
-        (ModelOption::InputImage, opts.input_type == InputType::Image),
-        (
-            ModelOption::OutputImage,
-            opts.output_type == OutputType::Image,
-        ),
-        (ModelOption::LatentScaling, m.latent_scaling),
-        (ModelOption::PackedInput, m.packed_input),
-        (ModelOption::LogvarOutput, m.logvar_output),
-        (ModelOption::HiddenLayer, m.hidden_layer.is_some()),
-        (ModelOption::Layout, m.layout != TransformerLayout::Standard),
-    ]
-    .into_iter()
-    .filter_map(|(o, set)| set.then_some(o))
-    .collect()
+    match o {
+        ModelOption::Multifunction => opts.multifunction,
+        ModelOption::LatentSize => matches!(opts.sizes, Sizes::Latent(_)),
+        ModelOption::ImageSize => matches!(opts.sizes, Sizes::Image(_)),
+        ModelOption::InputLayout => opts.input_layout == Layout::Nhwc,
+        ModelOption::OutputLayout => opts.output_layout == Layout::Nhwc,
+        ModelOption::InputImage => opts.input_type == InputType::Image,
+        ModelOption::OutputImage => opts.output_type == OutputType::Image,
+        ModelOption::LatentScaling => m.latent_scaling,
+        ModelOption::PackedInput => m.packed_input,
+        ModelOption::LogvarOutput => m.logvar_output,
+        ModelOption::HiddenLayer => m.hidden_layer.is_some(),
+        ModelOption::Layout => m.layout != TransformerLayout::Standard,
+    }
 }
 
 /// Refuses the first option `opts` set that the model's part does not declare.
@@ -230,4 +222,83 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::options::Sizes;
+    use crate::models::{registry, OptionSet};
+
+    /// Options asking for `o` alone, in a form the build accepts where the model takes it.
+    fn asking(model: &str, part: Part, o: ModelOption) -> BuildOptions {
+        let mut opts = BuildOptions::new(model, "unread.safetensors");
+        opts.part = Some(part);
+        match o {
+            ModelOption::LatentSize => opts.sizes = Sizes::Latent(vec![[8, 8]]),
+            ModelOption::ImageSize => opts.sizes = Sizes::Image(vec![[64, 64]]),
+            ModelOption::Multifunction => {
+                opts.multifunction = true;
+                opts.target = Target::Ios18;
+                opts.sizes = Sizes::Latent(vec![[8, 8], [16, 16]]);
+            }
+            ModelOption::InputLayout => opts.input_layout = Layout::Nhwc,
+            ModelOption::OutputLayout => opts.output_layout = Layout::Nhwc,
+            ModelOption::InputImage => opts.input_type = InputType::Image,
+            ModelOption::OutputImage => opts.output_type = OutputType::Image,
+            ModelOption::LatentScaling => opts.model_options.latent_scaling = true,
+            ModelOption::PackedInput => opts.model_options.packed_input = true,
+            ModelOption::LogvarOutput => opts.model_options.logvar_output = true,
+            ModelOption::HiddenLayer => opts.model_options.hidden_layer = Some(2),
+            ModelOption::Layout => opts.model_options.layout = TransformerLayout::Ane,
+        }
+        assert_eq!(
+            requested(&opts)[0],
+            o,
+            "{o:?} is the option asked for first"
+        );
+        opts
+    }
+
+    #[test]
+    fn every_model_refuses_every_option_it_does_not_declare() {
+        let mut refused = 0;
+        for model in registry() {
+            for &part in model.parts() {
+                let takes = model.options(part);
+                for o in ModelOption::ALL {
+                    let opts = asking(model.name(), part, o);
+                    // Validated whole, nothing built: the weights are never read.
+                    let got = Plan::new(&opts);
+                    let who = format!("{} {part} {}", model.name(), o.flag());
+                    if takes.contains(o) {
+                        assert!(got.is_ok(), "{who}: {}", got.err().unwrap());
+                        continue;
+                    }
+                    refused += 1;
+                    let e = got.err().expect(&who).to_string();
+                    let flag = o.flag().split(' ').next().unwrap();
+                    assert!(
+                        e.starts_with(&format!("{} {part} does not take {flag}", model.name()))
+                            && !e.contains('\n'),
+                        "{who}: {e}"
+                    );
+                }
+            }
+        }
+        // The bug this replaced: sd-vae took --layout ane and built the standard package.
+        let sd = crate::models::lookup("sd-vae").unwrap();
+        assert!(!sd.options(Part::Decoder).contains(ModelOption::Layout));
+        assert!(refused > 50, "{refused}");
+    }
+
+    #[test]
+    fn option_sets_list_their_flags_in_order() {
+        use ModelOption::*;
+        let s = OptionSet::of(&[Layout, HiddenLayer]);
+        assert!(s.contains(Layout) && !s.contains(LatentScaling));
+        assert_eq!(s.flags(), "--hidden-layer, --layout ane");
+        assert_eq!(OptionSet::NONE.flags(), "none of these options");
+        assert_eq!(OptionSet::SPATIAL.with(&[LogvarOutput]).iter().count(), 6);
+    }
 }

@@ -4,12 +4,12 @@
 /// A build option only some models or parts have a meaning for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelOption {
+    /// One function per size (first: it comes with sizes, and is the one to name).
+    Multifunction,
     /// Sizes given as the latent's.
     LatentSize,
     /// Sizes given as the image's.
     ImageSize,
-    /// One function per size.
-    Multifunction,
     /// A channels-last input array.
     InputLayout,
     /// A channels-last output array.
@@ -32,9 +32,9 @@ pub enum ModelOption {
 
 impl ModelOption {
     pub const ALL: [ModelOption; 12] = [
+        ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
-        ModelOption::Multifunction,
         ModelOption::InputLayout,
         ModelOption::OutputLayout,
         ModelOption::InputImage,
@@ -79,9 +79,9 @@ impl OptionSet {
     /// What every image autoencoder part takes: sizes by the latent or the image, one function
     /// per size, channels-last arrays.
     pub const SPATIAL: OptionSet = OptionSet::of(&[
+        ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
-        ModelOption::Multifunction,
         ModelOption::InputLayout,
         ModelOption::OutputLayout,
     ]);

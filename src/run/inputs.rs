@@ -163,9 +163,11 @@ fn png(
     };
     let mut image = read_png(path)?;
     match &feature_shape(pkg, function, name) {
-        Some(s) if !s.is_rgb() => return Err(bad(format!(
+        Some(s) if !s.is_rgb() => {
+            return Err(bad(format!(
             "a PNG is an RGB image, but the model's input {name:?} is {s}; give it as safetensors"
-        ))),
+        )))
+        }
         Some(s) if s.is_nhwc_rgb() => {
             image = crate::kernels::transpose(&image, &[0, 2, 3, 1]);
         }
