@@ -52,19 +52,20 @@ pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildErr
     Ok(Plan::resolve(opts)?.pipeline())
 }
 
-/// Loads weights, declares, optimizes and lowers the model; `after_pass` sees the declared graph
+/// The model's ML Program in memory, no package written: loads weights, declares, optimizes and
+/// lowers the model; `after_pass` sees the declared graph
 /// (as `"declare"`) and the graph after each pass. The loaded weights move into the graph, so
 /// the model's tensors are in memory once.
-pub fn compile(
+pub fn build_program(
     opts: &BuildOptions,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
-    compile_to(&Plan::new(opts)?, BlobWriter::new(), after_pass)
+    build_program_to(&Plan::new(opts)?, BlobWriter::new(), after_pass)
 }
 
-/// [`compile`], with the weights going to `blobs`: a file-backed writer streams them into the
+/// [`build_program`], with the weights going to `blobs`: a file-backed writer streams them into the
 /// package being written, so they are in memory once (in the graph), not twice.
-pub(super) fn compile_to(
+pub(super) fn build_program_to(
     plan: &Plan,
     blobs: BlobWriter,
     after_pass: impl FnMut(&str, &Graph),
@@ -75,19 +76,19 @@ pub(super) fn compile_to(
         .model
         .load(plan.part, &path, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
-    let mut c = compile_from(plan, WeightsIn::Owned(weights), blobs, after_pass)?;
+    let mut c = program_from(plan, WeightsIn::Owned(weights), blobs, after_pass)?;
     c.timings.insert(0, load);
     Ok(c)
 }
 
-/// [`compile`] with weights already in memory (`opts.weights` is ignored); the graph copies
+/// [`build_program`] with weights already in memory (`opts.weights` is ignored); the graph copies
 /// the tensors it needs.
 pub fn compile_weights(
     opts: &BuildOptions,
     weights: &Weights,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
-    compile_from(
+    program_from(
         &Plan::new(opts)?,
         WeightsIn::Borrowed(weights),
         BlobWriter::new(),
@@ -100,7 +101,7 @@ enum WeightsIn<'w> {
     Owned(Weights),
 }
 
-fn compile_from(
+fn program_from(
     plan: &Plan,
     weights: WeightsIn,
     mut blobs: BlobWriter,

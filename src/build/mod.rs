@@ -17,12 +17,14 @@ pub mod validate;
 pub mod write;
 
 pub use calibration::{activation_ranges, load_calibration, Ranges};
-pub use driver::{compile, compile_weights, declare, declare_owned, pipeline_options, Compiled};
+pub use driver::{
+    build_program, compile_weights, declare, declare_owned, pipeline_options, Compiled,
+};
 pub use error::{BuildError, BuildOption, Remedy};
 pub use metadata::function_name;
 pub use options::{
-    ActivationRanges, BuildOptions, CalibrationSource, Compression, InputType, Layout, OutputType,
-    Precision, QuantMode, Sizes, MAX_IMAGE_SIDE, MAX_SIZES,
+    ActivationRanges, ArrayLayout, BuildOptions, CalibrationSource, Compression, InputType,
+    OutputType, Precision, QuantMode, Sizes, MAX_IMAGE_SIDE, MAX_SIZES,
 };
 pub use plan::Plan;
 pub use report::{count_ops, largest_intermediate, BuildReport, Intermediate, KeptFloat};

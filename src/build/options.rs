@@ -16,7 +16,7 @@ pub enum Precision {
 
 /// Memory layout of a model input or output array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
+pub enum ArrayLayout {
     /// `[1, C, H, W]`, what the decoder computes in.
     Nchw,
     /// `[1, H, W, C]`, channels last.
@@ -63,14 +63,14 @@ pub enum Sizes {
 pub struct BuildOptions {
     /// A name in the model registry (`mlc::models::known_names()`), e.g. `flux2`.
     pub model: String,
-    /// Which part of the model; `None` builds its first (the decoder).
+    /// Which part of the model; `None` builds its first (an autoencoder's decoder).
     pub part: Option<Part>,
     /// Folded pre/post-processing (latent scaling, packed input, logvar output).
     pub model_options: ModelOptions,
     /// The weights file; `None` takes the model's published weights from the Hugging Face cache,
     /// downloading them there first if needed (see [`crate::hub`]).
     pub weights: Option<PathBuf>,
-    /// Defaults to `<model>_decoder.mlpackage` in the current directory.
+    /// The package to write; defaults to `<model>_<part>.mlpackage` in the current directory.
     pub output: Option<PathBuf>,
     pub precision: Precision,
     /// Precision of the model's input and output arrays; defaults to `precision`.
@@ -85,8 +85,8 @@ pub struct BuildOptions {
     pub dump_passes: Option<PathBuf>,
     /// Weight compression (palettization or 8-bit quantization).
     pub compression: Option<Compression>,
-    pub input_layout: Layout,
-    pub output_layout: Layout,
+    pub input_layout: ArrayLayout,
+    pub output_layout: ArrayLayout,
     pub output_type: OutputType,
     pub input_type: InputType,
     /// Real inputs (`--calibration`): weight compression fits each conv's and linear layer's
@@ -126,8 +126,8 @@ pub struct CalibrationSource {
 }
 
 impl BuildOptions {
-    /// Defaults: the decoder, fp16, iOS16, the model's default size (96x96 latents for TAESD
-    /// decoders), NCHW arrays.
+    /// Defaults: the model's first part, fp16, iOS16, the model's default size (96x96 latents
+    /// for TAESD decoders), NCHW arrays.
     pub fn new(model: &str, weights: impl Into<PathBuf>) -> BuildOptions {
         BuildOptions {
             model: model.to_string(),
@@ -142,8 +142,8 @@ impl BuildOptions {
             multifunction: false,
             dump_passes: None,
             compression: None,
-            input_layout: Layout::Nchw,
-            output_layout: Layout::Nchw,
+            input_layout: ArrayLayout::Nchw,
+            output_layout: ArrayLayout::Nchw,
             output_type: OutputType::Array,
             input_type: InputType::Array,
             calibration: None,

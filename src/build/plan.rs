@@ -3,7 +3,7 @@
 
 use super::error::{option_error, BuildError, BuildOption};
 use super::options::{
-    BuildOptions, InputType, Layout, OutputType, Precision, Sizes, MAX_IMAGE_SIDE, MAX_SIZES,
+    ArrayLayout, BuildOptions, InputType, OutputType, Precision, Sizes, MAX_IMAGE_SIDE, MAX_SIZES,
 };
 use crate::mil::{lower, Target};
 use crate::models::{self, Model, ModelError, Part, Role};
@@ -167,8 +167,8 @@ impl<'o> Plan<'o> {
             fp16,
             fp16_inputs: fp16_io && !image_in,
             fp16_outputs: fp16_io && !image,
-            input_nhwc: opts.input_layout == Layout::Nhwc,
-            output_nhwc: opts.output_layout == Layout::Nhwc,
+            input_nhwc: opts.input_layout == ArrayLayout::Nhwc,
+            output_nhwc: opts.output_layout == ArrayLayout::Nhwc,
             image_output: if image {
                 image_range(&self.interface.outputs)
             } else {

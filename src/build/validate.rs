@@ -4,7 +4,7 @@
 
 use super::error::{option_error, BuildError, BuildOption};
 use super::options::{
-    ActivationRanges, BuildOptions, InputType, Layout, OutputType, Precision, QuantMode, Sizes,
+    ActivationRanges, ArrayLayout, BuildOptions, InputType, OutputType, Precision, QuantMode, Sizes,
 };
 use super::plan::{image_range, Plan};
 use crate::mil::Target;
@@ -25,8 +25,8 @@ fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
         ModelOption::Multifunction => opts.multifunction,
         ModelOption::LatentSize => matches!(opts.sizes, Sizes::Latent(_)),
         ModelOption::ImageSize => matches!(opts.sizes, Sizes::Image(_)),
-        ModelOption::InputLayout => opts.input_layout == Layout::Nhwc,
-        ModelOption::OutputLayout => opts.output_layout == Layout::Nhwc,
+        ModelOption::InputLayout => opts.input_layout == ArrayLayout::Nhwc,
+        ModelOption::OutputLayout => opts.output_layout == ArrayLayout::Nhwc,
         ModelOption::InputImage => opts.input_type == InputType::Image,
         ModelOption::OutputImage => opts.output_type == OutputType::Image,
         ModelOption::LatentScaling => m.latent_scaling,
@@ -200,7 +200,7 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
                 "Core ML image inputs are fp32 arrays; fp16 I/O precision cannot apply",
             );
         }
-        if opts.input_layout == Layout::Nhwc {
+        if opts.input_layout == ArrayLayout::Nhwc {
             return option_error(
                 O::InputType,
                 "an image has its own layout; an NHWC input layout cannot apply",
@@ -214,7 +214,7 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
                 "Core ML image outputs are fp32 arrays; fp16 I/O precision cannot apply",
             );
         }
-        if opts.output_layout == Layout::Nhwc {
+        if opts.output_layout == ArrayLayout::Nhwc {
             return option_error(
                 O::OutputType,
                 "an image has its own layout; an NHWC output layout cannot apply",
@@ -242,8 +242,8 @@ mod tests {
                 opts.target = Target::Ios18;
                 opts.sizes = Sizes::Latent(vec![[8, 8], [16, 16]]);
             }
-            ModelOption::InputLayout => opts.input_layout = Layout::Nhwc,
-            ModelOption::OutputLayout => opts.output_layout = Layout::Nhwc,
+            ModelOption::InputLayout => opts.input_layout = ArrayLayout::Nhwc,
+            ModelOption::OutputLayout => opts.output_layout = ArrayLayout::Nhwc,
             ModelOption::InputImage => opts.input_type = InputType::Image,
             ModelOption::OutputImage => opts.output_type = OutputType::Image,
             ModelOption::LatentScaling => opts.model_options.latent_scaling = true,

@@ -1,7 +1,7 @@
 //! Writing a build: the package opened first so the lowering streams its weights into it, the
 //! passes dumped if asked, and the package finished atomically.
 
-use super::driver::{compile_to, Compiled};
+use super::driver::{build_program_to, Compiled};
 use super::error::BuildError;
 use super::options::BuildOptions;
 use super::plan::Plan;
@@ -48,7 +48,7 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         ),
         None => None,
     };
-    let compiled = compile_to(plan, blobs, |pass, g| {
+    let compiled = build_program_to(plan, blobs, |pass, g| {
         if let Some(d) = dumper.as_mut() {
             d.dump(pass, g);
         }

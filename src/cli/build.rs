@@ -3,8 +3,8 @@
 
 use super::CalibrationArgs;
 use crate::build::{
-    self, ActivationRanges, BuildError, BuildOption, BuildOptions, BuildReport, CalibrationSource,
-    Compression, InputType, Layout, OutputType, Precision, QuantMode, Remedy, Sizes,
+    self, ActivationRanges, ArrayLayout, BuildError, BuildOption, BuildOptions, BuildReport,
+    CalibrationSource, Compression, InputType, OutputType, Precision, QuantMode, Remedy, Sizes,
 };
 use crate::mil::Target;
 use crate::models::{ModelError, ModelOptions, Part, TransformerLayout};
@@ -352,8 +352,8 @@ impl BuildArgs {
         o.multifunction = io.multifunction;
         o.dump_passes = out.dump_passes.clone();
         let layout = |l: LayoutArg| match l {
-            LayoutArg::Nchw => Layout::Nchw,
-            LayoutArg::Nhwc => Layout::Nhwc,
+            LayoutArg::Nchw => ArrayLayout::Nchw,
+            LayoutArg::Nhwc => ArrayLayout::Nhwc,
         };
         o.input_layout = layout(io.input_layout);
         o.output_layout = layout(io.output_layout);
@@ -536,7 +536,7 @@ fn compile(a: &BuildArgs, package: &std::path::Path) -> Result<()> {
     };
     match a.output.compiler {
         CompilerArg::Xcrun => {
-            let c = crate::coremlc::compile(package, &dir)?;
+            let c = crate::coremlc::compile_with_xcrun(package, &dir)?;
             if !c.output.is_empty() {
                 eprintln!("{}", c.output);
             }
