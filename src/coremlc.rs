@@ -45,7 +45,7 @@ pub fn command_line(pkg: &Path, out_dir: &Path) -> Vec<String> {
 /// Runs `xcrun coremlc compile pkg out_dir` and returns the `.mlmodelc` it wrote. The
 /// directories of `out_dir` that did not exist are created for it, and removed again (if still
 /// empty) when compiling fails, e.g. because there is no `xcrun`.
-pub fn compile(pkg: &Path, out_dir: &Path) -> Result<Compiled, CoremlcError> {
+pub fn compile_with_xcrun(pkg: &Path, out_dir: &Path) -> Result<Compiled, CoremlcError> {
     let mut created = Vec::new();
     let mut missing = out_dir;
     while !missing.as_os_str().is_empty() && std::fs::symlink_metadata(missing).is_err() {

@@ -15,6 +15,7 @@
 
 pub mod ane;
 pub(crate) mod atomic_dir;
+pub mod build;
 pub mod calibrate;
 #[cfg(feature = "cli")]
 pub mod cli;

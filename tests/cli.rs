@@ -607,7 +607,59 @@ fn text_encoder_build_and_run_with_ids_or_tokens() {
             "2",
         ],
     );
-    assert!(e.contains("hidden layer"), "{e}");
+    assert!(
+        e.contains("sd-vae decoder does not take --hidden-layer"),
+        "{e}"
+    );
+}
+
+/// An option the model does not declare is refused before anything is read or written: `sd-vae
+/// --layout ane` once built the standard package, byte for byte.
+#[test]
+fn undeclared_options_are_refused_naming_flag_and_model() {
+    let dir = out_dir("cli_undeclared_options");
+    let vae = shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors");
+    let vae = vae.display().to_string();
+    let clip = shared("fixtures/clip/clip_l/model.safetensors");
+    let clip = clip.display().to_string();
+    for (args, needle) in [
+        (
+            &["build", "sd-vae", "--weights", &vae, "--layout", "ane"][..],
+            "sd-vae decoder does not take --layout",
+        ),
+        (
+            &[
+                "build",
+                "sd-vae",
+                "--part",
+                "encoder",
+                "--weights",
+                &vae,
+                "--input",
+                "packed",
+            ][..],
+            "sd-vae encoder does not take --input packed",
+        ),
+        (
+            &[
+                "build",
+                "clip-l",
+                "--weights",
+                &clip,
+                "--input-layout",
+                "nhwc",
+            ][..],
+            "clip-l encoder does not take --input-layout",
+        ),
+    ] {
+        let e = fails(&dir, args);
+        assert!(
+            e.contains(needle) && e.contains("(it takes: "),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!dir.join("sd-vae_decoder.mlpackage").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
 
 /// `--quantize-activations int8` needs MIL's iOS17 `quantize` and measured ranges: below iOS17,

@@ -378,5 +378,8 @@ fn wrong_weights_configs_and_sizes_are_one_line_errors() {
     let mut o = options("clip-vision", &weights(), Precision::Fp16, target.clone());
     o.model_options.hidden_layer = Some(2);
     let e = one_line_error(&o);
-    assert!(e.contains("hidden layer"), "{e}");
+    assert!(
+        e.contains("clip-vision encoder does not take --hidden-layer"),
+        "{e}"
+    );
 }

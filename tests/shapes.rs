@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mlc::compiler::{build, BuildOptions, Layout, OutputType};
+use mlc::compiler::{build, ArrayLayout, BuildOptions, OutputType};
 use mlc::kernels::{transpose, Array};
 use mlc::mil::Target;
 use mlc::package::read_package;
@@ -129,8 +129,8 @@ fn nhwc_gives_the_same_numbers_as_nchw_on_transposed_input() {
         .unwrap()
         .package;
     let mut o = opts(&dir.join("nhwc.mlpackage"), &[[32, 32], [32, 48]]);
-    o.input_layout = Layout::Nhwc;
-    o.output_layout = Layout::Nhwc;
+    o.input_layout = ArrayLayout::Nhwc;
+    o.output_layout = ArrayLayout::Nhwc;
     let nhwc = build(&o).unwrap().package;
     let text = mlc::mil::print::print_model(&read_package(&nhwc).unwrap().model);
     assert_eq!(
@@ -204,8 +204,8 @@ fn ane_report_flags_what_does_not_fit() {
     );
     // ...and the transposes of a channels-last interface are the caller's choice, not hints.
     let mut o = opts(&dir.join("nhwc.mlpackage"), &[[32, 32]]);
-    o.input_layout = mlc::compiler::Layout::Nhwc;
-    o.output_layout = mlc::compiler::Layout::Nhwc;
+    o.input_layout = mlc::compiler::ArrayLayout::Nhwc;
+    o.output_layout = mlc::compiler::ArrayLayout::Nhwc;
     let r = build(&o).unwrap().ane;
     assert!(r.ops.iter().filter(|v| v.op_type == "transpose").count() == 2);
     assert!(r.hint_counts().is_empty(), "{:?}", r.hint_counts());

@@ -104,8 +104,8 @@ fn taef2_enumerated_sizes() {
 fn synthetic_taesd_nhwc() {
     let mut o = BuildOptions::new("taesd", "unused");
     o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
-    o.input_layout = mlc::compiler::Layout::Nhwc;
-    o.output_layout = mlc::compiler::Layout::Nhwc;
+    o.input_layout = mlc::compiler::ArrayLayout::Nhwc;
+    o.output_layout = mlc::compiler::ArrayLayout::Nhwc;
     let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
     snapshot!("taesd_synthetic_nhwc", print_model(&c.lowered.model));
 }
@@ -258,7 +258,7 @@ fn full_vaes() {
         o.model_options = options;
         o.target = target;
         o.sizes = Sizes::Image(vec![[64, 64]]);
-        let c = mlc::compiler::compile(&o, |_, _| {}).unwrap();
+        let c = mlc::compiler::build_program(&o, |_, _| {}).unwrap();
         snapshot!(name, print_model(&c.lowered.model));
     }
 }

@@ -360,7 +360,10 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Decoder, &|o| {
         o.model_options.packed_input = true
     });
-    assert!(e.contains("packed input"), "{e}");
+    assert!(
+        e.contains("sd-vae decoder does not take --input packed"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -486,7 +489,10 @@ fn image_input_and_output_map_pixels_to_the_model_range() {
     o.input_type = mlc::compiler::InputType::Image;
     o.output = Some(dir.join("bad.mlpackage"));
     let e = build(&o).err().unwrap().to_string();
-    assert!(e.contains("not an RGB image"), "{e}");
+    assert!(
+        e.contains("sd-vae decoder does not take --input-type image"),
+        "{e}"
+    );
 }
 
 /// Compression on the small random VAEs is a smoke test of the path (tables, scales, lowering,
@@ -494,7 +500,7 @@ fn image_input_and_output_map_pixels_to_the_model_range() {
 /// A broken table or scale gives errors of order 1; these bounds are 2-4x the measured errors.
 #[test]
 fn compression_and_channels_last_work_on_full_vaes() {
-    use mlc::compiler::{Compression, Layout, QuantMode};
+    use mlc::compiler::{ArrayLayout, Compression, QuantMode};
     let dir = out_dir("vae_compressed");
     let mut f = fixture("sd", "decode_8x8");
     let latent = f.remove("latent").unwrap();
@@ -526,8 +532,8 @@ fn compression_and_channels_last_work_on_full_vaes() {
         o.compression = compression;
         let mut input = latent.clone();
         if tag == "nhwc" {
-            o.input_layout = Layout::Nhwc;
-            o.output_layout = Layout::Nhwc;
+            o.input_layout = ArrayLayout::Nhwc;
+            o.output_layout = ArrayLayout::Nhwc;
             input = mlc::kernels::transpose(&latent, &[0, 2, 3, 1]);
         }
         o.output = Some(dir.join(format!("{tag}.mlpackage")));

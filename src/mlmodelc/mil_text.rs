@@ -119,8 +119,9 @@ fn flexible_shapes(
                 None => continue,
                 Some(spec::image_feature_type::SizeFlexibility::EnumeratedSizes(_)) => {
                     return Err(format!(
-                        "input {:?} has enumerated shapes (image sizes), whose keys in coremlc's output are an unknown hash; build with --multifunction (one function per shape) or compile with --compiler xcrun",
-                        input.name
+                        "input {:?} has enumerated shapes (image sizes), {}",
+                        input.name,
+                        super::ENUMERATED_SHAPES
                     ))
                 }
                 // No public Apple output shows how coremlc turns an image's size range into
@@ -138,8 +139,9 @@ fn flexible_shapes(
             None => {}
             Some(spec::array_feature_type::ShapeFlexibility::EnumeratedShapes(_)) => {
                 return Err(format!(
-                    "input {:?} has enumerated shapes, whose keys in coremlc's output are an unknown hash; build with --multifunction (one function per shape) or compile with --compiler xcrun",
-                    input.name
+                    "input {:?} has enumerated shapes, {}",
+                    input.name,
+                    super::ENUMERATED_SHAPES
                 ))
             }
             Some(spec::array_feature_type::ShapeFlexibility::ShapeRange(r)) => {
@@ -148,7 +150,10 @@ fn flexible_shapes(
                     .iter()
                     .map(|r| (r.lower_bound, r.upper_bound))
                     .collect();
-                out.insert(input.name.clone(), (super::schema::default_shape(a), ranges));
+                out.insert(
+                    input.name.clone(),
+                    (super::schema::default_shape(a), ranges),
+                );
             }
         }
     }

@@ -36,6 +36,10 @@ use crate::package::manifest::{Manifest, DATA_DIR, MANIFEST_FILE};
 use crate::proto::mil_spec as pb;
 use crate::proto::specification as spec;
 
+/// Why mlc cannot compile enumerated shapes, and what to do instead: the build refuses them
+/// before building with the same words ([`crate::build::Plan::check_mlc_compilable`]).
+pub const ENUMERATED_SHAPES: &str = "whose keys in coremlc's output are an unknown hash; build with --multifunction (one function per shape) or compile with --compiler xcrun";
+
 /// Why compiling failed; one line each, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {

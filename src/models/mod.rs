@@ -6,6 +6,7 @@
 
 pub mod clip;
 pub mod nn;
+mod options;
 pub mod taesd;
 pub mod vae;
 
@@ -13,6 +14,7 @@ use crate::hub::Source;
 use crate::ir::{Dim, Graph, IrError};
 use crate::passes::specialize_shapes::Bindings;
 use crate::weights::{TensorSource, WeightError, Weights};
+pub use options::{ModelOption, OptionSet};
 use std::fmt;
 
 /// Which half of an autoencoder; a text encoder is an encoder with no decoder.
@@ -218,8 +220,8 @@ fn shape_text(shape: &[Dim]) -> String {
         .join(", ")
 }
 
-/// Options that change a model's interface (folded pre/post-processing). A model refuses the ones
-/// it has no meaning for ([`Model::check_options`]).
+/// Options that change a model's interface (folded pre/post-processing). A model declares the
+/// ones it takes ([`Model::options`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelOptions {
     /// Take (decoder) or give (encoder) the diffusion model's scaled latents: the VAE's scaling
@@ -250,29 +252,6 @@ pub enum TransformerLayout {
     Ane,
 }
 
-impl ModelOptions {
-    /// The options set, as flag-like names, for messages.
-    pub fn names(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.latent_scaling {
-            v.push("latent scaling");
-        }
-        if self.packed_input {
-            v.push("packed input");
-        }
-        if self.logvar_output {
-            v.push("logvar output");
-        }
-        if self.hidden_layer.is_some() {
-            v.push("hidden layer");
-        }
-        if self.layout != TransformerLayout::Standard {
-            v.push("ane layout");
-        }
-        v
-    }
-}
-
 /// Where the encoder that turns calibration photos into a decoder's latents reads its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncoderWeights {
@@ -301,17 +280,9 @@ pub trait Model: Sync {
     /// The parts it has; the first is built when none is asked for.
     fn parts(&self) -> &'static [Part];
     fn interface(&self, part: Part, options: &ModelOptions) -> Interface;
-    /// Refuses options the model has no meaning for (the default refuses all).
-    fn check_options(&self, part: Part, options: &ModelOptions) -> Result<(), ModelError> {
-        match options.names().first() {
-            None => Ok(()),
-            Some(o) => Err(ModelError::Option {
-                model: self.name(),
-                part,
-                option: o,
-            }),
-        }
-    }
+    /// The build options the part takes beyond those every model takes; the build refuses the
+    /// others, naming the flag.
+    fn options(&self, part: Part) -> OptionSet;
     /// Reads the tensors the part needs from `source` (a file, shards, a view of a larger
     /// checkpoint, patched or not), under the names the builder uses. The default reads every
     /// float tensor under its source key; families with their own key layouts override it.
@@ -435,11 +406,13 @@ pub enum ModelError {
         key: &'static str,
         other_key: &'static str,
     },
-    #[error("{model} {part}: {option} has no meaning for this model")]
+    /// A build option the part does not declare.
+    #[error("{model} {part} does not take {option} (it takes: {takes})")]
     Option {
         model: &'static str,
         part: Part,
         option: &'static str,
+        takes: String,
     },
     #[error("{reason}")]
     Size { reason: String },

@@ -32,6 +32,7 @@
 //! (the pickle and its objects, storages, decoded tensors) is charged to one [`Budget`](crate::limits::Budget) per file
 //! (see [`crate::limits`]).
 
+pub mod check;
 mod decode;
 pub mod file;
 pub mod patch;

@@ -10,7 +10,7 @@
 //! pseudo-random with a trained model's scales (linear weights uniform in ±1/√fan_in, norm
 //! scales near 1, embeddings ±0.02).
 //!
-//! It then lowers each model in both layouts through `mlc::compiler::compile` and prints the op
+//! It then lowers each model in both layouts through `mlc::compiler::build_program` and prints the op
 //! counts, the Neural Engine report's misfits and layout hints, and the commands that time the
 //! whole-process builds.
 
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mlc::compiler::{compile, BuildOptions};
+use mlc::compiler::{build_program, BuildOptions};
 use mlc::models::{ModelOptions, TransformerLayout};
 
 struct Arch {
@@ -201,7 +201,7 @@ fn main() {
                 layout,
                 ..Default::default()
             };
-            let c = compile(&o, |_, _| {}).unwrap();
+            let c = build_program(&o, |_, _| {}).unwrap();
             let ops = mlc::compiler::count_ops(&c.lowered.model);
             let r = mlc::ane::analyze(&c.lowered.model);
             let hints: usize = r.hint_counts().values().sum();

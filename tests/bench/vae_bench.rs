@@ -7,7 +7,7 @@
 //! Values are deterministic pseudo-random with the scales of a trained model (conv weights
 //! uniform in ±1/√fan_in, norm scales near 1, positive batch-norm variances).
 //!
-//! It then compiles each decoder at a 128x128 latent through `mlc::compiler::compile` and
+//! It then compiles each decoder at a 128x128 latent through `mlc::compiler::build_program` and
 //! reports, from the graph after the last pass and from the lowered MIL program, the non-const
 //! op count and the largest intermediate tensors, and prints the commands that time the builds.
 //!
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mlc::compiler::{compile, BuildOptions, Compression, Precision, Sizes};
+use mlc::compiler::{build_program, BuildOptions, Compression, Precision, Sizes};
 use mlc::ir::{Graph, Op};
 
 /// A tensor of the file: shape and how to fill it.
@@ -350,7 +350,7 @@ fn main() {
             }
             let mut last = None;
             let t = std::time::Instant::now();
-            let c = compile(&opts, |_, g| last = Some(graph_stats(g))).expect("compile");
+            let c = build_program(&opts, |_, g| last = Some(graph_stats(g))).expect("compile");
             let secs = t.elapsed().as_secs_f64();
             let s = last.expect("at least one pass");
             let setting = if palettize {

@@ -27,7 +27,9 @@ pub mod vision;
 pub mod vision_keys;
 
 use super::nn::Params;
-use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role};
+use super::{
+    Description, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part, Role,
+};
 use crate::ir::{Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
@@ -314,20 +316,8 @@ impl Model for Clip {
         }
     }
 
-    fn check_options(&self, part: Part, o: &ModelOptions) -> Result<(), ModelError> {
-        let other = ModelOptions {
-            hidden_layer: None,
-            layout: Default::default(),
-            ..o.clone()
-        };
-        match other.names().first() {
-            None => Ok(()),
-            Some(option) => Err(ModelError::Option {
-                model: self.name,
-                part,
-                option,
-            }),
-        }
+    fn options(&self, _part: Part) -> OptionSet {
+        OptionSet::of(&[ModelOption::HiddenLayer, ModelOption::Layout])
     }
 
     fn load(

@@ -19,8 +19,8 @@ use super::vision_keys::{self as keys, Config, KeyLayout as Keys};
 use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType};
 use crate::models::nn::{self, ane::channels_first, reshape, transpose, ConvSpec, Params};
 use crate::models::{
-    Description, Interface, Model, ModelError, ModelOptions, Normalization, Part, Role,
-    TransformerLayout,
+    Description, Interface, Model, ModelError, ModelOption, ModelOptions, Normalization, OptionSet,
+    Part, Role, TransformerLayout,
 };
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
@@ -204,19 +204,10 @@ impl Model for ClipVision {
         &[Part::Encoder]
     }
 
-    fn check_options(&self, part: Part, options: &ModelOptions) -> Result<(), ModelError> {
-        let other = ModelOptions {
-            layout: TransformerLayout::Standard,
-            ..options.clone()
-        };
-        match other.names().first() {
-            None => Ok(()),
-            Some(option) => Err(ModelError::Option {
-                model: self.name(),
-                part,
-                option,
-            }),
-        }
+    fn options(&self, _part: Part) -> OptionSet {
+        use ModelOption::*;
+        // One image size, the weights': it may be given (and is checked), not enumerated.
+        OptionSet::of(&[ImageSize, InputLayout, InputImage, Layout])
     }
 
     fn interface(&self, _part: Part, _o: &ModelOptions) -> Interface {

@@ -29,7 +29,10 @@
 pub mod keys;
 
 use super::nn::{self, ConvSpec, Params, Scope};
-use super::{Description, Feature, Interface, Model, ModelError, ModelOptions, Part, Role};
+use super::{
+    Description, Feature, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part,
+    Role,
+};
 use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
 use crate::passes::specialize_shapes::Bindings;
@@ -114,6 +117,13 @@ impl Model for Taesd {
         &[Part::Decoder, Part::Encoder]
     }
 
+    fn options(&self, part: Part) -> OptionSet {
+        match part {
+            Part::Decoder => OptionSet::SPATIAL.with(&[ModelOption::OutputImage]),
+            Part::Encoder => OptionSet::SPATIAL.with(&[ModelOption::InputImage]),
+        }
+    }
+
     fn interface(&self, part: Part, _options: &ModelOptions) -> Interface {
         let (h, w) = (Dim::sym("H"), Dim::sym("W"));
         let c = self.latent_channels;
@@ -172,7 +182,6 @@ impl Model for Taesd {
         fixed: &Bindings,
         options: &ModelOptions,
     ) -> Result<Graph, ModelError> {
-        self.check_options(part, options)?;
         self.check(part, weights)?;
         let params = Params::new(weights);
         let iface = self.interface(part, options);

@@ -20,7 +20,9 @@ pub mod keys;
 
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::taesd::feature;
-use super::{Description, Interface, Model, ModelError, ModelOptions, Part, Role};
+use super::{
+    Description, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part, Role,
+};
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, ValueId};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::{DType, Tensor};
@@ -198,30 +200,21 @@ impl Model for Vae {
         }
     }
 
-    fn check_options(&self, part: Part, o: &ModelOptions) -> Result<(), ModelError> {
-        let refuse = |option| {
-            Err(ModelError::Option {
-                model: self.name,
-                part,
-                option,
-            })
-        };
-        if o.packed_input && (part != Part::Decoder || self.scaling != Scaling::BatchNorm) {
-            return refuse("packed input");
+    fn options(&self, part: Part) -> OptionSet {
+        use ModelOption::*;
+        // FLUX.2's latent normalisation is defined on packed latents: it has packed input instead.
+        match (part, self.scaling) {
+            (Part::Decoder, Scaling::BatchNorm) => {
+                OptionSet::SPATIAL.with(&[OutputImage, PackedInput])
+            }
+            (Part::Decoder, _) => OptionSet::SPATIAL.with(&[OutputImage, LatentScaling]),
+            (Part::Encoder, Scaling::BatchNorm) => {
+                OptionSet::SPATIAL.with(&[InputImage, LogvarOutput])
+            }
+            (Part::Encoder, _) => {
+                OptionSet::SPATIAL.with(&[InputImage, LatentScaling, LogvarOutput])
+            }
         }
-        if o.logvar_output && part != Part::Encoder {
-            return refuse("logvar output");
-        }
-        if o.hidden_layer.is_some() {
-            return refuse("hidden layer");
-        }
-        if o.latent_scaling && self.scaling == Scaling::BatchNorm {
-            // FLUX.2's normalisation is defined on packed latents.
-            return refuse(
-                "latent scaling (FLUX.2 latents are normalised in packed form: use packed input)",
-            );
-        }
-        Ok(())
     }
 
     fn load(
@@ -331,7 +324,7 @@ impl Model for Vae {
         fixed: &Bindings,
         o: &ModelOptions,
     ) -> Result<Graph, ModelError> {
-        let cfg = self.part_config(part, weights, o)?;
+        let cfg = self.part_config(part, weights)?;
         self.declare(part, &cfg, Params::new(weights), fixed, o)
     }
 
@@ -342,7 +335,7 @@ impl Model for Vae {
         fixed: &Bindings,
         o: &ModelOptions,
     ) -> Result<Graph, ModelError> {
-        let cfg = self.part_config(part, &weights, o)?;
+        let cfg = self.part_config(part, &weights)?;
         self.declare(part, &cfg, Params::owned(weights), fixed, o)
     }
 
@@ -385,14 +378,8 @@ struct Builder<'c> {
 }
 
 impl Vae {
-    /// The architecture of the part's tensors, checked against this model and its options.
-    fn part_config(
-        &self,
-        part: Part,
-        weights: &Weights,
-        o: &ModelOptions,
-    ) -> Result<VaeConfig, ModelError> {
-        self.check_options(part, o)?;
+    /// The architecture of the part's tensors, checked against this model.
+    fn part_config(&self, part: Part, weights: &Weights) -> Result<VaeConfig, ModelError> {
         let shapes: BTreeMap<String, Vec<usize>> = weights
             .tensors
             .iter()

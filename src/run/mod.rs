@@ -1,6 +1,8 @@
 //! Running a package on the CPU: inputs from safetensors or PNG, outputs to PNG (images) or
 //! safetensors (latents, any array). Backs `mlc run` and the numerical tests.
 
+pub mod inputs;
+
 use crate::kernels::Array;
 use crate::mil::eval::{evaluate_with, ActivationStats, EvalOptions, MilEvalError};
 use crate::package::{read_package, Package, PackageError};
@@ -21,6 +23,9 @@ pub enum RunError {
     Eval(#[from] MilEvalError),
     #[error("{path}: {reason}")]
     Output { path: String, reason: String },
+    /// Token ids that do not fit the model's input.
+    #[error("--tokens: {0}")]
+    Tokens(String),
 }
 
 /// Evaluates function `function` of a loaded package.

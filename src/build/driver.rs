@@ -1,0 +1,278 @@
+//! The build itself: weights loaded and checked, the graph declared, passed, calibrated and
+//! lowered, for a plan resolved once.
+
+use super::calibration::{activation_ranges, calibrate_weights, calibration, ranges_by_name};
+use super::error::{BuildError, BuildOption};
+use super::metadata::{function_name, model_info};
+use super::options::{ActivationRanges, BuildOptions, Precision};
+use super::plan::Plan;
+use super::report::{largest_intermediate, Intermediate, KeptFloat};
+use crate::ir::Graph;
+use crate::mil;
+use crate::models::Part;
+use crate::package::BlobWriter;
+use crate::passes::specialize_shapes::Specialize;
+use crate::passes::{self, PipelineOptions};
+use crate::weights::Weights;
+use std::time::{Duration, Instant};
+
+/// A built model in memory, before it is written.
+pub struct Compiled {
+    pub model: &'static str,
+    pub part: Part,
+    pub lowered: mil::Lowered,
+    pub largest_intermediate: Option<Intermediate>,
+    pub weights_sha256: String,
+    pub timings: Vec<(String, Duration)>,
+    pub kept_float: Option<KeptFloat>,
+}
+
+/// The IR of `opts`' model as the builder declares it (before any pass). A size whose value
+/// differs between the enumerated sizes stays symbolic (`H`, `W`).
+pub fn declare(opts: &BuildOptions, weights: &Weights) -> Result<Graph, BuildError> {
+    let plan = Plan::new(opts)?;
+    Ok(plan
+        .model
+        .build(plan.part, weights, &plan.fixed(), &opts.model_options)?)
+}
+
+/// [`declare`] that moves the weights into the graph rather than copying them.
+pub fn declare_owned(opts: &BuildOptions, weights: Weights) -> Result<Graph, BuildError> {
+    declare_planned(&Plan::new(opts)?, weights)
+}
+
+fn declare_planned(plan: &Plan, weights: Weights) -> Result<Graph, BuildError> {
+    Ok(plan
+        .model
+        .build_owned(plan.part, weights, &plan.fixed(), &plan.opts.model_options)?)
+}
+
+/// The pass pipeline `opts` asks for.
+pub fn pipeline_options(opts: &BuildOptions) -> Result<PipelineOptions, BuildError> {
+    Ok(Plan::resolve(opts)?.pipeline())
+}
+
+/// The model's ML Program in memory, no package written: loads weights, declares, optimizes and
+/// lowers the model; `after_pass` sees the declared graph
+/// (as `"declare"`) and the graph after each pass. The loaded weights move into the graph, so
+/// the model's tensors are in memory once.
+pub fn build_program(
+    opts: &BuildOptions,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
+    build_program_to(&Plan::new(opts)?, BlobWriter::new(), after_pass)
+}
+
+/// [`build_program`], with the weights going to `blobs`: a file-backed writer streams them into the
+/// package being written, so they are in memory once (in the graph), not twice.
+pub(super) fn build_program_to(
+    plan: &Plan,
+    blobs: BlobWriter,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
+    let t = Instant::now();
+    let path = plan.weights_path()?;
+    let source = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
+    let weights = plan
+        .model
+        .load(plan.part, &*source, &plan.opts.model_options)?;
+    let load = ("load weights".to_string(), t.elapsed());
+    let mut c = program_from(plan, WeightsIn::Owned(weights), blobs, after_pass)?;
+    c.timings.insert(0, load);
+    Ok(c)
+}
+
+/// [`build_program`] with weights already in memory (`opts.weights` is ignored); the graph copies
+/// the tensors it needs.
+pub fn compile_weights(
+    opts: &BuildOptions,
+    weights: &Weights,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
+    program_from(
+        &Plan::new(opts)?,
+        WeightsIn::Borrowed(weights),
+        BlobWriter::new(),
+        after_pass,
+    )
+}
+
+enum WeightsIn<'w> {
+    Borrowed(&'w Weights),
+    Owned(Weights),
+}
+
+fn program_from(
+    plan: &Plan,
+    weights: WeightsIn,
+    mut blobs: BlobWriter,
+    mut after_pass: impl FnMut(&str, &Graph),
+) -> Result<Compiled, BuildError> {
+    let mut timings = Vec::new();
+    let (opts, model, part) = (plan.opts, plan.model, plan.part);
+
+    // Hashed before declaring: an owned model's tensors leave the weights for the graph.
+    let t = Instant::now();
+    let w = match &weights {
+        WeightsIn::Borrowed(w) => w,
+        WeightsIn::Owned(w) => w,
+    };
+    let weights_sha256 = w.content_sha256();
+    let weights_path = w.path.clone();
+    timings.push(("hash weights".to_string(), t.elapsed()));
+    // Before the graph takes the tensors: NaN, infinities, values fp16 cannot hold.
+    crate::weights::check::check_weights(w, opts.precision == Precision::Fp16)?;
+
+    let t = Instant::now();
+    let g = match weights {
+        WeightsIn::Borrowed(w) => model.build(part, w, &plan.fixed(), &opts.model_options)?,
+        WeightsIn::Owned(w) => declare_planned(plan, w)?,
+    };
+    timings.push(("declare".to_string(), t.elapsed()));
+    after_pass("declare", &g);
+
+    let t = Instant::now();
+    let cal = calibration(plan, Some(&g))?;
+    if cal.is_some() {
+        timings.push(("load calibration".to_string(), t.elapsed()));
+    }
+
+    let pipeline = plan.pipeline();
+    let mut t = Instant::now();
+    let g = passes::run(g, &passes::prepare(&pipeline), |p, g| {
+        timings.push((p.name().to_string(), t.elapsed()));
+        after_pass(p.name(), g);
+        t = Instant::now();
+    })?;
+    // Measured on the graph as it will compute, just before its weights are compressed.
+    let t_stats = Instant::now();
+    let (layers, early_ranges) = match (&cal, &opts.compression) {
+        (Some(cal), Some(_)) => {
+            let (layers, ranges) = calibrate_weights(&g, cal, &opts.quantize_activations)?;
+            timings.push(("weight statistics".to_string(), t_stats.elapsed()));
+            (Some(passes::calibrated::Calibrated::new(layers)), ranges)
+        }
+        _ => (None, None),
+    };
+    let mut t = Instant::now();
+    let g = passes::run(g, &passes::finish(&pipeline, layers), |p, g| {
+        timings.push((p.name().to_string(), t.elapsed()));
+        after_pass(p.name(), g);
+        t = Instant::now();
+    })?;
+
+    // Last, on the final graph: the ranges are measured on the values the package computes.
+    let mut kept_float = None;
+    let g = match &opts.quantize_activations {
+        Some(src) => {
+            let t = Instant::now();
+            let ranges = match early_ranges.as_ref().and_then(|r| ranges_by_name(&g, r)) {
+                Some(r) => r,
+                None => {
+                    let r = activation_ranges(&g, src, cal.as_ref())?;
+                    timings.push(("activation ranges".to_string(), t.elapsed()));
+                    r
+                }
+            };
+            let keep_float = match (opts.activation_min_psnr, &cal) {
+                (Some(db), Some(cal)) => {
+                    let t = Instant::now();
+                    let choice = crate::calibrate::search::keep_float_for(&g, &ranges, cal, db)
+                        .map_err(|e| BuildError::Option {
+                            option: BuildOption::QuantizeActivations,
+                            reason: e.to_string(),
+                        })?;
+                    timings.push(("activation search".to_string(), t.elapsed()));
+                    kept_float = Some(KeptFloat {
+                        names: choice
+                            .keep_float
+                            .iter()
+                            .map(|&v| g.node(v).name.clone())
+                            .collect(),
+                        sites: choice.sites,
+                        psnr: choice.psnr,
+                    });
+                    choice.keep_float
+                }
+                _ => Default::default(),
+            };
+            let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(
+                passes::quantize_activations::QuantizeActivations { ranges, keep_float },
+            )];
+            let t = Instant::now();
+            let g = passes::run(g, &list, |p, g| after_pass(p.name(), g))?;
+            timings.push(("quantize_activations".to_string(), t.elapsed()));
+            g
+        }
+        None => g,
+    };
+
+    let mut largest = largest_intermediate(&g, &plan.sizes);
+    let t = Instant::now();
+    let mut info = model_info(plan, &weights_path, &weights_sha256)?;
+    if let Some(cal) = &cal {
+        info.user_defined
+            .insert("mlc.calibration.sha256".into(), cal.hash());
+        if opts.compression.is_some() {
+            info.user_defined.insert(
+                "mlc.weights.fit".into(),
+                "layer outputs (calibrated)".into(),
+            );
+        }
+    }
+    if opts.quantize_activations == Some(ActivationRanges::Calibrated) {
+        info.user_defined
+            .insert("mlc.activations".into(), "int8 (calibrated)".into());
+    }
+    let iface = plan.lowering();
+    let lowered = if opts.multifunction {
+        let image_sizes = plan.image_sizes()?;
+        let mut functions = Vec::new();
+        // Each function is its own run of the pass manager: specialised, verified, dumpable.
+        for (b, size) in plan.varying().into_iter().zip(image_sizes) {
+            let name = function_name(part, size);
+            let list: Vec<Box<dyn passes::Pass>> = vec![
+                Box::new(Specialize {
+                    sizes: b,
+                    function: name.clone(),
+                }),
+                // Static now, so the query count is known and attention can be chunked.
+                Box::new(passes::attention_pass(&pipeline)),
+            ];
+            let f = passes::run(g.clone(), &list, |p, g| after_pass(p.name(), g))?;
+            functions.push((name, f));
+        }
+        largest = functions
+            .iter()
+            .filter_map(|(_, f)| largest_intermediate(f, &[]))
+            .max_by_key(|l| l.bytes);
+        drop(g);
+        timings.push(("specialize_shapes".to_string(), t.elapsed()));
+        mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
+    } else {
+        mil::lower::lower_into(&g, opts.target, &info, &iface, &mut blobs)?
+    };
+    let lowered = if blobs.is_file() {
+        let weight_file = match blobs.is_empty() {
+            true => None,
+            false => Some(blobs.finish_file()?),
+        };
+        mil::Lowered {
+            model: lowered,
+            weight_bin: None,
+            weight_file,
+        }
+    } else {
+        mil::lower::in_memory(lowered, blobs)
+    };
+    timings.push(("lower".to_string(), t.elapsed()));
+    Ok(Compiled {
+        model: model.name(),
+        part,
+        lowered,
+        largest_intermediate: largest,
+        weights_sha256,
+        timings,
+        kept_float,
+    })
+}

@@ -1,0 +1,92 @@
+//! The package's metadata: description, author, license, sizes, the weights' hash and source,
+//! and each feature's description; and the names of a multifunction package's functions.
+
+use super::error::BuildError;
+use super::options::{InputType, OutputType};
+use super::plan::Plan;
+use crate::mil::ModelInfo;
+use crate::models::{Feature, Part, Role};
+use std::collections::BTreeMap;
+
+/// The metadata of the package `plan` builds from the weights at `weights_path`.
+pub(super) fn model_info(
+    plan: &Plan,
+    weights_path: &std::path::Path,
+    sha256: &str,
+) -> Result<ModelInfo, BuildError> {
+    let (opts, model, part, iface) = (plan.opts, plan.model, plan.part, &plan.interface);
+    // Text encoders have no image; an image encoder's weights fix its size (none is recorded
+    // unless one was asked for).
+    let sizes: Vec<String> = match iface.feature(Role::Image) {
+        Some(_) if !plan.fixed_by_weights() => plan
+            .image_sizes()?
+            .iter()
+            .map(|s| format!("{}x{}", s[0], s[1]))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut user_defined = BTreeMap::from([
+        ("mlc.model".to_string(), model.name().to_string()),
+        (
+            "mlc.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("mlc.target".to_string(), opts.target.name().to_string()),
+        ("mlc.weights.sha256".to_string(), sha256.to_string()),
+    ]);
+    if !sizes.is_empty() {
+        user_defined.insert("mlc.image_sizes".to_string(), sizes.join(","));
+    }
+    if let Some(source) = model.weights_source(weights_path) {
+        user_defined.insert("mlc.weights.source".to_string(), source);
+    }
+    if part != model.parts()[0] {
+        user_defined.insert("mlc.part".to_string(), part.name().to_string());
+    }
+    let d = model.description(part, &sizes.join(", "));
+    Ok(ModelInfo {
+        short_description: d.short,
+        author: d.author,
+        license: d.license,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        user_defined,
+        feature_descriptions: iface
+            .inputs
+            .iter()
+            .map(|f| (f, opts.input_type == InputType::Image))
+            .chain(
+                iface
+                    .outputs
+                    .iter()
+                    .map(|f| (f, opts.output_type == OutputType::Image)),
+            )
+            .map(|(f, as_image)| (f.name.clone(), feature_description(f, as_image)))
+            .collect(),
+    })
+}
+
+/// What a feature's description says; an RGB image passed as a Core ML image is described as
+/// one, since the interface's text speaks of the array the model computes on.
+fn feature_description(f: &Feature, as_image: bool) -> String {
+    match (as_image, f.role, f.range) {
+        (true, Role::Image, Some((lo, hi))) => format!(
+            "RGB image, 8 bits per channel (pixels 0..255 are the model's [{lo}, {hi}]{})",
+            if f.normalization.is_some() {
+                ", then normalised per channel"
+            } else {
+                ""
+            }
+        ),
+        _ => f.description.clone(),
+    }
+}
+
+/// Function names of a multifunction package: what it does and the image size it does it at
+/// (`decode_768x1024`).
+pub fn function_name(part: Part, image: [usize; 2]) -> String {
+    let verb = match part {
+        Part::Decoder => "decode",
+        Part::Encoder => "encode",
+    };
+    format!("{verb}_{}x{}", image[0], image[1])
+}

@@ -1,0 +1,319 @@
+//! A build's options resolved once: the model and part, its interface, the symbol values of every
+//! size, and what the passes and the lowering are told. Everything after this reads the plan.
+
+use super::error::{option_error, BuildError, BuildOption};
+use super::options::{
+    ArrayLayout, BuildOptions, InputType, OutputType, Precision, Sizes, MAX_IMAGE_SIDE, MAX_SIZES,
+};
+use crate::mil::{lower, Target};
+use crate::models::{self, Model, ModelError, Part, Role};
+use crate::passes::image_input::PixelMap;
+use crate::passes::specialize_shapes::Bindings;
+use crate::passes::PipelineOptions;
+use std::path::PathBuf;
+
+/// What `opts` build, resolved.
+pub struct Plan<'o> {
+    pub opts: &'o BuildOptions,
+    pub model: &'static dyn Model,
+    pub part: Part,
+    /// The part's interface under the options.
+    pub interface: models::Interface,
+    /// The interface symbols' values for every size, the default first.
+    pub sizes: Vec<Bindings>,
+}
+
+impl<'o> Plan<'o> {
+    /// Resolves `opts` and checks every option combination before any work is done.
+    pub fn new(opts: &'o BuildOptions) -> Result<Plan<'o>, BuildError> {
+        let plan = Plan::resolve(opts)?;
+        super::validate::validate(&plan)?;
+        Ok(plan)
+    }
+
+    /// Resolves the model, part, interface and sizes; refuses an option the model does not take
+    /// and sizes the interface cannot have, nothing else.
+    pub fn resolve(opts: &'o BuildOptions) -> Result<Plan<'o>, BuildError> {
+        let (model, part) = model_part(opts)?;
+        super::validate::declared(opts, model, part)?;
+        let interface = model.interface(part, &opts.model_options);
+        let sizes = size_bindings(opts, &interface)?;
+        Ok(Plan {
+            opts,
+            model,
+            part,
+            interface,
+            sizes,
+        })
+    }
+
+    /// The symbols whose value is the same at every size, with that value.
+    pub fn fixed(&self) -> Bindings {
+        let Some(first) = self.sizes.first() else {
+            return Bindings::new();
+        };
+        first
+            .iter()
+            .filter(|(k, v)| self.sizes.iter().all(|b| b.get(*k) == Some(v)))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Symbol values per size for the symbols whose size varies (empty for a static model).
+    pub fn varying(&self) -> Vec<Bindings> {
+        if self.sizes.len() < 2 {
+            return vec![];
+        }
+        let fixed = self.fixed();
+        self.sizes
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .filter(|(k, _)| !fixed.contains_key(*k))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The image size at every size, `[height, width]`.
+    pub fn image_sizes(&self) -> Result<Vec<[usize; 2]>, BuildError> {
+        self.sizes
+            .iter()
+            .map(|b| {
+                self.interface
+                    .size_of(Role::Image, b)
+                    .ok_or_else(|| BuildError::Option {
+                        option: BuildOption::Sizes,
+                        reason: format!("{} has no image size", self.model.name()),
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether the image size is the weights' alone: no size given, and the interface has none
+    /// by default (`clip-vision`, whose position embeddings fix it).
+    pub fn fixed_by_weights(&self) -> bool {
+        self.sizes
+            .iter()
+            .any(|b| self.interface.size_of(Role::Image, b).is_none())
+    }
+
+    /// The weights file to read: the given one, or the published one, fetched if not cached.
+    pub fn weights_path(&self) -> Result<PathBuf, BuildError> {
+        if let Some(p) = &self.opts.weights {
+            return Ok(p.clone());
+        }
+        let (model, part) = (self.model, self.part);
+        let src = match (model.published(part), part) {
+            (Some(src), _) => src,
+            (None, Part::Decoder) => crate::hub::require_source(model.name())?,
+            (None, Part::Encoder) => {
+                return option_error(
+                    BuildOption::Weights,
+                    format!(
+                        "no published {part} weights for {} are known; give a weights file",
+                        model.name()
+                    ),
+                )
+            }
+        };
+        Ok(crate::hub::resolve(src, &crate::hub::HubConfig::from_env())?.path)
+    }
+
+    /// The package to write: the given path, else `<model>_<part>.mlpackage`.
+    pub fn output_path(&self) -> PathBuf {
+        self.opts.output.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("{}_{}.mlpackage", self.model.name(), self.part))
+        })
+    }
+
+    /// Refuses, before building, a package mlc's own compiler ([`crate::mlmodelc`]) would
+    /// refuse after: several sizes in one function are enumerated shapes.
+    pub fn check_mlc_compilable(&self) -> Result<(), BuildError> {
+        if self.sizes.len() > 1 && !self.opts.multifunction {
+            return option_error(
+                BuildOption::Compile,
+                format!(
+                    "several sizes in one function are enumerated shapes, {}",
+                    crate::mlmodelc::ENUMERATED_SHAPES
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// How the package's features are described to the lowering.
+    pub fn lowering(&self) -> lower::FeatureTypes {
+        lower::FeatureTypes {
+            sizes: if self.opts.multifunction {
+                vec![]
+            } else {
+                self.varying()
+            },
+            image_outputs: self.opts.output_type == OutputType::Image,
+            image_inputs: self.opts.input_type == InputType::Image,
+        }
+    }
+
+    /// The pass pipeline the options ask for.
+    pub fn pipeline(&self) -> PipelineOptions {
+        let opts = self.opts;
+        let fp16 = opts.precision == Precision::Fp16;
+        let fp16_io = fp16 && opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
+        let image = opts.output_type == OutputType::Image;
+        let image_in = opts.input_type == InputType::Image;
+        PipelineOptions {
+            fp16,
+            fp16_inputs: fp16_io && !image_in,
+            fp16_outputs: fp16_io && !image,
+            input_nhwc: opts.input_layout == ArrayLayout::Nhwc,
+            output_nhwc: opts.output_layout == ArrayLayout::Nhwc,
+            image_output: if image {
+                image_range(&self.interface.outputs)
+            } else {
+                None
+            },
+            image_input: if image_in {
+                image_pixels(&self.interface.inputs)
+            } else {
+                None
+            },
+            sizes: self.lowering().sizes,
+            compression: opts.compression.clone(),
+            fused_attention: opts.target >= Target::Ios18,
+            lower_attention: !opts.multifunction,
+        }
+    }
+}
+
+impl BuildOptions {
+    /// Resolves and checks the options: see [`Plan::new`].
+    pub fn plan(&self) -> Result<Plan<'_>, BuildError> {
+        Plan::new(self)
+    }
+
+    /// The model and part asked for.
+    pub fn model_part(&self) -> Result<(&'static dyn Model, Part), BuildError> {
+        model_part(self)
+    }
+
+    /// The weights file to read: the given one, or the published one, fetched if not cached.
+    pub fn weights_path(&self) -> Result<PathBuf, BuildError> {
+        Plan::resolve(self)?.weights_path()
+    }
+
+    pub fn output_path(&self) -> Result<PathBuf, BuildError> {
+        Ok(Plan::resolve(self)?.output_path())
+    }
+
+    /// The interface symbols' values for every size, the default first.
+    pub fn size_bindings(&self) -> Result<Vec<Bindings>, BuildError> {
+        Ok(Plan::resolve(self)?.sizes)
+    }
+
+    /// Checks option combinations before any work is done.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        Plan::new(self).map(drop)
+    }
+}
+
+fn model_part(opts: &BuildOptions) -> Result<(&'static dyn Model, Part), BuildError> {
+    let model = models::lookup(&opts.model)?;
+    let part = match opts.part {
+        None => model.parts()[0],
+        Some(p) if model.parts().contains(&p) => p,
+        Some(p) => {
+            return Err(ModelError::NoPart {
+                model: model.name(),
+                part: p,
+                has: model
+                    .parts()
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into())
+        }
+    };
+    Ok((model, part))
+}
+
+/// The interface symbols' values for every size `opts` name, the default first.
+fn size_bindings(
+    opts: &BuildOptions,
+    iface: &models::Interface,
+) -> Result<Vec<Bindings>, BuildError> {
+    let (role, sizes) = match &opts.sizes {
+        Sizes::Default => return Ok(vec![iface.default_size.clone()]),
+        Sizes::Latent(s) => (Role::Latent, s),
+        Sizes::Image(s) => (Role::Image, s),
+    };
+    let bad = |m: String| option_error(BuildOption::Sizes, m);
+    if sizes.is_empty() {
+        return bad("no size given".into());
+    }
+    if sizes.len() > MAX_SIZES {
+        return bad(format!(
+            "{} sizes given; at most {MAX_SIZES} can be enumerated",
+            sizes.len()
+        ));
+    }
+    let mut out: Vec<Bindings> = Vec::with_capacity(sizes.len());
+    for s in sizes {
+        if s.contains(&0) {
+            return bad(format!("{} size {}x{} is empty", role.name(), s[0], s[1]));
+        }
+        let too_big = |side: &[usize; 2]| side.iter().any(|&n| n > MAX_IMAGE_SIDE);
+        if too_big(s) {
+            return bad(format!(
+                "{} size {}x{} is over the limit of {MAX_IMAGE_SIDE} per side",
+                role.name(),
+                s[0],
+                s[1]
+            ));
+        }
+        let b = iface.bindings(role, *s)?;
+        if let Some(image) = iface.size_of(Role::Image, &b).filter(too_big) {
+            return bad(format!(
+                "{} size {}x{} gives {}x{} images, over the limit of {MAX_IMAGE_SIDE} pixels per side",
+                role.name(),
+                s[0],
+                s[1],
+                image[0],
+                image[1]
+            ));
+        }
+        if out.contains(&b) {
+            return bad(format!(
+                "{} size {}x{} is given twice",
+                role.name(),
+                s[0],
+                s[1]
+            ));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// The value range of the one RGB image among `features`, if there is one.
+pub(super) fn image_range(features: &[models::Feature]) -> Option<(f32, f32)> {
+    match features {
+        [f] => f.range,
+        _ => None,
+    }
+}
+
+/// How the one RGB image input among `features` maps 0..255 pixels to the model's values.
+fn image_pixels(features: &[models::Feature]) -> Option<PixelMap> {
+    let [f] = features else {
+        return None;
+    };
+    let (low, high) = f.range?;
+    Some(match f.normalization {
+        None => PixelMap::range(low, high),
+        Some(n) => PixelMap::normalized(low, high, n.mean, n.std),
+    })
+}

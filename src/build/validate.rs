@@ -1,0 +1,304 @@
+//! Option combinations a build cannot honour, refused before any work with one line naming the
+//! option: what the target supports, what compression and calibration need, and the options a
+//! model does not declare.
+
+use super::error::{option_error, BuildError, BuildOption};
+use super::options::{
+    ActivationRanges, ArrayLayout, BuildOptions, InputType, OutputType, Precision, QuantMode, Sizes,
+};
+use super::plan::{image_range, Plan};
+use crate::mil::Target;
+use crate::models::{Model, ModelError, ModelOption, Part, Role, TransformerLayout};
+use crate::passes::Compression;
+
+/// The options only some models take that `opts` set, in [`ModelOption::ALL`]'s order.
+pub fn requested(opts: &BuildOptions) -> Vec<ModelOption> {
+    ModelOption::ALL
+        .into_iter()
+        .filter(|&o| asks(opts, o))
+        .collect()
+}
+
+fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
+    let m = &opts.model_options;
+    match o {
+        ModelOption::Multifunction => opts.multifunction,
+        ModelOption::LatentSize => matches!(opts.sizes, Sizes::Latent(_)),
+        ModelOption::ImageSize => matches!(opts.sizes, Sizes::Image(_)),
+        ModelOption::InputLayout => opts.input_layout == ArrayLayout::Nhwc,
+        ModelOption::OutputLayout => opts.output_layout == ArrayLayout::Nhwc,
+        ModelOption::InputImage => opts.input_type == InputType::Image,
+        ModelOption::OutputImage => opts.output_type == OutputType::Image,
+        ModelOption::LatentScaling => m.latent_scaling,
+        ModelOption::PackedInput => m.packed_input,
+        ModelOption::LogvarOutput => m.logvar_output,
+        ModelOption::HiddenLayer => m.hidden_layer.is_some(),
+        ModelOption::Layout => m.layout != TransformerLayout::Standard,
+    }
+}
+
+/// Refuses the first option `opts` set that the model's part does not declare.
+pub fn declared(opts: &BuildOptions, model: &dyn Model, part: Part) -> Result<(), BuildError> {
+    let takes = model.options(part);
+    match requested(opts).into_iter().find(|&o| !takes.contains(o)) {
+        None => Ok(()),
+        Some(o) => Err(ModelError::Option {
+            model: model.name(),
+            part,
+            option: o.flag(),
+            takes: takes.flags(),
+        }
+        .into()),
+    }
+}
+
+/// Checks option combinations before any work is done.
+pub fn validate(plan: &Plan) -> Result<(), BuildError> {
+    use BuildOption as O;
+    let (opts, model, part, iface) = (plan.opts, plan.model, plan.part, &plan.interface);
+    let sizes = &plan.sizes;
+    let ios18 = |o: BuildOption| {
+        option_error(
+            o,
+            format!("needs target ios18 or newer (got {})", opts.target),
+        )
+    };
+    if opts.multifunction {
+        if opts.target < Target::Ios18 {
+            return ios18(O::Multifunction);
+        }
+        if sizes.len() < 2 {
+            return option_error(
+                O::Multifunction,
+                "needs at least two sizes (one function per size)",
+            );
+        }
+    }
+    match &opts.compression {
+        Some(Compression::Palettize {
+            bits, group_size, ..
+        }) => {
+            let ok: &[u32] = if opts.target >= Target::Ios18 {
+                &[1, 2, 3, 4, 6, 8]
+            } else {
+                &[1, 2, 4, 6, 8]
+            };
+            if !ok.contains(bits) {
+                let also = if *bits == 3 {
+                    " (3 needs target ios18)"
+                } else {
+                    ""
+                };
+                return option_error(
+                    O::Palettize(*bits),
+                    format!("{} supports {ok:?} bits{also}", opts.target),
+                );
+            }
+            if let Some(g) = group_size {
+                if *g == 0 {
+                    return option_error(O::Granularity, "the group size must be positive");
+                }
+                if opts.target < Target::Ios18 {
+                    return ios18(O::Granularity);
+                }
+            }
+        }
+        Some(Compression::Quantize {
+            mode,
+            block_size: Some(b),
+            ..
+        }) => {
+            if *b == 0 {
+                return option_error(O::BlockSize, "the block size must be positive");
+            }
+            if opts.target < Target::Ios18 {
+                return ios18(O::BlockSize);
+            }
+            if *mode == QuantMode::Uint8 {
+                return option_error(
+                    O::BlockSize,
+                    "block scales are for int8 only (uint8 keeps one scale per channel)",
+                );
+            }
+        }
+        Some(Compression::Quantize {
+            block_size: None, ..
+        }) => {}
+        None => {}
+    }
+    if let Some(src) = &opts.quantize_activations {
+        if opts.target < Target::Ios17 {
+            return option_error(
+                O::QuantizeActivations,
+                format!(
+                    "needs target ios17 or newer for MIL's quantize op (got {})",
+                    opts.target
+                ),
+            );
+        }
+        if let Some(p) = opts.activation_min_psnr.filter(|p| !p.is_finite()) {
+            return option_error(
+                O::QuantizeActivations,
+                format!("--activation-min-psnr {p}: needs a finite number of dB"),
+            );
+        }
+        if let (Some(p), ActivationRanges::MaxAbs(_)) = (opts.activation_min_psnr, src) {
+            return option_error(
+                O::QuantizeActivations,
+                format!("--activation-min-psnr {p} needs a calibration set"),
+            );
+        }
+        if *src == ActivationRanges::Calibrated && opts.calibration.is_none() {
+            return option_error(O::QuantizeActivations, "needs a calibration set");
+        }
+    }
+    if let Some(c) = &opts.calibration {
+        if opts.compression.is_none() && opts.quantize_activations.is_none() {
+            return option_error(
+                O::Calibration,
+                "calibrates compression: give a weight compression or int8 activations",
+            );
+        }
+        if std::fs::metadata(&c.path).is_err() {
+            return option_error(
+                O::Calibration,
+                format!("calibration {}: not found", c.path.display()),
+            );
+        }
+    }
+    // An image size with no default is the weights' (clip-vision's position table): one
+    // size can be checked against them, several cannot all be it.
+    if sizes.len() > 1
+        && iface.feature(Role::Image).is_some()
+        && iface.size_of(Role::Image, &iface.default_size).is_none()
+    {
+        return option_error(
+            O::Sizes,
+            format!(
+                "{} sizes given, but {}'s weights fix its one image size",
+                sizes.len(),
+                model.name()
+            ),
+        );
+    }
+    if opts.output_type == OutputType::Image && image_range(&iface.outputs).is_none() {
+        return option_error(
+            O::OutputType,
+            format!("the {part}'s output is not an RGB image"),
+        );
+    }
+    if opts.input_type == InputType::Image {
+        if image_range(&iface.inputs).is_none() {
+            return option_error(
+                O::InputType,
+                format!("the {part}'s input is not an RGB image"),
+            );
+        }
+        if opts.io_precision == Some(Precision::Fp16) {
+            return option_error(
+                O::InputType,
+                "Core ML image inputs are fp32 arrays; fp16 I/O precision cannot apply",
+            );
+        }
+        if opts.input_layout == ArrayLayout::Nhwc {
+            return option_error(
+                O::InputType,
+                "an image has its own layout; an NHWC input layout cannot apply",
+            );
+        }
+    }
+    if opts.output_type == OutputType::Image {
+        if opts.io_precision == Some(Precision::Fp16) {
+            return option_error(
+                O::OutputType,
+                "Core ML image outputs are fp32 arrays; fp16 I/O precision cannot apply",
+            );
+        }
+        if opts.output_layout == ArrayLayout::Nhwc {
+            return option_error(
+                O::OutputType,
+                "an image has its own layout; an NHWC output layout cannot apply",
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::options::Sizes;
+    use crate::models::{registry, OptionSet};
+
+    /// Options asking for `o` alone, in a form the build accepts where the model takes it.
+    fn asking(model: &str, part: Part, o: ModelOption) -> BuildOptions {
+        let mut opts = BuildOptions::new(model, "unread.safetensors");
+        opts.part = Some(part);
+        match o {
+            ModelOption::LatentSize => opts.sizes = Sizes::Latent(vec![[8, 8]]),
+            ModelOption::ImageSize => opts.sizes = Sizes::Image(vec![[64, 64]]),
+            ModelOption::Multifunction => {
+                opts.multifunction = true;
+                opts.target = Target::Ios18;
+                opts.sizes = Sizes::Latent(vec![[8, 8], [16, 16]]);
+            }
+            ModelOption::InputLayout => opts.input_layout = ArrayLayout::Nhwc,
+            ModelOption::OutputLayout => opts.output_layout = ArrayLayout::Nhwc,
+            ModelOption::InputImage => opts.input_type = InputType::Image,
+            ModelOption::OutputImage => opts.output_type = OutputType::Image,
+            ModelOption::LatentScaling => opts.model_options.latent_scaling = true,
+            ModelOption::PackedInput => opts.model_options.packed_input = true,
+            ModelOption::LogvarOutput => opts.model_options.logvar_output = true,
+            ModelOption::HiddenLayer => opts.model_options.hidden_layer = Some(2),
+            ModelOption::Layout => opts.model_options.layout = TransformerLayout::Ane,
+        }
+        assert_eq!(
+            requested(&opts)[0],
+            o,
+            "{o:?} is the option asked for first"
+        );
+        opts
+    }
+
+    #[test]
+    fn every_model_refuses_every_option_it_does_not_declare() {
+        let mut refused = 0;
+        for model in registry() {
+            for &part in model.parts() {
+                let takes = model.options(part);
+                for o in ModelOption::ALL {
+                    let opts = asking(model.name(), part, o);
+                    // Validated whole, nothing built: the weights are never read.
+                    let got = Plan::new(&opts);
+                    let who = format!("{} {part} {}", model.name(), o.flag());
+                    if takes.contains(o) {
+                        assert!(got.is_ok(), "{who}: {}", got.err().unwrap());
+                        continue;
+                    }
+                    refused += 1;
+                    let e = got.err().expect(&who).to_string();
+                    let flag = o.flag().split(' ').next().unwrap();
+                    assert!(
+                        e.starts_with(&format!("{} {part} does not take {flag}", model.name()))
+                            && !e.contains('\n'),
+                        "{who}: {e}"
+                    );
+                }
+            }
+        }
+        // The bug this replaced: sd-vae took --layout ane and built the standard package.
+        let sd = crate::models::lookup("sd-vae").unwrap();
+        assert!(!sd.options(Part::Decoder).contains(ModelOption::Layout));
+        assert!(refused > 50, "{refused}");
+    }
+
+    #[test]
+    fn option_sets_list_their_flags_in_order() {
+        use ModelOption::*;
+        let s = OptionSet::of(&[Layout, HiddenLayer]);
+        assert!(s.contains(Layout) && !s.contains(LatentScaling));
+        assert_eq!(s.flags(), "--hidden-layer, --layout ane");
+        assert_eq!(OptionSet::NONE.flags(), "none of these options");
+        assert_eq!(OptionSet::SPATIAL.with(&[LogvarOutput]).iter().count(), 6);
+    }
+}

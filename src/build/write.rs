@@ -1,0 +1,83 @@
+//! Writing a build: the package opened first so the lowering streams its weights into it, the
+//! passes dumped if asked, and the package finished atomically.
+
+use super::driver::{build_program_to, Compiled};
+use super::error::BuildError;
+use super::options::BuildOptions;
+use super::plan::Plan;
+use super::report::{count_ops, BuildReport};
+use crate::package::{self, BlobWriter};
+use std::time::Instant;
+
+/// Builds the package `opts` describes and writes it atomically.
+///
+/// Prints nothing, so it can run in a build script: with mlc as a build dependency, an app crate
+/// compiles its decoder into `OUT_DIR` and bakes the path in (tests/buildscript does this).
+///
+/// ```no_run
+/// // build.rs
+/// use mlc::compiler::{build, BuildOptions};
+/// use std::path::PathBuf;
+///
+/// let weights = "weights/taef2_decoder.safetensors";
+/// println!("cargo:rerun-if-changed={weights}");
+/// let mut opts = BuildOptions::new("flux2", weights);
+/// let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+/// opts.output = Some(out_dir.join("taef2.mlpackage"));
+/// opts.sizes = mlc::compiler::Sizes::Latent(vec![[32, 32]]); // 256x256 images
+/// let report = build(&opts).unwrap_or_else(|e| panic!("mlc: {e}"));
+/// // In the crate: `env!("TAEF2_MLPACKAGE")`.
+/// println!("cargo:rustc-env=TAEF2_MLPACKAGE={}", report.package.display());
+/// ```
+pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    build_plan(&Plan::new(opts)?)
+}
+
+/// [`build`] for options already resolved and checked.
+pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
+    let opts = plan.opts;
+    let out = plan.output_path();
+    // Opened first, so the lowering writes weight.bin straight into the package; dropped on an
+    // error, it removes what it made.
+    let writer = package::PackageWriter::begin(&out)?;
+    let blobs = BlobWriter::to_file(&writer.weights_path())?;
+    let mut dumper = match &opts.dump_passes {
+        Some(dir) => Some(
+            crate::dump::Dumper::new(dir, opts.target, plan.lowering())
+                .map_err(BuildError::Dump)?,
+        ),
+        None => None,
+    };
+    let compiled = build_program_to(plan, blobs, |pass, g| {
+        if let Some(d) = dumper.as_mut() {
+            d.dump(pass, g);
+        }
+    })?;
+    if let Some(d) = dumper {
+        d.finish().map_err(BuildError::Dump)?;
+    }
+    let Compiled {
+        model,
+        part,
+        lowered,
+        largest_intermediate,
+        weights_sha256,
+        mut timings,
+        kept_float,
+    } = compiled;
+    let t = Instant::now();
+    writer.finish(&lowered.model, lowered.has_weights())?;
+    timings.push(("write".to_string(), t.elapsed()));
+    Ok(BuildReport {
+        package: out,
+        model,
+        part,
+        ops: count_ops(&lowered.model),
+        weight_bytes: lowered.weight_bytes() as usize,
+        weights_sha256,
+        timings,
+        ane: crate::ane::analyze(&lowered.model),
+        largest_intermediate,
+        kept_float,
+    })
+}
