@@ -84,9 +84,5 @@ fn feature_description(f: &Feature, as_image: bool) -> String {
 /// Function names of a multifunction package: what it does and the image size it does it at
 /// (`decode_768x1024`).
 pub fn function_name(part: Part, image: [usize; 2]) -> String {
-    let verb = match part {
-        Part::Decoder => "decode",
-        Part::Encoder => "encode",
-    };
-    format!("{verb}_{}x{}", image[0], image[1])
+    format!("{}_{}x{}", part.function_verb(), image[0], image[1])
 }

@@ -107,8 +107,8 @@ impl<'o> Plan<'o> {
         let (model, part) = (self.model, self.part);
         let src = match (model.published(part), part) {
             (Some(src), _) => src,
-            (None, Part::Decoder) => crate::hub::require_source(model.name())?,
-            (None, Part::Encoder) => {
+            (None, Part::DECODER) => crate::hub::require_source(model.name())?,
+            (None, _) => {
                 return option_error(
                     BuildOption::Weights,
                     format!(
@@ -220,22 +220,24 @@ impl BuildOptions {
 
 fn model_part(opts: &BuildOptions) -> Result<(&'static dyn Model, Part), BuildError> {
     let model = models::lookup(&opts.model)?;
-    let part = match opts.part {
+    let part = match opts.part.as_deref() {
         None => model.parts()[0],
-        Some(p) if model.parts().contains(&p) => p,
-        Some(p) => {
-            return Err(ModelError::NoPart {
-                model: model.name(),
-                part: p,
-                has: model
-                    .parts()
-                    .iter()
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+        Some(p) => match model.parts().iter().find(|q| q.name() == p) {
+            Some(q) => *q,
+            None => {
+                return Err(ModelError::NoPart {
+                    model: model.name(),
+                    part: p.to_string(),
+                    has: model
+                        .parts()
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into())
             }
-            .into())
-        }
+        },
     };
     Ok((model, part))
 }

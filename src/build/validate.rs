@@ -233,7 +233,7 @@ mod tests {
     /// Options asking for `o` alone, in a form the build accepts where the model takes it.
     fn asking(model: &str, part: Part, o: ModelOption) -> BuildOptions {
         let mut opts = BuildOptions::new(model, "unread.safetensors");
-        opts.part = Some(part);
+        opts.part = Some(part.into());
         match o {
             ModelOption::LatentSize => opts.sizes = Sizes::Latent(vec![[8, 8]]),
             ModelOption::ImageSize => opts.sizes = Sizes::Image(vec![[64, 64]]),
@@ -258,6 +258,18 @@ mod tests {
             "{o:?} is the option asked for first"
         );
         opts
+    }
+
+    #[test]
+    fn a_part_the_model_does_not_list_is_refused_with_its_list() {
+        let mut opts = BuildOptions::new("clip-l", "unread.safetensors");
+        opts.part = Some("decoder".into());
+        let e = opts.validate().unwrap_err().to_string();
+        assert_eq!(e, "clip-l has no part \"decoder\" (its parts: encoder)");
+        opts.part = Some("encoder".into());
+        assert_eq!(opts.model_part().unwrap().1, Part::ENCODER);
+        opts.part = None;
+        assert_eq!(opts.model_part().unwrap().1, Part::ENCODER);
     }
 
     #[test]
@@ -288,7 +300,7 @@ mod tests {
         }
         // The bug this replaced: sd-vae took --layout ane and built the standard package.
         let sd = crate::models::lookup("sd-vae").unwrap();
-        assert!(!sd.options(Part::Decoder).contains(ModelOption::Layout));
+        assert!(!sd.options(Part::DECODER).contains(ModelOption::Layout));
         assert!(refused > 50, "{refused}");
     }
 

@@ -17,27 +17,52 @@ use crate::weights::{TensorSource, WeightError, Weights};
 pub use options::{ModelOption, OptionSet};
 use std::fmt;
 
-/// Which half of an autoencoder; a text encoder is an encoder with no decoder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Part {
-    /// Latent → image.
-    Decoder,
-    /// Image → latent; token ids → hidden states.
-    Encoder,
+/// One separately built piece of a model, from the model's own list ([`Model::parts`]): an
+/// autoencoder has a decoder and an encoder, a text encoder one part, a UNet its own. A family
+/// declares new parts in its own folder (`Part::new("unet")`); nothing shared lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Part {
+    name: &'static str,
+    verb: &'static str,
 }
 
 impl Part {
+    /// Latent → image.
+    pub const DECODER: Part = Part::with_verb("decoder", "decode");
+    /// Image → latent; token ids → hidden states.
+    pub const ENCODER: Part = Part::with_verb("encoder", "encode");
+
+    /// A part whose multifunction packages name their functions after the part itself
+    /// (`unet_64x64`).
+    pub const fn new(name: &'static str) -> Part {
+        Part::with_verb(name, name)
+    }
+
+    /// A part whose functions are named by `verb` (`decode_768x1024`).
+    pub const fn with_verb(name: &'static str, verb: &'static str) -> Part {
+        Part { name, verb }
+    }
+
+    /// The name `--part` takes and metadata (`mlc.part`) records.
     pub fn name(self) -> &'static str {
-        match self {
-            Part::Decoder => "decoder",
-            Part::Encoder => "encoder",
-        }
+        self.name
+    }
+
+    /// What a multifunction package's functions are named by: `{verb}_{h}x{w}`.
+    pub fn function_verb(self) -> &'static str {
+        self.verb
     }
 }
 
 impl fmt::Display for Part {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl From<Part> for String {
+    fn from(p: Part) -> String {
+        p.name.to_string()
     }
 }
 
@@ -316,11 +341,11 @@ pub trait Model: Sync {
         self.build(part, &weights, fixed, options)
     }
     /// For a part taking latents: where the encoder that turns calibration photos into them
-    /// finds its weights (this model's [`Part::Encoder`], built at the matching size). None
+    /// finds its weights (this model's [`Part::ENCODER`], built at the matching size). None
     /// when photos cannot feed the part. The default: a decoder of a model with an encoder
     /// uses a separate encoder file.
     fn calibration_encoder(&self, part: Part) -> Option<EncoderWeights> {
-        (part == Part::Decoder && self.parts().contains(&Part::Encoder))
+        (part == Part::DECODER && self.parts().contains(&Part::ENCODER))
             .then_some(EncoderWeights::Separate)
     }
     /// The published weights file for a part, when there is one to download.
@@ -385,10 +410,10 @@ pub fn known_names() -> String {
 pub enum ModelError {
     #[error("unknown model {name:?}; known models: {known}")]
     UnknownModel { name: String, known: String },
-    #[error("{model} has no {part} (it has: {has})")]
+    #[error("{model} has no part {part:?} (its parts: {has})")]
     NoPart {
         model: &'static str,
-        part: Part,
+        part: String,
         has: String,
     },
     #[error("{file}: {reason}")]
@@ -401,8 +426,9 @@ pub enum ModelError {
     OtherPart {
         file: String,
         family: &'static str,
-        part: Part,
-        other: Part,
+        /// Part names ([`Part::name`]), what `--part` takes.
+        part: &'static str,
+        other: &'static str,
         key: &'static str,
         other_key: &'static str,
     },
@@ -440,14 +466,27 @@ mod tests {
     }
 
     #[test]
+    fn parts_name_themselves_and_their_functions() {
+        assert_eq!(Part::DECODER.name(), "decoder");
+        assert_eq!(Part::ENCODER.to_string(), "encoder");
+        assert_eq!(Part::DECODER.function_verb(), "decode");
+        assert_eq!(Part::ENCODER.function_verb(), "encode");
+        // A family's own part, declared where the family lives.
+        let unet = Part::new("unet");
+        assert_eq!((unet.name(), unet.function_verb()), ("unet", "unet"));
+        assert_ne!(unet, Part::DECODER);
+        assert_eq!(String::from(unet), "unet");
+    }
+
+    #[test]
     fn sizes_resolve_through_either_role() {
         let none = ModelOptions::default();
-        let i = lookup("flux2").unwrap().interface(Part::Decoder, &none);
+        let i = lookup("flux2").unwrap().interface(Part::DECODER, &none);
         let b = i.bindings(Role::Image, [768, 1024]).unwrap();
         assert_eq!(i.size_of(Role::Latent, &b), Some([96, 128]));
         let e = i.bindings(Role::Image, [100, 96]).unwrap_err().to_string();
         assert!(e.contains("100x96"), "{e}");
-        let enc = lookup("flux2").unwrap().interface(Part::Encoder, &none);
+        let enc = lookup("flux2").unwrap().interface(Part::ENCODER, &none);
         let b = enc.bindings(Role::Latent, [8, 6]).unwrap();
         assert_eq!(enc.size_of(Role::Image, &b), Some([64, 48]));
         let e = enc.bindings(Role::Image, [60, 64]).unwrap_err().to_string();

@@ -263,7 +263,7 @@ impl Model for Clip {
     }
 
     fn parts(&self) -> &'static [Part] {
-        &[Part::Encoder]
+        &[Part::ENCODER]
     }
 
     fn interface(&self, _part: Part, o: &ModelOptions) -> Interface {

@@ -201,7 +201,7 @@ impl Model for ClipVision {
     }
 
     fn parts(&self) -> &'static [Part] {
-        &[Part::Encoder]
+        &[Part::ENCODER]
     }
 
     fn options(&self, _part: Part) -> OptionSet {
