@@ -108,7 +108,7 @@ fn image_feed(
         return Ok(ImageFeed::Direct {
             input: f.name.clone(),
             size,
-            range: f.range.unwrap_or((0.0, 1.0)),
+            range: f.image.map_or((0.0, 1.0), |i| i.range),
         });
     }
     let (Some(how), [latent]) = (model.calibration_encoder(part), &iface.inputs[..]) else {
@@ -178,8 +178,8 @@ fn image_feed(
     let range = enc_iface
         .inputs
         .first()
-        .and_then(|f| f.range)
-        .unwrap_or((0.0, 1.0));
+        .and_then(|f| f.image)
+        .map_or((0.0, 1.0), |i| i.range);
     Ok(ImageFeed::Encoded {
         input: latent.name.clone(),
         size,

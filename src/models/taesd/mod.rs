@@ -30,8 +30,8 @@ pub mod keys;
 
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::{
-    Description, Feature, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part,
-    Role,
+    Description, Feature, FeatureDtype, ImageSpec, Interface, Model, ModelError, ModelOption,
+    ModelOptions, OptionSet, Part, Role,
 };
 use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
@@ -238,11 +238,11 @@ pub(crate) fn feature(
     Feature {
         name: name.into(),
         role,
+        dtype: FeatureDtype::Float,
         shape: vec![Dim::Known(1), Dim::Known(c), h, w],
         description,
         // TAESD images are in [0, 1]; families in another range override it.
-        range: (role == Role::Image).then_some((0.0, 1.0)),
-        normalization: None,
+        image: (role == Role::Image).then_some(ImageSpec::range(0.0, 1.0)),
     }
 }
 

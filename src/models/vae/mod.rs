@@ -360,8 +360,7 @@ impl Model for Vae {
 /// A VAE's image: RGB in [-1, 1].
 fn image(hw: [Dim; 2], description: &str) -> super::Feature {
     super::Feature {
-        range: Some((-1.0, 1.0)),
-        normalization: None,
+        image: Some(super::ImageSpec::range(-1.0, 1.0)),
         ..feature("image", Role::Image, 3, hw, description.into())
     }
 }
