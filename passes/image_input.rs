@@ -49,7 +49,10 @@ impl PixelMap {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
 pub struct ImageInput {
+    /// The input that is an image; other inputs stay as they are.
+    pub name: String,
     pub map: PixelMap,
 }
 
@@ -72,7 +75,7 @@ impl Pass for ImageInput {
         let mut r = Rebuilder::new(name, nodes.len());
         for (i, node) in nodes.into_iter().enumerate() {
             let old = ValueId(i as u32);
-            let is_input = matches!(node.op, Op::Input { .. });
+            let is_input = matches!(node.op, Op::Input { .. }) && node.name == self.name;
             let base = node.name.clone();
             let x = r.copy(old, node);
             if !is_input {
@@ -135,12 +138,34 @@ mod tests {
             // Channel 0: (x - 0.5) / 0.5; 1: (x - 0.25) / 0.25; 2: x / 2 (relu after).
             (clip, [0.0, 1.0, 1.0, 0.0, 0.5, 0.0]),
         ] {
-            let h = ImageInput { map }.run(g.clone()).unwrap();
+            let name = "image".to_string();
+            let h = ImageInput { name, map }.run(g.clone()).unwrap();
             verify(&h).unwrap();
             let out = &evaluate(&h, &inputs).unwrap()["y"];
             for (a, b) in out.data.iter().zip(want) {
                 assert!((a - b).abs() < 1e-6, "{map:?}: {:?}", out.data);
             }
         }
+    }
+
+    #[test]
+    fn only_the_named_input_is_an_image() {
+        let mut g = Graph::new("t");
+        let ty = TensorType::known(DType::F32, &[1, 3, 1, 1]);
+        let image = g.input("image", ty.clone());
+        let mask = g.input("mask", ty);
+        let y = g.add(Op::Binary(Binary::Add), &[image, mask], "y").unwrap();
+        g.set_output("y", y);
+        let map = PixelMap::range(0.0, 1.0);
+        let name = "image".to_string();
+        let h = ImageInput { name, map }.run(g).unwrap();
+        verify(&h).unwrap();
+        let a = |v: f32| Array::new(vec![1, 3, 1, 1], vec![v; 3]);
+        let inputs = BTreeMap::from([
+            ("image".to_string(), a(255.0)),
+            ("mask".to_string(), a(2.0)),
+        ]);
+        // The image's 255 is the model's 1; the mask's 2 stays 2.
+        assert_eq!(evaluate(&h, &inputs).unwrap()["y"].data, vec![3.0; 3]);
     }
 }

@@ -1,5 +1,6 @@
 //! Image output: Core ML image outputs take 8-bit RGB values, so the decoder's output, in the
-//! model's range `[low, high]`, is clamped and mapped to [0, 255] inside the model.
+//! model's range `[low, high]`, is clamped and mapped to [0, 255] inside the model. Only the
+//! output named is an image; other outputs stay as they are.
 //!
 //! ```text
 //!                                    %image_clip: fp32[1,3,H,W] = clip(%y) min=low max=high
@@ -12,7 +13,10 @@ use super::Pass;
 use crate::ir::{Binary, Graph, IrError, Op, Rebuilder};
 use crate::tensor::Tensor;
 
+#[derive(Clone, Debug, PartialEq)]
 pub struct ImageOutput {
+    /// The output that is an image.
+    pub name: String,
     /// The range the model's image is in.
     pub low: f32,
     pub high: f32,
@@ -29,7 +33,12 @@ impl Pass for ImageOutput {
         for (i, node) in nodes.into_iter().enumerate() {
             r.copy(crate::ir::ValueId(i as u32), node);
         }
+        // Called once per output, in order.
+        let mut names = outputs.iter().map(|(n, _)| n.as_str());
         r.finish_with(&outputs, |g, v| {
+            if names.next() != Some(self.name.as_str()) {
+                return Ok(v);
+            }
             let base = g.node(v).name.clone();
             let clip = g.fresh_name(&format!("{base}_clip"));
             let dtype = g.ty(v).dtype;
@@ -71,18 +80,23 @@ mod tests {
         let x = g.input("x", TensorType::known(DType::F32, &[1, 3, 1, 2]));
         let y = g.add(Op::Unary(Unary::Relu), &[x], "y").unwrap();
         g.set_output("image", y);
+        g.set_output("mask", y);
         let h = ImageOutput {
+            name: "image".into(),
             low: 0.0,
             high: 1.0,
         }
         .run(g)
         .unwrap();
         verify(&h).unwrap();
-        let x = Array::new(vec![1, 3, 1, 2], vec![-1.0, 0.0, 0.25, 0.5, 1.0, 2.0]);
+        let data = vec![-1.0, 0.0, 0.25, 0.5, 1.0, 2.0];
+        let x = Array::new(vec![1, 3, 1, 2], data);
         let out = evaluate(&h, &BTreeMap::from([("x".into(), x)])).unwrap();
         assert_eq!(
             out["image"].data,
             vec![0.0, 0.0, 63.75, 127.5, 255.0, 255.0]
         );
+        // The output not named an image is left as the model computes it.
+        assert_eq!(out["mask"].data, vec![0.0, 0.0, 0.25, 0.5, 1.0, 2.0]);
     }
 }

@@ -49,9 +49,9 @@ pub struct PipelineOptions {
     pub output_nhwc: bool,
     /// The output is an 8-bit image: clamp the model's range `(low, high)` and map it to
     /// [0, 255] in the model.
-    pub image_output: Option<(f32, f32)>,
+    pub image_output: Option<image_output::ImageOutput>,
     /// The input is an 8-bit image: map [0, 255] to what the model computes on, per channel.
-    pub image_input: Option<image_input::PixelMap>,
+    pub image_input: Option<image_input::ImageInput>,
     /// Symbol values of every enumerated size, when the graph has symbolic sizes.
     pub sizes: Vec<specialize_shapes::Bindings>,
     /// Weight compression, if any.
@@ -106,12 +106,12 @@ pub fn prepare(opts: &PipelineOptions) -> Vec<Box<dyn Pass>> {
     if opts.lower_attention {
         passes.push(Box::new(attention_pass(opts)));
     }
-    if let Some((low, high)) = opts.image_output {
+    if let Some(o) = &opts.image_output {
         // Before the layout pass, so scaling happens on NCHW values like every other op.
-        passes.push(Box::new(image_output::ImageOutput { low, high }));
+        passes.push(Box::new(o.clone()));
     }
-    if let Some(map) = opts.image_input {
-        passes.push(Box::new(image_input::ImageInput { map }));
+    if let Some(i) = &opts.image_input {
+        passes.push(Box::new(i.clone()));
     }
     if opts.input_nhwc || opts.output_nhwc {
         passes.push(Box::new(canonicalize_layout::CanonicalizeLayout {

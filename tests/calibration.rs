@@ -40,10 +40,10 @@ fn taef2_decoder_target(latent: usize, encoder: Option<&Path>) -> SampleSpec {
     let m = lookup("flux2").unwrap();
     let none = ModelOptions::default();
     let b = m
-        .interface(Part::Decoder, &none)
+        .interface(Part::DECODER, &none)
         .bindings(Role::Latent, [latent, latent])
         .unwrap();
-    SampleSpec::for_model(m, Part::Decoder, &none, &b, None, encoder).unwrap()
+    SampleSpec::for_model(m, Part::DECODER, &none, &b, None, encoder).unwrap()
 }
 
 fn write_png(
@@ -319,12 +319,12 @@ fn decoder_photos_become_encoder_latents() {
     let cal = Calibration::load(&photos(), &t).unwrap();
     assert_eq!(cal.len(), 4);
     let mut o = BuildOptions::new("flux2", &enc);
-    o.part = Some(Part::Encoder);
+    o.part = Some(Part::ENCODER.into());
     o.sizes = Sizes::Image(vec![[64, 64]]);
     let w = lookup("flux2")
         .unwrap()
         .load(
-            Part::Encoder,
+            Part::ENCODER,
             &*mlc::weights::open(&enc).unwrap(),
             &ModelOptions::default(),
         )

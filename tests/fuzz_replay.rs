@@ -523,8 +523,8 @@ fn lowered(
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let iface = FeatureTypes {
         sizes,
-        image_outputs: false,
-        image_inputs: false,
+        image_outputs: vec![],
+        image_inputs: vec![],
     };
     let l =
         lower(&g, target, &ModelInfo::default(), &iface).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -74,9 +74,9 @@ fn a_sharded_vae_builds_the_package_of_the_whole_file() {
     let index = split(&src, dir.path(), 3);
     let shards = std::fs::read_dir(dir.path()).unwrap().count();
     assert_eq!(shards, 5, "3 shards, the index and config.json");
-    for part in [Part::Decoder, Part::Encoder] {
+    for part in [Part::DECODER, Part::ENCODER] {
         let set = |o: &mut BuildOptions| {
-            o.part = Some(part);
+            o.part = Some(part.into());
             o.sizes = Sizes::Latent(vec![[8, 8]]);
         };
         let out = |n: &str| dir.path().join(format!("{part}_{n}.mlpackage"));

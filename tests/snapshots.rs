@@ -69,7 +69,7 @@ fn taef2_fp16() {
 fn taef2_encoder_fp16() {
     let w = Weights::load(&shared("weights/taef2_encoder.safetensors")).unwrap();
     let mut o = BuildOptions::new("flux2", "unused");
-    o.part = Some(mlc::models::Part::Encoder);
+    o.part = Some(mlc::models::Part::ENCODER.into());
     o.sizes = mlc::compiler::Sizes::Image(vec![[64, 64]]);
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
@@ -216,7 +216,7 @@ fn full_vaes() {
             "sd_vae_decoder_fp16_ios16",
             "sd-vae",
             "sd",
-            Part::Decoder,
+            Part::DECODER,
             ModelOptions::default(),
             Target::Ios16,
         ),
@@ -224,7 +224,7 @@ fn full_vaes() {
             "sd_vae_decoder_fp16_ios18",
             "sd-vae",
             "sd",
-            Part::Decoder,
+            Part::DECODER,
             ModelOptions::default(),
             Target::Ios18,
         ),
@@ -232,7 +232,7 @@ fn full_vaes() {
             "flux2_vae_decoder_packed_fp16_ios16",
             "flux2-vae",
             "flux2",
-            Part::Decoder,
+            Part::DECODER,
             ModelOptions {
                 packed_input: true,
                 ..Default::default()
@@ -243,7 +243,7 @@ fn full_vaes() {
             "flux1_vae_encoder_fp16_ios16",
             "flux1-vae",
             "flux1",
-            Part::Encoder,
+            Part::ENCODER,
             ModelOptions {
                 logvar_output: true,
                 latent_scaling: true,
@@ -254,7 +254,7 @@ fn full_vaes() {
     ];
     for (name, model, family, part, options, target) in cases {
         let mut o = BuildOptions::new(model, vae(family));
-        o.part = Some(part);
+        o.part = Some(part.into());
         o.model_options = options;
         o.target = target;
         o.sizes = Sizes::Image(vec![[64, 64]]);
@@ -269,7 +269,7 @@ fn clip_l_text_encoder_fp16() {
     let none = mlc::models::ModelOptions::default();
     let model = mlc::models::lookup("clip-l").unwrap();
     let w = model
-        .load(mlc::models::Part::Encoder, &*open(&path), &none)
+        .load(mlc::models::Part::ENCODER, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-l", "unused");
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
@@ -295,7 +295,7 @@ fn clip_l_text_encoder_ane_fp16() {
     };
     let model = mlc::models::lookup("clip-l").unwrap();
     let w = model
-        .load(mlc::models::Part::Encoder, &*open(&path), &ane)
+        .load(mlc::models::Part::ENCODER, &*open(&path), &ane)
         .unwrap();
     let mut o = BuildOptions::new("clip-l", "unused");
     o.model_options = ane;
@@ -320,7 +320,7 @@ fn clip_vision_encoder_fp16() {
     let none = mlc::models::ModelOptions::default();
     let model = mlc::models::lookup("clip-vision").unwrap();
     let w = model
-        .load(mlc::models::Part::Encoder, &*open(&path), &none)
+        .load(mlc::models::Part::ENCODER, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-vision", "unused");
     let c = compile_weights(&o, &w, |_, _| {}).unwrap();
@@ -345,7 +345,7 @@ fn clip_text(model: &str, fixture: &str, options: mlc::models::ModelOptions) -> 
     let path = shared(&format!("fixtures/clip/{fixture}/model.safetensors"));
     let m = mlc::models::lookup(model).unwrap();
     let w = m
-        .load(mlc::models::Part::Encoder, &*open(&path), &options)
+        .load(mlc::models::Part::ENCODER, &*open(&path), &options)
         .unwrap();
     let mut o = BuildOptions::new(model, "unused");
     o.model_options = options;

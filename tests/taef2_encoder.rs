@@ -60,7 +60,7 @@ fn opts(
     sizes: &[[usize; 2]],
 ) -> BuildOptions {
     let mut o = BuildOptions::new("flux2", encoder_weights());
-    o.part = Some(Part::Encoder);
+    o.part = Some(Part::ENCODER.into());
     o.output = Some(out.to_path_buf());
     o.precision = precision;
     o.io_precision = io;
@@ -479,17 +479,16 @@ fn diffusers_full_autoencoder_builds_both_parts() {
     }
     // Named like the upstream files: the file's stem is the package's `mlc.weights.source`.
     let both = |part: Part| {
-        let p = dir.join(part.to_string()).join(match part {
-            Part::Encoder => "taef2_encoder.safetensors",
-            Part::Decoder => "taef2_decoder.safetensors",
-        });
+        let p = dir
+            .join(part.to_string())
+            .join(format!("taef2_{part}.safetensors"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         write_safetensors(&p, &full);
         p
     };
     let bytes = |part: Part, w: PathBuf, name: &str| {
         let mut o = BuildOptions::new("flux2", w);
-        o.part = Some(part);
+        o.part = Some(part.into());
         o.sizes = Sizes::Image(vec![[64, 64]]);
         o.output = Some(dir.join(name));
         let pkg = build(&o).unwrap().package.join("Data/com.apple.CoreML");
@@ -498,8 +497,8 @@ fn diffusers_full_autoencoder_builds_both_parts() {
         b
     };
     for (part, upstream) in [
-        (Part::Encoder, encoder_weights()),
-        (Part::Decoder, taef2_weights()),
+        (Part::ENCODER, encoder_weights()),
+        (Part::DECODER, taef2_weights()),
     ] {
         assert!(
             bytes(part, both(part), &format!("both_{part}.mlpackage"))

@@ -38,7 +38,7 @@ fn weights(family: &str, layout: &str) -> PathBuf {
 
 fn build_case(c: &Case, sizes: Sizes, options: ModelOptions, out: PathBuf) -> PathBuf {
     let mut o = BuildOptions::new(c.model, weights(c.family, c.layout));
-    o.part = Some(c.part);
+    o.part = Some(c.part.into());
     o.precision = c.precision;
     o.io_precision = Some(Precision::Fp32);
     o.sizes = sizes;
@@ -64,7 +64,7 @@ fn decoders_match_pytorch_in_both_layouts() {
                 let c = Case {
                     model,
                     family,
-                    part: Part::Decoder,
+                    part: Part::DECODER,
                     layout,
                     precision,
                 };
@@ -98,7 +98,7 @@ fn encoders_match_pytorch_mean_and_logvar() {
             let c = Case {
                 model,
                 family,
-                part: Part::Encoder,
+                part: Part::ENCODER,
                 layout: "original",
                 precision,
             };
@@ -131,7 +131,7 @@ fn encoders_match_pytorch_mean_and_logvar() {
 fn both_layouts_give_byte_identical_packages() {
     let dir = out_dir("vae_layouts");
     for (model, family) in FAMILIES {
-        for part in [Part::Decoder, Part::Encoder] {
+        for part in [Part::DECODER, Part::ENCODER] {
             let bytes: Vec<Vec<u8>> = ["diffusers", "original"]
                 .iter()
                 .map(|layout| {
@@ -165,7 +165,7 @@ fn flux2_packed_latents_fold_batch_norm_and_unpatchify() {
     let c = Case {
         model: "flux2-vae",
         family: "flux2",
-        part: Part::Decoder,
+        part: Part::DECODER,
         layout: "diffusers",
         precision: Precision::Fp32,
     };
@@ -198,7 +198,7 @@ fn latent_scaling_folds_into_both_parts() {
     let c = Case {
         model: "flux1-vae",
         family: "flux1",
-        part: Part::Decoder,
+        part: Part::DECODER,
         layout: "diffusers",
         precision: Precision::Fp32,
     };
@@ -223,7 +223,7 @@ fn latent_scaling_folds_into_both_parts() {
     assert!(e <= 1e-4, "scaled decoder: {e}");
 
     let c = Case {
-        part: Part::Encoder,
+        part: Part::ENCODER,
         ..c
     };
     let pkg = build_case(
@@ -276,7 +276,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let out = dir.join("x.mlpackage");
     let attempt = |model: &str, w: PathBuf, part: Part, edit: &dyn Fn(&mut BuildOptions)| {
         let mut o = BuildOptions::new(model, w);
-        o.part = Some(part);
+        o.part = Some(part.into());
         o.sizes = Sizes::Latent(vec![[8, 8]]);
         o.output = Some(out.clone());
         edit(&mut o);
@@ -290,7 +290,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     };
     let none: &dyn Fn(&mut BuildOptions) = &|_| {};
     // Wrong family: a FLUX.1 VAE asked to be SD's, TAESD weights asked to be a VAE.
-    let e = attempt("sd-vae", weights("flux1", "diffusers"), Part::Decoder, none);
+    let e = attempt("sd-vae", weights("flux1", "diffusers"), Part::DECODER, none);
     assert!(
         e.contains("16 latent channels") && e.contains("sd-vae has 4"),
         "{e}"
@@ -298,11 +298,11 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = attempt(
         "flux1-vae",
         weights("flux2", "original"),
-        Part::Decoder,
+        Part::DECODER,
         none,
     );
     assert!(e.contains("32 latent channels"), "{e}");
-    let e = attempt("sd-vae", taef2_weights(), Part::Decoder, none);
+    let e = attempt("sd-vae", taef2_weights(), Part::DECODER, none);
     assert!(e.contains("taef2_decoder.safetensors"), "{e}");
     // A config.json that disagrees with the tensors.
     let tmp = dir.join("cfg");
@@ -321,7 +321,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let e = attempt(
         "sd-vae",
         tmp.join("diffusion_pytorch_model.safetensors"),
-        Part::Decoder,
+        Part::DECODER,
         none,
     );
     assert!(
@@ -349,15 +349,15 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     ] {
         let p = dir.join(format!("{name}.safetensors"));
         write_safetensors(&p, &tensors);
-        let e = attempt("sd-vae", p, Part::Decoder, none);
+        let e = attempt("sd-vae", p, Part::DECODER, none);
         assert!(e.contains(want), "{name}: {e}");
     }
     // Image sizes that are not multiples of 8; options a model has no meaning for.
-    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Encoder, &|o| {
+    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::ENCODER, &|o| {
         o.sizes = Sizes::Image(vec![[60, 64]])
     });
     assert!(e.contains("multiples of 8"), "{e}");
-    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::Decoder, &|o| {
+    let e = attempt("sd-vae", weights("sd", "diffusers"), Part::DECODER, &|o| {
         o.model_options.packed_input = true
     });
     assert!(
@@ -372,7 +372,7 @@ fn fp16_activation_mode_reports_the_largest_value_and_overflow() {
     let c = Case {
         model: "sd-vae",
         family: "sd",
-        part: Part::Decoder,
+        part: Part::DECODER,
         layout: "diffusers",
         precision: Precision::Fp16,
     };
@@ -453,7 +453,7 @@ fn image_input_and_output_map_pixels_to_the_model_range() {
         image.data.iter().map(|v| (v + 1.0) * 127.5).collect(),
     );
     let mut o = BuildOptions::new("sd-vae", weights("sd", "diffusers"));
-    o.part = Some(Part::Encoder);
+    o.part = Some(Part::ENCODER.into());
     o.precision = Precision::Fp32;
     o.sizes = Sizes::Image(vec![[64, 64]]);
     o.input_type = mlc::compiler::InputType::Image;

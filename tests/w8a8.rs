@@ -500,7 +500,7 @@ fn photos_and_reference(
     let b = o.size_bindings().unwrap().remove(0);
     let target = mlc::calibrate::SampleSpec::for_model(
         mlc::models::lookup("flux2").unwrap(),
-        mlc::models::Part::Decoder,
+        mlc::models::Part::DECODER,
         &Default::default(),
         &b,
         Some(&taef2_weights()),

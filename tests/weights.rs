@@ -30,7 +30,7 @@ fn f32s(t: &Tensor) -> &[f32] {
 
 /// TAESD weights under upstream keys, and the key style of the file.
 fn taesd(path: &Path) -> Result<(Weights, KeyStyle), ModelError> {
-    load_weights(&*mlc::weights::open(path)?, mlc::models::Part::Decoder)
+    load_weights(&*mlc::weights::open(path)?, mlc::models::Part::DECODER)
 }
 
 /// The weight-file error inside a model error.

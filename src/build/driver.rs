@@ -129,6 +129,7 @@ fn program_from(
         WeightsIn::Owned(w) => declare_planned(plan, w)?,
     };
     timings.push(("declare".to_string(), t.elapsed()));
+    plan.interface.check_graph(&g)?;
     after_pass("declare", &g);
 
     let t = Instant::now();

@@ -2,7 +2,7 @@
 //! to turn into its flag.
 
 use crate::mil;
-use crate::models::{ModelError, Part};
+use crate::models::ModelError;
 use crate::package::PackageError;
 use crate::passes::PassError;
 use crate::weights::check::WeightCheckError;
@@ -83,8 +83,8 @@ pub enum Remedy {
     WeightsFile,
     /// fp32 precision.
     Fp32,
-    /// Building this part of the model instead.
-    Part(Part),
+    /// Building this part of the model instead (its name, what `--part` takes).
+    Part(&'static str),
 }
 
 impl BuildError {
@@ -92,7 +92,7 @@ impl BuildError {
         match self {
             BuildError::Hub(h) if h.local_file_helps() => Some(Remedy::WeightsFile),
             BuildError::Weight(WeightCheckError::Fp16Range { .. }) => Some(Remedy::Fp32),
-            BuildError::Model(ModelError::OtherPart { other, .. }) => Some(Remedy::Part(*other)),
+            BuildError::Model(ModelError::OtherPart { other, .. }) => Some(Remedy::Part(other)),
             _ => None,
         }
     }

@@ -2,10 +2,9 @@
 //! and each feature's description; and the names of a multifunction package's functions.
 
 use super::error::BuildError;
-use super::options::{InputType, OutputType};
 use super::plan::Plan;
 use crate::mil::ModelInfo;
-use crate::models::{Feature, Part, Role};
+use crate::models::{Feature, ImageSpec, Part, Role};
 use std::collections::BTreeMap;
 
 /// The metadata of the package `plan` builds from the weights at `weights_path`.
@@ -15,9 +14,11 @@ pub(super) fn model_info(
     sha256: &str,
 ) -> Result<ModelInfo, BuildError> {
     let (opts, model, part, iface) = (plan.opts, plan.model, plan.part, &plan.interface);
+    // The features presented as Core ML images, as the lowering types them.
+    let images = plan.lowering();
     // Text encoders have no image; an image encoder's weights fix its size (none is recorded
     // unless one was asked for).
-    let sizes: Vec<String> = match iface.feature(Role::Image) {
+    let sizes: Vec<String> = match iface.all_of(Role::Image).next() {
         Some(_) if !plan.fixed_by_weights() => plan
             .image_sizes()?
             .iter()
@@ -53,12 +54,12 @@ pub(super) fn model_info(
         feature_descriptions: iface
             .inputs
             .iter()
-            .map(|f| (f, opts.input_type == InputType::Image))
+            .map(|f| (f, images.image_inputs.contains(&f.name)))
             .chain(
                 iface
                     .outputs
                     .iter()
-                    .map(|f| (f, opts.output_type == OutputType::Image)),
+                    .map(|f| (f, images.image_outputs.contains(&f.name))),
             )
             .map(|(f, as_image)| (f.name.clone(), feature_description(f, as_image)))
             .collect(),
@@ -68,10 +69,16 @@ pub(super) fn model_info(
 /// What a feature's description says; an RGB image passed as a Core ML image is described as
 /// one, since the interface's text speaks of the array the model computes on.
 fn feature_description(f: &Feature, as_image: bool) -> String {
-    match (as_image, f.role, f.range) {
-        (true, Role::Image, Some((lo, hi))) => format!(
+    match (as_image, f.image) {
+        (
+            true,
+            Some(ImageSpec {
+                range: (lo, hi),
+                normalization,
+            }),
+        ) => format!(
             "RGB image, 8 bits per channel (pixels 0..255 are the model's [{lo}, {hi}]{})",
-            if f.normalization.is_some() {
+            if normalization.is_some() {
                 ", then normalised per channel"
             } else {
                 ""
@@ -84,9 +91,5 @@ fn feature_description(f: &Feature, as_image: bool) -> String {
 /// Function names of a multifunction package: what it does and the image size it does it at
 /// (`decode_768x1024`).
 pub fn function_name(part: Part, image: [usize; 2]) -> String {
-    let verb = match part {
-        Part::Decoder => "decode",
-        Part::Encoder => "encode",
-    };
-    format!("{verb}_{}x{}", image[0], image[1])
+    format!("{}_{}x{}", part.function_verb(), image[0], image[1])
 }

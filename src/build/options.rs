@@ -2,7 +2,7 @@
 //! resolves or checks them ([`super::plan`], [`super::validate`] do).
 
 use crate::mil::Target;
-use crate::models::{ModelOptions, Part};
+use crate::models::ModelOptions;
 pub use crate::passes::quantize::Mode as QuantMode;
 pub use crate::passes::Compression;
 use std::collections::BTreeMap;
@@ -63,8 +63,9 @@ pub enum Sizes {
 pub struct BuildOptions {
     /// A name in the model registry (`mlc::models::known_names()`), e.g. `flux2`.
     pub model: String,
-    /// Which part of the model; `None` builds its first (an autoencoder's decoder).
-    pub part: Option<Part>,
+    /// Which of the model's parts ([`crate::models::Model::parts`]) by name; `None` builds
+    /// its first (an autoencoder's decoder). A name the model does not list is refused.
+    pub part: Option<String>,
     /// Folded pre/post-processing (latent scaling, packed input, logvar output).
     pub model_options: ModelOptions,
     /// The weights file; `None` takes the model's published weights from the Hugging Face cache,

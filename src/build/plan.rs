@@ -7,7 +7,8 @@ use super::options::{
 };
 use crate::mil::{lower, Target};
 use crate::models::{self, Model, ModelError, Part, Role};
-use crate::passes::image_input::PixelMap;
+use crate::passes::image_input::{ImageInput, PixelMap};
+use crate::passes::image_output::ImageOutput;
 use crate::passes::specialize_shapes::Bindings;
 use crate::passes::PipelineOptions;
 use std::path::PathBuf;
@@ -107,8 +108,8 @@ impl<'o> Plan<'o> {
         let (model, part) = (self.model, self.part);
         let src = match (model.published(part), part) {
             (Some(src), _) => src,
-            (None, Part::Decoder) => crate::hub::require_source(model.name())?,
-            (None, Part::Encoder) => {
+            (None, Part::DECODER) => crate::hub::require_source(model.name())?,
+            (None, _) => {
                 return option_error(
                     BuildOption::Weights,
                     format!(
@@ -151,9 +152,42 @@ impl<'o> Plan<'o> {
             } else {
                 self.varying()
             },
-            image_outputs: self.opts.output_type == OutputType::Image,
-            image_inputs: self.opts.input_type == InputType::Image,
+            image_outputs: self.image_output().into_iter().map(|o| o.name).collect(),
+            image_inputs: self.image_input().into_iter().map(|i| i.name).collect(),
         }
+    }
+
+    /// The output presented as a Core ML image, when `--output-type image` asks for one: the
+    /// one output the interface declares as an image (validation refuses the option otherwise).
+    fn image_output(&self) -> Option<ImageOutput> {
+        if self.opts.output_type != OutputType::Image {
+            return None;
+        }
+        let (f, spec) = declared_image(&self.interface.outputs)?;
+        let (low, high) = spec.range;
+        Some(ImageOutput {
+            name: f.name.clone(),
+            low,
+            high,
+        })
+    }
+
+    /// The input presented as a Core ML image, when `--input-type image` asks for one, and how
+    /// its 0..255 pixels map to the model's values.
+    fn image_input(&self) -> Option<ImageInput> {
+        if self.opts.input_type != InputType::Image {
+            return None;
+        }
+        let (f, spec) = declared_image(&self.interface.inputs)?;
+        let (low, high) = spec.range;
+        let map = match spec.normalization {
+            None => PixelMap::range(low, high),
+            Some(n) => PixelMap::normalized(low, high, n.mean, n.std),
+        };
+        Some(ImageInput {
+            name: f.name.clone(),
+            map,
+        })
     }
 
     /// The pass pipeline the options ask for.
@@ -169,16 +203,8 @@ impl<'o> Plan<'o> {
             fp16_outputs: fp16_io && !image,
             input_nhwc: opts.input_layout == ArrayLayout::Nhwc,
             output_nhwc: opts.output_layout == ArrayLayout::Nhwc,
-            image_output: if image {
-                image_range(&self.interface.outputs)
-            } else {
-                None
-            },
-            image_input: if image_in {
-                image_pixels(&self.interface.inputs)
-            } else {
-                None
-            },
+            image_output: self.image_output(),
+            image_input: self.image_input(),
             sizes: self.lowering().sizes,
             compression: opts.compression.clone(),
             fused_attention: opts.target >= Target::Ios18,
@@ -220,22 +246,24 @@ impl BuildOptions {
 
 fn model_part(opts: &BuildOptions) -> Result<(&'static dyn Model, Part), BuildError> {
     let model = models::lookup(&opts.model)?;
-    let part = match opts.part {
+    let part = match opts.part.as_deref() {
         None => model.parts()[0],
-        Some(p) if model.parts().contains(&p) => p,
-        Some(p) => {
-            return Err(ModelError::NoPart {
-                model: model.name(),
-                part: p,
-                has: model
-                    .parts()
-                    .iter()
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+        Some(p) => match model.parts().iter().find(|q| q.name() == p) {
+            Some(q) => *q,
+            None => {
+                return Err(ModelError::NoPart {
+                    model: model.name(),
+                    part: p.to_string(),
+                    has: model
+                        .parts()
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+                .into())
             }
-            .into())
-        }
+        },
     };
     Ok((model, part))
 }
@@ -298,22 +326,14 @@ fn size_bindings(
     Ok(out)
 }
 
-/// The value range of the one RGB image among `features`, if there is one.
-pub(super) fn image_range(features: &[models::Feature]) -> Option<(f32, f32)> {
-    match features {
-        [f] => f.range,
+/// The one feature among `features` declared as an image ([`models::Feature::image`]); None
+/// when there is none, or several (which one to present as an image would be a guess).
+pub(super) fn declared_image(
+    features: &[models::Feature],
+) -> Option<(&models::Feature, models::ImageSpec)> {
+    let mut images = models::Interface::images(features);
+    match (images.next(), images.next()) {
+        (Some(one), None) => Some(one),
         _ => None,
     }
-}
-
-/// How the one RGB image input among `features` maps 0..255 pixels to the model's values.
-fn image_pixels(features: &[models::Feature]) -> Option<PixelMap> {
-    let [f] = features else {
-        return None;
-    };
-    let (low, high) = f.range?;
-    Some(match f.normalization {
-        None => PixelMap::range(low, high),
-        Some(n) => PixelMap::normalized(low, high, n.mean, n.std),
-    })
 }

@@ -6,7 +6,7 @@ use super::error::{option_error, BuildError, BuildOption};
 use super::options::{
     ActivationRanges, ArrayLayout, BuildOptions, InputType, OutputType, Precision, QuantMode, Sizes,
 };
-use super::plan::{image_range, Plan};
+use super::plan::{declared_image, Plan};
 use crate::mil::Target;
 use crate::models::{Model, ModelError, ModelOption, Part, Role, TransformerLayout};
 use crate::passes::Compression;
@@ -169,7 +169,7 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
     // An image size with no default is the weights' (clip-vision's position table): one
     // size can be checked against them, several cannot all be it.
     if sizes.len() > 1
-        && iface.feature(Role::Image).is_some()
+        && iface.all_of(Role::Image).next().is_some()
         && iface.size_of(Role::Image, &iface.default_size).is_none()
     {
         return option_error(
@@ -181,18 +181,19 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
             ),
         );
     }
-    if opts.output_type == OutputType::Image && image_range(&iface.outputs).is_none() {
+    if opts.output_type == OutputType::Image && declared_image(&iface.outputs).is_none() {
         return option_error(
             O::OutputType,
             format!("the {part}'s output is not an RGB image"),
         );
     }
     if opts.input_type == InputType::Image {
-        if image_range(&iface.inputs).is_none() {
-            return option_error(
-                O::InputType,
-                format!("the {part}'s input is not an RGB image"),
-            );
+        if declared_image(&iface.inputs).is_none() {
+            let reason = match crate::models::Interface::images(&iface.inputs).count() {
+                0 => format!("the {part}'s input is not an RGB image"),
+                n => format!("the {part} has {n} inputs declared as RGB images, not one"),
+            };
+            return option_error(O::InputType, reason);
         }
         if opts.io_precision == Some(Precision::Fp16) {
             return option_error(
@@ -233,7 +234,7 @@ mod tests {
     /// Options asking for `o` alone, in a form the build accepts where the model takes it.
     fn asking(model: &str, part: Part, o: ModelOption) -> BuildOptions {
         let mut opts = BuildOptions::new(model, "unread.safetensors");
-        opts.part = Some(part);
+        opts.part = Some(part.into());
         match o {
             ModelOption::LatentSize => opts.sizes = Sizes::Latent(vec![[8, 8]]),
             ModelOption::ImageSize => opts.sizes = Sizes::Image(vec![[64, 64]]),
@@ -258,6 +259,48 @@ mod tests {
             "{o:?} is the option asked for first"
         );
         opts
+    }
+
+    #[test]
+    fn only_a_feature_declared_as_an_image_is_one() {
+        use crate::models::{Feature, FeatureDtype, ImageSpec, Role};
+        let f = |name: &str, role, image| Feature {
+            name: name.into(),
+            role,
+            dtype: FeatureDtype::Float,
+            shape: vec![],
+            description: String::new(),
+            image,
+        };
+        let rgb = Some(ImageSpec::range(-1.0, 1.0));
+        // Two float inputs, one an image: that one, whatever the order.
+        let inputs = [
+            f("latent", Role::Latent, None),
+            f("image", Role::Image, rgb),
+        ];
+        let (one, spec) = declared_image(&inputs).unwrap();
+        assert_eq!((one.name.as_str(), spec.range), ("image", (-1.0, 1.0)));
+        // An image-role feature not declared as an image is not one.
+        let undeclared = [
+            f("latent", Role::Latent, None),
+            f("image", Role::Image, None),
+        ];
+        assert!(declared_image(&undeclared).is_none());
+        // Two declared images: which one would be a guess.
+        let two = [f("a", Role::Image, rgb), f("b", Role::Image, rgb)];
+        assert!(declared_image(&two).is_none());
+    }
+
+    #[test]
+    fn a_part_the_model_does_not_list_is_refused_with_its_list() {
+        let mut opts = BuildOptions::new("clip-l", "unread.safetensors");
+        opts.part = Some("decoder".into());
+        let e = opts.validate().unwrap_err().to_string();
+        assert_eq!(e, "clip-l has no part \"decoder\" (its parts: encoder)");
+        opts.part = Some("encoder".into());
+        assert_eq!(opts.model_part().unwrap().1, Part::ENCODER);
+        opts.part = None;
+        assert_eq!(opts.model_part().unwrap().1, Part::ENCODER);
     }
 
     #[test]
@@ -288,7 +331,7 @@ mod tests {
         }
         // The bug this replaced: sd-vae took --layout ane and built the standard package.
         let sd = crate::models::lookup("sd-vae").unwrap();
-        assert!(!sd.options(Part::Decoder).contains(ModelOption::Layout));
+        assert!(!sd.options(Part::DECODER).contains(ModelOption::Layout));
         assert!(refused > 50, "{refused}");
     }
 

@@ -108,7 +108,7 @@ fn image_feed(
         return Ok(ImageFeed::Direct {
             input: f.name.clone(),
             size,
-            range: f.range.unwrap_or((0.0, 1.0)),
+            range: f.image.map_or((0.0, 1.0), |i| i.range),
         });
     }
     let (Some(how), [latent]) = (model.calibration_encoder(part), &iface.inputs[..]) else {
@@ -145,7 +145,7 @@ fn image_feed(
                 ))
             })?
             .to_path_buf(),
-        (None, EncoderWeights::Separate) => match model.published(Part::Encoder) {
+        (None, EncoderWeights::Separate) => match model.published(Part::ENCODER) {
             Some(src) => {
                 crate::hub::resolve(src, &crate::hub::HubConfig::from_env())
                     .map_err(|e| bad(format!("the published {} encoder: {e}", model.name())))?
@@ -164,22 +164,22 @@ fn image_feed(
         latent_scaling: options.latent_scaling,
         ..ModelOptions::default()
     };
-    let enc_iface = model.interface(Part::Encoder, &enc_options);
+    let enc_iface = model.interface(Part::ENCODER, &enc_options);
     let enc_b = enc_iface
         .bindings(Role::Image, size)
         .map_err(|e| bad(format!("the {} encoder: {e}", model.name())))?;
     let w = crate::weights::open(&path)
         .map_err(crate::models::ModelError::from)
-        .and_then(|source| model.load(Part::Encoder, &*source, &enc_options))
+        .and_then(|source| model.load(Part::ENCODER, &*source, &enc_options))
         .map_err(|e| bad(format!("encoder weights: {e}")))?;
     let encoder = model
-        .build_owned(Part::Encoder, w, &enc_b, &enc_options)
+        .build_owned(Part::ENCODER, w, &enc_b, &enc_options)
         .map_err(|e| bad(format!("encoder: {e}")))?;
     let range = enc_iface
         .inputs
         .first()
-        .and_then(|f| f.range)
-        .unwrap_or((0.0, 1.0));
+        .and_then(|f| f.image)
+        .map_or((0.0, 1.0), |i| i.range);
     Ok(ImageFeed::Encoded {
         input: latent.name.clone(),
         size,

@@ -7,7 +7,7 @@ use crate::build::{
     CalibrationSource, Compression, InputType, OutputType, Precision, QuantMode, Remedy, Sizes,
 };
 use crate::mil::Target;
-use crate::models::{ModelError, ModelOptions, Part, TransformerLayout};
+use crate::models::{ModelError, ModelOptions, TransformerLayout};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -38,11 +38,11 @@ pub struct BuildArgs {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Input and weights")]
 pub struct InputArgs {
-    /// Which part of the model: decoder (latent → image) or encoder (image → latent; token ids
-    /// → hidden states). [default: the model's first part: decoder for autoencoders, encoder
-    /// for CLIP]
-    #[arg(long, value_enum)]
-    pub part: Option<PartArg>,
+    /// Which of the model's parts (an unknown name is refused with the list): decoder (latent →
+    /// image) or encoder (image → latent; token ids → hidden states). [default: the model's first part: decoder for autoencoders,
+    /// encoder for CLIP]
+    #[arg(long, value_name = "PART")]
+    pub part: Option<String>,
     /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
@@ -229,12 +229,6 @@ pub enum InputForm {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PartArg {
-    Decoder,
-    Encoder,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QuantArg {
     Int8,
     Uint8,
@@ -327,10 +321,7 @@ impl BuildArgs {
         let mut o = BuildOptions::published(&self.model);
         o.weights = i.weights.clone();
         o.output = out.output.clone();
-        o.part = i.part.map(|p| match p {
-            PartArg::Decoder => Part::Decoder,
-            PartArg::Encoder => Part::Encoder,
-        });
+        o.part = i.part.clone();
         o.precision = c.precision.into();
         o.io_precision = c.io_precision.map(Into::into);
         o.target = c.target;
@@ -419,6 +410,9 @@ impl BuildArgs {
         };
         let (option, reason) = match e {
             BuildError::Option { option, reason } => (option, reason),
+            BuildError::Model(e @ ModelError::NoPart { .. }) => {
+                return anyhow::anyhow!("--part: {e}")
+            }
             BuildError::Model(ModelError::Size { reason }) => match size_flag {
                 Some(flag) => return anyhow::anyhow!("{flag}: {reason}"),
                 None => return ModelError::Size { reason }.into(),

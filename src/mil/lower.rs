@@ -85,10 +85,11 @@ impl Lowered {
 pub struct FeatureTypes {
     /// Symbol values of each enumerated size, default first; empty for static shapes.
     pub sizes: Vec<Bindings>,
-    /// Outputs are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]).
-    pub image_outputs: bool,
-    /// Inputs are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]).
-    pub image_inputs: bool,
+    /// The outputs that are Core ML RGB images (fp32 `[1, 3, H, W]` values in [0, 255]), by
+    /// name; the others are multi-arrays.
+    pub image_outputs: Vec<String>,
+    /// The inputs that are Core ML RGB images, by name; the others are multi-arrays.
+    pub image_inputs: Vec<String>,
 }
 
 /// Lowers a verified graph whose ops all have MIL forms into a model with one function, `main`.
@@ -263,10 +264,11 @@ fn features(g: &Graph, info: &ModelInfo, iface: &FeatureTypes) -> Result<Feature
         .inputs()
         .iter()
         .map(|&v| {
-            if iface.image_inputs {
-                image_feature(&names[v.index()], g.ty(v), info, &iface.sizes)
+            let name = &names[v.index()];
+            if iface.image_inputs.contains(name) {
+                image_feature(name, g.ty(v), info, &iface.sizes)
             } else {
-                array_feature(&names[v.index()], g.ty(v), info, &iface.sizes, true)
+                array_feature(name, g.ty(v), info, &iface.sizes, true)
             }
         })
         .collect::<Result<_, _>>()?;
@@ -274,7 +276,7 @@ fn features(g: &Graph, info: &ModelInfo, iface: &FeatureTypes) -> Result<Feature
         .outputs()
         .iter()
         .map(|(n, v)| {
-            if iface.image_outputs {
+            if iface.image_outputs.contains(n) {
                 image_feature(n, g.ty(*v), info, &iface.sizes)
             } else {
                 array_feature(n, g.ty(*v), info, &iface.sizes, false)

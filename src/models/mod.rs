@@ -13,25 +13,45 @@ pub mod vae;
 use crate::hub::Source;
 use crate::ir::{Dim, Graph, IrError};
 use crate::passes::specialize_shapes::Bindings;
+use crate::tensor::DType;
 use crate::weights::{TensorSource, WeightError, Weights};
 pub use options::{ModelOption, OptionSet};
 use std::fmt;
 
-/// Which half of an autoencoder; a text encoder is an encoder with no decoder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Part {
-    /// Latent → image.
-    Decoder,
-    /// Image → latent; token ids → hidden states.
-    Encoder,
+/// One separately built piece of a model, from the model's own list ([`Model::parts`]): an
+/// autoencoder has a decoder and an encoder, a text encoder one part, a UNet its own. A family
+/// declares new parts in its own folder (`Part::new("unet")`); nothing shared lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Part {
+    name: &'static str,
+    verb: &'static str,
 }
 
 impl Part {
+    /// Latent → image.
+    pub const DECODER: Part = Part::with_verb("decoder", "decode");
+    /// Image → latent; token ids → hidden states.
+    pub const ENCODER: Part = Part::with_verb("encoder", "encode");
+
+    /// A part whose multifunction packages name their functions after the part itself
+    /// (`unet_64x64`).
+    pub const fn new(name: &'static str) -> Part {
+        Part::with_verb(name, name)
+    }
+
+    /// A part whose functions are named by `verb` (`decode_768x1024`).
+    pub const fn with_verb(name: &'static str, verb: &'static str) -> Part {
+        Part { name, verb }
+    }
+
+    /// The name `--part` takes and metadata (`mlc.part`) records.
     pub fn name(self) -> &'static str {
-        match self {
-            Part::Decoder => "decoder",
-            Part::Encoder => "encoder",
-        }
+        self.name
+    }
+
+    /// What a multifunction package's functions are named by: `{verb}_{h}x{w}`.
+    pub fn function_verb(self) -> &'static str {
+        self.verb
     }
 }
 
@@ -41,16 +61,31 @@ impl fmt::Display for Part {
     }
 }
 
+impl From<Part> for String {
+    fn from(p: Part) -> String {
+        p.name.to_string()
+    }
+}
+
 /// What a feature is to the application; sizes given on the command line name a role
-/// (`--latent-size`, `--image-size`).
+/// (`--latent-size`, `--image-size`). A model may have several features of one role (a UNet's
+/// conditioning), told apart by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Latent,
     Image,
-    /// Token ids (int32).
+    /// Token ids.
     Tokens,
     /// Hidden states or pooled embeddings of a text encoder.
     Embedding,
+    /// A denoiser's diffusion timestep (one value per batch item).
+    Timestep,
+    /// What a denoiser is conditioned on: a text encoder's hidden states or pooled embedding.
+    Conditioning,
+    /// SDXL's micro-conditioning: original size, crop and target size.
+    TimeIds,
+    /// A denoiser's output: the predicted noise (or velocity) for its latent input.
+    NoisePrediction,
 }
 
 impl Role {
@@ -60,6 +95,41 @@ impl Role {
             Role::Image => "image",
             Role::Tokens => "tokens",
             Role::Embedding => "embedding",
+            Role::Timestep => "timestep",
+            Role::Conditioning => "conditioning",
+            Role::TimeIds => "time ids",
+            Role::NoisePrediction => "noise prediction",
+        }
+    }
+}
+
+/// The element type of a feature's array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureDtype {
+    /// Floating point, in the build's I/O precision (fp32, or fp16 with `--io-precision fp16`).
+    Float,
+    /// 32-bit integers (token ids).
+    Int32,
+}
+
+/// How a feature may be presented as a Core ML RGB image (`--input-type image`,
+/// `--output-type image`): what its 0..255 pixels are to the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageSpec {
+    /// The value range the model computes in (`(0, 1)` for TAESD, `(-1, 1)` for the full
+    /// VAEs): what pixels 0..255 map to.
+    pub range: (f32, f32),
+    /// For an input, the per-channel normalisation the model expects after `range` (CLIP's
+    /// `(x - mean) / std`).
+    pub normalization: Option<Normalization>,
+}
+
+impl ImageSpec {
+    /// Pixels 0..255 are `[low, high]`, with no normalisation.
+    pub const fn range(low: f32, high: f32) -> ImageSpec {
+        ImageSpec {
+            range: (low, high),
+            normalization: None,
         }
     }
 }
@@ -70,14 +140,12 @@ impl Role {
 pub struct Feature {
     pub name: String,
     pub role: Role,
+    pub dtype: FeatureDtype,
     pub shape: Vec<Dim>,
     pub description: String,
-    /// For an RGB image, the value range the model computes in (`(0, 1)` for TAESD, `(-1, 1)`
-    /// for the full VAEs): what a Core ML image's 0..255 pixels map to.
-    pub range: Option<(f32, f32)>,
-    /// For an RGB image input, the per-channel normalisation the model expects after `range`
-    /// (CLIP's `(x - mean) / std`).
-    pub normalization: Option<Normalization>,
+    /// Set for an RGB image that may be passed as a Core ML image; only such features are ever
+    /// converted to one.
+    pub image: Option<ImageSpec>,
 }
 
 /// Per-channel `(x - mean) / std` over an RGB image's channels.
@@ -97,18 +165,74 @@ pub struct Interface {
 }
 
 impl Interface {
-    /// The feature playing `role` (inputs first).
-    pub fn feature(&self, role: Role) -> Option<&Feature> {
+    /// Every feature playing `role`, inputs first.
+    pub fn all_of(&self, role: Role) -> impl Iterator<Item = &Feature> {
         self.inputs
             .iter()
             .chain(&self.outputs)
-            .find(|f| f.role == role)
+            .filter(move |f| f.role == role)
+    }
+
+    /// The feature called `name`, input or output.
+    pub fn by_name(&self, name: &str) -> Option<&Feature> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .find(|f| f.name == name)
+    }
+
+    /// The one feature playing `role`, for what needs one (a size given as an image size):
+    /// None when the model has none; an error when it has several, naming them.
+    pub fn sole(&self, role: Role) -> Result<Option<&Feature>, ModelError> {
+        let all: Vec<&Feature> = self.all_of(role).collect();
+        match &all[..] {
+            [] => Ok(None),
+            [f] => Ok(Some(f)),
+            _ => Err(ModelError::Size {
+                reason: format!(
+                    "the model has several {} features ({}): say which",
+                    role.name(),
+                    all.iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Checks that `g`'s inputs are the interface's, by name, with the declared dtypes: what
+    /// the rest of the build relies on (image conversion, fp16 I/O, `mlc run`'s inputs).
+    pub fn check_graph(&self, g: &Graph) -> Result<(), ModelError> {
+        let bad = |reason: String| Err(ModelError::Interface { reason });
+        for f in &self.inputs {
+            let Some(&v) = g.inputs().iter().find(|&&v| g.node(v).name == f.name) else {
+                return bad(format!("no graph input {}", f.name));
+            };
+            let dtype = g.ty(v).dtype;
+            let fits = match f.dtype {
+                FeatureDtype::Float => matches!(dtype, DType::F32 | DType::F16),
+                FeatureDtype::Int32 => dtype == DType::I32,
+            };
+            if !fits {
+                return bad(format!(
+                    "input {} is declared {:?} but the graph's is {dtype:?}",
+                    f.name, f.dtype
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The features among `features` declared as images ([`Feature::image`]).
+    pub fn images(features: &[Feature]) -> impl Iterator<Item = (&Feature, ImageSpec)> {
+        features.iter().filter_map(|f| Some((f, f.image?)))
     }
 
     /// The symbol values that give the feature of `role` the spatial size `[h, w]`, checked to
     /// give every feature whole sizes.
     pub fn bindings(&self, role: Role, [h, w]: [usize; 2]) -> Result<Bindings, ModelError> {
-        let f = self.feature(role).ok_or_else(|| ModelError::Size {
+        let f = self.sole(role)?.ok_or_else(|| ModelError::Size {
             reason: format!("the model has no {} to size", role.name()),
         })?;
         let mut b = Bindings::new();
@@ -168,7 +292,7 @@ impl Interface {
 
     /// The spatial size `[h, w]` the feature of `role` has under `b`.
     pub fn size_of(&self, role: Role, b: &Bindings) -> Option<[usize; 2]> {
-        let f = self.feature(role)?;
+        let f = self.sole(role).ok()??;
         let [.., dh, dw] = &f.shape[..] else {
             return None;
         };
@@ -316,11 +440,11 @@ pub trait Model: Sync {
         self.build(part, &weights, fixed, options)
     }
     /// For a part taking latents: where the encoder that turns calibration photos into them
-    /// finds its weights (this model's [`Part::Encoder`], built at the matching size). None
+    /// finds its weights (this model's [`Part::ENCODER`], built at the matching size). None
     /// when photos cannot feed the part. The default: a decoder of a model with an encoder
     /// uses a separate encoder file.
     fn calibration_encoder(&self, part: Part) -> Option<EncoderWeights> {
-        (part == Part::Decoder && self.parts().contains(&Part::Encoder))
+        (part == Part::DECODER && self.parts().contains(&Part::ENCODER))
             .then_some(EncoderWeights::Separate)
     }
     /// The published weights file for a part, when there is one to download.
@@ -385,14 +509,17 @@ pub fn known_names() -> String {
 pub enum ModelError {
     #[error("unknown model {name:?}; known models: {known}")]
     UnknownModel { name: String, known: String },
-    #[error("{model} has no {part} (it has: {has})")]
+    #[error("{model} has no part {part:?} (its parts: {has})")]
     NoPart {
         model: &'static str,
-        part: Part,
+        part: String,
         has: String,
     },
     #[error("{file}: {reason}")]
     WrongModel { file: String, reason: String },
+    /// A family's graph disagrees with its declared interface (a bug in the family).
+    #[error("the built graph does not match the model's interface: {reason}")]
+    Interface { reason: String },
     /// Weights of the model's other part than the one asked for.
     #[error(
         "{file}: these are {family} {other} weights (they have \"{other_key}\", not the {part}'s \
@@ -401,8 +528,9 @@ pub enum ModelError {
     OtherPart {
         file: String,
         family: &'static str,
-        part: Part,
-        other: Part,
+        /// Part names ([`Part::name`]), what `--part` takes.
+        part: &'static str,
+        other: &'static str,
         key: &'static str,
         other_key: &'static str,
     },
@@ -440,14 +568,94 @@ mod tests {
     }
 
     #[test]
+    fn parts_name_themselves_and_their_functions() {
+        assert_eq!(Part::DECODER.name(), "decoder");
+        assert_eq!(Part::ENCODER.to_string(), "encoder");
+        assert_eq!(Part::DECODER.function_verb(), "decode");
+        assert_eq!(Part::ENCODER.function_verb(), "encode");
+        // A family's own part, declared where the family lives.
+        let unet = Part::new("unet");
+        assert_eq!((unet.name(), unet.function_verb()), ("unet", "unet"));
+        assert_ne!(unet, Part::DECODER);
+        assert_eq!(String::from(unet), "unet");
+    }
+
+    fn float(name: &str, role: Role) -> Feature {
+        Feature {
+            name: name.into(),
+            role,
+            dtype: FeatureDtype::Float,
+            shape: vec![Dim::Known(1), Dim::Known(3)],
+            description: String::new(),
+            image: None,
+        }
+    }
+
+    #[test]
+    fn a_graph_is_checked_against_the_dtype_the_feature_declares() {
+        let mut g = Graph::new("t");
+        let ty = |d| crate::ir::TensorType::known(d, &[1, 3]);
+        let ids = g.input("ids", ty(DType::I32));
+        let x = g.input("x", ty(DType::F32));
+        g.set_output("ids", ids);
+        g.set_output("x", x);
+        let iface = |ids_dtype| Interface {
+            inputs: vec![
+                Feature {
+                    dtype: ids_dtype,
+                    ..float("ids", Role::Tokens)
+                },
+                float("x", Role::Latent),
+            ],
+            outputs: vec![],
+            default_size: Bindings::new(),
+        };
+        iface(FeatureDtype::Int32).check_graph(&g).unwrap();
+        // The role says tokens; the declared dtype, not the role, is what the graph must have.
+        let e = iface(FeatureDtype::Float).check_graph(&g).unwrap_err();
+        assert!(e.to_string().contains("input ids is declared Float"), "{e}");
+        let missing = Interface {
+            inputs: vec![float("y", Role::Latent)],
+            ..iface(FeatureDtype::Int32)
+        };
+        assert!(missing.check_graph(&g).is_err());
+        let clip = lookup("clip-l").unwrap();
+        let i = clip.interface(Part::ENCODER, &ModelOptions::default());
+        assert_eq!(i.by_name("input_ids").unwrap().dtype, FeatureDtype::Int32);
+        assert!(i.outputs.iter().all(|f| f.dtype == FeatureDtype::Float));
+    }
+
+    #[test]
+    fn several_features_of_one_role_are_named_not_guessed() {
+        let iface = Interface {
+            inputs: vec![
+                float("a", Role::Conditioning),
+                float("b", Role::Conditioning),
+            ],
+            outputs: vec![float("eps", Role::NoisePrediction)],
+            default_size: Bindings::new(),
+        };
+        let names: Vec<_> = iface.all_of(Role::Conditioning).map(|f| &f.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(iface.by_name("eps").unwrap().role, Role::NoisePrediction);
+        let e = iface.sole(Role::Conditioning).unwrap_err().to_string();
+        assert!(e.contains("several conditioning features (a, b)"), "{e}");
+        assert!(iface.sole(Role::Timestep).unwrap().is_none());
+        assert_eq!(
+            iface.sole(Role::NoisePrediction).unwrap().unwrap().name,
+            "eps"
+        );
+    }
+
+    #[test]
     fn sizes_resolve_through_either_role() {
         let none = ModelOptions::default();
-        let i = lookup("flux2").unwrap().interface(Part::Decoder, &none);
+        let i = lookup("flux2").unwrap().interface(Part::DECODER, &none);
         let b = i.bindings(Role::Image, [768, 1024]).unwrap();
         assert_eq!(i.size_of(Role::Latent, &b), Some([96, 128]));
         let e = i.bindings(Role::Image, [100, 96]).unwrap_err().to_string();
         assert!(e.contains("100x96"), "{e}");
-        let enc = lookup("flux2").unwrap().interface(Part::Encoder, &none);
+        let enc = lookup("flux2").unwrap().interface(Part::ENCODER, &none);
         let b = enc.bindings(Role::Latent, [8, 6]).unwrap();
         assert_eq!(enc.size_of(Role::Image, &b), Some([64, 48]));
         let e = enc.bindings(Role::Image, [60, 64]).unwrap_err().to_string();

@@ -174,9 +174,9 @@ fn an_overlay_changes_the_built_graphs_constant_and_no_other() {
     let model = lookup("taef2").unwrap();
     let none = ModelOptions::default();
     let consts = |source: &dyn TensorSource| -> BTreeMap<String, crate::ir::ConstData> {
-        let w = model.load(Part::Decoder, source, &none).unwrap();
+        let w = model.load(Part::DECODER, source, &none).unwrap();
         let g = model
-            .build(Part::Decoder, &w, &Default::default(), &none)
+            .build(Part::DECODER, &w, &Default::default(), &none)
             .unwrap();
         g.nodes()
             .filter_map(|(_, n)| match &n.op {

@@ -29,7 +29,7 @@ fn main() {
     let m = lookup("flux2").unwrap();
     let w = m
         .load(
-            Part::Decoder,
+            Part::DECODER,
             &*mlc::weights::open(&dec).unwrap(),
             &ModelOptions::default(),
         )
@@ -40,10 +40,10 @@ fn main() {
     let t = Instant::now();
     let none = ModelOptions::default();
     let b = m
-        .interface(Part::Decoder, &none)
+        .interface(Part::DECODER, &none)
         .bindings(Role::Latent, [latent, latent])
         .unwrap();
-    let mut target = SampleSpec::for_model(m, Part::Decoder, &none, &b, None, Some(&enc)).unwrap();
+    let mut target = SampleSpec::for_model(m, Part::DECODER, &none, &b, None, Some(&enc)).unwrap();
     target.upscale = true;
     let encoder_built = t.elapsed();
 

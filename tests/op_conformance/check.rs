@@ -138,8 +138,8 @@ pub(crate) fn check_mil(
         } else {
             vec![c.sizes.clone()]
         },
-        image_outputs: false,
-        image_inputs: false,
+        image_outputs: vec![],
+        image_inputs: vec![],
     };
     let lowered =
         lower(&g, target, &ModelInfo::default(), &iface).map_err(|e| format!("lower: {e}"))?;

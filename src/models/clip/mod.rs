@@ -28,7 +28,8 @@ pub mod vision_keys;
 
 use super::nn::Params;
 use super::{
-    Description, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part, Role,
+    Description, Feature, FeatureDtype, Interface, Model, ModelError, ModelOption, ModelOptions,
+    OptionSet, Part, Role,
 };
 use crate::ir::{Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
@@ -263,7 +264,7 @@ impl Model for Clip {
     }
 
     fn parts(&self) -> &'static [Part] {
-        &[Part::Encoder]
+        &[Part::ENCODER]
     }
 
     fn interface(&self, _part: Part, o: &ModelOptions) -> Interface {
@@ -305,12 +306,15 @@ impl Model for Clip {
             ));
         }
         Interface {
-            inputs: vec![feature(
-                "input_ids",
-                Role::Tokens,
-                vec![Dim::Known(1), Dim::Known(SEQUENCE)],
-                "Token ids (int32): BOS 49406, the prompt, EOS 49407, padding".into(),
-            )],
+            inputs: vec![Feature {
+                dtype: FeatureDtype::Int32,
+                ..feature(
+                    "input_ids",
+                    Role::Tokens,
+                    vec![Dim::Known(1), Dim::Known(SEQUENCE)],
+                    "Token ids (int32): BOS 49406, the prompt, EOS 49407, padding".into(),
+                )
+            }],
             outputs,
             default_size: Bindings::new(),
         }

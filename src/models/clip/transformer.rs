@@ -5,7 +5,7 @@ use super::keys::Activation;
 use super::layout::TokenStates;
 use crate::ir::{Binary, Dim, Graph, Op, Unary, ValueId};
 use crate::models::nn::{self, AttentionSpec, Linear, Projections, Scope};
-use crate::models::{Feature, ModelError, Role};
+use crate::models::{Feature, FeatureDtype, ModelError, Role};
 
 /// The sizes one encoder layer is built at.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,14 +19,15 @@ pub struct Encoder {
     pub activation: Activation,
 }
 
+/// A float feature that is not an image.
 pub fn feature(name: &str, role: Role, shape: Vec<Dim>, description: String) -> Feature {
     Feature {
         name: name.into(),
         role,
+        dtype: FeatureDtype::Float,
         shape,
         description,
-        range: None,
-        normalization: None,
+        image: None,
     }
 }
 

@@ -19,8 +19,8 @@ use super::vision_keys::{self as keys, Config, KeyLayout as Keys};
 use crate::ir::{Binary, Conv2d, Dim, Graph, Op, TensorType};
 use crate::models::nn::{self, ane::channels_first, reshape, transpose, ConvSpec, Params};
 use crate::models::{
-    Description, Interface, Model, ModelError, ModelOption, ModelOptions, Normalization, OptionSet,
-    Part, Role, TransformerLayout,
+    Description, ImageSpec, Interface, Model, ModelError, ModelOption, ModelOptions, Normalization,
+    OptionSet, Part, Role, TransformerLayout,
 };
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
@@ -201,7 +201,7 @@ impl Model for ClipVision {
     }
 
     fn parts(&self) -> &'static [Part] {
-        &[Part::Encoder]
+        &[Part::ENCODER]
     }
 
     fn options(&self, _part: Part) -> OptionSet {
@@ -221,8 +221,10 @@ impl Model for ClipVision {
             vec![one.clone(), Dim::Known(3), side.clone(), side],
             "RGB image, normalised with CLIP's per-channel mean and std".into(),
         );
-        input.range = Some((0.0, 1.0));
-        input.normalization = Some(NORMALIZATION);
+        input.image = Some(ImageSpec {
+            range: (0.0, 1.0),
+            normalization: Some(NORMALIZATION),
+        });
         Interface {
             inputs: vec![input],
             outputs: vec![

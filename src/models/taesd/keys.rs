@@ -76,7 +76,7 @@ fn split_index(s: &str) -> Option<(u64, &str)> {
 }
 
 fn classify(key: &str, part: Part) -> Class {
-    for (half, name) in [(Part::Decoder, "decoder"), (Part::Encoder, "encoder")] {
+    for (half, name) in [(Part::DECODER, "decoder"), (Part::ENCODER, "encoder")] {
         let Some(r) = key.strip_prefix(name).and_then(|r| r.strip_prefix('.')) else {
             continue;
         };
@@ -91,7 +91,7 @@ fn classify(key: &str, part: Part) -> Class {
             return Class::Other;
         }
         // diffusers' decoder drops upstream's parameter-free Clamp at index 0.
-        let shift = u64::from(style == Style::Diffusers && part == Part::Decoder);
+        let shift = u64::from(style == Style::Diffusers && part == Part::DECODER);
         return Class::Kept(style, format!("{}.{rest}", i + shift));
     }
     match split_index(key) {
@@ -120,8 +120,8 @@ pub fn normalise(
 ) -> Result<(KeyStyle, Vec<(usize, String)>), ModelError> {
     let classes: Vec<Class> = keys.iter().map(|k| classify(k, part)).collect();
     let like = match part {
-        Part::Decoder => "\"decoder.layers.0.weight\"",
-        Part::Encoder => "\"encoder.layers.0.weight\"",
+        Part::DECODER => "\"decoder.layers.0.weight\"",
+        _ => "\"encoder.layers.0.weight\"",
     };
 
     let mut unknown: Vec<String> = keys
@@ -208,7 +208,7 @@ mod tests {
 
     fn norm(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), ModelError> {
         let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
-        normalise_part(keys, Part::Decoder)
+        normalise_part(keys, Part::DECODER)
     }
 
     fn normalise_part(
@@ -220,7 +220,7 @@ mod tests {
     }
 
     fn enc(keys: &[&str]) -> Result<(KeyStyle, Vec<String>), ModelError> {
-        normalise_part(keys.iter().map(|s| s.to_string()).collect(), Part::Encoder)
+        normalise_part(keys.iter().map(|s| s.to_string()).collect(), Part::ENCODER)
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub mod keys;
 
 use super::nn::{self, ConvSpec, Params, Scope};
 use super::{
-    Description, Feature, Interface, Model, ModelError, ModelOption, ModelOptions, OptionSet, Part,
-    Role,
+    Description, Feature, FeatureDtype, ImageSpec, Interface, Model, ModelError, ModelOption,
+    ModelOptions, OptionSet, Part, Role,
 };
 use crate::hub::Source;
 use crate::ir::{Binary, Dim, Graph, Op, TensorType, Unary, ValueId};
@@ -113,14 +113,16 @@ impl Model for Taesd {
         self.aliases
     }
 
+    // The build only asks for a part listed here, so this file's matches read any part but the
+    // decoder as the encoder.
     fn parts(&self) -> &'static [Part] {
-        &[Part::Decoder, Part::Encoder]
+        &[Part::DECODER, Part::ENCODER]
     }
 
     fn options(&self, part: Part) -> OptionSet {
         match part {
-            Part::Decoder => OptionSet::SPATIAL.with(&[ModelOption::OutputImage]),
-            Part::Encoder => OptionSet::SPATIAL.with(&[ModelOption::InputImage]),
+            Part::DECODER => OptionSet::SPATIAL.with(&[ModelOption::OutputImage]),
+            _ => OptionSet::SPATIAL.with(&[ModelOption::InputImage]),
         }
     }
 
@@ -129,7 +131,7 @@ impl Model for Taesd {
         let c = self.latent_channels;
         let latent_desc = format!("Diffusion latent, {c} channels, NCHW");
         match part {
-            Part::Decoder => Interface {
+            Part::DECODER => Interface {
                 inputs: vec![feature(
                     "latent",
                     Role::Latent,
@@ -146,7 +148,7 @@ impl Model for Taesd {
                 )],
                 default_size: size(96, 96),
             },
-            Part::Encoder => Interface {
+            _ => Interface {
                 inputs: vec![feature(
                     "image",
                     Role::Image,
@@ -193,8 +195,8 @@ impl Model for Taesd {
         );
         let top = params.scope("");
         let y = match part {
-            Part::Decoder => self.decoder(&mut g, &top, x)?,
-            Part::Encoder => self.encoder(&mut g, &top, x)?,
+            Part::DECODER => self.decoder(&mut g, &top, x)?,
+            _ => self.encoder(&mut g, &top, x)?,
         };
         g.set_output(&iface.outputs[0].name, y);
         params.finish()?;
@@ -203,16 +205,16 @@ impl Model for Taesd {
 
     fn published(&self, part: Part) -> Option<&'static Source> {
         match part {
-            Part::Decoder => crate::hub::source(self.name),
-            Part::Encoder => None,
+            Part::DECODER => crate::hub::source(self.name),
+            _ => None,
         }
     }
 
     fn description(&self, part: Part, sizes: &str) -> Description {
         let c = self.latent_channels;
         let what = match part {
-            Part::Decoder => format!("{c}-channel latents to RGB images"),
-            Part::Encoder => format!("RGB images to {c}-channel latents"),
+            Part::DECODER => format!("{c}-channel latents to RGB images"),
+            _ => format!("RGB images to {c}-channel latents"),
         };
         Description {
             short: format!(
@@ -236,11 +238,11 @@ pub(crate) fn feature(
     Feature {
         name: name.into(),
         role,
+        dtype: FeatureDtype::Float,
         shape: vec![Dim::Known(1), Dim::Known(c), h, w],
         description,
         // TAESD images are in [0, 1]; families in another range override it.
-        range: (role == Role::Image).then_some((0.0, 1.0)),
-        normalization: None,
+        image: (role == Role::Image).then_some(ImageSpec::range(0.0, 1.0)),
     }
 }
 
@@ -257,8 +259,8 @@ impl Taesd {
     fn detect(&self, part: Part, w: &Weights) -> Result<(usize, bool), ModelError> {
         let key = first_conv_key(part);
         let pool_key = match part {
-            Part::Decoder => "3.pool.0.weight",
-            Part::Encoder => "11.pool.0.weight",
+            Part::DECODER => "3.pool.0.weight",
+            _ => "11.pool.0.weight",
         };
         let wrong = |reason: String| ModelError::WrongModel {
             file: w.path.display().to_string(),
@@ -272,8 +274,8 @@ impl Taesd {
                 return Err(ModelError::OtherPart {
                     file: w.path.display().to_string(),
                     family: "TAESD-family",
-                    part,
-                    other,
+                    part: part.name(),
+                    other: other.name(),
                     key,
                     other_key,
                 });
@@ -283,8 +285,8 @@ impl Taesd {
             )));
         };
         let c = match (part, &t.shape[..]) {
-            (Part::Decoder, [CH, c, 3, 3]) => *c,
-            (Part::Encoder, [c, CH, 3, 3]) => *c,
+            (Part::DECODER, [CH, c, 3, 3]) => *c,
+            (Part::ENCODER, [c, CH, 3, 3]) => *c,
             (_, s) => {
                 return Err(wrong(format!(
                     "tensor \"{key}\" has shape {s:?}, not a TAESD-family {part}'s"
@@ -371,15 +373,15 @@ impl Taesd {
 /// The key a part's weights are recognised by: its conv next to the latent.
 fn first_conv_key(part: Part) -> &'static str {
     match part {
-        Part::Decoder => "1.weight",
-        Part::Encoder => "14.weight",
+        Part::DECODER => "1.weight",
+        _ => "14.weight",
     }
 }
 
 fn other(part: Part) -> Part {
     match part {
-        Part::Decoder => Part::Encoder,
-        Part::Encoder => Part::Decoder,
+        Part::DECODER => Part::ENCODER,
+        _ => Part::DECODER,
     }
 }
 

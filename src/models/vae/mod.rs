@@ -127,13 +127,15 @@ impl Model for Vae {
         self.aliases
     }
 
+    // The build only asks for a part listed here, so this file's matches read any part but the
+    // decoder as the encoder.
     fn parts(&self) -> &'static [Part] {
-        &[Part::Decoder, Part::Encoder]
+        &[Part::DECODER, Part::ENCODER]
     }
 
     /// A VAE checkpoint holds the encoder beside the decoder.
     fn calibration_encoder(&self, part: Part) -> Option<super::EncoderWeights> {
-        (part == Part::Decoder).then_some(super::EncoderWeights::SameFile)
+        (part == Part::DECODER).then_some(super::EncoderWeights::SameFile)
     }
 
     fn interface(&self, part: Part, o: &ModelOptions) -> Interface {
@@ -155,7 +157,7 @@ impl Model for Vae {
         };
         let div = |d: &Dim, k: usize| d.divided(k).expect("k > 0");
         match part {
-            Part::Decoder => {
+            Part::DECODER => {
                 let input = if o.packed_input {
                     feature(
                         "latent",
@@ -179,7 +181,7 @@ impl Model for Vae {
                     default_size: size(self.default_image / FACTOR),
                 }
             }
-            Part::Encoder => {
+            _ => {
                 let hw = [div(&h, FACTOR), div(&w, FACTOR)];
                 let mut outputs = vec![latent("latent", Role::Latent, hw.clone())];
                 if o.logvar_output {
@@ -204,16 +206,12 @@ impl Model for Vae {
         use ModelOption::*;
         // FLUX.2's latent normalisation is defined on packed latents: it has packed input instead.
         match (part, self.scaling) {
-            (Part::Decoder, Scaling::BatchNorm) => {
+            (Part::DECODER, Scaling::BatchNorm) => {
                 OptionSet::SPATIAL.with(&[OutputImage, PackedInput])
             }
-            (Part::Decoder, _) => OptionSet::SPATIAL.with(&[OutputImage, LatentScaling]),
-            (Part::Encoder, Scaling::BatchNorm) => {
-                OptionSet::SPATIAL.with(&[InputImage, LogvarOutput])
-            }
-            (Part::Encoder, _) => {
-                OptionSet::SPATIAL.with(&[InputImage, LatentScaling, LogvarOutput])
-            }
+            (Part::DECODER, _) => OptionSet::SPATIAL.with(&[OutputImage, LatentScaling]),
+            (_, Scaling::BatchNorm) => OptionSet::SPATIAL.with(&[InputImage, LogvarOutput]),
+            _ => OptionSet::SPATIAL.with(&[InputImage, LatentScaling, LogvarOutput]),
         }
     }
 
@@ -299,12 +297,12 @@ impl Model for Vae {
         self.check(part, &cfg, &file, true)?;
         // Only the part being built (and what its options fold in) is read.
         let keep = |k: &str| match part {
-            Part::Decoder => {
+            Part::DECODER => {
                 k.starts_with("decoder.")
                     || k.starts_with("post_quant_conv.")
                     || (o.packed_input && k.starts_with("bn."))
             }
-            Part::Encoder => k.starts_with("encoder.") || k.starts_with("quant_conv."),
+            _ => k.starts_with("encoder.") || k.starts_with("quant_conv."),
         };
         let mut tensors = BTreeMap::new();
         for (k, (f, squeeze)) in sources.into_iter().filter(|(k, _)| keep(k)) {
@@ -348,8 +346,8 @@ impl Model for Vae {
     fn description(&self, part: Part, sizes: &str) -> Description {
         let c = self.latent_channels;
         let what = match part {
-            Part::Decoder => format!("{c}-channel latents to RGB images"),
-            Part::Encoder => format!("RGB images to {c}-channel latents"),
+            Part::DECODER => format!("{c}-channel latents to RGB images"),
+            _ => format!("RGB images to {c}-channel latents"),
         };
         Description {
             short: format!("{} VAE {part}: {what} ({sizes})", self.pipeline),
@@ -362,8 +360,7 @@ impl Model for Vae {
 /// A VAE's image: RGB in [-1, 1].
 fn image(hw: [Dim; 2], description: &str) -> super::Feature {
     super::Feature {
-        range: Some((-1.0, 1.0)),
-        normalization: None,
+        image: Some(super::ImageSpec::range(-1.0, 1.0)),
         ..feature("image", Role::Image, 3, hw, description.into())
     }
 }
@@ -416,11 +413,11 @@ impl Vae {
         };
         let top = params.scope("");
         match part {
-            Part::Decoder => {
+            Part::DECODER => {
                 let y = self.decoder(&mut g, &b, &top, x, o)?;
                 g.set_output("image", y);
             }
-            Part::Encoder => {
+            _ => {
                 let (mean, logvar) = self.encoder(&mut g, &b, &top, x, o)?;
                 g.set_output("latent", mean);
                 if let Some(lv) = logvar {
@@ -449,8 +446,8 @@ impl Vae {
             })
         };
         let has = match part {
-            Part::Decoder => cfg.has_decoder,
-            Part::Encoder => cfg.has_encoder,
+            Part::DECODER => cfg.has_decoder,
+            _ => cfg.has_encoder,
         };
         if !has {
             return wrong(format!("no {part} tensors (no \"{part}.conv_in.weight\")"));
