@@ -34,6 +34,9 @@ fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
         ModelOption::LogvarOutput => m.logvar_output,
         ModelOption::HiddenLayer => m.hidden_layer.is_some(),
         ModelOption::Layout => m.layout != TransformerLayout::Standard,
+        ModelOption::Batch => m.batch.is_some(),
+        ModelOption::Tokens => m.tokens.is_some(),
+        ModelOption::Ema => m.ema,
     }
 }
 

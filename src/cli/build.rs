@@ -105,6 +105,18 @@ pub struct IoArgs {
     /// is what SDXL and SD 2.x condition on.
     #[arg(long, value_name = "penultimate|N", value_parser = parse_hidden_layer)]
     pub hidden_layer: Option<usize>,
+    /// UNets: the batch size every input and the output have [default: 2, classifier-free
+    /// guidance's negative and positive prompt in one call, as Apple's Swift pipeline runs it].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch: Option<u32>,
+    /// UNets: the length of the text conditioning, `encoder_hidden_states`' token axis
+    /// [default: 77, what SD pipelines tokenize to].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub tokens: Option<u32>,
+    /// Single-file checkpoints (.ckpt, .safetensors): read the EMA copy of the UNet's weights
+    /// (`model_ema.`) instead of the trained ones (`model.diffusion_model.`).
+    #[arg(long)]
+    pub ema: bool,
 }
 
 #[derive(Args, Debug)]
@@ -330,6 +342,9 @@ impl BuildArgs {
             packed_input: io.input == InputForm::Packed,
             logvar_output: io.logvar,
             hidden_layer: io.hidden_layer,
+            batch: io.batch.map(|n| n as usize),
+            tokens: io.tokens.map(|n| n as usize),
+            ema: io.ema,
             layout: match c.layout {
                 TransformerLayoutArg::Standard => TransformerLayout::Standard,
                 TransformerLayoutArg::Ane => TransformerLayout::Ane,

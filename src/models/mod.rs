@@ -8,6 +8,7 @@ pub mod clip;
 pub mod nn;
 mod options;
 pub mod taesd;
+pub mod unet;
 pub mod vae;
 
 use crate::hub::Source;
@@ -361,6 +362,13 @@ pub struct ModelOptions {
     pub hidden_layer: Option<usize>,
     /// Transformers: how activations are laid out (see [`TransformerLayout`]).
     pub layout: TransformerLayout,
+    /// Denoisers: the batch size (None: the model's default, 2 for a UNet: classifier-free
+    /// guidance runs the negative and the positive prompt together).
+    pub batch: Option<usize>,
+    /// Denoisers: the conditioning's sequence length (None: 77, what SD pipelines tokenize to).
+    pub tokens: Option<usize>,
+    /// Single-file checkpoints: read the EMA copy of the weights (`model_ema.`).
+    pub ema: bool,
 }
 
 /// How a transformer's activations are laid out in the built graph; both compute the same

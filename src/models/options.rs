@@ -28,10 +28,16 @@ pub enum ModelOption {
     HiddenLayer,
     /// A transformer's activations in the Neural Engine's layout.
     Layout,
+    /// A batch size other than the model's default.
+    Batch,
+    /// A sequence length other than the model's default.
+    Tokens,
+    /// The EMA copy of a single-file checkpoint's weights.
+    Ema,
 }
 
 impl ModelOption {
-    pub const ALL: [ModelOption; 12] = [
+    pub const ALL: [ModelOption; 15] = [
         ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
@@ -44,6 +50,9 @@ impl ModelOption {
         ModelOption::LogvarOutput,
         ModelOption::HiddenLayer,
         ModelOption::Layout,
+        ModelOption::Batch,
+        ModelOption::Tokens,
+        ModelOption::Ema,
     ];
 
     /// The option as the user types it (the command line's flag, with its value where the
@@ -62,6 +71,9 @@ impl ModelOption {
             ModelOption::LogvarOutput => "--logvar",
             ModelOption::HiddenLayer => "--hidden-layer",
             ModelOption::Layout => "--layout ane",
+            ModelOption::Batch => "--batch",
+            ModelOption::Tokens => "--tokens",
+            ModelOption::Ema => "--ema",
         }
     }
 

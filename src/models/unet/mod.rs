@@ -1,0 +1,4 @@
+//! Stable Diffusion UNets (`UNet2DConditionModel`): SD 1.x, SD 2.x, inpainting, SDXL base and
+//! refiner.
+
+pub mod config;
