@@ -485,6 +485,8 @@ pub static REGISTRY: &[&dyn Model] = &[
     &clip::CLIP_BIGG,
     &clip::CLIP_H,
     &clip::vision::CLIP_VISION,
+    &unet::SD_UNET,
+    &unet::SDXL_UNET,
 ];
 
 pub fn registry() -> &'static [&'static dyn Model] {
