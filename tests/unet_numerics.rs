@@ -53,7 +53,7 @@ fn error(
     let (inputs, want) = case(name, case_name, layout);
     let b = want.shape[0];
     let (h, w) = (want.shape[2], want.shape[3]);
-    let mut o = BuildOptions::new(model(name), &weights(name));
+    let mut o = BuildOptions::new(model(name), weights(name));
     o.precision = precision;
     o.io_precision = Some(Precision::Fp32);
     o.sizes = mlc::compiler::Sizes::Latent(vec![[h, w]]);

@@ -52,6 +52,8 @@ pub struct Unet {
     xl: bool,
     /// Latent side a build without sizes uses.
     default_latent: usize,
+    /// 2^(levels - 1) of the family: what sides of several sizes must be multiples of.
+    levels_ceiling: usize,
     pipeline: &'static str,
 }
 
@@ -60,6 +62,7 @@ pub static SD_UNET: Unet = Unet {
     aliases: &["sd15-unet", "sd21-unet", "sd1-unet", "sd2-unet"],
     xl: false,
     default_latent: 64,
+    levels_ceiling: 8,
     pipeline: "Stable Diffusion 1.x/2.x",
 };
 
@@ -68,6 +71,7 @@ pub static SDXL_UNET: Unet = Unet {
     aliases: &["sdxl-base-unet", "sdxl-refiner-unet"],
     xl: true,
     default_latent: 128,
+    levels_ceiling: 4,
     pipeline: "Stable Diffusion XL",
 };
 
@@ -266,6 +270,11 @@ impl Model for Unet {
     ) -> Result<Graph, ModelError> {
         let cfg = keys::config_of(&weights)?;
         self.declare(&cfg, Params::owned(weights), fixed, o)
+    }
+
+    fn size_multiple(&self, _part: Part) -> usize {
+        // Each level but the last halves the latent: SD's 4 levels 3 times, SDXL's 3 twice.
+        self.levels_ceiling
     }
 
     fn calibration_encoder(&self, _part: Part) -> Option<super::EncoderWeights> {

@@ -13,7 +13,7 @@
 //! with no transpose (Apple's ml-stable-diffusion layout).
 
 use super::config::{LAYER_NORM_EPS, TRANSFORMER_NORM_EPS};
-use crate::ir::{Binary, Dim, Graph, ValueId};
+use crate::ir::{Binary, Dim, Graph, Op, ValueId};
 use crate::models::nn::ane::ScoreBudget;
 use crate::models::nn::{
     attention_layer, binary, conv2d, feed_forward, group_norm, layer_norm, linear, reshape_to,
@@ -70,9 +70,9 @@ pub fn transformer(
     }
     let out = if t.linear_projection {
         let h = linear(g, &p.child("proj_out"), h, &Linear::new(c, c), layout)?;
-        to_map(g, p, h, &map, layout)?
+        to_map(g, p, h, &map, x, layout)?
     } else {
-        let h = to_map(g, p, h, &map, layout)?;
+        let h = to_map(g, p, h, &map, x, layout)?;
         conv(g, "proj_out", h)?
     };
     binary(g, p, Binary::Add, out, x, "residual")
@@ -143,11 +143,17 @@ fn to_map(
     p: &Scope,
     h: ValueId,
     map: &[Dim],
+    like: ValueId,
     layout: TransformerLayout,
 ) -> Result<ValueId, ModelError> {
     let h = match layout {
         TransformerLayout::Ane => h,
         TransformerLayout::Standard => transpose(g, h, &[0, 2, 1], p.node("by_channel"))?,
     };
+    // A map whose height and width both vary (enumerated sizes) has no reshape target MIL can
+    // write: take the shape of the map itself.
+    if map.iter().filter(|d| d.known().is_none()).count() > 1 {
+        return Ok(g.add(Op::ReshapeLike, &[h, like], p.node("map"))?);
+    }
     reshape_to(g, h, map.to_vec(), p.node("map"))
 }
