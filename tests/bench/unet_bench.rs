@@ -690,6 +690,9 @@ mod tests {
             "other seed, same bytes"
         );
         assert!(is_complete(&a, &tensors));
+        let cut = File::options().write(true).open(&c).unwrap();
+        cut.set_len(bytes.len() as u64 - 2).unwrap();
+        assert!(!is_complete(&c, &tensors), "a cut file counts as complete");
         assert!(!is_complete(
             &a,
             &Arch::from_config(&read_config(&fixture("sd15")))
