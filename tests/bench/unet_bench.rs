@@ -645,7 +645,11 @@ mod tests {
             let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
             assert!(
                 missing.is_empty() && extra.is_empty(),
-                "{name}: missing {missing:?}, extra {extra:?}"
+                "{name}: {} missing (first {:?}), {} extra (first {:?})",
+                missing.len(),
+                missing.first(),
+                extra.len(),
+                extra.first()
             );
             assert_eq!(ours, theirs, "{name}: shapes differ");
         }
