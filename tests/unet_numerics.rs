@@ -89,3 +89,46 @@ fn every_fixture_matches_diffusers() {
     eprintln!("{report}");
     assert!(failed.is_empty(), "{failed:#?}");
 }
+
+/// One package for 16x16 and 24x24 latents (enumerated shapes), and one function per size
+/// (iOS18 multifunction, `unet_16x16`, `unet_24x24`): each computes diffusers' numbers at 16x16,
+/// the multifunction one with fused attention.
+#[test]
+fn enumerated_and_multifunction_packages_match() {
+    let out = out_dir("unet_sizes");
+    for (name, layout) in [
+        ("sd15", TransformerLayout::Ane),
+        ("sdxl", TransformerLayout::Standard),
+    ] {
+        let (inputs, want) = case(name, "b2_16x16", layout);
+        for multifunction in [false, true] {
+            let mut o = BuildOptions::new(model(name), weights(name));
+            o.io_precision = Some(Precision::Fp32);
+            o.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16], [24, 24]]);
+            o.multifunction = multifunction;
+            if multifunction {
+                o.target = mlc::mil::Target::Ios18;
+            }
+            o.model_options = ModelOptions {
+                layout,
+                ..Default::default()
+            };
+            let tag = format!("{name}_{layout:?}_multifunction_{multifunction}");
+            o.output = Some(out.join(format!("{tag}.mlpackage")));
+            let pkg = mlc::package::read_package(&build(&o).unwrap().package).unwrap();
+            let function = mlc::run::default_function(&pkg);
+            let text = mlc::mil::print::print_model(&pkg.model);
+            if multifunction {
+                assert_eq!(function, "unet_16x16");
+                assert!(text.contains("unet_24x24"), "{tag}");
+                if layout == TransformerLayout::Standard {
+                    assert!(text.contains("scaled_dot_product_attention("), "{tag}");
+                }
+            } else {
+                assert!(text.contains("enumerated"), "{tag}: {}", &text[..2000]);
+            }
+            let got = mlc::run::run(&pkg, &function, &inputs).unwrap();
+            assert_within(&tag, &got["noise_pred"], &want, 5e-3);
+        }
+    }
+}
