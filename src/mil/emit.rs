@@ -23,8 +23,8 @@ pub const BLOB_MIN_ELEMENTS: usize = 10;
 pub struct Emitter<'a> {
     pub(crate) g: &'a Graph,
     pub(crate) target: Target,
-    /// Each value's MIL name (see [`super::lower`]).
-    names: &'a [String],
+    /// Each value's MIL name (see [`super::lower`]); an alias takes its value's name.
+    names: Vec<String>,
     pub(crate) ops: Vec<pb::Operation>,
     blobs: &'a mut BlobWriter,
     /// `split` groups already emitted: (input, axis, parts) → the value name of each part.
@@ -35,13 +35,13 @@ impl<'a> Emitter<'a> {
     pub(crate) fn new(
         g: &'a Graph,
         target: Target,
-        names: &'a [String],
+        names: &[String],
         blobs: &'a mut BlobWriter,
     ) -> Emitter<'a> {
         Emitter {
             g,
             target,
-            names,
+            names: names.to_vec(),
             ops: Vec::new(),
             blobs,
             splits: BTreeMap::new(),
@@ -57,6 +57,13 @@ impl<'a> Emitter<'a> {
     /// The MIL name of value `id`.
     pub fn name(&self, id: ValueId) -> String {
         self.names[id.index()].clone()
+    }
+
+    /// Makes node `id` another name for value `of`: a node that computes nothing in MIL (an
+    /// fp32 build's precision fence) emits no op, and its users read `of` itself. Nodes are
+    /// emitted in order, so every user sees the alias.
+    pub fn alias(&mut self, id: ValueId, of: ValueId) {
+        self.names[id.index()] = self.names[of.index()].clone();
     }
 
     /// The MIL name of node `id`'s input `i`.

@@ -39,5 +39,6 @@ pub(crate) fn cases(kind: OpKind) -> Vec<Case> {
         OpKind::LayerNorm => layer_norm_cases(r),
         OpKind::Gather => gather_cases(r),
         OpKind::ArgMax => argmax_cases(r),
+        OpKind::Precision => precision_cases(r),
     }
 }

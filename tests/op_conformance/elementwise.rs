@@ -264,3 +264,28 @@ pub(crate) fn cast_cases(r: &mut Rng) -> Vec<Case> {
     }
     out
 }
+
+/// Fences pass the value unchanged in either direction (the fp16 build's casts are the pass's
+/// business); an output fence lowers to an `identity`.
+pub(crate) fn precision_cases(r: &mut Rng) -> Vec<Case> {
+    let configs: [(bool, DType, Spec, Sizes); 3] = [
+        (true, DType::F32, &["2", "3"], &[]),
+        (false, DType::F32, &["1", "H"], &[("H", 5)]),
+        (true, DType::F16, &["4"], &[]),
+    ];
+    configs
+        .into_iter()
+        .map(|(fp32, dtype, spec, sizes)| {
+            let o = operand(r, spec, sizes, (-1000.0, 1000.0), dtype, false);
+            let want = map_ref(&o.value, |v| v);
+            Case::new(
+                format!("precision fp32={fp32} on {dtype}"),
+                Op::Precision { fp32 },
+                vec![o],
+                want,
+                0.0,
+            )
+            .sizes(sizes)
+        })
+        .collect()
+}

@@ -225,6 +225,9 @@ ops! {
     Gather { axis: usize } => gather,
     /// The int32 index of the first largest element along `axis`, which is removed.
     ArgMax { axis: usize } => argmax,
+    /// A mixed-precision fence: `fp32=true` opens an fp32 region, `fp32=false` closes it (see
+    /// [`precision`]); the value passes unchanged.
+    Precision { fp32: bool } => precision,
 }
 
 pub use binary::{broadcast, Binary};

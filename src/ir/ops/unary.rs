@@ -37,8 +37,10 @@ unary_ops! {
     Sqrt => "sqrt", f32::sqrt, "sqrt", ane: true;
     // Exact (erf) GELU, MIL's default mode; transformers' "gelu".
     Gelu => "gelu", crate::kernels::gelu_erf, "gelu", ane: true;
-    Sin => "sin", f32::sin, "sin", ane: true;
-    Cos => "cos", f32::cos, "cos", ane: true;
+    // The sinusoidal timestep embedding. No report shows them on the Neural Engine; the UNet
+    // computes them in an fp32 region, which runs outside it anyway.
+    Sin => "sin", f32::sin, "sin", ane: false;
+    Cos => "cos", f32::cos, "cos", ane: false;
 }
 
 /// A row off the Neural Engine unless the table says it runs there.
