@@ -505,9 +505,11 @@ mod tests {
             panic!("{:?}", full.op)
         };
         assert_eq!(full.ty.dtype, DType::F32);
-        let stored = |t: &Tensor| match &t.data {
-            crate::tensor::TensorData::F16(v) => v.iter().map(|x| x.to_bits()).collect(),
-            d => panic!("{d:?}"),
+        let stored = |t: &Tensor| -> Vec<u16> {
+            match &t.data {
+                crate::tensor::TensorData::F16(v) => v.iter().map(|x| x.to_bits()).collect(),
+                d => panic!("{d:?}"),
+            }
         };
         assert_eq!(stored(t), bits);
         let Op::Const(ConstData::Dense(t)) = &find(&h, "f").op else {
