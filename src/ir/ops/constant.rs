@@ -126,7 +126,7 @@ pub fn lower(e: &mut Emitter, id: ValueId, c: &ConstData) -> Result<(), LowerErr
             e.konst(out, val);
             Ok(())
         }
-        // Only an fp32 build lowers these (an fp16 one has made them dense fp16).
+        // An fp32 build, or an fp16 build's fp32 region (elsewhere it made them dense fp16).
         ConstData::Half(t) => {
             let val = e.tensor_value(&t.cast(DType::F32));
             e.konst(out, val);
