@@ -25,6 +25,8 @@ pub struct Compiled {
     pub weights_sha256: String,
     pub timings: Vec<(String, Duration)>,
     pub kept_float: Option<KeptFloat>,
+    /// See [`super::BuildReport::fp32_ops`].
+    pub fp32_ops: usize,
 }
 
 /// The IR of `opts`' model as the builder declares it (before any pass). A size whose value
@@ -209,6 +211,10 @@ fn program_from(
     };
 
     let mut largest = largest_intermediate(&g, &plan.sizes);
+    let fp32_ops = match opts.precision {
+        Precision::Fp16 => passes::cast_fp16::fp32_ops(&g),
+        Precision::Fp32 => 0,
+    };
     let t = Instant::now();
     let mut info = model_info(plan, &weights_path, &weights_sha256)?;
     if let Some(cal) = &cal {
@@ -275,5 +281,6 @@ fn program_from(
         weights_sha256,
         timings,
         kept_float,
+        fp32_ops,
     })
 }

@@ -26,6 +26,8 @@ pub struct BuildReport {
     pub largest_intermediate: Option<Intermediate>,
     /// What `--activation-min-psnr` kept float.
     pub kept_float: Option<KeptFloat>,
+    /// Ops an fp16 build computes in fp32: the regions the model fences (0 in fp32 builds).
+    pub fp32_ops: usize,
 }
 
 /// The layers whose inputs `--activation-min-psnr` kept float.

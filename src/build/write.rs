@@ -64,6 +64,7 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         weights_sha256,
         mut timings,
         kept_float,
+        fp32_ops,
     } = compiled;
     let t = Instant::now();
     writer.finish(&lowered.model, lowered.has_weights())?;
@@ -79,5 +80,6 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         ane: crate::ane::analyze(&lowered.model),
         largest_intermediate,
         kept_float,
+        fp32_ops,
     })
 }

@@ -492,6 +492,12 @@ fn print_report(a: &BuildArgs, r: &BuildReport, target: Target) -> Result<()> {
             if k.names.is_empty() { "none".to_string() } else { k.names.join(", ") }
         );
     }
+    if r.fp32_ops > 0 {
+        eprintln!(
+            "mixed precision: {} ops compute in fp32 (the regions {} keeps fp32 in fp16 builds)",
+            r.fp32_ops, r.model
+        );
+    }
     if a.output.timings {
         let total: f64 = r.timings.iter().map(|(_, t)| t.as_secs_f64()).sum();
         for (stage, t) in &r.timings {
