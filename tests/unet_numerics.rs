@@ -2,7 +2,9 @@
 //! UNets in ../shared/fixtures/unet: every fixture (sd15, sd21, sdxl, sd15_inpaint) and case
 //! (batch 1 and 2, 16x16 and 12x20 latents), fp32 and fp16 packages evaluated through the
 //! emitted package, in both layouts. Error over the reference's largest magnitude: fp32 1e-4,
-//! fp16 5e-3.
+//! fp16 5e-3 and no worse than coremltools' own fp16 conversion of the case (the timestep
+//! sinusoids computed in fp32 are what beats it: 2.7e-4 to 4.1e-4 where coremltools reaches
+//! 3.7e-4 to 3.9e-3).
 
 mod common;
 
@@ -69,6 +71,26 @@ fn error(
     relative_error(&got["noise_pred"], &want)
 }
 
+/// coremltools 9.0's own fp16 conversions of the same fixtures, error over the largest
+/// |noise_pred| (the fixtures' README): mlc's fp16 packages must not be worse.
+fn coremltools_fp16(name: &str, case: &str) -> f32 {
+    match (name, case) {
+        ("sd15", "b1_16x16") => 1.3e-3,
+        ("sd15", "b2_16x16") => 1.3e-3,
+        ("sd15", "b2_12x20") => 4.2e-4,
+        ("sd21", "b1_16x16") => 3.4e-3,
+        ("sd21", "b2_16x16") => 3.3e-3,
+        ("sd21", "b2_12x20") => 9.5e-4,
+        ("sdxl", "b1_16x16") => 3.0e-3,
+        ("sdxl", "b2_16x16") => 3.9e-3,
+        ("sdxl", "b2_12x20") => 2.4e-3,
+        ("sd15_inpaint", "b1_16x16") => 8.4e-4,
+        ("sd15_inpaint", "b2_16x16") => 1.2e-3,
+        ("sd15_inpaint", "b2_12x20") => 3.7e-4,
+        _ => unreachable!("{name} {case}"),
+    }
+}
+
 #[test]
 fn every_fixture_matches_diffusers() {
     let out = out_dir("unet_numerics");
@@ -76,7 +98,8 @@ fn every_fixture_matches_diffusers() {
     for name in ["sd15", "sd21", "sdxl", "sd15_inpaint"] {
         for c in ["b1_16x16", "b2_16x16", "b2_12x20"] {
             for layout in [TransformerLayout::Standard, TransformerLayout::Ane] {
-                for (p, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, 5e-3)] {
+                let fp16 = coremltools_fp16(name, c).min(5e-3);
+                for (p, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, fp16)] {
                     let e = error(name, c, p, layout, &out);
                     report += &format!("{name} {c} {p:?} {layout:?}: {e:.2e}\n");
                     if e > tol {

@@ -60,6 +60,9 @@ pub struct AttentionSpec {
     pub layout: TransformerLayout,
     /// `ane` only: cut the queries so that no per-head score tensor exceeds this.
     pub budget: Option<ScoreBudget>,
+    /// Compute the attention in fp32 even in an fp16 build (a precision region around it):
+    /// SD 2.1's `upcast_attention`.
+    pub upcast: bool,
 }
 
 impl AttentionSpec {
@@ -79,6 +82,7 @@ impl AttentionSpec {
             names,
             layout,
             budget: None,
+            upcast: false,
         }
     }
 
@@ -104,6 +108,11 @@ impl AttentionSpec {
             budget: Some(budget),
             ..self
         }
+    }
+
+    /// Attention in fp32 even in an fp16 build.
+    pub fn upcast(self, upcast: bool) -> AttentionSpec {
+        AttentionSpec { upcast, ..self }
     }
 
     /// Size of one head.
@@ -147,9 +156,23 @@ pub fn attention(
     mask: Option<ValueId>,
     spec: &AttentionSpec,
 ) -> Result<ValueId, ModelError> {
-    match spec.layout {
-        TransformerLayout::Standard => standard(g, a, qkv, mask, spec),
-        TransformerLayout::Ane => ane::attention(g, a, qkv, mask, spec),
+    let fence =
+        |g: &mut Graph, x, fp32, what: &str| g.add(Op::Precision { fp32 }, &[x], a.node(what));
+    let qkv = match spec.upcast {
+        false => qkv,
+        true => [
+            fence(g, qkv[0], true, "q_fp32")?,
+            fence(g, qkv[1], true, "k_fp32")?,
+            fence(g, qkv[2], true, "v_fp32")?,
+        ],
+    };
+    let out = match spec.layout {
+        TransformerLayout::Standard => standard(g, a, qkv, mask, spec)?,
+        TransformerLayout::Ane => ane::attention(g, a, qkv, mask, spec)?,
+    };
+    match spec.upcast {
+        false => Ok(out),
+        true => Ok(fence(g, out, false, "attention_out")?),
     }
 }
 

@@ -6,7 +6,8 @@
 //! temb = linear_2(silu(linear_1(sinusoid(timestep))))                        time_embedding
 //! SDXL: temb += linear_2(silu(linear_1([text_embeds, sinusoid256(time_ids)])))  add_embedding
 //! ```
-//! diffusers' `Timesteps` and `TimestepEmbedding`. The standard layout keeps the embedding as
+//! diffusers' `Timesteps` and `TimestepEmbedding`. The sinusoids are computed in fp32 in every
+//! build (a precision region): their arguments reach 1000 rad. The standard layout keeps the embedding as
 //! `[B, C]`; `ane` as `[B, C, 1, 1]`, its linear layers 1x1 convolutions, as Apple's UNet does.
 
 use super::config::UnetConfig;
@@ -33,6 +34,9 @@ pub fn sinusoid(
     let freqs: Vec<f32> = (0..half)
         .map(|i| (-(MAX_PERIOD.ln()) * i as f64 / denominator).exp() as f32)
         .collect();
+    // In fp32 even in an fp16 build: fp16's step at 999 is 0.5, which would move the
+    // arguments of the highest frequencies by up to a quarter turn.
+    let t = g.add(Op::Precision { fp32: true }, &[t], format!("{name}_fp32"))?;
     let column = reshape_to(g, t, vec![n, Dim::Known(1)], format!("{name}_column"))?;
     let freqs = g.constant(format!("{name}_freqs"), Tensor::f32(vec![1, half], freqs));
     let args = g.add(
@@ -47,7 +51,8 @@ pub fn sinusoid(
     } else {
         [sin, cos]
     };
-    Ok(g.add(Op::Concat { axis: 1 }, &parts, name.to_string())?)
+    let both = g.add(Op::Concat { axis: 1 }, &parts, format!("{name}_fp32_out"))?;
+    Ok(g.add(Op::Precision { fp32: false }, &[both], name.to_string())?)
 }
 
 /// The embedding the resnets take: `[B, time_embed_dim]` (`[B, .., 1, 1]` in `ane`).

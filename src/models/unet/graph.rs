@@ -176,6 +176,7 @@ impl Body<'_> {
             groups: cfg.norm_groups,
             layout: self.layout,
             budget: self.budget,
+            upcast: cfg.upcast_attention,
         };
         transformer(g, p, x, self.context, &t)
     }

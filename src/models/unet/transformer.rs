@@ -35,6 +35,8 @@ pub struct Transformer {
     pub layout: TransformerLayout,
     /// `ane`: the largest score tensor one attention may build.
     pub budget: ScoreBudget,
+    /// Attention in fp32 in fp16 builds (SD 2.1's `upcast_attention`).
+    pub upcast: bool,
 }
 
 /// The block over `x` `[B, C, H, W]`; `context` is `encoder_hidden_states` in the layout's
@@ -97,7 +99,8 @@ fn block(
     };
     let spec = AttentionSpec::new(c, t.heads, Projections::DIFFUSERS, t.layout)
         .unbiased()
-        .chunked(t.budget);
+        .chunked(t.budget)
+        .upcast(t.upcast);
     let x = ln(g, "norm1", h)?;
     let a = attention_layer(g, &p.child("attn1"), x, None, None, &spec)?;
     let h = binary(g, &p.child("attn1"), Binary::Add, h, a, "residual")?;
