@@ -24,13 +24,15 @@
 //! always did.
 //!
 //! ```text
-//! %t: fp32[2] = input("t")               %t: fp16[2] = input("t")
-//! %f: fp32[2] = const(..)                %t32: fp32[2] = cast(%t) dtype=fp32
-//! %t32: fp32[2] = precision(%t) fp32=true   ==>  %f: fp32[2] = const(..)
-//! %a: fp32[2] = mul(%t32, %f)            %a: fp32[2] = mul(%t32, %f)
-//! %s: fp32[2] = sin(%a)                  %s: fp32[2] = sin(%a)
-//! %y: fp32[2] = precision(%s) fp32=false %y: fp16[2] = cast(%s) dtype=fp16
+//! %t = input("t")                        %t: fp16 = input("t")
+//! %f = const(..)                         %f: fp32 = const(..)       (only the region uses it)
+//! %t32 = precision(%t) fp32=true   ==>   %t32: fp32 = cast(%t) dtype=fp32
+//! %a = mul(%t32, %f)                     %a: fp32 = mul(%t32, %f)
+//! %s = sin(%a)                           %s: fp32 = sin(%a)
+//! %y = precision(%s) fp32=false          %y: fp16 = cast(%s) dtype=fp16
 //! ```
+//!
+//! (fp16 I/O; with fp32 inputs the region reads the input itself, not its fp16 cast.)
 //!
 //! Constant folding runs first, so an op's constant operands are constants, not ops over them
 //! (those would compute in fp16 and meet an fp32 region as a mixed input).

@@ -1,6 +1,6 @@
 //! `cast(x) dtype=d`: x converted to `dtype`. To fp16 it rounds (the evaluator rounds the
 //! same way), to int32 it truncates. MIL's `cast` between fp32 and fp16 runs outside the Neural
-//! Engine (fp32 model I/O), which the report says.
+//! Engine (fp32 model I/O, the edges of fp32 regions), which the report says.
 
 use super::attr::Visit;
 use super::{arity, Sizes};
@@ -46,7 +46,7 @@ pub fn lower(e: &mut Emitter, id: ValueId, dtype: &DType) -> Result<(), LowerErr
 }
 
 const CAST_OFF_ANE: &str =
-    "cast between fp32 and fp16 runs outside the ANE (fp32 model I/O; build with fp16 I/O to avoid it)";
+    "cast between fp32 and fp16 runs outside the ANE (fp32 model I/O, avoided with fp16 I/O; or the edge of a region the model keeps fp32)";
 
 #[cfg(test)]
 pub fn examples() -> Vec<String> {
