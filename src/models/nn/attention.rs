@@ -172,7 +172,7 @@ pub fn attention(
     };
     match spec.upcast {
         false => Ok(out),
-        true => Ok(fence(g, out, false, "attention_out")?),
+        true => Ok(fence(g, out, false, "upcast_end")?),
     }
 }
 
