@@ -2,3 +2,6 @@
 //! refiner.
 
 pub mod config;
+pub mod keys;
+pub mod read;
+pub mod tensors;
