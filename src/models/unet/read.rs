@@ -4,7 +4,7 @@
 
 use super::config::{self, UnetConfig};
 use super::keys::Layout;
-use super::tensors::{self, Mismatch};
+use super::tensors;
 use crate::models::{config_beside, ModelError, ModelOptions};
 use crate::weights::{TensorSource, Weights};
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ pub fn load(
         .iter()
         .map(|(d, f)| (d.clone(), index[f].shape.clone()))
         .collect();
-    let cfg = configure(&shapes, path, &|m| in_file_names(m, &layout, &sources))?;
+    let cfg = configure(&shapes, path, &|r| in_file_names(r, &layout, &sources))?;
     let wanted = match o.ema {
         true => layout.ema_sources(&sources, index).map_err(wrong)?,
         false => sources,
@@ -46,21 +46,22 @@ pub fn config_of(weights: &Weights) -> Result<UnetConfig, ModelError> {
         .iter()
         .map(|(k, t)| (k.clone(), t.shape.clone()))
         .collect();
-    configure(&shapes, &weights.path, &|m| m.to_string())
+    configure(&shapes, &weights.path, &|r| r)
 }
 
-/// Sizes from `shapes` (diffusers names), the UNet config.json beside `path` applied (a
+/// Sizes from `shapes` (diffusers names; `rename` puts a message about them in the file's
+/// names), the UNet config.json beside `path` applied (a
 /// config.json of another model, a VAE's or a pipeline's, is passed over), heads by the
 /// family's convention when no config gives them, and the tensors checked against the result.
 fn configure(
     shapes: &BTreeMap<String, Vec<usize>>,
     path: &Path,
-    describe: &dyn Fn(Mismatch) -> String,
+    rename: &dyn Fn(String) -> String,
 ) -> Result<UnetConfig, ModelError> {
     let file = path.display().to_string();
     let wrong = |reason: String| ModelError::WrongModel {
         file: file.clone(),
-        reason,
+        reason: rename(reason),
     };
     let mut cfg = config::read_sizes(shapes).map_err(wrong)?;
     if let Some((at, json)) = config_beside(path)? {
@@ -75,7 +76,7 @@ fn configure(
         cfg.heads = config::conventional_heads(&cfg).map_err(wrong)?;
     }
     config::check_groups(&cfg).map_err(wrong)?;
-    tensors::check(&cfg, shapes).map_err(|m| wrong(describe(m)))?;
+    tensors::check(&cfg, shapes).map_err(|m| wrong(m.to_string()))?;
     Ok(cfg)
 }
 
@@ -88,27 +89,31 @@ fn is_unet_config(json: &serde_json::Value) -> bool {
     }
 }
 
-/// A tensor check's message with the file's own names where it has them (an original layout's
-/// tensors are checked under their diffusers names).
-fn in_file_names(m: Mismatch, layout: &Layout, sources: &BTreeMap<String, String>) -> String {
-    let file_key = |k: String| sources.get(&k).cloned().unwrap_or(k);
-    match (layout, m) {
-        (Layout::Diffusers, m) => m.to_string(),
-        (Layout::Original { prefix }, Mismatch::Missing(k)) => format!(
-            "missing tensor \"{k}\" (its diffusers name; the UNet here is in the original \
-             single-file layout under \"{prefix}\")"
-        ),
-        (_, Mismatch::Shape { key, found, expected }) => Mismatch::Shape {
-            key: file_key(key),
-            found,
-            expected,
-        }
-        .to_string(),
-        (_, Mismatch::Extra { keys, count }) => Mismatch::Extra {
-            keys: keys.into_iter().map(file_key).collect(),
-            count,
-        }
-        .to_string(),
-        (_, m) => m.to_string(),
+/// A message about the tensors with the file's own names where the file has them: an original
+/// layout's tensors are read and checked under their diffusers names, which the message quotes.
+/// A quoted name the file lacks (a missing tensor) stays diffusers' and the message says so.
+fn in_file_names(reason: String, layout: &Layout, sources: &BTreeMap<String, String>) -> String {
+    let Layout::Original { prefix } = layout else {
+        return reason;
+    };
+    let mut untranslated = false;
+    let renamed: Vec<String> = reason
+        .split('"')
+        .enumerate()
+        .map(|(i, part)| match (i % 2, sources.get(part)) {
+            (1, Some(file_key)) => file_key.clone(),
+            (1, None) => {
+                untranslated |= part.contains('.') && !part.starts_with(prefix.as_str());
+                part.to_string()
+            }
+            _ => part.to_string(),
+        })
+        .collect();
+    let mut out = renamed.join("\"");
+    if untranslated {
+        out.push_str(&format!(
+            " (diffusers names; the UNet here is in the original single-file layout under \"{prefix}\")"
+        ));
     }
+    out
 }
