@@ -148,7 +148,12 @@ fn the_tensors_give_each_fixtures_config() {
     assert_eq!(sdxl.transformer_depth, [0, 1, 2]);
     let sd21 = config::detect(&shapes_of(&diffusers("sd21"))).unwrap();
     assert_eq!((sd21.family, sd21.linear_projection), (Family::Sd2, true));
-    assert_eq!(config::detect(&shapes_of(&diffusers("sd15_inpaint"))).unwrap().in_channels, 9);
+    assert_eq!(
+        config::detect(&shapes_of(&diffusers("sd15_inpaint")))
+            .unwrap()
+            .in_channels,
+        9
+    );
 }
 
 #[test]
@@ -239,7 +244,11 @@ fn ema_reads_the_ema_copy_and_only_with_ema() {
     }
     let (plain, _) = load(&path, false).unwrap();
     let k = "down_blocks.0.resnets.0.conv1.weight";
-    let decoy: Vec<f32> = want.tensors[k].to_f32().iter().map(|v| v * 0.5 + 1.0).collect();
+    let decoy: Vec<f32> = want.tensors[k]
+        .to_f32()
+        .iter()
+        .map(|v| v * 0.5 + 1.0)
+        .collect();
     assert_eq!(plain.tensors[k].to_f32(), decoy);
 
     // An EMA copy with a tensor missing, and --ema on files without one.
@@ -290,10 +299,17 @@ fn missing_extra_and_misshapen_tensors_are_named() {
     write(&path, &t);
     names(&load_err(&path, false), &path, &["missing tensor", gone]);
     t.insert(gone.into(), kept);
-    t.insert("down_blocks.0.extra.weight".into(), Tensor::f32(vec![2], vec![0.0; 2]));
+    t.insert(
+        "down_blocks.0.extra.weight".into(),
+        Tensor::f32(vec![2], vec![0.0; 2]),
+    );
     let path = dir.path().join("extra.safetensors");
     write(&path, &t);
-    names(&load_err(&path, false), &path, &["\"down_blocks.0.extra.weight\""]);
+    names(
+        &load_err(&path, false),
+        &path,
+        &["\"down_blocks.0.extra.weight\""],
+    );
 
     // Original layout: messages use the file's names.
     let mut t = all_tensors(&original("sdxl"));
@@ -302,7 +318,10 @@ fn missing_extra_and_misshapen_tensors_are_named() {
         Tensor::f32(vec![2], vec![0.0; 2]),
     );
     // Outside the UNet's prefix: ignored.
-    t.insert("conditioner.embedders.0.x.weight".into(), Tensor::f32(vec![1], vec![0.0]));
+    t.insert(
+        "conditioner.embedders.0.x.weight".into(),
+        Tensor::f32(vec![1], vec![0.0]),
+    );
     let path = dir.path().join("sdxl_extra.safetensors");
     write(&path, &t);
     names(
@@ -314,10 +333,17 @@ fn missing_extra_and_misshapen_tensors_are_named() {
     // A second attention in a level where the others have none.
     let k = "model.diffusion_model.output_blocks.8.0.out_layers.3.weight";
     let v = t.remove(k).unwrap();
-    t.insert(k.into(), Tensor::f32(vec![32, 32, 1, 3], vec![0.0; 32 * 32 * 3]));
+    t.insert(
+        k.into(),
+        Tensor::f32(vec![32, 32, 1, 3], vec![0.0; 32 * 32 * 3]),
+    );
     let path = dir.path().join("sdxl_shape.safetensors");
     write(&path, &t);
-    names(&load_err(&path, false), &path, &[k, "[32, 32, 1, 3]", "[32, 32, 3, 3]"]);
+    names(
+        &load_err(&path, false),
+        &path,
+        &[k, "[32, 32, 1, 3]", "[32, 32, 3, 3]"],
+    );
     t.insert(k.into(), v);
     let k = "model.diffusion_model.middle_block.1.transformer_blocks.1.attn2.to_v.weight";
     t.remove(k).unwrap();
@@ -326,7 +352,10 @@ fn missing_extra_and_misshapen_tensors_are_named() {
     names(
         &load_err(&path, false),
         &path,
-        &["mid_block.attentions.0.transformer_blocks.1.attn2.to_v.weight", "original"],
+        &[
+            "mid_block.attentions.0.transformer_blocks.1.attn2.to_v.weight",
+            "original",
+        ],
     );
 }
 
@@ -335,11 +364,20 @@ fn widths_that_fit_no_family_are_refused_naming_the_key() {
     let base = shapes_of(&diffusers("sdxl"));
     // 32 + 4 x 256: four time ids.
     let mut s = base.clone();
-    s.insert("add_embedding.linear_1.weight".into(), vec![128, 32 + 4 * 256]);
+    s.insert(
+        "add_embedding.linear_1.weight".into(),
+        vec![128, 32 + 4 * 256],
+    );
     let e = config::detect(&s).unwrap_err();
-    assert!(e.contains("add_embedding.linear_1.weight") && e.contains("1056"), "{e}");
+    assert!(
+        e.contains("add_embedding.linear_1.weight") && e.contains("1056"),
+        "{e}"
+    );
     // The refiner's five.
-    s.insert("add_embedding.linear_1.weight".into(), vec![128, 32 + 5 * 256]);
+    s.insert(
+        "add_embedding.linear_1.weight".into(),
+        vec![128, 32 + 5 * 256],
+    );
     assert_eq!(config::detect(&s).unwrap().added.unwrap().time_ids, 5);
     // One cross-attention narrower than the others.
     let mut s = base.clone();
@@ -349,14 +387,20 @@ fn widths_that_fit_no_family_are_refused_naming_the_key() {
     assert!(e.contains(k) && e.contains("[64, 96]"), "{e}");
     // Inconsistent widths.
     let mut s = base;
-    s.insert("down_blocks.1.resnets.1.conv1.weight".into(), vec![64, 48, 3, 3]);
+    s.insert(
+        "down_blocks.1.resnets.1.conv1.weight".into(),
+        vec![64, 48, 3, 3],
+    );
     let e = config::detect(&s).unwrap_err();
     assert!(e.contains("down_blocks.1.resnets.1.conv1.weight"), "{e}");
     // The added embedding beside conv projections.
     let mut s = shapes_of(&diffusers("sd15"));
     s.insert("add_embedding.linear_1.weight".into(), vec![128, 2816]);
     let e = config::detect(&s).unwrap_err();
-    assert!(e.contains("add_embedding.linear_1.weight") && e.contains("no family"), "{e}");
+    assert!(
+        e.contains("add_embedding.linear_1.weight") && e.contains("no family"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -402,7 +446,11 @@ fn a_config_json_that_disagrees_is_named_with_the_field() {
         with_config(dir.path(), &j)
     };
     for (field, value, said) in [
-        ("block_out_channels", serde_json::json!([32, 32, 64, 128]), "[32, 32, 64, 64]"),
+        (
+            "block_out_channels",
+            serde_json::json!([32, 32, 64, 128]),
+            "[32, 32, 64, 64]",
+        ),
         ("layers_per_block", serde_json::json!(3), "2"),
         ("in_channels", serde_json::json!(9), "4"),
         ("cross_attention_dim", serde_json::json!(768), "64"),
@@ -410,18 +458,51 @@ fn a_config_json_that_disagrees_is_named_with_the_field() {
         ("transformer_layers_per_block", serde_json::json!(2), "1"),
         (
             "down_block_types",
-            serde_json::json!(["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]),
+            serde_json::json!([
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+                "DownBlock2D"
+            ]),
             "CrossAttnDownBlock2D",
         ),
-        ("addition_embed_type", serde_json::json!("text_time"), "add_embedding"),
-        ("class_embed_type", serde_json::json!("timestep"), "timestep"),
-        ("time_embedding_type", serde_json::json!("fourier"), "positional"),
-        ("resnet_time_scale_shift", serde_json::json!("scale_shift"), "default"),
+        (
+            "addition_embed_type",
+            serde_json::json!("text_time"),
+            "add_embedding",
+        ),
+        (
+            "class_embed_type",
+            serde_json::json!("timestep"),
+            "timestep",
+        ),
+        (
+            "time_embedding_type",
+            serde_json::json!("fourier"),
+            "positional",
+        ),
+        (
+            "resnet_time_scale_shift",
+            serde_json::json!("scale_shift"),
+            "default",
+        ),
         ("attention_type", serde_json::json!("gated"), "default"),
-        ("mid_block_type", serde_json::json!("UNetMidBlock2DSimpleCrossAttn"), "UNetMidBlock2DCrossAttn"),
-        ("addition_embed_type", serde_json::json!("text_image"), "text_time"),
+        (
+            "mid_block_type",
+            serde_json::json!("UNetMidBlock2DSimpleCrossAttn"),
+            "UNetMidBlock2DCrossAttn",
+        ),
+        (
+            "addition_embed_type",
+            serde_json::json!("text_image"),
+            "text_time",
+        ),
         ("dual_cross_attention", serde_json::json!(true), "false"),
-        ("only_cross_attention", serde_json::json!([false, true, false, false]), "false"),
+        (
+            "only_cross_attention",
+            serde_json::json!([false, true, false, false]),
+            "false",
+        ),
         ("center_input_sample", serde_json::json!(true), "false"),
         ("conv_in_kernel", serde_json::json!(5), "3"),
         ("norm_num_groups", serde_json::json!(24), "24"),

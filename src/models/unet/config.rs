@@ -163,7 +163,8 @@ pub(super) fn read_sizes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<UnetCo
              UNetMidBlock2DCrossAttn)"
         ));
     }
-    let [_, cross_attention_dim] = s.get(&format!("{mid}.transformer_blocks.0.attn2.to_k.weight"))?;
+    let [_, cross_attention_dim] =
+        s.get(&format!("{mid}.transformer_blocks.0.attn2.to_k.weight"))?;
     let proj_in = format!("{mid}.proj_in.weight");
     let linear_projection = match shapes.get(&proj_in).map(Vec::len) {
         Some(2) => true,
@@ -177,7 +178,9 @@ pub(super) fn read_sizes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<UnetCo
     let [time_embed_dim, _] = s.get("time_embedding.linear_1.weight")?;
     let [out_channels, ..] = s.get::<4>("conv_out.weight")?;
     let added = match s.has("add_embedding.linear_1.weight") {
-        true => Some(added_embedding(s.get::<2>("add_embedding.linear_1.weight")?[1])?),
+        true => Some(added_embedding(
+            s.get::<2>("add_embedding.linear_1.weight")?[1],
+        )?),
         false => None,
     };
     let family = match (linear_projection, added.is_some()) {
@@ -219,7 +222,11 @@ pub(super) fn read_sizes(shapes: &BTreeMap<String, Vec<usize>>) -> Result<UnetCo
 /// else bigG's 1280.
 fn added_embedding(inputs: usize) -> Result<AddedEmbedding, String> {
     let below = inputs % TIME_ID_CHANNELS;
-    let text_embeds = if below != 0 { below } else { DEFAULT_TEXT_EMBEDS };
+    let text_embeds = if below != 0 {
+        below
+    } else {
+        DEFAULT_TEXT_EMBEDS
+    };
     let time_ids = inputs
         .checked_sub(text_embeds)
         .map(|ids| ids / TIME_ID_CHANNELS)
@@ -383,7 +390,9 @@ fn refuse_unbuilt(json: &Json) -> Result<(), String> {
                 None => v.as_bool() != Some(false),
             };
             if set {
-                return Err(format!("{name} is {v}; mlc builds UNets without it (false)"));
+                return Err(format!(
+                    "{name} is {v}; mlc builds UNets without it (false)"
+                ));
             }
         }
     }
@@ -440,15 +449,18 @@ pub fn apply_config(cfg: &mut UnetConfig, json: &Json) -> Result<(), String> {
             return Err(format!(
                 "use_linear_projection is {v} but the tensors give {} (proj_in.weight is {})",
                 cfg.linear_projection,
-                if cfg.linear_projection { "[C, C]" } else { "[C, C, 1, 1]" }
+                if cfg.linear_projection {
+                    "[C, C]"
+                } else {
+                    "[C, C, 1, 1]"
+                }
             ));
         }
     }
     check_block_types(cfg, json)?;
     check_depths(cfg, json)?;
     check_added(cfg, json)?;
-    take_settings(cfg, json)?;
-    check_heads(cfg, "the config's heads")
+    take_settings(cfg, json)
 }
 
 /// `down_block_types` and `up_block_types`: which levels have attention must be what the
@@ -456,7 +468,12 @@ pub fn apply_config(cfg: &mut UnetConfig, json: &Json) -> Result<(), String> {
 fn check_block_types(cfg: &UnetConfig, json: &Json) -> Result<(), String> {
     let levels = cfg.levels();
     for (name, with, without, mirrored) in [
-        ("down_block_types", "CrossAttnDownBlock2D", "DownBlock2D", false),
+        (
+            "down_block_types",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+            false,
+        ),
         ("up_block_types", "CrossAttnUpBlock2D", "UpBlock2D", true),
     ] {
         let Some(v) = field(json, name) else {
@@ -499,7 +516,11 @@ fn check_depths(cfg: &UnetConfig, json: &Json) -> Result<(), String> {
     let depths = match (v.is_array(), list.len()) {
         (false, _) => vec![list[0]; levels],
         (true, n) if n == levels => list,
-        _ => return Err(format!("{name} is {v} but the tensors give {levels} levels")),
+        _ => {
+            return Err(format!(
+                "{name} is {v} but the tensors give {levels} levels"
+            ))
+        }
     };
     for (i, (&want, &have)) in depths.iter().zip(&cfg.transformer_depth).enumerate() {
         if have > 0 && want != have {
@@ -565,11 +586,13 @@ fn take_settings(cfg: &mut UnetConfig, json: &Json) -> Result<(), String> {
         cfg.heads = match (v.is_array(), heads.len()) {
             (false, _) => vec![heads[0]; levels],
             (true, n) if n == levels => heads,
-            _ => return Err(format!("{name} is {v} but the tensors give {levels} levels")),
+            _ => {
+                return Err(format!(
+                    "{name} is {v} but the tensors give {levels} levels"
+                ))
+            }
         };
-        if let Some(i) = cfg.heads.iter().position(|&h| h == 0) {
-            return Err(format!("{name} is {v}: no heads at level {i}"));
-        }
+        check_heads(cfg, &format!("{name} {v}"))?;
         break;
     }
     if let Some(v) = field(json, "upcast_attention") {
@@ -620,7 +643,10 @@ fn group_norm_widths(cfg: &UnetConfig) -> Vec<usize> {
     for level in 0..c.len() {
         let above = c[level.saturating_sub(1)];
         let below = c.get(level + 1).copied().unwrap_or(c[level]);
-        widths.extend([c[level].saturating_add(below), c[level].saturating_add(above)]);
+        widths.extend([
+            c[level].saturating_add(below),
+            c[level].saturating_add(above),
+        ]);
         widths.push(c[level].saturating_add(c[level]));
     }
     widths
@@ -639,11 +665,150 @@ pub fn check_heads(cfg: &UnetConfig, whose: &str) -> Result<(), String> {
     for i in 0..levels {
         let (c, h) = (cfg.block_out_channels[i], cfg.heads[i]);
         let attention = cfg.transformer_depth[i] > 0 || i + 1 == levels;
-        if attention && (h == 0 || c % h != 0) {
+        if h == 0 || (attention && c % h != 0) {
             return Err(format!(
                 "{whose}: {h} heads at level {i} do not divide its {c} channels"
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// SD 1.5's real sizes.
+    fn sd15() -> UnetConfig {
+        UnetConfig {
+            family: Family::Sd1,
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            transformer_depth: vec![1, 1, 1, 0],
+            mid_transformer_depth: 1,
+            heads: vec![8; 4],
+            cross_attention_dim: 768,
+            linear_projection: false,
+            upcast_attention: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            time_embed_dim: 1280,
+            added: None,
+            norm_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// SDXL base's and refiner's real sizes.
+    fn sdxl(time_ids: usize) -> UnetConfig {
+        UnetConfig {
+            family: Family::Sdxl,
+            block_out_channels: vec![320, 640, 1280],
+            transformer_depth: vec![0, 2, 10],
+            mid_transformer_depth: 10,
+            heads: vec![5, 10, 20],
+            cross_attention_dim: 2048,
+            linear_projection: true,
+            added: Some(AddedEmbedding {
+                text_embeds: 1280,
+                time_ids,
+                time_id_channels: 256,
+            }),
+            ..sd15()
+        }
+    }
+
+    #[test]
+    fn real_sizes_are_read_back_from_their_tensors() {
+        for cfg in [sd15(), sdxl(6), sdxl(5)] {
+            let shapes = super::super::tensors::expected(&cfg).unwrap();
+            assert_eq!(detect(&shapes).unwrap(), cfg);
+        }
+        // 686 tensors in SD 1.5's UNet, 1680 in SDXL base's.
+        assert_eq!(super::super::tensors::expected(&sd15()).unwrap().len(), 686);
+        assert_eq!(
+            super::super::tensors::expected(&sdxl(6)).unwrap().len(),
+            1680
+        );
+    }
+
+    #[test]
+    fn time_ids_are_what_is_left_of_256_channel_sinusoids() {
+        let a = |n| added_embedding(n).map(|a| (a.text_embeds, a.time_ids));
+        assert_eq!(a(2816), Ok((1280, 6)));
+        assert_eq!(a(2560), Ok((1280, 5)));
+        assert_eq!(a(1568), Ok((32, 6)));
+        for bad in [0, 256, 1280, 2304, 3072, 32 + 4 * 256, usize::MAX] {
+            assert!(
+                a(bad)
+                    .unwrap_err()
+                    .contains("add_embedding.linear_1.weight"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_values_of_the_wrong_kind_are_named() {
+        for (json, field) in [
+            (json!({"block_out_channels": 320}), "block_out_channels"),
+            (json!({"in_channels": "4"}), "in_channels"),
+            (
+                json!({"layers_per_block": [2, 2, 3, 2]}),
+                "layers_per_block",
+            ),
+            (
+                json!({"cross_attention_dim": [768, 768]}),
+                "cross_attention_dim",
+            ),
+            (json!({"attention_head_dim": [8, 8]}), "attention_head_dim"),
+            (json!({"num_attention_heads": 0}), "num_attention_heads"),
+            (json!({"upcast_attention": "yes"}), "upcast_attention"),
+            (json!({"norm_eps": -1.0}), "norm_eps"),
+            (json!({"up_block_types": ["UpBlock2D"]}), "up_block_types"),
+            (
+                json!({"transformer_layers_per_block": [[1, 1], [1, 1], [1, 1], [1, 1]]}),
+                "transformer_layers_per_block",
+            ),
+            (
+                json!({"encoder_hid_dim_type": "text_proj"}),
+                "encoder_hid_dim_type",
+            ),
+            (json!({"time_embedding_dim": 640}), "time_embedding_dim"),
+            (
+                json!({"resnet_out_scale_factor": 2.0}),
+                "resnet_out_scale_factor",
+            ),
+            (json!([1, 2]), "JSON object"),
+        ] {
+            let e = apply_config(&mut sd15(), &json).unwrap_err();
+            assert!(e.contains(field) && !e.contains('\n'), "{json}: {e}");
+        }
+        // Nulls are diffusers' defaults; a per-level list applies per level.
+        let mut cfg = sd15();
+        let json = json!({"class_embed_type": null, "num_attention_heads": null,
+            "attention_head_dim": [5, 10, 20, 20], "only_cross_attention": false,
+            "freq_shift": 1, "flip_sin_to_cos": false, "norm_num_groups": 16});
+        apply_config(&mut cfg, &json).unwrap();
+        assert_eq!(cfg.heads, [5, 10, 20, 20]);
+        assert_eq!(
+            (cfg.freq_shift, cfg.flip_sin_to_cos, cfg.norm_groups),
+            (1.0, false, 16)
+        );
+        let mut cfg = sdxl(6);
+        let e = apply_config(
+            &mut cfg,
+            &json!({"projection_class_embeddings_input_dim": 2560}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("projection_class_embeddings_input_dim is 2560") && e.contains("2816"),
+            "{e}"
+        );
+        let e = apply_config(&mut cfg, &json!({"addition_embed_type": null})).unwrap_err();
+        assert!(e.contains("addition_embed_type"), "{e}");
+    }
 }

@@ -36,7 +36,9 @@ const ORIGINAL: KeyPlacement<'static> = KeyPlacement {
 pub enum Layout {
     Diffusers,
     /// Original single-file names under `prefix` (`model.diffusion_model.` or none).
-    Original { prefix: String },
+    Original {
+        prefix: String,
+    },
 }
 
 impl Layout {
@@ -84,7 +86,10 @@ impl Layout {
             .map(|(short, k, _)| (short, k))
             .collect();
         if *self == Layout::Diffusers {
-            return Ok(under.iter().map(|(k, f)| (k.to_string(), f.to_string())).collect());
+            return Ok(under
+                .iter()
+                .map(|(k, f)| (k.to_string(), f.to_string()))
+                .collect());
         }
         let shape = OriginalShape::read(under.iter().map(|(k, _)| *k))?;
         let mut out: BTreeMap<String, String> = BTreeMap::new();
@@ -169,9 +174,7 @@ fn foreign(tensors: &BTreeMap<String, TensorInfo>) -> String {
     let give = "give the UNet's weights (diffusers unet/diffusion_pytorch_model.safetensors, or \
                 a single-file checkpoint with model.diffusion_model.*)";
     if let Some(k) = find(&|k| k.ends_with("embeddings.token_embedding.weight")) {
-        return format!(
-            "no UNet here: these are CLIP text encoder weights (\"{k}\"); {give}"
-        );
+        return format!("no UNet here: these are CLIP text encoder weights (\"{k}\"); {give}");
     }
     let vae = |k: &str| {
         k.starts_with("first_stage_model.")
@@ -276,8 +279,12 @@ impl OriginalShape {
                         format!("down_blocks.{}.downsamplers.0.conv.{p}", level - 1)
                     }
                     (0, ..) => return None,
-                    (j, "0", rest) => format!("down_blocks.{level}.resnets.{}.{}", j - 1, resnet(rest)?),
-                    (j, "1", rest) => format!("down_blocks.{level}.attentions.{}.{}", j - 1, tail(rest)?),
+                    (j, "0", rest) => {
+                        format!("down_blocks.{level}.resnets.{}.{}", j - 1, resnet(rest)?)
+                    }
+                    (j, "1", rest) => {
+                        format!("down_blocks.{level}.attentions.{}.{}", j - 1, tail(rest)?)
+                    }
                     _ => return None,
                 }
             }
@@ -323,4 +330,113 @@ fn resnet(sub: &[&str]) -> Option<String> {
     };
     let p = sub.last()?;
     is_param(p).then(|| format!("{name}.{p}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(keys: &[&str]) -> OriginalShape {
+        OriginalShape::read(keys.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn the_readme_examples_map() {
+        // sd15: L = 2, attention on up levels 1..3 (not the bottom one).
+        let sd15 = shape(&[
+            "input_blocks.3.0.op.weight",
+            "output_blocks.2.1.conv.weight",
+            "output_blocks.3.1.norm.weight",
+            "output_blocks.8.1.norm.weight",
+        ]);
+        assert_eq!(sd15.resnets, 2);
+        assert_eq!(sd15.up_attention, BTreeSet::from([1, 2]));
+        for (original, diffusers) in [
+            (
+                "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+            ),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            ("input_blocks.0.0.bias", "conv_in.bias"),
+            (
+                "input_blocks.3.0.op.bias",
+                "down_blocks.0.downsamplers.0.conv.bias",
+            ),
+            (
+                "input_blocks.5.0.in_layers.2.weight",
+                "down_blocks.1.resnets.1.conv1.weight",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.weight",
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "middle_block.2.emb_layers.1.bias",
+                "mid_block.resnets.1.time_emb_proj.bias",
+            ),
+            (
+                "middle_block.1.proj_out.weight",
+                "mid_block.attentions.0.proj_out.weight",
+            ),
+            (
+                "output_blocks.5.0.out_layers.3.weight",
+                "up_blocks.1.resnets.2.conv2.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.weight",
+                "up_blocks.1.upsamplers.0.conv.weight",
+            ),
+            ("time_embed.2.weight", "time_embedding.linear_2.weight"),
+            ("label_emb.0.0.weight", "add_embedding.linear_1.weight"),
+            ("out.0.weight", "conv_norm_out.weight"),
+            ("out.2.bias", "conv_out.bias"),
+        ] {
+            assert_eq!(
+                sd15.to_diffusers(original).as_deref(),
+                Some(diffusers),
+                "{original}"
+            );
+        }
+        // sdxl: the upsampler of a level with attention is the third module.
+        let sdxl = shape(&[
+            "input_blocks.3.0.op.weight",
+            "output_blocks.0.1.norm.weight",
+        ]);
+        assert_eq!(
+            sdxl.to_diffusers("output_blocks.2.2.conv.weight")
+                .as_deref(),
+            Some("up_blocks.0.upsamplers.0.conv.weight")
+        );
+        assert_eq!(
+            sdxl.to_diffusers("input_blocks.4.1.proj_in.weight")
+                .as_deref(),
+            Some("down_blocks.1.attentions.0.proj_in.weight")
+        );
+        // Not the layout: the upsampler in the wrong slot, leading zeros, strays.
+        for k in [
+            "output_blocks.2.1.conv.weight",
+            "output_blocks.1.2.conv.weight",
+            "input_blocks.01.0.in_layers.0.weight",
+            "input_blocks.3.0.in_layers.0.weight",
+            "input_blocks.1.0.in_layers.1.weight",
+            "middle_block.3.norm.weight",
+            "label_emb.0.1.weight",
+            "betas",
+        ] {
+            assert_eq!(sdxl.to_diffusers(k), None, "{k}");
+        }
+        assert!(OriginalShape::read(["input_blocks.1.0.op.weight"].into_iter()).is_err());
+    }
+
+    #[test]
+    fn ema_keys_drop_the_dots_after_model_ema() {
+        assert_eq!(
+            ema_key("model.diffusion_model.input_blocks.1.1.proj_in.weight").as_deref(),
+            Some("model_ema.diffusion_modelinput_blocks11proj_inweight")
+        );
+        assert_eq!(ema_key("first_stage_model.x"), None);
+    }
 }

@@ -179,7 +179,11 @@ pub fn expected(cfg: &UnetConfig) -> Result<BTreeMap<String, Vec<usize>>, String
             e.resnet(&format!("{p}.resnets.{j}"), inputs, c[i]);
             inputs = c[i];
             if cfg.transformer_depth[i] > 0 {
-                e.transformer(&format!("{p}.attentions.{j}"), c[i], cfg.transformer_depth[i])?;
+                e.transformer(
+                    &format!("{p}.attentions.{j}"),
+                    c[i],
+                    cfg.transformer_depth[i],
+                )?;
             }
         }
         if i + 1 < n {
@@ -203,7 +207,11 @@ pub fn expected(cfg: &UnetConfig) -> Result<BTreeMap<String, Vec<usize>>, String
             let own = if j == 0 { previous } else { out };
             e.resnet(&format!("{p}.resnets.{j}"), plus(own, skip)?, out);
             if cfg.transformer_depth[level] > 0 {
-                e.transformer(&format!("{p}.attentions.{j}"), out, cfg.transformer_depth[level])?;
+                e.transformer(
+                    &format!("{p}.attentions.{j}"),
+                    out,
+                    cfg.transformer_depth[level],
+                )?;
             }
         }
         if u + 1 < n {
