@@ -530,3 +530,43 @@ fn a_config_json_that_disagrees_is_named_with_the_field() {
     let (_, cfg) = load(&with_config(dir.path(), &vae), false).unwrap();
     assert_eq!(cfg, from_json("sd15"));
 }
+
+#[test]
+fn shards_and_ckpt_files_load_like_the_one_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // SDXL's diffusers file in three shards with their index, and its config.json beside.
+    let src = diffusers("sdxl");
+    let bytes = std::fs::read(&src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut all = st.tensors();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = serde_json::Map::new();
+    for (i, chunk) in all.chunks(all.len().div_ceil(3)).enumerate() {
+        let shard = format!("diffusion_pytorch_model-{:05}-of-00003.safetensors", i + 1);
+        for (k, _) in chunk {
+            map.insert(k.clone(), shard.clone().into());
+        }
+        safetensors::serialize_to_file(chunk.to_vec(), None, &dir.path().join(&shard)).unwrap();
+    }
+    let index = dir
+        .path()
+        .join("diffusion_pytorch_model.safetensors.index.json");
+    let json = serde_json::json!({"metadata": {"total_size": bytes.len()}, "weight_map": map});
+    std::fs::write(&index, json.to_string()).unwrap();
+    std::fs::copy(src.with_file_name("config.json"), dir.path().join("config.json")).unwrap();
+    let (sharded, cfg) = load(&index, false).unwrap();
+    let (whole, want) = load(&src, false).unwrap();
+    assert_eq!(cfg, want);
+    assert_eq!(sharded.tensors, whole.tensors);
+
+    // SD 1.5's single file as a training checkpoint (.ckpt, f32).
+    let ckpt = dir.path().join("sd15.ckpt");
+    common::write_ckpt(&ckpt, &all_tensors(&original("sd15")));
+    let (from_ckpt, cfg) = load(&ckpt, false).unwrap();
+    let (whole, want) = load(&diffusers("sd15"), false).unwrap();
+    assert_eq!(cfg, want);
+    assert_eq!(from_ckpt.tensors.len(), whole.tensors.len());
+    for (k, t) in &whole.tensors {
+        assert_eq!(from_ckpt.tensors[k].to_f32(), t.to_f32(), "{k}");
+    }
+}
