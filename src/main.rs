@@ -5,6 +5,13 @@ use clap::Parser;
 static ALLOC: mlc::huge_pages::HugePageAlloc = mlc::huge_pages::HugePageAlloc;
 
 fn main() -> std::process::ExitCode {
+    // Die quietly when a reader closes the pipe (`mlc inspect x | head`), as Unix tools do,
+    // instead of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = mlc::cli::Cli::parse();
     match mlc::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

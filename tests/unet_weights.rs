@@ -553,7 +553,11 @@ fn shards_and_ckpt_files_load_like_the_one_safetensors_file() {
         .join("diffusion_pytorch_model.safetensors.index.json");
     let json = serde_json::json!({"metadata": {"total_size": bytes.len()}, "weight_map": map});
     std::fs::write(&index, json.to_string()).unwrap();
-    std::fs::copy(src.with_file_name("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        src.with_file_name("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let (sharded, cfg) = load(&index, false).unwrap();
     let (whole, want) = load(&src, false).unwrap();
     assert_eq!(cfg, want);

@@ -227,10 +227,10 @@ fn program_from(
     }
     let iface = plan.lowering();
     let lowered = if opts.multifunction {
-        let image_sizes = plan.image_sizes()?;
+        let (_, named) = plan.named_sizes()?;
         let mut functions = Vec::new();
         // Each function is its own run of the pass manager: specialised, verified, dumpable.
-        for (b, size) in plan.varying().into_iter().zip(image_sizes) {
+        for (b, size) in plan.varying().into_iter().zip(named) {
             let name = function_name(part, size);
             let list: Vec<Box<dyn passes::Pass>> = vec![
                 Box::new(Specialize {

@@ -18,13 +18,12 @@ pub(super) fn model_info(
     let images = plan.lowering();
     // Text encoders have no image; an image encoder's weights fix its size (none is recorded
     // unless one was asked for).
-    let sizes: Vec<String> = match iface.all_of(Role::Image).next() {
-        Some(_) if !plan.fixed_by_weights() => plan
-            .image_sizes()?
-            .iter()
-            .map(|s| format!("{}x{}", s[0], s[1]))
-            .collect(),
-        _ => Vec::new(),
+    let (role, sizes): (Role, Vec<String>) = match plan.named_sizes() {
+        Ok((role, sizes)) if !plan.fixed_by_weights() => (
+            role,
+            sizes.iter().map(|s| format!("{}x{}", s[0], s[1])).collect(),
+        ),
+        _ => (Role::Image, Vec::new()),
     };
     let mut user_defined = BTreeMap::from([
         ("mlc.model".to_string(), model.name().to_string()),
@@ -36,7 +35,9 @@ pub(super) fn model_info(
         ("mlc.weights.sha256".to_string(), sha256.to_string()),
     ]);
     if !sizes.is_empty() {
-        user_defined.insert("mlc.image_sizes".to_string(), sizes.join(","));
+        // A UNet's sizes are its latent's.
+        let key = format!("mlc.{}_sizes", role.name());
+        user_defined.insert(key, sizes.join(","));
     }
     if let Some(source) = model.weights_source(weights_path) {
         user_defined.insert("mlc.weights.source".to_string(), source);

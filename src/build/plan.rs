@@ -79,14 +79,29 @@ impl<'o> Plan<'o> {
 
     /// The image size at every size, `[height, width]`.
     pub fn image_sizes(&self) -> Result<Vec<[usize; 2]>, BuildError> {
+        self.sizes_of(Role::Image)
+    }
+
+    /// The sizes that name a package's sizes (its functions, its metadata): the image's when
+    /// the model has an image, else the latent's (a UNet), with the role they are of.
+    pub fn named_sizes(&self) -> Result<(Role, Vec<[usize; 2]>), BuildError> {
+        let role = match self.interface.all_of(Role::Image).next() {
+            Some(_) => Role::Image,
+            None => Role::Latent,
+        };
+        Ok((role, self.sizes_of(role)?))
+    }
+
+    /// The spatial size of the feature of `role` at every size.
+    fn sizes_of(&self, role: Role) -> Result<Vec<[usize; 2]>, BuildError> {
         self.sizes
             .iter()
             .map(|b| {
                 self.interface
-                    .size_of(Role::Image, b)
+                    .size_of(role, b)
                     .ok_or_else(|| BuildError::Option {
                         option: BuildOption::Sizes,
-                        reason: format!("{} has no image size", self.model.name()),
+                        reason: format!("{} has no {} size", self.model.name(), role.name()),
                     })
             })
             .collect()
@@ -95,9 +110,12 @@ impl<'o> Plan<'o> {
     /// Whether the image size is the weights' alone: no size given, and the interface has none
     /// by default (`clip-vision`, whose position embeddings fix it).
     pub fn fixed_by_weights(&self) -> bool {
-        self.sizes
-            .iter()
-            .any(|b| self.interface.size_of(Role::Image, b).is_none())
+        let has_image = self.interface.all_of(Role::Image).next().is_some();
+        has_image
+            && self
+                .sizes
+                .iter()
+                .any(|b| self.interface.size_of(Role::Image, b).is_none())
     }
 
     /// The weights file to read: the given one, or the published one, fetched if not cached.

@@ -66,6 +66,23 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
             format!("needs target ios18 or newer (got {})", opts.target),
         )
     };
+    let multiple = model.size_multiple(part);
+    if sizes.len() > 1 && multiple > 1 {
+        for b in sizes {
+            let Some([h, w]) = iface.size_of(Role::Latent, b) else {
+                continue;
+            };
+            if h % multiple != 0 || w % multiple != 0 {
+                return option_error(
+                    O::Sizes,
+                    format!(
+                        "latent size {h}x{w}: when a package takes several sizes, each side must be a multiple of {multiple} for {} (one size alone may be any)",
+                        model.name()
+                    ),
+                );
+            }
+        }
+    }
     if opts.multifunction {
         if opts.target < Target::Ios18 {
             return ios18(O::Multifunction);
@@ -255,6 +272,9 @@ mod tests {
             ModelOption::LogvarOutput => opts.model_options.logvar_output = true,
             ModelOption::HiddenLayer => opts.model_options.hidden_layer = Some(2),
             ModelOption::Layout => opts.model_options.layout = TransformerLayout::Ane,
+            ModelOption::Batch => opts.model_options.batch = Some(1),
+            ModelOption::Tokens => opts.model_options.tokens = Some(64),
+            ModelOption::Ema => opts.model_options.ema = true,
         }
         assert_eq!(
             requested(&opts)[0],

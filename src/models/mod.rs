@@ -447,6 +447,12 @@ pub trait Model: Sync {
     ) -> Result<Graph, ModelError> {
         self.build(part, &weights, fixed, options)
     }
+    /// What every side of the latent must be a multiple of when a package takes several sizes
+    /// (enumerated or one function per size): a graph built for symbolic sizes cannot round
+    /// odd sides the way one built for a known size does. 1: any size.
+    fn size_multiple(&self, _part: Part) -> usize {
+        1
+    }
     /// For a part taking latents: where the encoder that turns calibration photos into them
     /// finds its weights (this model's [`Part::ENCODER`], built at the matching size). None
     /// when photos cannot feed the part. The default: a decoder of a model with an encoder
@@ -485,6 +491,8 @@ pub static REGISTRY: &[&dyn Model] = &[
     &clip::CLIP_BIGG,
     &clip::CLIP_H,
     &clip::vision::CLIP_VISION,
+    &unet::SD_UNET,
+    &unet::SDXL_UNET,
 ];
 
 pub fn registry() -> &'static [&'static dyn Model] {

@@ -73,6 +73,8 @@ pub(crate) fn unary_ref(u: Unary) -> (fn(f64) -> f64, (f64, f64)) {
             |x| 0.5 * x * (1.0 + erf_series(x / 2f64.sqrt())),
             (-5.0, 5.0),
         ),
+        Unary::Sin => (f64::sin, (-7.0, 7.0)),
+        Unary::Cos => (f64::cos, (-7.0, 7.0)),
     }
 }
 

@@ -37,6 +37,8 @@ unary_ops! {
     Sqrt => "sqrt", f32::sqrt, "sqrt", ane: true;
     // Exact (erf) GELU, MIL's default mode; transformers' "gelu".
     Gelu => "gelu", crate::kernels::gelu_erf, "gelu", ane: true;
+    Sin => "sin", f32::sin, "sin", ane: true;
+    Cos => "cos", f32::cos, "cos", ane: true;
 }
 
 /// A row off the Neural Engine unless the table says it runs there.

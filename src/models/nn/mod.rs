@@ -116,6 +116,14 @@ impl<'w> Params<'w> {
         Ok(t)
     }
 
+    /// The file the weights came from, for messages.
+    pub fn path(&self) -> std::path::PathBuf {
+        match &self.store {
+            Store::Borrowed(w) => w.path.clone(),
+            Store::Owned(w) => w.borrow().path.clone(),
+        }
+    }
+
     pub fn has(&self, key: &str) -> bool {
         let file_key = (self.rename)(key);
         match &self.store {

@@ -11,6 +11,9 @@
 //! * an LDM checkpoint's EMA copy: `model_ema.` + the `model.` key with its dots removed after
 //!   `model_ema.` (diffusers' `convert_ldm_unet_checkpoint`), read only with `--ema`.
 
+/// The Model impl's entry points (reading a UNet, and the config of what was read).
+pub use super::read::{config_of, load};
+
 use crate::weights::{KeyPlacement, PrefixError, StoredDtype, TensorInfo};
 use std::collections::{BTreeMap, BTreeSet};
 
