@@ -563,8 +563,10 @@ fn shards_and_ckpt_files_load_like_the_one_safetensors_file() {
     assert_eq!(cfg, want);
     assert_eq!(sharded.tensors, whole.tensors);
 
-    // SD 1.5's single file as a training checkpoint (.ckpt, f32).
-    let ckpt = dir.path().join("sd15.ckpt");
+    // SD 1.5's single file as a training checkpoint (.ckpt, f32), in a folder of its own (the
+    // SDXL config.json above would be checked against it, and disagree).
+    let own = tempfile::tempdir().unwrap();
+    let ckpt = own.path().join("sd15.ckpt");
     common::write_ckpt(&ckpt, &all_tensors(&original("sd15")));
     let (from_ckpt, cfg) = load(&ckpt, false).unwrap();
     let (whole, want) = load(&diffusers("sd15"), false).unwrap();
@@ -572,5 +574,47 @@ fn shards_and_ckpt_files_load_like_the_one_safetensors_file() {
     assert_eq!(from_ckpt.tensors.len(), whole.tensors.len());
     for (k, t) in &whole.tensors {
         assert_eq!(from_ckpt.tensors[k].to_f32(), t.to_f32(), "{k}");
+    }
+}
+
+/// Every file of a built package, by path inside it.
+fn package_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                files.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn single_file_and_diffusers_layouts_build_the_same_package() {
+    use mlc::compiler::{build, BuildOptions, Sizes};
+    let dir = tempfile::tempdir().unwrap();
+    for (m, model) in [("sd15", "sd-unet"), ("sdxl", "sdxl-unet")] {
+        // Named like the diffusers file, since the package records the weights' file stem.
+        let single = dir.path().join(m).join("diffusion_pytorch_model.safetensors");
+        std::fs::create_dir_all(single.parent().unwrap()).unwrap();
+        std::fs::copy(original(m), &single).unwrap();
+        let built = |weights: &Path, out: &str| {
+            let mut o = BuildOptions::new(model, weights);
+            o.sizes = Sizes::Latent(vec![[16, 16]]);
+            o.output = Some(dir.path().join(out));
+            package_files(&build(&o).unwrap().package)
+        };
+        let a = built(&single, &format!("{m}_single.mlpackage"));
+        let b = built(&diffusers(m), &format!("{m}_diffusers.mlpackage"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{m}");
+        for (k, v) in &a {
+            assert!(v == &b[k], "{m}: {} differs", k.display());
+        }
     }
 }
