@@ -601,7 +601,10 @@ fn single_file_and_diffusers_layouts_build_the_same_package() {
     let dir = tempfile::tempdir().unwrap();
     for (m, model) in [("sd15", "sd-unet"), ("sdxl", "sdxl-unet")] {
         // Named like the diffusers file, since the package records the weights' file stem.
-        let single = dir.path().join(m).join("diffusion_pytorch_model.safetensors");
+        let single = dir
+            .path()
+            .join(m)
+            .join("diffusion_pytorch_model.safetensors");
         std::fs::create_dir_all(single.parent().unwrap()).unwrap();
         std::fs::copy(original(m), &single).unwrap();
         let built = |weights: &Path, out: &str| {
@@ -612,7 +615,11 @@ fn single_file_and_diffusers_layouts_build_the_same_package() {
         };
         let a = built(&single, &format!("{m}_single.mlpackage"));
         let b = built(&diffusers(m), &format!("{m}_diffusers.mlpackage"));
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{m}");
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{m}"
+        );
         for (k, v) in &a {
             assert!(v == &b[k], "{m}: {} differs", k.display());
         }

@@ -311,7 +311,10 @@ impl OriginalShape {
                     ("0", _) => format!("up_blocks.{level}.resnets.{j}.{}", resnet(rest)?),
                     ("1", false) => upsampler("1")?,
                     ("2", true) => upsampler("2")?,
-                    ("1", true) => format!("up_blocks.{level}.attentions.{j}.{}", tail(rest)?),
+                    // A transformer has no `conv`: that is an upsampler in the wrong slot.
+                    ("1", true) if rest.first() != Some(&"conv") => {
+                        format!("up_blocks.{level}.attentions.{j}.{}", tail(rest)?)
+                    }
                     _ => return None,
                 }
             }
