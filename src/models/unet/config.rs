@@ -254,7 +254,7 @@ pub fn conventional_heads(cfg: &UnetConfig) -> Result<Vec<usize>, String> {
         .map(|i| {
             let c = cfg.block_out_channels[i];
             let attention =
-                cfg.transformer_depth[i] > 0 || (i + 1 == levels && cfg.mid_transformer_depth > 0);
+                has_attention(cfg, i) || (i + 1 == levels && cfg.mid_transformer_depth > 0);
             let (heads, fits, rule) = match cfg.family {
                 Family::Sd1 => (
                     SD1_HEADS,
@@ -486,7 +486,7 @@ fn check_block_types(cfg: &UnetConfig, json: &Json) -> Result<(), String> {
         };
         for (i, t) in list.iter().enumerate() {
             let level = if mirrored { levels - 1 - i } else { i };
-            let attention = cfg.transformer_depth[level] > 0;
+            let attention = has_attention(cfg, level);
             let want = if attention { with } else { without };
             if t.as_str() != Some(want) {
                 let known = t.as_str() == Some(with) || t.as_str() == Some(without);
@@ -652,6 +652,11 @@ fn group_norm_widths(cfg: &UnetConfig) -> Vec<usize> {
     widths
 }
 
+/// Whether down level `i` (and its mirrored up level) has transformers.
+fn has_attention(cfg: &UnetConfig, i: usize) -> bool {
+    cfg.transformer_depth.get(i).is_some_and(|&d| d > 0)
+}
+
 /// Refuses heads that do not divide the channels of a level with attention (the mid block has
 /// the last level's). `whose` says where the heads came from.
 pub fn check_heads(cfg: &UnetConfig, whose: &str) -> Result<(), String> {
@@ -664,7 +669,7 @@ pub fn check_heads(cfg: &UnetConfig, whose: &str) -> Result<(), String> {
     }
     for i in 0..levels {
         let (c, h) = (cfg.block_out_channels[i], cfg.heads[i]);
-        let attention = cfg.transformer_depth[i] > 0 || i + 1 == levels;
+        let attention = has_attention(cfg, i) || i + 1 == levels;
         if h == 0 || (attention && c % h != 0) {
             return Err(format!(
                 "{whose}: {h} heads at level {i} do not divide its {c} channels"

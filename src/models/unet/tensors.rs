@@ -164,6 +164,12 @@ pub fn expected(cfg: &UnetConfig) -> Result<BTreeMap<String, Vec<usize>>, String
     let Some(&last) = c.last() else {
         return Err("a UNet has at least one level".into());
     };
+    if cfg.transformer_depth.len() != n {
+        return Err(format!(
+            "{} transformer depths for {n} levels",
+            cfg.transformer_depth.len()
+        ));
+    }
     e.affine("conv_in", &[c[0], cfg.in_channels, 3, 3]);
     e.affine("time_embedding.linear_1", &[t, c[0]]);
     e.affine("time_embedding.linear_2", &[t, t]);
@@ -173,21 +179,17 @@ pub fn expected(cfg: &UnetConfig) -> Result<BTreeMap<String, Vec<usize>>, String
         e.affine("add_embedding.linear_2", &[t, t]);
     }
     let mut inputs = c[0];
-    for i in 0..n {
+    for (i, (&ci, &depth)) in c.iter().zip(&cfg.transformer_depth).enumerate() {
         let p = format!("down_blocks.{i}");
         for j in 0..layers {
-            e.resnet(&format!("{p}.resnets.{j}"), inputs, c[i]);
-            inputs = c[i];
-            if cfg.transformer_depth[i] > 0 {
-                e.transformer(
-                    &format!("{p}.attentions.{j}"),
-                    c[i],
-                    cfg.transformer_depth[i],
-                )?;
+            e.resnet(&format!("{p}.resnets.{j}"), inputs, ci);
+            inputs = ci;
+            if depth > 0 {
+                e.transformer(&format!("{p}.attentions.{j}"), ci, depth)?;
             }
         }
         if i + 1 < n {
-            e.affine(&format!("{p}.downsamplers.0.conv"), &[c[i], c[i], 3, 3]);
+            e.affine(&format!("{p}.downsamplers.0.conv"), &[ci, ci, 3, 3]);
         }
     }
     e.resnet("mid_block.resnets.0", last, last);
