@@ -13,7 +13,9 @@
 pub mod config;
 pub mod embedding;
 pub mod graph;
-mod keys;
+pub mod keys;
+pub mod read;
+pub mod tensors;
 pub mod transformer;
 
 use super::nn::ane::ScoreBudget;
