@@ -115,7 +115,9 @@ fn unet(mut args: impl Iterator<Item = String>) {
     let k = 1usize << bits;
     println!(
         "{bits}-bit, {}, {} threads",
-        group_size.map_or("per tensor".to_string(), |g| format!("groups of {g} channels")),
+        group_size.map_or("per tensor".to_string(), |g| format!(
+            "groups of {g} channels"
+        )),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for shape in [
@@ -246,7 +248,13 @@ fn sd15_unet_shapes() -> Vec<Vec<usize>> {
             s.extend([vec![c], vec![c]]);
         }
         s.extend([vec![c, c], vec![c, c], vec![c, c], vec![c, c], vec![c]]);
-        s.extend([vec![c, c], vec![c, TEXT], vec![c, TEXT], vec![c, c], vec![c]]);
+        s.extend([
+            vec![c, c],
+            vec![c, TEXT],
+            vec![c, TEXT],
+            vec![c, c],
+            vec![c],
+        ]);
         s.extend([vec![8 * c, c], vec![8 * c], vec![c, 4 * c], vec![c]]);
         conv(s, c, c, 1);
     };
