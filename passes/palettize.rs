@@ -400,6 +400,87 @@ mod tests {
         assert!(line("w2").contains("2 table(s)"), "{text}");
     }
 
+    /// A graph whose one output is the constant `w` of `shape`, in `dtype`.
+    fn weight_graph(shape: &[usize], data: Vec<f32>, dtype: DType) -> Graph {
+        let mut g = Graph::new("t");
+        let w = g.constant("w", Tensor::f32(shape.to_vec(), data).cast(dtype));
+        g.set_output("y", w);
+        g
+    }
+
+    fn palettized(g: &Graph) -> Palettized {
+        match &g.node_slice()[0].op {
+            Op::Const(ConstData::Palettized(p)) => p.clone(),
+            _ => panic!("{}", print(g)),
+        }
+    }
+
+    /// fp16 weights are counted by bit pattern; the tables and indices are those of k-means on
+    /// the widened values with each table rounded to fp16 (the f32 path), per tensor and per
+    /// group, for groups on both sides of the size where counting takes over from sorting.
+    #[test]
+    fn fp16_weights_get_the_f32_paths_tables() {
+        let shape = [64, 64, 3, 3];
+        let w = random(&shape, 11, 0.2);
+        let g = weight_graph(&shape, w.data, DType::F16);
+        let v = dense(&g.node_slice()[0]).unwrap().to_f32();
+        for bits in [2, 4, 8] {
+            let k = 1usize << bits;
+            for group_size in [None, Some(4), Some(16)] {
+                let p = palettized(
+                    &Palettize {
+                        bits,
+                        group_size,
+                        min_elements: 100,
+                        calibrated: None,
+                    }
+                    .run(g.clone())
+                    .unwrap(),
+                );
+                let per = group_size.map_or(v.len(), |gs| gs * v.len() / 64);
+                let mut lut = Vec::new();
+                let mut indices = Vec::new();
+                for group in v.chunks(per) {
+                    let q = crate::compress::kmeans_1d(group, k).with_f16_lut(group);
+                    lut.extend(&q.lut);
+                    lut.resize(lut.len() + k - q.lut.len(), 0.0);
+                    indices.extend(q.indices);
+                }
+                let what = format!("{bits}-bit, {group_size:?}");
+                assert_eq!(p.lut.to_f32(), lut, "{what}");
+                assert_eq!(p.lut.dtype(), DType::F16, "{what}");
+                assert_eq!(p.indices, indices, "{what}");
+            }
+        }
+    }
+
+    /// NaN and infinite weights are refused with their count, fp16 or fp32, per tensor or in
+    /// groups (where they fall in different groups).
+    #[test]
+    fn non_finite_weights_are_refused_with_their_count() {
+        let shape = [64, 64, 3, 3];
+        let mut w = random(&shape, 12, 0.2).data;
+        w[5] = f32::INFINITY;
+        w[30_000] = f32::NAN;
+        for dtype in [DType::F16, DType::F32] {
+            for group_size in [None, Some(4), Some(16)] {
+                let e = Palettize {
+                    bits: 4,
+                    group_size,
+                    min_elements: 100,
+                    calibrated: None,
+                }
+                .run(weight_graph(&shape, w.clone(), dtype))
+                .unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    "node w (palettize): 2 of its 36864 values are NaN or infinite and cannot be compressed",
+                    "{dtype:?}, {group_size:?}"
+                );
+            }
+        }
+    }
+
     /// A linear layer `x · Wᵀ + b` (W `[24, 40]`) and the same layer with W stored `[40, 24]`
     /// (`x · W`), calibrated on the same tokens: the weight is fitted as the same `[24, 40]`
     /// rows either way, so both get the same values and the same bias correction; and fitted

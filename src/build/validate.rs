@@ -255,6 +255,9 @@ mod tests {
             ModelOption::LogvarOutput => opts.model_options.logvar_output = true,
             ModelOption::HiddenLayer => opts.model_options.hidden_layer = Some(2),
             ModelOption::Layout => opts.model_options.layout = TransformerLayout::Ane,
+            ModelOption::Batch => opts.model_options.batch = Some(1),
+            ModelOption::Tokens => opts.model_options.tokens = Some(64),
+            ModelOption::Ema => opts.model_options.ema = true,
         }
         assert_eq!(
             requested(&opts)[0],

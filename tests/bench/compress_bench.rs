@@ -8,11 +8,14 @@
 use std::time::Instant;
 
 use half::f16;
-use mlc::compress::{kmeans_1d, kmeans_1d_batch, quantize_per_channel_i8, ScaleType};
-use mlc::ir::Graph;
+use mlc::compress::{
+    kmeans_1d, kmeans_1d_batch, palettize_f16, palettize_grouped, quantize_per_channel_i8, Palette,
+    ScaleType,
+};
+use mlc::ir::{ConstData, Graph, Op};
 use mlc::passes::palettize::Palettize;
 use mlc::passes::Pass;
-use mlc::tensor::Tensor;
+use mlc::tensor::{Tensor, TensorData};
 
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
@@ -108,7 +111,11 @@ fn process_cpu_ms() -> f64 {
 
 /// `compress_bench unet [bits] [group]`: palettization of a synthetic SD 1.5 UNet (its real
 /// weight shapes, values gaussian like trained weights and rounded to fp16) as `mlc build
-/// --palettize BITS` runs it: first three sample tensors step by step, then the whole pass.
+/// --palettize BITS [--granularity per-grouped-channel=GROUP]` runs it, against what the pass did
+/// before fp16 weights were counted by bit pattern (f32 copies, sorted or counted k-means, the
+/// fp16 rounding of each table element by element on one thread): first three sample tensors
+/// step by step (CPU time of the calling thread), then the whole UNet both ways, checking that
+/// both give the same tables and indices.
 fn unet(mut args: impl Iterator<Item = String>) {
     let bits: u32 = args.next().map_or(4, |b| b.parse().expect("bits"));
     let group_size: Option<usize> = args.next().map(|g| g.parse().expect("group size"));
@@ -126,48 +133,163 @@ fn unet(mut args: impl Iterator<Item = String>) {
         vec![5120, 1280],
     ] {
         let t = synthetic(&shape, 1);
-        let ms = |t0: Instant| t0.elapsed().as_secs_f64() * 1e3;
-        let t0 = Instant::now();
-        let v = t.to_f32();
-        let widen = ms(t0);
-        let t0 = Instant::now();
-        let p = kmeans_1d(&v, k);
-        let cluster = ms(t0);
-        let t0 = Instant::now();
-        let h = p.with_f16_lut(&v);
-        let round = ms(t0);
-        std::hint::black_box(h);
-        let g = one_constant_graph(vec![("w".into(), t)]);
-        let t0 = Instant::now();
-        std::hint::black_box(palettize(bits, group_size).run(g).expect("palettize"));
+        let TensorData::F16(h) = &t.data else {
+            unreachable!()
+        };
+        let (v, widen) = thread_cpu(|| t.to_f32());
+        let (p, cluster) = thread_cpu(|| kmeans_1d(&v, k));
+        let (old, round) = thread_cpu(|| p.with_f16_lut(&v));
+        let (new, counted) = thread_cpu(|| palettize_f16(h, k));
+        assert_eq!((old.lut, old.indices), (new.lut, new.indices), "{shape:?}");
+        let distinct = h
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<std::collections::HashSet<_>>();
         println!(
-            "{shape:?}: to_f32 {widen:7.1} ms, kmeans_1d {cluster:7.1} ms, with_f16_lut {round:7.1} ms; pass {:7.1} ms",
-            ms(t0)
+            "{shape:?} ({} distinct): before: to_f32 {widen:6.1} + kmeans_1d {cluster:6.1} + with_f16_lut {round:6.1} = {:6.1} ms; after: palettize_f16 {counted:6.1} ms",
+            distinct.len(),
+            widen + cluster + round
         );
     }
     let shapes = sd15_unet_shapes();
     let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     let t0 = Instant::now();
-    let tensors: Vec<(String, Tensor)> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (format!("w{i}"), synthetic(s, i as u64 + 2)))
-        .collect();
+    // Two halves on two threads: generating 860 M values is slower than clustering them.
+    let gen = |lo: usize, hi: usize| {
+        (lo..hi)
+            .map(|i| (format!("w{i}"), synthetic(&shapes[i], i as u64 + 2)))
+            .collect::<Vec<_>>()
+    };
+    let half = shapes.len() / 2;
+    let tensors: Vec<(String, Tensor)> = std::thread::scope(|s| {
+        let a = s.spawn(|| gen(0, half));
+        let mut b = gen(half, shapes.len());
+        let mut all = a.join().expect("generator");
+        all.append(&mut b);
+        all
+    });
     println!(
         "SD 1.5 UNet: {} tensors, {total} parameters (generated in {:.1} s)",
         shapes.len(),
         t0.elapsed().as_secs_f64()
     );
+    let (before, wall, cpu) = process_time(|| old_pass(&tensors, k, group_size));
+    println!("whole UNet before: {wall:6.2} s wall, {cpu:6.2} s CPU");
     let g = one_constant_graph(tensors);
-    let cpu0 = process_cpu_ms();
-    let t0 = Instant::now();
-    let g = palettize(bits, group_size).run(g).expect("palettize");
-    println!(
-        "whole UNet: {:.2} s wall, {:.2} s CPU",
-        t0.elapsed().as_secs_f64(),
-        (process_cpu_ms() - cpu0) / 1e3
-    );
-    std::hint::black_box(g);
+    let (g, wall, cpu) = process_time(|| palettize(bits, group_size).run(g).expect("palettize"));
+    println!("whole UNet after:  {wall:6.2} s wall, {cpu:6.2} s CPU");
+    let after: Vec<u64> = g
+        .node_slice()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Const(ConstData::Palettized(p)) => Some(digest(&p.lut.to_f32(), &p.indices)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(before, after, "the same tables and indices");
+    println!("same tables and indices for all {} tensors", after.len());
+}
+
+/// Main's pass before fp16 patterns were counted (commit 5cf0c99), step by step: batches of 16 Mi
+/// elements widened to f32, k-means of the tensors or groups on every core, then each table
+/// rounded to fp16 on the calling thread. Returns the [`digest`] of every palettized tensor.
+fn old_pass(tensors: &[(String, Tensor)], k: usize, group_size: Option<usize>) -> Vec<u64> {
+    let chosen: Vec<&Tensor> = tensors
+        .iter()
+        .map(|(_, t)| t)
+        .filter(|t| t.len() >= 2048.max(k))
+        .collect();
+    let mut out = Vec::new();
+    for batch in chunks_of_elements(&chosen, 16 << 20) {
+        let values: Vec<Vec<f32>> = batch.iter().map(|t| t.to_f32()).collect();
+        assert!(values.iter().flatten().all(|v| v.is_finite()));
+        let palettes: Vec<Vec<Palette>> = match group_size {
+            None => {
+                let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+                kmeans_1d_batch(&slices, k)
+                    .into_iter()
+                    .map(|p| vec![p])
+                    .collect()
+            }
+            Some(g) => batch
+                .iter()
+                .zip(&values)
+                .map(|(t, v)| {
+                    let rows = t.shape[0];
+                    let gs = if rows % g == 0 { g } else { rows };
+                    palettize_grouped(v, &t.shape, gs, k)
+                })
+                .collect(),
+        };
+        for (v, ps) in values.iter().zip(palettes) {
+            let per = v.len() / ps.len();
+            let rounded: Vec<Palette> = ps
+                .iter()
+                .enumerate()
+                .map(|(g, p)| p.with_f16_lut(&v[g * per..(g + 1) * per]))
+                .collect();
+            let mut lut = Vec::new();
+            let mut indices = Vec::new();
+            for p in &rounded {
+                lut.extend(&p.lut);
+                lut.resize(lut.len() + k - p.lut.len(), 0.0);
+                indices.extend(&p.indices);
+            }
+            out.push(digest(&lut, &indices));
+        }
+    }
+    out
+}
+
+/// Consecutive runs of `tensors` of about `elements` elements each (at least one tensor).
+fn chunks_of_elements<'a>(tensors: &'a [&'a Tensor], elements: usize) -> Vec<&'a [&'a Tensor]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < tensors.len() {
+        let (mut end, mut n) = (start, 0);
+        while end < tensors.len() && (end == start || n < elements) {
+            n += tensors[end].len();
+            end += 1;
+        }
+        out.push(&tensors[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// FNV-1a of a palettized tensor's LUT (as fp16 bits, unused entries 0) and indices.
+fn digest(lut: &[f32], indices: &[u16]) -> u64 {
+    let bits = lut.iter().map(|&c| f16::from_f32(c).to_bits());
+    bits.chain(indices.iter().copied())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+            (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// `f()` and the calling thread's CPU time it took, in ms.
+fn thread_cpu<R>(f: impl FnOnce() -> R) -> (R, f64) {
+    let t0 = cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
+    let r = f();
+    (r, (cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3)
+}
+
+/// `f()`, the wall time it took and the CPU time of all the process's threads, in s.
+fn process_time<R>(f: impl FnOnce() -> R) -> (R, f64, f64) {
+    let (t0, c0) = (Instant::now(), cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID));
+    let r = f();
+    let cpu = cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID) - c0;
+    (r, t0.elapsed().as_secs_f64(), cpu)
+}
+
+/// Seconds on a CPU-time clock.
+fn cpu_clock(clock: libc::clockid_t) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The pass as `mlc build --palettize BITS [--granularity per-grouped-channel=G]` sets it up.
@@ -191,7 +313,7 @@ fn one_constant_graph(tensors: Vec<(String, Tensor)>) -> Graph {
 }
 
 /// An fp16 tensor of `shape` with values like a trained layer's: gaussian with standard
-/// deviation `1/sqrt(fan_in)`, one value in a thousand four times wider (trained weights have
+/// deviation `1/sqrt(fan_in)`, one value in 1024 four times wider (trained weights have
 /// heavier tails than a gaussian); rank-1 tensors (norms, biases) around 1 or 0.
 fn synthetic(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -202,18 +324,24 @@ fn synthetic(shape: &[usize], seed: u64) -> Tensor {
         (0.0, 1.0 / (fan_in as f64).sqrt())
     };
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut uniform = move || {
+    let mut next = move || {
         // xorshift64*: plenty for a benchmark's values.
         s ^= s >> 12;
         s ^= s << 25;
         s ^= s >> 27;
-        (s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        s.wrapping_mul(0x2545_f491_4f6c_dd1d)
     };
     let data = (0..n)
         .map(|_| {
-            let (u1, u2) = (uniform().max(1e-300), uniform());
-            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-            let wide = if uniform() < 1e-3 { 4.0 } else { 1.0 };
+            // Four 32-bit uniforms summed (Irwin-Hall): close to a gaussian, and much cheaper
+            // than Box-Muller for 860 M values.
+            let (a, b) = (next(), next());
+            let sum = [a >> 32, a & 0xffff_ffff, b >> 32, b & 0xffff_ffff]
+                .iter()
+                .map(|&u| u as f64)
+                .sum::<f64>();
+            let z = (sum / 4_294_967_296.0 - 2.0) * 3f64.sqrt();
+            let wide = if a & 0x3ff == 0 { 4.0 } else { 1.0 };
             f16::from_f64(centre + z * std * wide)
         })
         .collect();
