@@ -111,11 +111,12 @@ fn process_cpu_ms() -> f64 {
 
 /// `compress_bench unet [bits] [group]`: palettization of a synthetic SD 1.5 UNet (its real
 /// weight shapes, values gaussian like trained weights and rounded to fp16) as `mlc build
-/// --palettize BITS [--granularity per-grouped-channel=GROUP]` runs it, against what the pass did
-/// before fp16 weights were counted by bit pattern (f32 copies, sorted or counted k-means, the
-/// fp16 rounding of each table element by element on one thread): first three sample tensors
-/// step by step (CPU time of the calling thread), then the whole UNet both ways, checking that
-/// both give the same tables and indices.
+/// --palettize BITS [--granularity per-grouped-channel=GROUP]` runs it, against the f32 path the
+/// pass took before fp16 weights were counted by bit pattern (f32 copies, k-means, the fp16
+/// rounding of each table element by element on one thread; the k-means itself is today's, so
+/// on main's code the f32 path is slower still): first three sample tensors step by step (CPU
+/// time of the calling thread), then the whole UNet both ways, checking that both give the same
+/// tables and indices.
 fn unet(mut args: impl Iterator<Item = String>) {
     let bits: u32 = args.next().map_or(4, |b| b.parse().expect("bits"));
     let group_size: Option<usize> = args.next().map(|g| g.parse().expect("group size"));
@@ -146,7 +147,7 @@ fn unet(mut args: impl Iterator<Item = String>) {
             .map(|x| x.to_bits())
             .collect::<std::collections::HashSet<_>>();
         println!(
-            "{shape:?} ({} distinct): before: to_f32 {widen:6.1} + kmeans_1d {cluster:6.1} + with_f16_lut {round:6.1} = {:6.1} ms; after: palettize_f16 {counted:6.1} ms",
+            "{shape:?} ({} distinct): f32 path: to_f32 {widen:6.1} + kmeans_1d {cluster:6.1} + with_f16_lut {round:6.1} = {:6.1} ms; palettize_f16 {counted:6.1} ms",
             distinct.len(),
             widen + cluster + round
         );
@@ -174,10 +175,10 @@ fn unet(mut args: impl Iterator<Item = String>) {
         t0.elapsed().as_secs_f64()
     );
     let (before, wall, cpu) = process_time(|| old_pass(&tensors, k, group_size));
-    println!("whole UNet before: {wall:6.2} s wall, {cpu:6.2} s CPU");
+    println!("whole UNet, f32 path:   {wall:6.2} s wall, {cpu:6.2} s CPU");
     let g = one_constant_graph(tensors);
     let (g, wall, cpu) = process_time(|| palettize(bits, group_size).run(g).expect("palettize"));
-    println!("whole UNet after:  {wall:6.2} s wall, {cpu:6.2} s CPU");
+    println!("whole UNet, the pass: {wall:6.2} s wall, {cpu:6.2} s CPU");
     let after: Vec<u64> = g
         .node_slice()
         .iter()
@@ -190,9 +191,10 @@ fn unet(mut args: impl Iterator<Item = String>) {
     println!("same tables and indices for all {} tensors", after.len());
 }
 
-/// Main's pass before fp16 patterns were counted (commit 5cf0c99), step by step: batches of 16 Mi
-/// elements widened to f32, k-means of the tensors or groups on every core, then each table
-/// rounded to fp16 on the calling thread. Returns the [`digest`] of every palettized tensor.
+/// The pass as it was before fp16 patterns were counted (main at commit 5cf0c99), step by step:
+/// batches of 16 Mi elements widened to f32, k-means of the tensors or groups on every core, then
+/// each table rounded to fp16 on the calling thread. Returns the [`digest`] of every palettized
+/// tensor.
 fn old_pass(tensors: &[(String, Tensor)], k: usize, group_size: Option<usize>) -> Vec<u64> {
     let chosen: Vec<&Tensor> = tensors
         .iter()

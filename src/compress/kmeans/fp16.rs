@@ -6,7 +6,7 @@
 
 use half::f16;
 
-use super::dp::cluster_unique;
+use super::dp::cluster_counts;
 use super::kmeans_1d;
 use super::palette::{nearest, Palette};
 use super::unweighted::COUNTING_MIN;
@@ -88,7 +88,7 @@ fn counted(values: &[f16], k: usize, table: &mut [u32]) -> Option<Palette> {
             counts.push(c);
         }
     }
-    let (lut, _, _) = cluster_unique(&uniq, &counts, k);
+    let (lut, _, _) = cluster_counts(&uniq, &counts, k);
     // As `Palette::with_f16_lut`: the entries rounded to fp16 (monotone, so still sorted), each
     // value re-assigned to its nearest rounded entry.
     let lut: Vec<f32> = lut.iter().map(|&c| f16::from_f32(c).to_f32()).collect();

@@ -43,7 +43,9 @@
 //!   cost 2–4 evaluations per cell, against 8–14 for divide and conquer.
 //!
 //! With counts, cluster weights are integers up to the element count, so `1 / w` comes from a
-//! table of reciprocals (O(N) for N elements) and the hot loop has no division; with real
+//! table of reciprocals (O(N) for N elements) and the hot loop has no division (for tensors of
+//! more than 2^18 elements the same reciprocal is computed in place: the table would cost more
+//! than it saves); with real
 //! weights it divides (no table). Both are monomorphised instances of one generic solver, so the
 //! count path compiles as if written for counts alone. Short scans select the minimum without
 //! branches; long ones branch (well predicted there).

@@ -911,3 +911,47 @@ fn f16_patterns_refuse_non_finite_values() {
         }
     }
 }
+
+/// Counts past `RECIP_TABLE_MAX` divide without the reciprocal table, to the same bits as with
+/// it: the same LUT, clusters and error, from the Lagrangian search and from the constrained
+/// DP, on spread-out and on equally spaced values (ties).
+#[test]
+fn large_counts_match_the_reciprocal_table() {
+    use super::dp::{cluster_counts, RECIP_TABLE_MAX};
+    use super::weight::LargeCount;
+    let mut rng = Rng(5);
+    for (n, per, spaced) in [(3000, 200, false), (20_000, 40, false), (600, 1000, true)] {
+        let mut uniq: Vec<f32> = if spaced {
+            (0..n).map(|i| i as f32 / 64.0).collect()
+        } else {
+            let mut u: Vec<f32> = (0..3 * n)
+                .map(|_| f16::from_f32((rng.below(1 << 20) as f32 - 524_288.0) * 1e-6).to_f32())
+                .collect();
+            u.sort_by(f32::total_cmp);
+            u.dedup();
+            u
+        };
+        uniq.truncate(n);
+        let counts: Vec<u32> = uniq.iter().map(|_| 1 + rng.below(2 * per) as u32).collect();
+        let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        assert!(total > RECIP_TABLE_MAX, "{total}");
+        let large: Vec<LargeCount> = counts.iter().map(|&c| LargeCount(c)).collect();
+        for k in [2, 3, 16, 100, 256] {
+            let (a, b) = (
+                cluster_unique(&uniq, &counts, k),
+                cluster_counts(&uniq, &counts, k),
+            );
+            assert_eq!(
+                (&a.0, &a.1, a.2.to_bits()),
+                (&b.0, &b.1, b.2.to_bits()),
+                "{n}, {k}"
+            );
+            let (pa, pb) = (Prefix::new(&uniq, &counts), Prefix::new(&uniq, &large));
+            assert_eq!(
+                constrained_starts(&pa, uniq.len(), k),
+                constrained_starts(&pb, uniq.len(), k),
+                "{n}, {k}"
+            );
+        }
+    }
+}
