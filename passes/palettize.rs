@@ -9,17 +9,20 @@
 
 use super::calibrated::{self, Calibrated, Fitted};
 use super::Pass;
-use crate::compress::kmeans::{kmeans_1d_batch, palettize_grouped, Palette};
+use std::ops::Range;
+
+use crate::compress::kmeans::{kmeans_1d, try_palettize_f16, Palette};
 use crate::compress::output_aware;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::parallel::parallel_map;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorData};
 
 /// A calibrated weight's tables, and its layer's bias with the shift to add to it.
 type LayerTables = (Vec<Palette>, Option<(usize, Vec<f64>)>);
 
-/// Elements clustered per batch (64 MiB of f32 values, plus their indices).
-const BATCH_ELEMENTS: usize = 16 << 20;
+/// Elements clustered per batch (their indices exist beside the dense values until the batch
+/// is applied: 128 MiB).
+const BATCH_ELEMENTS: usize = 64 << 20;
 
 pub struct Palettize {
     pub bits: u32,
@@ -88,9 +91,10 @@ impl Pass for Palettize {
             let i = f.layer.weight.index();
             nodes[i].op = self.table(&nodes[i], palettes);
         }
-        // In batches of about BATCH_ELEMENTS: each batch's f32 copies and indices exist only
-        // while it is clustered, so a large model is not held a second time in f32. Whole
-        // tensors per batch, so the tables are the same as clustering all at once.
+        // In batches of about BATCH_ELEMENTS, each applied before the next is clustered, so
+        // the model's dense values and its indices are not both held whole. Within a batch,
+        // one work item per table (a tensor, or a group of its output channels), on every core;
+        // an item widens to f32 only its own values, and only if they are not fp16.
         let mut start = 0;
         while start < chosen.len() {
             let mut end = start;
@@ -101,51 +105,47 @@ impl Pass for Palettize {
             }
             let batch = &chosen[start..end];
             start = end;
-            let values: Vec<Vec<f32>> = batch
-                .iter()
-                .map(|&i| dense(&nodes[i]).map_or_else(Vec::new, Tensor::to_f32))
-                .collect();
-            for (&i, v) in batch.iter().zip(&values) {
-                finite(&nodes[i].name, "palettize", v)?;
-            }
-            let palettes: Vec<Vec<Palette>> = match self.group_size {
-                None => {
-                    let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-                    kmeans_1d_batch(&slices, k)
-                        .into_iter()
-                        .map(|p| vec![p])
-                        .collect()
-                }
-                Some(_) => batch
-                    .iter()
-                    .zip(&values)
-                    .map(|(&i, v)| {
-                        let shape = &nodes[i].ty.known_shape().unwrap_or_default();
-                        let gs = self.group_rows(shape.first().copied().unwrap_or(0));
-                        if gs == 0 {
+            let mut items: Vec<(usize, Range<usize>)> = Vec::new();
+            for &i in batch {
+                let len = dense(&nodes[i]).map_or(0, Tensor::len);
+                let shape = nodes[i].ty.known_shape().unwrap_or_default();
+                let per_table = match self.group_size {
+                    None => len,
+                    Some(_) => {
+                        let rows = shape.first().copied().unwrap_or(0);
+                        let gs = self.group_rows(rows);
+                        if gs == 0 || len % rows != 0 {
                             return Err(IrError::Type {
                                 node: nodes[i].name.clone(),
                                 op: "palettize",
                                 reason: format!("no output channels in {shape:?}"),
                             });
                         }
-                        Ok(palettize_grouped(v, shape, gs, k))
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            for ((&i, v), group_palettes) in batch.iter().zip(&values).zip(palettes) {
-                // Tables are stored in the model's dtype; re-assigning to the rounded entries
-                // can only lower the error.
-                let per_group = v.len() / group_palettes.len().max(1);
-                let group_palettes = group_palettes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(gi, p)| match nodes[i].ty.dtype {
-                        DType::F16 => p.with_f16_lut(&v[gi * per_group..(gi + 1) * per_group]),
-                        _ => p,
-                    })
-                    .collect();
-                nodes[i].op = self.table(&nodes[i], group_palettes);
+                        gs * (len / rows)
+                    }
+                };
+                items.extend((0..len / per_table).map(|g| (i, g * per_table..(g + 1) * per_table)));
+            }
+            let tables = parallel_map(
+                &items,
+                |(_, r)| r.len(),
+                |(i, r)| table_of(&nodes[*i], r.clone(), k),
+            );
+            let mut tables = items.iter().map(|(i, _)| *i).zip(tables).peekable();
+            for &i in batch {
+                let mut palettes = Vec::new();
+                let mut bad = 0;
+                while let Some((_, t)) = tables.next_if(|(j, _)| *j == i) {
+                    match t {
+                        Ok(p) => palettes.push(p),
+                        Err(b) => bad += b,
+                    }
+                }
+                if bad > 0 {
+                    let len = dense(&nodes[i]).map_or(0, Tensor::len);
+                    return Err(not_finite(&nodes[i].name, "palettize", bad, len));
+                }
+                nodes[i].op = self.table(&nodes[i], palettes);
             }
         }
         Ok(Graph::from_parts(name, nodes, outputs))
@@ -251,18 +251,45 @@ fn compressible(t: &Tensor, ty: &crate::ir::TensorType, min_elements: usize, k: 
         && t.len() >= min_elements.max(k)
 }
 
+/// The table of elements `range` of the dense constant `n` (its dtype's values, each assigned
+/// to its nearest stored entry), or the number of them that are NaN or infinite.
+fn table_of(n: &Node, range: Range<usize>, k: usize) -> Result<Palette, usize> {
+    let f16_lut = n.ty.dtype == DType::F16;
+    let data = dense(n).map(|t| &t.data);
+    if let (Some(TensorData::F16(h)), true) = (data, f16_lut) {
+        // Counting the fp16 bit patterns: the same table and indices as the f32 path below.
+        let h = &h[range];
+        return try_palettize_f16(h, k).ok_or_else(|| h.iter().filter(|x| !x.is_finite()).count());
+    }
+    let v: Vec<f32> = match data {
+        Some(TensorData::F32(v)) => v[range].to_vec(),
+        Some(TensorData::F16(h)) => h[range].iter().map(|x| x.to_f32()).collect(),
+        _ => dense(n).map_or_else(Vec::new, |t| t.to_f32()[range].to_vec()),
+    };
+    match v.iter().filter(|v| !v.is_finite()).count() {
+        0 => {}
+        bad => return Err(bad),
+    }
+    let p = kmeans_1d(&v, k);
+    // Tables are stored in the model's dtype; re-assigning to the rounded entries can only
+    // lower the error.
+    Ok(if f16_lut { p.with_f16_lut(&v) } else { p })
+}
+
 /// Refuses NaN and infinite values (which k-means and quantization cannot represent).
 pub(crate) fn finite(node: &str, op: &'static str, values: &[f32]) -> Result<(), IrError> {
     match values.iter().filter(|v| !v.is_finite()).count() {
         0 => Ok(()),
-        bad => Err(IrError::Type {
-            node: node.to_string(),
-            op,
-            reason: format!(
-                "{bad} of its {} values are NaN or infinite and cannot be compressed",
-                values.len()
-            ),
-        }),
+        bad => Err(not_finite(node, op, bad, values.len())),
+    }
+}
+
+/// The error for `bad` of a constant's `len` values being NaN or infinite.
+fn not_finite(node: &str, op: &'static str, bad: usize, len: usize) -> IrError {
+    IrError::Type {
+        node: node.to_string(),
+        op,
+        reason: format!("{bad} of its {len} values are NaN or infinite and cannot be compressed"),
     }
 }
 
@@ -371,6 +398,87 @@ mod tests {
         };
         assert!(line("w1").contains("1 table(s)"), "{text}");
         assert!(line("w2").contains("2 table(s)"), "{text}");
+    }
+
+    /// A graph whose one output is the constant `w` of `shape`, in `dtype`.
+    fn weight_graph(shape: &[usize], data: Vec<f32>, dtype: DType) -> Graph {
+        let mut g = Graph::new("t");
+        let w = g.constant("w", Tensor::f32(shape.to_vec(), data).cast(dtype));
+        g.set_output("y", w);
+        g
+    }
+
+    fn palettized(g: &Graph) -> Palettized {
+        match &g.node_slice()[0].op {
+            Op::Const(ConstData::Palettized(p)) => p.clone(),
+            _ => panic!("{}", print(g)),
+        }
+    }
+
+    /// fp16 weights are counted by bit pattern; the tables and indices are those of k-means on
+    /// the widened values with each table rounded to fp16 (the f32 path), per tensor and per
+    /// group, for groups on both sides of the size where counting takes over from sorting.
+    #[test]
+    fn fp16_weights_get_the_f32_paths_tables() {
+        let shape = [64, 64, 3, 3];
+        let w = random(&shape, 11, 0.2);
+        let g = weight_graph(&shape, w.data, DType::F16);
+        let v = dense(&g.node_slice()[0]).unwrap().to_f32();
+        for bits in [2, 4, 8] {
+            let k = 1usize << bits;
+            for group_size in [None, Some(4), Some(16)] {
+                let p = palettized(
+                    &Palettize {
+                        bits,
+                        group_size,
+                        min_elements: 100,
+                        calibrated: None,
+                    }
+                    .run(g.clone())
+                    .unwrap(),
+                );
+                let per = group_size.map_or(v.len(), |gs| gs * v.len() / 64);
+                let mut lut = Vec::new();
+                let mut indices = Vec::new();
+                for group in v.chunks(per) {
+                    let q = crate::compress::kmeans_1d(group, k).with_f16_lut(group);
+                    lut.extend(&q.lut);
+                    lut.resize(lut.len() + k - q.lut.len(), 0.0);
+                    indices.extend(q.indices);
+                }
+                let what = format!("{bits}-bit, {group_size:?}");
+                assert_eq!(p.lut.to_f32(), lut, "{what}");
+                assert_eq!(p.lut.dtype(), DType::F16, "{what}");
+                assert_eq!(p.indices, indices, "{what}");
+            }
+        }
+    }
+
+    /// NaN and infinite weights are refused with their count, fp16 or fp32, per tensor or in
+    /// groups (where they fall in different groups).
+    #[test]
+    fn non_finite_weights_are_refused_with_their_count() {
+        let shape = [64, 64, 3, 3];
+        let mut w = random(&shape, 12, 0.2).data;
+        w[5] = f32::INFINITY;
+        w[30_000] = f32::NAN;
+        for dtype in [DType::F16, DType::F32] {
+            for group_size in [None, Some(4), Some(16)] {
+                let e = Palettize {
+                    bits: 4,
+                    group_size,
+                    min_elements: 100,
+                    calibrated: None,
+                }
+                .run(weight_graph(&shape, w.clone(), dtype))
+                .unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    "node w (palettize): 2 of its 36864 values are NaN or infinite and cannot be compressed",
+                    "{dtype:?}, {group_size:?}"
+                );
+            }
+        }
     }
 
     /// A linear layer `x · Wᵀ + b` (W `[24, 40]`) and the same layer with W stored `[40, 24]`

@@ -20,8 +20,8 @@ pub mod quantize;
 pub mod refit;
 
 pub use kmeans::{
-    kmeans_1d, kmeans_1d_batch, kmeans_1d_weighted, kmeans_1d_weighted_batch, palettize_grouped,
-    palettize_grouped_weighted, Palette,
+    kmeans_1d, kmeans_1d_batch, kmeans_1d_weighted, kmeans_1d_weighted_batch, palettize_f16,
+    palettize_grouped, palettize_grouped_weighted, try_palettize_f16, Palette,
 };
 pub use pack::{pack_bits, unpack_bits};
 pub use quantize::{

@@ -2,11 +2,26 @@
 //! constrained DP with its checkpoint recursion (see the module doc of `kmeans`).
 
 use super::lagrange;
-use super::weight::Weight;
+use super::weight::{LargeCount, Weight};
 use super::CHECKPOINTS;
 
 /// Minimum candidates scanned per row in Knuth layers (see [`Layer::knuth`]).
 const KNUTH_SPAN: usize = 4;
+
+/// Largest element count for which the solver divides through a table of reciprocals (2 MiB):
+/// past it, building the table costs more than it saves ([`LargeCount`]).
+pub(super) const RECIP_TABLE_MAX: u64 = 1 << 18;
+
+/// [`cluster_unique`] of element counts, through the reciprocal table where it pays. Both ways
+/// give the same bits.
+pub(super) fn cluster_counts(uniq: &[f32], counts: &[u32], k: usize) -> (Vec<f32>, Vec<u16>, f64) {
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    if total <= RECIP_TABLE_MAX {
+        return cluster_unique(uniq, counts, k);
+    }
+    let counts: Vec<LargeCount> = counts.iter().map(|&c| LargeCount(c)).collect();
+    cluster_unique(uniq, &counts, k)
+}
 
 /// Optimal LUT of the sorted unique values `uniq` with element `counts`, the cluster of each
 /// unique value, and the squared error (in f64, against the f32 LUT).

@@ -43,7 +43,9 @@
 //!   cost 2–4 evaluations per cell, against 8–14 for divide and conquer.
 //!
 //! With counts, cluster weights are integers up to the element count, so `1 / w` comes from a
-//! table of reciprocals (O(N) for N elements) and the hot loop has no division; with real
+//! table of reciprocals (O(N) for N elements) and the hot loop has no division (for tensors of
+//! more than 2^18 elements the same reciprocal is computed in place: the table would cost more
+//! than it saves); with real
 //! weights it divides (no table). Both are monomorphised instances of one generic solver, so the
 //! count path compiles as if written for counts alone. Short scans select the minimum without
 //! branches; long ones branch (well predicted there).
@@ -78,12 +80,14 @@
 //! # Files
 //!
 //! `unweighted` and `weighted` are the two entry points (values to unique values, unique
-//! clusters back to indices), `batch` runs many tensors or channel groups over the cores, `dp`
+//! clusters back to indices), `fp16` the one for fp16 tensors with fp16 tables (a count per bit
+//! pattern, the table rounded and every pattern's nearest entry found once), `batch` runs many tensors or channel groups over the cores, `dp`
 //! is the solver over unique values (with `lagrange` and `weight`), `keys` sorts floats by
 //! integer keys, `palette` is the result.
 
 mod batch;
 mod dp;
+mod fp16;
 mod keys;
 mod lagrange;
 mod palette;
@@ -96,6 +100,7 @@ mod weighted;
 pub use batch::{
     kmeans_1d_batch, kmeans_1d_weighted_batch, palettize_grouped, palettize_grouped_weighted,
 };
+pub use fp16::{palettize_f16, try_palettize_f16};
 pub(crate) use palette::nearest;
 pub use palette::Palette;
 pub use unweighted::kmeans_1d;

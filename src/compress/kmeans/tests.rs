@@ -785,3 +785,173 @@ fn weighted_grouped_and_f16_lut() {
     assert!(q.sse <= rounded_same_indices);
     assert!(q.sse >= p.sse * 0.999);
 }
+
+/// What `palettize_f16` must equal: the f32 path on the widened values.
+fn f32_path(values: &[f16], k: usize) -> Palette {
+    let v: Vec<f32> = values.iter().map(|x| x.to_f32()).collect();
+    kmeans_1d(&v, k).with_f16_lut(&v)
+}
+
+/// `palettize_f16` against the f32 path: the same LUT and indices, and the same error up to
+/// the order of summation.
+fn check_f16(values: &[f16], k: usize, what: &str) {
+    let want = f32_path(values, k);
+    let got = palettize_f16(values, k);
+    assert_eq!(got.lut, want.lut, "{what}, k = {k}");
+    assert_eq!(got.indices, want.indices, "{what}, k = {k}");
+    assert!(
+        (got.sse - want.sse).abs() <= 1e-12 * (1.0 + want.sse),
+        "{what}, k = {k}: {} vs {}",
+        got.sse,
+        want.sse
+    );
+}
+
+/// Random fp16 tensors on both sides of `COUNTING_MIN`: gaussian-like (many distinct values),
+/// a few distinct values, a spread over every finite fp16 (subnormals and both zeros
+/// included), and equally spaced values (ties in the DP and in the rounding).
+#[test]
+fn f16_patterns_match_the_f32_path() {
+    let mut rng = Rng(77);
+    for seed in 0..12u64 {
+        let len = match seed % 4 {
+            0 => COUNTING_MIN - 1,
+            1 => COUNTING_MIN,
+            2 => 3 * COUNTING_MIN + 17,
+            _ => 40_000,
+        };
+        let gaussian: Vec<f16> = (0..len)
+            .map(|_| {
+                let s: f64 = (0..4).map(|_| rng.below(1 << 20) as f64).sum();
+                f16::from_f64((s / f64::from(1 << 20) - 2.0) * 0.03)
+            })
+            .collect();
+        let few: Vec<f16> = (0..len)
+            .map(|_| f16::from_f32(rng.below(9) as f32 * 0.125 - 0.5))
+            .collect();
+        let any: Vec<f16> = (0..len)
+            .map(|_| loop {
+                let h = f16::from_bits(rng.below(1 << 16) as u16);
+                if h.is_finite() {
+                    break h;
+                }
+            })
+            .collect();
+        let tiny: Vec<f16> = (0..len)
+            .map(|_| {
+                // Subnormals, both zeros and the smallest normals.
+                let h = rng.below(0x0800) as u16;
+                f16::from_bits(h | if rng.below(2) == 0 { 0x8000 } else { 0 })
+            })
+            .collect();
+        let spaced: Vec<f16> = (0..len)
+            .map(|i| f16::from_f32((i % 64) as f32 / 16.0 - 2.0))
+            .collect();
+        for bits in 1..=8 {
+            let k = 1 << bits;
+            check_f16(&gaussian, k, &format!("gaussian {seed}"));
+            check_f16(&few, k, &format!("few {seed}"));
+            check_f16(&any, k, &format!("any {seed}"));
+            check_f16(&tiny, k, &format!("tiny {seed}"));
+            check_f16(&spaced, k, &format!("spaced {seed}"));
+        }
+    }
+}
+
+/// Constant tensors, zeros of both signs (one value, `+0.0` in the LUT), tensors shorter than
+/// their table, and the empty tensor.
+#[test]
+fn f16_patterns_edge_cases() {
+    for len in [0, 1, 5, COUNTING_MIN, 10_000] {
+        for x in [0.0f32, -0.0, 1.5, -65504.0, 6e-8] {
+            let values = vec![f16::from_f32(x); len];
+            for k in [1, 2, 16, 256] {
+                check_f16(&values, k, &format!("{len} x {x}"));
+            }
+            let p = palettize_f16(&values, 16);
+            if len > 0 {
+                assert_eq!(p.lut, [f16::from_f32(x).to_f32() + 0.0], "{len} x {x}");
+                assert_eq!(p.sse, 0.0);
+            }
+        }
+        let zeros: Vec<f16> = (0..len)
+            .map(|i| f16::from_f32(if i % 3 == 0 { -0.0 } else { 0.0 }))
+            .collect();
+        let p = palettize_f16(&zeros, 4);
+        assert!(p.lut.iter().all(|c| c.to_bits() == 0), "{:?}", p.lut);
+        check_f16(&zeros, 4, "zeros");
+    }
+}
+
+/// Infinities and NaNs are refused on both sides of `COUNTING_MIN`, as by `kmeans_1d`, and a
+/// refusal leaves the thread's pattern table clean for the next tensor.
+#[test]
+fn f16_patterns_refuse_non_finite_values() {
+    for len in [10, COUNTING_MIN + 3] {
+        for bad in [
+            f16::INFINITY,
+            f16::NEG_INFINITY,
+            f16::NAN,
+            f16::from_bits(0xfe01),
+        ] {
+            let mut values: Vec<f16> = (0..len).map(|i| f16::from_f32(i as f32 * 1e-3)).collect();
+            values[len / 2] = bad;
+            assert!(try_palettize_f16(&values, 16).is_none(), "{len}, {bad}");
+            let caught = std::panic::catch_unwind(|| palettize_f16(&values, 16)).unwrap_err();
+            let msg = caught
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| caught.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            assert!(msg.contains("k-means input must be finite"), "{msg}");
+            let w: Vec<f32> = values.iter().map(|x| x.to_f32()).collect();
+            assert!(std::panic::catch_unwind(|| kmeans_1d(&w, 16)).is_err());
+            values[len / 2] = f16::ZERO;
+            check_f16(&values, 16, "after a refusal");
+        }
+    }
+}
+
+/// Counts past `RECIP_TABLE_MAX` divide without the reciprocal table, to the same bits as with
+/// it: the same LUT, clusters and error, from the Lagrangian search and from the constrained
+/// DP, on spread-out and on equally spaced values (ties).
+#[test]
+fn large_counts_match_the_reciprocal_table() {
+    use super::dp::{cluster_counts, RECIP_TABLE_MAX};
+    use super::weight::LargeCount;
+    let mut rng = Rng(5);
+    for (n, per, spaced) in [(3000, 200, false), (20_000, 40, false), (600, 1000, true)] {
+        let mut uniq: Vec<f32> = if spaced {
+            (0..n).map(|i| i as f32 / 64.0).collect()
+        } else {
+            let mut u: Vec<f32> = (0..3 * n)
+                .map(|_| f16::from_f32((rng.below(1 << 20) as f32 - 524_288.0) * 1e-6).to_f32())
+                .collect();
+            u.sort_by(f32::total_cmp);
+            u.dedup();
+            u
+        };
+        uniq.truncate(n);
+        let counts: Vec<u32> = uniq.iter().map(|_| 1 + rng.below(2 * per) as u32).collect();
+        let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        assert!(total > RECIP_TABLE_MAX, "{total}");
+        let large: Vec<LargeCount> = counts.iter().map(|&c| LargeCount(c)).collect();
+        for k in [2, 3, 16, 100, 256] {
+            let (a, b) = (
+                cluster_unique(&uniq, &counts, k),
+                cluster_counts(&uniq, &counts, k),
+            );
+            assert_eq!(
+                (&a.0, &a.1, a.2.to_bits()),
+                (&b.0, &b.1, b.2.to_bits()),
+                "{n}, {k}"
+            );
+            let (pa, pb) = (Prefix::new(&uniq, &counts), Prefix::new(&uniq, &large));
+            assert_eq!(
+                constrained_starts(&pa, uniq.len(), k),
+                constrained_starts(&pb, uniq.len(), k),
+                "{n}, {k}"
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! k-means where every value counts once: sorted unique values with their counts, or, for
 //! large fp16-exact tensors, a count per fp16 bit pattern.
 
-use super::dp::cluster_unique;
+use super::dp::cluster_counts;
 use super::keys::{f16_key_to_f32, f16_keys, key_to_f32, sort_with_index};
 use super::Palette;
 
@@ -51,7 +51,7 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Palette {
             prev_key = Some(key);
         }
     }
-    let (lut, cluster_of_unique, sse) = cluster_unique(&uniq, &counts, k);
+    let (lut, cluster_of_unique, sse) = cluster_counts(&uniq, &counts, k);
 
     let mut indices = vec![0u16; values.len()];
     let mut u = usize::MAX;
@@ -96,7 +96,7 @@ fn counting_kmeans(keys: &[u16], k: usize, hist: &mut Vec<u32>) -> Palette {
             counts.push(c);
         }
     }
-    let (lut, cluster_of_unique, sse) = cluster_unique(&uniq, &counts, k);
+    let (lut, cluster_of_unique, sse) = cluster_counts(&uniq, &counts, k);
     // The table now maps each key to its cluster.
     for (&key, &c) in uniq_keys.iter().zip(&cluster_of_unique) {
         hist[usize::from(key)] = u32::from(c);
