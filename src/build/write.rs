@@ -65,6 +65,7 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         mut timings,
         kept_float,
     } = compiled;
+    opts.progress.begin(crate::progress::Stage::Package);
     let t = Instant::now();
     writer.finish(&lowered.model, lowered.has_weights())?;
     timings.push(("write".to_string(), t.elapsed()));
