@@ -4,9 +4,10 @@
 //! test records them or gives none.
 //!
 //! A build reports, in this order: [`Stage::ReadWeights`] (bytes of tensors read),
-//! [`Stage::HashWeights`], [`Stage::Declare`], [`Stage::Calibrate`] where asked, one
-//! [`Stage::Pass`] per pass (the compression passes count tensors), [`Stage::WriteWeights`]
-//! (bytes of `weight.bin` written as the graph is lowered) and [`Stage::Package`].
+//! [`Stage::HashWeights`], [`Stage::Declare`], one [`Stage::Pass`] per pass (the compression
+//! passes count tensors), [`Stage::WriteWeights`] (bytes of `weight.bin` written as the graph is
+//! lowered) and [`Stage::Package`]; with a calibration set, [`Stage::Calibrate`] where it is
+//! loaded and where it is evaluated (before compression, after the passes for activations).
 
 use crate::tensor::Tensor;
 use crate::weights::{StoredDtype, TensorInfo, TensorSource, WeightError, WeightFormat};
@@ -26,7 +27,8 @@ pub enum Stage {
     HashWeights,
     /// The model's graph declared from its weights.
     Declare,
-    /// The calibration set loaded, and the statistics measured on it.
+    /// The calibration set loaded, or the model evaluated on it; the weights' statistics count
+    /// samples.
     Calibrate,
     /// A pass of the pipeline, by name ([`crate::passes::Pass::name`]); `palettize` and
     /// `quantize` count the tensors they compress.
@@ -57,6 +59,7 @@ impl fmt::Display for Stage {
 pub enum Unit {
     Bytes,
     Tensors,
+    Samples,
 }
 
 impl Stage {
@@ -65,6 +68,7 @@ impl Stage {
     pub fn unit(self) -> Unit {
         match self {
             Stage::ReadWeights | Stage::WriteWeights => Unit::Bytes,
+            Stage::Calibrate => Unit::Samples,
             _ => Unit::Tensors,
         }
     }

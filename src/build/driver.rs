@@ -158,7 +158,8 @@ fn program_from(
     let (layers, early_ranges) = match (&cal, &opts.compression) {
         (Some(cal), Some(_)) => {
             progress.begin(Stage::Calibrate);
-            let (layers, ranges) = calibrate_weights(&g, cal, &opts.quantize_activations)?;
+            let (layers, ranges) =
+                calibrate_weights(&g, cal, &opts.quantize_activations, progress)?;
             timings.push(("weight statistics".to_string(), t_stats.elapsed()));
             (Some(passes::calibrated::Calibrated::new(layers)), ranges)
         }
