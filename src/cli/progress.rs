@@ -87,10 +87,10 @@ impl Bar {
 
     /// A step the command runs itself, without counts: a spinner and `what`.
     pub fn spin(&self, what: impl Into<String>) {
-        self.bar.set_message(what.into());
         self.bar.set_style(style(None, Unit::Tensors));
         self.bar.unset_length();
         self.bar.set_position(0);
+        self.bar.set_message(what.into());
     }
 
     /// Runs `compile` (writing `out`) under a spinner of its own, cleared before it returns.
@@ -131,16 +131,18 @@ impl Progress for Bar {
         if let Ok(mut u) = self.unit.lock() {
             *u = stage.unit();
         }
-        // The message first: a redraw between these calls shows the new stage, not the old.
-        self.bar.set_message(stage.to_string());
+        // The message last: a frame drawn between these calls shows the stage before as a
+        // spinner, not the new stage with the last stage's count.
         self.bar.set_style(style(None, stage.unit()));
         self.bar.unset_length();
         self.bar.set_position(0);
         self.bar.reset_eta();
+        self.bar.set_message(stage.to_string());
     }
 
     fn total(&self, total: u64) {
         let unit = self.unit.lock().map_or(Unit::Tensors, |u| *u);
+        // Styles are not drawn until the next change: the length.
         self.bar.set_style(style(Some(total), unit));
         self.bar.set_length(total);
     }
@@ -153,14 +155,19 @@ impl Progress for Bar {
 /// The bar's look for a stage: a bar where the total is known, a spinner where not; bytes as
 /// sizes and rates, tensors as counts. Elapsed time is the command's.
 fn style(total: Option<u64>, unit: Unit) -> ProgressStyle {
+    // Within 80 columns: the bar takes what the terminal has left, a long message is cut.
     let template = match (total, unit) {
         (Some(_), Unit::Bytes) => {
-            "{elapsed:>4} {msg:<28} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})"
+            "{elapsed:>4} {spinner} {msg:<25} [{wide_bar}] {bytes}/{total_bytes}"
         }
-        (Some(_), Unit::Tensors) => "{elapsed:>4} {msg:<28} [{bar:30}] {pos}/{len} tensors",
-        (Some(_), Unit::Samples) => "{elapsed:>4} {msg:<28} [{bar:30}] {pos}/{len} samples",
-        (None, Unit::Bytes) => "{elapsed:>4} {msg:<28} {spinner} {bytes} ({bytes_per_sec})",
-        (None, _) => "{elapsed:>4} {msg:<28} {spinner}",
+        (Some(_), Unit::Tensors) => {
+            "{elapsed:>4} {spinner} {msg:<25} [{wide_bar}] {pos}/{len} tensors"
+        }
+        (Some(_), Unit::Samples) => {
+            "{elapsed:>4} {spinner} {msg:<25} [{wide_bar}] {pos}/{len} samples"
+        }
+        (None, Unit::Bytes) => "{elapsed:>4} {spinner} {msg} {bytes} ({bytes_per_sec})",
+        (None, _) => "{elapsed:>4} {spinner} {wide_msg}",
     };
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
