@@ -3,7 +3,8 @@
 //! line turns the reports into a bar on a terminal (`src/cli/progress.rs`), a build script or a
 //! test records them or gives none.
 //!
-//! A build reports, in this order: [`Stage::ReadWeights`] (bytes of tensors read),
+//! A build reports, in this order: [`Stage::ReadWeights`] (bytes of tensors read; not when
+//! given weights in memory),
 //! [`Stage::HashWeights`], [`Stage::Declare`], one [`Stage::Pass`] per pass (the compression
 //! passes count tensors), [`Stage::WriteWeights`] (bytes of `weight.bin` written as the graph is
 //! lowered) and [`Stage::Package`]; with a calibration set, [`Stage::Calibrate`] where it is
