@@ -20,11 +20,17 @@ pub mod quantize_activations;
 pub mod specialize_shapes;
 
 use crate::ir::{verify::verify, Graph, IrError};
+use crate::progress::{Observer, Stage};
 
 /// A named graph transform.
 pub trait Pass {
     fn name(&self) -> &'static str;
     fn run(&self, g: Graph) -> Result<Graph, IrError>;
+    /// [`Pass::run`], counting what the pass counts (the compression passes: tensors) into
+    /// `progress`, whose stage [`run_observed`] has begun.
+    fn run_observed(&self, g: Graph, _progress: &Observer) -> Result<Graph, IrError> {
+        self.run(g)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +182,18 @@ pub fn finish(
 /// Runs `passes` in order, verifying after each and handing every result to `after` (for dumps
 /// and timings).
 pub fn run(
+    g: Graph,
+    passes: &[Box<dyn Pass>],
+    after: impl FnMut(&dyn Pass, &Graph),
+) -> Result<Graph, PassError> {
+    run_observed(g, passes, &Observer::none(), after)
+}
+
+/// [`run`], each pass a [`Stage::Pass`] of `progress`.
+pub fn run_observed(
     mut g: Graph,
     passes: &[Box<dyn Pass>],
+    progress: &Observer,
     mut after: impl FnMut(&dyn Pass, &Graph),
 ) -> Result<Graph, PassError> {
     verify(&g).map_err(|source| PassError {
@@ -185,7 +201,8 @@ pub fn run(
         source,
     })?;
     for p in passes {
-        g = p.run(g).map_err(|source| PassError {
+        progress.begin(Stage::Pass(p.name()));
+        g = p.run_observed(g, progress).map_err(|source| PassError {
             pass: p.name(),
             source,
         })?;

@@ -15,6 +15,7 @@ use crate::compress::kmeans::{kmeans_1d, try_palettize_f16, Palette};
 use crate::compress::output_aware;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Palettized};
 use crate::parallel::parallel_map;
+use crate::progress::Observer;
 use crate::tensor::{DType, Tensor, TensorData};
 
 /// A calibrated weight's tables, and its layer's bias with the shift to add to it.
@@ -41,6 +42,11 @@ impl Pass for Palettize {
     }
 
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        self.run_observed(g, &Observer::none())
+    }
+
+    /// Counts tensors: the calibrated ones once all are fitted, the others batch by batch.
+    fn run_observed(&self, g: Graph, progress: &Observer) -> Result<Graph, IrError> {
         let k = 1usize << self.bits;
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
@@ -75,6 +81,7 @@ impl Pass for Palettize {
                 });
             }
         }
+        progress.total((calibrated.len() + chosen.len()) as u64);
         // Each layer's fit is independent of the others' (the statistics are the float
         // model's): on every core, then applied in graph order.
         let fits: Vec<&Fitted> = calibrated.iter().map(|i| &fitted[i]).collect();
@@ -91,6 +98,7 @@ impl Pass for Palettize {
             let i = f.layer.weight.index();
             nodes[i].op = self.table(&nodes[i], palettes);
         }
+        progress.advance(calibrated.len() as u64);
         // In batches of about BATCH_ELEMENTS, each applied before the next is clustered, so
         // the model's dense values and its indices are not both held whole. Within a batch,
         // one work item per table (a tensor, or a group of its output channels), on every core;
@@ -147,6 +155,7 @@ impl Pass for Palettize {
                 }
                 nodes[i].op = self.table(&nodes[i], palettes);
             }
+            progress.advance((calibrated.len() + end) as u64);
         }
         Ok(Graph::from_parts(name, nodes, outputs))
     }

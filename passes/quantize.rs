@@ -14,6 +14,7 @@ use crate::compress::quantize::{
     quantize_blockwise_i8, quantize_per_channel_i8, quantize_per_channel_u8, ScaleType,
 };
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Quantized};
+use crate::progress::Observer;
 use crate::tensor::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,11 @@ impl Pass for Quantize {
     }
 
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
+        self.run_observed(g, &Observer::none())
+    }
+
+    /// Counts tensors as they are quantized.
+    fn run_observed(&self, g: Graph, progress: &Observer) -> Result<Graph, IrError> {
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
         let fitted = match &self.calibrated {
@@ -68,6 +74,8 @@ impl Pass for Quantize {
                 });
             }
         }
+        progress.total(nodes.iter().filter(|n| self.weight(n).is_some()).count() as u64);
+        let mut done = 0;
         for i in 0..nodes.len() {
             let n = &nodes[i];
             let Some(t) = self.weight(n) else {
@@ -105,6 +113,8 @@ impl Pass for Quantize {
                 _ => q,
             };
             nodes[i].op = Op::Const(ConstData::Quantized(Quantized { q, dtype }));
+            done += 1;
+            progress.advance(done);
         }
         Ok(Graph::from_parts(name, nodes, outputs))
     }

@@ -37,6 +37,7 @@ pub mod package;
 pub(crate) mod parallel;
 #[path = "../passes/mod.rs"]
 pub mod passes;
+pub mod progress;
 pub mod proto;
 pub mod report;
 pub mod run;

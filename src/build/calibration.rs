@@ -76,12 +76,6 @@ fn bind_from_graph(b: &mut Bindings, iface: &crate::models::Interface, g: &Graph
     }
 }
 
-/// Whether to print progress on stderr (a terminal is watching).
-fn progress() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal()
-}
-
 /// The symmetric clipping magnitude of every value the activation pass can quantize in `g` (the
 /// final graph, whose value ids the pass reads): from `cal` ([`load_calibration`]) for
 /// [`ActivationRanges::Calibrated`].
@@ -98,7 +92,8 @@ pub fn activation_ranges(
     match src {
         ActivationRanges::Calibrated => {
             let cal = cal.ok_or_else(|| failed("needs a calibration set".into()))?;
-            let stats = crate::calibrate::collect_values(g, cal, progress(), Some(&wanted))
+            // Nothing printed: the build's observer shows the stage.
+            let stats = crate::calibrate::collect_values(g, cal, false, Some(&wanted))
                 .map_err(|e| failed(e.to_string()))?;
             Ok(stats
                 .values
@@ -124,12 +119,14 @@ pub fn activation_ranges(
 /// The layers' input statistics for calibrated weight compression, measured on `g` (the graph
 /// about to be compressed); with calibrated int8 activations, their clipping ranges too, by
 /// node name, from the same evaluation (one decoder run per sample instead of two: compression
-/// leaves the activations it would measure within its own small error).
+/// leaves the activations it would measure within its own small error). Counts samples into
+/// `progress`.
 #[allow(clippy::type_complexity)]
 pub(super) fn calibrate_weights(
     g: &Graph,
     cal: &crate::calibrate::Calibration,
     activations: &Option<ActivationRanges>,
+    progress: &crate::progress::Observer,
 ) -> Result<
     (
         std::sync::Arc<crate::calibrate::layer_inputs::LayerInputs>,
@@ -144,23 +141,20 @@ pub(super) fn calibrate_weights(
     };
     let mut layers = crate::calibrate::layer_inputs::Collector::new(g);
     let mut stats = crate::calibrate::Stats::new(cal);
-    crate::calibrate::stats::evaluate_samples(
-        g,
-        cal,
-        progress(),
-        "calibrating",
-        &mut |s, id, a| {
-            layers.observe(s, id, a)?;
-            match ranged {
-                true => stats.observe(g, id, a, Some(&wanted)),
-                false => Ok(()),
-            }
-        },
-    )
+    progress.total(cal.len() as u64);
+    crate::calibrate::stats::evaluate_samples(g, cal, false, "calibrating", &mut |s, id, a| {
+        progress.advance(s as u64);
+        layers.observe(s, id, a)?;
+        match ranged {
+            true => stats.observe(g, id, a, Some(&wanted)),
+            false => Ok(()),
+        }
+    })
     .map_err(|e| BuildError::Option {
         option: BuildOption::Calibration,
         reason: e.to_string(),
     })?;
+    progress.advance(cal.len() as u64);
     let ranges = ranged.then(|| {
         stats
             .values

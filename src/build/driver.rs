@@ -13,6 +13,7 @@ use crate::models::Part;
 use crate::package::BlobWriter;
 use crate::passes::specialize_shapes::Specialize;
 use crate::passes::{self, PipelineOptions};
+use crate::progress::{Observed, Stage};
 use crate::weights::Weights;
 use std::time::{Duration, Instant};
 
@@ -75,9 +76,10 @@ pub(super) fn build_program_to(
     let t = Instant::now();
     let path = plan.weights_path()?;
     let source = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
+    let source = Observed::new(&*source, plan.opts.progress.clone());
     let weights = plan
         .model
-        .load(plan.part, &*source, &plan.opts.model_options)?;
+        .load(plan.part, &source, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
     let mut c = program_from(plan, WeightsIn::Owned(weights), blobs, after_pass)?;
     c.timings.insert(0, load);
@@ -112,8 +114,10 @@ fn program_from(
 ) -> Result<Compiled, BuildError> {
     let mut timings = Vec::new();
     let (opts, model, part) = (plan.opts, plan.model, plan.part);
+    let progress = &opts.progress;
 
     // Hashed before declaring: an owned model's tensors leave the weights for the graph.
+    progress.begin(Stage::HashWeights);
     let t = Instant::now();
     let w = match &weights {
         WeightsIn::Borrowed(w) => w,
@@ -125,6 +129,7 @@ fn program_from(
     // Before the graph takes the tensors: NaN, infinities, values fp16 cannot hold.
     crate::weights::check::check_weights(w, opts.precision == Precision::Fp16)?;
 
+    progress.begin(Stage::Declare);
     let t = Instant::now();
     let g = match weights {
         WeightsIn::Borrowed(w) => model.build(part, w, &plan.fixed(), &opts.model_options)?,
@@ -134,6 +139,9 @@ fn program_from(
     plan.interface.check_graph(&g)?;
     after_pass("declare", &g);
 
+    if opts.calibration.is_some() {
+        progress.begin(Stage::Calibrate);
+    }
     let t = Instant::now();
     let cal = calibration(plan, Some(&g))?;
     if cal.is_some() {
@@ -142,7 +150,7 @@ fn program_from(
 
     let pipeline = plan.pipeline();
     let mut t = Instant::now();
-    let g = passes::run(g, &passes::prepare(&pipeline), |p, g| {
+    let g = passes::run_observed(g, &passes::prepare(&pipeline), progress, |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
         after_pass(p.name(), g);
         t = Instant::now();
@@ -151,14 +159,16 @@ fn program_from(
     let t_stats = Instant::now();
     let (layers, early_ranges) = match (&cal, &opts.compression) {
         (Some(cal), Some(_)) => {
-            let (layers, ranges) = calibrate_weights(&g, cal, &opts.quantize_activations)?;
+            progress.begin(Stage::Calibrate);
+            let (layers, ranges) =
+                calibrate_weights(&g, cal, &opts.quantize_activations, progress)?;
             timings.push(("weight statistics".to_string(), t_stats.elapsed()));
             (Some(passes::calibrated::Calibrated::new(layers)), ranges)
         }
         _ => (None, None),
     };
     let mut t = Instant::now();
-    let g = passes::run(g, &passes::finish(&pipeline, layers), |p, g| {
+    let g = passes::run_observed(g, &passes::finish(&pipeline, layers), progress, |p, g| {
         timings.push((p.name().to_string(), t.elapsed()));
         after_pass(p.name(), g);
         t = Instant::now();
@@ -172,6 +182,7 @@ fn program_from(
             let ranges = match early_ranges.as_ref().and_then(|r| ranges_by_name(&g, r)) {
                 Some(r) => r,
                 None => {
+                    progress.begin(Stage::Calibrate);
                     let r = activation_ranges(&g, src, cal.as_ref())?;
                     timings.push(("activation ranges".to_string(), t.elapsed()));
                     r
@@ -179,6 +190,7 @@ fn program_from(
             };
             let keep_float = match (opts.activation_min_psnr, &cal) {
                 (Some(db), Some(cal)) => {
+                    progress.begin(Stage::Calibrate);
                     let t = Instant::now();
                     let choice = crate::calibrate::search::keep_float_for(&g, &ranges, cal, db)
                         .map_err(|e| BuildError::Option {
@@ -203,7 +215,7 @@ fn program_from(
                 passes::quantize_activations::QuantizeActivations { ranges, keep_float },
             )];
             let t = Instant::now();
-            let g = passes::run(g, &list, |p, g| after_pass(p.name(), g))?;
+            let g = passes::run_observed(g, &list, progress, |p, g| after_pass(p.name(), g))?;
             timings.push(("quantize_activations".to_string(), t.elapsed()));
             g
         }
@@ -232,6 +244,7 @@ fn program_from(
             .insert("mlc.activations".into(), "int8 (calibrated)".into());
     }
     let iface = plan.lowering();
+    blobs.observe(progress.clone());
     let lowered = if opts.multifunction {
         let (_, named) = plan.named_sizes()?;
         let mut functions = Vec::new();
@@ -246,7 +259,8 @@ fn program_from(
                 // Static now, so the query count is known and attention can be chunked.
                 Box::new(passes::attention_pass(&pipeline)),
             ];
-            let f = passes::run(g.clone(), &list, |p, g| after_pass(p.name(), g))?;
+            let f =
+                passes::run_observed(g.clone(), &list, progress, |p, g| after_pass(p.name(), g))?;
             functions.push((name, f));
         }
         largest = functions
@@ -255,8 +269,10 @@ fn program_from(
             .max_by_key(|l| l.bytes);
         drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
+        progress.begin(Stage::WriteWeights);
         mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
     } else {
+        progress.begin(Stage::WriteWeights);
         mil::lower::lower_into(&g, opts.target, &info, &iface, &mut blobs)?
     };
     let lowered = if blobs.is_file() {

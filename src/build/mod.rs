@@ -16,6 +16,7 @@ pub mod report;
 pub mod validate;
 pub mod write;
 
+pub use crate::progress::{Observer, Progress, Stage};
 pub use calibration::{activation_ranges, load_calibration, Ranges};
 pub use driver::{
     build_program, compile_weights, declare, declare_owned, pipeline_options, Compiled,

@@ -5,6 +5,7 @@ use crate::mil::Target;
 use crate::models::ModelOptions;
 pub use crate::passes::quantize::Mode as QuantMode;
 pub use crate::passes::Compression;
+use crate::progress::Observer;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -99,6 +100,9 @@ pub struct BuildOptions {
     /// With calibrated int8 activations: keep float the fewest layers (most sensitive first)
     /// that hold the output on the calibration set at this PSNR in dB.
     pub activation_min_psnr: Option<f64>,
+    /// Who hears how far the build is ([`crate::progress`]); nobody by default. Not part of
+    /// what gets built: options that differ only here are equal.
+    pub progress: Observer,
 }
 
 /// Where the clipping range of each quantized activation comes from.
@@ -150,6 +154,7 @@ impl BuildOptions {
             calibration: None,
             quantize_activations: None,
             activation_min_psnr: None,
+            progress: Observer::none(),
         }
     }
 

@@ -66,6 +66,7 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         kept_float,
         fp32_ops,
     } = compiled;
+    opts.progress.begin(crate::progress::Stage::Package);
     let t = Instant::now();
     writer.finish(&lowered.model, lowered.has_weights())?;
     timings.push(("write".to_string(), t.elapsed()));

@@ -1,6 +1,7 @@
 //! `mlc build`: flags, grouped as `--help` shows them, resolved into library options; the
 //! library's errors named by the flag at fault; the report printed.
 
+use super::progress::Bar;
 use super::CalibrationArgs;
 use crate::build::{
     self, ActivationRanges, ArrayLayout, BuildError, BuildOption, BuildOptions, BuildReport,
@@ -452,12 +453,19 @@ impl BuildArgs {
 }
 
 pub fn main(a: &BuildArgs) -> Result<()> {
-    let opts = a.options()?;
+    let mut opts = a.options()?;
+    let bar = Bar::on_stderr(a.output.json);
+    opts.progress = Bar::observer(&bar);
     let plan = opts.plan().map_err(|e| a.flagged(e))?;
     if a.compiling() && a.output.compiler == CompilerArg::Mlc {
         plan.check_mlc_compilable().map_err(|e| a.flagged(e))?;
     }
-    let r = build::write::build_plan(&plan).map_err(|e| a.flagged(e))?;
+    let built = build::write::build_plan(&plan);
+    // Gone before anything else is printed, the error too.
+    if let Some(b) = &bar {
+        b.clear();
+    }
+    let r = built.map_err(|e| a.flagged(e))?;
     print_report(a, &r, opts.target)?;
     if a.compiling() {
         compile(a, &r.package)?;
@@ -560,7 +568,9 @@ fn compile(a: &BuildArgs, package: &std::path::Path) -> Result<()> {
         CompilerArg::Mlc => {
             let name = crate::mlmodelc::default_output(package);
             let out = dir.join(name.file_name().unwrap_or_default());
-            crate::mlmodelc::compile(package, &out, &Default::default())?;
+            Bar::compiling(&out, a.output.json, || {
+                crate::mlmodelc::compile(package, &out, &Default::default())
+            })?;
             println!("compiled {}", out.display());
         }
     }

@@ -18,7 +18,9 @@ pub fn main(a: &CompileArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| crate::mlmodelc::default_output(&a.package));
-    crate::mlmodelc::compile(&a.package, &out, &Default::default())?;
+    super::progress::Bar::compiling(&out, false, || {
+        crate::mlmodelc::compile(&a.package, &out, &Default::default())
+    })?;
     println!("compiled {}", out.display());
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod build;
 mod compile;
 mod inspect;
+pub mod progress;
 mod run;
 
 pub use build::BuildArgs;

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::append::Appender;
 use super::PackageError;
+use crate::progress::Observer;
 
 /// What a MIL `BlobFileValue.fileName` holds: `@model_path` is the directory of `model.mlmodel`.
 pub const WEIGHTS_FILE_REF: &str = "@model_path/weights/weight.bin";
@@ -111,6 +112,8 @@ pub struct BlobWriter {
     seen: HashMap<QuickKey, Vec<Candidate>>,
     /// The checksum in the key: CRC-32, or a constant in tests that force collisions.
     quick: fn(&[u8]) -> u32,
+    /// Told the file's length as it grows ([`BlobWriter::observe`]).
+    progress: Observer,
 }
 
 /// Type, padding, length and CRC-32 of a blob: equal for identical blobs, and for different
@@ -153,6 +156,7 @@ impl BlobWriter {
             count: 0,
             seen: HashMap::new(),
             quick: crc32fast::hash,
+            progress: Observer::none(),
         }
     }
 
@@ -180,7 +184,13 @@ impl BlobWriter {
             count: 0,
             seen: HashMap::new(),
             quick: crc32fast::hash,
+            progress: Observer::none(),
         })
+    }
+
+    /// Reports the file's length to `progress` as blobs are added (the caller begins the stage).
+    pub fn observe(&mut self, progress: Observer) {
+        self.progress = progress;
     }
 
     /// Appends a blob and returns the offset of its metadata record (what MIL references); an
@@ -290,6 +300,7 @@ impl BlobWriter {
             }
         }
         self.len += bytes.len() as u64;
+        self.progress.advance(self.len);
     }
 
     /// Whether the bytes at `start` are `data` (a hash hit, checked).
