@@ -3,7 +3,8 @@
 //!
 //! One budget covers everything a weight file may make the readers allocate (the decoded f32
 //! tensors, the storages read out of a `.pth` archive, the pickle and the objects its VM
-//! builds): `min(max(16 x file size, 64 MiB), 4 GiB)` bytes, or exactly the value of the
+//! builds): `min(max(16 x file size, 64 MiB), max(4 GiB, 2 x file size))` bytes (a large file
+//! needs at most twice its size: bf16 widened to f32), or exactly the value of the
 //! environment variable `MLC_MAX_WEIGHT_BYTES` when it is set (a number of bytes, optionally
 //! with a `K`, `M` or `G` suffix, binary multiples). A small file therefore cannot expand into
 //! gigabytes, and a legitimately huge checkpoint can still be read by raising the limit.
@@ -18,8 +19,11 @@ pub const MAX_WEIGHT_BYTES_ENV: &str = "MLC_MAX_WEIGHT_BYTES";
 const MIN_BUDGET: u64 = 64 << 20;
 /// Decoded tensors may take this many times the file's size (f16 → f32 is only 2x).
 const EXPANSION: u64 = 16;
-/// Default absolute cap, whatever the file's size.
+/// Default cap of a file's budget, unless the file itself is larger (then twice its size).
 const MAX_BUDGET: u64 = 4 << 30;
+/// Default largest weight file read at all: an SDXL UNet in fp32 is 10 GB, a FLUX checkpoint
+/// 24 GB.
+const MAX_FILE: u64 = 64 << 30;
 
 /// Most elements of any one tensor the evaluator (`mlc run`) allocates, whether a package
 /// declares it (a const) or an op derives it from its inputs and attributes: 2^30 (4 GiB of
@@ -57,18 +61,17 @@ pub fn weight_budget_with(
             format!("{MAX_WEIGHT_BYTES_ENV}={v:?} is not a number of bytes (like 8589934592 or 8G)")
         });
     }
-    Ok(file_len
-        .saturating_mul(EXPANSION)
-        .clamp(MIN_BUDGET, MAX_BUDGET))
+    let cap = MAX_BUDGET.max(file_len.saturating_mul(2));
+    Ok(file_len.saturating_mul(EXPANSION).clamp(MIN_BUDGET, cap))
 }
 
 /// Largest weight file (`--weights`, or a package's `weight.bin`) read into memory at all: the
-/// value of `MLC_MAX_WEIGHT_BYTES` when set, else 4 GiB.
+/// value of `MLC_MAX_WEIGHT_BYTES` when set, else 64 GiB.
 pub fn max_weight_file_bytes() -> Result<u64, String> {
     let env = |k: &str| std::env::var(k).ok();
     match env(MAX_WEIGHT_BYTES_ENV).filter(|v| !v.trim().is_empty()) {
         Some(_) => weight_budget_with(0, env),
-        None => Ok(MAX_BUDGET),
+        None => Ok(MAX_FILE),
     }
 }
 
@@ -264,8 +267,11 @@ mod tests {
         let none = |_: &str| None;
         assert_eq!(weight_budget_with(1000, none).unwrap(), 64 << 20);
         assert_eq!(weight_budget_with(10 << 20, none).unwrap(), 160 << 20);
-        assert_eq!(weight_budget_with(1 << 40, none).unwrap(), 4 << 30);
-        assert_eq!(weight_budget_with(u64::MAX, none).unwrap(), 4 << 30);
+        assert_eq!(weight_budget_with(1 << 30, none).unwrap(), 4 << 30);
+        // A file larger than the cap may hold twice its size (bf16 widened), no more.
+        assert_eq!(weight_budget_with(5 << 30, none).unwrap(), 10 << 30);
+        assert_eq!(weight_budget_with(1 << 40, none).unwrap(), 2 << 40);
+        assert_eq!(weight_budget_with(u64::MAX, none).unwrap(), u64::MAX);
         let set = |v: &'static str| move |_: &str| Some(v.to_string());
         assert_eq!(weight_budget_with(1 << 40, set("8G")).unwrap(), 8 << 30);
         assert_eq!(weight_budget_with(1, set("1000")).unwrap(), 1000);

@@ -434,3 +434,95 @@ fn synthetic_taesd_palettize4_calibrated() {
 fn open(path: &std::path::Path) -> Box<dyn mlc::weights::TensorSource> {
     mlc::weights::open(path).unwrap()
 }
+
+/// A UNet fixture's MIL text at a 16x16 latent, batch 2.
+fn unet_text(
+    fixture: &str,
+    model: &str,
+    layout: mlc::models::TransformerLayout,
+    target: Target,
+) -> String {
+    let path = shared(&format!(
+        "fixtures/unet/{fixture}/diffusers/diffusion_pytorch_model.safetensors"
+    ));
+    let o = mlc::models::ModelOptions {
+        layout,
+        ..Default::default()
+    };
+    let w = mlc::models::lookup(model)
+        .unwrap()
+        .load(mlc::models::unet::UNET, &*open(&path), &o)
+        .unwrap();
+    let mut b = BuildOptions::new(model, path);
+    b.model_options = o;
+    b.target = target;
+    b.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16]]);
+    let c = compile_weights(&b, &w, |_, _| {}).unwrap();
+    print_model(&c.lowered.model)
+}
+
+#[test]
+fn sd15_unet_standard_and_ane_fp16() {
+    use mlc::models::TransformerLayout::{Ane, Standard};
+    let text = unet_text("sd15", "sd-unet", Standard, Target::Ios16);
+    // What review must see: the interface Apple's pipeline reads, the timestep sinusoid in an
+    // fp32 region (two casts, fp32 sin and cos), 1x1-conv projections, one softmax per head
+    // group of each attention (8 heads, 16 attentions), and the three upsamplers.
+    assert!(
+        text.contains("// input sample: multiarray float16 [2, 4, 16, 16]"),
+        "{text}"
+    );
+    assert!(text.contains("// input encoder_hidden_states: multiarray float16 [2, 77, 64]"));
+    assert!(text.contains("// output noise_pred: multiarray float16 [2, 4, 16, 16]"));
+    assert_eq!(text.matches(" = cast(").count(), 2);
+    assert!(
+        text.contains("%time_proj_sin: (2, 16, fp32)(Tensor) = sin("),
+        "{text}"
+    );
+    assert_eq!(text.matches(" = upsample_nearest_neighbor(").count(), 3);
+    snapshot!("sd15_unet_standard_fp16_ios16", text);
+    let text = unet_text("sd15", "sd-unet", Ane, Target::Ios16);
+    // ane: encoder_hidden_states [B, D, 1, S], no transpose at all, one softmax per head.
+    assert!(text.contains("// input encoder_hidden_states: multiarray float16 [2, 64, 1, 77]"));
+    assert_eq!(text.matches(" = transpose(").count(), 0, "{text}");
+    assert_eq!(text.matches(" = softmax(").count(), 16 * 2 * 8);
+    snapshot!("sd15_unet_ane_fp16_ios16", text);
+}
+
+#[test]
+fn sd21_unet_upcast_attention_fp16() {
+    let text = unet_text(
+        "sd21",
+        "sd-unet",
+        mlc::models::TransformerLayout::Standard,
+        Target::Ios16,
+    );
+    // upcast_attention: every attention's q, k and v cast to fp32 and its output back (4 casts
+    // per attention, 2 attentions per transformer, 16 transformers: 2 per attention level down,
+    // 3 per level up, 1 in the mid block), beside the sinusoid's 2; the softmaxes compute in
+    // fp32.
+    assert_eq!(text.matches(" = cast(").count(), 2 + 4 * 2 * 16, "{text}");
+    assert!(!text.contains("fp16)(Tensor) = softmax("), "{text}");
+    snapshot!("sd21_unet_standard_fp16_ios16", text);
+}
+
+#[test]
+fn sdxl_unet_fused_attention_fp16_ios18() {
+    let text = unet_text(
+        "sdxl",
+        "sdxl-unet",
+        mlc::models::TransformerLayout::Standard,
+        Target::Ios18,
+    );
+    // SDXL: text_embeds and time_ids in, their 256-channel sinusoid in the fp32 region too (4
+    // casts), and every attention one fused op, no softmax left.
+    assert!(
+        text.contains("// input text_embeds: multiarray float16 [2, 32]"),
+        "{text}"
+    );
+    assert!(text.contains("// input time_ids: multiarray float16 [2, 6]"));
+    assert_eq!(text.matches(" = cast(").count(), 4);
+    assert!(text.contains(" = scaled_dot_product_attention("));
+    assert_eq!(text.matches(" = softmax(").count(), 0);
+    snapshot!("sdxl_unet_standard_fp16_ios18", text);
+}
