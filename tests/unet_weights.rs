@@ -625,3 +625,62 @@ fn single_file_and_diffusers_layouts_build_the_same_package() {
         }
     }
 }
+
+/// On the command line: another model's weights, a UNet of the other family, a UNet option a
+/// VAE does not take and several odd sizes are each one line naming the file or flag, and
+/// nothing is written.
+#[test]
+fn the_command_line_refuses_bad_unet_input_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let unet = |f: &str| {
+        shared(&format!(
+            "fixtures/unet/{f}/diffusers/diffusion_pytorch_model.safetensors"
+        ))
+        .display()
+        .to_string()
+    };
+    let vae = shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors")
+        .display()
+        .to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (&["build", "sd-unet", "--weights", &vae], "VAE"),
+        (
+            &["build", "sd-unet", "--weights", &unet("sdxl")],
+            "sdxl-unet",
+        ),
+        (
+            &["build", "sdxl-unet", "--weights", &unet("sd15")],
+            "sd-unet",
+        ),
+        (
+            &["build", "sd-vae", "--weights", &vae, "--batch", "1"],
+            "--batch",
+        ),
+        (
+            &[
+                "build",
+                "sd-unet",
+                "--weights",
+                &unet("sd15"),
+                "--latent-size",
+                "12x20,16",
+            ],
+            "multiple of 8",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = args.to_vec();
+        all.extend(["-o", "out.mlpackage"]);
+        let o = common::cli::mlc(&all, dir);
+        let err = common::cli::stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "{args:?} left files"
+        );
+    }
+}
