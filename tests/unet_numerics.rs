@@ -155,3 +155,59 @@ fn enumerated_and_multifunction_packages_match() {
         }
     }
 }
+
+/// The command line end to end: `mlc build` each fixture fp16, then `mlc run` with all inputs from
+/// the case's one safetensors file and `--fp16-activations`: the run reports the largest
+/// activation (within fp16's range) and writes diffusers' `noise_pred` within 5e-3.
+#[test]
+fn build_and_run_on_the_command_line_report_fp16_activations() {
+    let out = out_dir("unet_cli");
+    for name in ["sd15", "sd21", "sdxl", "sd15_inpaint"] {
+        let pkg = out.join(format!("{name}_cli.mlpackage"));
+        let weights = weights(name).display().to_string();
+        let args = [
+            "build",
+            model(name),
+            "--weights",
+            &weights,
+            "--latent-size",
+            "16",
+            "-o",
+            pkg.to_str().unwrap(),
+        ];
+        let o = common::cli::mlc(&args, &out);
+        assert!(o.status.success(), "{}", common::cli::stderr(&o));
+        let case = fixture(name).join("b2_16x16.safetensors");
+        let result = out.join(format!("{name}_noise_pred.safetensors"));
+        let args = [
+            "run",
+            pkg.to_str().unwrap(),
+            "--input",
+            case.to_str().unwrap(),
+            "--output",
+            result.to_str().unwrap(),
+            "--fp16-activations",
+            "--force",
+        ];
+        let o = common::cli::mlc(&args, &out);
+        let err = common::cli::stderr(&o);
+        assert!(o.status.success(), "{err}");
+        let largest: f32 = err
+            .split("largest magnitude ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no fp16 activation report in {err}"));
+        assert!(
+            largest.is_finite() && largest < 65504.0,
+            "{name}: {largest}"
+        );
+        let got = mlc::run::read_safetensors(&result).unwrap();
+        let (_, want) = case_of(name);
+        assert_within(&format!("{name} cli"), &got["noise_pred"], &want, 5e-3);
+    }
+}
+
+fn case_of(name: &str) -> (BTreeMap<String, Array>, Array) {
+    case(name, "b2_16x16", TransformerLayout::Standard)
+}
