@@ -40,15 +40,18 @@ pub struct BuildArgs {
 #[command(next_help_heading = "Input and weights")]
 pub struct InputArgs {
     /// Which of the model's parts (an unknown name is refused with the list): decoder (latent →
-    /// image) or encoder (image → latent; token ids → hidden states). [default: the model's first part: decoder for autoencoders,
-    /// encoder for CLIP]
+    /// image) or encoder (image → latent; token ids → hidden states); unet for the UNets.
+    /// [default: the model's first part: decoder for autoencoders, encoder for CLIP, unet]
     #[arg(long, value_name = "PART")]
     pub part: Option<String>,
     /// Weights. TAESD: .safetensors (upstream `1.weight` or diffusers `decoder.layers.0.weight`
     /// keys; f32, f16 or bf16) or a PyTorch .pth checkpoint. Full VAEs: a diffusers
     /// `diffusion_pytorch_model.safetensors` (its config.json beside it is checked) or an
     /// original single file (CompVis/LDM, FLUX `ae.safetensors`, a full SD checkpoint's
-    /// `first_stage_model.`). Without it, a TAESD decoder's published weights are taken from
+    /// `first_stage_model.`). UNets: a diffusers `unet/diffusion_pytorch_model[.fp16].safetensors`
+    /// (config.json beside it checked and used) or a single-file checkpoint (.safetensors or
+    /// .ckpt; the UNet under `model.diffusion_model.`). Without it, a TAESD decoder's published
+    /// weights are taken from
     /// the Hugging Face cache ($HF_HOME/hub), downloaded there first if missing ($HF_ENDPOINT
     /// picks the host; HF_HUB_OFFLINE=1 forbids the network); other parts need it.
     #[arg(long, value_name = "FILE")]
@@ -60,8 +63,8 @@ pub struct InputArgs {
 pub struct IoArgs {
     /// Latent sizes, comma-separated, each N or HxW; the first is the default. One size gives a
     /// static model; several give one package that accepts each of them [default: the model's:
-    /// a 768x768 image for TAESD, 512 for sd-vae, 1024 for the others]. With --input packed,
-    /// the packed latent's size.
+    /// a 768x768 image for TAESD, 512 for sd-vae, 1024 for the others; a 64x64 latent for
+    /// sd-unet, 128x128 for sdxl-unet]. With --input packed, the packed latent's size.
     #[arg(long, value_name = "N|HxW,...", conflicts_with = "image_size", value_parser = parse_sizes)]
     pub latent_size: Option<SizeList>,
     /// Image sizes, comma-separated, each N or HxW and a multiple of 8 (the latent is 8x
@@ -133,10 +136,11 @@ pub struct ComputeArgs {
     /// Deployment target: ios16 (spec 7), ios17, ios18, or macos13, macos14, macos15.
     #[arg(long, default_value = "ios16", value_parser = Target::parse)]
     pub target: Target,
-    /// Transformers (CLIP): `standard` computes on [1, tokens, hidden] with linear layers as
-    /// matmuls (as traced PyTorch models do); `ane` on [1, hidden, 1, tokens] with 1x1
+    /// Transformers (CLIP) and UNets: `standard` computes on [B, tokens, hidden] with linear
+    /// layers as matmuls (as traced PyTorch models do); `ane` on [B, hidden, 1, tokens] with 1x1
     /// convolutions and attention split per head, the layout Apple recommends for the Neural
-    /// Engine. Same numbers, same inputs and outputs.
+    /// Engine. Same numbers; a UNet's encoder_hidden_states is then [B, D, 1, 77], as Apple's
+    /// Swift pipeline passes it.
     #[arg(long, value_enum, default_value_t = TransformerLayoutArg::Standard)]
     pub layout: TransformerLayoutArg,
 }

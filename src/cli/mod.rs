@@ -20,9 +20,9 @@ use std::path::PathBuf;
 #[command(
     name = "mlc",
     version,
-    about = "Compile diffusion models' autoencoders (TAESD family, full SD/SDXL/SD3/FLUX VAEs) and CLIP text and image encoders into Core ML .mlpackage files, in pure Rust",
-    long_about = "mlc declares the TAESD autoencoders, the full VAEs of SD, SDXL, SD3, FLUX.1 and FLUX.2, and the CLIP text \
-and image encoders in Rust, loads real weights (safetensors, or PyTorch .pth), optimizes the graph (group-norm and \
+    about = "Compile diffusion models' autoencoders (TAESD family, full SD/SDXL/SD3/FLUX VAEs), CLIP text and image encoders and SD/SDXL UNets into Core ML .mlpackage files, in pure Rust",
+    long_about = "mlc declares the TAESD autoencoders, the full VAEs of SD, SDXL, SD3, FLUX.1 and FLUX.2, the CLIP text \
+and image encoders and the Stable Diffusion UNets (SD 1.x/2.x, inpainting, SDXL) in Rust, loads real weights (safetensors, or PyTorch .pth), optimizes the graph (group-norm and \
 attention lowering, constant folding, fp16, compression) and writes a Core ML ML Program package for the Apple \
 Neural Engine, which it can also compile, inspect and run. No Python, no PyTorch, no coremltools.",
     after_help = "Examples:\n  mlc build flux2 --weights taef2_decoder.safetensors -o taef2.mlpackage\n  \
