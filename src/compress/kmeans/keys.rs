@@ -109,3 +109,21 @@ pub(super) fn sort_with_index(values: &[f32]) -> Vec<u64> {
     }
     a
 }
+
+/// Each element's index from its distinct value's: `sorted` is [`sort_with_index`]'s output
+/// (key in the high half, element position in the low), `of_unique[u]` the index of the `u`-th
+/// distinct key in sorted order.
+pub(super) fn scatter_by_unique(sorted: &[u64], of_unique: &[u16], len: usize) -> Vec<u16> {
+    let mut indices = vec![0u16; len];
+    let mut u = usize::MAX;
+    let mut prev_key = None;
+    for &e in sorted {
+        let key = (e >> 32) as u32;
+        if prev_key != Some(key) {
+            u = u.wrapping_add(1);
+            prev_key = Some(key);
+        }
+        indices[(e & 0xffff_ffff) as usize] = of_unique[u];
+    }
+    indices
+}

@@ -2,7 +2,7 @@
 //! large fp16-exact tensors, a count per fp16 bit pattern.
 
 use super::dp::cluster_counts;
-use super::keys::{f16_key_to_f32, f16_keys, key_to_f32, sort_with_index};
+use super::keys::{f16_key_to_f32, f16_keys, key_to_f32, scatter_by_unique, sort_with_index};
 use super::Palette;
 
 /// Minimum-squared-error k-means of `values` into at most `k` clusters, exact and deterministic.
@@ -53,17 +53,7 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> Palette {
     }
     let (lut, cluster_of_unique, sse) = cluster_counts(&uniq, &counts, k);
 
-    let mut indices = vec![0u16; values.len()];
-    let mut u = usize::MAX;
-    let mut prev_key = None;
-    for &e in &sorted {
-        let key = (e >> 32) as u32;
-        if prev_key != Some(key) {
-            u = u.wrapping_add(1);
-            prev_key = Some(key);
-        }
-        indices[(e & 0xffff_ffff) as usize] = cluster_of_unique[u];
-    }
+    let indices = scatter_by_unique(&sorted, &cluster_of_unique, values.len());
     Palette { lut, indices, sse }
 }
 

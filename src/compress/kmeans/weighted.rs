@@ -1,7 +1,7 @@
 //! k-means where every value carries a real weight (data-aware palettization).
 
 use super::dp::cluster_unique;
-use super::keys::{key_to_f32, sort_with_index};
+use super::keys::{key_to_f32, scatter_by_unique, sort_with_index};
 use super::{kmeans_1d, nearest, Palette};
 
 /// Unique values whose summed weight is below this fraction of the mean per unique value are
@@ -86,16 +86,6 @@ pub fn kmeans_1d_weighted(values: &[f32], weights: &[f32], k: usize) -> Palette 
             w * (d * d)
         })
         .sum();
-    let mut indices = vec![0u16; values.len()];
-    let mut u = usize::MAX;
-    let mut prev_key = None;
-    for &e in &sorted {
-        let key = (e >> 32) as u32;
-        if prev_key != Some(key) {
-            u = u.wrapping_add(1);
-            prev_key = Some(key);
-        }
-        indices[(e & 0xffff_ffff) as usize] = nearest_of_unique[u];
-    }
+    let indices = scatter_by_unique(&sorted, &nearest_of_unique, values.len());
     Palette { lut, indices, sse }
 }
