@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod ir;
 pub mod kernels;
 pub mod limits;
+pub mod lora;
 pub mod mil;
 pub mod mlmodelc;
 pub mod models;

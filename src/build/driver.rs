@@ -14,7 +14,7 @@ use crate::package::BlobWriter;
 use crate::passes::specialize_shapes::Specialize;
 use crate::passes::{self, PipelineOptions};
 use crate::progress::{Observed, Stage};
-use crate::weights::Weights;
+use crate::weights::{Patched, TensorSource, Weights};
 use std::time::{Duration, Instant};
 
 /// A built model in memory, before it is written.
@@ -28,6 +28,8 @@ pub struct Compiled {
     pub kept_float: Option<KeptFloat>,
     /// See [`super::BuildReport::fp32_ops`].
     pub fp32_ops: usize,
+    /// See [`super::BuildReport::loras`].
+    pub loras: Vec<crate::lora::LoraSummary>,
 }
 
 /// The IR of `opts`' model as the builder declares it (before any pass). A size whose value
@@ -75,19 +77,32 @@ pub(super) fn build_program_to(
 ) -> Result<Compiled, BuildError> {
     let t = Instant::now();
     let path = plan.weights_path()?;
-    let source = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
-    let source = Observed::new(&*source, plan.opts.progress.clone());
+    let file = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
+    // LoRAs are resolved against the file's index before any weight is read, then added to
+    // each weight they adapt as it is read.
+    let fusion = super::lora::fusion(plan, &*file)?;
+    let patched = fusion.as_ref().map(|f| match plan.opts.precision {
+        Precision::Fp16 => Patched::new(&*file, f),
+        Precision::Fp32 => Patched::new(&*file, f).widened(),
+    });
+    let source: &dyn TensorSource = match &patched {
+        Some(p) => p,
+        None => &*file,
+    };
+    let source = Observed::new(source, plan.opts.progress.clone());
     let weights = plan
         .model
         .load(plan.part, &source, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
-    let mut c = program_from(plan, WeightsIn::Owned(weights), blobs, after_pass)?;
+    let loras = fusion.map(|f| f.summaries).unwrap_or_default();
+    let mut c = program_from(plan, WeightsIn::Owned(weights), &loras, blobs, after_pass)?;
     c.timings.insert(0, load);
+    c.loras = loras;
     Ok(c)
 }
 
-/// [`build_program`] with weights already in memory (`opts.weights` is ignored); the graph copies
-/// the tensors it needs.
+/// [`build_program`] with weights already in memory (`opts.weights` is ignored, and so are
+/// `opts.loras`: they patch weights as a file is read); the graph copies the tensors it needs.
 pub fn compile_weights(
     opts: &BuildOptions,
     weights: &Weights,
@@ -96,6 +111,7 @@ pub fn compile_weights(
     program_from(
         &Plan::new(opts)?,
         WeightsIn::Borrowed(weights),
+        &[],
         BlobWriter::new(),
         after_pass,
     )
@@ -109,6 +125,7 @@ enum WeightsIn<'w> {
 fn program_from(
     plan: &Plan,
     weights: WeightsIn,
+    loras: &[crate::lora::LoraSummary],
     mut blobs: BlobWriter,
     mut after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
@@ -229,6 +246,9 @@ fn program_from(
     };
     let t = Instant::now();
     let mut info = model_info(plan, &weights_path, &weights_sha256)?;
+    if let Some(list) = super::lora::metadata(loras) {
+        info.user_defined.insert("mlc.loras".into(), list);
+    }
     if let Some(cal) = &cal {
         info.user_defined
             .insert("mlc.calibration.sha256".into(), cal.hash());
@@ -298,5 +318,6 @@ fn program_from(
         timings,
         kept_float,
         fp32_ops,
+        loras: Vec::new(),
     })
 }

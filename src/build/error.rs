@@ -73,6 +73,9 @@ pub enum BuildError {
     /// A weight the package cannot hold (non-finite, or beyond the precision's range).
     #[error(transparent)]
     Weight(#[from] WeightCheckError),
+    /// A LoRA that cannot be fused (`--lora`).
+    #[error(transparent)]
+    Lora(#[from] crate::lora::LoraError),
 }
 
 /// What gets a build past an error, for a front end to name in its own terms (the CLI as a

@@ -9,6 +9,7 @@
 pub mod calibration;
 pub mod driver;
 pub mod error;
+pub mod lora;
 pub mod metadata;
 pub mod options;
 pub mod plan;

@@ -100,6 +100,8 @@ pub struct BuildOptions {
     /// With calibrated int8 activations: keep float the fewest layers (most sensitive first)
     /// that hold the output on the calibration set at this PSNR in dB.
     pub activation_min_psnr: Option<f64>,
+    /// LoRAs fused into the weights as they are read ([`crate::lora`]), in order.
+    pub loras: Vec<crate::lora::LoraSpec>,
     /// Who hears how far the build is ([`crate::progress`]); nobody by default. Not part of
     /// what gets built: options that differ only here are equal.
     pub progress: Observer,
@@ -154,6 +156,7 @@ impl BuildOptions {
             calibration: None,
             quantize_activations: None,
             activation_min_psnr: None,
+            loras: Vec::new(),
             progress: Observer::none(),
         }
     }

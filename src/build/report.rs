@@ -28,6 +28,8 @@ pub struct BuildReport {
     pub kept_float: Option<KeptFloat>,
     /// Ops an fp16 build computes in fp32: the regions the model fences (0 in fp32 builds).
     pub fp32_ops: usize,
+    /// The LoRAs fused into the weights, in order.
+    pub loras: Vec<crate::lora::LoraSummary>,
 }
 
 /// The layers whose inputs `--activation-min-psnr` kept float.

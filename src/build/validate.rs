@@ -37,6 +37,7 @@ fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
         ModelOption::Batch => m.batch.is_some(),
         ModelOption::Tokens => m.tokens.is_some(),
         ModelOption::Ema => m.ema,
+        ModelOption::Lora => !opts.loras.is_empty(),
     }
 }
 
@@ -275,6 +276,7 @@ mod tests {
             ModelOption::Batch => opts.model_options.batch = Some(1),
             ModelOption::Tokens => opts.model_options.tokens = Some(64),
             ModelOption::Ema => opts.model_options.ema = true,
+            ModelOption::Lora => opts.loras = vec![crate::lora::LoraSpec::parse("x").unwrap()],
         }
         assert_eq!(
             requested(&opts)[0],

@@ -65,6 +65,7 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         mut timings,
         kept_float,
         fp32_ops,
+        loras,
     } = compiled;
     opts.progress.begin(crate::progress::Stage::Package);
     let t = Instant::now();
@@ -82,5 +83,6 @@ pub fn build_plan(plan: &Plan) -> Result<BuildReport, BuildError> {
         largest_intermediate,
         kept_float,
         fp32_ops,
+        loras,
     })
 }

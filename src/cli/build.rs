@@ -56,6 +56,17 @@ pub struct InputArgs {
     /// picks the host; HF_HUB_OFFLINE=1 forbids the network); other parts need it.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+    /// A LoRA fused into the weights as they are read, at WEIGHT (default 1.0; negative
+    /// subtracts it); repeat for several, whose deltas add. UNets and CLIP text encoders;
+    /// kohya-ss (diffusers or original single-file module names, LoCon), LyCORIS LoHa/LoKr and
+    /// diffusers/PEFT files, .safetensors or .pt/.ckpt. Keys for another model of the pipeline
+    /// (a text encoder's while building the UNet) are skipped and counted in --json.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora)]
+    pub loras: Vec<crate::lora::LoraSpec>,
+}
+
+fn parse_lora(s: &str) -> Result<crate::lora::LoraSpec, String> {
+    crate::lora::LoraSpec::parse(s)
 }
 
 #[derive(Args, Debug)]
@@ -337,6 +348,7 @@ impl BuildArgs {
         );
         let mut o = BuildOptions::published(&self.model);
         o.weights = i.weights.clone();
+        o.loras = i.loras.clone();
         o.output = out.output.clone();
         o.part = i.part.clone();
         o.precision = c.precision.into();
@@ -502,6 +514,23 @@ fn print_report(a: &BuildArgs, r: &BuildReport, target: Target) -> Result<()> {
             k.sites,
             k.psnr,
             if k.names.is_empty() { "none".to_string() } else { k.names.join(", ") }
+        );
+    }
+    for l in &r.loras {
+        let skipped: Vec<String> = l
+            .skipped
+            .iter()
+            .map(|(s, n)| format!("{n} for {s}"))
+            .collect();
+        eprintln!(
+            "lora {} at {}: {} weights changed{}",
+            l.path.display(),
+            l.weight,
+            l.modules,
+            match skipped.is_empty() {
+                true => String::new(),
+                false => format!(", keys skipped ({})", skipped.join(", ")),
+            }
         );
     }
     if r.fp32_ops > 0 {

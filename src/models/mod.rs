@@ -436,6 +436,33 @@ pub trait Model: Sync {
         fixed: &Bindings,
         options: &ModelOptions,
     ) -> Result<Graph, ModelError>;
+    /// The tensors [`Model::load`] reads, as (model key, source key) pairs, known before any
+    /// is read: what a LoRA, which names the model's own modules, is resolved against. The
+    /// default, as the default `load`: every float tensor under its source key.
+    fn weight_names(
+        &self,
+        _part: Part,
+        source: &dyn TensorSource,
+        _options: &ModelOptions,
+    ) -> Result<Vec<(String, String)>, ModelError> {
+        Ok(source
+            .tensors()
+            .iter()
+            .filter(|(_, i)| !matches!(i.dtype, crate::weights::StoredDtype::Int(_)))
+            .map(|(k, _)| (k.clone(), k.clone()))
+            .collect())
+    }
+    /// Which LoRA keys are the part's (`lora_unet_`/`unet.` for a UNet); None when the part
+    /// takes no LoRA. A part that has one declares [`ModelOption::Lora`].
+    fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {
+        None
+    }
+    /// Module names LoRAs use for the part's weights beyond the model keys themselves (a
+    /// UNet's original single-file names, a text encoder's `text_model.` paths), as (module
+    /// path, model key of its weight) pairs; `model_keys` are [`Model::weight_names`]' keys.
+    fn adapter_names(&self, _part: Part, _model_keys: &[String]) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// [`Model::build`] on weights the graph may take over: families with large weights move
     /// each tensor into the graph instead of copying it (the default copies).
     fn build_owned(

@@ -34,10 +34,13 @@ pub enum ModelOption {
     Tokens,
     /// The EMA copy of a single-file checkpoint's weights.
     Ema,
+    /// LoRA adapters fused into the weights (the part says which LoRA keys are its own:
+    /// [`super::Model::adapter_scope`]).
+    Lora,
 }
 
 impl ModelOption {
-    pub const ALL: [ModelOption; 15] = [
+    pub const ALL: [ModelOption; 16] = [
         ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
@@ -53,6 +56,7 @@ impl ModelOption {
         ModelOption::Batch,
         ModelOption::Tokens,
         ModelOption::Ema,
+        ModelOption::Lora,
     ];
 
     /// The option as the user types it (the command line's flag, with its value where the
@@ -74,6 +78,7 @@ impl ModelOption {
             ModelOption::Batch => "--batch",
             ModelOption::Tokens => "--tokens",
             ModelOption::Ema => "--ema",
+            ModelOption::Lora => "--lora",
         }
     }
 

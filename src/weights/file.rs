@@ -102,6 +102,17 @@ impl WeightFile {
     }
 }
 
+impl WeightFile {
+    /// A safetensors file's `__metadata__` strings (empty for `.pth` and for files without
+    /// any): what a LoRA's trainer recorded, such as PEFT's `lora_adapter_metadata`.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        match &self.reader.borrow().container {
+            Container::Safetensors(i) => i.metadata.clone(),
+            Container::Pth(_) => BTreeMap::new(),
+        }
+    }
+}
+
 impl TensorSource for WeightFile {
     fn path(&self) -> &Path {
         &self.path

@@ -19,18 +19,33 @@ pub trait Overlay {
     fn patch(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<(), String>;
 }
 
-/// `inner` with `overlay` applied. An f16 tensor that is patched is widened to f32, patched and
-/// rounded to f16 once, so it loses no more than one rounding (patching in f16 would round
-/// every step), and stays f16 as the file stored it; f32 stays f32. Keys, dtypes and shapes
-/// are the inner source's.
+/// `inner` with `overlay` applied. An f16 tensor that is patched is widened to f32 and patched;
+/// it is then rounded to f16 once, so it loses no more than one rounding (patching in f16 would
+/// round every step) and stays f16 as the file stored it, unless the source is
+/// [`Patched::widened`] (an fp32 build, which must not round the fused weight at all). f32
+/// stays f32. Keys and shapes are the inner source's.
 pub struct Patched<'a> {
     inner: &'a dyn TensorSource,
     overlay: &'a dyn Overlay,
+    /// Patched f16 tensors come out f32.
+    widen: bool,
 }
 
 impl<'a> Patched<'a> {
     pub fn new(inner: &'a dyn TensorSource, overlay: &'a dyn Overlay) -> Patched<'a> {
-        Patched { inner, overlay }
+        Patched {
+            inner,
+            overlay,
+            widen: false,
+        }
+    }
+
+    /// Patched f16 tensors are given as f32 (what an fp32 build computes with), not rounded.
+    pub fn widened(self) -> Patched<'a> {
+        Patched {
+            widen: true,
+            ..self
+        }
     }
 }
 
@@ -68,6 +83,9 @@ impl TensorSource for Patched<'_> {
                 let mut v: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
                 drop(h);
                 self.overlay.patch(key, &shape, &mut v).map_err(failed)?;
+                if self.widen {
+                    return Ok(Tensor::f32(shape, v));
+                }
                 let h = v.into_iter().map(half::f16::from_f32).collect();
                 Ok(Tensor::f16(shape, h))
             }

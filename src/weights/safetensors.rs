@@ -35,6 +35,8 @@ pub(crate) struct Index {
     src: Bytes,
     /// Absolute byte offset and length of each tensor's data.
     spans: BTreeMap<String, (u64, usize)>,
+    /// The header's `__metadata__` (free-form strings: a LoRA's training settings).
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
 impl Index {
@@ -139,7 +141,20 @@ impl Index {
                  truncated or trailing bytes?)"
             )));
         }
-        Ok((tensors, Index { src, spans }))
+        let metadata = metadata
+            .metadata()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok((
+            tensors,
+            Index {
+                src,
+                spans,
+                metadata,
+            },
+        ))
     }
 
     /// The float tensor `name` (described by `info`), read from the file.

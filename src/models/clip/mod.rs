@@ -50,6 +50,10 @@ const MASKED: f32 = -1e4;
 
 pub struct Clip {
     name: &'static str,
+    /// Which LoRA keys are this encoder's: kohya `lora_te_`/`lora_te1_` and diffusers
+    /// `text_encoder.` name the first encoder of a pipeline, `lora_te2_`/`text_encoder_2.`
+    /// SDXL's second (bigG).
+    lora_scope: crate::lora::Scope,
     aliases: &'static [&'static str],
     /// CLIPTextModelWithProjection: `text_embeds` instead of `pooled`.
     projection: bool,
@@ -61,6 +65,7 @@ pub struct Clip {
 
 pub static CLIP_L: Clip = Clip {
     name: "clip-l",
+    lora_scope: crate::lora::Scope::TextEncoder,
     aliases: &["clip-vit-l", "openai-clip-l"],
     projection: false,
     activation: Activation::QuickGelu,
@@ -70,6 +75,7 @@ pub static CLIP_L: Clip = Clip {
 
 pub static CLIP_BIGG: Clip = Clip {
     name: "clip-bigg",
+    lora_scope: crate::lora::Scope::TextEncoder2,
     aliases: &["clip-g", "openclip-bigg"],
     projection: true,
     activation: Activation::Gelu,
@@ -79,6 +85,7 @@ pub static CLIP_BIGG: Clip = Clip {
 
 pub static CLIP_H: Clip = Clip {
     name: "clip-h",
+    lora_scope: crate::lora::Scope::TextEncoder,
     aliases: &["openclip-h"],
     projection: true,
     activation: Activation::Gelu,
@@ -321,7 +328,41 @@ impl Model for Clip {
     }
 
     fn options(&self, _part: Part) -> OptionSet {
-        OptionSet::of(&[ModelOption::HiddenLayer, ModelOption::Layout])
+        OptionSet::of(&[
+            ModelOption::HiddenLayer,
+            ModelOption::Layout,
+            ModelOption::Lora,
+        ])
+    }
+
+    fn weight_names(
+        &self,
+        _part: Part,
+        source: &dyn TensorSource,
+        _o: &ModelOptions,
+    ) -> Result<Vec<(String, String)>, ModelError> {
+        let (layout, _) = self.inspect(source)?;
+        let under = source.under(&layout.root);
+        Ok(transformer::weight_names(&under, |k| layout.model_key(k))
+            .into_iter()
+            .map(|(m, k)| (m, format!("{}{k}", layout.root)))
+            .collect())
+    }
+
+    fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {
+        Some(self.lora_scope)
+    }
+
+    /// transformers' module paths (`text_model.encoder.layers.0.self_attn.q_proj`), which
+    /// kohya and diffusers LoRAs name; the builder's keys drop `text_model.`.
+    fn adapter_names(&self, _part: Part, model_keys: &[String]) -> Vec<(String, String)> {
+        model_keys
+            .iter()
+            .filter_map(|k| {
+                let module = k.strip_suffix(".weight")?;
+                Some((format!("text_model.{module}"), k.clone()))
+            })
+            .collect()
     }
 
     fn load(
@@ -333,7 +374,9 @@ impl Model for Clip {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a single-file checkpoint's other models are never read at all.
         let (layout, _) = self.inspect(source)?;
-        transformer::read_weights(&source.under(&layout.root), |k| layout.model_key(k))
+        let under = source.under(&layout.root);
+        let wanted = transformer::weight_names(&under, |k| layout.model_key(k));
+        Ok((&under as &dyn TensorSource).read_as(wanted)?)
     }
 
     fn build(

@@ -60,17 +60,16 @@ pub fn layer(
 }
 
 /// The float tensors of `store` that `model_key` names (the model's key for a source key, None
-/// for another model's), read under the model's keys. Integer tensors (`position_ids` in older
-/// saves) are buffers, not weights.
-pub fn read_weights(
+/// for another model's), as (model key, source key) pairs to read. Integer tensors
+/// (`position_ids` in older saves) are buffers, not weights.
+pub fn weight_names(
     store: &dyn crate::weights::TensorSource,
     model_key: impl Fn(&str) -> Option<String>,
-) -> Result<crate::weights::Weights, ModelError> {
-    let wanted: Vec<(String, String)> = store
+) -> Vec<(String, String)> {
+    store
         .tensors()
         .iter()
         .filter(|(_, i)| !matches!(i.dtype, crate::weights::StoredDtype::Int(_)))
         .filter_map(|(k, _)| Some((model_key(k)?, k.clone())))
-        .collect();
-    Ok(store.read_as(wanted)?)
+        .collect()
 }

@@ -255,7 +255,9 @@ impl Model for ClipVision {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a whole CLIPModel's text tower is never read at all.
         let layout = self.inspect(source)?;
-        super::transformer::read_weights(&source.under(&layout.root), |k| layout.model_key(k))
+        let under = source.under(&layout.root);
+        let wanted = super::transformer::weight_names(&under, |k| layout.model_key(k));
+        Ok((&under as &dyn TensorSource).read_as(wanted)?)
     }
 
     fn build(

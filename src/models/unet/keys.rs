@@ -323,6 +323,106 @@ impl OriginalShape {
     }
 }
 
+impl OriginalShape {
+    /// The same from diffusers names: resnets per down level, up levels with attention.
+    pub fn of_diffusers<'k>(keys: impl Iterator<Item = &'k str>) -> OriginalShape {
+        let mut resnets = BTreeSet::new();
+        let mut up_attention = BTreeSet::new();
+        for k in keys {
+            match k.split('.').collect::<Vec<_>>()[..] {
+                ["down_blocks", "0", "resnets", j, ..] => {
+                    resnets.extend(index(j));
+                }
+                ["up_blocks", l, "attentions", ..] => {
+                    up_attention.extend(index(l));
+                }
+                _ => {}
+            }
+        }
+        OriginalShape {
+            resnets: resnets.len(),
+            up_attention,
+        }
+    }
+
+    /// The original key of diffusers key `k`: the inverse of [`OriginalShape::to_diffusers`]
+    /// (how SDXL LoRAs name the modules they adapt). None for a key the layout has no name for.
+    pub fn to_original(&self, k: &str) -> Option<String> {
+        let parts: Vec<&str> = k.split('.').collect();
+        let group = self.resnets + 1;
+        let at = |n: usize, m: &str, rest: &[&str]| format!("{n}.{m}.{}", rest.join("."));
+        let tail = |rest: &[&str]| (!rest.is_empty()).then(|| rest.join("."));
+        Some(match parts[..] {
+            ["time_embedding", lin, p] if is_param(p) => {
+                format!("time_embed.{}.{p}", linear_index(lin)?)
+            }
+            ["add_embedding", lin, p] if is_param(p) => {
+                format!("label_emb.0.{}.{p}", linear_index(lin)?)
+            }
+            ["conv_in", p] if is_param(p) => format!("input_blocks.0.0.{p}"),
+            ["conv_norm_out", p] if is_param(p) => format!("out.0.{p}"),
+            ["conv_out", p] if is_param(p) => format!("out.2.{p}"),
+            ["down_blocks", l, kind, j, ref rest @ ..] => {
+                let (l, j) = (index(l)?, index(j)?);
+                let n = l.checked_mul(group)?.checked_add(j + 1)?;
+                match (kind, rest) {
+                    ("resnets", rest) => format!("input_blocks.{n}.0.{}", original_resnet(rest)?),
+                    ("attentions", rest) => format!("input_blocks.{}", at(n, "1", rest)),
+                    ("downsamplers", ["conv", p]) if j == 0 && is_param(p) => {
+                        format!("input_blocks.{}.0.op.{p}", (l + 1).checked_mul(group)?)
+                    }
+                    _ => return None,
+                }
+            }
+            ["mid_block", kind, j, ref rest @ ..] => match (kind, j) {
+                ("resnets", "0") => format!("middle_block.0.{}", original_resnet(rest)?),
+                ("attentions", "0") => format!("middle_block.1.{}", tail(rest)?),
+                ("resnets", "1") => format!("middle_block.2.{}", original_resnet(rest)?),
+                _ => return None,
+            },
+            ["up_blocks", l, kind, j, ref rest @ ..] => {
+                let (l, j) = (index(l)?, index(j)?);
+                let base = l.checked_mul(group)?;
+                match (kind, rest) {
+                    ("resnets", rest) => {
+                        format!("output_blocks.{}.0.{}", base + j, original_resnet(rest)?)
+                    }
+                    ("attentions", rest) => format!("output_blocks.{}", at(base + j, "1", rest)),
+                    ("upsamplers", ["conv", p]) if j == 0 && is_param(p) => {
+                        let slot = if self.up_attention.contains(&l) { 2 } else { 1 };
+                        format!("output_blocks.{}.{slot}.conv.{p}", base + self.resnets)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn linear_index(lin: &str) -> Option<&'static str> {
+    match lin {
+        "linear_1" => Some("0"),
+        "linear_2" => Some("2"),
+        _ => None,
+    }
+}
+
+/// A resnet's parameter in the original's sequential indices, from diffusers naming.
+fn original_resnet(sub: &[&str]) -> Option<String> {
+    let [name, p] = sub else { return None };
+    let at = match *name {
+        "norm1" => "in_layers.0",
+        "conv1" => "in_layers.2",
+        "time_emb_proj" => "emb_layers.1",
+        "norm2" => "out_layers.0",
+        "conv2" => "out_layers.3",
+        "conv_shortcut" => "skip_connection",
+        _ => return None,
+    };
+    is_param(p).then(|| format!("{at}.{p}"))
+}
+
 /// A resnet's parameter in diffusers naming, from the original's sequential indices.
 fn resnet(sub: &[&str]) -> Option<String> {
     let name = match sub {
@@ -344,6 +444,66 @@ mod tests {
 
     fn shape(keys: &[&str]) -> OriginalShape {
         OriginalShape::read(keys.iter().copied()).unwrap()
+    }
+
+    /// Every tensor of the original fixtures maps to diffusers and back to itself, and the
+    /// numbering read off the diffusers names is the one read off the original's.
+    #[test]
+    fn original_names_round_trip_through_diffusers() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/unet");
+        for model in ["sd15", "sdxl"] {
+            let file =
+                crate::weights::WeightFile::open(&dir.join(model).join("original.safetensors"))
+                    .unwrap();
+            let keys: Vec<&str> = crate::weights::TensorSource::tensors(&file)
+                .keys()
+                .filter_map(|k| k.strip_prefix(ORIGINAL_PREFIX))
+                .collect();
+            assert!(keys.len() > 100, "{model}: {} keys", keys.len());
+            let shape = OriginalShape::read(keys.iter().copied()).unwrap();
+            let diffusers: Vec<String> = keys
+                .iter()
+                .map(|k| shape.to_diffusers(k).unwrap())
+                .collect();
+            let back = OriginalShape::of_diffusers(diffusers.iter().map(String::as_str));
+            assert_eq!(back, shape, "{model}");
+            for (k, d) in keys.iter().zip(&diffusers) {
+                assert_eq!(back.to_original(d).as_deref(), Some(*k), "{model}: {d}");
+            }
+        }
+        // The diffusers-only fixtures: diffusers → original → diffusers.
+        for model in ["sd21", "sd15_inpaint"] {
+            let path = dir
+                .join(model)
+                .join("diffusers/diffusion_pytorch_model.safetensors");
+            let file = crate::weights::WeightFile::open(&path).unwrap();
+            let keys: Vec<&String> = crate::weights::TensorSource::tensors(&file)
+                .keys()
+                .collect();
+            let shape = OriginalShape::of_diffusers(keys.iter().map(|k| k.as_str()));
+            let original: Vec<String> =
+                keys.iter().map(|k| shape.to_original(k).unwrap()).collect();
+            assert_eq!(
+                OriginalShape::read(original.iter().map(String::as_str)).unwrap(),
+                shape
+            );
+            for (k, o) in keys.iter().zip(&original) {
+                assert_eq!(shape.to_diffusers(o).as_ref(), Some(*k), "{model}: {o}");
+            }
+        }
+        let shape = OriginalShape {
+            resnets: 2,
+            up_attention: BTreeSet::from([1]),
+        };
+        assert_eq!(
+            shape.to_original("down_blocks.0.resnets.0.conv9.weight"),
+            None
+        );
+        assert_eq!(
+            shape.to_original("up_blocks.0.upsamplers.1.conv.weight"),
+            None
+        );
     }
 
     #[test]

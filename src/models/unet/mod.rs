@@ -240,7 +240,33 @@ impl Model for Unet {
             ModelOption::Batch,
             ModelOption::Tokens,
             ModelOption::Ema,
+            ModelOption::Lora,
         ])
+    }
+
+    fn weight_names(
+        &self,
+        _part: Part,
+        source: &dyn crate::weights::TensorSource,
+        o: &ModelOptions,
+    ) -> Result<Vec<(String, String)>, ModelError> {
+        read::names(source, o)
+    }
+
+    fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {
+        Some(crate::lora::Scope::Unet)
+    }
+
+    /// The original single-file names beside diffusers': SDXL LoRAs are written in them.
+    fn adapter_names(&self, _part: Part, model_keys: &[String]) -> Vec<(String, String)> {
+        let shape = keys::OriginalShape::of_diffusers(model_keys.iter().map(String::as_str));
+        model_keys
+            .iter()
+            .filter_map(|k| {
+                let module = shape.to_original(k)?.strip_suffix(".weight")?.to_string();
+                Some((module, k.clone()))
+            })
+            .collect()
     }
 
     fn load(

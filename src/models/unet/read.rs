@@ -18,24 +18,44 @@ pub fn load(
     source: &dyn TensorSource,
     o: &ModelOptions,
 ) -> Result<(Weights, UnetConfig), ModelError> {
-    let path = source.path();
+    let (layout, sources, wanted) = locate(source, o)?;
+    let index = source.tensors();
+    let shapes: BTreeMap<String, Vec<usize>> = sources
+        .iter()
+        .map(|(d, f)| (d.clone(), index[f].shape.clone()))
+        .collect();
+    let cfg = configure(&shapes, source.path(), &|r| {
+        in_file_names(r, &layout, &sources)
+    })?;
+    Ok((source.read_as(wanted)?, cfg))
+}
+
+/// The tensors [`load`] reads: diffusers name → file key (the EMA copy's with `o.ema`).
+pub fn names(
+    source: &dyn TensorSource,
+    o: &ModelOptions,
+) -> Result<Vec<(String, String)>, ModelError> {
+    Ok(locate(source, o)?.2.into_iter().collect())
+}
+
+/// The layout, the model's tensors (diffusers name → file key) and the ones to read.
+#[allow(clippy::type_complexity)]
+fn locate(
+    source: &dyn TensorSource,
+    o: &ModelOptions,
+) -> Result<(Layout, BTreeMap<String, String>, BTreeMap<String, String>), ModelError> {
     let wrong = |reason: String| ModelError::WrongModel {
-        file: path.display().to_string(),
+        file: source.path().display().to_string(),
         reason,
     };
     let index = source.tensors();
     let layout = Layout::find(index).map_err(wrong)?;
     let sources = layout.sources(index).map_err(wrong)?;
-    let shapes: BTreeMap<String, Vec<usize>> = sources
-        .iter()
-        .map(|(d, f)| (d.clone(), index[f].shape.clone()))
-        .collect();
-    let cfg = configure(&shapes, path, &|r| in_file_names(r, &layout, &sources))?;
     let wanted = match o.ema {
         true => layout.ema_sources(&sources, index).map_err(wrong)?,
-        false => sources,
+        false => sources.clone(),
     };
-    Ok((source.read_as(wanted)?, cfg))
+    Ok((layout, sources, wanted))
 }
 
 /// The architecture of weights [`load`] read (diffusers names), with the config.json beside

@@ -1,0 +1,285 @@
+//! What one adapted module adds to its weight: the low-rank product of kohya and PEFT files
+//! (LoCon's 3x3 down and 1x1 up included), or LyCORIS's LoHa and LoKr, each times the file's own
+//! scale (alpha / rank) and the user's weight, added in f32.
+
+use std::collections::BTreeMap;
+
+use super::formats::{Module, Role};
+use super::lycoris::{Loha, Lokr};
+use crate::tensor::Tensor;
+
+/// The largest delta mlc forms (elements): far above any UNet weight (SDXL's largest has 13 M).
+const MAX_ELEMENTS: usize = 1 << 31;
+
+/// A module's change to its weight, before the user's weight.
+pub enum Delta {
+    /// `up @ down` times alpha / rank: down [r, in, (kh, kw)], up [out, r, (1, 1)].
+    LowRank {
+        down: Tensor,
+        up: Tensor,
+        alpha: Option<f32>,
+    },
+    Loha(Box<Loha>, Option<f32>),
+    Lokr(Box<Lokr>, Option<f32>),
+}
+
+impl Delta {
+    /// The module's delta from its tensors (`read` gives the tensor of a key, f32 or f16). A
+    /// missing half, a Tucker middle (`lora_mid`) or DoRA's magnitude is refused by key.
+    pub fn of(
+        m: &Module,
+        mut read: impl FnMut(&str) -> Result<Tensor, String>,
+        file_alpha: Option<f32>,
+    ) -> Result<Delta, String> {
+        let t = &m.tensors;
+        if let Some(k) = t.get(&Role::DoraScale) {
+            return Err(format!(
+                "tensor \"{k}\": DoRA (weight-decomposed LoRA) is not supported; fuse it with its trainer's tools first"
+            ));
+        }
+        if let Some(k) = t.get(&Role::Mid) {
+            return Err(format!(
+                "tensor \"{k}\": LoCon's Tucker middle (lora_mid) is not supported"
+            ));
+        }
+        let alpha = match t.get(&Role::Alpha) {
+            Some(k) => Some(scalar(k, read(k)?)?),
+            None => file_alpha,
+        };
+        let mut get = |role: Role| -> Result<Option<Tensor>, String> {
+            t.get(&role).map(|k| finite(k, read(k)?)).transpose()
+        };
+        let lowrank = [Role::Down, Role::Up];
+        let hada = [Role::HadaW1A, Role::HadaW1B, Role::HadaW2A, Role::HadaW2B];
+        let has = |roles: &[Role]| roles.iter().any(|r| t.contains_key(r));
+        let lokr = [
+            Role::LokrW1,
+            Role::LokrW1A,
+            Role::LokrW1B,
+            Role::LokrW2,
+            Role::LokrW2A,
+            Role::LokrW2B,
+            Role::LokrT2,
+        ];
+        let forms = [has(&lowrank), has(&hada), has(&lokr)];
+        if forms.iter().filter(|&&f| f).count() != 1 {
+            return Err(format!(
+                "module of tensor \"{}\": {}",
+                m.key(),
+                match forms.iter().any(|&f| f) {
+                    true => "mixes LoRA, LoHa and LoKr tensors",
+                    false => "has no lora_down/lora_up, hada_* or lokr_* tensors",
+                }
+            ));
+        }
+        let need = |role: Role, v: Option<Tensor>| {
+            v.ok_or_else(|| {
+                format!(
+                    "module of tensor \"{}\": its {role:?} tensor is missing",
+                    m.key()
+                )
+            })
+        };
+        if forms[0] {
+            let down = need(Role::Down, get(Role::Down)?)?;
+            let up = need(Role::Up, get(Role::Up)?)?;
+            return Ok(Delta::LowRank { down, up, alpha });
+        }
+        if forms[1] {
+            let loha = Loha {
+                w1_a: need(Role::HadaW1A, get(Role::HadaW1A)?)?,
+                w1_b: need(Role::HadaW1B, get(Role::HadaW1B)?)?,
+                w2_a: need(Role::HadaW2A, get(Role::HadaW2A)?)?,
+                w2_b: need(Role::HadaW2B, get(Role::HadaW2B)?)?,
+                t1: get(Role::HadaT1)?,
+                t2: get(Role::HadaT2)?,
+            };
+            return Ok(Delta::Loha(Box::new(loha), alpha));
+        }
+        let lokr = Lokr {
+            w1: get(Role::LokrW1)?,
+            w1_a: get(Role::LokrW1A)?,
+            w1_b: get(Role::LokrW1B)?,
+            w2: get(Role::LokrW2)?,
+            w2_a: get(Role::LokrW2A)?,
+            w2_b: get(Role::LokrW2B)?,
+            t2: get(Role::LokrT2)?,
+        };
+        Ok(Delta::Lokr(Box::new(lokr), alpha))
+    }
+
+    /// Checks that the delta fits a weight of shape `target` (before anything is read from
+    /// the model): the low-rank pair's rank agrees, its output and input sizes are the
+    /// weight's. LoHa and LoKr are checked when formed.
+    pub fn check(&self, target: &[usize]) -> Result<(), String> {
+        match self {
+            Delta::LowRank { down, up, .. } => low_rank_sizes(down, up, target).map(|_| ()),
+            Delta::Loha(..) | Delta::Lokr(..) => Ok(()),
+        }
+    }
+
+    /// Adds `weight` times the delta to `values`, the weight of shape `target`, in place.
+    pub fn add_to(&self, target: &[usize], weight: f32, values: &mut [f32]) -> Result<(), String> {
+        let full = |d: Vec<f32>, values: &mut [f32]| {
+            if d.len() != values.len() {
+                return Err(format!(
+                    "the adapter's delta has {} values, the weight {target:?} {}",
+                    d.len(),
+                    values.len()
+                ));
+            }
+            values.iter_mut().zip(d).for_each(|(v, d)| *v += weight * d);
+            Ok(())
+        };
+        match self {
+            Delta::LowRank { down, up, alpha } => {
+                let (rank, out, inner) = low_rank_sizes(down, up, target)?;
+                let scale = match alpha {
+                    Some(a) if *a != 0.0 => a / rank as f32,
+                    _ => 1.0,
+                };
+                let (d, u) = (down.to_f32(), up.to_f32());
+                // values += weight * scale * up[out, r] @ down[r, inner], straight into the weight.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        out,
+                        rank,
+                        inner,
+                        weight * scale,
+                        u.as_ptr(),
+                        rank as isize,
+                        1,
+                        d.as_ptr(),
+                        inner as isize,
+                        1,
+                        1.0,
+                        values.as_mut_ptr(),
+                        inner as isize,
+                        1,
+                    );
+                }
+                Ok(())
+            }
+            Delta::Loha(l, alpha) => full(l.delta(*alpha, target)?, values),
+            Delta::Lokr(l, alpha) => full(l.delta(*alpha, target)?, values),
+        }
+    }
+
+    /// The rank messages and reports give (LoHa/LoKr: their first factor's).
+    pub fn rank(&self) -> usize {
+        match self {
+            Delta::LowRank { down, .. } => down.shape.first().copied().unwrap_or(0),
+            Delta::Loha(l, _) => l.w1_b.shape.first().copied().unwrap_or(0),
+            Delta::Lokr(..) => 0,
+        }
+    }
+}
+
+/// (rank, out, inner) of a low-rank pair for a weight `target` [out, inner...].
+fn low_rank_sizes(
+    down: &Tensor,
+    up: &Tensor,
+    target: &[usize],
+) -> Result<(usize, usize, usize), String> {
+    let (Some(&rank), Some(&out)) = (down.shape.first(), up.shape.first()) else {
+        return Err("lora_down/lora_up must have a rank axis".into());
+    };
+    if rank == 0 {
+        return Err("rank 0".into());
+    }
+    let up_rank = up.shape.get(1).copied().unwrap_or(0);
+    if up_rank != rank || up.shape[2..].iter().any(|&d| d != 1) {
+        return Err(format!(
+            "rank disagrees: lora_down {:?} has rank {rank}, lora_up is {:?} (expected [out, {rank}] or [out, {rank}, 1, 1])",
+            down.shape, up.shape
+        ));
+    }
+    let inner = down.len() / rank;
+    let (want_out, want_inner) = match target.split_first() {
+        Some((&o, rest)) => (o, rest.iter().try_fold(1usize, |a, &d| a.checked_mul(d))),
+        None => (0, None),
+    };
+    if Some(inner) != want_inner || out != want_out || down.shape.len() < 2 {
+        return Err(format!(
+            "shape does not fit: lora_down {:?} and lora_up {:?} make a [{out}, {inner}] delta, the weight is {target:?}",
+            down.shape, up.shape
+        ));
+    }
+    if out.checked_mul(inner).is_none_or(|n| n > MAX_ELEMENTS) {
+        return Err(format!("delta of {out}x{inner} is too large"));
+    }
+    Ok((rank, out, inner))
+}
+
+fn scalar(key: &str, t: Tensor) -> Result<f32, String> {
+    match t.to_f32()[..] {
+        [a] if a.is_finite() => Ok(a),
+        [_] => Err(format!("tensor \"{key}\": alpha is not finite")),
+        _ => Err(format!(
+            "tensor \"{key}\": alpha should be one number, has shape {:?}",
+            t.shape
+        )),
+    }
+}
+
+fn finite(key: &str, t: Tensor) -> Result<Tensor, String> {
+    match t.to_f32().iter().position(|v| !v.is_finite()) {
+        None => Ok(t),
+        Some(i) => Err(format!(
+            "tensor \"{key}\": value {i} is not finite (NaN or infinity)"
+        )),
+    }
+}
+
+/// Per-module alpha from a file's metadata (PEFT), by module path.
+pub type Alphas = BTreeMap<String, f32>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::f32(shape.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn low_rank_adds_scaled_product() {
+        // up [2, 1] = [1, 2], down [1, 3] = [1, 0, -1]; alpha 0.5, rank 1 → scale 0.5, weight 2.
+        let d = Delta::LowRank {
+            down: t(&[1, 3], &[1.0, 0.0, -1.0]),
+            up: t(&[2, 1], &[1.0, 2.0]),
+            alpha: Some(0.5),
+        };
+        let mut w = vec![10.0; 6];
+        d.add_to(&[2, 3], 2.0, &mut w).unwrap();
+        assert_eq!(w, vec![11.0, 10.0, 9.0, 12.0, 10.0, 8.0]);
+        // alpha 0 or absent: scale 1.
+        let d = Delta::LowRank {
+            down: t(&[1, 1, 1, 1], &[3.0]),
+            up: t(&[1, 1, 1, 1], &[2.0]),
+            alpha: None,
+        };
+        let mut w = vec![1.0];
+        d.add_to(&[1, 1, 1, 1], -0.5, &mut w).unwrap();
+        assert_eq!(w, vec![-2.0]);
+    }
+
+    #[test]
+    fn misfits_are_named() {
+        let d = Delta::LowRank {
+            down: t(&[2, 3], &[0.0; 6]),
+            up: t(&[4, 1], &[0.0; 4]),
+            alpha: None,
+        };
+        assert!(d.check(&[4, 3]).unwrap_err().contains("rank disagrees"));
+        let d = Delta::LowRank {
+            down: t(&[1, 3], &[0.0; 3]),
+            up: t(&[4, 1], &[0.0; 4]),
+            alpha: None,
+        };
+        let e = d.check(&[4, 5]).unwrap_err();
+        assert!(e.contains("[4, 3] delta") && e.contains("[4, 5]"), "{e}");
+        assert!(d.check(&[4, 3]).is_ok());
+        assert!(d.check(&[4, 3, 1, 1]).is_ok());
+    }
+}

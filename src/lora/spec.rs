@@ -1,0 +1,62 @@
+//! `FILE[:WEIGHT]`: a LoRA as the command line names it.
+
+use std::path::PathBuf;
+
+/// A LoRA file and the weight its delta is added with (1.0 unless given; negative allowed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub path: PathBuf,
+    pub weight: f32,
+}
+
+impl LoraSpec {
+    /// `FILE` or `FILE:WEIGHT`. The weight is what follows the last `:` when that parses as a
+    /// finite number, so a path with colons (`C:\x.safetensors`) still reads as a path.
+    pub fn parse(s: &str) -> Result<LoraSpec, String> {
+        if let Some((path, w)) = s.rsplit_once(':') {
+            if let Ok(weight) = w.trim().parse::<f32>() {
+                if !weight.is_finite() {
+                    return Err(format!("{s}: the weight after ':' must be a finite number"));
+                }
+                if path.is_empty() {
+                    return Err(format!("{s}: no file before ':'"));
+                }
+                return Ok(LoraSpec {
+                    path: path.into(),
+                    weight,
+                });
+            }
+        }
+        if s.is_empty() {
+            return Err("empty LoRA path".into());
+        }
+        Ok(LoraSpec {
+            path: s.into(),
+            weight: 1.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_follow_the_last_colon() {
+        let p = |s| LoraSpec::parse(s).unwrap();
+        assert_eq!(p("a.safetensors").weight, 1.0);
+        assert_eq!(p("a.safetensors:0.6").weight, 0.6);
+        assert_eq!(p("a.safetensors:-0.5").weight, -0.5);
+        assert_eq!(
+            p("C:\\x\\a.safetensors").path,
+            PathBuf::from("C:\\x\\a.safetensors")
+        );
+        assert_eq!(
+            p("C:\\a.safetensors:2").path,
+            PathBuf::from("C:\\a.safetensors")
+        );
+        assert!(LoraSpec::parse("a:inf").unwrap_err().contains("finite"));
+        assert!(LoraSpec::parse(":1").is_err());
+        assert!(LoraSpec::parse("").is_err());
+    }
+}
