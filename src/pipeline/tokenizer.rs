@@ -130,6 +130,21 @@ pub fn copy_or_generate(
         write_files(out)?;
         return Ok(TokenizerSource::Generated);
     };
+    let (vocab, merges) = read_checked(dir)?;
+    // From memory, not fs::copy: `out` may be `tokenizer_dir` itself, which a copy would truncate.
+    write(&out.join(VOCAB_FILE), &vocab)?;
+    write(&out.join(MERGES_FILE), &merges)?;
+    Ok(TokenizerSource::Copied(dir.to_path_buf()))
+}
+
+/// Checks that `dir` holds a `vocab.json` and a `merges.txt` that form a CLIP tokenizer (what
+/// [`copy_or_generate`] checks before copying).
+pub fn check_files(dir: &Path) -> Result<(), TokenizerError> {
+    read_checked(dir).map(|_| ())
+}
+
+/// The two files' bytes, once they are known to form a CLIP tokenizer.
+fn read_checked(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), TokenizerError> {
     if !dir.is_dir() {
         return Err(TokenizerError::NoFolder {
             path: dir.to_path_buf(),
@@ -145,10 +160,7 @@ pub fn copy_or_generate(
         &merges,
         &merges_path.display().to_string(),
     )?;
-    // From memory, not fs::copy: `out` may be `tokenizer_dir` itself, which a copy would truncate.
-    write(&out.join(VOCAB_FILE), &vocab)?;
-    write(&out.join(MERGES_FILE), &merges)?;
-    Ok(TokenizerSource::Copied(dir.to_path_buf()))
+    Ok((vocab, merges))
 }
 
 /// `text` as ids, `<|startoftext|>` first and `<|endoftext|>` last, with the tokenizer these
