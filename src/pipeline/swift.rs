@@ -704,3 +704,446 @@ fn check_across(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mil::lower::{lower, FeatureTypes, ModelInfo};
+    use crate::mil::Target;
+    use std::path::PathBuf;
+
+    /// Writes the graph `ir` as `<name>.mlpackage` in `dir`, compiles it to `<name>.mlmodelc`
+    /// beside it, and returns both read back.
+    fn build(dir: &Path, name: &str, ir: &str) -> [spec::Model; 2] {
+        let g = crate::ir::parse::parse(ir).unwrap_or_else(|e| panic!("{name}: {e}\n{ir}"));
+        let l = lower(
+            &g,
+            Target::Ios16,
+            &ModelInfo::default(),
+            &FeatureTypes::default(),
+        )
+        .unwrap();
+        let pkg = dir.join(format!("{name}.mlpackage"));
+        crate::package::write_package(&pkg, &l.model, l.weight_bin.as_deref()).unwrap();
+        let bundle = dir.join(format!("{name}.mlmodelc"));
+        crate::mlmodelc::compile(&pkg, &bundle, &Default::default()).unwrap();
+        [
+            crate::package::read_package(&pkg).unwrap().model,
+            crate::mlmodelc::read_bundle(&bundle).unwrap(),
+        ]
+    }
+
+    /// A text encoder of width `d` with the given output names; `ids` is the input's type.
+    fn text_encoder(d: usize, ids: &str, hidden: &str, pooled_width: usize) -> String {
+        format!(
+            "graph te {{
+  %input_ids: {ids}[1,77] = input(\"input_ids\")
+  %i: fp32[1,77] = cast(%input_ids) dtype=fp32
+  %r: fp32[1,77,1] = reshape(%i) shape=[1, 77, 1]
+  %{hidden}: fp32[1,77,{d}] = tile(%r) reps=[1, 1, {d}]
+  %m: fp32[1,1] = reduce_mean(%r) axes=[1] keep_dims=false
+  %pooled_outputs: fp32[1,{pooled_width}] = tile(%m) reps=[1, {pooled_width}]
+  return {hidden}=%{hidden}, pooled_outputs=%pooled_outputs
+}}
+"
+        )
+    }
+
+    /// A UNet stand-in: fp16 inputs (`states` the shape of the text states), `noise_pred` of
+    /// type `out` from all of them.
+    fn unet(h: usize, w: usize, states: &str, out: &str) -> String {
+        let rank = states.split(',').count();
+        let axes = (1..rank)
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "graph unet {{
+  %sample: fp16[2,4,{h},{w}] = input(\"sample\")
+  %timestep: fp16[2] = input(\"timestep\")
+  %encoder_hidden_states: fp16[{states}] = input(\"encoder_hidden_states\")
+  %t: fp16[2,1,1,1] = reshape(%timestep) shape=[2, 1, 1, 1]
+  %m: fp16[2,4,{h},{w}] = mul(%sample, %t)
+  %e0: fp16[2] = reduce_mean(%encoder_hidden_states) axes=[{axes}] keep_dims=false
+  %e: fp16[2,1,1,1] = reshape(%e0) shape=[2, 1, 1, 1]
+  %a: fp16[2,4,{h},{w}] = add(%m, %e)
+  %noise_pred: {out}[2,4,{h},{w}] = cast(%a) dtype={out}
+  return noise_pred=%noise_pred
+}}
+"
+        )
+    }
+
+    fn sd_unet(d: usize, h: usize, w: usize) -> String {
+        unet(h, w, &format!("2,{d},1,77"), "fp32")
+    }
+
+    fn decoder(h: usize, w: usize) -> String {
+        let (ih, iw) = (8 * h, 8 * w);
+        format!(
+            "graph dec {{
+  %z: fp16[1,4,{h},{w}] = input(\"z\")
+  %m: fp16[1,1,{h},{w}] = reduce_mean(%z) axes=[1] keep_dims=true
+  %image: fp16[1,3,{ih},{iw}] = tile(%m) reps=[1, 3, 8, 8]
+  return image=%image
+}}
+"
+        )
+    }
+
+    fn encoder(h: usize, w: usize) -> String {
+        let (ih, iw) = (8 * h, 8 * w);
+        let n = 3 * ih * iw / 8;
+        format!(
+            "graph enc {{
+  %x: fp16[1,3,{ih},{iw}] = input(\"x\")
+  %r: fp16[1,8,{n}] = reshape(%x) shape=[1, 8, {n}]
+  %m: fp16[1,8,1] = reduce_mean(%r) axes=[2] keep_dims=true
+  %s: fp16[1,8,1,1] = reshape(%m) shape=[1, 8, 1, 1]
+  %latent: fp16[1,8,{h},{w}] = tile(%s) reps=[1, 1, {h}, {w}]
+  return latent=%latent
+}}
+"
+        )
+    }
+
+    fn sizes(pairs: &[(Size, i64)]) -> Sizes {
+        pairs.iter().copied().collect()
+    }
+
+    /// The error of checking `ir` against `want`, the same from the package and the bundle.
+    fn refusal(ir: &str, want: &Interface) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let [pkg, bundle] = build(dir.path(), "m", ir);
+        let e = check_model("M", &pkg, want).unwrap_err().to_string();
+        assert_eq!(check_model("M", &bundle, want).unwrap_err().to_string(), e);
+        assert!(e.starts_with("M: ") && !e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn models_built_with_the_swift_interface_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                text_encoder(64, "fp32", "last_hidden_state", 64),
+                SD_TEXT_ENCODER,
+                sizes(&[(Text, 64)]),
+            ),
+            (
+                text_encoder(48, "fp32", "hidden_embeds", 48),
+                SDXL_TEXT_ENCODER,
+                sizes(&[(Text, 48)]),
+            ),
+            (
+                text_encoder(80, "fp32", "hidden_embeds", 96),
+                SDXL_TEXT_ENCODER_2,
+                sizes(&[(Text, 80), (Pooled, 96)]),
+            ),
+            (
+                sd_unet(64, 8, 6),
+                SD_UNET,
+                sizes(&[(Text, 64), (LatentH, 8), (LatentW, 6)]),
+            ),
+            (
+                decoder(8, 6),
+                VAE_DECODER,
+                sizes(&[(LatentH, 8), (LatentW, 6)]),
+            ),
+            (
+                encoder(8, 6),
+                VAE_ENCODER,
+                sizes(&[(LatentH, 8), (LatentW, 6)]),
+            ),
+        ];
+        for (i, (ir, want, bound)) in cases.iter().enumerate() {
+            for model in build(dir.path(), &format!("m{i}"), ir) {
+                assert_eq!(check_model("m", &model, want).unwrap(), *bound, "case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn models_off_the_table_are_refused_naming_the_feature() {
+        let e = refusal(
+            &text_encoder(64, "fp16", "last_hidden_state", 64),
+            &SD_TEXT_ENCODER,
+        );
+        assert!(
+            e.ends_with("input input_ids is Float16, the Swift pipeline needs Float32"),
+            "{e}"
+        );
+        let e = refusal(
+            &text_encoder(64, "fp32", "hidden_embeds", 64),
+            &SD_TEXT_ENCODER,
+        );
+        assert!(
+            e.ends_with("no output last_hidden_state (it has hidden_embeds, pooled_outputs)"),
+            "{e}"
+        );
+        let e = refusal(
+            &text_encoder(64, "fp32", "last_hidden_state", 32),
+            &SD_TEXT_ENCODER,
+        );
+        assert!(
+            e.ends_with("output pooled_outputs has shape [1, 32], the Swift pipeline uses [1, 64]"),
+            "{e}"
+        );
+        // The transformers layout [2, 77, D] instead of the Swift pipeline's [2, D, 1, 77].
+        let e = refusal(&unet(8, 8, "2,77,64", "fp32"), &SD_UNET);
+        assert!(
+            e.ends_with("input encoder_hidden_states has shape [2, 77, 64], the Swift pipeline uses [2, Text, 1, 77]"),
+            "{e}"
+        );
+        let e = refusal(&unet(8, 8, "2,64,1,77", "fp16"), &SD_UNET);
+        assert!(
+            e.ends_with("output noise_pred is Float16, the Swift pipeline needs Float32"),
+            "{e}"
+        );
+        let e = refusal(&sd_unet(64, 8, 8), &SDXL_UNET);
+        assert!(
+            e.ends_with("no input text_embeds (it has sample, timestep, encoder_hidden_states)"),
+            "{e}"
+        );
+        let e = refusal(
+            &decoder(8, 8)
+                .replace("\"z\"", "\"latent\"")
+                .replace("%z", "%latent"),
+            &VAE_DECODER,
+        );
+        assert!(e.ends_with("no input z (it has latent)"), "{e}");
+        // A second output makes "the first output" the Swift code reads arbitrary.
+        let two = decoder(8, 8).replace("return image=%image", "return image=%image, m=%m");
+        let e = refusal(&two, &VAE_DECODER);
+        assert!(
+            e.ends_with("unexpected output m; the Swift pipeline's model has only image"),
+            "{e}"
+        );
+        // The image must be 8 times the latent.
+        let e = refusal(
+            &decoder(8, 8)
+                .replace("reps=[1, 3, 8, 8]", "reps=[1, 3, 4, 4]")
+                .replace("[1,3,64,64]", "[1,3,32,32]"),
+            &VAE_DECODER,
+        );
+        assert!(
+            e.ends_with(
+                "output image has shape [1, 3, 32, 32], the Swift pipeline uses [1, 3, 64, 64]"
+            ),
+            "{e}"
+        );
+    }
+
+    /// A chunk pair: the first takes `first_inputs` (of sample, timestep, states) and outputs
+    /// `h`; the second takes `h` and the rest.
+    fn chunks(d: usize, second_takes_timestep: bool) -> [String; 2] {
+        let first = format!(
+            "graph c1 {{
+  %sample: fp16[2,4,8,8] = input(\"sample\")
+  %encoder_hidden_states: fp16[2,{d},1,77] = input(\"encoder_hidden_states\")
+  %e: fp16[2,1,1,1] = reduce_mean(%encoder_hidden_states) axes=[1, 2, 3] keep_dims=true
+  %h: fp16[2,4,8,8] = add(%sample, %e)
+  return h=%h
+}}
+"
+        );
+        let t = if second_takes_timestep {
+            "timestep"
+        } else {
+            "tstep"
+        };
+        let second = format!(
+            "graph c2 {{
+  %h: fp16[2,4,8,8] = input(\"h\")
+  %{t}: fp16[2] = input(\"{t}\")
+  %t: fp16[2,1,1,1] = reshape(%{t}) shape=[2, 1, 1, 1]
+  %m: fp16[2,4,8,8] = mul(%h, %t)
+  %noise_pred: fp32[2,4,8,8] = cast(%m) dtype=fp32
+  return noise_pred=%noise_pred
+}}
+"
+        );
+        [first, second]
+    }
+
+    #[test]
+    fn chunk_pairs_are_checked_as_the_swift_code_chains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let [c1, c2] = chunks(64, true);
+        let [p1, b1] = build(dir.path(), "c1", &c1);
+        let [p2, b2] = build(dir.path(), "c2", &c2);
+        let got = check_chunks(["C1", "C2"], [&p1, &p2], &SD_UNET).unwrap();
+        assert_eq!(got, sizes(&[(Text, 64), (LatentH, 8), (LatentW, 8)]));
+        assert_eq!(
+            check_chunks(["C1", "C2"], [&b1, &b2], &SD_UNET).unwrap(),
+            got
+        );
+
+        let e = check_chunks(["C1", "C2"], [&p2, &p1], &SD_UNET)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "C1: input h is not an input of the whole model");
+        let [_, c2] = chunks(64, false);
+        let [p2, _] = build(dir.path(), "c2b", &c2);
+        let e = check_chunks(["C1", "C2"], [&p1, &p2], &SD_UNET)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "C2: input tstep is neither an output of C1 nor an input of the whole model"
+        );
+        let e = check_chunks(["C1", "C2"], [&p1, &p1], &SD_UNET)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "C1: neither chunk takes input timestep");
+        let e = check_chunks(["C1", "C2"], [&p1, &p2], &SDXL_UNET)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "C1: no input time_ids; the Swift pipeline reads its shape from the first chunk"
+        );
+    }
+
+    /// An SD Resources folder in `dir`, with a UNet of text width `unet_d`.
+    fn sd_folder(dir: &Path, unet_d: usize) -> PathBuf {
+        let res = dir.join("Resources");
+        std::fs::create_dir(&res).unwrap();
+        for (name, ir) in [
+            (
+                "TextEncoder",
+                text_encoder(64, "fp32", "last_hidden_state", 64),
+            ),
+            ("Unet", sd_unet(unet_d, 8, 8)),
+            ("VAEDecoder", decoder(8, 8)),
+            ("VAEEncoder", encoder(8, 8)),
+        ] {
+            build(&res, name, &ir);
+        }
+        super::super::tokenizer::write_files(&res).unwrap();
+        res
+    }
+
+    #[test]
+    fn folders_are_checked_file_by_file_and_across_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = sd_folder(dir.path(), 64);
+        let found = check_folder(&res, Pipeline::Sd).unwrap();
+        assert_eq!(
+            found.keys().copied().collect::<Vec<_>>(),
+            [
+                Part::TextEncoder,
+                Part::Unet,
+                Part::VaeDecoder,
+                Part::VaeEncoder
+            ]
+        );
+        assert_eq!(
+            found[&Part::Unet],
+            sizes(&[(Text, 64), (LatentH, 8), (LatentW, 8)])
+        );
+        // SDXL wants TextEncoder2.mlmodelc.
+        let e = check_folder(&res, Pipeline::Sdxl).unwrap_err().to_string();
+        assert!(
+            e.ends_with("TextEncoder2.mlmodelc: missing; the Swift pipeline loads it"),
+            "{e}"
+        );
+
+        // Chunks replace the UNet, and take precedence over it when both are there.
+        let [c1, c2] = chunks(64, true);
+        build(&res, "UnetChunk1", &c1);
+        build(&res, "UnetChunk2", &c2);
+        std::fs::remove_dir_all(res.join("Unet.mlmodelc")).unwrap();
+        let found = check_folder(&res, Pipeline::Sd).unwrap();
+        assert_eq!(found[&Part::Unet][&Text], 64);
+        std::fs::remove_dir_all(res.join("UnetChunk2.mlmodelc")).unwrap();
+        let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
+        assert!(
+            e.ends_with("Unet.mlmodelc: missing; the Swift pipeline loads it"),
+            "{e}"
+        );
+
+        std::fs::remove_file(res.join("merges.txt")).unwrap();
+        build(&res, "Unet", &sd_unet(64, 8, 8));
+        let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
+        assert!(
+            e.ends_with("merges.txt: missing; the Swift pipeline loads it"),
+            "{e}"
+        );
+        std::fs::write(res.join("merges.txt"), "#version: 0.2\na\n").unwrap();
+        let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "merges.txt: line 2: expected two symbols separated by one space, found \"a\""
+            ),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let res = sd_folder(dir.path(), 32);
+        let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
+        assert!(
+            e.ends_with("Resources: Unet text width is 32 but the text encoders' width gives 64"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let res = sd_folder(dir.path(), 64);
+        build(&res, "VAEDecoder", &decoder(4, 8));
+        let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
+        assert!(
+            e.ends_with("the Unet's latent size is 8 but VAEDecoder.mlmodelc gives 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sdxl_folders_check_both_encoders_against_the_unets() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = dir.path();
+        build(
+            res,
+            "TextEncoder",
+            &text_encoder(48, "fp32", "hidden_embeds", 48),
+        );
+        build(
+            res,
+            "TextEncoder2",
+            &text_encoder(80, "fp32", "hidden_embeds", 96),
+        );
+        let xl = |d: usize, pooled: usize, ids: usize| {
+            unet(8, 8, &format!("2,{d},1,77"), "fp32")
+                .replace(
+                    "  %t: fp16",
+                    &format!("  %text_embeds: fp16[2,{pooled}] = input(\"text_embeds\")\n  %time_ids: fp16[2,{ids}] = input(\"time_ids\")\n  %t: fp16"),
+                )
+        };
+        build(res, "Unet", &xl(128, 96, 6));
+        build(res, "UnetRefiner", &xl(80, 96, 5));
+        build(res, "VAEDecoder", &decoder(8, 8));
+        super::super::tokenizer::write_files(res).unwrap();
+        let found = check_folder(res, Pipeline::Sdxl).unwrap();
+        assert_eq!(
+            found[&Part::Unet],
+            sizes(&[(Text, 128), (Pooled, 96), (LatentH, 8), (LatentW, 8)])
+        );
+        assert_eq!(found[&Part::UnetRefiner][&Text], 80);
+
+        build(res, "UnetRefiner", &xl(128, 96, 5));
+        let e = check_folder(res, Pipeline::Sdxl).unwrap_err().to_string();
+        assert!(
+            e.ends_with("UnetRefiner text width is 128 but TextEncoder2's width gives 80"),
+            "{e}"
+        );
+        build(res, "UnetRefiner", &xl(80, 96, 6));
+        let e = check_folder(res, Pipeline::Sdxl).unwrap_err().to_string();
+        assert!(e.ends_with("UnetRefiner.mlmodelc: input time_ids has shape [2, 6], the Swift pipeline uses [2, 5]"), "{e}");
+        std::fs::remove_dir_all(res.join("UnetRefiner.mlmodelc")).unwrap();
+        build(res, "Unet", &xl(128, 64, 6));
+        let e = check_folder(res, Pipeline::Sdxl).unwrap_err().to_string();
+        assert!(
+            e.ends_with("Unet text_embeds width is 64 but TextEncoder2's pooled width gives 96"),
+            "{e}"
+        );
+    }
+}
