@@ -422,10 +422,7 @@ fn check_feature(
         let fits = match *dim {
             Fixed(n) => got == n,
             Of(s) => got > 0 && *bound.entry(s).or_insert(got) == got,
-            Image(s) => match got.checked_rem(8) {
-                Some(0) if got > 0 => *bound.entry(s).or_insert(got / 8) == got / 8,
-                _ => false,
-            },
+            Image(s) => got > 0 && got % 8 == 0 && *bound.entry(s).or_insert(got / 8) == got / 8,
         };
         if !fits {
             return mismatch();
@@ -651,7 +648,6 @@ fn check_across(
     found: &BTreeMap<Part, Sizes>,
 ) -> Result<(), SwiftError> {
     let size = |part: Part, s: Size| found.get(&part).and_then(|m| m.get(&s)).copied();
-    let disagree = |what: String| refuse(&dir.display().to_string(), what);
     let text = size(Part::TextEncoder, Text);
     let text2 = size(Part::TextEncoder2, Text);
     let pooled2 = size(Part::TextEncoder2, Pooled);
@@ -660,37 +656,38 @@ fn check_across(
         Pipeline::Sdxl => text.zip(text2).and_then(|(a, b)| a.checked_add(b)),
     };
     let mut pairs = vec![(
-        "Unet text width",
+        "Unet's text width".to_string(),
         size(Part::Unet, Text),
-        "the text encoders' width",
+        "the text encoders' width".to_string(),
         base_text,
     )];
     if pipeline == Pipeline::Sdxl {
+        let pooled = "TextEncoder2's pooled width".to_string();
         pairs.push((
-            "Unet text_embeds width",
+            "Unet's text_embeds width".into(),
             size(Part::Unet, Pooled),
-            "TextEncoder2's pooled width",
+            pooled.clone(),
             pooled2,
         ));
         pairs.push((
-            "UnetRefiner text width",
+            "UnetRefiner's text width".into(),
             size(Part::UnetRefiner, Text),
-            "TextEncoder2's width",
+            "TextEncoder2's width".into(),
             text2,
         ));
         pairs.push((
-            "UnetRefiner text_embeds width",
+            "UnetRefiner's text_embeds width".into(),
             size(Part::UnetRefiner, Pooled),
-            "TextEncoder2's pooled width",
+            pooled,
             pooled2,
         ));
     }
     for part in [Part::VaeDecoder, Part::VaeEncoder, Part::UnetRefiner] {
-        for s in [LatentH, LatentW] {
+        for (s, side) in [(LatentH, "height"), (LatentW, "width")] {
             pairs.push((
-                "the Unet's latent size",
+                format!("Unet's latent {side}"),
                 size(Part::Unet, s),
-                part.file_name(),
+                format!("{}'s latent {side}", part.file_name()),
                 size(part, s),
             ));
         }
@@ -698,7 +695,10 @@ fn check_across(
     for (a, x, b, y) in pairs {
         if let (Some(x), Some(y)) = (x, y) {
             if x != y {
-                return disagree(format!("{a} is {x} but {b} gives {y}"));
+                return refuse(
+                    &dir.display().to_string(),
+                    format!("{a} is {x} but {b} is {y}"),
+                );
             }
         }
     }
@@ -1083,7 +1083,7 @@ mod tests {
         let res = sd_folder(dir.path(), 32);
         let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
         assert!(
-            e.ends_with("Resources: Unet text width is 32 but the text encoders' width gives 64"),
+            e.ends_with("Resources: Unet's text width is 32 but the text encoders' width is 64"),
             "{e}"
         );
 
@@ -1092,7 +1092,7 @@ mod tests {
         build(&res, "VAEDecoder", &decoder(4, 8));
         let e = check_folder(&res, Pipeline::Sd).unwrap_err().to_string();
         assert!(
-            e.ends_with("the Unet's latent size is 8 but VAEDecoder.mlmodelc gives 4"),
+            e.ends_with("Unet's latent height is 8 but VAEDecoder.mlmodelc's latent height is 4"),
             "{e}"
         );
     }
@@ -1132,7 +1132,7 @@ mod tests {
         build(res, "UnetRefiner", &xl(128, 96, 5));
         let e = check_folder(res, Pipeline::Sdxl).unwrap_err().to_string();
         assert!(
-            e.ends_with("UnetRefiner text width is 128 but TextEncoder2's width gives 80"),
+            e.ends_with("UnetRefiner's text width is 128 but TextEncoder2's width is 80"),
             "{e}"
         );
         build(res, "UnetRefiner", &xl(80, 96, 6));
@@ -1142,7 +1142,7 @@ mod tests {
         build(res, "Unet", &xl(128, 64, 6));
         let e = check_folder(res, Pipeline::Sdxl).unwrap_err().to_string();
         assert!(
-            e.ends_with("Unet text_embeds width is 64 but TextEncoder2's pooled width gives 96"),
+            e.ends_with("Unet's text_embeds width is 64 but TextEncoder2's pooled width is 96"),
             "{e}"
         );
     }
