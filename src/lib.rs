@@ -38,6 +38,7 @@ pub mod package;
 pub(crate) mod parallel;
 #[path = "../passes/mod.rs"]
 pub mod passes;
+pub mod pipeline;
 pub mod progress;
 pub mod proto;
 pub mod report;

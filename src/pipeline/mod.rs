@@ -1,0 +1,2 @@
+pub mod swift;
+pub mod tokenizer;
