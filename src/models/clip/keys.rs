@@ -6,8 +6,12 @@
 //! `CLIPTextModelWithProjection` (whose `text_projection.weight` sits beside `text_model.`), and
 //! the same under a single-file checkpoint's prefix (`cond_stage_model.transformer.` in SD 1.x,
 //! `conditioner.embedders.0.transformer.` in SDXL). The builder reads keys without the prefix.
+//! OpenCLIP's own layout (SD 2.x, SDXL's second encoder) is read through the view in
+//! [`super::openclip`]; [`TextTower`] is whichever of the two a file holds.
 
-use crate::weights::{KeyPlacement, PrefixError, TensorSource};
+use super::openclip::OpenClip;
+use crate::models::ModelError;
+use crate::weights::{KeyPlacement, PrefixError, TensorSource, Weights};
 use std::collections::BTreeMap;
 
 /// The key whose suffix locates the text model in a file.
@@ -37,9 +41,10 @@ pub const TEXT: Tower = Tower {
     anchor: TOKEN_EMBEDDING,
     own_prefix: "text_model.",
     projection: PROJECTION,
-    layouts:
-        "transformers layout, bare, under text_model., or under cond_stage_model.transformer. \
-              or conditioner.embedders.0.transformer.",
+    layouts: "transformers layout, bare, under text_model., or under \
+              cond_stage_model.transformer. or conditioner.embedders.0.transformer.; nor \
+              OpenCLIP's token_embedding.weight, as under cond_stage_model.model. or \
+              conditioner.embedders.1.model.",
     other: (
         super::vision_keys::PATCH_EMBEDDING,
         "an image encoder's weights (build clip-vision)",
@@ -69,8 +74,27 @@ impl KeyLayout {
         let (what, anchor) = (tower.what, tower.anchor);
         let mut other = false;
         let keys = keys.inspect(|k| other |= k.ends_with(tower.other.0));
+        match KeyLayout::locate(keys, tower)? {
+            Some(layout) => Ok(layout),
+            None if other => Err(format!(
+                "no CLIP {what} encoder here: no key ends in \"{anchor}\", and \"{}\" says these \
+                 are {}",
+                tower.other.0, tower.other.1
+            )),
+            None => Err(format!(
+                "no CLIP {what} encoder here: no key ends in \"{anchor}\" ({})",
+                tower.layouts
+            )),
+        }
+    }
+
+    /// The one `tower` among `keys` if there is one; several are an error.
+    fn locate<'k>(
+        keys: impl Iterator<Item = &'k str>,
+        tower: &Tower,
+    ) -> Result<Option<KeyLayout>, String> {
         let placement = KeyPlacement {
-            anchors: &[anchor],
+            anchors: &[tower.anchor],
             prefixes: &[],
         };
         match placement.find(keys) {
@@ -79,25 +103,27 @@ impl KeyLayout {
                     Some(root) => (root.to_string(), tower.own_prefix),
                     None => (prefix, ""),
                 };
-                Ok(KeyLayout {
+                Ok(Some(KeyLayout {
                     root,
                     own,
                     projection: tower.projection,
-                })
+                }))
             }
-            Err(PrefixError::Absent) if other => Err(format!(
-                "no CLIP {what} encoder here: no key ends in \"{anchor}\", and \"{}\" says these \
-                 are {}",
-                tower.other.0, tower.other.1
-            )),
-            Err(PrefixError::Absent) => Err(format!(
-                "no CLIP {what} encoder here: no key ends in \"{anchor}\" ({})",
-                tower.layouts
-            )),
+            Err(PrefixError::Absent) => Ok(None),
             Err(e) => Err(format!(
-                "several {what} encoders here (under {}); give a file with one",
+                "several {} encoders here (under {}); give a file with one",
+                tower.what,
                 e.prefixes()
             )),
+        }
+    }
+
+    /// A text tower's keys exactly as the builder names them.
+    fn bare() -> KeyLayout {
+        KeyLayout {
+            root: String::new(),
+            own: "",
+            projection: PROJECTION,
         }
     }
 
@@ -124,6 +150,103 @@ impl KeyLayout {
             .filter(|(_, i)| i.dtype.is_float())
             .filter_map(|(k, i)| Some((self.model_key(k)?, i.shape.clone())))
             .collect()
+    }
+}
+
+/// The text encoder a file holds: in the transformers layout under a prefix, or in OpenCLIP's
+/// through its view.
+pub enum TextTower<'a> {
+    Transformers(KeyLayout),
+    OpenClip(OpenClip<'a>),
+}
+
+impl<'a> TextTower<'a> {
+    /// The one text encoder in `source`. An SDXL checkpoint holds two, CLIP-L in the transformers
+    /// layout and bigG in OpenCLIP's: the one whose projection (present or not) is the model's
+    /// (`projection`) is taken.
+    pub fn find(source: &'a dyn TensorSource, projection: bool) -> Result<TextTower<'a>, String> {
+        let keys = || source.tensors().keys().map(String::as_str);
+        let Some(open) = OpenClip::find(source)? else {
+            return KeyLayout::find(keys(), &TEXT).map(TextTower::Transformers);
+        };
+        let Some(layout) = KeyLayout::locate(keys(), &TEXT)? else {
+            return Ok(TextTower::OpenClip(open));
+        };
+        let towers = [TextTower::Transformers(layout), TextTower::OpenClip(open)];
+        let roots = format!("\"{}\", \"{}\"", towers[0].root(), towers[1].root());
+        let mut fits = towers
+            .into_iter()
+            .filter(|t| t.has_projection(source) == projection);
+        match (fits.next(), fits.next()) {
+            (Some(t), None) => Ok(t),
+            _ => Err(format!(
+                "several text encoders here (under {roots}); give a file with one"
+            )),
+        }
+    }
+
+    /// The prefix the encoder's keys sit under in the file.
+    pub fn root(&self) -> &str {
+        match self {
+            TextTower::Transformers(l) => &l.root,
+            TextTower::OpenClip(o) => o.root(),
+        }
+    }
+
+    /// The projection's key as the file spells it (whether or not it is there).
+    pub fn projection_key(&self) -> String {
+        match self {
+            TextTower::Transformers(l) => format!("{}{PROJECTION}", l.root),
+            TextTower::OpenClip(o) => format!("{}{}", o.root(), super::openclip::OPEN_PROJECTION),
+        }
+    }
+
+    fn has_projection(&self, source: &dyn TensorSource) -> bool {
+        match self {
+            TextTower::Transformers(_) => source.tensors().contains_key(&self.projection_key()),
+            TextTower::OpenClip(o) => o.has_projection(),
+        }
+    }
+
+    /// The shapes of the encoder's float tensors under the builder's keys.
+    pub fn shapes(&self, source: &dyn TensorSource) -> BTreeMap<String, Vec<usize>> {
+        match self {
+            TextTower::Transformers(l) => l.shapes(&source.under(&l.root)),
+            TextTower::OpenClip(o) => KeyLayout::bare().shapes(o),
+        }
+    }
+
+    /// The encoder's tensors, read under the builder's keys.
+    pub fn read(&self, source: &dyn TensorSource) -> Result<Weights, ModelError> {
+        match self {
+            TextTower::Transformers(_) => Ok(source.read_as(self.names(source)?)?),
+            TextTower::OpenClip(o) => {
+                let wanted = super::transformer::weight_names(o, |k| Some(k.to_string()));
+                Ok((o as &dyn TensorSource).read_as(wanted)?)
+            }
+        }
+    }
+
+    /// (builder key, file key) of each tensor [`TextTower::read`] reads from the file: what a
+    /// LoRA is resolved against. OpenCLIP's q, k and v are slices of one file tensor, which
+    /// an overlay on the file cannot patch one by one: refused.
+    pub fn names(&self, source: &dyn TensorSource) -> Result<Vec<(String, String)>, ModelError> {
+        match self {
+            TextTower::Transformers(l) => {
+                let under = source.under(&l.root);
+                Ok(super::transformer::weight_names(&under, |k| l.model_key(k))
+                    .into_iter()
+                    .map(|(m, k)| (m, format!("{}{k}", l.root)))
+                    .collect())
+            }
+            TextTower::OpenClip(o) => Err(ModelError::WrongModel {
+                file: source.path().display().to_string(),
+                reason: format!(
+                    "a LoRA cannot be fused into a text encoder in OpenCLIP's layout (under \"{}\") yet; use its diffusers folder",
+                    o.root()
+                ),
+            }),
+        }
     }
 }
 

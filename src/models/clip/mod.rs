@@ -22,6 +22,7 @@
 
 pub mod keys;
 mod layout;
+mod openclip;
 pub mod transformer;
 pub mod vision;
 pub mod vision_keys;
@@ -35,7 +36,7 @@ use crate::ir::{Dim, Graph, Op, TensorType};
 use crate::passes::specialize_shapes::Bindings;
 use crate::tensor::DType;
 use crate::weights::{TensorSource, Weights};
-use keys::{Activation, Config, KeyLayout as Keys};
+use keys::{Activation, Config, TextTower};
 use layout::TokenStates;
 use std::path::Path;
 use transformer::{feature, layer, Encoder};
@@ -94,34 +95,34 @@ pub static CLIP_H: Clip = Clip {
 };
 
 impl Clip {
-    /// The file's text-encoder tensors' shapes under the builder's names, its layout, and the
-    /// sizes they give (checked against a CLIP text config.json beside the file).
-    fn inspect(&self, source: &dyn TensorSource) -> Result<(Keys, Config), ModelError> {
+    /// The file's text encoder, and the sizes its tensors' shapes give (checked against a CLIP
+    /// text config.json beside the file).
+    fn inspect<'s>(
+        &self,
+        source: &'s dyn TensorSource,
+    ) -> Result<(TextTower<'s>, Config), ModelError> {
         let path = source.path();
         let file = path.display().to_string();
         let wrong = |reason: String| ModelError::WrongModel {
             file: file.clone(),
             reason,
         };
-        let layout =
-            Keys::find(source.tensors().keys().map(String::as_str), &keys::TEXT).map_err(wrong)?;
-        let shapes = layout.shapes(&source.under(&layout.root));
+        let tower = TextTower::find(source, self.projection).map_err(wrong)?;
+        let shapes = tower.shapes(source);
         let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(wrong)?;
         match (self.projection, cfg.projection.is_some()) {
             (true, false) => {
                 return Err(wrong(format!(
-                    "no \"{}{}\": these are CLIPTextModel weights (build clip-l), not {}'s",
-                    layout.root,
-                    keys::PROJECTION,
+                    "no \"{}\": these are CLIPTextModel weights (build clip-l), not {}'s",
+                    tower.projection_key(),
                     self.name
                 )))
             }
             (false, true) => {
                 return Err(wrong(format!(
-                    "\"{}{}\" is there: these are CLIPTextModelWithProjection weights (build \
+                    "\"{}\" is there: these are CLIPTextModelWithProjection weights (build \
                      clip-bigg or clip-h), not clip-l's",
-                    layout.root,
-                    keys::PROJECTION
+                    tower.projection_key()
                 )))
             }
             _ => {}
@@ -133,7 +134,7 @@ impl Clip {
             keys::apply_config,
             keys::check_heads,
         )?;
-        Ok((layout, cfg))
+        Ok((tower, cfg))
     }
 
     /// The config of loaded weights (their keys are the builder's), with config.json's heads,
@@ -341,12 +342,8 @@ impl Model for Clip {
         source: &dyn TensorSource,
         _o: &ModelOptions,
     ) -> Result<Vec<(String, String)>, ModelError> {
-        let (layout, _) = self.inspect(source)?;
-        let under = source.under(&layout.root);
-        Ok(transformer::weight_names(&under, |k| layout.model_key(k))
-            .into_iter()
-            .map(|(m, k)| (m, format!("{}{k}", layout.root)))
-            .collect())
+        let (tower, _) = self.inspect(source)?;
+        tower.names(source)
     }
 
     fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {
@@ -373,10 +370,8 @@ impl Model for Clip {
     ) -> Result<Weights, ModelError> {
         // Shapes first, from the index: a wrong file or config is refused before any tensor is
         // read, and a single-file checkpoint's other models are never read at all.
-        let (layout, _) = self.inspect(source)?;
-        let under = source.under(&layout.root);
-        let wanted = transformer::weight_names(&under, |k| layout.model_key(k));
-        Ok((&under as &dyn TensorSource).read_as(wanted)?)
+        let (tower, _) = self.inspect(source)?;
+        tower.read(source)
     }
 
     fn build(
