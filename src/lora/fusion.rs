@@ -33,6 +33,9 @@ pub struct LoraSummary {
     pub adapter: Option<String>,
 }
 
+/// An adapted weight: its model key, its shape and its terms (delta, the user's weight).
+pub type Adapted<'f> = (&'f str, &'f [usize], Vec<(&'f Delta, f32)>);
+
 /// One term of an adapted weight.
 struct Term {
     lora: usize,
@@ -198,7 +201,7 @@ impl Fusion {
 
     /// Each adapted weight as the graph form of a switchable adapter takes it: by model key,
     /// the weight's shape and its terms (delta, the user's weight).
-    pub fn by_model_key(&self) -> Vec<(&str, &[usize], Vec<(&Delta, f32)>)> {
+    pub fn by_model_key(&self) -> Vec<Adapted<'_>> {
         self.terms
             .values()
             .filter_map(|terms| {
