@@ -317,6 +317,13 @@ fn adapter_functions_match_their_fused_twins() {
             let mut t = options(p, layout, &format!("twin_{function}"));
             t.loras = loras;
             let twin = build(&t).unwrap().package;
+            if function == "style" {
+                let listed = mlc::inspect::loras(&mlc::package::read_package(&twin).unwrap());
+                assert!(
+                    listed.starts_with("lora (fused): kohya_sd15 at 1"),
+                    "{listed}"
+                );
+            }
             let want = mlc::run::run_path(&twin, &inputs)
                 .unwrap()
                 .remove("noise_pred")
