@@ -22,10 +22,12 @@ use std::path::PathBuf;
     version,
     about = "Compile diffusion models' autoencoders (TAESD family, full SD/SDXL/SD3/FLUX VAEs), CLIP text and image encoders and SD/SDXL UNets into Core ML .mlpackage files, in pure Rust",
     long_about = "mlc declares the TAESD autoencoders, the full VAEs of SD, SDXL, SD3, FLUX.1 and FLUX.2, the CLIP text \
-and image encoders and the Stable Diffusion UNets (SD 1.x/2.x, inpainting, SDXL) in Rust, loads real weights (safetensors, or PyTorch .pth), optimizes the graph (group-norm and \
+and image encoders and the Stable Diffusion UNets (SD 1.x/2.x, inpainting, SDXL) in Rust, loads real weights (safetensors, or PyTorch .pth), \
+fuses LoRAs into them or keeps them as switchable functions (--lora, --adapter), optimizes the graph (group-norm and \
 attention lowering, constant folding, fp16, compression) and writes a Core ML ML Program package for the Apple \
 Neural Engine, which it can also compile, inspect and run. No Python, no PyTorch, no coremltools.",
     after_help = "Examples:\n  mlc build flux2 --weights taef2_decoder.safetensors -o taef2.mlpackage\n  \
+mlc build sd-unet --weights v1-5-pruned-emaonly.safetensors --lora style.safetensors:0.8\n  \
 mlc compile taef2.mlpackage\n  mlc inspect taef2.mlpackage\n  mlc run taef2.mlpackage --input latent.safetensors --output image.png"
 )]
 pub struct Cli {
