@@ -597,6 +597,26 @@ pub enum ModelError {
 mod tests {
     use super::*;
 
+    /// `--lora` is refused centrally for a part that does not declare it, and resolved through
+    /// the part's adapter scope when it does: the two must agree.
+    #[test]
+    fn a_part_takes_loras_exactly_when_it_names_their_scope() {
+        for m in registry() {
+            for &part in m.parts() {
+                assert_eq!(
+                    m.options(part).contains(ModelOption::Lora),
+                    m.adapter_scope(part).is_some(),
+                    "{} {part}",
+                    m.name()
+                );
+            }
+        }
+        assert!(lookup("sd-unet")
+            .unwrap()
+            .adapter_scope(Part::new("unet"))
+            .is_some());
+    }
+
     #[test]
     fn names_and_aliases_are_unique_and_found() {
         let mut seen = std::collections::BTreeSet::new();

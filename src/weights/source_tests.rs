@@ -146,6 +146,14 @@ fn an_overlay_patches_its_tensors_once_in_f32_and_passes_others_untouched() {
         })
         .collect();
     assert_ne!(got, &stepwise, "the test values must tell the two apart");
+    // Widened (an fp32 build): the patched values unrounded, as f32.
+    let wide = Patched::new(&file, &overlay).widened().read("h").unwrap();
+    assert_eq!(wide.dtype(), crate::tensor::DType::F32);
+    let exact: Vec<f32> = halves
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_f32() * 3.0 + 0.1)
+        .collect();
+    assert_eq!(values(&wide), exact);
     // Untouched tensors are the file's, bit for bit.
     assert_eq!(patched.read("u").unwrap(), file.read("u").unwrap());
     assert_eq!(patched.read("f").unwrap(), file.read("f").unwrap());
