@@ -381,3 +381,74 @@ fn bad_openclip_towers_are_one_line_errors() {
     let e = refused("two", "clip-bigg", &file);
     assert!(e.contains("several") && e.contains(SDXL), "{e}");
 }
+
+/// A LoRA for SDXL's second text encoder (`lora_te2_`) on q, k, v and fc1 patches the OpenCLIP
+/// file's stacked in_proj exactly as it patches the transformers save: the same package, and
+/// not the package without it.
+#[test]
+fn a_lora_patches_openclip_q_k_v_like_the_transformers_layout() {
+    let out = out_dir("clip_openclip_lora");
+    let bigg = transformers("bigg");
+    let folder = out.join("weights");
+    let weights = write(
+        &folder,
+        "model.safetensors",
+        &openclip(&bigg, SDXL, 3),
+        &config("bigg"),
+    );
+    let mut lora = BTreeMap::new();
+    let mut seed = 7;
+    for layer in [0, 2] {
+        for module in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "mlp.fc1",
+        ] {
+            let w = &bigg[&format!("encoder.layers.{layer}.{module}.weight")];
+            let (rows, cols) = (w.shape[0], w.shape[1]);
+            let name = format!(
+                "lora_te2_text_model_encoder_layers_{layer}_{}",
+                module.replace('.', "_")
+            );
+            seed += 1;
+            let down = mlc::tensor::Tensor::f32(vec![2, cols], random(2 * cols, seed, 0.3));
+            let up = mlc::tensor::Tensor::f32(vec![rows, 2], random(rows * 2, seed + 100, 0.3));
+            lora.insert(format!("{name}.lora_down.weight"), down);
+            lora.insert(format!("{name}.lora_up.weight"), up);
+        }
+    }
+    let lora_path = out.join("te2.safetensors");
+    write_safetensors(&lora_path, &lora);
+    let with = |weights: &Path, tag: &str, lora: bool| {
+        let mut o = options(
+            "clip-bigg",
+            weights,
+            out.join(format!("{tag}.mlpackage")),
+            Some(2),
+        );
+        if lora {
+            o.loras = vec![mlc::lora::LoraSpec {
+                path: lora_path.clone(),
+                weight: 0.7,
+            }];
+        }
+        files(&build(&o).unwrap_or_else(|e| panic!("{tag}: {e}")).package)
+    };
+    let single = with(&weights, "openclip_lora", true);
+    let reference = with(
+        &fixture("bigg").join("model.safetensors"),
+        "transformers_lora",
+        true,
+    );
+    assert_same_package("clip-bigg with a LoRA", &single, &reference);
+    let plain = with(&weights, "openclip_plain", false);
+    let bin = |p: &[(String, Vec<u8>)]| {
+        p.iter()
+            .find(|(n, _)| n.ends_with("weight.bin"))
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert!(bin(&plain) != bin(&single), "the LoRA changed no weight");
+}

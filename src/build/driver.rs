@@ -80,14 +80,21 @@ pub(super) fn build_program_to(
     let file = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
     // LoRAs are resolved against the file's index before any weight is read, then added to
     // each weight they adapt as it is read.
-    let fusion = super::lora::fusion(plan, &*file)?;
+    // A LoRA patches what the model reads: through the part's view where its file layout is
+    // not the model's key for key.
+    let view = match plan.opts.loras.is_empty() && plan.opts.adapters.is_empty() {
+        true => None,
+        false => plan.model.adapter_view(plan.part, &*file)?,
+    };
+    let base: &dyn TensorSource = view.as_deref().unwrap_or(&*file);
+    let fusion = super::lora::fusion(plan, base)?;
     let patched = fusion.as_ref().map(|f| match plan.opts.precision {
-        Precision::Fp16 => Patched::new(&*file, f),
-        Precision::Fp32 => Patched::new(&*file, f).widened(),
+        Precision::Fp16 => Patched::new(base, f),
+        Precision::Fp32 => Patched::new(base, f).widened(),
     });
     let source: &dyn TensorSource = match &patched {
         Some(p) => p,
-        None => &*file,
+        None => base,
     };
     let source = Observed::new(source, plan.opts.progress.clone());
     let weights = plan
@@ -95,7 +102,7 @@ pub(super) fn build_program_to(
         .load(plan.part, &source, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
     let loras = fusion.map(|f| f.summaries).unwrap_or_default();
-    let (adapters, mut summaries) = super::lora::adapters(plan, &*file)?;
+    let (adapters, mut summaries) = super::lora::adapters(plan, base)?;
     summaries.splice(0..0, loras.iter().cloned());
     let mut c = program_from(
         plan,

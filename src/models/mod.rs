@@ -452,6 +452,17 @@ pub trait Model: Sync {
             .map(|(k, _)| (k.clone(), k.clone()))
             .collect())
     }
+    /// For a part whose file layout is no key-for-key map of its weights (OpenCLIP's q, k and
+    /// v stacked in one tensor): a view of `source` under the names [`Model::load`] reads, for
+    /// a LoRA's overlay to go on (it patches what the model reads, one weight at a time).
+    /// None: the overlay goes on the source itself.
+    fn adapter_view<'s>(
+        &self,
+        _part: Part,
+        _source: &'s dyn TensorSource,
+    ) -> Result<Option<Box<dyn TensorSource + 's>>, ModelError> {
+        Ok(None)
+    }
     /// Which LoRA keys are the part's (`lora_unet_`/`unet.` for a UNet); None when the part
     /// takes no LoRA. A part that has one declares [`ModelOption::Lora`].
     fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {

@@ -227,9 +227,18 @@ impl<'a> TextTower<'a> {
         }
     }
 
+    /// The OpenCLIP view, as a source of its own; None for the transformers layout.
+    pub fn into_view(self) -> Option<Box<dyn TensorSource + 'a>> {
+        match self {
+            TextTower::Transformers(_) => None,
+            TextTower::OpenClip(o) => Some(Box::new(o)),
+        }
+    }
+
     /// (builder key, file key) of each tensor [`TextTower::read`] reads from the file: what a
     /// LoRA is resolved against. OpenCLIP's q, k and v are slices of one file tensor, which
-    /// an overlay on the file cannot patch one by one: refused.
+    /// an overlay on the file cannot patch one by one: a LoRA goes on the view instead
+    /// ([`TextTower::into_view`]), where they are the transformers layout's.
     pub fn names(&self, source: &dyn TensorSource) -> Result<Vec<(String, String)>, ModelError> {
         match self {
             TextTower::Transformers(l) => {
@@ -242,7 +251,7 @@ impl<'a> TextTower<'a> {
             TextTower::OpenClip(o) => Err(ModelError::WrongModel {
                 file: source.path().display().to_string(),
                 reason: format!(
-                    "a LoRA cannot be fused into a text encoder in OpenCLIP's layout (under \"{}\") yet; use its diffusers folder",
+                    "the text encoder under \"{}\" is in OpenCLIP's layout: a LoRA is resolved on its view (Model::adapter_view), not on the file",
                     o.root()
                 ),
             }),

@@ -346,6 +346,16 @@ impl Model for Clip {
         tower.names(source)
     }
 
+    /// OpenCLIP's layout through its view, whose q, k and v are tensors of their own.
+    fn adapter_view<'s>(
+        &self,
+        _part: Part,
+        source: &'s dyn TensorSource,
+    ) -> Result<Option<Box<dyn TensorSource + 's>>, ModelError> {
+        let (tower, _) = self.inspect(source)?;
+        Ok(tower.into_view())
+    }
+
     fn adapter_scope(&self, _part: Part) -> Option<crate::lora::Scope> {
         Some(self.lora_scope)
     }
