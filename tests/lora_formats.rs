@@ -1,0 +1,538 @@
+//! LoRA key forms mlc reads, each written by this test on the sd15 UNet fixture with small random
+//! factors: LyCORIS LoHa (with a Tucker conv) and LoKr (every split of its two sides, a Tucker
+//! conv), the old diffusers attention-processor form, PEFT with per-module alphas in its
+//! metadata, and a kohya file saved as a `.ckpt`. The expected change is formed here in plain
+//! loops with the published formulas (ComfyUI's `weight_adapter/loha.py` and `lokr.py`, kohya's
+//! `alpha / rank`), fused into a copy of the weights, and the package built from that copy must
+//! evaluate like the package built with `--lora` (fp32, ≤ 1e-5 of the output's largest
+//! magnitude), while the LoRA must move the output (> 1e-3) so the test can fail. Then the
+//! refusals: DoRA, keys naming nothing, misfits, non-finite values, files that are not LoRAs;
+//! each one line naming the file and the key, and nothing left where the package would go.
+
+mod common;
+
+use common::*;
+use mlc::compiler::{build, BuildOptions, Precision, Sizes};
+use mlc::kernels::Array;
+use mlc::lora::LoraSpec;
+use mlc::tensor::Tensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+type Tensors = BTreeMap<String, Tensor>;
+
+/// Weights of the sd15 fixture the LoRAs adapt (diffusers keys; the shapes are the fixture's).
+const Q: &str = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"; // [32, 32]
+const K2: &str = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"; // [32, 64]
+const FF: &str = "down_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj.weight"; // [256, 32]
+const PROJ_IN: &str = "down_blocks.0.attentions.0.proj_in.weight"; // [32, 32, 1, 1]
+const CONV: &str = "down_blocks.1.resnets.0.conv1.weight"; // [32, 32, 3, 3]
+const MID_OUT: &str = "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0.weight"; // [64, 64]
+const UP_V: &str = "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v.weight"; // [64, 64]
+const UP_CONV: &str = "up_blocks.2.resnets.1.conv2.weight"; // [32, 32, 3, 3]
+const MID_FF: &str = "mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"; // [64, 256]
+
+fn sd15() -> PathBuf {
+    shared("fixtures/unet/sd15/diffusers/diffusion_pytorch_model.safetensors")
+}
+
+/// The fixture case's inputs (`b2_16x16`).
+fn inputs() -> BTreeMap<String, Array> {
+    let mut all = mlc::run::read_safetensors(&shared("fixtures/unet/sd15/b2_16x16.safetensors"))
+        .unwrap();
+    ["sample", "timestep", "encoder_hidden_states"]
+        .into_iter()
+        .map(|k| (k.to_string(), all.remove(k).unwrap()))
+        .collect()
+}
+
+fn rand(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    Tensor::f32(shape.to_vec(), random(shape.iter().product(), seed, scale))
+}
+
+fn scalar(v: f32) -> Tensor {
+    Tensor::f32(vec![], vec![v])
+}
+
+/// kohya's module name of a diffusers weight key (`lora_unet_` + the path with `_` for `.`).
+fn kohya(key: &str) -> String {
+    format!(
+        "lora_unet_{}",
+        key.strip_suffix(".weight").unwrap().replace('.', "_")
+    )
+}
+
+/// PEFT's module name of a diffusers weight key.
+fn peft(key: &str) -> String {
+    format!("unet.{}", key.strip_suffix(".weight").unwrap())
+}
+
+/// `a [n, r] · b [r, m]` (trailing dims of `b` folded into m), in plain loops.
+fn mm(a: &Tensor, b: &Tensor) -> Vec<f32> {
+    let (n, r) = (a.shape[0], a.shape[1]);
+    assert_eq!(b.shape[0], r);
+    let m = b.len() / r;
+    let (a, b) = (a.to_f32(), b.to_f32());
+    let mut out = vec![0f32; n * m];
+    for i in 0..n {
+        for j in 0..m {
+            let mut s = 0f32;
+            for k in 0..r {
+                s += a[i * r + k] * b[k * m + j];
+            }
+            out[i * m + j] = s;
+        }
+    }
+    out
+}
+
+/// `einsum("i j k l, j r, i p -> p r k l", t, w_b, w_a)`: [out = p, in = r, k, l].
+fn tucker(t: &Tensor, w_b: &Tensor, w_a: &Tensor) -> Vec<f32> {
+    let [ni, nj, nk, nl] = [t.shape[0], t.shape[1], t.shape[2], t.shape[3]];
+    let (nr, np) = (w_b.shape[1], w_a.shape[1]);
+    let (t, b, a) = (t.to_f32(), w_b.to_f32(), w_a.to_f32());
+    let mut out = vec![0f32; np * nr * nk * nl];
+    for p in 0..np {
+        for r in 0..nr {
+            for k in 0..nk {
+                for l in 0..nl {
+                    let mut s = 0f32;
+                    for i in 0..ni {
+                        for j in 0..nj {
+                            s += t[((i * nj + j) * nk + k) * nl + l] * b[j * nr + r] * a[i * np + p];
+                        }
+                    }
+                    out[((p * nr + r) * nk + k) * nl + l] = s;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `torch.kron(w1, w2)` for `w1` [a, b] (as [a, b, 1, 1] beside a 4-D `w2`) and `w2` [c, d, ...].
+fn kron(w1: &[f32], [a, b]: [usize; 2], w2: &[f32], w2_shape: &[usize]) -> Vec<f32> {
+    let (c, d) = (w2_shape[0], w2_shape[1]);
+    let k: usize = w2_shape[2..].iter().product();
+    let mut out = vec![0f32; a * c * b * d * k];
+    for i1 in 0..a {
+        for j1 in 0..b {
+            for i2 in 0..c {
+                for j2 in 0..d {
+                    for q in 0..k {
+                        out[((i1 * c + i2) * (b * d) + j1 * d + j2) * k + q] =
+                            w1[i1 * b + j1] * w2[(i2 * d + j2) * k + q];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn times(v: Vec<f32>, s: f32) -> Vec<f32> {
+    v.into_iter().map(|x| x * s).collect()
+}
+
+fn hadamard(a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    assert_eq!(a.len(), b.len());
+    a.into_iter().zip(b).map(|(x, y)| x * y).collect()
+}
+
+/// A LoRA file the test wrote and what it must change: by model key, ΔW times the file's own
+/// scale (before the LoRA's weight).
+struct Written {
+    tag: &'static str,
+    file: PathBuf,
+    weight: f32,
+    deltas: BTreeMap<String, Vec<f32>>,
+}
+
+/// LyCORIS LoHa: two linears (one without alpha: scale 1, as ComfyUI and A1111 do), a 1x1 conv
+/// from 2-D factors, and a 3x3 conv with the Tucker cores `hada_t1`/`hada_t2`.
+fn loha(dir: &Path) -> Written {
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    let mut seed = 100;
+    let mut r = |shape: &[usize], scale: f32| {
+        seed += 1;
+        rand(shape, seed, scale)
+    };
+    for (key, out, inp, rank, alpha) in [
+        (Q, 32, 32, 4, Some(2.0)),
+        (K2, 32, 64, 2, None),
+        (FF, 256, 32, 4, Some(8.0)),
+        (PROJ_IN, 32, 32, 3, Some(3.0)),
+    ] {
+        let (w1a, w1b) = (r(&[out, rank], 0.5), r(&[rank, inp], 0.5));
+        let (w2a, w2b) = (r(&[out, rank], 0.5), r(&[rank, inp], 0.5));
+        let scale = alpha.map_or(1.0, |a| a / rank as f32);
+        d.insert(
+            key.to_string(),
+            times(hadamard(mm(&w1a, &w1b), mm(&w2a, &w2b)), scale),
+        );
+        let m = kohya(key);
+        for (s, v) in [("w1_a", w1a), ("w1_b", w1b), ("w2_a", w2a), ("w2_b", w2b)] {
+            t.insert(format!("{m}.hada_{s}"), v);
+        }
+        if let Some(a) = alpha {
+            t.insert(format!("{m}.alpha"), scalar(a));
+        }
+    }
+    // Tucker: w_a is [rank, out], w_b [rank, in], t [rank, rank, 3, 3].
+    let rank = 3;
+    let m = kohya(CONV);
+    let (t1, w1a, w1b) = (r(&[rank, rank, 3, 3], 0.5), r(&[rank, 32], 0.5), r(&[rank, 32], 0.5));
+    let (t2, w2a, w2b) = (r(&[rank, rank, 3, 3], 0.5), r(&[rank, 32], 0.5), r(&[rank, 32], 0.5));
+    d.insert(
+        CONV.to_string(),
+        times(
+            hadamard(tucker(&t1, &w1b, &w1a), tucker(&t2, &w2b, &w2a)),
+            1.5 / rank as f32,
+        ),
+    );
+    for (s, v) in [
+        ("t1", t1),
+        ("w1_a", w1a),
+        ("w1_b", w1b),
+        ("t2", t2),
+        ("w2_a", w2a),
+        ("w2_b", w2b),
+    ] {
+        t.insert(format!("{m}.hada_{s}"), v);
+    }
+    t.insert(format!("{m}.alpha"), scalar(1.5));
+    let file = dir.join("loha.safetensors");
+    write_safetensors(&file, &t);
+    Written {
+        tag: "loha",
+        file,
+        weight: 0.8,
+        deltas: d,
+    }
+}
+
+/// LyCORIS LoKr: `w1` whole with `w2` a pair, `w1` a pair with `w2` whole (both scaled
+/// alpha / dim), both whole (scale 1 whatever the alpha says), and a 3x3 conv whose `w2` is a
+/// Tucker pair with `lokr_t2`.
+fn lokr(dir: &Path) -> Written {
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    let mut seed = 200;
+    let mut r = |shape: &[usize], scale: f32| {
+        seed += 1;
+        rand(shape, seed, scale)
+    };
+    // K2 [32, 64] = kron(w1 [4, 8], w2_a [8, 2] · w2_b [2, 8]); alpha 1, dim 2.
+    let m = kohya(K2);
+    let (w1, w2a, w2b) = (r(&[4, 8], 0.5), r(&[8, 2], 0.5), r(&[2, 8], 0.5));
+    let w2 = mm(&w2a, &w2b);
+    d.insert(
+        K2.to_string(),
+        times(kron(&w1.to_f32(), [4, 8], &w2, &[8, 8]), 1.0 / 2.0),
+    );
+    t.insert(format!("{m}.lokr_w1"), w1);
+    t.insert(format!("{m}.lokr_w2_a"), w2a);
+    t.insert(format!("{m}.lokr_w2_b"), w2b);
+    t.insert(format!("{m}.alpha"), scalar(1.0));
+    // FF [256, 32] = kron(w1_a [16, 3] · w1_b [3, 4], w2 [16, 8]); alpha 6, dim 3.
+    let m = kohya(FF);
+    let (w1a, w1b, w2) = (r(&[16, 3], 0.5), r(&[3, 4], 0.5), r(&[16, 8], 0.5));
+    let w1 = mm(&w1a, &w1b);
+    d.insert(
+        FF.to_string(),
+        times(kron(&w1, [16, 4], &w2.to_f32(), &[16, 8]), 6.0 / 3.0),
+    );
+    t.insert(format!("{m}.lokr_w1_a"), w1a);
+    t.insert(format!("{m}.lokr_w1_b"), w1b);
+    t.insert(format!("{m}.lokr_w2"), w2);
+    t.insert(format!("{m}.alpha"), scalar(6.0));
+    // MID_OUT [64, 64] = kron(w1 [8, 8], w2 [8, 8]): both whole, so alpha 100 is not applied.
+    let m = kohya(MID_OUT);
+    let (w1, w2) = (r(&[8, 8], 0.5), r(&[8, 8], 0.5));
+    d.insert(
+        MID_OUT.to_string(),
+        kron(&w1.to_f32(), [8, 8], &w2.to_f32(), &[8, 8]),
+    );
+    t.insert(format!("{m}.lokr_w1"), w1);
+    t.insert(format!("{m}.lokr_w2"), w2);
+    t.insert(format!("{m}.alpha"), scalar(100.0));
+    // UP_CONV [32, 32, 3, 3] = kron(w1 [4, 4], tucker(t2 [2, 2, 3, 3], w2_b [2, 8], w2_a [2, 8])).
+    let m = kohya(UP_CONV);
+    let (w1, t2, w2a, w2b) = (
+        r(&[4, 4], 0.5),
+        r(&[2, 2, 3, 3], 0.5),
+        r(&[2, 8], 0.5),
+        r(&[2, 8], 0.5),
+    );
+    let w2 = tucker(&t2, &w2b, &w2a);
+    d.insert(
+        UP_CONV.to_string(),
+        times(kron(&w1.to_f32(), [4, 4], &w2, &[8, 8, 3, 3]), 1.0 / 2.0),
+    );
+    t.insert(format!("{m}.lokr_w1"), w1);
+    t.insert(format!("{m}.lokr_t2"), t2);
+    t.insert(format!("{m}.lokr_w2_a"), w2a);
+    t.insert(format!("{m}.lokr_w2_b"), w2b);
+    t.insert(format!("{m}.alpha"), scalar(1.0));
+    let file = dir.join("lokr.safetensors");
+    write_safetensors(&file, &t);
+    Written {
+        tag: "lokr",
+        file,
+        weight: 1.0,
+        deltas: d,
+    }
+}
+
+/// The old diffusers attention processors (`attn1.processor.to_q_lora.down.weight`, no alpha:
+/// scale 1), `to_out_lora` adapting `to_out.0`; one block written without the `unet.` prefix
+/// as the oldest files did.
+fn processor(dir: &Path) -> Written {
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    let mut seed = 300;
+    let blocks = [
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1", "down_blocks.0.attentions.0.transformer_blocks.0.attn1", 32, 32),
+        ("mid_block.attentions.0.transformer_blocks.0.attn2", "mid_block.attentions.0.transformer_blocks.0.attn2", 64, 64),
+    ];
+    for (prefix, module, ch, ctx) in blocks {
+        for (proj, target, inp) in [
+            ("to_q_lora", "to_q", ch),
+            ("to_k_lora", "to_k", ctx),
+            ("to_v_lora", "to_v", ctx),
+            ("to_out_lora", "to_out.0", ch),
+        ] {
+            seed += 2;
+            let (down, up) = (rand(&[4, inp], seed, 0.3), rand(&[ch, 4], seed + 1, 0.3));
+            d.insert(format!("{module}.{target}.weight"), mm(&up, &down));
+            t.insert(format!("{prefix}.processor.{proj}.down.weight"), down);
+            t.insert(format!("{prefix}.processor.{proj}.up.weight"), up);
+        }
+    }
+    let file = dir.join("processor.safetensors");
+    write_safetensors(&file, &t);
+    Written {
+        tag: "processor",
+        file,
+        weight: -0.7,
+        deltas: d,
+    }
+}
+
+/// PEFT (`unet.<module>.lora_A.weight` / `lora_B.weight`) with diffusers' metadata: `r` 4,
+/// `lora_alpha` 8, an `alpha_pattern` naming one module by its full path and one by a dotted
+/// suffix, and a rank-2 module from `rank_pattern` (scale alpha / its own rank).
+fn peft_file(dir: &Path) -> Written {
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    let mut seed = 400;
+    for (key, rank, alpha) in [
+        (Q, 4, 8.0),       // lora_alpha
+        (K2, 4, 2.0),      // alpha_pattern by full path
+        (UP_V, 4, 12.0),   // alpha_pattern by suffix "attentions.2.transformer_blocks.0.attn2.to_v"
+        (MID_FF, 2, 8.0),  // rank_pattern 2, lora_alpha 8: scale 4
+        (PROJ_IN, 4, 8.0), // a 1x1 conv: [r, in, 1, 1] and [out, r, 1, 1]
+    ] {
+        let (out, inp) = match key {
+            K2 => (32, 64),
+            UP_V => (64, 64),
+            MID_FF => (64, 256),
+            _ => (32, 32),
+        };
+        seed += 2;
+        let trail: &[usize] = if key == PROJ_IN { &[1, 1] } else { &[] };
+        let a = rand(&[&[rank, inp][..], trail].concat(), seed, 0.3);
+        let b = rand(&[&[out, rank][..], trail].concat(), seed + 1, 0.3);
+        let b2 = Tensor::f32(vec![out, rank], b.to_f32());
+        d.insert(key.to_string(), times(mm(&b2, &a), alpha / rank as f32));
+        t.insert(format!("{}.lora_A.weight", peft(key)), a);
+        t.insert(format!("{}.lora_B.weight", peft(key)), b);
+    }
+    let meta = serde_json::json!({
+        "unet.r": 4,
+        "unet.lora_alpha": 8,
+        "unet.target_modules": ["to_q", "to_k", "to_v", "proj_in", "ff.net.2"],
+        "unet.rank_pattern": { "mid_block.attentions.0.transformer_blocks.0.ff.net.2": 2 },
+        "unet.alpha_pattern": {
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": 2,
+            "attentions.2.transformer_blocks.0.attn2.to_v": 12,
+        },
+        "unet.use_dora": false,
+    });
+    let file = dir.join("peft.safetensors");
+    write_with_metadata(&file, &t, &meta.to_string());
+    Written {
+        tag: "peft",
+        file,
+        weight: 0.5,
+        deltas: d,
+    }
+}
+
+/// kohya (`lora_down`/`lora_up`/`alpha`, LoCon on a 3x3 conv, a 1x1 conv) saved by
+/// `torch.save` as a `.ckpt`.
+fn kohya_ckpt(dir: &Path) -> Written {
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    let mut seed = 500;
+    for (key, out, inp, trail, alpha) in [
+        (UP_V, 64, 64, &[][..], 2.0),
+        (FF, 256, 32, &[][..], 1.0),
+        (PROJ_IN, 32, 32, &[1, 1][..], 4.0),
+        (CONV, 32, 32, &[3, 3][..], 2.0),
+    ] {
+        let rank = 4;
+        seed += 2;
+        let down = rand(&[&[rank, inp][..], trail].concat(), seed, 0.3);
+        let up_trail: &[usize] = if trail.is_empty() { &[] } else { &[1, 1] };
+        let up = rand(&[&[out, rank][..], up_trail].concat(), seed + 1, 0.3);
+        let up2 = Tensor::f32(vec![out, rank], up.to_f32());
+        d.insert(key.to_string(), times(mm(&up2, &down), alpha / rank as f32));
+        let m = kohya(key);
+        t.insert(format!("{m}.lora_down.weight"), down);
+        t.insert(format!("{m}.lora_up.weight"), up);
+        t.insert(format!("{m}.alpha"), scalar(alpha));
+    }
+    let file = dir.join("kohya.ckpt");
+    write_ckpt(&file, &t);
+    Written {
+        tag: "kohya_ckpt",
+        file,
+        weight: 1.2,
+        deltas: d,
+    }
+}
+
+/// Writes f32 tensors to a safetensors file with `lora_adapter_metadata` (diffusers' PEFT
+/// export).
+fn write_with_metadata(path: &Path, tensors: &Tensors, meta: &str) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let b = t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([
+        ("lora_adapter_metadata".to_string(), meta.to_string()),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    safetensors::serialize_to_file(views, Some(meta), path).unwrap();
+}
+
+/// The fixture's weights with `w`'s deltas added at its weight, as f32, in `dir` beside a copy
+/// of the fixture's config.json.
+fn fused_copy(base: &BTreeMap<String, Array>, w: &Written, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut t: Tensors = base
+        .iter()
+        .map(|(k, a)| (k.clone(), Tensor::f32(a.shape.clone(), a.data.clone())))
+        .collect();
+    for (key, delta) in &w.deltas {
+        let a = &base[key];
+        assert_eq!(a.data.len(), delta.len(), "{}: {key}", w.tag);
+        let fused: Vec<f32> = a
+            .data
+            .iter()
+            .zip(delta)
+            .map(|(v, d)| v + w.weight * d)
+            .collect();
+        t.insert(key.clone(), Tensor::f32(a.shape.clone(), fused));
+    }
+    std::fs::copy(sd15().with_file_name("config.json"), dir.join("config.json")).unwrap();
+    let path = dir.join("diffusion_pytorch_model.safetensors");
+    write_safetensors(&path, &t);
+    path
+}
+
+/// A 16x16 fp32 sd-unet package of `weights` with `loras`, written to `out`.
+fn options(weights: &Path, loras: Vec<LoraSpec>, out: PathBuf) -> BuildOptions {
+    let mut o = BuildOptions::new("sd-unet", weights);
+    o.precision = Precision::Fp32;
+    o.io_precision = Some(Precision::Fp32);
+    o.sizes = Sizes::Latent(vec![[16, 16]]);
+    o.loras = loras;
+    o.output = Some(out);
+    o
+}
+
+/// `noise_pred` of the package [`options`] describes, on the fixture case.
+fn noise_pred(o: &BuildOptions, inputs: &BTreeMap<String, Array>) -> Array {
+    let pkg = build(o).unwrap().package;
+    let mut r = mlc::run::run_path(&pkg, inputs).unwrap();
+    r.remove("noise_pred").unwrap()
+}
+
+#[test]
+fn every_key_form_fuses_like_its_published_formula() {
+    let out = out_dir("lora_formats");
+    let work = tempfile::tempdir().unwrap();
+    let inputs = inputs();
+    let base = mlc::run::read_safetensors(&sd15()).unwrap();
+    let plain = noise_pred(
+        &options(&sd15(), vec![], out.join("base.mlpackage")),
+        &inputs,
+    );
+    let mut report = String::new();
+    let mut failed = Vec::new();
+    for w in [
+        loha(work.path()),
+        lokr(work.path()),
+        processor(work.path()),
+        peft_file(work.path()),
+        kohya_ckpt(work.path()),
+    ] {
+        let spec = LoraSpec {
+            path: w.file.clone(),
+            weight: w.weight,
+        };
+        let r = build(&options(
+            &sd15(),
+            vec![spec],
+            out.join(format!("{}.mlpackage", w.tag)),
+        ));
+        let got = match r {
+            Ok(r) => {
+                assert_eq!(r.loras.len(), 1, "{}", w.tag);
+                let changed = r.loras[0].modules;
+                if changed != w.deltas.len() {
+                    failed.push(format!(
+                        "{}: {changed} weights changed, {} written",
+                        w.tag,
+                        w.deltas.len()
+                    ));
+                }
+                let mut e = mlc::run::run_path(&r.package, &inputs).unwrap();
+                e.remove("noise_pred").unwrap()
+            }
+            Err(e) => {
+                failed.push(format!("{}: {e}", w.tag));
+                continue;
+            }
+        };
+        // The twin is only a reference: built outside `out`, so the round trip skips it.
+        let twin_weights = fused_copy(&base, &w, &work.path().join(w.tag));
+        let twin = noise_pred(
+            &options(
+                &twin_weights,
+                vec![],
+                work.path().join(format!("{}_twin.mlpackage", w.tag)),
+            ),
+            &inputs,
+        );
+        let e = relative_error(&got, &twin);
+        let moved = relative_error(&got, &plain);
+        report += &format!(
+            "{}: against the fused twin {e:.2e}, against the base {moved:.2e}\n",
+            w.tag
+        );
+        if e > 1e-5 || moved <= 1e-3 {
+            failed.push(format!("{}: twin {e:.2e}, base {moved:.2e}", w.tag));
+        }
+    }
+    eprintln!("{report}");
+    assert!(failed.is_empty(), "{failed:#?}\n{report}");
+}
