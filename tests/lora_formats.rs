@@ -38,8 +38,8 @@ fn sd15() -> PathBuf {
 
 /// The fixture case's inputs (`b2_16x16`).
 fn inputs() -> BTreeMap<String, Array> {
-    let mut all = mlc::run::read_safetensors(&shared("fixtures/unet/sd15/b2_16x16.safetensors"))
-        .unwrap();
+    let mut all =
+        mlc::run::read_safetensors(&shared("fixtures/unet/sd15/b2_16x16.safetensors")).unwrap();
     ["sample", "timestep", "encoder_hidden_states"]
         .into_iter()
         .map(|k| (k.to_string(), all.remove(k).unwrap()))
@@ -99,7 +99,8 @@ fn tucker(t: &Tensor, w_b: &Tensor, w_a: &Tensor) -> Vec<f32> {
                     let mut s = 0f32;
                     for i in 0..ni {
                         for j in 0..nj {
-                            s += t[((i * nj + j) * nk + k) * nl + l] * b[j * nr + r] * a[i * np + p];
+                            s +=
+                                t[((i * nj + j) * nk + k) * nl + l] * b[j * nr + r] * a[i * np + p];
                         }
                     }
                     out[((p * nr + r) * nk + k) * nl + l] = s;
@@ -181,8 +182,16 @@ fn loha(dir: &Path) -> Written {
     // Tucker: w_a is [rank, out], w_b [rank, in], t [rank, rank, 3, 3].
     let rank = 3;
     let m = kohya(CONV);
-    let (t1, w1a, w1b) = (r(&[rank, rank, 3, 3], 0.5), r(&[rank, 32], 0.5), r(&[rank, 32], 0.5));
-    let (t2, w2a, w2b) = (r(&[rank, rank, 3, 3], 0.5), r(&[rank, 32], 0.5), r(&[rank, 32], 0.5));
+    let (t1, w1a, w1b) = (
+        r(&[rank, rank, 3, 3], 0.5),
+        r(&[rank, 32], 0.5),
+        r(&[rank, 32], 0.5),
+    );
+    let (t2, w2a, w2b) = (
+        r(&[rank, rank, 3, 3], 0.5),
+        r(&[rank, 32], 0.5),
+        r(&[rank, 32], 0.5),
+    );
     d.insert(
         CONV.to_string(),
         times(
@@ -290,8 +299,18 @@ fn processor(dir: &Path) -> Written {
     let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
     let mut seed = 300;
     let blocks = [
-        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1", "down_blocks.0.attentions.0.transformer_blocks.0.attn1", 32, 32),
-        ("mid_block.attentions.0.transformer_blocks.0.attn2", "mid_block.attentions.0.transformer_blocks.0.attn2", 64, 64),
+        (
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            32,
+            32,
+        ),
+        (
+            "mid_block.attentions.0.transformer_blocks.0.attn2",
+            "mid_block.attentions.0.transformer_blocks.0.attn2",
+            64,
+            64,
+        ),
     ];
     for (prefix, module, ch, ctx) in blocks {
         for (proj, target, inp) in [
@@ -442,7 +461,11 @@ fn fused_copy(base: &BTreeMap<String, Array>, w: &Written, dir: &Path) -> PathBu
             .collect();
         t.insert(key.clone(), Tensor::f32(a.shape.clone(), fused));
     }
-    std::fs::copy(sd15().with_file_name("config.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(
+        sd15().with_file_name("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
     let path = dir.join("diffusion_pytorch_model.safetensors");
     write_safetensors(&path, &t);
     path
@@ -535,4 +558,283 @@ fn every_key_form_fuses_like_its_published_formula() {
     }
     eprintln!("{report}");
     assert!(failed.is_empty(), "{failed:#?}\n{report}");
+}
+
+/// A kohya low-rank pair for `module` (`lora_unet_...`): down [rank, inp], up [out, up_rank].
+fn pair(t: &mut Tensors, module: &str, [out, inp]: [usize; 2], rank: usize, up_rank: usize) {
+    t.insert(
+        format!("{module}.lora_down.weight"),
+        rand(&[rank, inp], 7, 0.3),
+    );
+    t.insert(
+        format!("{module}.lora_up.weight"),
+        rand(&[out, up_rank], 8, 0.3),
+    );
+    t.insert(format!("{module}.alpha"), scalar(1.0));
+}
+
+/// Every file in `dir`, hidden ones too, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The one-line error of `o` (its output in `dir`), which must name every one of `needles`
+/// and leave `dir` as it was: no package, no temporary sibling.
+fn refused(o: &BuildOptions, dir: &Path, needles: &[&str]) -> String {
+    let before = listing(dir);
+    let e = one_line_error(o);
+    assert_eq!(listing(dir), before, "a refused build left files: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{n:?} is not in: {e}");
+    }
+    e
+}
+
+/// DoRA in each of its spellings: kohya's `.dora_scale`, PEFT's `lora_magnitude_vector`, and
+/// diffusers' metadata flag; each named with the key that says so.
+#[test]
+fn dora_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.mlpackage");
+    let m = kohya(Q);
+    let mut t = Tensors::new();
+    pair(&mut t, &m, [32, 32], 4, 4);
+    t.insert(format!("{m}.dora_scale"), rand(&[32, 1], 9, 1.0));
+    let file = dir.path().join("dora.safetensors");
+    write_safetensors(&file, &t);
+    let spec = |p: &Path| LoraSpec {
+        path: p.to_path_buf(),
+        weight: 1.0,
+    };
+    let key = format!("{m}.dora_scale");
+    let o = options(&sd15(), vec![spec(&file)], out.clone());
+    refused(&o, dir.path(), &["dora.safetensors", "DoRA", &key]);
+
+    let mut t = Tensors::new();
+    t.insert(format!("{}.lora_A.weight", peft(Q)), rand(&[4, 32], 1, 0.3));
+    t.insert(format!("{}.lora_B.weight", peft(Q)), rand(&[32, 4], 2, 0.3));
+    let plain = t.clone();
+    let key = format!("{}.lora_magnitude_vector", peft(Q));
+    t.insert(key.clone(), rand(&[32], 3, 1.0));
+    let file = dir.path().join("peft_dora.safetensors");
+    write_safetensors(&file, &t);
+    let o = options(&sd15(), vec![spec(&file)], out.clone());
+    refused(&o, dir.path(), &["peft_dora.safetensors", "DoRA", &key]);
+
+    let meta = r#"{"unet.r": 4, "unet.lora_alpha": 4, "unet.use_dora": true}"#;
+    let file = dir.path().join("peft_dora_meta.safetensors");
+    write_with_metadata(&file, &plain, meta);
+    let o = options(&sd15(), vec![spec(&file)], out);
+    refused(
+        &o,
+        dir.path(),
+        &["peft_dora_meta.safetensors", "DoRA", "unet.use_dora"],
+    );
+}
+
+/// What a LoRA cannot be fused with: one line naming the file and the key at fault, before
+/// anything is written.
+#[test]
+fn broken_loras_are_refused_in_one_line_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.mlpackage");
+    let lora_of = |name: &str, t: &Tensors| {
+        let file = dir.path().join(name);
+        write_safetensors(&file, t);
+        vec![LoraSpec {
+            path: file,
+            weight: 1.0,
+        }]
+    };
+    // (file, tensors, what the error names besides the file)
+    let mut cases: Vec<(&str, Tensors, Vec<String>)> = Vec::new();
+    let mut t = Tensors::new();
+    let nowhere = "lora_unet_down_blocks_9_attentions_0_proj_in";
+    pair(&mut t, nowhere, [32, 32], 4, 4);
+    cases.push((
+        "nowhere.safetensors",
+        t,
+        vec![
+            format!("{nowhere}.lora_down.weight"),
+            "down_blocks_9".into(),
+        ],
+    ));
+    let mut t = Tensors::new();
+    t.insert(
+        "unet.down_blocks.9.attentions.0.proj_in.lora_A.weight".into(),
+        rand(&[4, 32], 1, 0.3),
+    );
+    t.insert(
+        "unet.down_blocks.9.attentions.0.proj_in.lora_B.weight".into(),
+        rand(&[32, 4], 2, 0.3),
+    );
+    cases.push((
+        "nowhere_peft.safetensors",
+        t,
+        vec!["unet.down_blocks.9.attentions.0.proj_in.lora_A.weight".into()],
+    ));
+    // attn2.to_k is [32, 64]: a down for 32 inputs does not fit.
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(K2), [32, 32], 4, 4);
+    cases.push((
+        "misfit.safetensors",
+        t,
+        vec![
+            format!("{}.lora_down.weight", kohya(K2)),
+            "does not fit".into(),
+            K2.into(),
+        ],
+    ));
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(Q), [32, 32], 4, 2);
+    cases.push((
+        "ranks.safetensors",
+        t,
+        vec![
+            format!("{}.lora_down.weight", kohya(Q)),
+            "rank disagrees".into(),
+        ],
+    ));
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(Q), [32, 32], 4, 4);
+    let up = format!("{}.lora_up.weight", kohya(Q));
+    let mut v = t[&up].to_f32();
+    v[17] = f32::NAN;
+    t.insert(up.clone(), Tensor::f32(vec![32, 4], v));
+    cases.push(("nan.safetensors", t, vec![up, "not finite".into()]));
+    // LoKr whose kron makes [32, 64] for the [32, 32] to_q.
+    let mut t = Tensors::new();
+    let m = kohya(Q);
+    t.insert(format!("{m}.lokr_w1"), rand(&[4, 8], 1, 0.5));
+    t.insert(format!("{m}.lokr_w2"), rand(&[8, 8], 2, 0.5));
+    cases.push(("lokr_misfit.safetensors", t, vec![format!("{m}.lokr_w1")]));
+    // LoHa missing a factor.
+    let mut t = Tensors::new();
+    for s in ["w1_a", "w1_b", "w2_a"] {
+        t.insert(format!("{m}.hada_{s}"), rand(&[32, 32], 1, 0.5));
+    }
+    cases.push((
+        "loha_half.safetensors",
+        t,
+        vec![format!("{m}.hada_w1_a"), "missing".into()],
+    ));
+    // The same weight adapted twice in one file, in two key forms.
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(Q), [32, 32], 4, 4);
+    t.insert(format!("{}.lora_A.weight", peft(Q)), rand(&[4, 32], 1, 0.3));
+    t.insert(format!("{}.lora_B.weight", peft(Q)), rand(&[32, 4], 2, 0.3));
+    cases.push((
+        "twice.safetensors",
+        t,
+        vec![Q.into(), "second module".into()],
+    ));
+    let mut report = String::new();
+    for (name, t, needles) in &cases {
+        let o = options(&sd15(), lora_of(name, t), out.clone());
+        let mut all: Vec<&str> = vec![name];
+        all.extend(needles.iter().map(String::as_str));
+        report += &format!("{}\n", refused(&o, dir.path(), &all));
+    }
+
+    // A whole model passed as a LoRA: its first key is not a LoRA key.
+    let o = options(
+        &sd15(),
+        vec![LoraSpec {
+            path: sd15(),
+            weight: 1.0,
+        }],
+        out.clone(),
+    );
+    report += &format!(
+        "{}\n",
+        refused(
+            &o,
+            dir.path(),
+            &[
+                "diffusion_pytorch_model.safetensors",
+                "conv_in.bias",
+                "prefix"
+            ]
+        )
+    );
+    // A truncated file, bytes that are no weights, a missing file.
+    let kohya_sd15 = shared("fixtures/unet/lora/kohya_sd15.safetensors");
+    let bytes = std::fs::read(&kohya_sd15).unwrap();
+    let ckpt = dir.path().join("whole.ckpt");
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(Q), [32, 32], 4, 4);
+    write_ckpt(&ckpt, &t);
+    let ckpt = std::fs::read(&ckpt).unwrap();
+    for (name, content) in [
+        ("truncated.safetensors", &bytes[..bytes.len() / 2]),
+        ("noise.safetensors", &b"not a LoRA at all, just text"[..]),
+        ("truncated.ckpt", &ckpt[..ckpt.len() - 100]),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let o = options(
+            &sd15(),
+            vec![LoraSpec {
+                path: file,
+                weight: 1.0,
+            }],
+            out.clone(),
+        );
+        report += &format!("{}\n", refused(&o, dir.path(), &[name]));
+    }
+    let missing = dir.path().join("missing.safetensors");
+    let o = options(
+        &sd15(),
+        vec![LoraSpec {
+            path: missing,
+            weight: 1.0,
+        }],
+        out.clone(),
+    );
+    report += &format!(
+        "{}\n",
+        refused(&o, dir.path(), &["missing.safetensors", "not found"])
+    );
+
+    // A UNet-only LoRA on the text encoder: nothing for it, said with what the file holds.
+    let b = shared("fixtures/unet/lora/kohya_sd15_b.safetensors");
+    let mut o = BuildOptions::new("clip-l", shared("fixtures/clip/clip_l/model.safetensors"));
+    o.loras = vec![LoraSpec {
+        path: b,
+        weight: 1.0,
+    }];
+    o.output = Some(out.clone());
+    report += &format!(
+        "{}\n",
+        refused(
+            &o,
+            dir.path(),
+            &["kohya_sd15_b.safetensors", "clip-l", "216 for unet"]
+        )
+    );
+    // Models whose weights no LoRA names do not take the option.
+    for (model, weights) in [
+        (
+            "sd-vae",
+            shared("fixtures/vae/sd/diffusers/diffusion_pytorch_model.safetensors"),
+        ),
+        ("taesd", shared("weights/taef2_decoder.safetensors")),
+    ] {
+        let mut o = BuildOptions::new(model, weights);
+        o.loras = vec![LoraSpec {
+            path: kohya_sd15.clone(),
+            weight: 1.0,
+        }];
+        o.output = Some(out.clone());
+        report += &format!(
+            "{}\n",
+            refused(&o, dir.path(), &[model, "does not take --lora"])
+        );
+    }
+    eprintln!("{report}");
 }
