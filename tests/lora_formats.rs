@@ -629,11 +629,21 @@ fn dora_is_refused_by_name() {
     let meta = r#"{"unet.r": 4, "unet.lora_alpha": 4, "unet.use_dora": true}"#;
     let file = dir.path().join("peft_dora_meta.safetensors");
     write_with_metadata(&file, &plain, meta);
-    let o = options(&sd15(), vec![spec(&file)], out);
+    let o = options(&sd15(), vec![spec(&file)], out.clone());
     refused(
         &o,
         dir.path(),
         &["peft_dora_meta.safetensors", "DoRA", "unet.use_dora"],
+    );
+    // Rank-stabilised LoRA scales by alpha / sqrt(r): refused the same way, not fused wrong.
+    let meta = r#"{"unet.r": 4, "unet.lora_alpha": 4, "unet.use_rslora": true}"#;
+    let file = dir.path().join("peft_rslora.safetensors");
+    write_with_metadata(&file, &plain, meta);
+    let o = options(&sd15(), vec![spec(&file)], out);
+    refused(
+        &o,
+        dir.path(),
+        &["peft_rslora.safetensors", "unet.use_rslora"],
     );
 }
 
@@ -733,6 +743,12 @@ fn broken_loras_are_refused_in_one_line_naming_file_and_key() {
         t,
         vec![Q.into(), "second module".into()],
     ));
+    // LoCon's Tucker middle, which mlc does not form.
+    let mut t = Tensors::new();
+    pair(&mut t, &kohya(CONV), [32, 32], 4, 4);
+    let mid = format!("{}.lora_mid.weight", kohya(CONV));
+    t.insert(mid.clone(), rand(&[4, 4, 3, 3], 3, 0.3));
+    cases.push(("locon_mid.safetensors", t, vec![mid, "lora_mid".into()]));
     let mut report = String::new();
     for (name, t, needles) in &cases {
         let o = options(&sd15(), lora_of(name, t), out.clone());
