@@ -8,7 +8,7 @@ mod common;
 use common::cli::{mlc, stderr};
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn sd15() -> String {
     shared("fixtures/unet/sd15/diffusers/diffusion_pytorch_model.safetensors")
@@ -237,6 +237,6 @@ fn the_flag_is_refused_in_one_line() {
     }
 }
 
-fn path(p: &PathBuf) -> String {
+fn path(p: &Path) -> String {
     p.display().to_string()
 }
