@@ -149,8 +149,9 @@ struct Written {
     deltas: BTreeMap<String, Vec<f32>>,
 }
 
-/// LyCORIS LoHa: two linears (one without alpha: scale 1, as ComfyUI and A1111 do), a 1x1 conv
-/// from 2-D factors, and a 3x3 conv with the Tucker cores `hada_t1`/`hada_t2`.
+/// LyCORIS LoHa: linears (one without alpha: scale 1, as ComfyUI and A1111 do; one with alpha
+/// 0: no change), a 1x1 conv from 2-D factors, and a 3x3 conv with the Tucker cores
+/// `hada_t1`/`hada_t2`.
 fn loha(dir: &Path) -> Written {
     let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
     let mut seed = 100;
@@ -163,6 +164,7 @@ fn loha(dir: &Path) -> Written {
         (K2, 32, 64, 2, None),
         (FF, 256, 32, 4, Some(8.0)),
         (PROJ_IN, 32, 32, 3, Some(3.0)),
+        (MID_FF, 64, 256, 2, Some(0.0)), // alpha 0: no change, as in ComfyUI
     ] {
         let (w1a, w1b) = (r(&[out, rank], 0.5), r(&[rank, inp], 0.5));
         let (w2a, w2b) = (r(&[out, rank], 0.5), r(&[rank, inp], 0.5));
@@ -386,13 +388,13 @@ fn peft_file(dir: &Path) -> Written {
 }
 
 /// kohya (`lora_down`/`lora_up`/`alpha`, LoCon on a 3x3 conv, a 1x1 conv) saved by
-/// `torch.save` as a `.ckpt`.
+/// `torch.save` as a `.ckpt`; an alpha of 0 means alpha = rank, as sd-scripts reads it.
 fn kohya_ckpt(dir: &Path) -> Written {
     let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
     let mut seed = 500;
     for (key, out, inp, trail, alpha) in [
         (UP_V, 64, 64, &[][..], 2.0),
-        (FF, 256, 32, &[][..], 1.0),
+        (FF, 256, 32, &[][..], 0.0), // alpha 0 reads as alpha = rank, as kohya trains
         (PROJ_IN, 32, 32, &[1, 1][..], 4.0),
         (CONV, 32, 32, &[3, 3][..], 2.0),
     ] {
@@ -402,7 +404,12 @@ fn kohya_ckpt(dir: &Path) -> Written {
         let up_trail: &[usize] = if trail.is_empty() { &[] } else { &[1, 1] };
         let up = rand(&[&[out, rank][..], up_trail].concat(), seed + 1, 0.3);
         let up2 = Tensor::f32(vec![out, rank], up.to_f32());
-        d.insert(key.to_string(), times(mm(&up2, &down), alpha / rank as f32));
+        let scale = if alpha == 0.0 {
+            1.0
+        } else {
+            alpha / rank as f32
+        };
+        d.insert(key.to_string(), times(mm(&up2, &down), scale));
         let m = kohya(key);
         t.insert(format!("{m}.lora_down.weight"), down);
         t.insert(format!("{m}.lora_up.weight"), up);
