@@ -861,3 +861,128 @@ fn broken_loras_are_refused_in_one_line_naming_file_and_key() {
     }
     eprintln!("{report}");
 }
+
+/// The text-encoder part of a file on CLIP-L: PEFT `text_encoder.` keys with their own
+/// `text_encoder.lora_alpha` (the file's `unet.` part, another alpha, skipped and counted) and
+/// a kohya `lora_te_` LoKr, against the same change fused into a copy of the weights.
+#[test]
+fn text_encoder_parts_fuse_like_their_formulas() {
+    let out = out_dir("lora_formats_clip");
+    let work = tempfile::tempdir().unwrap();
+    let weights = shared("fixtures/clip/clip_l/model.safetensors");
+    let base = mlc::run::read_safetensors(&weights).unwrap();
+    let all =
+        mlc::run::read_safetensors(&shared("fixtures/clip/clip_l/short.safetensors")).unwrap();
+    let ids = BTreeMap::from([("input_ids".to_string(), all["input_ids"].clone())]);
+    let (mut t, mut d) = (Tensors::new(), BTreeMap::new());
+    // PEFT on q_proj and fc2 of layer 1: text_encoder.lora_alpha 2 over rank 4.
+    for (i, (module, out_f, in_f)) in [
+        ("encoder.layers.1.self_attn.q_proj", 64, 64),
+        ("encoder.layers.1.mlp.fc2", 64, 256),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (a, b) = (
+            rand(&[4, in_f], 600 + 2 * i as u64, 0.3),
+            rand(&[out_f, 4], 601 + 2 * i as u64, 0.3),
+        );
+        d.insert(format!("{module}.weight"), times(mm(&b, &a), 2.0 / 4.0));
+        t.insert(format!("text_encoder.text_model.{module}.lora_A.weight"), a);
+        t.insert(format!("text_encoder.text_model.{module}.lora_B.weight"), b);
+    }
+    // A UNet module in the same file: skipped when building the text encoder.
+    t.insert(
+        format!("{}.lora_A.weight", peft(Q)),
+        rand(&[4, 32], 610, 0.3),
+    );
+    t.insert(
+        format!("{}.lora_B.weight", peft(Q)),
+        rand(&[32, 4], 611, 0.3),
+    );
+    let meta = r#"{"unet.r": 4, "unet.lora_alpha": 16, "text_encoder.r": 4, "text_encoder.lora_alpha": 2}"#;
+    let peft_file = work.path().join("peft_te.safetensors");
+    write_with_metadata(&peft_file, &t, meta);
+    // kohya LoKr on fc1 of layer 0 [256, 64] = kron(w1 [16, 8], w2_a [16, 2] · w2_b [2, 8]).
+    let m = "lora_te_text_model_encoder_layers_0_mlp_fc1";
+    let (w1, w2a, w2b) = (
+        rand(&[16, 8], 620, 0.5),
+        rand(&[16, 2], 621, 0.5),
+        rand(&[2, 8], 622, 0.5),
+    );
+    let lokr_delta = times(
+        kron(&w1.to_f32(), [16, 8], &mm(&w2a, &w2b), &[16, 8]),
+        3.0 / 2.0,
+    );
+    let lokr_file = work.path().join("lokr_te.safetensors");
+    let lokr: Tensors = [
+        (format!("{m}.lokr_w1"), w1),
+        (format!("{m}.lokr_w2_a"), w2a),
+        (format!("{m}.lokr_w2_b"), w2b),
+        (format!("{m}.alpha"), scalar(3.0)),
+    ]
+    .into_iter()
+    .collect();
+    write_safetensors(&lokr_file, &lokr);
+
+    let (w_peft, w_lokr) = (0.9, -0.6);
+    let build_clip = |weights: &Path, loras: Vec<LoraSpec>, pkg: PathBuf| {
+        let mut o = BuildOptions::new("clip-l", weights);
+        o.precision = Precision::Fp32;
+        o.io_precision = Some(Precision::Fp32);
+        o.loras = loras;
+        o.output = Some(pkg);
+        let r = build(&o).unwrap();
+        let got = mlc::run::run_path(&r.package, &ids).unwrap();
+        (r.loras, got["last_hidden_state"].clone())
+    };
+    let (summaries, got) = build_clip(
+        &weights,
+        vec![
+            LoraSpec {
+                path: peft_file,
+                weight: w_peft,
+            },
+            LoraSpec {
+                path: lokr_file,
+                weight: w_lokr,
+            },
+        ],
+        out.join("clip_loras.mlpackage"),
+    );
+    assert_eq!(summaries[0].modules, 2);
+    assert_eq!(summaries[0].skipped, BTreeMap::from([("unet", 2)]));
+    assert_eq!(summaries[1].modules, 1);
+    let (_, plain) = build_clip(&weights, vec![], out.join("clip_base.mlpackage"));
+
+    // The twin: both LoRAs' changes added to a copy, at their weights.
+    let twin_dir = work.path().join("twin");
+    std::fs::create_dir_all(&twin_dir).unwrap();
+    let mut fused: Tensors = base
+        .iter()
+        .map(|(k, a)| (k.clone(), Tensor::f32(a.shape.clone(), a.data.clone())))
+        .collect();
+    let lokr_key = "encoder.layers.0.mlp.fc1.weight".to_string();
+    for (key, delta, w) in d
+        .iter()
+        .map(|(k, v)| (k, v, w_peft))
+        .chain(std::iter::once((&lokr_key, &lokr_delta, w_lokr)))
+    {
+        let a = &base[key];
+        let v = a.data.iter().zip(delta).map(|(x, y)| x + w * y).collect();
+        fused.insert(key.clone(), Tensor::f32(a.shape.clone(), v));
+    }
+    let twin_weights = twin_dir.join("model.safetensors");
+    write_safetensors(&twin_weights, &fused);
+    std::fs::copy(
+        weights.with_file_name("config.json"),
+        twin_dir.join("config.json"),
+    )
+    .unwrap();
+    let (_, twin) = build_clip(&twin_weights, vec![], twin_dir.join("twin.mlpackage"));
+    let e = relative_error(&got, &twin);
+    let moved = relative_error(&got, &plain);
+    eprintln!("clip-l: against the fused twin {e:.2e}, against the base {moved:.2e}");
+    assert!(e <= 1e-5, "{e:.2e}");
+    assert!(moved > 1e-3, "{moved:.2e}");
+}
