@@ -764,6 +764,32 @@ fn broken_loras_are_refused_in_one_line_naming_file_and_key() {
         report += &format!("{}\n", refused(&o, dir.path(), &all));
     }
 
+    // A LoRA that pushes an f16 weight past fp16's range: refused in an fp16 build by the LoRA
+    // (not as an infinity of the model's file), fused in an fp32 build.
+    let mut t = Tensors::new();
+    let m = kohya(Q);
+    t.insert(
+        format!("{m}.lora_down.weight"),
+        Tensor::f32(vec![4, 32], vec![200.0; 128]),
+    );
+    t.insert(
+        format!("{m}.lora_up.weight"),
+        Tensor::f32(vec![32, 4], vec![200.0; 128]),
+    );
+    let huge = lora_of("huge.safetensors", &t);
+    let mut o = options(&sd15(), huge.clone(), out.clone());
+    o.precision = Precision::Fp16;
+    let e = refused(
+        &o,
+        dir.path(),
+        &["huge.safetensors", Q, "fp16", "65504", "fp32 precision"],
+    );
+    assert!(!e.contains("infinite"), "{e}");
+    report += &format!("{e}\n");
+    let o = options(&sd15(), huge, out.clone());
+    build(&o).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+
     // A whole model passed as a LoRA: its first key is not a LoRA key.
     let o = options(
         &sd15(),
