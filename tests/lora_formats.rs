@@ -5,8 +5,9 @@
 //! loops with the published formulas (ComfyUI's `weight_adapter/loha.py` and `lokr.py`, kohya's
 //! `alpha / rank`), fused into a copy of the weights, and the package built from that copy must
 //! evaluate like the package built with `--lora` (fp32, ≤ 1e-5 of the output's largest
-//! magnitude), while the LoRA must move the output (> 1e-3) so the test can fail. Then the
-//! refusals: DoRA, keys naming nothing, misfits, non-finite values, files that are not LoRAs;
+//! magnitude), while the LoRA must move the output (> 1e-3) so the test can fail; the same for
+//! a file's text-encoder parts on CLIP-L. Then the refusals: DoRA, keys naming nothing,
+//! misfits, non-finite values, a fused f16 weight past fp16's range, files that are not LoRAs;
 //! each one line naming the file and the key, and nothing left where the package would go.
 
 mod common;
