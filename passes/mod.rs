@@ -12,6 +12,7 @@ pub mod dce;
 pub mod fold_constants;
 pub mod image_input;
 pub mod image_output;
+pub mod low_rank_adapter;
 pub mod lower_attention;
 pub mod lower_group_norm;
 pub mod palettize;

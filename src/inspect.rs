@@ -22,6 +22,7 @@ pub fn describe(pkg: &Package) -> Result<String, PackageError> {
             }
         }
     }
+    s.push_str(&loras(pkg));
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     if let Some(spec::model::Type::MlProgram(p)) = &pkg.model.r#type {
         for f in p.functions.values() {
@@ -54,6 +55,42 @@ pub fn describe(pkg: &Package) -> Result<String, PackageError> {
     s.push('\n');
     s.push_str(&print_model(&pkg.model));
     Ok(s)
+}
+
+/// One line per LoRA the build fused (`lora:`) or kept switchable (`adapter NAME:`, with the
+/// function that runs it), from the `mlc.loras` metadata; empty without any.
+pub fn loras(pkg: &Package) -> String {
+    let Some(text) = pkg
+        .model
+        .description
+        .as_ref()
+        .and_then(|d| d.metadata.as_ref())
+        .and_then(|m| m.user_defined.get("mlc.loras"))
+    else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Array(list)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return format!("loras: unreadable mlc.loras metadata: {text}\n");
+    };
+    let mut s = String::new();
+    for l in &list {
+        let field = |k: &str| {
+            l.get(k)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        };
+        let what = match field("adapter") {
+            Some(name) => format!("adapter {name} (function {name})"),
+            None => "lora (fused)".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{what}: {} at {}, sha256 {}",
+            field("file").unwrap_or_default(),
+            field("weight").unwrap_or_default(),
+            field("sha256").unwrap_or_default()
+        );
+    }
+    s
 }
 
 /// One line per compressed weight (kind, bits, tables, stored bytes vs fp16 dense bytes) and the

@@ -254,3 +254,102 @@ fn text_encoder_lora_matches_diffusers() {
         }
     }
 }
+
+/// A switchable-adapter package (iOS18): the default function `main` is the base model, each
+/// adapter a function computing what the LoRA fused into the weights computes, and weight.bin
+/// holds the base weights once (reported against the base package and one fused copy each).
+#[test]
+fn adapter_functions_match_their_fused_twins() {
+    let out = out_dir("lora_adapters");
+    let sd15 = unet("sd15/diffusers/diffusion_pytorch_model.safetensors");
+    let options = |p: Precision, layout: TransformerLayout, tag: &str| {
+        let mut o = BuildOptions::new("sd-unet", &sd15);
+        o.precision = p;
+        o.io_precision = Some(Precision::Fp32);
+        o.target = mlc::mil::Target::Ios18;
+        o.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16]]);
+        o.model_options = ModelOptions {
+            layout,
+            ..Default::default()
+        };
+        o.output = Some(out.join(format!("{tag}_{p:?}_{layout:?}.mlpackage")));
+        o
+    };
+    let adapters = vec![
+        mlc::lora::AdapterSpec::parse(&format!(
+            "style={}",
+            lora("kohya_sd15.safetensors").display()
+        ))
+        .unwrap(),
+        mlc::lora::AdapterSpec::parse(&format!(
+            "b={}:-0.5",
+            lora("kohya_sd15_b.safetensors").display()
+        ))
+        .unwrap(),
+    ];
+    let weight_bin = |pkg: &Path| {
+        std::fs::metadata(pkg.join("Data/com.apple.CoreML/weights/weight.bin"))
+            .unwrap()
+            .len()
+    };
+    for (p, layout, tol) in [
+        (Precision::Fp32, TransformerLayout::Standard, 1e-4),
+        (Precision::Fp16, TransformerLayout::Ane, 5e-3),
+    ] {
+        let (inputs, outputs) = reference("kohya_sd15_ref.safetensors", layout);
+        let mut o = options(p, layout, "adapters");
+        o.adapters = adapters.clone();
+        let report = build(&o).unwrap();
+        let pkg = mlc::package::read_package(&report.package).unwrap();
+        let run = |f: &str| {
+            mlc::run::run(&pkg, f, &inputs)
+                .unwrap()
+                .remove("noise_pred")
+                .unwrap()
+        };
+        // Each function against its fused twin, built with --lora.
+        let mut twins = Vec::new();
+        for (function, loras) in [
+            ("main", vec![]),
+            ("style", vec![spec("kohya_sd15.safetensors", 1.0)]),
+            ("b", vec![spec("kohya_sd15_b.safetensors", -0.5)]),
+        ] {
+            let mut t = options(p, layout, &format!("twin_{function}"));
+            t.loras = loras;
+            let twin = build(&t).unwrap().package;
+            if function == "style" {
+                let listed = mlc::inspect::loras(&mlc::package::read_package(&twin).unwrap());
+                assert!(
+                    listed.starts_with("lora (fused): kohya_sd15 at 1"),
+                    "{listed}"
+                );
+            }
+            let want = mlc::run::run_path(&twin, &inputs)
+                .unwrap()
+                .remove("noise_pred")
+                .unwrap();
+            let e = relative_error(&run(function), &want);
+            eprintln!("{p:?} {layout:?} function {function} vs its fused twin: {e:.2e}");
+            assert!(e <= tol, "{p:?} {layout:?} {function}: {e:.2e} > {tol:.0e}");
+            twins.push(twin);
+        }
+        // And against diffusers.
+        for (function, reference) in [("main", "noise_pred_base"), ("style", "noise_pred_w1_0")] {
+            let e = relative_error(&run(function), &outputs[reference]);
+            assert!(
+                e <= tol,
+                "{p:?} {layout:?} {function} vs diffusers: {e:.2e}"
+            );
+        }
+        let e = relative_error(&run("style"), &run("main"));
+        assert!(e > 1e-2, "the adapter changes nothing: {e:.2e}");
+        let (bin, base) = (weight_bin(&report.package), weight_bin(&twins[0]));
+        eprintln!(
+            "{p:?} {layout:?}: weight.bin {bin} bytes; the base model alone {base}; base + one fused copy per adapter {}",
+            3 * base
+        );
+        // The base weights once, plus the adapters' small pairs (kohya_sd15 rank 4 on 207
+        // weights, kohya_sd15_b rank 2 on 108): well under a second copy.
+        assert!(bin > base && bin < base + base / 5, "{bin} vs {base}");
+    }
+}

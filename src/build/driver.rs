@@ -95,9 +95,18 @@ pub(super) fn build_program_to(
         .load(plan.part, &source, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
     let loras = fusion.map(|f| f.summaries).unwrap_or_default();
-    let mut c = program_from(plan, WeightsIn::Owned(weights), &loras, blobs, after_pass)?;
+    let (adapters, mut summaries) = super::lora::adapters(plan, &*file)?;
+    summaries.splice(0..0, loras.iter().cloned());
+    let mut c = program_from(
+        plan,
+        WeightsIn::Owned(weights),
+        &summaries,
+        &adapters,
+        blobs,
+        after_pass,
+    )?;
     c.timings.insert(0, load);
-    c.loras = loras;
+    c.loras = summaries;
     Ok(c)
 }
 
@@ -111,6 +120,7 @@ pub fn compile_weights(
     program_from(
         &Plan::new(opts)?,
         WeightsIn::Borrowed(weights),
+        &[],
         &[],
         BlobWriter::new(),
         after_pass,
@@ -126,6 +136,7 @@ fn program_from(
     plan: &Plan,
     weights: WeightsIn,
     loras: &[crate::lora::LoraSummary],
+    adapters: &[(String, passes::low_rank_adapter::LowRankAdapter)],
     mut blobs: BlobWriter,
     mut after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
@@ -155,6 +166,8 @@ fn program_from(
     timings.push(("declare".to_string(), t.elapsed()));
     plan.interface.check_graph(&g)?;
     after_pass("declare", &g);
+    // Each switchable adapter's function starts from the declared graph, passed on its own.
+    let declared = (!adapters.is_empty()).then(|| g.clone());
 
     if opts.calibration.is_some() {
         progress.begin(Stage::Calibrate);
@@ -289,6 +302,23 @@ fn program_from(
             .max_by_key(|l| l.bytes);
         drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
+        progress.begin(Stage::WriteWeights);
+        mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
+    } else if let Some(declared) = declared {
+        // The base model is the default function; each adapter a function of its own whose
+        // base weights are the same constants, which the blob writer stores once.
+        let mut functions = vec![(crate::lora::BASE_FUNCTION.to_string(), g)];
+        for (name, adapter) in adapters {
+            let mut list: Vec<Box<dyn passes::Pass>> = vec![Box::new(adapter.clone())];
+            list.extend(passes::prepare(&pipeline));
+            list.extend(passes::finish(&pipeline, None));
+            let f = passes::run_observed(declared.clone(), &list, progress, |p, g| {
+                after_pass(p.name(), g)
+            })?;
+            functions.push((name.clone(), f));
+        }
+        drop(declared);
+        timings.push(("adapters".to_string(), t.elapsed()));
         progress.begin(Stage::WriteWeights);
         mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
     } else {

@@ -23,6 +23,8 @@ pub enum BuildOption {
     Calibration,
     /// Compiling the package with mlc's own compiler.
     Compile,
+    /// Switchable adapters.
+    Adapter,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -39,6 +41,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::QuantizeActivations => f.write_str("int8 activations"),
             BuildOption::Calibration => f.write_str("calibration"),
             BuildOption::Compile => f.write_str("compiling with mlc"),
+            BuildOption::Adapter => f.write_str("switchable adapters"),
         }
     }
 }

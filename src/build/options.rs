@@ -102,6 +102,9 @@ pub struct BuildOptions {
     pub activation_min_psnr: Option<f64>,
     /// LoRAs fused into the weights as they are read ([`crate::lora`]), in order.
     pub loras: Vec<crate::lora::LoraSpec>,
+    /// Switchable adapters (iOS18): one function each beside the base model's
+    /// ([`crate::lora::BASE_FUNCTION`]), sharing its weights.
+    pub adapters: Vec<crate::lora::AdapterSpec>,
     /// Who hears how far the build is ([`crate::progress`]); nobody by default. Not part of
     /// what gets built: options that differ only here are equal.
     pub progress: Observer,
@@ -157,6 +160,7 @@ impl BuildOptions {
             quantize_activations: None,
             activation_min_psnr: None,
             loras: Vec::new(),
+            adapters: Vec::new(),
             progress: Observer::none(),
         }
     }

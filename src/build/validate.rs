@@ -37,7 +37,7 @@ fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
         ModelOption::Batch => m.batch.is_some(),
         ModelOption::Tokens => m.tokens.is_some(),
         ModelOption::Ema => m.ema,
-        ModelOption::Lora => !opts.loras.is_empty(),
+        ModelOption::Lora => !opts.loras.is_empty() || !opts.adapters.is_empty(),
     }
 }
 
@@ -82,6 +82,27 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
                     ),
                 );
             }
+        }
+    }
+    if !opts.adapters.is_empty() {
+        if opts.target < Target::Ios18 {
+            return ios18(O::Adapter);
+        }
+        if sizes.len() > 1 || opts.multifunction {
+            return option_error(
+                O::Adapter,
+                "an adapter package has one function per adapter at one size; give one size",
+            );
+        }
+        if opts.calibration.is_some() || opts.quantize_activations.is_some() {
+            return option_error(
+                O::Adapter,
+                "calibrated compression and int8 activations are not offered with adapters",
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(a) = opts.adapters.iter().find(|a| !names.insert(&a.name)) {
+            return option_error(O::Adapter, format!("two adapters are named \"{}\"", a.name));
         }
     }
     if opts.multifunction {

@@ -63,6 +63,16 @@ pub struct InputArgs {
     /// (a text encoder's while building the UNet) are skipped and counted in --json.
     #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora)]
     pub loras: Vec<crate::lora::LoraSpec>,
+    /// A switchable LoRA (iOS18): the package gets a function NAME that runs the model with
+    /// this LoRA beside the default function `main` (the model without it), the base weights
+    /// stored once; the LoRA's low-rank pair stays two small layers beside each weight it
+    /// adapts. Repeat for several. An app picks one by function name.
+    #[arg(long = "adapter", value_name = "NAME=FILE[:WEIGHT]", value_parser = parse_adapter)]
+    pub adapters: Vec<crate::lora::AdapterSpec>,
+}
+
+fn parse_adapter(s: &str) -> Result<crate::lora::AdapterSpec, String> {
+    crate::lora::AdapterSpec::parse(s)
 }
 
 fn parse_lora(s: &str) -> Result<crate::lora::LoraSpec, String> {
@@ -349,6 +359,7 @@ impl BuildArgs {
         let mut o = BuildOptions::published(&self.model);
         o.weights = i.weights.clone();
         o.loras = i.loras.clone();
+        o.adapters = i.adapters.clone();
         o.output = out.output.clone();
         o.part = i.part.clone();
         o.precision = c.precision.into();
@@ -463,6 +474,7 @@ impl BuildArgs {
             O::QuantizeActivations => "--quantize-activations int8".into(),
             O::Calibration => "--calibration".into(),
             O::Compile => "--compile".into(),
+            O::Adapter => "--adapter".into(),
         };
         anyhow::anyhow!("{flag}: {reason}")
     }

@@ -165,6 +165,24 @@ impl Delta {
         }
     }
 
+    /// The low-rank pair as a switchable adapter's branch takes it: down [r, inner...] and up
+    /// [out, r] times `weight` and the file's scale, both f32; None for LoHa and LoKr.
+    pub fn low_rank(&self, weight: f32) -> Option<(Tensor, Tensor)> {
+        let Delta::LowRank { down, up, alpha } = self else {
+            return None;
+        };
+        let rank = *down.shape.first()?;
+        let scale = match alpha {
+            Some(a) if *a != 0.0 => a / rank as f32,
+            _ => 1.0,
+        } * weight;
+        let up_values = up.to_f32().into_iter().map(|v| v * scale).collect();
+        Some((
+            Tensor::f32(down.shape.clone(), down.to_f32()),
+            Tensor::f32(up.shape.clone(), up_values),
+        ))
+    }
+
     /// The rank messages and reports give (LoHa/LoKr: their first factor's).
     pub fn rank(&self) -> usize {
         match self {

@@ -29,12 +29,20 @@ pub struct LoraSummary {
     pub modules: usize,
     /// Its tensors for other models of a pipeline, by [`Scope::name`]: skipped.
     pub skipped: BTreeMap<&'static str, usize>,
+    /// A switchable adapter's function name; None for a LoRA fused into the weights.
+    pub adapter: Option<String>,
 }
+
+/// An adapted weight: its model key, its shape and its terms (delta, the user's weight).
+pub type Adapted<'f> = (&'f str, &'f [usize], Vec<(&'f Delta, f32)>);
 
 /// One term of an adapted weight.
 struct Term {
     lora: usize,
     weight: f32,
+    /// The model's name of the weight, and its shape.
+    model_key: String,
+    shape: Vec<usize>,
     /// The LoRA key messages name.
     key: String,
     delta: Delta,
@@ -115,6 +123,7 @@ impl Fusion {
                 weight: spec.weight,
                 modules: 0,
                 skipped: BTreeMap::new(),
+                adapter: None,
             };
             let mut done = BTreeSet::new();
             for m in &modules {
@@ -154,6 +163,8 @@ impl Fusion {
                         lora: i,
                         weight: spec.weight,
                         key: m.key().to_string(),
+                        model_key: model_key.clone(),
+                        shape: shape.clone(),
                         delta,
                     });
                 summary.modules += 1;
@@ -186,6 +197,19 @@ impl Fusion {
     /// Weights the LoRAs change, over all of them.
     pub fn weights_changed(&self) -> usize {
         self.terms.len()
+    }
+
+    /// Each adapted weight as the graph form of a switchable adapter takes it: by model key,
+    /// the weight's shape and its terms (delta, the user's weight).
+    pub fn by_model_key(&self) -> Vec<Adapted<'_>> {
+        self.terms
+            .values()
+            .filter_map(|terms| {
+                let first = terms.first()?;
+                let list = terms.iter().map(|t| (&t.delta, t.weight)).collect();
+                Some((first.model_key.as_str(), first.shape.as_slice(), list))
+            })
+            .collect()
     }
 }
 

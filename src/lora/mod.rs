@@ -17,7 +17,7 @@ pub mod lycoris;
 mod spec;
 
 pub use fusion::{Fusion, LoraError, LoraSummary};
-pub use spec::LoraSpec;
+pub use spec::{AdapterSpec, LoraSpec, BASE_FUNCTION};
 
 /// Which model of a pipeline a LoRA key is for, by its prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -37,6 +37,46 @@ impl LoraSpec {
     }
 }
 
+/// `NAME=FILE[:WEIGHT]`: a switchable adapter, a function of its own in the package.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSpec {
+    pub name: String,
+    pub lora: LoraSpec,
+}
+
+impl AdapterSpec {
+    /// The name must be a function name Core ML takes (letters, digits, `_`, not starting with
+    /// a digit) other than `main`, the base model's.
+    pub fn parse(s: &str) -> Result<AdapterSpec, String> {
+        let Some((name, file)) = s.split_once('=') else {
+            return Err(format!("{s}: expected NAME=FILE[:WEIGHT]"));
+        };
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.len() <= 64;
+        if !ok {
+            return Err(format!(
+                "{s}: the adapter name \"{name}\" must be letters, digits and _ (not starting with a digit, at most 64)"
+            ));
+        }
+        if name == BASE_FUNCTION {
+            return Err(format!(
+                "{s}: \"{BASE_FUNCTION}\" is the base model's function"
+            ));
+        }
+        Ok(AdapterSpec {
+            name: name.to_string(),
+            lora: LoraSpec::parse(file)?,
+        })
+    }
+}
+
+/// The function of an adapter package that runs the model without any adapter.
+pub const BASE_FUNCTION: &str = "main";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +98,19 @@ mod tests {
         assert!(LoraSpec::parse("a:inf").unwrap_err().contains("finite"));
         assert!(LoraSpec::parse(":1").is_err());
         assert!(LoraSpec::parse("").is_err());
+    }
+
+    #[test]
+    fn adapters_are_named_functions() {
+        let a = AdapterSpec::parse("style=a.safetensors:0.8").unwrap();
+        assert_eq!((a.name.as_str(), a.lora.weight), ("style", 0.8));
+        assert!(AdapterSpec::parse("a.safetensors")
+            .unwrap_err()
+            .contains("NAME=FILE"));
+        assert!(AdapterSpec::parse("9x=a").unwrap_err().contains("letters"));
+        assert!(AdapterSpec::parse("a-b=a").unwrap_err().contains("letters"));
+        assert!(AdapterSpec::parse("main=a")
+            .unwrap_err()
+            .contains("base model"));
     }
 }
