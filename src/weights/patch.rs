@@ -86,6 +86,14 @@ impl TensorSource for Patched<'_> {
                 if self.widen {
                     return Ok(Tensor::f32(shape, v));
                 }
+                // Rounded, such a value becomes an infinity the weights check would blame on
+                // the file; the overlay made it.
+                let max = super::check::FP16_MAX;
+                if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| x.abs() > max) {
+                    return Err(failed(format!(
+                        "the patched value {i} is {x}, beyond the largest fp16 ({max}) of this f16 weight; build with fp32 precision"
+                    )));
+                }
                 let h = v.into_iter().map(half::f16::from_f32).collect();
                 Ok(Tensor::f16(shape, h))
             }
