@@ -58,7 +58,7 @@ pub fn build_json(r: &BuildReport, pkg: &Package) -> Value {
         "sizes": { "model_mlmodel_bytes": prost::Message::encoded_len(&pkg.model), "weight_bin_bytes": r.weight_bytes },
         "ops": { "compute": r.ops, "by_type": ops },
         "fp32_ops": r.fp32_ops,
-        "loras": r.loras.iter().map(|l| json!({ "file": l.path.display().to_string(), "sha256": l.sha256, "weight": l.weight, "weights_changed": l.modules, "skipped_keys": l.skipped })).collect::<Vec<_>>(),
+        "loras": r.loras.iter().map(|l| json!({ "file": l.path.display().to_string(), "sha256": l.sha256, "weight": crate::build::lora::decimal(l.weight), "adapter": l.adapter, "weights_changed": l.modules, "skipped_keys": l.skipped })).collect::<Vec<_>>(),
         "largest_intermediate": r.largest_intermediate.as_ref().map(|l| json!({ "name": l.name, "shape": l.shape, "bytes": l.bytes })),
         "ane": { "fits": r.ane.fits(), "verdict": r.ane.verdict(), "notes": r.ane.notes, "misfits": r.ane.misfits().count() },
         "timings_ms": r.timings.iter().map(|(k, t)| json!({ "stage": k, "ms": t.as_secs_f64() * 1e3 })).collect::<Vec<_>>(),

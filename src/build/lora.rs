@@ -93,6 +93,15 @@ fn resolve(
     )?)
 }
 
+/// `w` as the user wrote it (0.6, not f32's 0.6000000238418579 widened to f64).
+pub fn decimal(w: f32) -> serde_json::Value {
+    w.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
 /// `mlc.loras`: each LoRA's file stem, content hash and weight (and, for a switchable
 /// adapter, its function), as JSON, in the order given.
 pub fn metadata(loras: &[LoraSummary]) -> Option<String> {
@@ -103,7 +112,7 @@ pub fn metadata(loras: &[LoraSummary]) -> Option<String> {
         .iter()
         .map(|l| {
             let mut v =
-                serde_json::json!({ "file": l.stem, "sha256": l.sha256, "weight": l.weight });
+                serde_json::json!({ "file": l.stem, "sha256": l.sha256, "weight": decimal(l.weight) });
             if let Some(name) = &l.adapter {
                 v["adapter"] = name.clone().into();
             }

@@ -75,8 +75,9 @@ impl Delta {
         let need = |role: Role, v: Option<Tensor>| {
             v.ok_or_else(|| {
                 format!(
-                    "module of tensor \"{}\": its {role:?} tensor is missing",
-                    m.key()
+                    "module of tensor \"{}\": its {} tensor is missing",
+                    m.key(),
+                    role.suffix()
                 )
             })
         };

@@ -58,6 +58,12 @@ const SUFFIXES: &[(&str, Role)] = &[
     (".lora_mid.weight", Role::Mid),
     (".lora_A.weight", Role::Down),
     (".lora_B.weight", Role::Up),
+    // diffusers 0.19–0.24's own saves (`to_q.lora.down.weight`, the text encoder's
+    // `q_proj.lora_linear_layer.down.weight`).
+    (".lora.down.weight", Role::Down),
+    (".lora.up.weight", Role::Up),
+    (".lora_linear_layer.down.weight", Role::Down),
+    (".lora_linear_layer.up.weight", Role::Up),
     (".alpha", Role::Alpha),
     (".dora_scale", Role::DoraScale),
     (".lora_magnitude_vector", Role::DoraScale),
@@ -75,6 +81,16 @@ const SUFFIXES: &[(&str, Role)] = &[
     (".lokr_w2_b", Role::LokrW2B),
     (".lokr_t2", Role::LokrT2),
 ];
+
+impl Role {
+    /// How a file names it (the first suffix that maps to it), for messages.
+    pub fn suffix(self) -> &'static str {
+        SUFFIXES
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("", |(s, _)| s.trim_start_matches('.'))
+    }
+}
 
 /// The attention processors' old diffusers form (`attn1.processor.to_q_lora.down.weight`):
 /// the processor's projection and the module it adapts.
@@ -225,6 +241,20 @@ mod tests {
                 "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
             )
         );
+        let m =
+            one("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight");
+        assert_eq!(
+            (m.path.as_str(), m.tensors.keys().next()),
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+                Some(&Role::Down)
+            )
+        );
+        let m = one(
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.up.weight",
+        );
+        assert_eq!(m.path, "text_model.encoder.layers.0.self_attn.q_proj");
+        assert_eq!(Role::HadaW2B.suffix(), "hada_w2_b");
         let m = one("lora_unet_input_blocks_1_0_in_layers_2.lokr_w1_a");
         assert!(m.tensors.contains_key(&Role::LokrW1A));
         let m = one("lora_unet_input_blocks_1_0_in_layers_2.hada_t2");
