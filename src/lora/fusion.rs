@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::delta::{Delta, Rows};
-use super::in_place;
 use super::formats::{self, Module, Spelling};
+use super::in_place;
 use super::{LoraSpec, Scope};
 use crate::weights::{Overlay, TensorInfo, TensorSource, WeightFile};
 use half::f16;
@@ -195,7 +195,11 @@ impl Fusion {
 impl Fusion {
     /// A term's failure: its file and key, then the reason.
     fn at(&self, t: &Term, reason: String) -> String {
-        format!("{} tensor \"{}\": {reason}", self.files[t.lora].display(), t.key)
+        format!(
+            "{} tensor \"{}\": {reason}",
+            self.files[t.lora].display(),
+            t.key
+        )
     }
 }
 
@@ -240,7 +244,9 @@ impl Overlay for Fusion {
 
     fn patch(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<(), String> {
         for t in self.terms.get(key).into_iter().flatten() {
-            t.delta.add_to(shape, t.weight, values).map_err(|r| self.at(t, r))?;
+            t.delta
+                .add_to(shape, t.weight, values)
+                .map_err(|r| self.at(t, r))?;
         }
         match values.iter().position(|v| !v.is_finite()) {
             None => Ok(()),
@@ -253,7 +259,11 @@ impl Overlay for Fusion {
         let terms = self.terms.get(key).map_or(&[][..], Vec::as_slice);
         let rows: Option<Vec<Rows>> = terms
             .iter()
-            .map(|t| t.delta.rows(shape, t.weight).map(|r| r.map_err(|e| self.at(t, e))))
+            .map(|t| {
+                t.delta
+                    .rows(shape, t.weight)
+                    .map(|r| r.map_err(|e| self.at(t, e)))
+            })
             .collect::<Option<Result<_, _>>>()
             .transpose()?;
         let Some(rows) = rows else {

@@ -91,7 +91,9 @@ impl TensorSource for Patched<'_> {
                 Ok(Tensor::f32(shape, v))
             }
             TensorData::F16(mut h) if !self.widen => {
-                self.overlay.patch_f16(key, &shape, &mut h).map_err(failed)?;
+                self.overlay
+                    .patch_f16(key, &shape, &mut h)
+                    .map_err(failed)?;
                 Ok(Tensor::f16(shape, h))
             }
             TensorData::F16(h) => {

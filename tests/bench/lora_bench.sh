@@ -62,7 +62,7 @@ for run in $(seq "$RUNS"); do
             exit 1
         fi
         read -r secs user sys rss <"$LOG/time"
-        stage=$(awk '$3 == "load" && $4 == "weights" { printf "%.2f", $1 / 1000 }' "$LOG/out")
+        stage=$(cat "$LOG/out" "$LOG/err" | awk '$3 == "load" && $4 == "weights" { printf "%.2f", $1 / 1000 }')
         cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
         label=$([ "$with" = yes ] && echo lora || echo base)
         printf '%-8s %7.2f s %7s s %5d MiB %9s s  %s\n' "$label $run" "$secs" "$cpu" \
