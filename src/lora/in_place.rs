@@ -35,16 +35,19 @@ pub(super) fn fuse_f16(
             t.inner()
         ));
     }
-    // Whole rows per thread: enough rows for a thread to be worth its spawn.
+    // Whole rows per thread: enough rows for a thread to be worth its spawn. Every block
+    // starts on a multiple of the product kernel's rows, as in one product over the whole
+    // weight, so each value is computed by the same kernel in the same order.
     let threads = crate::kernels::num_threads()
         .min(values.len() / crate::kernels::PAR_MIN_ELEMS)
         .clamp(1, rows);
-    let per = rows.div_ceil(threads);
+    let block_rows = block_rows(inner);
+    let per = rows.div_ceil(threads).div_ceil(block_rows) * block_rows;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let workers: Vec<_> = values
             .chunks_mut(per * inner)
             .enumerate()
-            .map(|(i, part)| s.spawn(move || fuse_part(terms, i * per, inner, part)))
+            .map(|(i, part)| s.spawn(move || fuse_part(terms, i * per, inner, block_rows, part)))
             .collect();
         workers
             .into_iter()
@@ -54,9 +57,23 @@ pub(super) fn fuse_f16(
     results.into_iter().collect()
 }
 
-/// [`fuse_f16`] on rows `first..` (`part`), a block at a time.
-fn fuse_part(terms: &[Rows], first: usize, inner: usize, part: &mut [f16]) -> Result<(), String> {
-    let block_rows = (BLOCK / inner).max(1);
+/// Rows of the product's micro-kernel (matrixmultiply's f32 kernels use at most 8): blocks
+/// of a multiple of it compute every value as one product over the whole weight does.
+const KERNEL_ROWS: usize = 8;
+
+/// Rows per block: about [`BLOCK`] values, a multiple of [`KERNEL_ROWS`].
+fn block_rows(inner: usize) -> usize {
+    (BLOCK / inner / KERNEL_ROWS).max(1) * KERNEL_ROWS
+}
+
+/// [`fuse_f16`] on rows `first..` (`part`), `block_rows` at a time.
+fn fuse_part(
+    terms: &[Rows],
+    first: usize,
+    inner: usize,
+    block_rows: usize,
+    part: &mut [f16],
+) -> Result<(), String> {
     let mut buf = vec![0f32; block_rows.min(part.len() / inner) * inner];
     for (b, block) in part.chunks_mut(block_rows * inner).enumerate() {
         let row = first + b * block_rows;
@@ -101,7 +118,8 @@ mod tests {
     /// widen everything, add each term over all rows, round once.
     #[test]
     fn blocks_give_the_whole_weight_values() {
-        // 700 rows of 1000: several blocks (262 rows each) per thread, a short last block.
+        // 700 rows of 1000: several blocks (64 rows each) per thread, a short last block, and
+        // a last micro-kernel tile of 4 rows.
         let (rows, inner) = (700, 1000);
         let deltas = [low_rank(rows, inner, 4, 1), low_rank(rows, inner, 2, 7)];
         let weights = [1.0, -0.6];
