@@ -134,31 +134,7 @@ impl Delta {
         };
         match self {
             Delta::LowRank { down, up, alpha } => {
-                let (rank, out, inner) = low_rank_sizes(down, up, target)?;
-                let scale = match alpha {
-                    Some(a) if *a != 0.0 => a / rank as f32,
-                    _ => 1.0,
-                };
-                let (d, u) = (down.to_f32(), up.to_f32());
-                // values += weight * scale * up[out, r] @ down[r, inner], straight into the weight.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        out,
-                        rank,
-                        inner,
-                        weight * scale,
-                        u.as_ptr(),
-                        rank as isize,
-                        1,
-                        d.as_ptr(),
-                        inner as isize,
-                        1,
-                        1.0,
-                        values.as_mut_ptr(),
-                        inner as isize,
-                        1,
-                    );
-                }
+                low_rank_rows(down, up, *alpha, target, weight)?.add(0, values);
                 Ok(())
             }
             Delta::Loha(l, alpha) => full(l.delta(*alpha, target)?, values),
@@ -184,6 +160,17 @@ impl Delta {
         ))
     }
 
+    /// A low-rank delta times `weight` as [`Rows`] for a weight of shape `target`; None for
+    /// LoHa and LoKr, which are formed whole.
+    pub fn rows(&self, target: &[usize], weight: f32) -> Option<Result<Rows, String>> {
+        match self {
+            Delta::LowRank { down, up, alpha } => {
+                Some(low_rank_rows(down, up, *alpha, target, weight))
+            }
+            Delta::Loha(..) | Delta::Lokr(..) => None,
+        }
+    }
+
     /// The rank messages and reports give (LoHa/LoKr: their first factor's).
     pub fn rank(&self) -> usize {
         match self {
@@ -192,6 +179,71 @@ impl Delta {
             Delta::Lokr(..) => 0,
         }
     }
+}
+
+/// A low-rank term in f32, ready to add to any block of its weight's rows (the weight seen as
+/// [out, inner]): `alpha · up[out, r] @ down[r, inner]`, alpha being the user's weight times
+/// alpha / rank.
+pub struct Rows {
+    up: Vec<f32>,
+    down: Vec<f32>,
+    rank: usize,
+    inner: usize,
+    alpha: f32,
+}
+
+impl Rows {
+    /// Values per row of the weight.
+    pub fn inner(&self) -> usize {
+        self.inner
+    }
+
+    /// Adds rows `first..first + n` of the term to `values`, n whole rows of the weight
+    /// ([n, inner]), in place. Each value is the same sum whichever block holds it.
+    pub fn add(&self, first: usize, values: &mut [f32]) {
+        let n = values.len() / self.inner.max(1);
+        let up = &self.up[first * self.rank..(first + n) * self.rank];
+        // values += alpha * up[n, r] @ down[r, inner], straight into the weight.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                self.rank,
+                self.inner,
+                self.alpha,
+                up.as_ptr(),
+                self.rank as isize,
+                1,
+                self.down.as_ptr(),
+                self.inner as isize,
+                1,
+                1.0,
+                values.as_mut_ptr(),
+                self.inner as isize,
+                1,
+            );
+        }
+    }
+}
+
+fn low_rank_rows(
+    down: &Tensor,
+    up: &Tensor,
+    alpha: Option<f32>,
+    target: &[usize],
+    weight: f32,
+) -> Result<Rows, String> {
+    let (rank, _, inner) = low_rank_sizes(down, up, target)?;
+    let scale = match alpha {
+        Some(a) if a != 0.0 => a / rank as f32,
+        _ => 1.0,
+    };
+    Ok(Rows {
+        up: up.to_f32(),
+        down: down.to_f32(),
+        rank,
+        inner,
+        alpha: weight * scale,
+    })
 }
 
 /// (rank, out, inner) of a low-rank pair for a weight `target` [out, inner...].

@@ -3,10 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::delta::Delta;
+use super::delta::{Delta, Rows};
 use super::formats::{self, Module, Spelling};
+use super::in_place;
 use super::{LoraSpec, Scope};
 use crate::weights::{Overlay, TensorInfo, TensorSource, WeightFile};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Why a LoRA cannot be fused: one line, starting with the LoRA's file.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +216,17 @@ impl Fusion {
     }
 }
 
+impl Fusion {
+    /// A term's failure: its file and key, then the reason.
+    fn at(&self, t: &Term, reason: String) -> String {
+        format!(
+            "{} tensor \"{}\": {reason}",
+            self.files[t.lora].display(),
+            t.key
+        )
+    }
+}
+
 /// `WeightFile` errors start with the file; [`LoraError`] adds it once.
 fn strip_file(message: &str, path: &Path) -> String {
     let prefix = format!("{}: ", path.display());
@@ -254,14 +268,38 @@ impl Overlay for Fusion {
 
     fn patch(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<(), String> {
         for t in self.terms.get(key).into_iter().flatten() {
-            t.delta.add_to(shape, t.weight, values).map_err(|r| {
-                format!("{} tensor \"{}\": {r}", self.files[t.lora].display(), t.key)
-            })?;
+            t.delta
+                .add_to(shape, t.weight, values)
+                .map_err(|r| self.at(t, r))?;
         }
         match values.iter().position(|v| !v.is_finite()) {
             None => Ok(()),
             Some(i) => Err(format!("the fused weight's value {i} is not finite")),
         }
+    }
+
+    /// Low-rank terms (all but LoHa and LoKr) are fused in place a block of rows at a time.
+    fn patch_f16(&self, key: &str, shape: &[usize], values: &mut [f16]) -> Result<(), String> {
+        let terms = self.terms.get(key).map_or(&[][..], Vec::as_slice);
+        let rows: Option<Vec<Rows>> = terms
+            .iter()
+            .map(|t| {
+                t.delta
+                    .rows(shape, t.weight)
+                    .map(|r| r.map_err(|e| self.at(t, e)))
+            })
+            .collect::<Option<Result<_, _>>>()
+            .transpose()?;
+        let Some(rows) = rows else {
+            let mut v = vec![0f32; values.len()];
+            values.convert_to_f32_slice(&mut v);
+            self.patch(key, shape, &mut v)?;
+            in_place::fits_f16(&v, 0)?;
+            values.convert_from_f32_slice(&v);
+            return Ok(());
+        };
+        let out = shape.first().copied().unwrap_or(1);
+        in_place::fuse_f16(&rows, out, values.len() / out.max(1), values)
     }
 }
 

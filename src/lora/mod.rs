@@ -13,6 +13,7 @@
 pub mod delta;
 pub mod formats;
 mod fusion;
+mod in_place;
 pub mod lycoris;
 mod spec;
 

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use super::{TensorInfo, TensorSource, WeightError, WeightFormat};
 use crate::tensor::{Tensor, TensorData};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// A change to some tensors of a source, applied as they are read.
 pub trait Overlay {
@@ -17,6 +19,15 @@ pub trait Overlay {
     /// Changes `values`, the tensor `key` of shape `shape`, in place, in f32. The reason of an
     /// error is one line; the message adds the overlay, the file and the key.
     fn patch(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<(), String>;
+    /// [`Overlay::patch`] on an f16 tensor, each value rounded to f16 once. This widens the
+    /// whole tensor; an overlay that can patch part of a tensor at a time does it in place.
+    fn patch_f16(&self, key: &str, shape: &[usize], values: &mut [f16]) -> Result<(), String> {
+        let mut v = vec![0f32; values.len()];
+        values.convert_to_f32_slice(&mut v);
+        self.patch(key, shape, &mut v)?;
+        values.convert_from_f32_slice(&v);
+        Ok(())
+    }
 }
 
 /// `inner` with `overlay` applied. An f16 tensor that is patched is widened to f32 and patched;
@@ -79,23 +90,17 @@ impl TensorSource for Patched<'_> {
                 self.overlay.patch(key, &shape, &mut v).map_err(failed)?;
                 Ok(Tensor::f32(shape, v))
             }
+            TensorData::F16(mut h) if !self.widen => {
+                self.overlay
+                    .patch_f16(key, &shape, &mut h)
+                    .map_err(failed)?;
+                Ok(Tensor::f16(shape, h))
+            }
             TensorData::F16(h) => {
                 let mut v: Vec<f32> = h.iter().map(|x| x.to_f32()).collect();
                 drop(h);
                 self.overlay.patch(key, &shape, &mut v).map_err(failed)?;
-                if self.widen {
-                    return Ok(Tensor::f32(shape, v));
-                }
-                // Rounded, such a value becomes an infinity the weights check would blame on
-                // the file; the overlay made it.
-                let max = super::check::FP16_MAX;
-                if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| x.abs() > max) {
-                    return Err(failed(format!(
-                        "the patched value {i} is {x}, beyond the largest fp16 ({max}) of this f16 weight; build with fp32 precision"
-                    )));
-                }
-                let h = v.into_iter().map(half::f16::from_f32).collect();
-                Ok(Tensor::f16(shape, h))
+                Ok(Tensor::f32(shape, v))
             }
             TensorData::I32(_) | TensorData::Bool(_) => {
                 Err(failed("only float tensors can be patched".to_string()))
