@@ -94,11 +94,14 @@ fn fuse_part(
 pub(super) fn fits_f16(values: &[f32], offset: usize) -> Result<(), String> {
     let max = crate::weights::check::FP16_MAX;
     // A fold without early exit vectorises; the position is looked for only on failure.
-    if values.iter().fold(false, |bad, v| bad | !(v.abs() <= max)) {
+    if values
+        .iter()
+        .fold(false, |bad, v| bad | v.is_nan() | (v.abs() > max))
+    {
         let (i, x) = values
             .iter()
             .enumerate()
-            .find(|(_, v)| !(v.abs() <= max))
+            .find(|(_, v)| v.is_nan() || v.abs() > max)
             .map_or((0, 0.0), |(i, v)| (i, *v));
         return Err(match x.is_finite() {
             true => format!(
