@@ -429,25 +429,11 @@ fn kohya_ckpt(dir: &Path) -> Written {
 /// Writes f32 tensors to a safetensors file with `lora_adapter_metadata` (diffusers' PEFT
 /// export).
 fn write_with_metadata(path: &Path, tensors: &Tensors, meta: &str) {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let b = t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
-            (k.clone(), b, t.shape.clone())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-            (k.clone(), v.unwrap())
-        })
-        .collect();
     let meta = std::collections::HashMap::from([
         ("lora_adapter_metadata".to_string(), meta.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]);
-    safetensors::serialize_to_file(views, Some(meta), path).unwrap();
+    write_safetensors_with(path, tensors, Some(meta));
 }
 
 /// The fixture's weights with `w`'s deltas added at its weight, as f32, in `dir` beside a copy

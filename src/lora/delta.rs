@@ -2,8 +2,6 @@
 //! (LoCon's 3x3 down and 1x1 up included), or LyCORIS's LoHa and LoKr, each times the file's own
 //! scale (alpha / rank) and the user's weight, added in f32.
 
-use std::collections::BTreeMap;
-
 use super::formats::{Module, Role};
 use super::lycoris::{Loha, Lokr};
 use crate::tensor::Tensor;
@@ -148,11 +146,7 @@ impl Delta {
         let Delta::LowRank { down, up, alpha } = self else {
             return None;
         };
-        let rank = *down.shape.first()?;
-        let scale = match alpha {
-            Some(a) if *a != 0.0 => a / rank as f32,
-            _ => 1.0,
-        } * weight;
+        let scale = file_scale(*alpha, *down.shape.first()?) * weight;
         let up_values = up.to_f32().into_iter().map(|v| v * scale).collect();
         Some((
             Tensor::f32(down.shape.clone(), down.to_f32()),
@@ -168,15 +162,6 @@ impl Delta {
                 Some(low_rank_rows(down, up, *alpha, target, weight))
             }
             Delta::Loha(..) | Delta::Lokr(..) => None,
-        }
-    }
-
-    /// The rank messages and reports give (LoHa/LoKr: their first factor's).
-    pub fn rank(&self) -> usize {
-        match self {
-            Delta::LowRank { down, .. } => down.shape.first().copied().unwrap_or(0),
-            Delta::Loha(l, _) => l.w1_b.shape.first().copied().unwrap_or(0),
-            Delta::Lokr(..) => 0,
         }
     }
 }
@@ -225,6 +210,14 @@ impl Rows {
     }
 }
 
+/// kohya's and PEFT's scale of a low-rank pair: alpha / rank, 1 when alpha is absent or 0.
+fn file_scale(alpha: Option<f32>, rank: usize) -> f32 {
+    match alpha {
+        Some(a) if a != 0.0 => a / rank as f32,
+        _ => 1.0,
+    }
+}
+
 fn low_rank_rows(
     down: &Tensor,
     up: &Tensor,
@@ -233,10 +226,7 @@ fn low_rank_rows(
     weight: f32,
 ) -> Result<Rows, String> {
     let (rank, _, inner) = low_rank_sizes(down, up, target)?;
-    let scale = match alpha {
-        Some(a) if a != 0.0 => a / rank as f32,
-        _ => 1.0,
-    };
+    let scale = file_scale(alpha, rank);
     Ok(Rows {
         up: up.to_f32(),
         down: down.to_f32(),
@@ -301,9 +291,6 @@ fn finite(key: &str, t: Tensor) -> Result<Tensor, String> {
         )),
     }
 }
-
-/// Per-module alpha from a file's metadata (PEFT), by module path.
-pub type Alphas = BTreeMap<String, f32>;
 
 #[cfg(test)]
 mod tests {

@@ -197,11 +197,6 @@ impl Fusion {
         Ok(fusion)
     }
 
-    /// Weights the LoRAs change, over all of them.
-    pub fn weights_changed(&self) -> usize {
-        self.terms.len()
-    }
-
     /// Each adapted weight as the graph form of a switchable adapter takes it: by model key,
     /// the weight's shape and its terms (delta, the user's weight).
     pub fn by_model_key(&self) -> Vec<Adapted<'_>> {

@@ -168,6 +168,15 @@ pub fn compare(out: &Array, reference: &Array) -> mlc::run::Compare {
 
 /// Writes f32 tensors to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
+    write_safetensors_with(path, tensors, None);
+}
+
+/// [`write_safetensors`] with the header's `__metadata__` strings.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -182,7 +191,7 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
             (k.clone(), v.unwrap())
         })
         .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    safetensors::serialize_to_file(views, metadata, path).unwrap();
 }
 
 /// Writes f32 tensors as a PyTorch training checkpoint (`.ckpt`: a `torch.save` zip whose pickle
