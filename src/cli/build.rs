@@ -75,7 +75,7 @@ fn parse_adapter(s: &str) -> Result<crate::lora::AdapterSpec, String> {
     crate::lora::AdapterSpec::parse(s)
 }
 
-fn parse_lora(s: &str) -> Result<crate::lora::LoraSpec, String> {
+pub(super) fn parse_lora(s: &str) -> Result<crate::lora::LoraSpec, String> {
     crate::lora::LoraSpec::parse(s)
 }
 
@@ -329,7 +329,7 @@ fn parse_hidden_layer(s: &str) -> Result<usize, String> {
 }
 
 /// `N` or `HxW`, comma-separated.
-fn parse_sizes(s: &str) -> Result<SizeList, String> {
+pub(super) fn parse_sizes(s: &str) -> Result<SizeList, String> {
     let parse = |p: &str| {
         p.trim()
             .parse::<usize>()

@@ -4,12 +4,14 @@
 mod build;
 mod compile;
 mod inspect;
+mod pipeline;
 pub mod progress;
 mod run;
 
 pub use build::BuildArgs;
 pub use compile::CompileArgs;
 pub use inspect::InspectArgs;
+pub use pipeline::PipelineArgs;
 pub use run::RunArgs;
 
 use anyhow::Result;
@@ -28,6 +30,7 @@ attention lowering, constant folding, fp16, compression) and writes a Core ML ML
 Neural Engine, which it can also compile, inspect and run. No Python, no PyTorch, no coremltools.",
     after_help = "Examples:\n  mlc build flux2 --weights taef2_decoder.safetensors -o taef2.mlpackage\n  \
 mlc build sd-unet --weights v1-5-pruned-emaonly.safetensors --lora style.safetensors:0.8\n  \
+mlc pipeline sd --weights v1-5-pruned-emaonly.safetensors -o Resources\n  \
 mlc compile taef2.mlpackage\n  mlc inspect taef2.mlpackage\n  mlc run taef2.mlpackage --input latent.safetensors --output image.png"
 )]
 pub struct Cli {
@@ -47,6 +50,10 @@ pub enum Command {
     /// Compile an .mlpackage into the .mlmodelc bundle apps load, without Apple's tools (the
     /// files coremlc writes: model.mil, coremldata.bin, metadata.json, weights).
     Compile(CompileArgs),
+    /// Build every model of a Stable Diffusion checkpoint (single file or diffusers folder)
+    /// into the Resources folder Apple's Swift package `StableDiffusion` loads: text
+    /// encoder(s), UNet, VAE decoder and encoder as .mlmodelc, plus the tokenizer files.
+    Pipeline(Box<PipelineArgs>),
 }
 
 /// Real inputs to calibrate on, for `build` (compression fitted to them) and `inspect --ranges`
@@ -82,6 +89,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Compile(a) => compile::main(&a),
         Command::Inspect(a) => inspect::main(&a),
         Command::Run(a) => run::main(&a),
+        Command::Pipeline(a) => pipeline::main(&a),
     }
 }
 

@@ -223,6 +223,19 @@ impl Fusion {
 }
 
 /// `WeightFile` errors start with the file; [`LoraError`] adds it once.
+/// The models of a pipeline `spec`'s file has keys for, from its index (no tensor is read):
+/// what a pipeline gives each part's build.
+pub fn scopes(spec: &LoraSpec) -> Result<BTreeSet<Scope>, LoraError> {
+    let fail = |reason: String| LoraError {
+        file: spec.path.clone(),
+        reason: reason.replace(['\n', '\r'], " "),
+    };
+    let file =
+        WeightFile::open(&spec.path).map_err(|e| fail(strip_file(&e.to_string(), &spec.path)))?;
+    let modules = formats::modules(file.tensors().keys().map(String::as_str)).map_err(fail)?;
+    Ok(modules.iter().map(|m| m.scope).collect())
+}
+
 fn strip_file(message: &str, path: &Path) -> String {
     let prefix = format!("{}: ", path.display());
     message.strip_prefix(&prefix).unwrap_or(message).to_string()

@@ -17,7 +17,7 @@ mod in_place;
 pub mod lycoris;
 mod spec;
 
-pub use fusion::{Fusion, LoraError, LoraSummary};
+pub use fusion::{scopes, Fusion, LoraError, LoraSummary};
 pub use spec::{AdapterSpec, LoraSpec, BASE_FUNCTION};
 
 /// Which model of a pipeline a LoRA key is for, by its prefix.

@@ -1,2 +1,13 @@
+//! `mlc pipeline`: one checkpoint to the Resources folder Apple's Stable Diffusion Swift package
+//! loads. [`checkpoint`] tells the family and finds each part's weights, [`parts`] lists the
+//! models to build with their Swift names and options, [`write`] builds them with the ordinary
+//! build and puts the folder in place; [`swift`] holds the Swift package's rules the folder is
+//! checked against, [`tokenizer`] the CLIP tokenizer files.
+
+pub mod checkpoint;
+pub mod parts;
 pub mod swift;
 pub mod tokenizer;
+pub mod write;
+
+pub use write::{write, PipelineError, PipelineOptions, PipelineReport};

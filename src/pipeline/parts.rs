@@ -1,0 +1,206 @@
+//! The parts of a Resources folder, per family: which registry model builds each, from which
+//! component of the checkpoint, with which options and feature edits, so that the package has
+//! the interface Apple's Swift code reads ([`super::swift`]). This list is the pipeline's only
+//! model knowledge: the models themselves know nothing of Swift.
+
+use super::checkpoint::{Checkpoint, Component, Family, Layout};
+use super::swift;
+use crate::models::{ModelOptions, TransformerLayout};
+use crate::passes::edit_features::FeatureEdits;
+
+/// What sizes a part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// Nothing (77 tokens).
+    None,
+    /// The latent (`--latent-size`): the UNet.
+    Latent,
+    /// The image (`--image-size`): the VAE.
+    Image,
+}
+
+/// One model of the folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartSpec {
+    pub swift: swift::Part,
+    /// The registry name of the model that builds it, and its part.
+    pub model: &'static str,
+    pub part: &'static str,
+    pub component: Component,
+    pub options: ModelOptions,
+    pub features: FeatureEdits,
+    pub sizing: Sizing,
+    /// Takes `--palettize`/`--quantize` (text encoders and UNets; the VAE stays float, as
+    /// Apple's converter keeps it).
+    pub compressible: bool,
+    /// The VAE, whose precision `--vae-precision` sets.
+    pub vae: bool,
+}
+
+impl PartSpec {
+    /// The bundle's file name in the folder (`Unet.mlmodelc`).
+    pub fn file_name(&self) -> &'static str {
+        self.swift.file_name()
+    }
+
+    /// The name without the extension (`Unet`), for packages and messages.
+    pub fn name(&self) -> &'static str {
+        self.file_name().trim_end_matches(".mlmodelc")
+    }
+}
+
+fn edits(outputs: &[(&str, &str)], rename_inputs: &[(&str, &str)], ids: bool) -> FeatureEdits {
+    FeatureEdits {
+        rename: rename_inputs
+            .iter()
+            .chain(outputs)
+            .filter(|(from, to)| from != to)
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect(),
+        outputs: Some(outputs.iter().map(|(f, _)| f.to_string()).collect()),
+        float_inputs: match ids {
+            true => vec!["input_ids".into()],
+            false => vec![],
+        },
+    }
+}
+
+/// A text encoder as `TextEncoder.swift` / `TextEncoderXL.swift` read it: Float32 ids in,
+/// `outputs` (model name, Swift name) out.
+fn text(
+    swift: swift::Part,
+    model: &'static str,
+    component: Component,
+    hidden_layer: Option<usize>,
+    outputs: &[(&str, &str)],
+) -> PartSpec {
+    PartSpec {
+        swift,
+        model,
+        part: "encoder",
+        component,
+        options: ModelOptions {
+            hidden_layer,
+            ..Default::default()
+        },
+        features: edits(outputs, &[], true),
+        sizing: Sizing::None,
+        compressible: true,
+        vae: false,
+    }
+}
+
+/// The parts `checkpoint` gives, in build order, with the UNet in `layout`.
+pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec> {
+    let single = matches!(checkpoint.layout, Layout::SingleFile(_));
+    let family = checkpoint.family;
+    let (unet, vae) = match family {
+        Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae"),
+        Family::Sdxl => ("sdxl-unet", "sdxl-vae"),
+    };
+    let mut list = match family {
+        Family::Sd1 => vec![text(
+            swift::Part::TextEncoder,
+            "clip-l",
+            Component::TextEncoder,
+            None,
+            &[
+                ("last_hidden_state", "last_hidden_state"),
+                ("pooled", "pooled_outputs"),
+            ],
+        )],
+        // The single file's OpenCLIP tower (the last block dropped, as diffusers converts it)
+        // carries its projection; diffusers' own save is a CLIPTextModel without one. The
+        // SD pipeline does not read `pooled_outputs`.
+        Family::Sd2 if single => vec![text(
+            swift::Part::TextEncoder,
+            "clip-h",
+            Component::TextEncoder,
+            None,
+            &[
+                ("last_hidden_state", "last_hidden_state"),
+                ("text_embeds", "pooled_outputs"),
+            ],
+        )],
+        Family::Sd2 => vec![text(
+            swift::Part::TextEncoder,
+            "clip-l",
+            Component::TextEncoder,
+            None,
+            &[
+                ("last_hidden_state", "last_hidden_state"),
+                ("pooled", "pooled_outputs"),
+            ],
+        )],
+        Family::Sdxl => vec![
+            text(
+                swift::Part::TextEncoder,
+                "clip-l",
+                Component::TextEncoder,
+                Some(2),
+                &[
+                    ("hidden_state", "hidden_embeds"),
+                    ("pooled", "pooled_outputs"),
+                ],
+            ),
+            text(
+                swift::Part::TextEncoder2,
+                "clip-bigg",
+                Component::TextEncoder2,
+                Some(2),
+                &[
+                    ("hidden_state", "hidden_embeds"),
+                    ("text_embeds", "pooled_outputs"),
+                ],
+            ),
+        ],
+    };
+    list.push(PartSpec {
+        swift: swift::Part::Unet,
+        model: unet,
+        part: "unet",
+        component: Component::Unet,
+        options: ModelOptions {
+            layout,
+            ..Default::default()
+        },
+        features: FeatureEdits::default(),
+        sizing: Sizing::Latent,
+        compressible: true,
+        vae: false,
+    });
+    list.push(PartSpec {
+        swift: swift::Part::VaeDecoder,
+        model: vae,
+        part: "decoder",
+        component: Component::Vae,
+        options: ModelOptions::default(),
+        features: edits(&[("image", "image")], &[("latent", "z")], false),
+        sizing: Sizing::Image,
+        compressible: false,
+        vae: true,
+    });
+    list.push(PartSpec {
+        swift: swift::Part::VaeEncoder,
+        model: vae,
+        part: "encoder",
+        component: Component::Vae,
+        options: ModelOptions {
+            moments_output: true,
+            ..Default::default()
+        },
+        features: edits(&[("latent", "latent")], &[("image", "x")], false),
+        sizing: Sizing::Image,
+        compressible: false,
+        vae: true,
+    });
+    list
+}
+
+/// Which Swift pipeline reads the family's folder.
+pub fn swift_pipeline(family: Family) -> swift::Pipeline {
+    match family {
+        Family::Sd1 | Family::Sd2 => swift::Pipeline::Sd,
+        Family::Sdxl => swift::Pipeline::Sdxl,
+    }
+}

@@ -1,0 +1,469 @@
+//! Writing a Resources folder: every part of [`super::parts`] built with the ordinary build
+//! (its package, then its `.mlmodelc`), the tokenizer files, `mlc.json`, all in a hidden sibling
+//! that is checked against the Swift package's rules ([`super::swift::check_folder`]) and only
+//! then put in place. On any failure nothing is left.
+
+use super::checkpoint::{Checkpoint, CheckpointError, Family};
+use super::parts::{self, PartSpec, Sizing};
+use super::swift::{self, SwiftError};
+use super::tokenizer::{self, TokenizerError, TokenizerSource};
+use crate::build::{BuildError, BuildOptions, BuildReport, Compression, Precision, Sizes};
+use crate::lora::{LoraError, LoraSpec};
+use crate::mil::Target;
+use crate::models::TransformerLayout;
+use crate::progress::Observer;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The file beside the models that says how the folder was made.
+pub const MANIFEST: &str = "mlc.json";
+
+/// What `mlc pipeline` is asked for.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// The family the user names (`sd` takes SD 1.x and 2.x, `sdxl` SDXL); the checkpoint must
+    /// be of it.
+    pub command: String,
+    /// A single-file checkpoint or a diffusers folder.
+    pub weights: PathBuf,
+    /// The Resources folder to write.
+    pub output: PathBuf,
+    /// The image size `[height, width]`; None: the family's.
+    pub image_size: Option<[usize; 2]>,
+    /// The UNet's attention layout (`split-einsum` is [`TransformerLayout::Ane`]).
+    pub layout: TransformerLayout,
+    /// Weight compression for the text encoders and the UNet.
+    pub compression: Option<Compression>,
+    /// The VAE's precision; None: fp16, fp32 for SDXL (its VAE overflows fp16).
+    pub vae_precision: Option<Precision>,
+    pub target: Target,
+    /// LoRAs fused into each part they have keys for.
+    pub loras: Vec<LoraSpec>,
+    /// Keep each `<Name>.mlpackage` beside its `<Name>.mlmodelc`.
+    pub keep_packages: bool,
+    /// A folder with `vocab.json` and `merges.txt` to copy; None: the diffusers folder's
+    /// `tokenizer/`, else generated from CLIP's BPE list.
+    pub tokenizer: Option<PathBuf>,
+    /// Who hears how far each part is: called with the part's name before it is built.
+    pub progress: fn(&str) -> Observer,
+}
+
+impl PipelineOptions {
+    pub fn new(command: &str, weights: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        PipelineOptions {
+            command: command.to_string(),
+            weights: weights.into(),
+            output: output.into(),
+            image_size: None,
+            layout: TransformerLayout::Ane,
+            compression: None,
+            vae_precision: None,
+            target: Target::Ios16,
+            loras: Vec::new(),
+            keep_packages: false,
+            tokenizer: None,
+            progress: |_| Observer::none(),
+        }
+    }
+}
+
+/// One model written.
+#[derive(Clone, Debug)]
+pub struct PartReport {
+    /// `TextEncoder`, `Unet`, ...
+    pub name: &'static str,
+    pub bundle: PathBuf,
+    pub build: BuildReport,
+    /// sha256 over the bundle's files (names and contents).
+    pub bundle_sha256: String,
+    pub compile_time: Duration,
+}
+
+/// What `mlc pipeline` wrote.
+#[derive(Clone, Debug)]
+pub struct PipelineReport {
+    pub folder: PathBuf,
+    pub family: Family,
+    pub image_size: [usize; 2],
+    pub parts: Vec<PartReport>,
+    pub tokenizer: TokenizerSource,
+    /// sha256 over the tensors each part read, part by part.
+    pub checkpoint_sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The checkpoint's family is not the command's.
+    #[error("{path}: this is an {found} checkpoint; run `mlc pipeline {command}`")]
+    Family {
+        path: String,
+        found: &'static str,
+        command: &'static str,
+    },
+    #[error("{0}")]
+    Option(String),
+    /// A part failed to build or compile: its name first.
+    #[error("{part}: {source}")]
+    Build {
+        part: &'static str,
+        #[source]
+        source: BuildError,
+    },
+    #[error("{part}: compiling: {reason}")]
+    Compile { part: &'static str, reason: String },
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// The folder written breaks a rule of the Swift package (a bug, or parts that disagree).
+    #[error("the Resources folder would not load in Apple's Swift pipeline: {0}")]
+    Swift(#[from] SwiftError),
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Builds the Resources folder `opts` asks for.
+pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
+    let checkpoint = Checkpoint::detect(&opts.weights)?;
+    let family = checkpoint.family;
+    if family.command() != opts.command {
+        return Err(PipelineError::Family {
+            path: opts.weights.display().to_string(),
+            found: family.name(),
+            command: family.command(),
+        });
+    }
+    let image_size = opts.image_size.unwrap_or([family.image_side(); 2]);
+    if image_size.iter().any(|&s| s == 0 || s % 8 != 0) {
+        return Err(PipelineError::Option(format!(
+            "--image-size {}x{}: each side must be a positive multiple of 8 (the latent is 8x smaller)",
+            image_size[0], image_size[1]
+        )));
+    }
+    let specs = parts::parts(&checkpoint, opts.layout);
+    // Which parts each LoRA is for, from its keys; a LoRA for none of them is refused.
+    let mut loras_of: Vec<Vec<LoraSpec>> = vec![Vec::new(); specs.len()];
+    for l in &opts.loras {
+        let scopes = crate::lora::scopes(l)?;
+        let mut used = false;
+        for (spec, list) in specs.iter().zip(&mut loras_of) {
+            let scope = crate::models::lookup(spec.model)
+                .ok()
+                .and_then(|m| m.adapter_scope(part_of(spec)));
+            if scope.is_some_and(|s| scopes.contains(&s)) {
+                list.push(l.clone());
+                used = true;
+            }
+        }
+        if !used {
+            return Err(LoraError {
+                file: l.path.clone(),
+                reason: format!(
+                    "no key is for a model of an {} pipeline (its keys are for: {})",
+                    family.name(),
+                    scopes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+            .into());
+        }
+    }
+    let (parent, name) = place(&opts.output)?;
+    check_replaceable(&opts.output)?;
+    let tmp = crate::atomic_dir::hidden_sibling(&parent, &name, "tmp");
+    fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+    let result = fill(opts, &checkpoint, &specs, &loras_of, image_size, &tmp);
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let replaced = crate::atomic_dir::replace_dir(&tmp, &opts.output, &parent, &name, |p| {
+        check_replaceable(p)
+    });
+    if let Err(e) = replaced {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(match e {
+            crate::atomic_dir::ReplaceError::Refused(e) => e,
+            crate::atomic_dir::ReplaceError::Io(e) => io(&opts.output, e),
+            crate::atomic_dir::ReplaceError::Busy => {
+                io(&opts.output, "other writers keep replacing it")
+            }
+        });
+    }
+    Ok(PipelineReport {
+        folder: opts.output.clone(),
+        parts: report
+            .parts
+            .into_iter()
+            .map(|mut p| {
+                p.bundle = opts.output.join(p.bundle.file_name().unwrap_or_default());
+                p.build.package = opts
+                    .output
+                    .join(p.build.package.file_name().unwrap_or_default());
+                p
+            })
+            .collect(),
+        ..report
+    })
+}
+
+/// The registry part a spec builds.
+fn part_of(spec: &PartSpec) -> crate::models::Part {
+    crate::models::lookup(spec.model)
+        .ok()
+        .and_then(|m| m.parts().iter().copied().find(|p| p.name() == spec.part))
+        .unwrap_or(crate::models::Part::ENCODER)
+}
+
+/// Every part, the tokenizer and the manifest into `tmp`, then the Swift rules checked there.
+fn fill(
+    opts: &PipelineOptions,
+    checkpoint: &Checkpoint,
+    specs: &[PartSpec],
+    loras_of: &[Vec<LoraSpec>],
+    image_size: [usize; 2],
+    tmp: &Path,
+) -> Result<PipelineReport, PipelineError> {
+    let mut written = Vec::new();
+    for (spec, loras) in specs.iter().zip(loras_of) {
+        let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
+        let fail = |source| PipelineError::Build {
+            part: spec.name(),
+            source,
+        };
+        let report = crate::build::build(&b).map_err(fail)?;
+        let bundle = tmp.join(spec.file_name());
+        let t = Instant::now();
+        crate::mlmodelc::compile(&report.package, &bundle, &Default::default()).map_err(|e| {
+            PipelineError::Compile {
+                part: spec.name(),
+                reason: e.to_string(),
+            }
+        })?;
+        let compile_time = t.elapsed();
+        if !opts.keep_packages {
+            fs::remove_dir_all(&report.package).map_err(|e| io(&report.package, e))?;
+        }
+        written.push(PartReport {
+            name: spec.name(),
+            bundle_sha256: tree_sha256(&bundle)?,
+            bundle,
+            build: report,
+            compile_time,
+        });
+    }
+    let tokenizer_dir = opts
+        .tokenizer
+        .clone()
+        .or_else(|| checkpoint.tokenizer_dir());
+    let tokenizer = tokenizer::copy_or_generate(tokenizer_dir.as_deref(), tmp)?;
+    let mut h = Sha256::new();
+    for p in &written {
+        h.update(format!("{} {}\n", p.name, p.build.weights_sha256));
+    }
+    let report = PipelineReport {
+        folder: tmp.to_path_buf(),
+        family: checkpoint.family,
+        image_size,
+        parts: written,
+        tokenizer,
+        checkpoint_sha256: hex(&h.finalize()),
+    };
+    let manifest = serde_json::to_string_pretty(&manifest(opts, &report)).unwrap_or_default();
+    let path = tmp.join(MANIFEST);
+    fs::write(&path, manifest + "\n").map_err(|e| io(&path, e))?;
+    swift::check_folder(tmp, parts::swift_pipeline(checkpoint.family))?;
+    Ok(report)
+}
+
+/// The ordinary build options of one part.
+fn build_options(
+    opts: &PipelineOptions,
+    checkpoint: &Checkpoint,
+    spec: &PartSpec,
+    loras: &[LoraSpec],
+    [h, w]: [usize; 2],
+    tmp: &Path,
+) -> Result<BuildOptions, PipelineError> {
+    let mut b = BuildOptions::new(spec.model, checkpoint.file(spec.component)?);
+    b.part = Some(spec.part.to_string());
+    b.model_options = spec.options.clone();
+    b.features = spec.features.clone();
+    b.output = Some(tmp.join(format!("{}.mlpackage", spec.name())));
+    b.target = opts.target;
+    b.precision = match spec.vae {
+        true => vae_precision(opts, checkpoint.family),
+        false => Precision::Fp16,
+    };
+    // Float32 arrays in and out, as the Swift code passes and reads them (token ids need it).
+    b.io_precision = Some(Precision::Fp32);
+    b.sizes = match spec.sizing {
+        Sizing::None => Sizes::Default,
+        Sizing::Latent => Sizes::Latent(vec![[h / 8, w / 8]]),
+        Sizing::Image => Sizes::Image(vec![[h, w]]),
+    };
+    if spec.compressible {
+        b.compression = opts.compression.clone();
+    }
+    b.loras = loras.to_vec();
+    b.progress = (opts.progress)(spec.name());
+    Ok(b)
+}
+
+/// The VAE's precision: as asked, else fp32 for SDXL (its VAE overflows fp16) and fp16 for
+/// the others.
+fn vae_precision(opts: &PipelineOptions, family: Family) -> Precision {
+    match (opts.vae_precision, family) {
+        (Some(p), _) => p,
+        (None, Family::Sdxl) => Precision::Fp32,
+        (None, _) => Precision::Fp16,
+    }
+}
+
+fn compression_text(c: &Compression) -> String {
+    match c {
+        Compression::Palettize { bits, .. } => format!("palettize {bits}"),
+        Compression::Quantize { mode, .. } => format!("quantize {mode:?}").to_lowercase(),
+    }
+}
+
+/// The output's parent folder and name.
+fn place(out: &Path) -> Result<(PathBuf, String), PipelineError> {
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io(out, "not a folder name"))?
+        .to_string();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(io(&parent, "no such folder"));
+    }
+    Ok((parent, name))
+}
+
+/// What may be replaced: nothing, an empty folder, or a Resources folder mlc wrote (it has
+/// `mlc.json`); anything else may be the user's and is refused.
+fn check_replaceable(out: &Path) -> Result<(), PipelineError> {
+    let Ok(meta) = fs::symlink_metadata(out) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(io(out, "exists and is not a folder"));
+    }
+    let empty = fs::read_dir(out).map_err(|e| io(out, e))?.next().is_none();
+    if empty || out.join(MANIFEST).is_file() {
+        return Ok(());
+    }
+    Err(io(
+        out,
+        format!("exists and is not a Resources folder mlc wrote (no {MANIFEST}); remove it or choose another -o"),
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 over a folder's files: each relative path and its contents, in name order.
+fn tree_sha256(dir: &Path) -> Result<String, PipelineError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| io(&d, e))? {
+            let p = e.map_err(|e| io(&d, e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(&f);
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        let mut r = fs::File::open(&f).map_err(|e| io(&f, e))?;
+        loop {
+            let n = r.read(&mut buf).map_err(|e| io(&f, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// `mlc.json`: the checkpoint, the family, the options and each part's hashes.
+fn manifest(opts: &PipelineOptions, r: &PipelineReport) -> serde_json::Value {
+    use serde_json::json;
+    let parts: serde_json::Map<String, serde_json::Value> = r
+        .parts
+        .iter()
+        .map(|p| {
+            (
+                p.name.to_string(),
+                json!({
+                    "model": p.build.model,
+                    "part": p.build.part.name(),
+                    "weights_sha256": p.build.weights_sha256,
+                    "bundle_sha256": p.bundle_sha256,
+                    "loras": p.build.loras.iter().map(|l| json!({
+                        "file": l.stem, "sha256": l.sha256, "weight": l.weight,
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "mlc_version": env!("CARGO_PKG_VERSION"),
+        "checkpoint": {
+            "file": opts.weights.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "sha256": r.checkpoint_sha256,
+        },
+        "family": r.family.name(),
+        "pipeline": opts.command,
+        "image_size": r.image_size,
+        "options": {
+            "attention": match opts.layout {
+                TransformerLayout::Ane => "split-einsum",
+                TransformerLayout::Standard => "original",
+            },
+            "compression": opts.compression.as_ref().map(compression_text),
+            "vae_precision": match vae_precision(opts, r.family) {
+                Precision::Fp16 => "fp16",
+                Precision::Fp32 => "fp32",
+            },
+            "target": opts.target.to_string(),
+        },
+        "tokenizer": match &r.tokenizer {
+            TokenizerSource::Copied(_) => "copied",
+            TokenizerSource::Generated => "generated from CLIP's BPE list",
+        },
+        "parts": parts,
+    })
+}
