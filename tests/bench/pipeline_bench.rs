@@ -26,7 +26,7 @@
 //! `tests/bench/pipeline_bench.sh` writes the files once and times the builds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 // Shared with the other benchmarks.
 #[allow(dead_code)]
@@ -346,6 +346,7 @@ fn main() {
 mod tests {
     use super::*;
     use crate::tensor_file::{parameters, write_safetensors};
+    use std::path::Path;
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
