@@ -494,6 +494,63 @@ mod tests {
         assert_eq!(bigg["logit_scale"], ("F16".to_string(), vec![]));
     }
 
+    /// The UNet's single-file names at the real sizes, spot-checked against names in the
+    /// published files; a key outside the UNet is refused naming it.
+    #[test]
+    fn ldm_names_at_the_real_sizes() {
+        let sd15 = Arch::from_config(&full_config("sd15")).unwrap();
+        let sdxl = Arch::from_config(&full_config("sdxl")).unwrap();
+        for (arch, diffusers, ldm) in [
+            (
+                &sd15,
+                "up_blocks.0.upsamplers.0.conv.weight",
+                "output_blocks.2.1.conv.weight",
+            ),
+            (
+                &sd15,
+                "up_blocks.1.upsamplers.0.conv.bias",
+                "output_blocks.5.2.conv.bias",
+            ),
+            (
+                &sd15,
+                "down_blocks.2.downsamplers.0.conv.weight",
+                "input_blocks.9.0.op.weight",
+            ),
+            (
+                &sd15,
+                "mid_block.resnets.1.time_emb_proj.weight",
+                "middle_block.2.emb_layers.1.weight",
+            ),
+            (&sdxl, "add_embedding.linear_2.bias", "label_emb.0.2.bias"),
+            (
+                &sdxl,
+                "mid_block.attentions.0.transformer_blocks.9.attn2.to_k.weight",
+                "middle_block.1.transformer_blocks.9.attn2.to_k.weight",
+            ),
+            (
+                &sdxl,
+                "up_blocks.0.attentions.2.proj_out.weight",
+                "output_blocks.2.1.proj_out.weight",
+            ),
+            (
+                &sdxl,
+                "up_blocks.0.upsamplers.0.conv.weight",
+                "output_blocks.2.2.conv.weight",
+            ),
+            (
+                &sdxl,
+                "up_blocks.2.resnets.2.conv_shortcut.bias",
+                "output_blocks.8.0.skip_connection.bias",
+            ),
+        ] {
+            assert_eq!(arch.ldm_name(diffusers).unwrap(), ldm, "{diffusers}");
+        }
+        let e = sd15
+            .ldm_name("down_blocks.0.resnets.0.nin.weight")
+            .unwrap_err();
+        assert!(e.contains("\"down_blocks.0.resnets.0.nin.weight\""), "{e}");
+    }
+
     /// The full sizes give the published models' parameter counts: UNets (unet_bench's
     /// test), the SD VAE 83,653,863, CLIP-L's text tower 123,060,480 and bigG's with its
     /// projection 694,659,840 (+ logit_scale), plus the buffers.
