@@ -9,6 +9,7 @@ pub mod cancel_transposes;
 pub mod canonicalize_layout;
 pub mod cast_fp16;
 pub mod dce;
+pub mod edit_features;
 pub mod fold_constants;
 pub mod image_input;
 pub mod image_output;

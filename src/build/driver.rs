@@ -171,8 +171,18 @@ fn program_from(
         WeightsIn::Owned(w) => declare_planned(plan, w)?,
     };
     timings.push(("declare".to_string(), t.elapsed()));
-    plan.interface.check_graph(&g)?;
+    plan.declared.check_graph(&g)?;
     after_pass("declare", &g);
+    // The package's names before anything reads them (calibration inputs, image features).
+    let g = match opts.features.is_empty() {
+        true => g,
+        false => {
+            let list: Vec<Box<dyn passes::Pass>> = vec![Box::new(
+                passes::edit_features::EditFeatures(opts.features.clone()),
+            )];
+            passes::run_observed(g, &list, progress, |p, g| after_pass(p.name(), g))?
+        }
+    };
     // Each switchable adapter's function starts from the declared graph, passed on its own.
     let declared = (!adapters.is_empty()).then(|| g.clone());
 

@@ -25,6 +25,8 @@ pub enum BuildOption {
     Compile,
     /// Switchable adapters.
     Adapter,
+    /// Feature edits ([`super::BuildOptions::features`]).
+    Features,
 }
 
 impl std::fmt::Display for BuildOption {
@@ -42,6 +44,7 @@ impl std::fmt::Display for BuildOption {
             BuildOption::Calibration => f.write_str("calibration"),
             BuildOption::Compile => f.write_str("compiling with mlc"),
             BuildOption::Adapter => f.write_str("switchable adapters"),
+            BuildOption::Features => f.write_str("features"),
         }
     }
 }

@@ -105,6 +105,9 @@ pub struct BuildOptions {
     /// Switchable adapters (iOS18): one function each beside the base model's
     /// ([`crate::lora::BASE_FUNCTION`]), sharing its weights.
     pub adapters: Vec<crate::lora::AdapterSpec>,
+    /// The package's features as a consumer with its own names reads them (renamed, some
+    /// outputs only, token ids as floats): `mlc pipeline` builds Apple's interfaces with it.
+    pub features: crate::passes::edit_features::FeatureEdits,
     /// Who hears how far the build is ([`crate::progress`]); nobody by default. Not part of
     /// what gets built: options that differ only here are equal.
     pub progress: Observer,
@@ -161,6 +164,7 @@ impl BuildOptions {
             activation_min_psnr: None,
             loras: Vec::new(),
             adapters: Vec::new(),
+            features: Default::default(),
             progress: Observer::none(),
         }
     }

@@ -18,8 +18,10 @@ pub struct Plan<'o> {
     pub opts: &'o BuildOptions,
     pub model: &'static dyn Model,
     pub part: Part,
-    /// The part's interface under the options.
+    /// The package's interface: the part's under the options, with the feature edits.
     pub interface: models::Interface,
+    /// The part's own interface, which the declared graph has.
+    pub declared: models::Interface,
     /// The interface symbols' values for every size, the default first.
     pub sizes: Vec<Bindings>,
 }
@@ -37,13 +39,21 @@ impl<'o> Plan<'o> {
     pub fn resolve(opts: &'o BuildOptions) -> Result<Plan<'o>, BuildError> {
         let (model, part) = model_part(opts)?;
         super::validate::declared(opts, model, part)?;
-        let interface = model.interface(part, &opts.model_options);
+        let declared = model.interface(part, &opts.model_options);
+        let interface = opts
+            .features
+            .interface(&declared)
+            .map_err(|reason| BuildError::Option {
+                option: BuildOption::Features,
+                reason,
+            })?;
         let sizes = size_bindings(opts, &interface)?;
         Ok(Plan {
             opts,
             model,
             part,
             interface,
+            declared,
             sizes,
         })
     }

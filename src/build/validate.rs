@@ -32,6 +32,7 @@ fn asks(opts: &BuildOptions, o: ModelOption) -> bool {
         ModelOption::LatentScaling => m.latent_scaling,
         ModelOption::PackedInput => m.packed_input,
         ModelOption::LogvarOutput => m.logvar_output,
+        ModelOption::Moments => m.moments_output,
         ModelOption::HiddenLayer => m.hidden_layer.is_some(),
         ModelOption::Layout => m.layout != TransformerLayout::Standard,
         ModelOption::Batch => m.batch.is_some(),
@@ -250,6 +251,13 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
             );
         }
     }
+    let fp16_io = opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
+    if !opts.features.float_inputs.is_empty() && opts.precision == Precision::Fp16 && fp16_io {
+        return option_error(
+            O::Features,
+            "inputs taken as Float32 need fp32 I/O precision (an fp16 array cannot hold every token id)",
+        );
+    }
     if opts.output_type == OutputType::Image {
         if opts.io_precision == Some(Precision::Fp16) {
             return option_error(
@@ -292,6 +300,7 @@ mod tests {
             ModelOption::LatentScaling => opts.model_options.latent_scaling = true,
             ModelOption::PackedInput => opts.model_options.packed_input = true,
             ModelOption::LogvarOutput => opts.model_options.logvar_output = true,
+            ModelOption::Moments => opts.model_options.moments_output = true,
             ModelOption::HiddenLayer => opts.model_options.hidden_layer = Some(2),
             ModelOption::Layout => opts.model_options.layout = TransformerLayout::Ane,
             ModelOption::Batch => opts.model_options.batch = Some(1),

@@ -125,6 +125,11 @@ pub struct IoArgs {
     /// Full-VAE encoders: also output the posterior's `logvar`.
     #[arg(long)]
     pub logvar: bool,
+    /// Full-VAE encoders: one output `latent` [1, 2C, h, w], the posterior's mean and
+    /// log-variance concatenated on channels (unclamped), as Apple's Swift pipeline reads
+    /// `VAEEncoder`; not with --logvar or --latent-scaling.
+    #[arg(long, conflicts_with_all = ["logvar", "latent_scaling"])]
+    pub moments: bool,
     /// Text encoders: also output `hidden_state`, transformers' `hidden_states[-N]` (the
     /// output N-1 layers before the last, without the final layer norm): `penultimate` (N = 2)
     /// is what SDXL and SD 2.x condition on.
@@ -369,6 +374,7 @@ impl BuildArgs {
             latent_scaling: io.latent_scaling,
             packed_input: io.input == InputForm::Packed,
             logvar_output: io.logvar,
+            moments_output: io.moments,
             hidden_layer: io.hidden_layer,
             batch: io.batch.map(|n| n as usize),
             tokens: io.tokens.map(|n| n as usize),
@@ -475,6 +481,8 @@ impl BuildArgs {
             O::Calibration => "--calibration".into(),
             O::Compile => "--compile".into(),
             O::Adapter => "--adapter".into(),
+            // Not a flag of `mlc build`: what `mlc pipeline` asks for.
+            O::Features => "features".into(),
         };
         anyhow::anyhow!("{flag}: {reason}")
     }

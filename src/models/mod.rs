@@ -357,6 +357,10 @@ pub struct ModelOptions {
     pub packed_input: bool,
     /// Encoder: also output the posterior's `logvar`.
     pub logvar_output: bool,
+    /// Encoder: output the posterior's moments as one `latent`, mean and log-variance
+    /// concatenated on channels (`quant_conv`'s output, unclamped), as Apple's Swift pipeline
+    /// reads a VAE encoder.
+    pub moments_output: bool,
     /// Text encoders: also output `hidden_states[-N]` (N = 2: the penultimate layer's output,
     /// what SDXL and SD 2.x condition on), without the final layer norm.
     pub hidden_layer: Option<usize>,

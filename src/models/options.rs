@@ -24,6 +24,8 @@ pub enum ModelOption {
     PackedInput,
     /// The posterior's `logvar` as a second output.
     LogvarOutput,
+    /// The posterior's mean and log-variance as one output.
+    Moments,
     /// An inner layer's hidden states as an extra output.
     HiddenLayer,
     /// A transformer's activations in the Neural Engine's layout.
@@ -40,7 +42,7 @@ pub enum ModelOption {
 }
 
 impl ModelOption {
-    pub const ALL: [ModelOption; 16] = [
+    pub const ALL: [ModelOption; 17] = [
         ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
@@ -51,6 +53,7 @@ impl ModelOption {
         ModelOption::LatentScaling,
         ModelOption::PackedInput,
         ModelOption::LogvarOutput,
+        ModelOption::Moments,
         ModelOption::HiddenLayer,
         ModelOption::Layout,
         ModelOption::Batch,
@@ -73,6 +76,7 @@ impl ModelOption {
             ModelOption::LatentScaling => "--latent-scaling",
             ModelOption::PackedInput => "--input packed",
             ModelOption::LogvarOutput => "--logvar",
+            ModelOption::Moments => "--moments",
             ModelOption::HiddenLayer => "--hidden-layer",
             ModelOption::Layout => "--layout ane",
             ModelOption::Batch => "--batch",
@@ -82,14 +86,14 @@ impl ModelOption {
         }
     }
 
-    const fn bit(self) -> u16 {
-        1 << self as u16
+    const fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 
 /// The options a model's part takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OptionSet(u16);
+pub struct OptionSet(u32);
 
 impl OptionSet {
     pub const NONE: OptionSet = OptionSet(0);

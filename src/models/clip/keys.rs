@@ -328,11 +328,15 @@ pub struct Config {
     pub activation: Activation,
 }
 
-/// Sizes from the tensors' shapes (keys as the builder names them); `heads`, `epsilon` and
-/// `activation` are the model's defaults, which `config.json` may override.
+/// Channels per attention head of every CLIP text tower (ViT-L/14 12 x 64, OpenCLIP-H 16 x 64,
+/// bigG 20 x 64): what a single-file checkpoint, which carries no config, leaves to convention.
+pub const HEAD_WIDTH: usize = 64;
+
+/// Sizes from the tensors' shapes (keys as the builder names them); the head count (the hidden
+/// size over [`HEAD_WIDTH`]; 0 when that does not divide it), `epsilon` and `activation` are
+/// the model's defaults, which `config.json` may override.
 pub fn detect(
     shapes: &BTreeMap<String, Vec<usize>>,
-    heads: usize,
     activation: Activation,
 ) -> Result<Config, String> {
     let matrix = |k: &str| matrix_of(shapes, k);
@@ -349,6 +353,10 @@ pub fn detect(
         Some(_) => Some(matrix(PROJECTION)?.0),
         None => None,
     };
+    let heads = match hidden % HEAD_WIDTH {
+        0 => hidden / HEAD_WIDTH,
+        _ => 0,
+    };
     Ok(Config {
         hidden,
         intermediate,
@@ -362,9 +370,16 @@ pub fn detect(
     })
 }
 
-/// Refuses a head count that does not divide the hidden size (the model's default one, when no
-/// config.json names it).
+/// Refuses a head count that does not divide the hidden size, and a hidden size the default head
+/// width does not divide when no config.json names the heads.
 pub fn check_heads(cfg: &Config) -> Result<(), String> {
+    if cfg.heads == 0 {
+        return Err(format!(
+            "the hidden size {} is not a multiple of {HEAD_WIDTH}, the channels per head of CLIP's \
+             text towers; put the model's config.json (num_attention_heads) beside the weights",
+            cfg.hidden
+        ));
+    }
     if cfg.hidden % cfg.heads != 0 {
         return Err(format!(
             "{} heads (the model's default) do not divide the hidden size {}; put the model's \
@@ -523,8 +538,14 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let mut cfg = detect(&shapes, 2, Activation::QuickGelu).unwrap();
+        let mut cfg = detect(&shapes, Activation::QuickGelu).unwrap();
         assert_eq!((cfg.layers, cfg.intermediate, cfg.positions), (2, 32, 7));
+        // 8 channels: no whole number of 64-channel heads until config.json says.
+        let e = check_heads(&cfg).unwrap_err();
+        assert!(
+            e.contains("not a multiple of 64") && e.contains("config.json"),
+            "{e}"
+        );
         let json = serde_json::json!({"hidden_size": 8, "num_attention_heads": 4,
             "hidden_act": "gelu", "projection_dim": 512});
         apply_config(&mut cfg, &json).unwrap();
@@ -536,7 +557,25 @@ mod tests {
         );
         let e = apply_config(&mut cfg, &serde_json::json!({"num_attention_heads": 3})).unwrap_err();
         assert!(e.contains("num_attention_heads 3"), "{e}");
-        let e = check_heads(&detect(&shapes, 3, Activation::Gelu).unwrap()).unwrap_err();
-        assert!(e.contains("config.json"), "{e}");
+        check_heads(&cfg).unwrap();
+    }
+
+    /// A single file carries no config: the heads follow from CLIP's 64 channels per head
+    /// (ViT-L/14 12, OpenCLIP-H 16, bigG 20; the pipeline fixture's 64-wide tower 1).
+    #[test]
+    fn heads_default_to_64_channels_each() {
+        for (hidden, heads) in [(768, 12), (1024, 16), (1280, 20), (64, 1)] {
+            let shapes: BTreeMap<String, Vec<usize>> = [
+                (TOKEN_EMBEDDING, vec![100, hidden]),
+                (POSITION_EMBEDDING, vec![77, hidden]),
+                ("encoder.layers.0.mlp.fc1.weight", vec![4 * hidden, hidden]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let cfg = detect(&shapes, Activation::Gelu).unwrap();
+            assert_eq!(cfg.heads, heads);
+            check_heads(&cfg).unwrap();
+        }
     }
 }

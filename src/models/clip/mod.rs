@@ -60,7 +60,6 @@ pub struct Clip {
     projection: bool,
     /// Used when no config.json says otherwise.
     activation: Activation,
-    heads: usize,
     pipeline: &'static str,
 }
 
@@ -70,7 +69,6 @@ pub static CLIP_L: Clip = Clip {
     aliases: &["clip-vit-l", "openai-clip-l"],
     projection: false,
     activation: Activation::QuickGelu,
-    heads: 12,
     pipeline: "OpenAI CLIP ViT-L/14 (SD 1.x, SDXL text_encoder)",
 };
 
@@ -80,7 +78,6 @@ pub static CLIP_BIGG: Clip = Clip {
     aliases: &["clip-g", "openclip-bigg"],
     projection: true,
     activation: Activation::Gelu,
-    heads: 20,
     pipeline: "OpenCLIP ViT-bigG/14 (SDXL text_encoder_2)",
 };
 
@@ -90,7 +87,6 @@ pub static CLIP_H: Clip = Clip {
     aliases: &["openclip-h"],
     projection: true,
     activation: Activation::Gelu,
-    heads: 16,
     pipeline: "OpenCLIP ViT-H/14 (SD 2.x)",
 };
 
@@ -109,7 +105,7 @@ impl Clip {
         };
         let tower = TextTower::find(source, self.projection).map_err(wrong)?;
         let shapes = tower.shapes(source);
-        let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(wrong)?;
+        let mut cfg = keys::detect(&shapes, self.activation).map_err(wrong)?;
         match (self.projection, cfg.projection.is_some()) {
             (true, false) => {
                 return Err(wrong(format!(
@@ -145,12 +141,11 @@ impl Clip {
             .iter()
             .map(|(k, t)| (k.clone(), t.shape.clone()))
             .collect();
-        let mut cfg = keys::detect(&shapes, self.heads, self.activation).map_err(|reason| {
-            ModelError::WrongModel {
+        let mut cfg =
+            keys::detect(&shapes, self.activation).map_err(|reason| ModelError::WrongModel {
                 file: weights.path.display().to_string(),
                 reason,
-            }
-        })?;
+            })?;
         configure_tower(
             &mut cfg,
             &weights.path,

@@ -183,7 +183,21 @@ impl Model for Vae {
             }
             _ => {
                 let hw = [div(&h, FACTOR), div(&w, FACTOR)];
-                let mut outputs = vec![latent("latent", Role::Latent, hw.clone())];
+                let mut outputs = vec![match o.moments_output {
+                    true => feature(
+                        "latent",
+                        Role::Latent,
+                        2 * c,
+                        hw.clone(),
+                        format!(
+                            "Posterior moments, NCHW: the mean (channels 0-{}) then the \
+                             log-variance ({c}-{}, not clamped)",
+                            c - 1,
+                            2 * c - 1
+                        ),
+                    ),
+                    false => latent("latent", Role::Latent, hw.clone()),
+                }];
                 if o.logvar_output {
                     outputs.push(feature(
                         "logvar",
@@ -211,7 +225,7 @@ impl Model for Vae {
             }
             (Part::DECODER, _) => OptionSet::SPATIAL.with(&[OutputImage, LatentScaling]),
             (_, Scaling::BatchNorm) => OptionSet::SPATIAL.with(&[InputImage, LogvarOutput]),
-            _ => OptionSet::SPATIAL.with(&[InputImage, LatentScaling, LogvarOutput]),
+            _ => OptionSet::SPATIAL.with(&[InputImage, LatentScaling, LogvarOutput, Moments]),
         }
     }
 
@@ -576,6 +590,9 @@ impl Vae {
         if self.quant_conv {
             let q = top.child("quant_conv");
             x = nn::conv2d(g, &q, x, &ConvSpec::same(2 * c, 2 * c, 1, true))?;
+        }
+        if o.moments_output {
+            return Ok((x, None));
         }
         let slice = |g: &mut Graph, begin, end, name: &str| {
             g.add(
