@@ -152,16 +152,19 @@ impl Pass for EditFeatures {
             }
             found += 1;
             if node.ty.dtype != DType::I32 {
-                return Err(bad(&input, "a float input must be int32 in the model".into()));
+                return Err(bad(
+                    &input,
+                    "a float input must be int32 in the model".into(),
+                ));
             }
             let int_ty = node.ty.clone();
             let float = r.graph.push(Node {
                 ty: int_ty.with_dtype(DType::F32),
                 ..node
             });
-            let fenced = r
-                .graph
-                .add(Op::Precision { fp32: true }, &[float], format!("{to}_fp32"))?;
+            let fenced =
+                r.graph
+                    .add(Op::Precision { fp32: true }, &[float], format!("{to}_fp32"))?;
             let ids = r.graph.add(
                 Op::Cast { dtype: DType::I32 },
                 &[fenced],

@@ -40,13 +40,13 @@ impl<'o> Plan<'o> {
         let (model, part) = model_part(opts)?;
         super::validate::declared(opts, model, part)?;
         let declared = model.interface(part, &opts.model_options);
-        let interface = opts
-            .features
-            .interface(&declared)
-            .map_err(|reason| BuildError::Option {
-                option: BuildOption::Features,
-                reason,
-            })?;
+        let interface =
+            opts.features
+                .interface(&declared)
+                .map_err(|reason| BuildError::Option {
+                    option: BuildOption::Features,
+                    reason,
+                })?;
         let sizes = size_bindings(opts, &interface)?;
         Ok(Plan {
             opts,

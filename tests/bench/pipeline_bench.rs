@@ -415,32 +415,22 @@ mod tests {
         }
     }
 
-    /// A tiny SDXL base: the UNet fixture's config (cross-attention 128, text_embeds 32), CLIP-L
-    /// 96 wide and bigG 80 wide (mlc's text encoders take 12 and 20 heads from a single file,
-    /// which has no config) and bigG's projection to 32.
+    /// A tiny SDXL base: the UNet fixture's config (cross-attention 128 = 64 + 64, text_embeds
+    /// 32) with 64-wide CLIP-L and bigG towers (one head of CLIP's 64 channels) and bigG's
+    /// projection to 32.
     fn tiny_sdxl() -> Sizes {
-        let mlp = 256;
+        let text = Text {
+            hidden: 64,
+            layers: 3,
+            mlp: 256,
+        };
         Sizes {
             unet: config(&fixtures().join("unet/sdxl/diffusers/config.json")),
             vae: vec![32, 32, 64, 64],
-            clip_l: TINY_CLIP_L,
-            bigg: Some((
-                Text {
-                    hidden: 80,
-                    layers: 3,
-                    mlp,
-                },
-                32,
-            )),
+            clip_l: text,
+            bigg: Some((text, 32)),
         }
     }
-
-    /// A CLIP-L tower small enough for a test with CLIP-L's 12 heads.
-    const TINY_CLIP_L: Text = Text {
-        hidden: 96,
-        layers: 2,
-        mlp: 256,
-    };
 
     /// At the fixture's sizes the SD 1.x checkpoint is the fixture's key for key: every name,
     /// shape and dtype, the skipped buffers included.
@@ -488,9 +478,9 @@ mod tests {
         assert_eq!(bigg.len(), 2 + 3 * 12 + 2 + 2);
         assert_eq!(
             bigg["transformer.resblocks.2.attn.in_proj_weight"].1,
-            [240, 80]
+            [192, 64]
         );
-        assert_eq!(bigg["text_projection"].1, [80, 32]);
+        assert_eq!(bigg["text_projection"].1, [64, 32]);
         assert_eq!(bigg["logit_scale"], ("F16".to_string(), vec![]));
     }
 
@@ -599,10 +589,7 @@ mod tests {
             ),
             (
                 "sd15",
-                Sizes {
-                    clip_l: TINY_CLIP_L,
-                    ..tiny_sd15()
-                },
+                tiny_sd15(),
                 &[
                     ("sd-unet", "unet"),
                     ("sd-vae", "decoder"),

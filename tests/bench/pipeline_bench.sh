@@ -44,7 +44,7 @@ sd)
     parts=(
         "sd-unet unet Unet --layout ane"
         "sd-vae decoder VAEDecoder --image-size 512"
-        "sd-vae encoder VAEEncoder --image-size 512"
+        "sd-vae encoder VAEEncoder --image-size 512 --moments"
         "clip-l encoder TextEncoder"
     )
     ;;
@@ -54,7 +54,7 @@ sdxl)
     parts=(
         "sdxl-unet unet Unet --layout ane"
         "sdxl-vae decoder VAEDecoder --image-size 1024 --precision fp32"
-        "sdxl-vae encoder VAEEncoder --image-size 1024 --precision fp32"
+        "sdxl-vae encoder VAEEncoder --image-size 1024 --precision fp32 --moments"
         "clip-l encoder TextEncoder --hidden-layer penultimate"
         "clip-bigg encoder TextEncoder2 --hidden-layer penultimate"
     )
