@@ -61,7 +61,7 @@ pub fn tensors(
             continue;
         }
         let path = match names {
-            Names::Sgm => sgm(module, arch.layers),
+            Names::Sgm => arch.ldm_name(module).expect("the UNet's own module"),
             Names::Diffusers => module.to_string(),
         };
         let name = format!("lora_unet_{}", path.replace('.', "_"));
@@ -82,30 +82,4 @@ pub fn tensors(
         add("alpha", Vec::new(), Fill::Const(ALPHA));
     }
     out
-}
-
-/// The LDM/SGM path of a transformer module's diffusers path: a down level holds `layers`
-/// resnet/transformer pairs and a downsampler (input block 0 is conv_in), an up level
-/// `layers + 1` pairs and an upsampler; the transformer is the pair's second module (`.1`).
-fn sgm(module: &str, layers: usize) -> String {
-    if let Some(rest) = module.strip_prefix("mid_block.attentions.0.") {
-        return format!("middle_block.1.{rest}");
-    }
-    let parts: Vec<&str> = module.splitn(5, '.').collect();
-    let index = |s: &str| s.parse::<usize>().expect("a block index");
-    match parts[..] {
-        ["down_blocks", i, "attentions", j, rest] => {
-            format!(
-                "input_blocks.{}.1.{rest}",
-                1 + index(i) * (layers + 1) + index(j)
-            )
-        }
-        ["up_blocks", i, "attentions", j, rest] => {
-            format!(
-                "output_blocks.{}.1.{rest}",
-                index(i) * (layers + 1) + index(j)
-            )
-        }
-        _ => panic!("{module}: not a transformer module of a down, mid or up block"),
-    }
 }
