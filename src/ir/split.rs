@@ -439,3 +439,214 @@ fn is_feature_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::eval::evaluate;
+    use crate::ir::{Binary, Conv2d, Dim, Palettized, Quantized, TensorType, Unary};
+    use crate::kernels::Array;
+    use crate::tensor::{DType, Tensor};
+    use std::collections::BTreeMap;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7 + seed * 13) % 11) as f32 / 5.0 - 1.0)
+            .collect()
+    }
+
+    /// Two 3x3 convs of 144 weight bytes each around a bias both halves read; `a` skips to the
+    /// end, `t` is read only at the end, and `z` is computed before `y`.
+    ///
+    /// ```text
+    /// 0 x  1 t  2 w1  3 s  4 a=conv(x,w1)  5 b=a+s  6 c=b[..,0:2]  7 d=concat(c,c)
+    /// 8 w2  9 e=conv(d,w2)  10 f=e+s  11 g=f+a  12 y=g*t          return y=%y, z=%f
+    /// ```
+    fn model() -> Graph {
+        let mut g = Graph::new("m");
+        let x = g.input("x", TensorType::known(DType::F32, &[1, 2, 4, 4]));
+        let t = g.input("t", TensorType::known(DType::F32, &[1, 2, 1, 1]));
+        let w1 = g.constant("w1", Tensor::f32(vec![2, 2, 3, 3], values(36, 1)));
+        let s = g.constant("s", Tensor::f32(vec![1, 2, 1, 1], vec![0.5, -0.25]));
+        let conv = Op::Conv2d(Conv2d::same(3));
+        let a = g.add(conv.clone(), &[x, w1], "a").unwrap();
+        let b = g.add(Op::Binary(Binary::Add), &[a, s], "b").unwrap();
+        let slice = Op::Slice {
+            axis: 3,
+            begin: 0,
+            end: 2,
+        };
+        let c = g.add(slice, &[b], "c").unwrap();
+        let d = g.add(Op::Concat { axis: 3 }, &[c, c], "d").unwrap();
+        let w2 = g.constant("w2", Tensor::f32(vec![2, 2, 3, 3], values(36, 2)));
+        let e = g.add(conv, &[d, w2], "e").unwrap();
+        let f = g.add(Op::Binary(Binary::Add), &[e, s], "f").unwrap();
+        let h = g.add(Op::Binary(Binary::Add), &[f, a], "g").unwrap();
+        let y = g.add(Op::Binary(Binary::Mul), &[h, t], "y").unwrap();
+        g.set_output("y", y);
+        g.set_output("z", f);
+        g
+    }
+
+    fn inputs() -> BTreeMap<String, Array> {
+        BTreeMap::from([
+            ("x".to_string(), Array::new(vec![1, 2, 4, 4], values(32, 3))),
+            (
+                "t".to_string(),
+                Array::new(vec![1, 2, 1, 1], vec![1.5, -2.0]),
+            ),
+        ])
+    }
+
+    /// Chunk 1 on the model's inputs, then chunk 2 on the model's inputs and chunk 1's outputs.
+    fn chained(halves: &[Graph; 2]) -> BTreeMap<String, Array> {
+        let mut feed = inputs();
+        feed.extend(evaluate(&halves[0], &inputs()).unwrap());
+        evaluate(&halves[1], &feed).unwrap()
+    }
+
+    fn names(g: &Graph, ids: &[ValueId]) -> Vec<String> {
+        ids.iter().map(|&v| g.node(v).name.clone()).collect()
+    }
+
+    fn output_names(g: &Graph) -> Vec<&str> {
+        g.outputs().iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn consts(g: &Graph) -> Vec<&str> {
+        g.nodes()
+            .filter(|(_, n)| matches!(n.op, Op::Const(_)))
+            .map(|(_, n)| n.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn chunk_one_then_chunk_two_computes_the_whole_graph() {
+        let g = model();
+        let halves = split_at(&g, 7).unwrap();
+        let [one, two] = &halves;
+        assert_eq!(names(one, one.inputs()), ["x"]);
+        assert_eq!(output_names(one), ["a", "c"]);
+        assert_eq!(names(two, two.inputs()), ["t", "a", "c"]);
+        assert_eq!(output_names(two), ["y", "z"]);
+        for (feature, v) in one.outputs() {
+            let input = two.inputs().iter().find(|&&i| two.node(i).name == *feature);
+            assert_eq!(two.ty(*input.unwrap()), one.ty(*v), "{feature}");
+        }
+        assert_eq!(consts(one), ["w1", "s"]);
+        assert_eq!(consts(two), ["s", "w2"]);
+        assert_eq!(chained(&halves), evaluate(&g, &inputs()).unwrap());
+        assert_eq!(split_at_owned(g.clone(), 7).unwrap(), halves);
+    }
+
+    #[test]
+    fn weights_count_each_form_at_its_stored_size() {
+        let g = model();
+        assert_eq!(weight_bytes(&g), 144 + 8 + 144);
+        let [one, two] = split_at(&g, 7).unwrap();
+        assert_eq!((weight_bytes(&one), weight_bytes(&two)), (152, 152));
+        let half = Tensor::f32(vec![4], vec![1.0; 4]).cast(DType::F16);
+        assert_eq!(const_bytes(&ConstData::Dense(half.clone())), 8);
+        // Lowered as fp32.
+        assert_eq!(const_bytes(&ConstData::Half(half)), 16);
+        let lut = Tensor::f32(vec![2, 16], vec![0.0; 32]).cast(DType::F16);
+        let p = ConstData::Palettized(Palettized {
+            shape: vec![4, 9],
+            bits: 3,
+            group_size: 2,
+            lut,
+            indices: vec![1; 36],
+        });
+        // 36 3-bit indices in 14 bytes, two 16-entry fp16 tables.
+        assert_eq!(const_bytes(&p), 14 + 64);
+        let q = crate::compress::quantize::Quantized {
+            shape: vec![4, 9],
+            scale_shape: vec![4, 1],
+            scale: vec![1.0; 4],
+            data: crate::compress::quantize::QuantData::Affine {
+                data: vec![0; 36],
+                zero_point: vec![0; 4],
+            },
+        };
+        let q = ConstData::Quantized(Quantized {
+            q,
+            dtype: DType::F32,
+        });
+        assert_eq!(const_bytes(&q), 36 + 4 + 16);
+    }
+
+    #[test]
+    fn the_chosen_cut_balances_weights_then_crosses_least() {
+        // Positions 6, 7 and 9 all leave 152 bytes on each side; 7 crosses a and the 64-byte
+        // slice c, 6 and 9 a full-size value instead of c. 10 would leave w2 in chunk 1.
+        let g = model();
+        assert_eq!(best_cut(&g).unwrap(), 7);
+        assert_eq!(split_in_two(&g).unwrap(), split_at(&g, 7).unwrap());
+    }
+
+    #[test]
+    fn a_model_output_computed_before_the_cut_crosses() {
+        let mut g = model();
+        let b = g.node_slice().iter().position(|n| n.name == "b").unwrap();
+        g.set_output("early", ValueId(b as u32));
+        let halves = split_at(&g, 7).unwrap();
+        assert_eq!(output_names(&halves[0]), ["a", "b", "c"]);
+        assert_eq!(output_names(&halves[1]), ["y", "z", "early"]);
+        assert_eq!(chained(&halves), evaluate(&g, &inputs()).unwrap());
+        // The search keeps every model output in chunk 2: b (position 5) is the only choice.
+        assert_eq!(best_cut(&g).unwrap(), b);
+    }
+
+    #[test]
+    fn crossing_names_are_valid_and_unique_feature_names() {
+        let (name, mut nodes, outputs) = model().into_parts();
+        nodes[4].name = "down.0/conv".into();
+        nodes[6].name = "down_0_conv".into();
+        let g = Graph::from_parts(name, nodes, outputs);
+        let [one, two] = split_at(&g, 7).unwrap();
+        assert_eq!(output_names(&one), ["down_0_conv_1", "down_0_conv"]);
+        assert_eq!(
+            names(&two, two.inputs()),
+            ["t", "down_0_conv_1", "down_0_conv"]
+        );
+        assert!(is_feature_name("_a1") && !is_feature_name("1a") && !is_feature_name("a.b"));
+    }
+
+    #[test]
+    fn bad_cuts_are_refused_in_one_line() {
+        let g = model();
+        let err = |cut| split_at(&g, cut).unwrap_err().to_string();
+        assert_eq!(
+            err(0),
+            "node m (split): cut position 0 is outside 1..13 (the graph has 13 nodes)"
+        );
+        assert!(err(13).contains("outside 1..13"), "{}", err(13));
+        assert!(err(4).contains("no op before cut position 4 reads a graph input"));
+        // A trailing constant: nothing to compute after the cut.
+        let mut g2 = model();
+        g2.constant("unused", Tensor::f32(vec![1], vec![0.0]));
+        assert_eq!(
+            split_at(&g2, 13).unwrap_err().to_string(),
+            "node m (split): no op at or after cut position 13"
+        );
+        for e in [err(0), err(4)] {
+            assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn symbolic_shapes_may_not_cross() {
+        let mut g = Graph::new("s");
+        let ty = TensorType::new(DType::F32, vec![Dim::Known(2), Dim::sym("H")]);
+        let x = g.input("x", ty);
+        let a = g.add(Op::Unary(Unary::Relu), &[x], "a").unwrap();
+        let b = g.add(Op::Unary(Unary::Relu), &[a], "b").unwrap();
+        g.set_output("y", b);
+        assert_eq!(
+            split_at(&g, 2).unwrap_err().to_string(),
+            "node a (split): crosses cut position 2 with symbolic shape fp32[2,H]; split a graph \
+             built for one size"
+        );
+        assert!(best_cut(&g).is_err());
+    }
+}
