@@ -213,3 +213,91 @@ fn palettized_chunks_stay_compressed() {
     };
     check("sd15", Precision::Fp16, Some(palettize));
 }
+
+/// Full-size measurement (not run by default): `MLC_SPLIT_BENCH=DIR cargo test --release --test
+/// split -- --ignored --nocapture`, DIR holding `tests/bench/unet_bench.sh`'s synthetic UNets
+/// (`DIR/{sd15,sdxl}/unet/diffusion_pytorch_model.fp16.safetensors`; MODELS="sd15 sdxl" picks,
+/// default sd15). Builds the fp16 ANE-layout UNet at a 64x64 latent, splits it consuming the
+/// graph, and prints each half's weight share, the crossing values, the time taken and the
+/// weight.bin of each lowered half.
+#[test]
+#[ignore]
+fn full_size_split() {
+    let Ok(dir) = std::env::var("MLC_SPLIT_BENCH") else {
+        eprintln!("set MLC_SPLIT_BENCH to the folder of tests/bench/unet_bench.sh's weights");
+        return;
+    };
+    let models = std::env::var("MODELS").unwrap_or_else(|_| "sd15".into());
+    for name in models.split_whitespace() {
+        let model = if name == "sdxl" {
+            "sdxl-unet"
+        } else {
+            "sd-unet"
+        };
+        let path = std::path::Path::new(&dir).join(format!(
+            "{name}/unet/diffusion_pytorch_model.fp16.safetensors"
+        ));
+        let mut o = BuildOptions::new(model, &path);
+        o.io_precision = Some(Precision::Fp32);
+        o.sizes = Sizes::Latent(vec![[64, 64]]);
+        o.model_options = ModelOptions {
+            layout: TransformerLayout::Ane,
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        let w = mlc::weights::Weights::load(&path).unwrap();
+        let g = mlc::compiler::declare_owned(&o, w).unwrap();
+        let pipeline = mlc::compiler::pipeline_options(&o).unwrap();
+        let g = mlc::passes::run(g, &mlc::passes::prepare(&pipeline), |_, _| {}).unwrap();
+        let g = mlc::passes::run(g, &mlc::passes::finish(&pipeline, None), |_, _| {}).unwrap();
+        eprintln!(
+            "{name}: final graph of {} nodes in {:?}",
+            g.len(),
+            t.elapsed()
+        );
+        let total = weight_bytes(&g);
+        let t = std::time::Instant::now();
+        let cut = mlc::ir::split::best_cut(&g).unwrap();
+        let chose = t.elapsed();
+        let t = std::time::Instant::now();
+        let halves = split_at_owned(g, cut).unwrap();
+        let split = t.elapsed();
+        let [one, two] = &halves;
+        let crossing: u64 = one
+            .outputs()
+            .iter()
+            .map(|(_, v)| {
+                let ty = one.ty(*v);
+                let n: usize = ty.known_shape().unwrap().iter().product();
+                (n * ty.dtype.byte_size()) as u64
+            })
+            .sum();
+        eprintln!(
+            "{name}: cut at node {cut} (chosen in {chose:?}, split in {split:?}): weights {} + {} \
+             of {total} bytes ({:.1} % + {:.1} %), {} values cross ({crossing} bytes), chunk 1 \
+             reads {:?}, chunk 2 reads the model inputs {:?}",
+            weight_bytes(one),
+            weight_bytes(two),
+            weight_bytes(one) as f64 * 100.0 / total as f64,
+            weight_bytes(two) as f64 * 100.0 / total as f64,
+            one.outputs().len(),
+            input_names(one),
+            input_names(two)
+                .into_iter()
+                .filter(|n| input_names(one).contains(n))
+                .collect::<Vec<_>>(),
+        );
+        let [one, two] = halves;
+        for h in [one, two] {
+            let t = std::time::Instant::now();
+            let target = mlc::mil::Target::Ios16;
+            let l = lower(&h, target, &ModelInfo::default(), &FeatureTypes::default()).unwrap();
+            eprintln!(
+                "{name}: {} lowered in {:?}, weight.bin {} bytes",
+                h.name,
+                t.elapsed(),
+                l.weight_bytes()
+            );
+        }
+    }
+}
