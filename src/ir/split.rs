@@ -7,7 +7,10 @@
 //! inputs and constants are not placed by position but by use: each chunk takes the model inputs
 //! its ops read (under their own names) and holds the constants they read. Chunk 2's outputs are
 //! the model's, by name and in order. Ops keep their relative order, so evaluating chunk 1 and
-//! then chunk 2 computes exactly what the whole graph computes.
+//! then chunk 2 computes exactly what the whole graph computes. Crossing values keep their type:
+//! fp16 in an fp16 build (Float16 multi-arrays, iOS 16 and newer, as Apple's own chunker makes).
+//! The IR evaluator, which keeps fp16-typed values at f32 precision inside a graph but rounds an
+//! fp16 input, sees those rounded once more than in the whole graph; the device does not.
 //!
 //! Before:
 //! ```text
@@ -22,13 +25,19 @@ use super::{ConstData, Graph, IrError, Node, Op, ValueId};
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-/// The two halves of a graph cut where the weight bytes before the cut are closest to half.
+/// The two halves of a graph cut where each holds closest to half the weight bytes (the cut of
+/// [`best_cut`]).
 pub fn split_in_two(g: &Graph) -> Result<[Graph; 2], IrError> {
     let cut = best_cut(g)?;
     split_at(g, cut)
 }
 
-/// The same at a given position in the node order (for tests and for callers that choose).
+/// The same at a given position in the node order (for tests and for callers that choose): the
+/// ops before `cut` form chunk 1.
+///
+/// A model output an op before the cut computes crosses too, and chunk 2 returns its input
+/// unchanged: valid IR, but the lowering would name one feature of chunk 2 as both an input and
+/// an output. [`best_cut`] never cuts there.
 pub fn split_at(g: &Graph, cut: usize) -> Result<[Graph; 2], IrError> {
     let plan = Plan::new(g, cut)?;
     plan.assemble(
@@ -164,7 +173,8 @@ pub fn best_cut(g: &Graph) -> Result<usize, IrError> {
     best.map(|(_, p)| p).ok_or_else(|| IrError::Type {
         node: g.name.clone(),
         op: "split",
-        reason: "no op position leaves chunk 1 a graph input and only static shapes crossing"
+        reason: "no op position leaves chunk 1 a graph input, chunk 2 every model output and only \
+                 static shapes crossing (a model built for one size has them)"
             .into(),
     })
 }
