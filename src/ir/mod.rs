@@ -17,6 +17,7 @@ pub mod graph;
 pub mod ops;
 pub mod parse;
 pub mod print;
+pub mod split;
 pub mod types;
 pub mod verify;
 pub mod weighted_layer;
