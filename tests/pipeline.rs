@@ -60,10 +60,13 @@ fn features(fs: &[spec::FeatureDescription]) -> BTreeMap<String, (Vec<i64>, i32)
 
 const F32: i32 = spec::array_feature_type::ArrayDataType::Float32 as i32;
 
+/// (name, shape) of each input or output.
+type Features<'a> = &'a [(&'a str, &'a [i64])];
+
 /// Each model's inputs and outputs as the README's table lists them, Float32 throughout (mlc
 /// gives every part fp32 I/O).
 fn check_interfaces(dir: &Path) {
-    let want: [(&str, &[(&str, &[i64])], &[(&str, &[i64])]); 4] = [
+    let want: [(&str, Features, Features); 4] = [
         (
             "TextEncoder",
             &[("input_ids", &[1, 77])],
@@ -344,4 +347,61 @@ fn a_lora_reaches_each_part_it_has_keys_for() {
     assert_eq!(with["parts"]["Unet"]["loras"], serde_json::json!([]));
     // Nothing but the folder (no hidden siblings left by the replacement).
     assert_eq!(names(&out), ["Resources", "te.safetensors"]);
+}
+
+/// `--chunk-unet`: chunk 1 then chunk 2 computes what the whole UNet computes, each chunk holds
+/// about half the weights, and compression reaches both.
+#[test]
+fn unet_chunks_chain_to_the_whole_unet() {
+    let out = out_dir("pipeline_chunks");
+    let single = fixture("sd15_tiny.safetensors");
+    let (whole, chunked) = (out.join("whole"), out.join("chunked"));
+    pipeline(&single, &whole, &["--palettize", "4"]);
+    pipeline(
+        &single,
+        &chunked,
+        &["--palettize", "4", "--chunk-unet", "--keep-packages"],
+    );
+    assert!(!chunked.join("Unet.mlmodelc").exists());
+    let r = mlc::run::read_safetensors(&fixture("reference.safetensors")).unwrap();
+    let inputs = [
+        ("sample", &r["sample"]),
+        ("timestep", &r["timestep_b"]),
+        ("encoder_hidden_states", &r["encoder_hidden_states_ane"]),
+    ];
+    let want = run(&whole, "Unet", &inputs)["noise_pred"].clone();
+    let first = run(&chunked, "UnetChunk1", &inputs);
+    // The Swift code feeds chunk 2 the model's inputs and chunk 1's outputs, by name.
+    let pkg2 = mlc::mlmodelc::read_as_package(&chunked.join("UnetChunk2.mlmodelc")).unwrap();
+    let f = mlc::run::default_function(&pkg2);
+    let mut feed: BTreeMap<String, Array> = BTreeMap::new();
+    for name in mlc::run::input_names(&pkg2, &f) {
+        let v = match first.get(&name) {
+            Some(v) => v.clone(),
+            None => inputs.iter().find(|(n, _)| *n == name).unwrap().1.clone(),
+        };
+        feed.insert(name, v);
+    }
+    assert!(feed.len() > 3, "{:?}", feed.keys());
+    let got = mlc::run::run(&pkg2, &f, &feed).unwrap();
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["noise_pred"]);
+    // The same ops and weights; crossing values are fp16 arrays, rounded as the device rounds
+    // them, where the whole model's evaluation keeps them wider.
+    within("chunked vs whole", &got["noise_pred"], &want, 2e-3);
+    let bytes = |name: &str| {
+        std::fs::metadata(chunked.join(name).join("weights/weight.bin"))
+            .unwrap()
+            .len() as f64
+    };
+    let (a, b) = (bytes("UnetChunk1.mlmodelc"), bytes("UnetChunk2.mlmodelc"));
+    let share = a / (a + b);
+    assert!((0.35..=0.65).contains(&share), "chunk 1 holds {share:.3}");
+    for chunk in ["UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc"] {
+        let mil = std::fs::read_to_string(chunked.join(chunk).join("model.mil")).unwrap();
+        assert!(
+            mil.contains("constexpr_lut_to_dense"),
+            "{chunk} is not palettized"
+        );
+    }
+    common::oracle(&chunked);
 }

@@ -75,6 +75,18 @@ pub(super) fn build_program_to(
     blobs: BlobWriter,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
+    let (p, loras) = program_file(plan, after_pass)?;
+    let mut c = lower_programmed(plan, p, blobs)?;
+    c.loras = loras;
+    Ok(c)
+}
+
+/// The weights file read (LoRAs fused as it is read), the graph declared and passed, not yet
+/// lowered; with the LoRAs it took.
+pub(super) fn program_file(
+    plan: &Plan,
+    after_pass: impl FnMut(&str, &Graph),
+) -> Result<(Programmed, Vec<crate::lora::LoraSummary>), BuildError> {
     let t = Instant::now();
     let path = plan.weights_path()?;
     let file = crate::weights::open(&path).map_err(crate::models::ModelError::from)?;
@@ -104,17 +116,15 @@ pub(super) fn build_program_to(
     let loras = fusion.map(|f| f.summaries).unwrap_or_default();
     let (adapters, mut summaries) = super::lora::adapters(plan, base)?;
     summaries.splice(0..0, loras.iter().cloned());
-    let mut c = program_from(
+    let mut p = program_from(
         plan,
         WeightsIn::Owned(weights),
         &summaries,
         &adapters,
-        blobs,
         after_pass,
     )?;
-    c.timings.insert(0, load);
-    c.loras = summaries;
-    Ok(c)
+    p.timings.insert(0, load);
+    Ok((p, summaries))
 }
 
 /// [`build_program`] with weights already in memory (`opts.weights` is ignored, and so are
@@ -124,14 +134,9 @@ pub fn compile_weights(
     weights: &Weights,
     after_pass: impl FnMut(&str, &Graph),
 ) -> Result<Compiled, BuildError> {
-    program_from(
-        &Plan::new(opts)?,
-        WeightsIn::Borrowed(weights),
-        &[],
-        &[],
-        BlobWriter::new(),
-        after_pass,
-    )
+    let plan = Plan::new(opts)?;
+    let p = program_from(&plan, WeightsIn::Borrowed(weights), &[], &[], after_pass)?;
+    lower_programmed(&plan, p, BlobWriter::new())
 }
 
 enum WeightsIn<'w> {
@@ -144,9 +149,8 @@ fn program_from(
     weights: WeightsIn,
     loras: &[crate::lora::LoraSummary],
     adapters: &[(String, passes::low_rank_adapter::LowRankAdapter)],
-    mut blobs: BlobWriter,
     mut after_pass: impl FnMut(&str, &Graph),
-) -> Result<Compiled, BuildError> {
+) -> Result<Programmed, BuildError> {
     let mut timings = Vec::new();
     let (opts, model, part) = (plan.opts, plan.model, plan.part);
     let progress = &opts.progress;
@@ -293,9 +297,7 @@ fn program_from(
         info.user_defined
             .insert("mlc.activations".into(), "int8 (calibrated)".into());
     }
-    let iface = plan.lowering();
-    blobs.observe(progress.clone());
-    let lowered = if opts.multifunction {
+    let functions = if opts.multifunction {
         let (_, named) = plan.named_sizes()?;
         let mut functions = Vec::new();
         // Each function is its own run of the pass manager: specialised, verified, dumpable.
@@ -319,8 +321,7 @@ fn program_from(
             .max_by_key(|l| l.bytes);
         drop(g);
         timings.push(("specialize_shapes".to_string(), t.elapsed()));
-        progress.begin(Stage::WriteWeights);
-        mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
+        Functions::Several(functions)
     } else if let Some(declared) = declared {
         // The base model is the default function; each adapter a function of its own whose
         // base weights are the same constants, which the blob writer stores once.
@@ -336,12 +337,66 @@ fn program_from(
         }
         drop(declared);
         timings.push(("adapters".to_string(), t.elapsed()));
-        progress.begin(Stage::WriteWeights);
-        mil::lower::lower_multifunction_into(&functions, opts.target, &info, &iface, &mut blobs)?
+        Functions::Several(functions)
     } else {
-        progress.begin(Stage::WriteWeights);
-        mil::lower::lower_into(&g, opts.target, &info, &iface, &mut blobs)?
+        Functions::One(g)
     };
+    Ok(Programmed {
+        functions,
+        info,
+        largest_intermediate: largest,
+        weights_sha256,
+        timings,
+        kept_float,
+        fp32_ops,
+    })
+}
+
+/// A program passed and ready to lower: its functions, its metadata, and what the report says
+/// of it so far.
+pub(super) struct Programmed {
+    pub functions: Functions,
+    pub info: mil::lower::ModelInfo,
+    pub largest_intermediate: Option<Intermediate>,
+    pub weights_sha256: String,
+    pub timings: Vec<(String, Duration)>,
+    pub kept_float: Option<KeptFloat>,
+    pub fp32_ops: usize,
+}
+
+/// The functions of a program: one (`main`), or several sharing weights.
+pub(super) enum Functions {
+    One(Graph),
+    Several(Vec<(String, Graph)>),
+}
+
+/// Lowers a passed program into `blobs` (a package's weight file, or memory).
+pub(super) fn lower_programmed(
+    plan: &Plan,
+    p: Programmed,
+    mut blobs: BlobWriter,
+) -> Result<Compiled, BuildError> {
+    let opts = plan.opts;
+    let Programmed {
+        functions,
+        info,
+        largest_intermediate,
+        weights_sha256,
+        mut timings,
+        kept_float,
+        fp32_ops,
+    } = p;
+    let t = Instant::now();
+    let iface = plan.lowering();
+    blobs.observe(opts.progress.clone());
+    opts.progress.begin(Stage::WriteWeights);
+    let lowered = match &functions {
+        Functions::One(g) => mil::lower::lower_into(g, opts.target, &info, &iface, &mut blobs)?,
+        Functions::Several(f) => {
+            mil::lower::lower_multifunction_into(f, opts.target, &info, &iface, &mut blobs)?
+        }
+    };
+    drop(functions);
     let lowered = if blobs.is_file() {
         let weight_file = match blobs.is_empty() {
             true => None,
@@ -357,10 +412,10 @@ fn program_from(
     };
     timings.push(("lower".to_string(), t.elapsed()));
     Ok(Compiled {
-        model: model.name(),
-        part,
+        model: plan.model.name(),
+        part: plan.part,
         lowered,
-        largest_intermediate: largest,
+        largest_intermediate,
         weights_sha256,
         timings,
         kept_float,

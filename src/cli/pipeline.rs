@@ -77,6 +77,10 @@ pub struct PipelineArgs {
     /// Keep each <Name>.mlpackage beside its <Name>.mlmodelc.
     #[arg(long)]
     pub keep_packages: bool,
+    /// Write the UNet as UnetChunk1.mlmodelc + UnetChunk2.mlmodelc (what iOS devices load),
+    /// cut where each holds about half the weights; compressed like the whole UNet would be.
+    #[arg(long)]
+    pub chunk_unet: bool,
     /// A folder with vocab.json and merges.txt to copy [default: the diffusers folder's
     /// tokenizer/, else generated from CLIP's public BPE list].
     #[arg(long, value_name = "DIR")]
@@ -122,6 +126,7 @@ impl PipelineArgs {
         o.target = self.target;
         o.loras = self.loras.clone();
         o.keep_packages = self.keep_packages;
+        o.chunk_unet = self.chunk_unet;
         o.tokenizer = self.tokenizer.clone();
         Ok(o)
     }

@@ -44,6 +44,8 @@ pub struct PipelineOptions {
     pub loras: Vec<LoraSpec>,
     /// Keep each `<Name>.mlpackage` beside its `<Name>.mlmodelc`.
     pub keep_packages: bool,
+    /// The UNet as `UnetChunk1` + `UnetChunk2`, cut near half its weights.
+    pub chunk_unet: bool,
     /// A folder with `vocab.json` and `merges.txt` to copy; None: the diffusers folder's
     /// `tokenizer/`, else generated from CLIP's BPE list.
     pub tokenizer: Option<PathBuf>,
@@ -64,6 +66,7 @@ impl PipelineOptions {
             target: Target::Ios16,
             loras: Vec::new(),
             keep_packages: false,
+            chunk_unet: false,
             tokenizer: None,
             progress: |_| Observer::none(),
         }
@@ -112,7 +115,7 @@ pub enum PipelineError {
     Build {
         part: &'static str,
         #[source]
-        source: BuildError,
+        source: Box<BuildError>,
     },
     #[error("{part}: compiling: {reason}")]
     Compile { part: &'static str, reason: String },
@@ -247,28 +250,20 @@ fn fill(
         let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
         let fail = |source| PipelineError::Build {
             part: spec.name(),
-            source,
+            source: Box::new(source),
         };
-        let report = crate::build::build(&b).map_err(fail)?;
-        let bundle = tmp.join(spec.file_name());
-        let t = Instant::now();
-        crate::mlmodelc::compile(&report.package, &bundle, &Default::default()).map_err(|e| {
-            PipelineError::Compile {
-                part: spec.name(),
-                reason: e.to_string(),
+        if opts.chunk_unet && spec.swift == swift::Part::Unet {
+            let names = [swift::Part::UnetChunk1, swift::Part::UnetChunk2];
+            let packages = names.map(|p| tmp.join(package_name(p)));
+            let reports = crate::build::write::build_chunks(&b, [&packages[0], &packages[1]])
+                .map_err(fail)?;
+            for (part, report) in names.into_iter().zip(reports) {
+                written.push(compile(opts, tmp, part, report)?);
             }
-        })?;
-        let compile_time = t.elapsed();
-        if !opts.keep_packages {
-            fs::remove_dir_all(&report.package).map_err(|e| io(&report.package, e))?;
+        } else {
+            let report = crate::build::build(&b).map_err(fail)?;
+            written.push(compile(opts, tmp, spec.swift, report)?);
         }
-        written.push(PartReport {
-            name: spec.name(),
-            bundle_sha256: tree_sha256(&bundle)?,
-            bundle,
-            build: report,
-            compile_time,
-        });
     }
     let tokenizer_dir = opts
         .tokenizer
@@ -294,6 +289,41 @@ fn fill(
     Ok(report)
 }
 
+/// `<Name>.mlpackage` for a part of the folder.
+fn package_name(part: swift::Part) -> String {
+    part.file_name().replace(".mlmodelc", ".mlpackage")
+}
+
+/// `report`'s package compiled into the folder as `part`'s bundle (the package removed unless
+/// kept).
+fn compile(
+    opts: &PipelineOptions,
+    tmp: &Path,
+    part: swift::Part,
+    build: BuildReport,
+) -> Result<PartReport, PipelineError> {
+    let name = part.file_name().trim_end_matches(".mlmodelc");
+    let bundle = tmp.join(part.file_name());
+    let t = Instant::now();
+    crate::mlmodelc::compile(&build.package, &bundle, &Default::default()).map_err(|e| {
+        PipelineError::Compile {
+            part: name,
+            reason: e.to_string(),
+        }
+    })?;
+    let compile_time = t.elapsed();
+    if !opts.keep_packages {
+        fs::remove_dir_all(&build.package).map_err(|e| io(&build.package, e))?;
+    }
+    Ok(PartReport {
+        name,
+        bundle_sha256: tree_sha256(&bundle)?,
+        bundle,
+        build,
+        compile_time,
+    })
+}
+
 /// The ordinary build options of one part.
 fn build_options(
     opts: &PipelineOptions,
@@ -307,7 +337,7 @@ fn build_options(
     b.part = Some(spec.part.to_string());
     b.model_options = spec.options.clone();
     b.features = spec.features.clone();
-    b.output = Some(tmp.join(format!("{}.mlpackage", spec.name())));
+    b.output = Some(tmp.join(package_name(spec.swift)));
     b.target = opts.target;
     b.precision = match spec.vae {
         true => vae_precision(opts, checkpoint.family),
@@ -449,6 +479,7 @@ fn manifest(opts: &PipelineOptions, r: &PipelineReport) -> serde_json::Value {
         "pipeline": opts.command,
         "image_size": r.image_size,
         "options": {
+            "chunk_unet": opts.chunk_unet,
             "attention": match opts.layout {
                 TransformerLayout::Ane => "split-einsum",
                 TransformerLayout::Standard => "original",
