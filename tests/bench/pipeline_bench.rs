@@ -611,6 +611,41 @@ mod tests {
                 let built = mlc::compiler::build(&o);
                 assert!(built.is_ok(), "{name} {model} {part}: {:?}", built.err());
             }
+            // The whole Resources folder, checked against the Swift package's rules on the way.
+            let command = if name == "sdxl" { "sdxl" } else { "sd" };
+            let out = dir.path().join(format!("{name}_Resources"));
+            let mut p = mlc::pipeline::PipelineOptions::new(command, &file, &out);
+            p.image_size = Some([128, 128]);
+            let r = mlc::pipeline::write(&p).unwrap_or_else(|e| panic!("{name} pipeline: {e}"));
+            let mut files: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            let mut want = vec![
+                "TextEncoder.mlmodelc",
+                "Unet.mlmodelc",
+                "VAEDecoder.mlmodelc",
+            ];
+            want.extend([
+                "VAEEncoder.mlmodelc",
+                "merges.txt",
+                "mlc.json",
+                "vocab.json",
+            ]);
+            if name == "sdxl" {
+                want.insert(1, "TextEncoder2.mlmodelc");
+            }
+            assert_eq!(files, want, "{name}");
+            let sizes = mlc::pipeline::swift::check_folder(
+                &out,
+                mlc::pipeline::parts::swift_pipeline(r.family),
+            )
+            .unwrap();
+            let unet = &sizes[&mlc::pipeline::swift::Part::Unet];
+            let text = unet[&mlc::pipeline::swift::Size::Text];
+            // SDXL's UNet reads both encoders' states side by side: 64 + 64.
+            assert_eq!(text, if name == "sdxl" { 128 } else { 64 }, "{name}");
         }
     }
 }
