@@ -90,7 +90,7 @@ fn text(
     }
 }
 
-/// The parts `checkpoint` gives, in build order, with the UNet in `layout`.
+/// The parts `checkpoint` gives, in build order (the UNet first), with the UNet in `layout`.
 pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec> {
     let single = matches!(checkpoint.layout, Layout::SingleFile(_));
     let family = checkpoint.family;
@@ -155,7 +155,8 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
             ),
         ],
     };
-    list.push(PartSpec {
+    // The UNet first: its large bundle is hashed while the smaller parts build.
+    list.insert(0, PartSpec {
         swift: swift::Part::Unet,
         model: unet,
         part: "unet",
@@ -202,5 +203,72 @@ pub fn swift_pipeline(family: Family) -> swift::Pipeline {
     match family {
         Family::Sd1 | Family::Sd2 => swift::Pipeline::Sd,
         Family::Sdxl => swift::Pipeline::Sdxl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{lookup, FeatureDtype};
+    use std::path::PathBuf;
+
+    /// Every part of every family resolves to a registry model and part, takes the options the
+    /// table gives it, and, edited, has exactly the features the Swift code reads, with
+    /// Float32 token ids.
+    #[test]
+    fn every_part_has_the_swift_interface() {
+        for family in [Family::Sd1, Family::Sd2, Family::Sdxl] {
+            for layout in [
+                Layout::SingleFile(PathBuf::from("a.safetensors")),
+                Layout::Diffusers(PathBuf::from("d")),
+            ] {
+                let c = Checkpoint { layout, family };
+                let pipeline = swift_pipeline(family);
+                let specs = parts(&c, TransformerLayout::Ane);
+                let swift_parts: Vec<_> = specs.iter().map(|s| s.swift).collect();
+                for need in swift::files(pipeline) {
+                    if need.need == swift::Need::Required {
+                        assert!(
+                            need.part.is_none_or(|p| swift_parts.contains(&p)),
+                            "{family:?}: {} missing",
+                            need.name
+                        );
+                    }
+                }
+                for spec in &specs {
+                    let model = lookup(spec.model).unwrap();
+                    let part = *model
+                        .parts()
+                        .iter()
+                        .find(|p| p.name() == spec.part)
+                        .unwrap();
+                    let mut o = crate::build::BuildOptions::new(spec.model, "w.safetensors");
+                    o.part = Some(spec.part.into());
+                    o.model_options = spec.options.clone();
+                    crate::build::validate::declared(&o, model, part).unwrap();
+                    let edited = spec
+                        .features
+                        .interface(&model.interface(part, &spec.options))
+                        .unwrap();
+                    let want = swift::interface(pipeline, spec.swift);
+                    let names = |fs: &[crate::models::Feature]| {
+                        fs.iter().map(|f| f.name.clone()).collect::<Vec<_>>()
+                    };
+                    let mut have_in = names(&edited.inputs);
+                    let mut want_in: Vec<String> =
+                        want.inputs.iter().map(|f| f.name.to_string()).collect();
+                    have_in.sort();
+                    want_in.sort();
+                    assert_eq!(have_in, want_in, "{family:?} {}", spec.name());
+                    let mut have_out = names(&edited.outputs);
+                    let mut want_out: Vec<String> =
+                        want.outputs.iter().map(|f| f.name.to_string()).collect();
+                    have_out.sort();
+                    want_out.sort();
+                    assert_eq!(have_out, want_out, "{family:?} {}", spec.name());
+                    assert!(edited.inputs.iter().all(|f| f.dtype == FeatureDtype::Float));
+                }
+            }
+        }
     }
 }

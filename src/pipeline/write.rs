@@ -162,9 +162,7 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
         let scopes = crate::lora::scopes(l)?;
         let mut used = false;
         for (spec, list) in specs.iter().zip(&mut loras_of) {
-            let scope = crate::models::lookup(spec.model)
-                .ok()
-                .and_then(|m| m.adapter_scope(part_of(spec)));
+            let scope = part_of(spec).and_then(|(m, p)| m.adapter_scope(p));
             if scope.is_some_and(|s| scopes.contains(&s)) {
                 list.push(l.clone());
                 used = true;
@@ -228,12 +226,11 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
     })
 }
 
-/// The registry part a spec builds.
-fn part_of(spec: &PartSpec) -> crate::models::Part {
-    crate::models::lookup(spec.model)
-        .ok()
-        .and_then(|m| m.parts().iter().copied().find(|p| p.name() == spec.part))
-        .unwrap_or(crate::models::Part::ENCODER)
+/// The registry model and part a spec builds (every spec has them: `parts`' tests).
+fn part_of(spec: &PartSpec) -> Option<(&'static dyn crate::models::Model, crate::models::Part)> {
+    let m = crate::models::lookup(spec.model).ok()?;
+    let p = m.parts().iter().copied().find(|p| p.name() == spec.part)?;
+    Some((m, p))
 }
 
 /// Every part, the tokenizer and the manifest into `tmp`, then the Swift rules checked there.
@@ -245,26 +242,42 @@ fn fill(
     image_size: [usize; 2],
     tmp: &Path,
 ) -> Result<PipelineReport, PipelineError> {
-    let mut written = Vec::new();
-    for (spec, loras) in specs.iter().zip(loras_of) {
-        let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
-        let fail = |source| PipelineError::Build {
-            part: spec.name(),
-            source: Box::new(source),
+    // Each bundle is hashed on a thread of its own while the next part builds (the UNet's
+    // weights take seconds to hash); all are joined before the scope ends, on errors too.
+    let written = std::thread::scope(|scope| -> Result<Vec<PartReport>, PipelineError> {
+        let mut written = Vec::new();
+        let mut hashes = Vec::new();
+        let mut add = |p: PartReport| {
+            let bundle = p.bundle.clone();
+            hashes.push(scope.spawn(move || tree_sha256(&bundle)));
+            written.push(p);
         };
-        if opts.chunk_unet && spec.swift == swift::Part::Unet {
-            let names = [swift::Part::UnetChunk1, swift::Part::UnetChunk2];
-            let packages = names.map(|p| tmp.join(package_name(p)));
-            let reports = crate::build::write::build_chunks(&b, [&packages[0], &packages[1]])
-                .map_err(fail)?;
-            for (part, report) in names.into_iter().zip(reports) {
-                written.push(compile(opts, tmp, part, report)?);
+        for (spec, loras) in specs.iter().zip(loras_of) {
+            let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
+            let fail = |source| PipelineError::Build {
+                part: spec.name(),
+                source: Box::new(source),
+            };
+            if opts.chunk_unet && spec.swift == swift::Part::Unet {
+                let names = [swift::Part::UnetChunk1, swift::Part::UnetChunk2];
+                let packages = names.map(|p| tmp.join(package_name(p)));
+                let reports = crate::build::write::build_chunks(&b, [&packages[0], &packages[1]])
+                    .map_err(fail)?;
+                for (part, report) in names.into_iter().zip(reports) {
+                    add(compile(opts, tmp, part, report)?);
+                }
+            } else {
+                let report = crate::build::build(&b).map_err(fail)?;
+                add(compile(opts, tmp, spec.swift, report)?);
             }
-        } else {
-            let report = crate::build::build(&b).map_err(fail)?;
-            written.push(compile(opts, tmp, spec.swift, report)?);
         }
-    }
+        for (p, h) in written.iter_mut().zip(hashes) {
+            p.bundle_sha256 = h
+                .join()
+                .map_err(|_| io(&p.bundle, "hashing the bundle panicked"))??;
+        }
+        Ok(written)
+    })?;
     let tokenizer_dir = opts
         .tokenizer
         .clone()
@@ -317,7 +330,8 @@ fn compile(
     }
     Ok(PartReport {
         name,
-        bundle_sha256: tree_sha256(&bundle)?,
+        // Filled in by the caller, hashed beside the next build.
+        bundle_sha256: String::new(),
         bundle,
         build,
         compile_time,
