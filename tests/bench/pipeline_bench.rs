@@ -57,15 +57,34 @@ struct Text {
     mlp: usize,
 }
 
+/// An OpenCLIP text tower and its projection's width.
+#[derive(Clone, Copy)]
+struct OpenClip {
+    tower: Text,
+    projection: usize,
+}
+
+/// A checkpoint's text encoders, which also say its family (and so its layout).
+// SD 2.x and the refiner are written at tiny sizes only, by the tests.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy)]
+enum Encoders {
+    /// SD 1.x: CLIP ViT-L/14 in transformers' layout.
+    Sd1(Text),
+    /// SD 2.x: OpenCLIP ViT-H/14 (all its blocks; readers drop the last).
+    Sd2(OpenClip),
+    /// SDXL base: CLIP-L and OpenCLIP bigG.
+    SdxlBase { clip_l: Text, bigg: OpenClip },
+    /// SDXL refiner: OpenCLIP bigG alone.
+    SdxlRefiner(OpenClip),
+}
+
 /// What decides a checkpoint's tensors.
 struct Sizes {
     unet: serde_json::Value,
     /// The VAE's `block_out_channels`.
     vae: Vec<usize>,
-    /// CLIP ViT-L/14's text tower (SD 1.x's only encoder, SDXL's first).
-    clip_l: Text,
-    /// SDXL's OpenCLIP bigG text tower and its projection's width; None for SD 1.x.
-    bigg: Option<(Text, usize)>,
+    text: Encoders,
 }
 
 impl Sizes {
@@ -75,16 +94,21 @@ impl Sizes {
             layers: 12,
             mlp: 3072,
         };
-        let bigg = Text {
-            hidden: 1280,
-            layers: 32,
-            mlp: 5120,
+        let bigg = OpenClip {
+            tower: Text {
+                hidden: 1280,
+                layers: 32,
+                mlp: 5120,
+            },
+            projection: 1280,
         };
         Sizes {
             unet: full_config(name),
             vae: vec![128, 256, 512, 512],
-            clip_l,
-            bigg: (name == "sdxl").then_some((bigg, 1280)),
+            text: match name {
+                "sdxl" => Encoders::SdxlBase { clip_l, bigg },
+                _ => Encoders::Sd1(clip_l),
+            },
         }
     }
 }
@@ -227,7 +251,8 @@ impl Tensors {
     /// OpenCLIP's text tower under `prefix` (ending in `model.`) in OpenCLIP's own layout: q, k
     /// and v stacked in `attn.in_proj_weight`, `text_projection` stored [hidden, projection], and
     /// `logit_scale` (ln 100, as trained CLIP models end).
-    fn open_clip_text(&mut self, prefix: &str, t: Text, projection: usize) {
+    fn open_clip_text(&mut self, prefix: &str, clip: OpenClip) {
+        let (t, projection) = (clip.tower, clip.projection);
         let d = t.hidden;
         self.add(
             format!("{prefix}token_embedding.weight"),
@@ -266,8 +291,8 @@ impl Tensors {
         );
     }
 
-    /// The buffers SD 1.x files carry beside the models (LatentDiffusion's DDPM schedule and
-    /// the EMA's bookkeeping), which readers skip.
+    /// The buffers SD 1.x and 2.x files carry beside the models (LatentDiffusion's DDPM
+    /// schedule and the EMA's bookkeeping), which readers skip.
     fn ddpm_buffers(&mut self) {
         for key in [
             "betas",
@@ -290,23 +315,25 @@ impl Tensors {
     }
 }
 
-/// Every tensor of a single-file checkpoint: SD 1.x's layout without `bigg`, SDXL base's with.
+/// Every tensor of a single-file checkpoint, in the layout of its family's published files.
 fn checkpoint(sizes: &Sizes) -> Result<BTreeMap<String, Spec>, String> {
     let mut t = Tensors::default();
     t.unet("model.diffusion_model.", &sizes.unet)?;
     t.vae("first_stage_model.", &sizes.vae);
-    match sizes.bigg {
-        None => {
-            t.clip_text("cond_stage_model.transformer.text_model.", sizes.clip_l);
+    match sizes.text {
+        Encoders::Sd1(clip_l) => {
+            t.clip_text("cond_stage_model.transformer.text_model.", clip_l);
             t.ddpm_buffers();
         }
-        Some((bigg, projection)) => {
-            t.clip_text(
-                "conditioner.embedders.0.transformer.text_model.",
-                sizes.clip_l,
-            );
-            t.open_clip_text("conditioner.embedders.1.model.", bigg, projection);
+        Encoders::Sd2(h) => {
+            t.open_clip_text("cond_stage_model.model.", h);
+            t.ddpm_buffers();
         }
+        Encoders::SdxlBase { clip_l, bigg } => {
+            t.clip_text("conditioner.embedders.0.transformer.text_model.", clip_l);
+            t.open_clip_text("conditioner.embedders.1.model.", bigg);
+        }
+        Encoders::SdxlRefiner(bigg) => t.open_clip_text("conditioner.embedders.0.model.", bigg),
     }
     Ok(t.0)
 }
@@ -400,35 +427,67 @@ mod tests {
         assert_eq!(ours, theirs, "{what}: dtypes or shapes differ");
     }
 
+    /// The tiny text towers: 64 wide (one head of CLIP's 64 channels), 3 blocks.
+    const TINY_TEXT: Text = Text {
+        hidden: 64,
+        layers: 3,
+        mlp: 256,
+    };
+    /// A tiny bigG: the tower with its projection to 32 (the tiny SDXL UNet's text_embeds).
+    const TINY_BIGG: OpenClip = OpenClip {
+        tower: TINY_TEXT,
+        projection: 32,
+    };
+
     /// The tiny SD 1.x fixture's sizes: `block_out_channels` of its UNet and VAE, text 64 wide.
     fn tiny_sd15() -> Sizes {
         let d = fixtures().join("pipeline/diffusers");
         Sizes {
             unet: config(&d.join("unet/config.json")),
             vae: vec![32, 32, 64, 64],
-            clip_l: Text {
-                hidden: 64,
-                layers: 3,
-                mlp: 256,
-            },
-            bigg: None,
+            text: Encoders::Sd1(TINY_TEXT),
+        }
+    }
+
+    /// A tiny SD 2.x: the SD 2.1 UNet fixture's config (linear projections, 64 channels, one
+    /// head of 64, cross-attention 64) with a 64-wide OpenCLIP tower whose projection is as
+    /// wide as it, as ViT-H's is (1024 to 1024): the folder's `pooled_outputs` is clip-h's
+    /// `text_embeds`, and the Swift rules want it as wide as the hidden states.
+    fn tiny_sd2() -> Sizes {
+        Sizes {
+            unet: config(&fixtures().join("unet/sd21/diffusers/config.json")),
+            vae: vec![32, 32, 64, 64],
+            text: Encoders::Sd2(OpenClip {
+                tower: TINY_TEXT,
+                projection: TINY_TEXT.hidden,
+            }),
         }
     }
 
     /// A tiny SDXL base: the UNet fixture's config (cross-attention 128 = 64 + 64, text_embeds
-    /// 32) with 64-wide CLIP-L and bigG towers (one head of CLIP's 64 channels) and bigG's
-    /// projection to 32.
+    /// 32) with 64-wide CLIP-L and bigG towers and bigG's projection to 32.
     fn tiny_sdxl() -> Sizes {
-        let text = Text {
-            hidden: 64,
-            layers: 3,
-            mlp: 256,
-        };
         Sizes {
             unet: config(&fixtures().join("unet/sdxl/diffusers/config.json")),
             vae: vec![32, 32, 64, 64],
-            clip_l: text,
-            bigg: Some((text, 32)),
+            text: Encoders::SdxlBase {
+                clip_l: TINY_TEXT,
+                bigg: TINY_BIGG,
+            },
+        }
+    }
+
+    /// A tiny SDXL refiner beside [`tiny_sdxl`]: its UNet changed as the refiner changes SDXL
+    /// base's (cross-attention from bigG alone, 64; the added embedding takes bigG's
+    /// projection and 5 time ids, 32 + 5 x 256), the base's bigG, no CLIP-L.
+    fn tiny_refiner() -> Sizes {
+        let mut unet = config(&fixtures().join("unet/sdxl/diffusers/config.json"));
+        unet["cross_attention_dim"] = TINY_BIGG.tower.hidden.into();
+        unet["projection_class_embeddings_input_dim"] = (TINY_BIGG.projection + 5 * 256).into();
+        Sizes {
+            unet,
+            vae: vec![32, 32, 64, 64],
+            text: Encoders::SdxlRefiner(TINY_BIGG),
         }
     }
 
@@ -569,13 +628,47 @@ mod tests {
         }
     }
 
-    /// mlc builds every part of a tiny SDXL single file (so it finds each part by the real
-    /// prefixes and reads OpenCLIP's layout), and of the tiny SD 1.x one written by the same
-    /// writer, the buffers skipped.
+    /// `mlc pipeline COMMAND --weights WEIGHTS -o OUT --image-size 128` and the folder's Swift
+    /// check: the report, the folder's file names (sorted) and the sizes each model reads.
+    fn resources(
+        command: &str,
+        weights: &Path,
+        out: &Path,
+    ) -> (
+        mlc::pipeline::PipelineReport,
+        Vec<String>,
+        BTreeMap<mlc::pipeline::swift::Part, mlc::pipeline::swift::Sizes>,
+    ) {
+        let mut p = mlc::pipeline::PipelineOptions::new(command, weights, out);
+        p.image_size = Some([128, 128]);
+        let r = mlc::pipeline::write(&p)
+            .unwrap_or_else(|e| panic!("{} pipeline: {e}", weights.display()));
+        let mut files: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let sizes =
+            mlc::pipeline::swift::check_folder(out, mlc::pipeline::parts::swift_pipeline(r.family))
+                .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+        (r, files, sizes)
+    }
+
+    /// The family `mlc.json` records.
+    fn manifest_family(out: &Path) -> String {
+        let json = config(&out.join("mlc.json"));
+        json["family"].as_str().unwrap().to_string()
+    }
+
+    /// mlc builds every part of tiny SDXL and SD 2.x single files (so it finds each part by the
+    /// real prefixes and reads OpenCLIP's layout), and of the tiny SD 1.x one written by the
+    /// same writer, the buffers skipped; each gives the Resources folder the Swift package
+    /// reads, its UNet reading the text encoders' width.
     #[test]
     fn mlc_builds_every_part_from_the_written_files() {
+        use mlc::pipeline::swift::{Part, Size};
         let dir = tempfile::tempdir().unwrap();
-        for (name, sizes, parts) in [
+        for (name, sizes, parts, family, text) in [
             (
                 "sdxl",
                 tiny_sdxl(),
@@ -586,6 +679,9 @@ mod tests {
                     ("clip-l", "encoder"),
                     ("clip-bigg", "encoder"),
                 ][..],
+                "SDXL base",
+                // Both encoders' states side by side.
+                2 * TINY_TEXT.hidden,
             ),
             (
                 "sd15",
@@ -595,6 +691,19 @@ mod tests {
                     ("sd-vae", "decoder"),
                     ("clip-l", "encoder"),
                 ][..],
+                "SD 1.x",
+                TINY_TEXT.hidden,
+            ),
+            (
+                "sd2",
+                tiny_sd2(),
+                &[
+                    ("sd-unet", "unet"),
+                    ("sd-vae", "decoder"),
+                    ("clip-h", "encoder"),
+                ][..],
+                "SD 2.x",
+                TINY_TEXT.hidden,
             ),
         ] {
             let file = dir.path().join(format!("{name}.safetensors"));
@@ -614,38 +723,25 @@ mod tests {
             // The whole Resources folder, checked against the Swift package's rules on the way.
             let command = if name == "sdxl" { "sdxl" } else { "sd" };
             let out = dir.path().join(format!("{name}_Resources"));
-            let mut p = mlc::pipeline::PipelineOptions::new(command, &file, &out);
-            p.image_size = Some([128, 128]);
-            let r = mlc::pipeline::write(&p).unwrap_or_else(|e| panic!("{name} pipeline: {e}"));
-            let mut files: Vec<String> = std::fs::read_dir(&out)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            files.sort();
-            let mut want = vec![
-                "TextEncoder.mlmodelc",
+            let (r, files, sizes) = resources(command, &file, &out);
+            let mut want = vec!["TextEncoder.mlmodelc"];
+            if name == "sdxl" {
+                want.push("TextEncoder2.mlmodelc");
+            }
+            want.extend([
                 "Unet.mlmodelc",
                 "VAEDecoder.mlmodelc",
-            ];
-            want.extend([
                 "VAEEncoder.mlmodelc",
                 "merges.txt",
                 "mlc.json",
                 "vocab.json",
             ]);
-            if name == "sdxl" {
-                want.insert(1, "TextEncoder2.mlmodelc");
-            }
             assert_eq!(files, want, "{name}");
-            let sizes = mlc::pipeline::swift::check_folder(
-                &out,
-                mlc::pipeline::parts::swift_pipeline(r.family),
-            )
-            .unwrap();
-            let unet = &sizes[&mlc::pipeline::swift::Part::Unet];
-            let text = unet[&mlc::pipeline::swift::Size::Text];
-            // SDXL's UNet reads both encoders' states side by side: 64 + 64.
-            assert_eq!(text, if name == "sdxl" { 128 } else { 64 }, "{name}");
+            assert_eq!(r.family.name(), family, "{name}");
+            assert_eq!(manifest_family(&out), family, "{name}");
+            let text_of = |part: Part| usize::try_from(sizes[&part][&Size::Text]).unwrap();
+            assert_eq!(text_of(Part::Unet), text, "{name}");
+            assert_eq!(text_of(Part::TextEncoder), TINY_TEXT.hidden, "{name}");
         }
     }
 }
