@@ -543,6 +543,63 @@ mod tests {
         assert_eq!(bigg["logit_scale"], ("F16".to_string(), vec![]));
     }
 
+    /// SD 2.x's tower sits under `cond_stage_model.model.` in OpenCLIP's layout, beside the
+    /// DDPM buffers and with no transformers-layout tower; the refiner's bigG is the base's
+    /// under `conditioner.embedders.0.model.`, no CLIP-L, and its UNet differs from the base's
+    /// only where cross-attention and the added embedding read bigG alone.
+    #[test]
+    fn sd2_and_refiner_layouts() {
+        let under = |t: &BTreeMap<String, (String, Vec<usize>)>, prefix: &str| -> BTreeMap<_, _> {
+            t.iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
+                .collect()
+        };
+        let sd2 = ours(&checkpoint(&tiny_sd2()).unwrap());
+        let h = under(&sd2, "cond_stage_model.model.");
+        assert_eq!(h.len(), 2 + 3 * 12 + 2 + 2);
+        assert_eq!(
+            h["transformer.resblocks.2.attn.in_proj_weight"].1,
+            [192, 64]
+        );
+        assert_eq!(h["text_projection"].1, [64, 64]);
+        assert!(under(&sd2, "cond_stage_model.transformer.").is_empty());
+        assert_eq!(sd2["alphas_cumprod"].0, "F32");
+        let unet = under(&sd2, "model.diffusion_model.");
+        assert_eq!(unet["middle_block.1.proj_in.weight"].1, [64, 64]);
+        assert_eq!(
+            unet["middle_block.1.transformer_blocks.0.attn2.to_k.weight"].1,
+            [64, 64]
+        );
+
+        let base = ours(&checkpoint(&tiny_sdxl()).unwrap());
+        let refiner = ours(&checkpoint(&tiny_refiner()).unwrap());
+        assert_eq!(
+            under(&refiner, "conditioner.embedders.0.model."),
+            under(&base, "conditioner.embedders.1.model.")
+        );
+        let refiner_keys: Vec<_> = refiner.keys().filter(|k| k.starts_with("cond")).collect();
+        assert!(refiner_keys
+            .iter()
+            .all(|k| k.starts_with("conditioner.embedders.0.model.")));
+        assert_eq!(
+            under(&refiner, "first_stage_model."),
+            under(&base, "first_stage_model.")
+        );
+        let (r, b) = (
+            under(&refiner, "model.diffusion_model."),
+            under(&base, "model.diffusion_model."),
+        );
+        assert!(r.keys().eq(b.keys()));
+        let differ: Vec<_> = r.keys().filter(|k| r[*k] != b[*k]).collect();
+        assert!(differ.iter().all(|k| k.ends_with("attn2.to_k.weight")
+            || k.ends_with("attn2.to_v.weight")
+            || *k == "label_emb.0.0.weight"));
+        assert_eq!(r["label_emb.0.0.weight"].1, [128, 32 + 5 * 256]);
+        assert_eq!(b["label_emb.0.0.weight"].1, [128, 32 + 6 * 256]);
+        let to_k = "middle_block.1.transformer_blocks.0.attn2.to_k.weight";
+        assert_eq!((&r[to_k].1, &b[to_k].1), (&vec![64, 64], &vec![64, 128]));
+    }
+
     /// The UNet's single-file names at the real sizes, spot-checked against names in the
     /// published files; a key outside the UNet is refused naming it.
     #[test]
