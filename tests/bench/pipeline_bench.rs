@@ -685,21 +685,19 @@ mod tests {
         }
     }
 
-    /// `mlc pipeline COMMAND --weights WEIGHTS -o OUT --image-size 128` and the folder's Swift
-    /// check: the report, the folder's file names (sorted) and the sizes each model reads.
+    /// `mlc pipeline` with `p`'s options at `--image-size 128`, and the folder's Swift check:
+    /// the report, the folder's file names (sorted) and the sizes each model reads.
     fn resources(
-        command: &str,
-        weights: &Path,
-        out: &Path,
+        mut p: mlc::pipeline::PipelineOptions,
     ) -> (
         mlc::pipeline::PipelineReport,
         Vec<String>,
         BTreeMap<mlc::pipeline::swift::Part, mlc::pipeline::swift::Sizes>,
     ) {
-        let mut p = mlc::pipeline::PipelineOptions::new(command, weights, out);
         p.image_size = Some([128, 128]);
         let r = mlc::pipeline::write(&p)
-            .unwrap_or_else(|e| panic!("{} pipeline: {e}", weights.display()));
+            .unwrap_or_else(|e| panic!("{} pipeline: {e}", p.weights.display()));
+        let out = &p.output;
         let mut files: Vec<String> = std::fs::read_dir(out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -709,6 +707,33 @@ mod tests {
             mlc::pipeline::swift::check_folder(out, mlc::pipeline::parts::swift_pipeline(r.family))
                 .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
         (r, files, sizes)
+    }
+
+    /// Builds `model`'s `part` from `file` at the tiny sizes (latent 16x16, image 64x64).
+    fn build_part(file: &Path, model: &str, part: &str, output: PathBuf) {
+        let mut o = mlc::compiler::BuildOptions::new(model, file);
+        o.part = Some(part.into());
+        if model.ends_with("unet") {
+            o.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16]]);
+        } else if model.ends_with("vae") {
+            o.sizes = mlc::compiler::Sizes::Image(vec![[64, 64]]);
+        }
+        o.output = Some(output);
+        let built = mlc::compiler::build(&o);
+        assert!(
+            built.is_ok(),
+            "{} {model} {part}: {:?}",
+            file.display(),
+            built.err()
+        );
+    }
+
+    /// A text width `check_folder` read.
+    fn text_of(
+        sizes: &BTreeMap<mlc::pipeline::swift::Part, mlc::pipeline::swift::Sizes>,
+        part: mlc::pipeline::swift::Part,
+    ) -> usize {
+        usize::try_from(sizes[&part][&mlc::pipeline::swift::Size::Text]).unwrap()
     }
 
     /// The family `mlc.json` records.
@@ -723,7 +748,7 @@ mod tests {
     /// reads, its UNet reading the text encoders' width.
     #[test]
     fn mlc_builds_every_part_from_the_written_files() {
-        use mlc::pipeline::swift::{Part, Size};
+        use mlc::pipeline::swift::Part;
         let dir = tempfile::tempdir().unwrap();
         for (name, sizes, parts, family, text) in [
             (
@@ -766,21 +791,14 @@ mod tests {
             let file = dir.path().join(format!("{name}.safetensors"));
             write_safetensors(&file, &checkpoint(&sizes).unwrap(), 5).unwrap();
             for &(model, part) in parts {
-                let mut o = mlc::compiler::BuildOptions::new(model, &file);
-                o.part = Some(part.into());
-                if model.ends_with("unet") {
-                    o.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16]]);
-                } else if model.ends_with("vae") {
-                    o.sizes = mlc::compiler::Sizes::Image(vec![[64, 64]]);
-                }
-                o.output = Some(dir.path().join(format!("{name}_{model}_{part}.mlpackage")));
-                let built = mlc::compiler::build(&o);
-                assert!(built.is_ok(), "{name} {model} {part}: {:?}", built.err());
+                let output = dir.path().join(format!("{name}_{model}_{part}.mlpackage"));
+                build_part(&file, model, part, output);
             }
             // The whole Resources folder, checked against the Swift package's rules on the way.
             let command = if name == "sdxl" { "sdxl" } else { "sd" };
             let out = dir.path().join(format!("{name}_Resources"));
-            let (r, files, sizes) = resources(command, &file, &out);
+            let (r, files, sizes) =
+                resources(mlc::pipeline::PipelineOptions::new(command, &file, &out));
             let mut want = vec!["TextEncoder.mlmodelc"];
             if name == "sdxl" {
                 want.push("TextEncoder2.mlmodelc");
@@ -796,9 +814,33 @@ mod tests {
             assert_eq!(files, want, "{name}");
             assert_eq!(r.family.name(), family, "{name}");
             assert_eq!(manifest_family(&out), family, "{name}");
-            let text_of = |part: Part| usize::try_from(sizes[&part][&Size::Text]).unwrap();
-            assert_eq!(text_of(Part::Unet), text, "{name}");
-            assert_eq!(text_of(Part::TextEncoder), TINY_TEXT.hidden, "{name}");
+            assert_eq!(text_of(&sizes, Part::Unet), text, "{name}");
+            assert_eq!(
+                text_of(&sizes, Part::TextEncoder),
+                TINY_TEXT.hidden,
+                "{name}"
+            );
+        }
+    }
+
+    /// A tiny refiner file: mlc finds its UNet and bigG by the refiner's prefixes (bigG under
+    /// `conditioner.embedders.0.model.`, where the base keeps CLIP-L) and builds them.
+    #[test]
+    fn mlc_builds_the_refiners_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let refiner = dir.path().join("refiner.safetensors");
+        write_safetensors(&refiner, &checkpoint(&tiny_refiner()).unwrap(), 6).unwrap();
+        for (model, part) in [
+            ("sdxl-unet", "unet"),
+            ("clip-bigg", "encoder"),
+            ("sdxl-vae", "decoder"),
+        ] {
+            build_part(
+                &refiner,
+                model,
+                part,
+                dir.path().join(format!("{model}_{part}.mlpackage")),
+            );
         }
     }
 }
