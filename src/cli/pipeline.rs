@@ -74,6 +74,11 @@ pub struct PipelineArgs {
     /// Deployment target: ios16, ios17, ios18, or macos13, macos14, macos15.
     #[arg(long, default_value = "ios16", value_parser = Target::parse)]
     pub target: Target,
+    /// sdxl: an SDXL refiner checkpoint (single file or diffusers folder) whose UNet goes beside
+    /// the base's as UnetRefiner.mlmodelc (Apple's pipeline runs it with the base's text
+    /// encoders); --lora reaches the base's parts only.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub refiner: Option<PathBuf>,
     /// Keep each <Name>.mlpackage beside its <Name>.mlmodelc.
     #[arg(long)]
     pub keep_packages: bool,
@@ -127,6 +132,7 @@ impl PipelineArgs {
         o.loras = self.loras.clone();
         o.keep_packages = self.keep_packages;
         o.chunk_unet = self.chunk_unet;
+        o.refiner = self.refiner.clone();
         o.tokenizer = self.tokenizer.clone();
         Ok(o)
     }

@@ -13,6 +13,8 @@ pub enum Family {
     Sd2,
     /// SDXL base: CLIP-L and OpenCLIP bigG.
     Sdxl,
+    /// SDXL refiner: bigG alone; its UNet goes beside a base's parts (`--refiner`).
+    SdxlRefiner,
 }
 
 impl Family {
@@ -21,6 +23,7 @@ impl Family {
             Family::Sd1 => "SD 1.x",
             Family::Sd2 => "SD 2.x",
             Family::Sdxl => "SDXL base",
+            Family::SdxlRefiner => "SDXL refiner",
         }
     }
 
@@ -28,7 +31,7 @@ impl Family {
     pub fn command(self) -> &'static str {
         match self {
             Family::Sd1 | Family::Sd2 => "sd",
-            Family::Sdxl => "sdxl",
+            Family::Sdxl | Family::SdxlRefiner => "sdxl",
         }
     }
 
@@ -39,7 +42,7 @@ impl Family {
             // SD 2.x's v-prediction models (768-v) are the common ones; the 512 base needs
             // --image-size 512 (the tensors do not tell the two apart).
             Family::Sd2 => 768,
-            Family::Sdxl => 1024,
+            Family::Sdxl | Family::SdxlRefiner => 1024,
         }
     }
 }
@@ -103,7 +106,8 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 const SD1_TEXT: &str = "cond_stage_model.transformer.";
 const SD2_TEXT: &str = "cond_stage_model.model.";
-const SDXL_TEXT_1: &str = "conditioner.embedders.0.";
+/// The refiner's only text encoder (bigG), where the base has CLIP-L's `.transformer.`.
+const REFINER_TEXT: &str = "conditioner.embedders.0.model.";
 const SDXL_TEXT_2: &str = "conditioner.embedders.1.model.";
 /// The UNet's first conv: its input channels tell an inpainting UNet (9) from a text-to-image
 /// one (4).
@@ -135,13 +139,8 @@ impl Checkpoint {
         let has = |prefix: &str| index.keys().any(|k| k.starts_with(prefix));
         let family = if has(SDXL_TEXT_2) {
             Family::Sdxl
-        } else if has(SDXL_TEXT_1) {
-            return fail(
-                path,
-                "an SDXL refiner (one text encoder, under conditioner.embedders.0.): mlc \
-                 pipeline builds base checkpoints; build the refiner's UNet with `mlc build \
-                 sdxl-unet`",
-            );
+        } else if has(REFINER_TEXT) {
+            Family::SdxlRefiner
         } else if has(SD2_TEXT) {
             Family::Sd2
         } else if has(SD1_TEXT) {
@@ -188,40 +187,35 @@ impl Checkpoint {
             .get("_class_name")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        let family =
-            match class {
-                "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
-                    // SD 2.x's folder holds a CLIPTextModel too: its width tells it apart.
-                    let config = dir.join("text_encoder").join("config.json");
-                    let hidden = crate::limits::read_regular(&config, 1 << 20)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                        .and_then(|j| j.get("hidden_size").and_then(|h| h.as_u64()));
-                    match hidden {
-                        Some(1024) => Family::Sd2,
-                        _ => Family::Sd1,
-                    }
+        let family = match class {
+            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
+                // SD 2.x's folder holds a CLIPTextModel too: its width tells it apart.
+                let config = dir.join("text_encoder").join("config.json");
+                let hidden = crate::limits::read_regular(&config, 1 << 20)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|j| j.get("hidden_size").and_then(|h| h.as_u64()));
+                match hidden {
+                    Some(1024) => Family::Sd2,
+                    _ => Family::Sd1,
                 }
-                "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline"
-                    if dir.join("text_encoder").is_dir() =>
-                {
-                    Family::Sdxl
-                }
-                "StableDiffusionXLImg2ImgPipeline" => return fail(
+            }
+            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline"
+                if dir.join("text_encoder").is_dir() =>
+            {
+                Family::Sdxl
+            }
+            "StableDiffusionXLImg2ImgPipeline" => Family::SdxlRefiner,
+            "" => return fail(&index, "no _class_name"),
+            other => {
+                return fail(
                     &index,
-                    "an SDXL refiner (no text_encoder/): mlc pipeline builds base checkpoints; \
-                     build the refiner's UNet with `mlc build sdxl-unet`",
-                ),
-                "" => return fail(&index, "no _class_name"),
-                other => {
-                    return fail(
-                        &index,
-                        format!(
+                    format!(
                         "_class_name {other:?} is not a Stable Diffusion 1.x/2.x or SDXL pipeline"
                     ),
-                    )
-                }
-            };
+                )
+            }
+        };
         let c = Checkpoint {
             layout: Layout::Diffusers(dir.to_path_buf()),
             family,
@@ -333,7 +327,10 @@ mod tests {
                 "conditioner.embedders.1.model.ln_final.weight",
                 Some(Family::Sdxl),
             ),
-            ("conditioner.embedders.0.model.ln_final.weight", None),
+            (
+                "conditioner.embedders.0.model.ln_final.weight",
+                Some(Family::SdxlRefiner),
+            ),
             ("something.else", None),
         ] {
             let p = t.path().join("c.safetensors");

@@ -35,6 +35,8 @@ pub struct PartSpec {
     pub compressible: bool,
     /// The VAE, whose precision `--vae-precision` sets.
     pub vae: bool,
+    /// Read from the refiner's checkpoint (`--refiner`), not the base's.
+    pub refiner: bool,
 }
 
 impl PartSpec {
@@ -87,16 +89,18 @@ fn text(
         sizing: Sizing::None,
         compressible: true,
         vae: false,
+        refiner: false,
     }
 }
 
-/// The parts `checkpoint` gives, in build order (the UNet first), with the UNet in `layout`.
-pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec> {
+/// The parts `checkpoint` gives, in build order (the UNets first), with the UNet in `layout`;
+/// with `refiner`, an SDXL base's parts and the refiner's UNet.
+pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) -> Vec<PartSpec> {
     let single = matches!(checkpoint.layout, Layout::SingleFile(_));
     let family = checkpoint.family;
     let (unet, vae) = match family {
         Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae"),
-        Family::Sdxl => ("sdxl-unet", "sdxl-vae"),
+        Family::Sdxl | Family::SdxlRefiner => ("sdxl-unet", "sdxl-vae"),
     };
     let mut list = match family {
         Family::Sd1 => vec![text(
@@ -132,6 +136,8 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
                 ("pooled", "pooled_outputs"),
             ],
         )],
+        // A refiner alone is no folder: `write` refuses it before the parts are listed.
+        Family::SdxlRefiner => vec![],
         Family::Sdxl => vec![
             text(
                 swift::Part::TextEncoder,
@@ -156,20 +162,36 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
         ],
     };
     // The UNet first: its large bundle is hashed while the smaller parts build.
-    list.insert(0, PartSpec {
-        swift: swift::Part::Unet,
-        model: unet,
-        part: "unet",
-        component: Component::Unet,
-        options: ModelOptions {
-            layout,
-            ..Default::default()
+    list.insert(
+        0,
+        PartSpec {
+            swift: swift::Part::Unet,
+            model: unet,
+            part: "unet",
+            component: Component::Unet,
+            options: ModelOptions {
+                layout,
+                ..Default::default()
+            },
+            features: FeatureEdits::default(),
+            sizing: Sizing::Latent,
+            compressible: true,
+            vae: false,
+            refiner: false,
         },
-        features: FeatureEdits::default(),
-        sizing: Sizing::Latent,
-        compressible: true,
-        vae: false,
-    });
+    );
+    if refiner {
+        // Beside the base's UNet, read from the refiner's file; Apple's pipeline uses the
+        // base's text encoders for both.
+        list.insert(
+            1,
+            PartSpec {
+                swift: swift::Part::UnetRefiner,
+                refiner: true,
+                ..list[0].clone()
+            },
+        );
+    }
     list.push(PartSpec {
         swift: swift::Part::VaeDecoder,
         model: vae,
@@ -180,6 +202,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        refiner: false,
     });
     list.push(PartSpec {
         swift: swift::Part::VaeEncoder,
@@ -194,6 +217,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        refiner: false,
     });
     list
 }
@@ -202,7 +226,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout) -> Vec<PartSpec
 pub fn swift_pipeline(family: Family) -> swift::Pipeline {
     match family {
         Family::Sd1 | Family::Sd2 => swift::Pipeline::Sd,
-        Family::Sdxl => swift::Pipeline::Sdxl,
+        Family::Sdxl | Family::SdxlRefiner => swift::Pipeline::Sdxl,
     }
 }
 
@@ -224,8 +248,11 @@ mod tests {
             ] {
                 let c = Checkpoint { layout, family };
                 let pipeline = swift_pipeline(family);
-                let specs = parts(&c, TransformerLayout::Ane);
+                let specs = parts(&c, TransformerLayout::Ane, family == Family::Sdxl);
                 let swift_parts: Vec<_> = specs.iter().map(|s| s.swift).collect();
+                if family == Family::Sdxl {
+                    assert!(swift_parts.contains(&swift::Part::UnetRefiner));
+                }
                 for need in swift::files(pipeline) {
                     if need.need == swift::Need::Required {
                         assert!(

@@ -44,8 +44,11 @@ pub struct PipelineOptions {
     pub loras: Vec<LoraSpec>,
     /// Keep each `<Name>.mlpackage` beside its `<Name>.mlmodelc`.
     pub keep_packages: bool,
-    /// The UNet as `UnetChunk1` + `UnetChunk2`, cut near half its weights.
+    /// The UNet as `UnetChunk1` + `UnetChunk2`, cut near half its weights (and the refiner's
+    /// as `UnetRefinerChunk1` + `2`).
     pub chunk_unet: bool,
+    /// An SDXL refiner checkpoint whose UNet goes beside the base's as `UnetRefiner`.
+    pub refiner: Option<PathBuf>,
     /// A folder with `vocab.json` and `merges.txt` to copy; None: the diffusers folder's
     /// `tokenizer/`, else generated from CLIP's BPE list.
     pub tokenizer: Option<PathBuf>,
@@ -67,6 +70,7 @@ impl PipelineOptions {
             loras: Vec::new(),
             keep_packages: false,
             chunk_unet: false,
+            refiner: None,
             tokenizer: None,
             progress: |_| Observer::none(),
         }
@@ -148,6 +152,26 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
             command: family.command(),
         });
     }
+    if family == Family::SdxlRefiner {
+        return Err(PipelineError::Option(format!(
+            "{}: an SDXL refiner; give the base checkpoint as --weights and this one as --refiner",
+            opts.weights.display()
+        )));
+    }
+    let refiner = match &opts.refiner {
+        None => None,
+        Some(path) => {
+            let r = Checkpoint::detect(path)?;
+            if r.family != Family::SdxlRefiner || family != Family::Sdxl {
+                return Err(PipelineError::Option(format!(
+                    "--refiner {}: an {} checkpoint; --refiner takes an SDXL refiner beside an SDXL base",
+                    path.display(),
+                    r.family.name()
+                )));
+            }
+            Some(r)
+        }
+    };
     let image_size = opts.image_size.unwrap_or([family.image_side(); 2]);
     if image_size.iter().any(|&s| s == 0 || s % 8 != 0) {
         return Err(PipelineError::Option(format!(
@@ -155,13 +179,14 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
             image_size[0], image_size[1]
         )));
     }
-    let specs = parts::parts(&checkpoint, opts.layout);
+    let specs = parts::parts(&checkpoint, opts.layout, refiner.is_some());
     // Which parts each LoRA is for, from its keys; a LoRA for none of them is refused.
     let mut loras_of: Vec<Vec<LoraSpec>> = vec![Vec::new(); specs.len()];
     for l in &opts.loras {
         let scopes = crate::lora::scopes(l)?;
         let mut used = false;
-        for (spec, list) in specs.iter().zip(&mut loras_of) {
+        // A base's LoRA does not fit the refiner's UNet (other widths): the refiner takes none.
+        for (spec, list) in specs.iter().zip(&mut loras_of).filter(|(s, _)| !s.refiner) {
             let scope = part_of(spec).and_then(|(m, p)| m.adapter_scope(p));
             if scope.is_some_and(|s| scopes.contains(&s)) {
                 list.push(l.clone());
@@ -188,7 +213,11 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
     check_replaceable(&opts.output)?;
     let tmp = crate::atomic_dir::hidden_sibling(&parent, &name, "tmp");
     fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
-    let result = fill(opts, &checkpoint, &specs, &loras_of, image_size, &tmp);
+    let sources = Sources {
+        base: &checkpoint,
+        refiner: refiner.as_ref(),
+    };
+    let result = fill(opts, &sources, &specs, &loras_of, image_size, &tmp);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -233,10 +262,16 @@ fn part_of(spec: &PartSpec) -> Option<(&'static dyn crate::models::Model, crate:
     Some((m, p))
 }
 
+/// The checkpoints the parts read.
+struct Sources<'c> {
+    base: &'c Checkpoint,
+    refiner: Option<&'c Checkpoint>,
+}
+
 /// Every part, the tokenizer and the manifest into `tmp`, then the Swift rules checked there.
 fn fill(
     opts: &PipelineOptions,
-    checkpoint: &Checkpoint,
+    sources: &Sources,
     specs: &[PartSpec],
     loras_of: &[Vec<LoraSpec>],
     image_size: [usize; 2],
@@ -253,13 +288,24 @@ fn fill(
             written.push(p);
         };
         for (spec, loras) in specs.iter().zip(loras_of) {
+            let checkpoint = match (spec.refiner, sources.refiner) {
+                (true, Some(r)) => r,
+                _ => sources.base,
+            };
             let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
             let fail = |source| PipelineError::Build {
                 part: spec.name(),
                 source: Box::new(source),
             };
-            if opts.chunk_unet && spec.swift == swift::Part::Unet {
-                let names = [swift::Part::UnetChunk1, swift::Part::UnetChunk2];
+            let chunks = match spec.swift {
+                swift::Part::Unet => Some([swift::Part::UnetChunk1, swift::Part::UnetChunk2]),
+                swift::Part::UnetRefiner => Some([
+                    swift::Part::UnetRefinerChunk1,
+                    swift::Part::UnetRefinerChunk2,
+                ]),
+                _ => None,
+            };
+            if let (true, Some(names)) = (opts.chunk_unet, chunks) {
                 let packages = names.map(|p| tmp.join(package_name(p)));
                 let reports = crate::build::write::build_chunks(&b, [&packages[0], &packages[1]])
                     .map_err(fail)?;
@@ -281,7 +327,7 @@ fn fill(
     let tokenizer_dir = opts
         .tokenizer
         .clone()
-        .or_else(|| checkpoint.tokenizer_dir());
+        .or_else(|| sources.base.tokenizer_dir());
     let tokenizer = tokenizer::copy_or_generate(tokenizer_dir.as_deref(), tmp)?;
     let mut h = Sha256::new();
     for p in &written {
@@ -289,7 +335,7 @@ fn fill(
     }
     let report = PipelineReport {
         folder: tmp.to_path_buf(),
-        family: checkpoint.family,
+        family: sources.base.family,
         image_size,
         parts: written,
         tokenizer,
@@ -298,7 +344,7 @@ fn fill(
     let manifest = serde_json::to_string_pretty(&manifest(opts, &report)).unwrap_or_default();
     let path = tmp.join(MANIFEST);
     fs::write(&path, manifest + "\n").map_err(|e| io(&path, e))?;
-    swift::check_folder(tmp, parts::swift_pipeline(checkpoint.family))?;
+    swift::check_folder(tmp, parts::swift_pipeline(sources.base.family))?;
     Ok(report)
 }
 
@@ -490,6 +536,7 @@ fn manifest(opts: &PipelineOptions, r: &PipelineReport) -> serde_json::Value {
             "sha256": r.checkpoint_sha256,
         },
         "family": r.family.name(),
+        "refiner": opts.refiner.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         "pipeline": opts.command,
         "image_size": r.image_size,
         "options": {
