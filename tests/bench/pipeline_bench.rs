@@ -824,9 +824,13 @@ mod tests {
     }
 
     /// A tiny refiner file: mlc finds its UNet and bigG by the refiner's prefixes (bigG under
-    /// `conditioner.embedders.0.model.`, where the base keeps CLIP-L) and builds them.
+    /// `conditioner.embedders.0.model.`, where the base keeps CLIP-L) and builds them; beside
+    /// the tiny base, `mlc pipeline sdxl --refiner` adds `UnetRefiner.mlmodelc` reading bigG's
+    /// states alone and 5 time ids, and passes the Swift rules; the refiner given as
+    /// `--weights` is refused in one line naming `--refiner`, nothing written.
     #[test]
-    fn mlc_builds_the_refiners_parts() {
+    fn mlc_builds_the_refiner_beside_the_base() {
+        use mlc::pipeline::swift::{Part, Size};
         let dir = tempfile::tempdir().unwrap();
         let refiner = dir.path().join("refiner.safetensors");
         write_safetensors(&refiner, &checkpoint(&tiny_refiner()).unwrap(), 6).unwrap();
@@ -842,5 +846,49 @@ mod tests {
                 dir.path().join(format!("{model}_{part}.mlpackage")),
             );
         }
+
+        let base = dir.path().join("sdxl.safetensors");
+        write_safetensors(&base, &checkpoint(&tiny_sdxl()).unwrap(), 5).unwrap();
+        let out = dir.path().join("Resources");
+        let mut p = mlc::pipeline::PipelineOptions::new("sdxl", &base, &out);
+        p.refiner = Some(refiner.clone());
+        // check_folder (in `resources`) also holds UnetRefiner to `time_ids` [2, 5], by which
+        // the Swift code tells it from the base.
+        let (r, files, sizes) = resources(p);
+        assert_eq!(
+            files,
+            [
+                "TextEncoder.mlmodelc",
+                "TextEncoder2.mlmodelc",
+                "Unet.mlmodelc",
+                "UnetRefiner.mlmodelc",
+                "VAEDecoder.mlmodelc",
+                "VAEEncoder.mlmodelc",
+                "merges.txt",
+                "mlc.json",
+                "vocab.json",
+            ]
+        );
+        assert_eq!(r.family.name(), "SDXL base");
+        let manifest = config(&out.join("mlc.json"));
+        assert_eq!(manifest["refiner"], "refiner.safetensors");
+        assert!(manifest["parts"]["UnetRefiner"]["bundle_sha256"].is_string());
+        // The refiner reads bigG's states alone; the base both encoders'.
+        let bigg = text_of(&sizes, Part::TextEncoder2);
+        assert_eq!(bigg, TINY_BIGG.tower.hidden);
+        assert_eq!(text_of(&sizes, Part::UnetRefiner), bigg);
+        assert_eq!(text_of(&sizes, Part::Unet), 2 * TINY_TEXT.hidden);
+        let pooled = |part: Part| sizes[&part][&Size::Pooled];
+        assert_eq!(pooled(Part::UnetRefiner), pooled(Part::TextEncoder2));
+        assert_eq!(pooled(Part::UnetRefiner), 32);
+
+        let wrong = dir.path().join("Wrong");
+        let e = mlc::pipeline::write(&mlc::pipeline::PipelineOptions::new(
+            "sdxl", &refiner, &wrong,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--refiner") && !e.contains('\n'), "{e}");
+        assert!(!wrong.exists());
     }
 }
