@@ -21,8 +21,13 @@
 //! deterministic pseudo-random fills at a trained model's scales, streamed to the file a chunk
 //! at a time (`tensor_file.rs`). A file already there with the expected header and length is
 //! kept. At the fixtures' sizes the generator gives exactly the keys, shapes and dtypes of
-//! `../shared/fixtures/pipeline/sd15_tiny.safetensors` (made with diffusers and transformers), and
-//! mlc builds every part of a tiny SDXL file (`cargo test --release --example pipeline_bench`).
+//! `../shared/fixtures/pipeline/sd15_tiny.safetensors` (made with diffusers and transformers).
+//! The tests also write tiny files in the SD 2.x layout (OpenCLIP ViT-H under
+//! `cond_stage_model.model.`, SD 2.x's UNet conventions) and the SDXL refiner's (bigG alone under
+//! `conditioner.embedders.0.model.`, the UNet's cross-attention and added embedding from bigG),
+//! and `mlc pipeline` turns each family's tiny file (the refiner beside the base) into a
+//! Resources folder that passes the Swift package's rules
+//! (`cargo test --release --example pipeline_bench`).
 //! `tests/bench/pipeline_bench.sh` writes the files once and times the builds.
 
 use std::collections::BTreeMap;
