@@ -103,19 +103,10 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         Family::Sdxl | Family::SdxlRefiner => ("sdxl-unet", "sdxl-vae"),
     };
     let mut list = match family {
-        Family::Sd1 => vec![text(
-            swift::Part::TextEncoder,
-            "clip-l",
-            Component::TextEncoder,
-            None,
-            &[
-                ("last_hidden_state", "last_hidden_state"),
-                ("pooled", "pooled_outputs"),
-            ],
-        )],
         // The single file's OpenCLIP tower (the last block dropped, as diffusers converts it)
-        // carries its projection; diffusers' own save is a CLIPTextModel without one. The
-        // SD pipeline does not read `pooled_outputs`.
+        // carries its projection; diffusers' own SD 2.x save is a CLIPTextModel without one,
+        // built as SD 1.x's (its config.json gives width, heads and activation). The SD
+        // pipeline does not read `pooled_outputs`.
         Family::Sd2 if single => vec![text(
             swift::Part::TextEncoder,
             "clip-h",
@@ -126,7 +117,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
                 ("text_embeds", "pooled_outputs"),
             ],
         )],
-        Family::Sd2 => vec![text(
+        Family::Sd1 | Family::Sd2 => vec![text(
             swift::Part::TextEncoder,
             "clip-l",
             Component::TextEncoder,

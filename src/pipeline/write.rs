@@ -344,8 +344,22 @@ fn fill(
     let manifest = serde_json::to_string_pretty(&manifest(opts, &report)).unwrap_or_default();
     let path = tmp.join(MANIFEST);
     fs::write(&path, manifest + "\n").map_err(|e| io(&path, e))?;
-    swift::check_folder(tmp, parts::swift_pipeline(sources.base.family))?;
+    swift::check_folder(tmp, parts::swift_pipeline(sources.base.family))
+        .map_err(|e| named_as(e, tmp, &opts.output))?;
     Ok(report)
+}
+
+/// A Swift-rule error about the hidden folder being filled, told about the folder asked for
+/// (the hidden one is gone by the time the user reads it).
+fn named_as(e: SwiftError, tmp: &Path, out: &Path) -> PipelineError {
+    let (tmp, out) = (tmp.display().to_string(), out.display().to_string());
+    PipelineError::Swift(match e {
+        SwiftError::Model { what, reason } => SwiftError::Model {
+            what: what.replace(&tmp, &out),
+            reason: reason.replace(&tmp, &out),
+        },
+        e => e,
+    })
 }
 
 /// `<Name>.mlpackage` for a part of the folder.
