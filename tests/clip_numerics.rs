@@ -311,3 +311,42 @@ fn ane_layout_clears_the_layout_hints_of_standard() {
     assert_eq!(softmax, 12);
     oracle(&out);
 }
+
+/// `--pooled` on a projecting encoder: the extra `pooled` output is the state `text_embeds`
+/// projects (pooled · text_projectionᵀ = text_embeds), what a CLIPTextModel's pooler_output is.
+#[test]
+fn pooled_output_is_the_state_before_the_projection() {
+    let out = out_dir("clip_pooled");
+    let weights = dir("bigg").join("model.safetensors");
+    let mut o = options(
+        "clip-bigg",
+        &weights,
+        Precision::Fp32,
+        out.join("bigg.mlpackage"),
+    );
+    o.model_options.pooled_output = true;
+    build(&o).unwrap();
+    let case = mlc::run::read_safetensors(&dir("bigg").join("short.safetensors")).unwrap();
+    let inputs = BTreeMap::from([("input_ids".to_string(), case["input_ids"].clone())]);
+    let got = mlc::run::run_path(&out.join("bigg.mlpackage"), &inputs).unwrap();
+    let pooled = &got["pooled"];
+    assert_eq!(pooled.shape, [1, 64]);
+    let w = &mlc::run::read_safetensors(&weights).unwrap()["text_projection.weight"];
+    let projected: Vec<f32> = (0..32)
+        .map(|i| (0..64).map(|j| w.data[i * 64 + j] * pooled.data[j]).sum())
+        .collect();
+    let projected = Array::new(vec![1, 32], projected);
+    assert_within("pooled · Pᵀ", &projected, &case["text_embeds"], 1e-4);
+    // Not the projection itself: the widths differ here.
+    assert_ne!(pooled.shape, got["text_embeds"].shape);
+    // clip-l has no projection: its `pooled` is there already, and the flag is refused.
+    let mut l = options(
+        "clip-l",
+        &dir("clip_l").join("model.safetensors"),
+        Precision::Fp32,
+        out.join("l.mlpackage"),
+    );
+    l.model_options.pooled_output = true;
+    let e = one_line_error(&l);
+    assert!(e.contains("--pooled"), "{e}");
+}

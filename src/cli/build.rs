@@ -135,6 +135,10 @@ pub struct IoArgs {
     /// is what SDXL and SD 2.x condition on.
     #[arg(long, value_name = "penultimate|N", value_parser = parse_hidden_layer)]
     pub hidden_layer: Option<usize>,
+    /// Projecting text encoders (clip-bigg, clip-h): also output `pooled`, the final-norm EOS
+    /// state before text_projection (a CLIPTextModel's pooler_output).
+    #[arg(long)]
+    pub pooled: bool,
     /// UNets: the batch size every input and the output have [default: 2, classifier-free
     /// guidance's negative and positive prompt in one call, as Apple's Swift pipeline runs it].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -376,6 +380,7 @@ impl BuildArgs {
             logvar_output: io.logvar,
             moments_output: io.moments,
             hidden_layer: io.hidden_layer,
+            pooled_output: io.pooled,
             batch: io.batch.map(|n| n as usize),
             tokens: io.tokens.map(|n| n as usize),
             ema: io.ema,

@@ -364,6 +364,10 @@ pub struct ModelOptions {
     /// Text encoders: also output `hidden_states[-N]` (N = 2: the penultimate layer's output,
     /// what SDXL and SD 2.x condition on), without the final layer norm.
     pub hidden_layer: Option<usize>,
+    /// Text encoders with a projection (`text_embeds`): also output `pooled`, the final-norm
+    /// state at the EOS token before the projection (what a CLIPTextModel's `pooler_output`
+    /// is; Apple's SD 2.x text encoder returns it).
+    pub pooled_output: bool,
     /// Transformers: how activations are laid out (see [`TransformerLayout`]).
     pub layout: TransformerLayout,
     /// Denoisers: the batch size (None: the model's default, 2 for a UNet: classifier-free

@@ -28,6 +28,8 @@ pub enum ModelOption {
     Moments,
     /// An inner layer's hidden states as an extra output.
     HiddenLayer,
+    /// A projecting text encoder's unprojected pooled state as an extra output.
+    PooledOutput,
     /// A transformer's activations in the Neural Engine's layout.
     Layout,
     /// A batch size other than the model's default.
@@ -42,7 +44,7 @@ pub enum ModelOption {
 }
 
 impl ModelOption {
-    pub const ALL: [ModelOption; 17] = [
+    pub const ALL: [ModelOption; 18] = [
         ModelOption::Multifunction,
         ModelOption::LatentSize,
         ModelOption::ImageSize,
@@ -55,6 +57,7 @@ impl ModelOption {
         ModelOption::LogvarOutput,
         ModelOption::Moments,
         ModelOption::HiddenLayer,
+        ModelOption::PooledOutput,
         ModelOption::Layout,
         ModelOption::Batch,
         ModelOption::Tokens,
@@ -78,6 +81,7 @@ impl ModelOption {
             ModelOption::LogvarOutput => "--logvar",
             ModelOption::Moments => "--moments",
             ModelOption::HiddenLayer => "--hidden-layer",
+            ModelOption::PooledOutput => "--pooled",
             ModelOption::Layout => "--layout ane",
             ModelOption::Batch => "--batch",
             ModelOption::Tokens => "--tokens",

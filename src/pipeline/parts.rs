@@ -104,19 +104,23 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
     };
     let mut list = match family {
         // The single file's OpenCLIP tower (the last block dropped, as diffusers converts it)
-        // carries its projection; diffusers' own SD 2.x save is a CLIPTextModel without one,
-        // built as SD 1.x's (its config.json gives width, heads and activation). The SD
-        // pipeline does not read `pooled_outputs`.
-        Family::Sd2 if single => vec![text(
-            swift::Part::TextEncoder,
-            "clip-h",
-            Component::TextEncoder,
-            None,
-            &[
-                ("last_hidden_state", "last_hidden_state"),
-                ("text_embeds", "pooled_outputs"),
-            ],
-        )],
+        // carries its projection: its unprojected pooled state is what Apple's converter
+        // returns. Diffusers' own SD 2.x save is a CLIPTextModel without one, built as SD
+        // 1.x's (its config.json gives width, heads and activation).
+        Family::Sd2 if single => {
+            let mut t = text(
+                swift::Part::TextEncoder,
+                "clip-h",
+                Component::TextEncoder,
+                None,
+                &[
+                    ("last_hidden_state", "last_hidden_state"),
+                    ("pooled", "pooled_outputs"),
+                ],
+            );
+            t.options.pooled_output = true;
+            vec![t]
+        }
         Family::Sd1 | Family::Sd2 => vec![text(
             swift::Part::TextEncoder,
             "clip-l",

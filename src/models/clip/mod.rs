@@ -211,6 +211,10 @@ impl Clip {
                     "text_projection",
                 )?;
                 g.set_output("text_embeds", e);
+                if o.pooled_output {
+                    let pooled = states.pooled_output(&mut g, pooled, "eos_state_flat")?;
+                    g.set_output("pooled", pooled);
+                }
             }
             None => {
                 let pooled = states.pooled_output(&mut g, pooled, "eos_state_flat")?;
@@ -302,6 +306,14 @@ impl Model for Clip {
                 "Final-norm hidden state at the EOS token (the largest id)".into(),
             )
         });
+        if self.projection && o.pooled_output {
+            outputs.push(feature(
+                "pooled",
+                Role::Embedding,
+                vec![one.clone(), d.clone()],
+                "Final-norm hidden state at the EOS token (the largest id), not projected".into(),
+            ));
+        }
         if let Some(n) = o.hidden_layer {
             outputs.push(state(
                 "hidden_state",
@@ -324,11 +336,16 @@ impl Model for Clip {
     }
 
     fn options(&self, _part: Part) -> OptionSet {
+        let projection = match self.projection {
+            true => &[ModelOption::PooledOutput][..],
+            false => &[],
+        };
         OptionSet::of(&[
             ModelOption::HiddenLayer,
             ModelOption::Layout,
             ModelOption::Lora,
         ])
+        .with(projection)
     }
 
     fn weight_names(
