@@ -242,48 +242,31 @@ fn bad_checkpoints_and_outputs_are_one_line_errors_leaving_nothing() {
     let r = res.to_str().unwrap();
     let single = fixture("sd15_tiny.safetensors");
     let s = single.to_str().unwrap();
+    // `mlc pipeline FAMILY --weights WEIGHTS -o Resources [extra]`, which must fail.
+    let run = |family: &str, weights: &str, extra: &[&str]| {
+        let mut args = vec!["pipeline", family, "--weights", weights, "-o", r];
+        args.extend(extra);
+        fail(&args)
+    };
     // The wrong family for the command.
-    let e = fail(&["pipeline", "sdxl", "--weights", s, "-o", r]);
+    let e = run("sdxl", s, &[]);
     assert!(e.contains("SD 1.x") && e.contains("mlc pipeline sd"), "{e}");
     // A file that is a single part (the VAE alone) names the missing text encoder prefixes.
     let vae = shared("fixtures/vae/sd/original.safetensors");
-    let e = fail(&[
-        "pipeline",
-        "sd",
-        "--weights",
-        vae.to_str().unwrap(),
-        "-o",
-        r,
-    ]);
+    let e = run("sd", vae.to_str().unwrap(), &[]);
     assert!(e.contains("cond_stage_model.transformer."), "{e}");
     // A folder that is not mlc's is never replaced.
     std::fs::create_dir(&res).unwrap();
     std::fs::write(res.join("notes.txt"), "mine").unwrap();
-    let e = fail(&[
-        "pipeline",
-        "sd",
-        "--weights",
-        s,
-        "--image-size",
-        "64",
-        "-o",
-        r,
-    ]);
+    let e = run("sd", s, &["--image-size", "64"]);
     assert!(e.contains("mlc.json"), "{e}");
     assert_eq!(names(&res), ["notes.txt"]);
     std::fs::remove_dir_all(&res).unwrap();
     // Sizes: a side that is not a multiple of 8.
-    let e = fail(&[
-        "pipeline",
-        "sd",
-        "--weights",
-        s,
-        "--image-size",
-        "60",
-        "-o",
-        r,
-    ]);
+    let e = run("sd", s, &["--image-size", "60"]);
     assert!(e.contains("--image-size 60x60"), "{e}");
+    let e = run("sd", s, &["--image-size", "131072"]);
+    assert!(e.contains("--image-size 131072x131072"), "{e}");
     // A failing part (here: a LoRA whose keys fit no model of the pipeline) leaves nothing.
     let lora = out.join("te2.safetensors");
     let mut t = BTreeMap::new();
@@ -293,18 +276,7 @@ fn bad_checkpoints_and_outputs_are_one_line_errors_leaving_nothing() {
     );
     common::write_safetensors(&lora, &t);
     let l = format!("{}:0.5", lora.display());
-    let e = fail(&[
-        "pipeline",
-        "sd",
-        "--weights",
-        s,
-        "--image-size",
-        "64",
-        "-o",
-        r,
-        "--lora",
-        &l,
-    ]);
+    let e = run("sd", s, &["--image-size", "64", "--lora", &l]);
     assert!(
         e.contains("te2.safetensors") && e.contains("text_encoder_2"),
         "{e}"

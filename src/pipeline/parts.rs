@@ -47,7 +47,7 @@ impl PartSpec {
 
     /// The name without the extension (`Unet`), for packages and messages.
     pub fn name(&self) -> &'static str {
-        self.file_name().trim_end_matches(".mlmodelc")
+        self.swift.name()
     }
 }
 

@@ -51,6 +51,11 @@ pub enum Part {
 }
 
 impl Part {
+    /// The model's name, the bundle's without `.mlmodelc` (`Unet`).
+    pub fn name(self) -> &'static str {
+        self.file_name().trim_end_matches(".mlmodelc")
+    }
+
     /// The bundle's name in the Resources folder.
     pub const fn file_name(self) -> &'static str {
         match self {

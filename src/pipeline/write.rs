@@ -173,9 +173,10 @@ pub fn write(opts: &PipelineOptions) -> Result<PipelineReport, PipelineError> {
         }
     };
     let image_size = opts.image_size.unwrap_or([family.image_side(); 2]);
-    if image_size.iter().any(|&s| s == 0 || s % 8 != 0) {
+    let max = crate::build::MAX_IMAGE_SIDE;
+    if image_size.iter().any(|&s| s == 0 || s % 8 != 0 || s > max) {
         return Err(PipelineError::Option(format!(
-            "--image-size {}x{}: each side must be a positive multiple of 8 (the latent is 8x smaller)",
+            "--image-size {}x{}: each side must be a multiple of 8 (the latent is 8x smaller) from 8 to {max}",
             image_size[0], image_size[1]
         )));
     }
@@ -364,7 +365,7 @@ fn named_as(e: SwiftError, tmp: &Path, out: &Path) -> PipelineError {
 
 /// `<Name>.mlpackage` for a part of the folder.
 fn package_name(part: swift::Part) -> String {
-    part.file_name().replace(".mlmodelc", ".mlpackage")
+    format!("{}.mlpackage", part.name())
 }
 
 /// `report`'s package compiled into the folder as `part`'s bundle (the package removed unless
@@ -375,7 +376,7 @@ fn compile(
     part: swift::Part,
     build: BuildReport,
 ) -> Result<PartReport, PipelineError> {
-    let name = part.file_name().trim_end_matches(".mlmodelc");
+    let name = part.name();
     let bundle = tmp.join(part.file_name());
     let t = Instant::now();
     crate::mlmodelc::compile(&build.package, &bundle, &Default::default()).map_err(|e| {

@@ -45,7 +45,7 @@ mod tensor_file;
 #[allow(dead_code)]
 #[path = "unet_arch.rs"]
 mod unet_arch;
-use tensor_file::{write_file, Fill, Spec};
+use tensor_file::{write_file, Fill, Spec, Specs};
 use unet_arch::{full_config, Arch};
 
 /// CLIP's vocabulary and positions (every SD text encoder's).
@@ -124,30 +124,11 @@ const MODELS: [(&str, &str, u64); 2] = [
     ("sdxl", "sdxl_single_file.safetensors", 12),
 ];
 
-/// The tensors of a file being described, added layer by layer.
-#[derive(Default)]
-struct Tensors(BTreeMap<String, Spec>);
+/// The tensors of a file being described, added layer by layer (the layer writers are
+/// [`Specs`]'; the blocks of each model are below).
+type Tensors = Specs;
 
 impl Tensors {
-    fn add(&mut self, key: String, shape: Vec<usize>, fill: Fill) {
-        self.0.insert(key, Spec { shape, fill });
-    }
-
-    fn conv(&mut self, p: &str, cout: usize, cin: usize, k: usize) {
-        self.add(format!("{p}.weight"), vec![cout, cin, k, k], Fill::Weight);
-        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
-    }
-
-    fn linear(&mut self, p: &str, cout: usize, cin: usize) {
-        self.add(format!("{p}.weight"), vec![cout, cin], Fill::Weight);
-        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
-    }
-
-    fn norm(&mut self, p: &str, c: usize) {
-        self.add(format!("{p}.weight"), vec![c], Fill::Scale);
-        self.add(format!("{p}.bias"), vec![c], Fill::Bias);
-    }
-
     /// The UNet of `config` under `prefix` in LDM/SGM names.
     fn unet(&mut self, prefix: &str, config: &serde_json::Value) -> Result<(), String> {
         let arch = Arch::from_config(config)?;

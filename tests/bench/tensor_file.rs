@@ -17,6 +17,31 @@ pub struct Spec {
     pub fill: Fill,
 }
 
+/// A checkpoint's tensors by key, as the generators list them: a layer's parameters at a time.
+#[derive(Debug, Default)]
+pub struct Specs(pub BTreeMap<String, Spec>);
+
+impl Specs {
+    pub fn add(&mut self, key: String, shape: Vec<usize>, fill: Fill) {
+        self.0.insert(key, Spec { shape, fill });
+    }
+
+    pub fn conv(&mut self, p: &str, cout: usize, cin: usize, k: usize) {
+        self.add(format!("{p}.weight"), vec![cout, cin, k, k], Fill::Weight);
+        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
+    }
+
+    pub fn linear(&mut self, p: &str, cout: usize, cin: usize) {
+        self.add(format!("{p}.weight"), vec![cout, cin], Fill::Weight);
+        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
+    }
+
+    pub fn norm(&mut self, p: &str, c: usize) {
+        self.add(format!("{p}.weight"), vec![c], Fill::Scale);
+        self.add(format!("{p}.bias"), vec![c], Fill::Bias);
+    }
+}
+
 /// What a tensor holds: the fp16 fills draw pseudo-random values at a trained model's scales;
 /// the others are the few non-fp16 buffers real checkpoints carry, which readers skip.
 #[derive(Clone, Copy, Debug, PartialEq)]

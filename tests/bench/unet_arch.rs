@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tensor_file::{Fill, Spec};
+use super::tensor_file::{Fill, Spec, Specs};
 
 /// What decides a `UNet2DConditionModel`'s tensors, read from its config.json.
 #[derive(Debug)]
@@ -179,7 +179,7 @@ impl Arch {
     /// `UNet2DConditionModel.__init__` (`get_down_block`, `get_up_block`, `get_mid_block`).
     pub fn tensors(&self) -> BTreeMap<String, Spec> {
         let mut t = Keys {
-            specs: BTreeMap::new(),
+            specs: Specs::default(),
             arch: self,
         };
         let w = &self.widths;
@@ -238,7 +238,7 @@ impl Arch {
 
         t.norm("conv_norm_out", w[0]);
         t.conv("conv_out", self.out_channels, w[0], self.conv_out_kernel);
-        t.specs
+        t.specs.0
     }
 
     /// The single-file checkpoints' name of one of this UNet's diffusers keys or module paths,
@@ -332,38 +332,30 @@ fn resnet_part(rest: &str) -> Option<String> {
 
 /// The tensors being described, added layer by layer.
 struct Keys<'a> {
-    specs: BTreeMap<String, Spec>,
+    specs: Specs,
     arch: &'a Arch,
 }
 
+/// The layer writers ([`Specs::conv`], ...) on the tensors being described.
+impl std::ops::Deref for Keys<'_> {
+    type Target = Specs;
+    fn deref(&self) -> &Specs {
+        &self.specs
+    }
+}
+
+impl std::ops::DerefMut for Keys<'_> {
+    fn deref_mut(&mut self) -> &mut Specs {
+        &mut self.specs
+    }
+}
+
 impl Keys<'_> {
-    fn add(&mut self, key: String, shape: Vec<usize>, fill: Fill) {
-        self.specs.insert(key, Spec { shape, fill });
-    }
-
-    fn conv(&mut self, p: &str, cout: usize, cin: usize, k: usize) {
-        self.add(format!("{p}.weight"), vec![cout, cin, k, k], Fill::Weight);
-        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
-    }
-
-    fn linear(&mut self, p: &str, cout: usize, cin: usize) {
-        self.add(format!("{p}.weight"), vec![cout, cin], Fill::Weight);
-        self.add(format!("{p}.bias"), vec![cout], Fill::Bias);
-    }
-
-    fn norm(&mut self, p: &str, c: usize) {
-        self.add(format!("{p}.weight"), vec![c], Fill::Scale);
-        self.add(format!("{p}.bias"), vec![c], Fill::Bias);
-    }
-
     fn resnet(&mut self, p: &str, cin: usize, cout: usize) {
         self.norm(&format!("{p}.norm1"), cin);
         self.conv(&format!("{p}.conv1"), cout, cin, 3);
-        self.linear(
-            &format!("{p}.time_emb_proj"),
-            cout,
-            self.arch.time_embed_dim,
-        );
+        let time = self.arch.time_embed_dim;
+        self.linear(&format!("{p}.time_emb_proj"), cout, time);
         self.norm(&format!("{p}.norm2"), cout);
         self.conv(&format!("{p}.conv2"), cout, cout, 3);
         if cin != cout {
@@ -398,7 +390,8 @@ impl Keys<'_> {
             self.norm(&format!("{b}.norm1"), c);
             self.attention(&format!("{b}.attn1"), c, c);
             self.norm(&format!("{b}.norm2"), c);
-            self.attention(&format!("{b}.attn2"), c, self.arch.cross_attention_dim);
+            let context = self.arch.cross_attention_dim;
+            self.attention(&format!("{b}.attn2"), c, context);
             self.norm(&format!("{b}.norm3"), c);
             self.linear(&format!("{b}.ff.net.0.proj"), 2 * 4 * c, c);
             self.linear(&format!("{b}.ff.net.2"), c, 4 * c);
