@@ -52,6 +52,9 @@ pub struct Fitted<'a> {
 /// Adds `shift` (one value per output channel) to the bias constant `bias`, in its own dtype;
 /// false if the lengths differ or a shift is not finite (the bias is then left alone).
 pub fn add_shift(nodes: &mut [Node], bias: usize, shift: &[f64]) -> bool {
+    if super::read_back(&mut nodes[bias..=bias], |_| true).is_err() {
+        return false;
+    }
     let Op::Const(ConstData::Dense(t) | ConstData::Half(t)) = &mut nodes[bias].op else {
         return false;
     };

@@ -39,7 +39,7 @@
 
 use super::Pass;
 use crate::ir::{ConstData, Graph, IrError, Node, Op, Rebuilder, ValueId};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::DType;
 use std::collections::BTreeSet;
 
 pub struct CastFp16 {
@@ -147,16 +147,23 @@ fn has_half_form(data: &ConstData) -> bool {
     match data {
         ConstData::Dense(t) => t.dtype() == DType::F32,
         ConstData::Half(_) => true,
+        ConstData::Spilled { dtype, .. } => *dtype == DType::F32,
         _ => false,
     }
 }
 
 /// The fp16 form of an fp32 constant: rounded once, or the stored bits of a weight stored as
-/// f16 (exactly fp16 already).
-fn half_form(data: &ConstData) -> Option<Tensor> {
+/// f16 (exactly fp16 already); a spilled one is retyped, and rounded when it is read back.
+fn half_form(data: &ConstData) -> Option<ConstData> {
     match data {
-        ConstData::Dense(t) if t.dtype() == DType::F32 => Some(t.cast(DType::F16)),
-        ConstData::Half(t) => Some(t.clone()),
+        ConstData::Dense(t) if t.dtype() == DType::F32 => {
+            Some(ConstData::Dense(t.cast(DType::F16)))
+        }
+        ConstData::Half(t) => Some(ConstData::Dense(t.clone())),
+        ConstData::Spilled { data, .. } => Some(ConstData::Spilled {
+            data: data.clone(),
+            dtype: DType::F16,
+        }),
         _ => None,
     }
 }
@@ -201,8 +208,8 @@ impl Pass for CastFp16 {
                 }
                 Op::Const(data) if plan.value[i] == Prec::Const => {
                     let forms = plan.forms[i];
-                    if let Some(t) = half_form(&data).filter(|_| forms.half) {
-                        let new = r.graph.constant(node.name.clone(), t);
+                    if let Some(c) = half_form(&data).filter(|_| forms.half) {
+                        let new = r.graph.constant_data(node.name.clone(), c);
                         r.set(old, new);
                     }
                     if forms.full {
@@ -474,7 +481,7 @@ mod tests {
             .map(|&v| half::f16::from_f32(v).to_f32())
             .collect();
         let Op::Const(c) = &half.op else { panic!() };
-        assert_eq!(c.dense().to_f32(), rounded);
+        assert_eq!(c.dense().unwrap().to_f32(), rounded);
         // Each user reads its own form.
         let mul = |n: &str| h.node(find(&h, n).inputs[1]).name.clone();
         assert_eq!((mul("a"), mul("u")), ("f_fp32".into(), "f".into()));

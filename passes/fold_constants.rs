@@ -26,7 +26,20 @@ impl Pass for FoldConstants {
     }
 
     fn run(&self, g: Graph) -> Result<Graph, IrError> {
-        let (name, nodes, outputs) = g.into_parts();
+        let (name, mut nodes, outputs) = g.into_parts();
+        // A spilled weight that an op folds (all its inputs constant, or the divisor of a
+        // division) is read back for it; the others stay spilled.
+        let is_const = |n: &Node| matches!(n.op, Op::Const(_));
+        let mut folded = vec![false; nodes.len()];
+        for n in &nodes {
+            let ins = &n.inputs;
+            let all = !is_const(n) && ins.iter().all(|v| is_const(&nodes[v.index()]));
+            for (k, v) in ins.iter().enumerate() {
+                let divisor = k == 1 && matches!(n.op, Op::Binary(Binary::Div));
+                folded[v.index()] |= all || (divisor && is_const(&nodes[v.index()]));
+            }
+        }
+        super::read_back(&mut nodes, |i| folded[i])?;
         let mut r = Rebuilder::new(name, nodes.len());
         for (i, node) in nodes.into_iter().enumerate() {
             let old = ValueId(i as u32);

@@ -44,7 +44,10 @@ impl super::Pass for LowRankAdapter {
                 (&node.op, self.branches.get(&node.name))
             {
                 let base = match c {
-                    ConstData::Dense(t) | ConstData::Half(t) => t.to_f32(),
+                    ConstData::Dense(_) | ConstData::Half(_) | ConstData::Spilled { .. } => c
+                        .dense()
+                        .map_err(|reason| fail(&node.name, &reason))?
+                        .to_f32(),
                     _ => return Err(fail(&node.name, "the base weight is already compressed")),
                 };
                 if delta.shape != node.ty.known_shape().unwrap_or_default() {

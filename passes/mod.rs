@@ -21,7 +21,7 @@ pub mod quantize;
 pub mod quantize_activations;
 pub mod specialize_shapes;
 
-use crate::ir::{verify::verify, Graph, IrError};
+use crate::ir::{verify::verify, ConstData, Graph, IrError, Node, Op};
 use crate::progress::{Observer, Stage};
 
 /// A named graph transform.
@@ -215,6 +215,24 @@ pub fn run_observed(
         after(p.as_ref(), &g);
     }
     Ok(g)
+}
+
+/// Reads back into memory the spilled constants among `nodes` that `wanted` picks by index:
+/// what a pass that changes values (compression, folding, adapters) does before it looks at
+/// them. A graph without spilled constants is left as it is.
+pub fn read_back(nodes: &mut [Node], wanted: impl Fn(usize) -> bool) -> Result<(), IrError> {
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if let Op::Const(c @ ConstData::Spilled { .. }) = &mut n.op {
+            if wanted(i) {
+                let read = c.in_memory().map_err(|reason| IrError::Eval {
+                    node: n.name.clone(),
+                    reason,
+                })?;
+                *c = read.into_owned();
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

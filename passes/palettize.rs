@@ -50,6 +50,7 @@ impl Pass for Palettize {
         let k = 1usize << self.bits;
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
+        super::read_back(&mut nodes, |_| true)?;
         let fitted = match &self.calibrated {
             Some(c) => c.fitted(&nodes, &uses),
             None => Default::default(),
@@ -520,13 +521,13 @@ mod tests {
                     panic!("{}", print(g));
                 };
                 let Op::Const(b) = b.op else { unreachable!() };
-                let w = w.dense().into_owned();
+                let w = w.dense().unwrap().into_owned();
                 let w = if stored_transposed {
                     w.transposed().unwrap()
                 } else {
                     w
                 };
-                (w.to_f32(), b.dense().to_f32())
+                (w.to_f32(), b.dense().unwrap().to_f32())
             };
             let (fw, fb) = consts(&fitted);
             assert!(fb.iter().any(|&v| v != 0.1), "bias corrected");

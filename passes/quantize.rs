@@ -50,6 +50,7 @@ impl Pass for Quantize {
     fn run_observed(&self, g: Graph, progress: &Observer) -> Result<Graph, IrError> {
         let uses = g.use_counts();
         let (name, mut nodes, outputs) = g.into_parts();
+        super::read_back(&mut nodes, |_| true)?;
         let fitted = match &self.calibrated {
             Some(c) => c.fitted(&nodes, &uses),
             None => Default::default(),

@@ -194,6 +194,10 @@ impl TensorSource for Observed<'_> {
         self.inner.tensors()
     }
 
+    fn in_place(&self, key: &str) -> Option<crate::weights::Spilled> {
+        self.inner.in_place(key)
+    }
+
     fn read(&self, key: &str) -> Result<Tensor, WeightError> {
         let t = self.inner.read(key)?;
         if self.progress.is_some() {

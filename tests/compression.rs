@@ -43,7 +43,7 @@ fn total_sse(c: Compression, target: Target) -> (f64, usize) {
     let dense: BTreeMap<&str, Vec<f32>> = graphs["fold_constants"]
         .nodes()
         .filter_map(|(_, n)| match &n.op {
-            Op::Const(c) => Some((n.name.as_str(), c.dense().to_f32())),
+            Op::Const(c) => Some((n.name.as_str(), c.dense().unwrap().to_f32())),
             _ => None,
         })
         .collect();
@@ -55,7 +55,7 @@ fn total_sse(c: Compression, target: Target) -> (f64, usize) {
     for (_, n) in compressed.nodes() {
         if let Op::Const(c @ (ConstData::Palettized(_) | ConstData::Quantized(_))) = &n.op {
             count += 1;
-            let got = c.dense().to_f32();
+            let got = c.dense().unwrap().to_f32();
             sse += dense[n.name.as_str()]
                 .iter()
                 .zip(&got)

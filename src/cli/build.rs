@@ -517,7 +517,7 @@ pub fn main(a: &BuildArgs) -> Result<()> {
 /// The summary line (or the JSON report) on stdout; what is worth a word on stderr.
 fn print_report(a: &BuildArgs, r: &BuildReport, target: Target) -> Result<()> {
     if a.output.json {
-        let pkg = crate::package::read_package(&r.package)?;
+        let pkg = crate::package::read_package_model(&r.package)?;
         println!(
             "{}",
             serde_json::to_string_pretty(&crate::report::build_json(r, &pkg))?

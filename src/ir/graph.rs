@@ -68,7 +68,11 @@ impl Graph {
     }
 
     pub fn constant(&mut self, name: impl Into<String>, data: Tensor) -> ValueId {
-        let data = ConstData::Dense(data);
+        self.constant_data(name, ConstData::Dense(data))
+    }
+
+    /// A constant in any of its forms, typed as the form says.
+    pub fn constant_data(&mut self, name: impl Into<String>, data: ConstData) -> ValueId {
         let ty = data.ty();
         self.push(Node {
             op: Op::Const(data),
@@ -76,6 +80,16 @@ impl Graph {
             ty,
             name: name.into(),
         })
+    }
+
+    /// A model weight still in its spill file, as an fp32 constant (see [`ConstData::Spilled`]).
+    pub fn spilled_weight(
+        &mut self,
+        name: impl Into<String>,
+        data: crate::weights::Spilled,
+    ) -> ValueId {
+        let dtype = DType::F32;
+        self.constant_data(name, ConstData::Spilled { data, dtype })
     }
 
     /// A model weight as an fp32 constant: dense when stored as f32, [`ConstData::Half`] when

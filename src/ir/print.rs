@@ -44,8 +44,21 @@ pub fn print(g: &Graph) -> String {
 }
 
 fn const_summary(c: &ConstData) -> String {
+    let read;
     let t = match c {
         ConstData::Dense(t) | ConstData::Half(t) => t,
+        // Printed as the dense constant it stands for (spilling changes no text); the few values
+        // a short one prints are read back.
+        ConstData::Spilled { data, .. } if data.len() > 8 => {
+            return format!("dense, {} elements", data.len())
+        }
+        ConstData::Spilled { .. } => match c.in_memory() {
+            Ok(std::borrow::Cow::Owned(ConstData::Dense(t) | ConstData::Half(t))) => {
+                read = t;
+                &read
+            }
+            _ => return "spilled, unreadable".into(),
+        },
         ConstData::Palettized(p) => {
             return format!(
                 "palettized, {}-bit, {} table(s) of {}",

@@ -73,6 +73,7 @@ pub fn const_bytes(c: &ConstData) -> u64 {
     match c {
         ConstData::Dense(t) => times(t.len(), t.dtype().byte_size()),
         ConstData::Half(t) => times(t.len(), 4),
+        ConstData::Spilled { data, dtype } => times(data.len(), dtype.byte_size()),
         ConstData::Palettized(p) => {
             let bits = (p.indices.len() as u64).saturating_mul(u64::from(p.bits));
             bits.div_ceil(8)

@@ -57,7 +57,10 @@ impl WeightedLayer {
         let node = ValueId(u32::try_from(i).ok()?);
         let sole_constant = |v: ValueId| -> Option<Vec<usize>> {
             let c = nodes.get(v.index())?;
-            let dense = matches!(c.op, Op::Const(ConstData::Dense(_) | ConstData::Half(_)));
+            let dense = matches!(
+                c.op,
+                Op::Const(ConstData::Dense(_) | ConstData::Half(_) | ConstData::Spilled { .. })
+            );
             (dense && uses.get(v.index()) == Some(&1))
                 .then(|| c.ty.known_shape())
                 .flatten()
@@ -144,7 +147,10 @@ impl WeightedLayer {
     pub fn bias(&self, nodes: &[Node], uses: &[usize]) -> Option<usize> {
         let sole_dense = |v: ValueId| {
             let c = nodes.get(v.index())?;
-            let dense = matches!(c.op, Op::Const(ConstData::Dense(_) | ConstData::Half(_)));
+            let dense = matches!(
+                c.op,
+                Op::Const(ConstData::Dense(_) | ConstData::Half(_) | ConstData::Spilled { .. })
+            );
             (dense && uses.get(v.index()) == Some(&1)).then_some(c)
         };
         match &self.kind {

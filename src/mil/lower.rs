@@ -43,6 +43,8 @@ pub enum LowerError {
     },
     #[error("weight {node}: {why}")]
     Compression { node: String, why: String },
+    #[error("weight {node}: {why}")]
+    Weight { node: String, why: String },
     #[error("multifunction packages need iOS18 or newer, not {0}")]
     Multifunction(Target),
     #[error("node {node}: MIL op {op} needs target {since} or newer, not {target}")]

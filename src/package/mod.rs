@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use blob::{BlobDType, BlobReader, BlobRecord, BlobWriter, WEIGHTS_FILE_REF};
 pub use manifest::{MODEL_ITEM_ID, WEIGHTS_ITEM_ID};
-pub use read::{read_package, Package};
+pub use read::{read_package, read_package_model, Package};
 pub use write::{write_package, PackageWriter};
 
 /// Why reading or writing a package failed.

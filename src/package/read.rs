@@ -59,6 +59,16 @@ const MAX_MODEL_BYTES: u64 = 256 << 20;
 /// before it is opened), each with a size cap, and no file may resolve (through a symlink)
 /// to outside the package directory.
 pub fn read_package(path: &Path) -> Result<Package, PackageError> {
+    read(path, true)
+}
+
+/// [`read_package`] without `weight.bin` (left `None`, not read): a report on a package just
+/// written needs its model, not gigabytes of weights in memory.
+pub fn read_package_model(path: &Path) -> Result<Package, PackageError> {
+    read(path, false)
+}
+
+fn read(path: &Path, with_weights: bool) -> Result<Package, PackageError> {
     let manifest_path = path.join(MANIFEST_FILE);
     // A package that is not there is reported as its missing manifest.
     let root = fs::canonicalize(path).map_err(PackageError::io(&manifest_path))?;
@@ -78,10 +88,11 @@ pub fn read_package(path: &Path) -> Result<Package, PackageError> {
         .join(WEIGHTS_FILE);
     // Bounded by the file's real size (blob offsets can only point inside what is there), and
     // by the weight-file limit, so a sparse file of a terabyte is refused rather than read.
-    let weights = match read_inside(&root, &weights_path, None) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => {
+    let weights = match with_weights.then(|| read_inside(&root, &weights_path, None)) {
+        None => None,
+        Some(Ok(bytes)) => Some(bytes),
+        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
+        Some(Err(source)) => {
             return Err(PackageError::Io {
                 path: weights_path,
                 source,

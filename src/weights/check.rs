@@ -29,48 +29,85 @@ pub enum WeightCheckError {
 pub const FP16_MAX: f32 = 65504.0;
 
 /// Refuses weights a package cannot hold: NaN or infinite values at any precision, and in an
-/// fp16 build finite values beyond fp16's range (they would be stored as infinities).
+/// fp16 build finite values beyond fp16's range (they would be stored as infinities). The first
+/// such tensor in key order is named, spilled or not.
 pub fn check_weights(weights: &Weights, fp16: bool) -> Result<(), WeightCheckError> {
-    for (key, t) in &weights.tensors {
-        let err = |reason: String| WeightCheckError::NonFinite {
-            path: weights.path.display().to_string(),
-            tensor: key.clone(),
-            reason,
+    let path = weights.path.display().to_string();
+    for (key, entry) in weights.entries() {
+        let values = match entry {
+            super::Entry::Memory(t) => Values::of(t),
+            super::Entry::Spilled(s) => s.values,
+        };
+        values.check(&path, key, fp16)?;
+    }
+    Ok(())
+}
+
+/// What [`check_weights`] needs to know of one tensor's values: counted as it is read, so a
+/// spilled tensor is checked without reading it back.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Values {
+    len: usize,
+    nan: usize,
+    inf: usize,
+    /// Finite values beyond fp16's range, and the largest of them.
+    over: usize,
+    peak: f32,
+}
+
+impl Values {
+    pub fn of(t: &crate::tensor::Tensor) -> Values {
+        let mut s = Values {
+            len: t.len(),
+            ..Values::default()
         };
         // Every finite f16 is within fp16's range: most checkpoints pass here, at memory speed.
         if let crate::tensor::TensorData::F16(v) = &t.data {
             if super::f16_all_finite(v) {
-                continue;
+                return s;
             }
         }
-        let (mut nan, mut inf, mut over, mut peak) = (0usize, 0usize, 0usize, 0f32);
         // A batch at a time: an f16 tensor is never widened whole.
         super::for_each_f32_batch(t, |values| {
             for &v in values {
                 if v.is_nan() {
-                    nan += 1;
+                    s.nan += 1;
                 } else if v.is_infinite() {
-                    inf += 1;
+                    s.inf += 1;
                 } else if v.abs() > FP16_MAX {
-                    over += 1;
-                    peak = peak.max(v.abs());
+                    s.over += 1;
+                    s.peak = s.peak.max(v.abs());
                 }
             }
         });
+        s
+    }
+
+    fn check(&self, path: &str, key: &str, fp16: bool) -> Result<(), WeightCheckError> {
+        let Values {
+            len,
+            nan,
+            inf,
+            over,
+            peak,
+        } = *self;
         if nan + inf > 0 {
-            return Err(err(format!(
-                "holds {nan} NaN and {inf} infinite value(s) of {}; weights must be finite",
-                t.len()
-            )));
+            return Err(WeightCheckError::NonFinite {
+                path: path.to_string(),
+                tensor: key.to_string(),
+                reason: format!(
+                    "holds {nan} NaN and {inf} infinite value(s) of {len}; weights must be finite"
+                ),
+            });
         }
         if fp16 && over > 0 {
             return Err(WeightCheckError::Fp16Range {
-                path: weights.path.display().to_string(),
-                tensor: key.clone(),
+                path: path.to_string(),
+                tensor: key.to_string(),
                 peak,
                 over,
             });
         }
+        Ok(())
     }
-    Ok(())
 }

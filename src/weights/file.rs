@@ -21,6 +21,9 @@ pub struct WeightFile {
     format: WeightFormat,
     /// Reading moves the file position and charges the budget; a source reads through `&self`.
     reader: RefCell<Reader>,
+    /// A second handle on the file for [`TensorSource::in_place`] handles, which read at an
+    /// offset and never move the position `reader` reads from.
+    shared: std::cell::OnceCell<Option<std::sync::Arc<File>>>,
 }
 
 struct Reader {
@@ -98,6 +101,7 @@ impl WeightFile {
             tensors,
             format,
             reader: RefCell::new(Reader { container, budget }),
+            shared: std::cell::OnceCell::new(),
         })
     }
 }
@@ -124,6 +128,33 @@ impl TensorSource for WeightFile {
 
     fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
         &self.tensors
+    }
+
+    /// A safetensors file's f32 and f16 tensors are read as they lie (bf16 is widened).
+    fn in_place(&self, name: &str) -> Option<super::Spilled> {
+        let info = self.tensors.get(name)?;
+        let dtype = match info.dtype {
+            StoredDtype::F32 => crate::tensor::DType::F32,
+            StoredDtype::F16 => crate::tensor::DType::F16,
+            _ => return None,
+        };
+        let reader = self.reader.borrow();
+        let Container::Safetensors(index) = &reader.container else {
+            return None;
+        };
+        let (file, offset, len) = index.span(name)?;
+        let numel: usize = info.shape.iter().product();
+        (numel.checked_mul(dtype.byte_size()) == Some(len)).then_some(())?;
+        let file = self
+            .shared
+            .get_or_init(|| file.try_clone().ok().map(std::sync::Arc::new))
+            .clone()?;
+        Some(super::Spilled::in_file(
+            file,
+            offset,
+            dtype,
+            info.shape.clone(),
+        ))
     }
 
     /// Reading a tensor twice reads the file twice.

@@ -41,6 +41,7 @@ mod pth;
 mod safetensors;
 pub mod sharded;
 pub mod source;
+pub mod spill;
 pub mod under;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub use patch::{Overlay, Patched};
 pub use prefix::{KeyPlacement, PrefixError};
 pub use sharded::Sharded;
 pub use source::{open, stem, TensorSource};
+pub use spill::{Spill, Spilled};
 pub use under::Under;
 
 /// Container format of a weight file, detected from its content.
@@ -100,12 +102,53 @@ pub struct TensorInfo {
 }
 
 /// Tensors a model has read, under the model's own names, each in its stored dtype (f32 or
-/// f16): what [`crate::models::Model::build`] declares the graph from.
+/// f16): what [`crate::models::Model::build`] declares the graph from. A large model's large
+/// tensors are `spilled` instead ([`TensorSource::read_spilling`]): set aside in a temporary
+/// file, each key in one of the two maps.
 #[derive(Debug, Clone)]
 pub struct Weights {
     pub path: PathBuf,
     pub format: WeightFormat,
     pub tensors: BTreeMap<String, Tensor>,
+    pub spilled: BTreeMap<String, SpilledTensor>,
+}
+
+/// A tensor in a spill file, with what the build needs of its values computed as it was read
+/// (its leaf of [`Weights::content_sha256`] and its [`check::Values`]), so they are not read back
+/// for that.
+#[derive(Debug, Clone)]
+pub struct SpilledTensor {
+    pub data: Spilled,
+    leaf: [u8; 32],
+    values: check::Values,
+}
+
+impl SpilledTensor {
+    /// What a spilled tensor keeps of `t`, read under the model's `key`: its hash leaf and
+    /// value summary.
+    pub fn summary(key: &str, t: &Tensor) -> ([u8; 32], check::Values) {
+        (leaf_sha256(key, t), check::Values::of(t))
+    }
+
+    pub fn new(data: Spilled, leaf: [u8; 32], values: check::Values) -> SpilledTensor {
+        SpilledTensor { data, leaf, values }
+    }
+}
+
+/// One of a [`Weights`]' tensors, wherever it is.
+#[derive(Clone, Copy)]
+pub enum Entry<'a> {
+    Memory(&'a Tensor),
+    Spilled(&'a SpilledTensor),
+}
+
+impl Entry<'_> {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Entry::Memory(t) => &t.shape,
+            Entry::Spilled(s) => &s.data.shape,
+        }
+    }
 }
 
 /// Why a weight file could not be used. Every message is one line and starts with the file.
@@ -113,6 +156,17 @@ pub struct Weights {
 pub enum WeightError {
     #[error("{}: cannot read weight file: {source}", path.display())]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a tensor to, or reading it back from, the temporary file of [`spill`].
+    #[error(
+        "{}: cannot keep its tensors in a temporary file in {} (set TMPDIR to a folder with room): {source}",
+        path.display(),
+        std::env::temp_dir().display()
+    )]
+    Spill {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -220,6 +274,7 @@ impl Weights {
             path: path.to_path_buf(),
             format,
             tensors,
+            spilled: BTreeMap::new(),
         }
     }
 
@@ -229,11 +284,78 @@ impl Weights {
             path,
             format: WeightFormat::Safetensors,
             tensors,
+            spilled: BTreeMap::new(),
         }
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
+        self.tensors.contains_key(key) || self.spilled.contains_key(key)
+    }
+
+    /// Every tensor in key order, in memory or spilled.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, Entry<'_>)> {
+        let mut all: Vec<(&String, Entry)> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| (k, Entry::Memory(t)))
+            .chain(self.spilled.iter().map(|(k, s)| (k, Entry::Spilled(s))))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
+    }
+
+    /// These weights with every spilled tensor read back into memory (for tests, and for
+    /// comparing what two loaders read).
+    pub fn into_memory(mut self) -> Result<Weights, WeightError> {
+        for (k, s) in std::mem::take(&mut self.spilled) {
+            let t = s.data.read().map_err(|e| self.spill_error(e))?;
+            self.tensors.insert(k, t);
+        }
+        Ok(self)
+    }
+
+    /// Every tensor's shape under its key.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.entries()
+            .map(|(k, e)| (k.clone(), e.shape().to_vec()))
+            .collect()
+    }
+
+    /// The tensor under `key` as an owned tensor, checked against the shape the model expects:
+    /// a copy of one in memory, or a spilled one read back.
+    pub fn read(&self, key: &str, expected_shape: &[usize]) -> Result<Tensor, WeightError> {
+        match self.spilled.get(key) {
+            None => self.get(key, expected_shape).cloned(),
+            Some(s) => {
+                self.check_shape(key, &s.data.shape, expected_shape)?;
+                s.data.read().map_err(|e| self.spill_error(e))
+            }
+        }
+    }
+
+    /// A failure to read a spilled tensor back, as an error of the weights it came from.
+    pub fn spill_error(&self, e: std::io::Error) -> WeightError {
+        WeightError::Spill {
+            path: self.path.clone(),
+            source: e,
+        }
+    }
+
+    fn check_shape(
+        &self,
+        key: &str,
+        found: &[usize],
+        expected: &[usize],
+    ) -> Result<(), WeightError> {
+        if found != expected {
+            return Err(WeightError::ShapeMismatch {
+                path: self.path.clone(),
+                key: key.into(),
+                expected: expected.to_vec(),
+                found: found.to_vec(),
+            });
+        }
+        Ok(())
     }
 
     /// The tensor under `key`, checked against the shape the model expects.
@@ -245,14 +367,7 @@ impl Weights {
                 path: self.path.clone(),
                 key: key.into(),
             })?;
-        if t.shape != expected_shape {
-            return Err(WeightError::ShapeMismatch {
-                path: self.path.clone(),
-                key: key.into(),
-                expected: expected_shape.to_vec(),
-                found: t.shape.clone(),
-            });
-        }
+        self.check_shape(key, &t.shape, expected_shape)?;
         Ok(t)
     }
 
@@ -264,10 +379,17 @@ impl Weights {
     /// for bit, else a byte 32 and the values as f32 LE. Same weights → same digest whatever the
     /// container, key layout or stored dtype; an fp16 checkpoint is hashed from its own bytes.
     pub fn content_sha256(&self) -> String {
-        let tensors: Vec<(&String, &Tensor)> = self.tensors.iter().collect();
+        let entries: Vec<(&String, Entry)> = self.entries().collect();
         let mut root = Sha256::new();
-        let size = |(_, t): &(&String, &Tensor)| t.shape.iter().product::<usize>();
-        for leaf in crate::parallel::parallel_map(&tensors, size, |(key, t)| leaf_sha256(key, t)) {
+        let size = |(_, e): &(&String, Entry)| match e {
+            Entry::Memory(t) => t.len(),
+            Entry::Spilled(_) => 1,
+        };
+        let leaf = |(key, e): &(&String, Entry)| match e {
+            Entry::Memory(t) => leaf_sha256(key, t),
+            Entry::Spilled(s) => s.leaf,
+        };
+        for leaf in crate::parallel::parallel_map(&entries, size, leaf) {
             root.update(leaf);
         }
         root.finalize().iter().map(|b| format!("{b:02x}")).collect()

@@ -73,6 +73,14 @@ impl TensorSource for Patched<'_> {
         self.inner.tensors()
     }
 
+    /// Only where the overlay leaves the tensor as it is.
+    fn in_place(&self, key: &str) -> Option<super::Spilled> {
+        match self.overlay.patches(key) {
+            true => None,
+            false => self.inner.in_place(key),
+        }
+    }
+
     fn read(&self, key: &str) -> Result<Tensor, WeightError> {
         let t = self.inner.read(key)?;
         if !self.overlay.patches(key) {

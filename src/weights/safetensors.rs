@@ -157,6 +157,16 @@ impl Index {
         ))
     }
 
+    /// Where the data of tensor `name` lies in the file: its absolute offset and length, and the
+    /// file (`None` for bytes in memory).
+    pub(crate) fn span(&self, name: &str) -> Option<(&std::fs::File, u64, usize)> {
+        let &(start, len) = self.spans.get(name)?;
+        match &self.src {
+            Bytes::File(f) => Some((f, start, len)),
+            Bytes::Memory(_) => None,
+        }
+    }
+
     /// The float tensor `name` (described by `info`), read from the file.
     pub(crate) fn read(
         &mut self,

@@ -199,4 +199,8 @@ impl TensorSource for Sharded {
             }),
         }
     }
+
+    fn in_place(&self, key: &str) -> Option<super::Spilled> {
+        self.shards[*self.shard_of.get(key)?].in_place(key)
+    }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Sharded, StoredDtype, TensorInfo, WeightError, WeightFile, WeightFormat, Weights};
+use super::{
+    Sharded, Spill, SpilledTensor, StoredDtype, TensorInfo, WeightError, WeightFile, WeightFormat,
+    Weights,
+};
 use crate::tensor::Tensor;
 
 /// Named tensors, listed up front and read one at a time in their stored dtype (f32 or f16;
@@ -21,6 +24,13 @@ pub trait TensorSource {
     /// The tensor `key`, read now. Errors are one line naming the file the data is in and the
     /// key as that file spells it (a view's prefix included).
     fn read(&self, key: &str) -> Result<Tensor, WeightError>;
+    /// Where the tensor `key`'s values lie in a file exactly as [`read`](Self::read) gives
+    /// them (an f32 or f16 tensor of a safetensors file, nothing patched), so that a large
+    /// model can keep a handle instead of a copy ([`read_spilling`](Self::read_spilling));
+    /// `None` when they do not (`.pth` storages, bf16, patched tensors).
+    fn in_place(&self, _key: &str) -> Option<super::Spilled> {
+        None
+    }
 }
 
 impl<'s> dyn TensorSource + 's {
@@ -52,6 +62,116 @@ impl<'s> dyn TensorSource + 's {
         }
         Ok(Weights::new(self.path(), self.format(), tensors))
     }
+}
+
+/// Tensors of at least this many bytes are spilled by [`TensorSource::read_spilling`] (unless
+/// `MLC_SPILL_MIN_BYTES` says otherwise): the norms and biases stay in memory, every matrix and
+/// kernel of a UNet goes to the spill.
+pub const SPILL_MIN_BYTES: usize = 1 << 16;
+
+impl<'s> dyn TensorSource + 's {
+    /// [`read_as`](Self::read_as) for a large model: of each tensor of at least
+    /// [`SPILL_MIN_BYTES`] only a handle is kept (with its hash leaf and value check, computed
+    /// as it is read): to the file it was read from when it lies there as it is read
+    /// ([`in_place`](TensorSource::in_place)), else to a temporary file it is written to. The
+    /// model's weights are never all in memory at once. Reading goes on while two threads hash and spill what was read (a few
+    /// tensors in flight at most).
+    pub fn read_spilling(
+        &self,
+        wanted: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Weights, WeightError> {
+        self.read_spilling_from(wanted, spill_min_bytes())
+    }
+
+    /// [`read_spilling`](Self::read_spilling) of the tensors of at least `min` bytes.
+    pub fn read_spilling_from(
+        &self,
+        wanted: impl IntoIterator<Item = (String, String)>,
+        min: usize,
+    ) -> Result<Weights, WeightError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Mutex};
+        let io = |source| WeightError::Spill {
+            path: self.path().to_path_buf(),
+            source,
+        };
+        let spill = Mutex::new(None::<Spill>);
+        let spilled = Mutex::new(BTreeMap::new());
+        let failed = Mutex::new(None::<std::io::Error>);
+        let stop = AtomicBool::new(false);
+        let mut weights = Weights::new(self.path(), self.format(), BTreeMap::new());
+        type Read = (String, crate::tensor::Tensor, Option<super::Spilled>);
+        let (send, receive) = mpsc::sync_channel::<Read>(2);
+        let receive = Mutex::new(receive);
+        let read = std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| loop {
+                    let next = receive.lock().map(|r| r.recv());
+                    let Ok(Ok((key, t, in_place))) = next else {
+                        break;
+                    };
+                    let put = |spill: &mut Option<Spill>| {
+                        let spill = match spill {
+                            Some(s) => s,
+                            None => spill.insert(Spill::new()?),
+                        };
+                        spill.put(&t)
+                    };
+                    let (leaf, values) = SpilledTensor::summary(&key, &t);
+                    let data = match (in_place, spill.lock()) {
+                        (Some(data), _) => Ok(data),
+                        (None, Ok(mut s)) => put(&mut s),
+                        (None, Err(_)) => break,
+                    };
+                    match data {
+                        Ok(data) => {
+                            let s = SpilledTensor::new(data, leaf, values);
+                            spilled
+                                .lock()
+                                .expect("no thread panics holding it")
+                                .insert(key, s);
+                        }
+                        // Recorded, and the channel still drained: the reader stops at its next
+                        // tensor, never blocked on a full channel.
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            failed
+                                .lock()
+                                .expect("no thread panics holding it")
+                                .get_or_insert(e);
+                        }
+                    }
+                });
+            }
+            for (model_key, key) in wanted {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = self.read(&key)?;
+                if t.len().saturating_mul(t.dtype().byte_size()) < min {
+                    weights.tensors.insert(model_key, t);
+                } else if send.send((model_key, t, self.in_place(&key))).is_err() {
+                    break;
+                }
+            }
+            drop(send);
+            Ok(())
+        });
+        read?;
+        if let Some(e) = failed.into_inner().expect("the threads have ended") {
+            return Err(io(e));
+        }
+        weights.spilled = spilled.into_inner().expect("the threads have ended");
+        Ok(weights)
+    }
+}
+
+/// [`SPILL_MIN_BYTES`], or the bytes `MLC_SPILL_MIN_BYTES` gives (tests spill tiny models).
+fn spill_min_bytes() -> usize {
+    std::env::var("MLC_SPILL_MIN_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(SPILL_MIN_BYTES)
 }
 
 /// What a sharded model's index is called: `<file>.index.json` beside its shards

@@ -369,3 +369,62 @@ fn hostile_indexes_and_shards_are_refused_naming_the_file_and_key() {
     );
     assert!(e.contains("not found"), "{e}");
 }
+
+#[test]
+fn spilling_keeps_handles_whose_hash_check_and_values_are_the_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let big: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 3.0).collect();
+    write(
+        &path,
+        &[
+            ("a.big", Dtype::F16, vec![8, 8], big.clone()),
+            ("b.big32", Dtype::F32, vec![64], big.clone()),
+            ("c.small", Dtype::F32, vec![2], vec![1.0, 2.0]),
+            (
+                "d.bad",
+                Dtype::F32,
+                vec![16],
+                [[f32::NAN; 4], [7e4; 4]].concat().repeat(2),
+            ),
+        ],
+    );
+    let wanted =
+        || ["a.big", "b.big32", "c.small", "d.bad"].map(|k| (k.to_string(), k.to_string()));
+    let file = WeightFile::open(&path).unwrap();
+    let in_file: &dyn TensorSource = &file;
+    // The same bytes in memory have no file to point into: they go to a spill file.
+    let memory = WeightFile::from_bytes(&path, std::fs::read(&path).unwrap()).unwrap();
+    let copied: &dyn TensorSource = &memory;
+    let whole = in_file.read_as(wanted()).unwrap();
+    for source in [in_file, copied] {
+        let w = source.read_spilling_from(wanted(), 64).unwrap();
+        assert_eq!(w.tensors.keys().collect::<Vec<_>>(), ["c.small"]);
+        assert_eq!(w.spilled.len(), 3);
+        assert!(w.has("a.big") && w.has("c.small") && !w.has("e"));
+        assert_eq!(w.content_sha256(), whole.content_sha256());
+        assert_eq!(w.read("a.big", &[8, 8]).unwrap(), whole.tensors["a.big"]);
+        assert!(matches!(
+            w.read("a.big", &[64]),
+            Err(WeightError::ShapeMismatch { .. })
+        ));
+        for fp16 in [false, true] {
+            assert_eq!(
+                check::check_weights(&w, fp16).unwrap_err().to_string(),
+                check::check_weights(&whole, fp16).unwrap_err().to_string()
+            );
+        }
+        // By bytes: NaN is not equal to itself.
+        let bytes = |m: &BTreeMap<String, Tensor>| -> Vec<(String, Vec<u8>)> {
+            m.iter()
+                .map(|(k, t)| (k.clone(), t.to_le_bytes()))
+                .collect()
+        };
+        let back = w.clone().into_memory().unwrap();
+        assert_eq!(bytes(&back.tensors), bytes(&whole.tensors));
+    }
+    // Only the file's handles point into it: a file-backed one is read at its offset.
+    let handle = in_file.in_place("b.big32").unwrap();
+    assert_eq!(handle.read().unwrap(), whole.tensors["b.big32"]);
+    assert!(copied.in_place("b.big32").is_none());
+}

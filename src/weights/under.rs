@@ -52,4 +52,8 @@ impl TensorSource for Under<'_> {
     fn read(&self, key: &str) -> Result<Tensor, WeightError> {
         self.inner.read(&format!("{}{key}", self.prefix))
     }
+
+    fn in_place(&self, key: &str) -> Option<super::Spilled> {
+        self.inner.in_place(&format!("{}{key}", self.prefix))
+    }
 }

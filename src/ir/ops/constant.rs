@@ -15,6 +15,7 @@ use crate::mil::LowerError;
 use crate::package::BlobDType;
 use crate::proto::mil_spec as pb;
 use crate::tensor::{DType, Tensor};
+use crate::weights::Spilled;
 
 /// Constant data. Weights change representation (dense, palettized, linearly quantized), never
 /// identity: every form has the same type and stands for the same (approximate) values.
@@ -26,6 +27,11 @@ pub enum ConstData {
     /// (`cast_fp16`); elsewhere the values are widened one constant at a time where they are
     /// needed (evaluation, folding, compression, lowering), never the whole model at once.
     Half(Tensor),
+    /// A weight set aside in a spill file as it was read ([`crate::weights::spill`]), typed
+    /// `dtype` (fp32, or fp16 once `cast_fp16` has run: the stored values are rounded when
+    /// read, as a dense constant's would have been). Read back where its values are needed,
+    /// one constant at a time.
+    Spilled { data: Spilled, dtype: DType },
     Palettized(Palettized),
     Quantized(Quantized),
 }
@@ -56,17 +62,26 @@ impl ConstData {
         match self {
             ConstData::Dense(t) => TensorType::known(t.dtype(), &t.shape),
             ConstData::Half(t) => TensorType::known(DType::F32, &t.shape),
+            ConstData::Spilled { data, dtype } => TensorType::known(*dtype, &data.shape),
             ConstData::Palettized(p) => TensorType::known(p.lut.dtype(), &p.shape),
             ConstData::Quantized(q) => TensorType::known(q.dtype, &q.q.shape),
         }
     }
 
-    /// The values as the model computes with them (decompressed for compressed forms).
-    pub fn dense(&self) -> std::borrow::Cow<'_, Tensor> {
+    /// The values as the model computes with them (decompressed for compressed forms, read
+    /// back for spilled ones; only that can fail).
+    pub fn dense(&self) -> Result<std::borrow::Cow<'_, Tensor>, String> {
         use std::borrow::Cow;
-        match self {
+        Ok(match self {
             ConstData::Dense(t) => Cow::Borrowed(t),
             ConstData::Half(t) => Cow::Owned(t.cast(DType::F32)),
+            ConstData::Spilled { data, dtype } => {
+                let t = read_back(data)?;
+                Cow::Owned(match t.dtype() == *dtype {
+                    true => t,
+                    false => t.cast(*dtype),
+                })
+            }
             ConstData::Palettized(p) => {
                 let lut = p.lut.to_f32();
                 let table = 1usize << p.bits;
@@ -82,8 +97,29 @@ impl ConstData {
             ConstData::Quantized(q) => {
                 Cow::Owned(Tensor::f32(q.q.shape.clone(), q.q.dequantize()).cast(q.dtype))
             }
-        }
+        })
     }
+
+    /// This constant with its values in memory: a spilled one read back (as [`ConstData::Half`]
+    /// when stored as f16 and typed fp32, as a graph built from memory holds it), any other as
+    /// it is. For the passes that change values (compression, folding, adapters).
+    pub fn in_memory(&self) -> Result<std::borrow::Cow<'_, ConstData>, String> {
+        use std::borrow::Cow;
+        let ConstData::Spilled { data, dtype } = self else {
+            return Ok(Cow::Borrowed(self));
+        };
+        let t = read_back(data)?;
+        Ok(Cow::Owned(match (t.dtype(), *dtype) {
+            (DType::F16, DType::F32) => ConstData::Half(t),
+            (stored, dtype) if stored == dtype => ConstData::Dense(t),
+            (_, dtype) => ConstData::Dense(t.cast(dtype)),
+        }))
+    }
+}
+
+fn read_back(data: &Spilled) -> Result<Tensor, String> {
+    data.read()
+        .map_err(|e| format!("cannot read the weight back from its temporary file: {e}"))
 }
 
 pub const MIL: &[MilOp] = &[
@@ -107,7 +143,7 @@ pub fn infer(inputs: &[&TensorType], c: &ConstData) -> Result<TensorType, String
 }
 
 pub fn eval(_args: &[&Array], _sizes: &Sizes, c: &ConstData) -> Result<Array, String> {
-    let t = c.dense();
+    let t = c.dense()?;
     Ok(Array::new(t.shape.clone(), t.to_f32()))
 }
 
@@ -129,6 +165,17 @@ pub fn lower(e: &mut Emitter, id: ValueId, c: &ConstData) -> Result<(), LowerErr
         // An fp32 build, or an fp16 build's fp32 region (elsewhere it made them dense fp16).
         ConstData::Half(t) => {
             let val = e.tensor_value(&t.cast(DType::F32));
+            e.konst(out, val);
+            Ok(())
+        }
+        // Read back, rounded to its type if that is fp16, written, and dropped: one weight in
+        // memory at a time.
+        ConstData::Spilled { .. } => {
+            let t = c.dense().map_err(|why| LowerError::Weight {
+                node: out.clone(),
+                why,
+            })?;
+            let val = e.tensor_value(&t);
             e.konst(out, val);
             Ok(())
         }

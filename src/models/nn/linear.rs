@@ -72,10 +72,14 @@ pub fn linear_as_conv(
     what: &str,
 ) -> Result<ValueId, ModelError> {
     let (cout, cin) = (spec.cout, spec.cin);
-    let w = p
-        .tensor("weight", &[cout, cin])?
-        .into_reshaped(vec![cout, cin, 1, 1]);
-    let mut args = vec![x, g.weight(p.node("weight"), w)];
+    let w = p.constant_as(
+        g,
+        "weight",
+        &[cout, cin],
+        &[cout, cin, 1, 1],
+        &p.node("weight"),
+    )?;
+    let mut args = vec![x, w];
     if spec.bias {
         args.push(p.constant(g, "bias", &[cout])?);
     }

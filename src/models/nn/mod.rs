@@ -98,7 +98,10 @@ impl<'w> Params<'w> {
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let file_key = (self.rename)(key);
         let t = match &self.store {
-            Store::Borrowed(w) => w.get(&file_key, shape)?.clone(),
+            Store::Borrowed(w) => w.read(&file_key, shape)?,
+            Store::Owned(w) if w.borrow().spilled.contains_key(&file_key) => {
+                w.borrow().read(&file_key, shape)?
+            }
             Store::Owned(w) => {
                 let mut w = w.borrow_mut();
                 if self.used.borrow().contains(&file_key) {
@@ -114,6 +117,42 @@ impl<'w> Params<'w> {
         };
         self.used.borrow_mut().insert(file_key);
         Ok(t)
+    }
+
+    /// The handle of the model's `key` if it is spilled (checked against the shape the model
+    /// expects), so the graph takes the handle and not the values.
+    pub fn spilled(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<Option<crate::weights::Spilled>, ModelError> {
+        let file_key = (self.rename)(key);
+        let found = match &self.store {
+            Store::Borrowed(w) => w
+                .spilled
+                .get(&file_key)
+                .map(|s| (s.data.clone(), w.path.clone())),
+            Store::Owned(w) => {
+                let w = w.borrow();
+                w.spilled
+                    .get(&file_key)
+                    .map(|s| (s.data.clone(), w.path.clone()))
+            }
+        };
+        let Some((data, path)) = found else {
+            return Ok(None);
+        };
+        if data.shape != shape {
+            return Err(WeightError::ShapeMismatch {
+                path,
+                key: file_key,
+                expected: shape.to_vec(),
+                found: data.shape.clone(),
+            }
+            .into());
+        }
+        self.used.borrow_mut().insert(file_key);
+        Ok(Some(data))
     }
 
     /// The file the weights came from, for messages.
@@ -152,8 +191,8 @@ impl<'w> Params<'w> {
 
 /// A few of the keys of `w` not in `used`.
 fn unread(w: &Weights, used: &BTreeSet<String>) -> Vec<String> {
-    w.tensors
-        .keys()
+    w.entries()
+        .map(|(k, _)| k)
         .filter(|k| !used.contains(*k))
         .take(5)
         .cloned()
@@ -235,7 +274,29 @@ impl<'p, 'w> Scope<'p, 'w> {
         shape: &[usize],
         node: &str,
     ) -> Result<ValueId, ModelError> {
-        let t = self.tensor(name, shape)?;
+        self.constant_as(g, name, shape, shape, node)
+    }
+
+    /// The tensor `name` (of the `shape` the model expects) as a constant of the same values
+    /// under another shape `as_shape` (a linear layer's `[cout, cin]` as a 1x1 convolution's
+    /// `[cout, cin, 1, 1]`), named `node`.
+    pub fn constant_as(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        shape: &[usize],
+        as_shape: &[usize],
+        node: &str,
+    ) -> Result<ValueId, ModelError> {
+        let key = self.key(name);
+        if let Some(s) = self.params.spilled(&key, shape)? {
+            // As `into_reshaped` below: a view of another element count is a model bug.
+            let s = s
+                .reshaped(as_shape.to_vec())
+                .unwrap_or_else(|| panic!("{key}: {shape:?} viewed as {as_shape:?}"));
+            return Ok(g.spilled_weight(node, s));
+        }
+        let t = self.tensor(name, shape)?.into_reshaped(as_shape.to_vec());
         Ok(g.weight(node, t))
     }
 }

@@ -27,7 +27,7 @@ pub fn load(
     let cfg = configure(&shapes, source.path(), &|r| {
         in_file_names(r, &layout, &sources)
     })?;
-    Ok((source.read_as(wanted)?, cfg))
+    Ok((source.read_spilling(wanted)?, cfg))
 }
 
 /// The tensors [`load`] reads: diffusers name → file key (the EMA copy's with `o.ema`).
@@ -61,12 +61,7 @@ fn locate(
 /// The architecture of weights [`load`] read (diffusers names), with the config.json beside
 /// their file: what the builder declares the graph from.
 pub fn config_of(weights: &Weights) -> Result<UnetConfig, ModelError> {
-    let shapes = weights
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone()))
-        .collect();
-    configure(&shapes, &weights.path, &|r| r)
+    configure(&weights.shapes(), &weights.path, &|r| r)
 }
 
 /// Sizes from `shapes` (diffusers names; `rename` puts a message about them in the file's

@@ -1,0 +1,153 @@
+//! Large weights are kept as handles (into the weight file, or into a temporary spill file for
+//! patched and `.pth` tensors) until the package writer reads them back: packages are the same
+//! byte for byte whether every tensor is spilled or none is (`MLC_SPILL_MIN_BYTES`).
+
+mod common;
+
+use common::files::files;
+use common::shared;
+use std::path::Path;
+use std::process::Command;
+
+/// The package's files but the manifest (whose identifiers are fresh per build), built with
+/// tensors of at least `min` bytes spilled; and the build's --json report.
+fn build(args: &[&str], min: &str, out: &Path) -> (Vec<(String, Vec<u8>)>, serde_json::Value) {
+    let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(args)
+        .args(["--json", "-o"])
+        .arg(out)
+        .env("MLC_SPILL_MIN_BYTES", min)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = serde_json::from_slice(&o.stdout).unwrap();
+    let kept = files(out)
+        .into_iter()
+        .filter(|(rel, _)| !rel.ends_with("Manifest.json"))
+        .collect();
+    (kept, report)
+}
+
+#[test]
+fn spilled_and_in_memory_weights_give_the_same_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd15 = shared("fixtures/unet/sd15/original.safetensors");
+    let lora = shared("fixtures/unet/lora/kohya_sd15.safetensors");
+    let lora = format!("{}:0.6", lora.display());
+    // A .ckpt has no tensor to point into: everything large goes to the spill file.
+    let ckpt = dir.path().join("sd15.ckpt");
+    let tensors = mlc::weights::Weights::load(&sd15).unwrap().tensors;
+    common::write_ckpt(&ckpt, &tensors);
+    let (sd15, ckpt) = (sd15.to_str().unwrap(), ckpt.to_str().unwrap());
+    let cases: [&[&str]; 4] = [
+        &["build", "sd-unet", "--weights", sd15, "--latent-size", "16"],
+        &[
+            "build",
+            "sd-unet",
+            "--weights",
+            sd15,
+            "--latent-size",
+            "16",
+            "--layout",
+            "ane",
+            "--precision",
+            "fp32",
+        ],
+        &[
+            "build",
+            "sd-unet",
+            "--weights",
+            sd15,
+            "--latent-size",
+            "16",
+            "--lora",
+            &lora,
+        ],
+        &["build", "sd-unet", "--weights", ckpt, "--latent-size", "16"],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let all = build(args, "0", &dir.path().join(format!("all{i}.mlpackage")));
+        let none = build(
+            args,
+            "18446744073709551615",
+            &dir.path().join(format!("none{i}.mlpackage")),
+        );
+        assert!(all
+            .0
+            .iter()
+            .any(|(rel, b)| rel.ends_with("weight.bin") && b.len() > 100_000));
+        assert!(all.0 == none.0, "{args:?}: the packages differ");
+        assert_eq!(
+            all.1["weights_sha256"], none.1["weights_sha256"],
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn spilled_weights_are_checked_as_in_memory_ones() {
+    // A NaN in a large tensor is refused naming it, spilled or not.
+    let dir = tempfile::tempdir().unwrap();
+    let sd15 = shared("fixtures/unet/sd15/original.safetensors");
+    let mut tensors = mlc::weights::Weights::load(&sd15).unwrap().tensors;
+    let key = "model.diffusion_model.input_blocks.1.1.proj_in.weight";
+    let t = tensors.get_mut(key).expect("the fixture has it");
+    let mut v = t.to_f32();
+    v[3] = f32::NAN;
+    *t = mlc::tensor::Tensor::f32(t.shape.clone(), v);
+    let bad = dir.path().join("nan.safetensors");
+    common::write_safetensors(&bad, &tensors);
+    let mut errors = Vec::new();
+    for min in ["0", "18446744073709551615"] {
+        let out = dir.path().join(format!("nan{min}.mlpackage"));
+        let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
+            .args(["build", "sd-unet", "--weights"])
+            .arg(&bad)
+            .arg("-o")
+            .arg(&out)
+            .env("MLC_SPILL_MIN_BYTES", min)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !out.exists(), "{min}: {err}");
+        // Named as the model reads it (diffusers' name of the LDM key).
+        let named = "down_blocks.0.attentions.0.proj_in.weight";
+        assert!(err.contains(named) && err.contains("1 NaN"), "{min}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        errors.push(err.into_owned());
+    }
+    assert_eq!(errors[0], errors[1]);
+}
+
+#[test]
+fn an_unusable_temporary_folder_is_one_line_naming_it() {
+    // The LoRA's patched tensors must go to a spill file; TMPDIR points at a file.
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let sd15 = shared("fixtures/unet/sd15/original.safetensors");
+    let lora = shared("fixtures/unet/lora/kohya_sd15.safetensors");
+    let out = dir.path().join("x.mlpackage");
+    let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
+        .args(["build", "sd-unet", "--latent-size", "16", "--weights"])
+        .arg(&sd15)
+        .arg("--lora")
+        .arg(&lora)
+        .arg("-o")
+        .arg(&out)
+        .env("MLC_SPILL_MIN_BYTES", "0")
+        .env("TMPDIR", &not_a_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists(), "{err}");
+    assert!(
+        err.contains("temporary file") && err.contains("TMPDIR"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
