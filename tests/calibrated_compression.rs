@@ -248,3 +248,38 @@ fn calibrated_builds_are_reproducible_and_say_so() {
     );
     oracle(&dir);
 }
+
+/// Calibration reads the package's features: with `latent` renamed `z` (as Apple's Swift
+/// pipeline names a decoder's input), the photos' latents feed `z`, and the same photos give
+/// the same weights as without the rename.
+#[test]
+fn calibration_feeds_the_renamed_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cal_dir = photo_dir(tmp.path().join("photos"), &["rocket.png"]);
+    let mut o = BuildOptions::new("flux2", taef2_weights());
+    o.sizes = Sizes::Latent(vec![[8, 8]]);
+    o.compression = Some(Compression::Palettize {
+        bits: 4,
+        group_size: None,
+        min_elements: 2048,
+    });
+    o.calibration = Some(source(&cal_dir));
+    let build = |o: &BuildOptions, name: &str| {
+        let mut b = o.clone();
+        b.output = Some(tmp.path().join(name));
+        let r = mlc::compiler::build(&b).unwrap();
+        let pkg = mlc::package::read_package(&r.package).unwrap();
+        let weights =
+            std::fs::read(r.package.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap();
+        (mlc::run::input_names(&pkg, "main"), weights)
+    };
+    let (inputs, plain) = build(&o, "plain.mlpackage");
+    assert_eq!(inputs, ["latent"]);
+    o.features.rename = vec![("latent".into(), "z".into())];
+    let (inputs, renamed) = build(&o, "renamed.mlpackage");
+    assert_eq!(inputs, ["z"]);
+    assert!(
+        renamed == plain,
+        "the rename changed the calibrated weights"
+    );
+}

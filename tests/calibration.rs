@@ -39,11 +39,9 @@ fn direct(size: [usize; 2]) -> SampleSpec {
 fn taef2_decoder_target(latent: usize, encoder: Option<&Path>) -> SampleSpec {
     let m = lookup("flux2").unwrap();
     let none = ModelOptions::default();
-    let b = m
-        .interface(Part::DECODER, &none)
-        .bindings(Role::Latent, [latent, latent])
-        .unwrap();
-    SampleSpec::for_model(m, Part::DECODER, &none, &b, None, encoder).unwrap()
+    let iface = m.interface(Part::DECODER, &none);
+    let b = iface.bindings(Role::Latent, [latent, latent]).unwrap();
+    SampleSpec::for_model(m, Part::DECODER, &iface, &none, &b, None, encoder).unwrap()
 }
 
 fn write_png(

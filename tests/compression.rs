@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mlc::compiler::{build, compile_weights, BuildOptions, Compression, QuantMode};
+use mlc::compiler::{build, build_program_from_weights, BuildOptions, Compression, QuantMode};
 use mlc::ir::{ConstData, Graph, Op};
 use mlc::kernels::Array;
 use mlc::mil::Target;
@@ -36,7 +36,7 @@ fn total_sse(c: Compression, target: Target) -> (f64, usize) {
     o.target = target;
     o.compression = Some(c);
     let mut graphs: BTreeMap<String, Graph> = BTreeMap::new();
-    compile_weights(&o, &w, |pass, g| {
+    build_program_from_weights(&o, &w, |pass, g| {
         graphs.insert(pass.to_string(), g.clone());
     })
     .unwrap();

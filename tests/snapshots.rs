@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mlc::compiler::{compile_weights, BuildOptions, Precision};
+use mlc::compiler::{build_program_from_weights, BuildOptions, Precision};
 use mlc::mil::print::print_model;
 use mlc::mil::Target;
 use mlc::weights::Weights;
@@ -20,7 +20,7 @@ fn mil_text(
     o.precision = precision;
     o.target = target;
     o.sizes = mlc::compiler::Sizes::Latent(vec![[latent, latent]]);
-    let c = compile_weights(&o, weights, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, weights, |_, _| {}).unwrap();
     print_model(&c.lowered.model)
 }
 
@@ -71,7 +71,7 @@ fn taef2_encoder_fp16() {
     let mut o = BuildOptions::new("flux2", "unused");
     o.part = Some(mlc::models::Part::ENCODER.into());
     o.sizes = mlc::compiler::Sizes::Image(vec![[64, 64]]);
-    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &w, |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
     // What review must see in it: three stride-2 convs and an 8x8 latent.
     assert_eq!(text.matches("strides=[2, 2]").count(), 3, "{text}");
@@ -96,7 +96,7 @@ fn taef2_enumerated_sizes() {
     let w = Weights::load(&taef2_weights()).unwrap();
     let mut o = BuildOptions::new("flux2", "unused");
     o.sizes = mlc::compiler::Sizes::Latent(vec![[96, 96], [128, 128], [96, 128]]);
-    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &w, |_, _| {}).unwrap();
     snapshot!("taef2_fp16_enumerated", print_model(&c.lowered.model));
 }
 
@@ -106,7 +106,7 @@ fn synthetic_taesd_nhwc() {
     o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
     o.input_layout = mlc::compiler::ArrayLayout::Nhwc;
     o.output_layout = mlc::compiler::ArrayLayout::Nhwc;
-    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
     snapshot!("taesd_synthetic_nhwc", print_model(&c.lowered.model));
 }
 
@@ -116,7 +116,7 @@ fn synthetic_taesd_multifunction() {
     o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8], [8, 16]]);
     o.multifunction = true;
     o.target = Target::Ios18;
-    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
     snapshot!(
         "taesd_synthetic_multifunction_ios18",
         print_model(&c.lowered.model)
@@ -168,7 +168,7 @@ fn synthetic_taesd_compressed() {
         o.sizes = mlc::compiler::Sizes::Latent(vec![[8, 8]]);
         o.target = target;
         o.compression = Some(c);
-        let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+        let c = build_program_from_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
         snapshot!(name, print_model(&c.lowered.model));
     }
 }
@@ -194,7 +194,7 @@ fn synthetic_taesd_w8a8() {
         o.quantize_activations = Some(ActivationRanges::MaxAbs(
             [("latent".to_string(), latent.clone())].into(),
         ));
-        let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+        let c = build_program_from_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
         snapshot!(name, print_model(&c.lowered.model));
     }
 }
@@ -272,7 +272,7 @@ fn clip_l_text_encoder_fp16() {
         .load(mlc::models::Part::ENCODER, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-l", "unused");
-    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &w, |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
     // What review must see in it: int32 ids in, one gather per lookup plus the pooling, the
     // causal mask added to every layer's scores, and the EOS position by argmax.
@@ -299,7 +299,7 @@ fn clip_l_text_encoder_ane_fp16() {
         .unwrap();
     let mut o = BuildOptions::new("clip-l", "unused");
     o.model_options = ane;
-    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &w, |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
     // What review must see in it: the token table gathered along its last axis straight into
     // [1, D, 1, S], 1x1 convs for every linear layer, layer norms over axis 1, one split per
@@ -323,7 +323,7 @@ fn clip_vision_encoder_fp16() {
         .load(mlc::models::Part::ENCODER, &*open(&path), &none)
         .unwrap();
     let o = BuildOptions::new("clip-vision", "unused");
-    let c = compile_weights(&o, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &w, |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
     // What review must see in it: the image in, one strided patch convolution, the class token
     // concatenated in front, pre-norm + two norms per layer + post-norm, no mask, and the class
@@ -349,7 +349,12 @@ fn clip_text(model: &str, fixture: &str, options: mlc::models::ModelOptions) -> 
         .unwrap();
     let mut o = BuildOptions::new(model, "unused");
     o.model_options = options;
-    print_model(&compile_weights(&o, &w, |_, _| {}).unwrap().lowered.model)
+    print_model(
+        &build_program_from_weights(&o, &w, |_, _| {})
+            .unwrap()
+            .lowered
+            .model,
+    )
 }
 
 #[test]
@@ -421,7 +426,7 @@ fn synthetic_taesd_palettize4_calibrated() {
         encoder_weights: None,
         upscale: false,
     });
-    let c = compile_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
+    let c = build_program_from_weights(&o, &synthetic_taesd(4, false), |_, _| {}).unwrap();
     let text = print_model(&c.lowered.model);
     assert!(
         text.contains("mlc.weights.fit = layer outputs (calibrated)"),
@@ -457,7 +462,7 @@ fn unet_text(
     b.model_options = o;
     b.target = target;
     b.sizes = mlc::compiler::Sizes::Latent(vec![[16, 16]]);
-    let c = compile_weights(&b, &w, |_, _| {}).unwrap();
+    let c = build_program_from_weights(&b, &w, |_, _| {}).unwrap();
     print_model(&c.lowered.model)
 }
 

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use mlc::compiler::{
-    compile_weights, ActivationRanges, BuildOptions, CalibrationSource, Compression, Precision,
-    QuantMode, Sizes,
+    build_program_from_weights, ActivationRanges, BuildOptions, CalibrationSource, Compression,
+    Precision, QuantMode, Sizes,
 };
 use mlc::ir::{eval::evaluate, Graph, Op};
 use mlc::kernels::Array;
@@ -45,7 +45,7 @@ fn w8a8(
 /// Compiles `o`, writes the package to `path` and returns it with the final IR graph.
 fn build(o: &BuildOptions, w: &Weights, path: &Path) -> (PathBuf, Graph) {
     let mut last = None;
-    let c = compile_weights(o, w, |_, g| last = Some(g.clone())).unwrap();
+    let c = build_program_from_weights(o, w, |_, g| last = Some(g.clone())).unwrap();
     mlc::package::write_package(path, &c.lowered.model, c.lowered.weight_bin.as_deref()).unwrap();
     (path.to_path_buf(), last.unwrap())
 }
@@ -285,7 +285,7 @@ fn taef2_w8a8_sensitivity_of_each_add() {
     let mut o = w8a8("flux2", Precision::Fp16, Target::Ios17, 32, &inputs);
     o.quantize_activations = None;
     let mut last = None;
-    compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
+    build_program_from_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
     let g = last.unwrap();
     let ranges =
         mlc::compiler::activation_ranges(&g, &ActivationRanges::MaxAbs(inputs.clone()), None)
@@ -438,7 +438,7 @@ fn taef2_calibrated_convs_only_vs_adds() {
     o.sizes = Sizes::Latent(vec![[32, 32]]);
     o.compression = int8_weights();
     let mut last = None;
-    compile_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
+    build_program_from_weights(&o, &w, |_, g| last = Some(g.clone())).unwrap();
     let g = last.unwrap();
     o.calibration = Some(CalibrationSource {
         path: cal,
@@ -497,12 +497,13 @@ fn photos_and_reference(
     o: &BuildOptions,
     encoder: &Path,
 ) -> (mlc::calibrate::Calibration, Graph) {
-    let b = o.size_bindings().unwrap().remove(0);
+    let plan = mlc::compiler::Plan::resolve(o).unwrap();
     let target = mlc::calibrate::SampleSpec::for_model(
-        mlc::models::lookup("flux2").unwrap(),
-        mlc::models::Part::DECODER,
-        &Default::default(),
-        &b,
+        plan.model,
+        plan.part,
+        &plan.interface,
+        &o.model_options,
+        &plan.sizes[0],
         Some(&taef2_weights()),
         Some(encoder),
     )

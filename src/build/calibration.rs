@@ -11,8 +11,9 @@ use crate::passes::specialize_shapes::Bindings;
 /// Clipping ranges of the values int8 activations need, by value.
 pub type Ranges = std::collections::HashMap<crate::ir::ValueId, f32>;
 
-/// The calibration set `opts` names, read into the model's inputs at its first size (a decoder's
-/// photos encoded by its encoder); `None` without `--calibration`.
+/// The calibration set `opts` names, read into the package's inputs (the plan's interface,
+/// feature edits applied) at its first size (a decoder's photos encoded by its encoder); `None`
+/// without `--calibration`.
 pub fn load_calibration(
     opts: &BuildOptions,
 ) -> Result<Option<crate::calibrate::Calibration>, BuildError> {
@@ -40,6 +41,7 @@ pub(super) fn calibration(
     let mut target = crate::calibrate::SampleSpec::for_model(
         plan.model,
         plan.part,
+        &plan.interface,
         &plan.opts.model_options,
         &b,
         Some(&weights),

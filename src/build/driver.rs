@@ -129,7 +129,7 @@ pub(super) fn program_file(
 
 /// [`build_program`] with weights already in memory (`opts.weights` is ignored, and so are
 /// `opts.loras`: they patch weights as a file is read); the graph copies the tensors it needs.
-pub fn compile_weights(
+pub fn build_program_from_weights(
     opts: &BuildOptions,
     weights: &Weights,
     after_pass: impl FnMut(&str, &Graph),

@@ -20,7 +20,7 @@ pub mod write;
 pub use crate::progress::{Observer, Progress, Stage};
 pub use calibration::{activation_ranges, load_calibration, Ranges};
 pub use driver::{
-    build_program, compile_weights, declare, declare_owned, pipeline_options, Compiled,
+    build_program, build_program_from_weights, declare, declare_owned, pipeline_options, Compiled,
 };
 pub use error::{BuildError, BuildOption, Remedy};
 pub use metadata::function_name;

@@ -296,8 +296,29 @@ fn model_part(opts: &BuildOptions) -> Result<(&'static dyn Model, Part), BuildEr
     Ok((model, part))
 }
 
-/// The interface symbols' values for every size `opts` name, the default first.
+/// The interface symbols' values for every size `opts` name, the default first, with the batch
+/// bound at each.
 fn size_bindings(
+    opts: &BuildOptions,
+    iface: &models::Interface,
+) -> Result<Vec<Bindings>, BuildError> {
+    let mut sizes = spatial_bindings(opts, iface)?;
+    // The batch is one symbol like H and W, the same at every size: `--batch`, else the
+    // interface's default (a model without a batch axis has neither).
+    let batch = opts
+        .model_options
+        .batch
+        .or_else(|| iface.default_size.get(models::BATCH).copied());
+    if let Some(n) = batch {
+        for b in &mut sizes {
+            b.insert(models::BATCH.to_string(), n);
+        }
+    }
+    Ok(sizes)
+}
+
+/// The symbol values the spatial sizes `opts` name give, the default first.
+fn spatial_bindings(
     opts: &BuildOptions,
     iface: &models::Interface,
 ) -> Result<Vec<Bindings>, BuildError> {
@@ -363,5 +384,43 @@ pub(super) fn declared_image(
     match (images.next(), images.next()) {
         (Some(one), None) => Some(one),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Dim;
+
+    /// A UNet declares `[B, C, H, W]`; the plan binds B at every size, to `--batch` or the
+    /// interface's default, and B never varies between sizes.
+    #[test]
+    fn the_batch_is_a_symbol_the_plan_binds() {
+        let mut o = BuildOptions::new("sd-unet", "unread.safetensors");
+        let plan = Plan::resolve(&o).unwrap();
+        for name in ["sample", "timestep", "encoder_hidden_states", "noise_pred"] {
+            let f = plan.interface.by_name(name).unwrap();
+            assert_eq!(f.shape[0], Dim::sym(models::BATCH), "{name}");
+        }
+        assert_eq!(plan.fixed().get(models::BATCH), Some(&2));
+
+        o.model_options.batch = Some(1);
+        o.sizes = Sizes::Latent(vec![[8, 8], [16, 16]]);
+        let plan = Plan::resolve(&o).unwrap();
+        assert_eq!(plan.sizes.len(), 2);
+        assert!(plan.sizes.iter().all(|b| b.get(models::BATCH) == Some(&1)));
+        assert_eq!(plan.fixed().get(models::BATCH), Some(&1));
+        assert!(plan
+            .varying()
+            .iter()
+            .all(|b| !b.contains_key(models::BATCH)));
+        let sample = plan.interface.by_name("sample").unwrap();
+        let bound = models::bind_shape(&sample.shape, &plan.fixed()).unwrap();
+        assert_eq!(bound[0], Dim::Known(1));
+
+        // A model without a batch axis has no batch symbol to bind.
+        let o = BuildOptions::new("taesd", "unread.safetensors");
+        let plan = Plan::resolve(&o).unwrap();
+        assert!(plan.sizes.iter().all(|b| !b.contains_key(models::BATCH)));
     }
 }

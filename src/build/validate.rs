@@ -252,14 +252,6 @@ pub fn validate(plan: &Plan) -> Result<(), BuildError> {
             );
         }
     }
-    if !opts.features.is_empty() && opts.calibration.is_some() {
-        // Calibration feeds the model's own features (photos to `image`, a file's tensors by
-        // the model's names), which the edits rename.
-        return option_error(
-            O::Features,
-            "calibration feeds the model's own features; it is not offered with feature edits",
-        );
-    }
     let fp16_io = opts.io_precision.unwrap_or(opts.precision) == Precision::Fp16;
     if !opts.features.float_inputs.is_empty() && opts.precision == Precision::Fp16 && fp16_io {
         return option_error(
@@ -356,7 +348,7 @@ mod tests {
         assert!(declared_image(&two).is_none());
     }
 
-    /// Token ids as floats need fp32 arrays; calibration reads the model's own features.
+    /// Token ids as floats need fp32 arrays.
     #[test]
     fn feature_edits_refuse_what_they_cannot_honour() {
         let mut opts = BuildOptions::new("clip-l", "unread.safetensors");
@@ -368,14 +360,6 @@ mod tests {
         opts.features.rename = vec![("nope".into(), "x".into())];
         let e = opts.validate().unwrap_err().to_string();
         assert!(e.contains("\"nope\" is not a feature"), "{e}");
-        opts.features.rename.clear();
-        opts.calibration = Some(super::super::options::CalibrationSource {
-            path: "photos".into(),
-            encoder_weights: None,
-            upscale: false,
-        });
-        let e = opts.validate().unwrap_err().to_string();
-        assert!(e.contains("calibration"), "{e}");
     }
 
     #[test]

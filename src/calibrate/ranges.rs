@@ -3,12 +3,13 @@
 //! measured is what ships.
 
 use super::{Calibration, CalibrationError, ImageFeed, SampleSpec};
+use crate::build::{BuildOptions, Plan};
 use crate::mil::eval::{ActivationStats, EvalOptions};
 use crate::models::Role;
 use crate::package::Package;
 use crate::run::FeatureShape;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The inputs `function` of `pkg` takes, and, for a package mlc built (its `mlc.model`
 /// metadata names the model), how photos feed it: directly for an encoder, through the model's
@@ -37,15 +38,15 @@ pub fn package_target(
         };
         inputs.push((name, shape));
     }
-    let images = match mlc_model(pkg) {
+    let build = mlc_build(pkg);
+    let images = match build.as_ref().and_then(|o| Plan::resolve(o).ok()) {
         None => ImageFeed::Refused(
             "the package does not say which mlc model it is (no mlc.model metadata), so photos \
              cannot be turned into its inputs; give them as a safetensors file"
                 .into(),
         ),
-        Some((model, part)) => {
-            let options = Default::default();
-            let iface = model.interface(part, &options);
+        Some(plan) => {
+            let (model, part, iface) = (plan.model, plan.part, &plan.interface);
             let feed = match (iface.inputs.first(), inputs.first()) {
                 (Some(f), Some((_, shape)))
                     if matches!(f.role, Role::Latent | Role::Image) && shape.len() == 4 =>
@@ -56,7 +57,8 @@ pub fn package_target(
                     Some(SampleSpec::for_model(
                         model,
                         part,
-                        &options,
+                        iface,
+                        &plan.opts.model_options,
                         &b,
                         None,
                         encoder_weights,
@@ -80,15 +82,16 @@ pub fn package_target(
     })
 }
 
-/// The registry model and part the package's metadata names.
-fn mlc_model(pkg: &Package) -> Option<(&'static dyn crate::models::Model, crate::models::Part)> {
+/// The build the package's metadata names (`mlc.model`, `mlc.part`), for its plan to resolve
+/// the model, part and interface; the metadata records no other options, so they are the
+/// defaults.
+fn mlc_build(pkg: &Package) -> Option<BuildOptions> {
     let meta = pkg.model.description.as_ref()?.metadata.as_ref()?;
-    let model = crate::models::lookup(meta.user_defined.get("mlc.model")?).ok()?;
-    let part = match meta.user_defined.get("mlc.part").map(String::as_str) {
-        None => model.parts()[0],
-        Some(p) => *model.parts().iter().find(|q| q.name() == p)?,
-    };
-    Some((model, part))
+    let mut opts = BuildOptions::new(meta.user_defined.get("mlc.model")?, PathBuf::new());
+    opts.part = meta.user_defined.get("mlc.part").cloned();
+    // Photos never read the package's own weights; only a decoder's encoder is read.
+    opts.weights = None;
+    Some(opts)
 }
 
 /// Evaluates `function` of `pkg` on every calibration sample with fp16 activations rounded as

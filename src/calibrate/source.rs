@@ -10,7 +10,7 @@ use super::image;
 use super::{Calibration, CalibrationError, MAX_SAMPLES, MAX_SAMPLE_BYTES};
 use crate::ir::Graph;
 use crate::kernels::Array;
-use crate::models::{EncoderWeights, Model, ModelOptions, Part, Role};
+use crate::models::{EncoderWeights, Interface, Model, ModelOptions, Part, Role};
 use crate::passes::specialize_shapes::Bindings;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,18 +48,20 @@ pub enum ImageFeed {
 }
 
 impl SampleSpec {
-    /// The spec for `part` of `model` built at the sizes `b`: its inputs, and how photos feed
-    /// it. `weights` is the part's weights file (a full autoencoder's encoder is read from it);
-    /// `encoder_weights` overrides where the encoder of a decoder comes from.
+    /// The spec for `part` of `model` built with the interface `iface` (the build plan's, under
+    /// `options` and the feature edits: samples are keyed by the package's names) at the sizes
+    /// `b`: its inputs, and how photos feed it. `weights` is the part's weights file (a full
+    /// autoencoder's encoder is read from it); `encoder_weights` overrides where the encoder of
+    /// a decoder comes from.
     pub fn for_model(
         model: &dyn Model,
         part: Part,
+        iface: &Interface,
         options: &ModelOptions,
         b: &Bindings,
         weights: Option<&Path>,
         encoder_weights: Option<&Path>,
     ) -> Result<SampleSpec, CalibrationError> {
-        let iface = model.interface(part, options);
         let inputs = iface
             .inputs
             .iter()
@@ -75,8 +77,8 @@ impl SampleSpec {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Only photos need the encoder: without it a safetensors file still calibrates.
-        let images =
-            image_feed(model, part, options, b, weights, encoder_weights).unwrap_or_else(|e| {
+        let images = image_feed(model, part, iface, options, b, weights, encoder_weights)
+            .unwrap_or_else(|e| {
                 ImageFeed::Refused(match e {
                     CalibrationError::Model(m) => m,
                     e => e.to_string(),
@@ -93,12 +95,12 @@ impl SampleSpec {
 fn image_feed(
     model: &dyn Model,
     part: Part,
+    iface: &Interface,
     options: &ModelOptions,
     b: &Bindings,
     weights: Option<&Path>,
     encoder_weights: Option<&Path>,
 ) -> Result<ImageFeed, CalibrationError> {
-    let iface = model.interface(part, options);
     let bad = |r: String| CalibrationError::Model(r);
     let image = iface.inputs.iter().find(|f| f.role == Role::Image);
     if let (Some(f), [_]) = (image, &iface.inputs[..]) {
@@ -164,6 +166,7 @@ fn image_feed(
         latent_scaling: options.latent_scaling,
         ..ModelOptions::default()
     };
+    // The encoder is a graph of its own, not the package's: its own interface, no edits.
     let enc_iface = model.interface(Part::ENCODER, &enc_options);
     let enc_b = enc_iface
         .bindings(Role::Image, size)

@@ -68,6 +68,11 @@ impl From<Part> for String {
     }
 }
 
+/// The symbol a model's batch axis is written in (`[B, 4, H, W]`): the build binds it at every
+/// size, to `--batch` or the interface's default ([`Interface::default_size`]). A model without
+/// a batch axis (its leading 1 fixed by the layout) does not use it.
+pub const BATCH: &str = "B";
+
 /// What a feature is to the application; sizes given on the command line name a role
 /// (`--latent-size`, `--image-size`). A model may have several features of one role (a UNet's
 /// conditioning), told apart by name.
@@ -135,8 +140,8 @@ impl ImageSpec {
     }
 }
 
-/// One input or output of a model: `[N, C, H, W]` with spatial sizes over the interface's
-/// symbols.
+/// One input or output of a model, its shape over the interface's symbols: the batch
+/// ([`BATCH`]), spatial sizes (`H`, `W`) and sizes the weights give (`C`, `D`), or known sizes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Feature {
     pub name: String,
@@ -161,7 +166,8 @@ pub struct Normalization {
 pub struct Interface {
     pub inputs: Vec<Feature>,
     pub outputs: Vec<Feature>,
-    /// The sizes a build without sizes uses.
+    /// The sizes a build without sizes uses, and the batch ([`BATCH`]) a build without
+    /// `--batch` uses where the features have one.
     pub default_size: Bindings,
 }
 
@@ -370,8 +376,9 @@ pub struct ModelOptions {
     pub pooled_output: bool,
     /// Transformers: how activations are laid out (see [`TransformerLayout`]).
     pub layout: TransformerLayout,
-    /// Denoisers: the batch size (None: the model's default, 2 for a UNet: classifier-free
-    /// guidance runs the negative and the positive prompt together).
+    /// Denoisers: the batch size, what the build binds the batch symbol [`BATCH`] to (None:
+    /// the interface's default, 2 for a UNet: classifier-free guidance runs the negative and
+    /// the positive prompt together).
     pub batch: Option<usize>,
     /// Denoisers: the conditioning's sequence length (None: 77, what SD pipelines tokenize to).
     pub tokens: Option<usize>,

@@ -39,11 +39,10 @@ fn main() {
 
     let t = Instant::now();
     let none = ModelOptions::default();
-    let b = m
-        .interface(Part::DECODER, &none)
-        .bindings(Role::Latent, [latent, latent])
-        .unwrap();
-    let mut target = SampleSpec::for_model(m, Part::DECODER, &none, &b, None, Some(&enc)).unwrap();
+    let iface = m.interface(Part::DECODER, &none);
+    let b = iface.bindings(Role::Latent, [latent, latent]).unwrap();
+    let mut target =
+        SampleSpec::for_model(m, Part::DECODER, &iface, &none, &b, None, Some(&enc)).unwrap();
     target.upscale = true;
     let encoder_built = t.elapsed();
 

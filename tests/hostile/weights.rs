@@ -370,7 +370,7 @@ fn non_finite_and_fp16_overflowing_weights_are_named() {
         for compression in [None, palettize.clone(), quantize.clone()] {
             let mut o = small_options(precision);
             o.compression = compression.clone();
-            let e = mlc::compiler::compile_weights(&o, &weights_with(v), |_, _| {})
+            let e = mlc::compiler::build_program_from_weights(&o, &weights_with(v), |_, _| {})
                 .err()
                 .unwrap_or_else(|| panic!("{v} at {precision:?} with {compression:?} built"))
                 .to_string();
@@ -386,7 +386,7 @@ fn non_finite_and_fp16_overflowing_weights_are_named() {
     for compression in [None, palettize, quantize] {
         let mut o = small_options(Fp32);
         o.compression = compression;
-        mlc::compiler::compile_weights(&o, &weights_with(70000.0), |_, _| {}).unwrap();
+        mlc::compiler::build_program_from_weights(&o, &weights_with(70000.0), |_, _| {}).unwrap();
     }
 }
 
@@ -427,9 +427,12 @@ fn compression_of_tiny_constants_is_skipped() {
         ] {
             let mut o = small_options(mlc::compiler::Precision::Fp16);
             o.compression = Some(compression.clone());
-            let c =
-                mlc::compiler::compile_weights(&o, &common::synthetic_taesd(4, false), |_, _| {})
-                    .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
+            let c = mlc::compiler::build_program_from_weights(
+                &o,
+                &common::synthetic_taesd(4, false),
+                |_, _| {},
+            )
+            .unwrap_or_else(|e| panic!("{compression:?}: {e}"));
             // The big weights were still compressed.
             let text = mlc::mil::print::print_model(&c.lowered.model);
             assert!(text.contains("constexpr_"), "{compression:?}");

@@ -173,7 +173,8 @@ impl Model for Unet {
     }
 
     fn interface(&self, _part: Part, o: &ModelOptions) -> Interface {
-        let b = Dim::Known(o.batch.unwrap_or(DEFAULT_BATCH));
+        // The build binds the batch (`--batch`, else the default below) like H and W.
+        let b = Dim::sym(super::BATCH);
         let s = Dim::Known(o.tokens.unwrap_or(DEFAULT_TOKENS));
         let (h, w) = (Dim::sym("H"), Dim::sym("W"));
         // Channels, text width and time-id count come from the weights when the model is
@@ -218,6 +219,7 @@ impl Model for Unet {
             ));
         }
         let mut size = Bindings::new();
+        size.insert(super::BATCH.into(), DEFAULT_BATCH);
         size.insert("H".into(), self.default_latent);
         size.insert("W".into(), self.default_latent);
         Interface {

@@ -1,272 +1,21 @@
 //! mlc::hub against a throwaway HTTP server on 127.0.0.1 standing in for the hub.
 
+mod server;
+mod setup;
+
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlc::hub::{self, HubConfig, HubError, Source};
-
-const WEIGHTS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/weights/taef2_decoder.safetensors"
-);
-const WEIGHTS_SHA: &str = "6f9d7bfb4929acbbb78ef115858f21b55bfd09bb43d4c4f5032fdf5dce19e49b";
-const WEIGHTS_LEN: u64 = 5_360_684;
-const OTHER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/weights/taef2_diffusers_style.safetensors"
-);
-const OTHER_SHA: &str = "43060e4121bc22bb93d3a48142444fd9bec7089ad2dba8bf49a0a0b474a04e1d";
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-const PINNED: Source = Source {
-    model: "taef2",
-    repo: "test-org/taef2",
-    file: "taef2_decoder.safetensors",
-    revision: COMMIT,
-    sha256: Some(WEIGHTS_SHA),
-    size: Some(WEIGHTS_LEN),
-    max_bytes: 64 << 20,
-};
-
-const UNPINNED: Source = Source {
-    model: "taesd",
-    repo: "test-org/taesd",
-    file: "taef2_decoder.safetensors",
-    revision: "main",
-    sha256: None,
-    size: None,
-    max_bytes: 64 << 20,
-};
-
-#[derive(Clone)]
-enum Reply {
-    /// 200 with the file's bytes and extra headers.
-    File(&'static str, Vec<(&'static str, String)>),
-    /// 302 to a path on this server, with extra headers.
-    Redirect(&'static str, Vec<(&'static str, String)>),
-    Status(u16),
-    /// Announces the whole file's length, sends half of it, then closes.
-    Truncated(&'static str),
-    /// 200 with these bytes (an HTML error page, say).
-    Body(&'static [u8]),
-    /// 200 without a length, then zeros until the client hangs up.
-    Endless,
-    /// 200 announcing a megabyte, then one byte every 50 ms.
-    Slow,
-    /// 200 without a length, then one byte per interval until the client hangs up.
-    Trickle(Duration),
-}
-
-/// Serves fixed replies by path, one request per connection, and counts requests. It stops
-/// when dropped, and by itself after a deadline so a failing test cannot leave it running.
-struct Server {
-    addr: String,
-    hits: Arc<AtomicUsize>,
-    paths: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(routes: Vec<(&'static str, Reply)>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let routes: HashMap<String, Reply> = routes
-            .into_iter()
-            .map(|(p, r)| (p.to_string(), r))
-            .collect();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (h, p, s) = (hits.clone(), paths.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let _ = serve(stream, &routes, &p);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Server {
-            addr,
-            hits,
-            paths,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    fn paths(&self) -> Vec<String> {
-        self.paths.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(
-    stream: TcpStream,
-    routes: &HashMap<String, Reply>,
-    paths: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-    }
-    paths.lock().unwrap().push(path.clone());
-    let mut out = stream;
-    let head = |status: &str, len: usize, extra: &[(&str, String)]| {
-        let mut s = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n");
-        for (k, v) in extra {
-            s.push_str(&format!("{k}: {v}\r\n"));
-        }
-        s + "\r\n"
-    };
-    match routes.get(&path) {
-        Some(Reply::File(file, extra)) => {
-            let body = fs::read(file)?;
-            out.write_all(head("200 OK", body.len(), extra).as_bytes())?;
-            out.write_all(&body)?;
-        }
-        Some(Reply::Redirect(to, extra)) => {
-            let mut extra = extra.clone();
-            extra.push(("Location", to.to_string()));
-            out.write_all(head("302 Found", 0, &extra).as_bytes())?;
-        }
-        Some(Reply::Status(code)) => {
-            let body = b"boom";
-            out.write_all(head(&format!("{code} Oops"), body.len(), &[]).as_bytes())?;
-            out.write_all(body)?;
-        }
-        Some(Reply::Truncated(file)) => {
-            let body = fs::read(file)?;
-            out.write_all(head("200 OK", body.len(), &[]).as_bytes())?;
-            out.write_all(&body[..body.len() / 2])?;
-        }
-        Some(Reply::Body(body)) => {
-            out.write_all(head("200 OK", body.len(), &[]).as_bytes())?;
-            out.write_all(body)?;
-        }
-        Some(Reply::Endless) => {
-            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
-            let chunk = vec![0u8; 1 << 16];
-            // Bounded so that a client that never stops reading still ends the test.
-            for _ in 0..(1 << 14) {
-                out.write_all(&chunk)?;
-            }
-        }
-        Some(Reply::Slow) => {
-            out.write_all(head("200 OK", 1 << 20, &[]).as_bytes())?;
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until {
-                out.write_all(b"x")?;
-                out.flush()?;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Some(Reply::Trickle(every)) => {
-            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until {
-                out.write_all(b"x")?;
-                out.flush()?;
-                std::thread::sleep(*every);
-            }
-        }
-        None => {
-            out.write_all(head("404 Not Found", 0, &[]).as_bytes())?;
-        }
-    }
-    out.flush()?;
-    out.shutdown(std::net::Shutdown::Both)
-}
-
-fn config(cache: &Path, server: &Server, offline: bool) -> HubConfig {
-    config_at(cache, &server.addr, offline)
-}
-
-fn config_at(cache: &Path, endpoint: &str, offline: bool) -> HubConfig {
-    HubConfig {
-        cache_dir: cache.to_path_buf(),
-        endpoint: endpoint.to_string(),
-        offline,
-        download_timeout: hub::DEFAULT_DOWNLOAD_TIMEOUT,
-        max_download_bytes: hub::DEFAULT_MAX_DOWNLOAD_BYTES,
-        min_rate: hub::DEFAULT_MIN_RATE,
-        rate_window: hub::DEFAULT_RATE_WINDOW,
-    }
-}
-
-fn resolve_path(src: &Source) -> String {
-    format!("/{}/resolve/{}/{}", src.repo, src.revision, src.file)
-}
-
-/// Every file and symlink under `dir`, relative to it.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn assert_cache_empty(cache: &Path) {
-    assert_eq!(files_under(cache), Vec::<PathBuf>::new());
-    // Directories the failed download made are gone too.
-    assert!(!cache.join("models--test-org--taef2").exists());
-}
+use server::{Reply, Server};
+use setup::*;
 
 #[test]
 fn downloads_into_hf_layout_then_hits_cache_without_requests() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::File(WEIGHTS, vec![]));
 
     let mut seen = Vec::new();
     let got = hub::resolve_with_progress(&PINNED, &cfg, &mut |p| seen.push(p)).unwrap();
@@ -312,7 +61,7 @@ fn downloads_into_hf_layout_then_hits_cache_without_requests() {
 fn follows_redirect_and_records_repo_commit_for_a_branch() {
     let server = Server::start(vec![
         (
-            "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
+            UNPINNED_PATH,
             Reply::Redirect("/cdn/blob", vec![("X-Repo-Commit", COMMIT.to_string())]),
         ),
         ("/cdn/blob", Reply::File(WEIGHTS, vec![])),
@@ -353,12 +102,7 @@ fn follows_redirect_and_records_repo_commit_for_a_branch() {
 
 #[test]
 fn branch_without_commit_header_uses_branch_name_as_snapshot() {
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(UNPINNED_PATH, Reply::File(WEIGHTS, vec![]));
     let got = hub::resolve(&UNPINNED, &cfg).unwrap();
     let repo = tmp.path().join("models--test-org--taesd");
     assert_eq!(
@@ -372,12 +116,7 @@ fn branch_without_commit_header_uses_branch_name_as_snapshot() {
 
 #[test]
 fn hash_mismatch_leaves_nothing() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(OTHER, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::File(OTHER, vec![]));
     // Without a pinned size, only the digest can tell the files apart.
     let src = Source {
         size: None,
@@ -386,7 +125,7 @@ fn hash_mismatch_leaves_nothing() {
     let err = hub::resolve(&src, &cfg).unwrap_err();
     assert!(matches!(err, HubError::DownloadDigest { .. }), "{err:?}");
     let msg = err.to_string();
-    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    let url = url(&server, &PINNED);
     assert_eq!(
         msg,
         format!("download {url}: sha256 is {OTHER_SHA}, expected {WEIGHTS_SHA}")
@@ -396,28 +135,18 @@ fn hash_mismatch_leaves_nothing() {
 
 #[test]
 fn http_500_leaves_nothing() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::Status(500),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::Status(500));
     let err = hub::resolve(&PINNED, &cfg).unwrap_err();
-    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    let url = url(&server, &PINNED);
     assert_eq!(err.to_string(), format!("download {url}: HTTP 500"));
     assert_cache_empty(tmp.path());
 }
 
 #[test]
 fn error_after_redirect_names_both_urls() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::Redirect("/cdn/missing", vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::Redirect("/cdn/missing", vec![]));
     let msg = hub::resolve(&PINNED, &cfg).unwrap_err().to_string();
-    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    let url = url(&server, &PINNED);
     assert_eq!(
         msg,
         format!(
@@ -430,14 +159,9 @@ fn error_after_redirect_names_both_urls() {
 
 #[test]
 fn truncated_body_leaves_nothing() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::Truncated(WEIGHTS),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::Truncated(WEIGHTS));
     let err = hub::resolve(&PINNED, &cfg).unwrap_err();
-    let url = format!("{}{}", server.addr, resolve_path(&PINNED));
+    let url = url(&server, &PINNED);
     let msg = err.to_string();
     assert!(matches!(err, HubError::ShortBody { .. }), "{err:?}");
     let len = fs::metadata(WEIGHTS).unwrap().len();
@@ -497,13 +221,13 @@ fn offline_with_empty_cache_refuses_without_requests() {
 
 #[test]
 fn offline_with_populated_cache_hits() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    hub::resolve(&PINNED, &config(tmp.path(), &server, false)).unwrap();
-    let got = hub::resolve(&PINNED, &config(tmp.path(), &server, true)).unwrap();
+    let (server, _tmp, cfg) = served(PINNED_PATH, Reply::File(WEIGHTS, vec![]));
+    hub::resolve(&PINNED, &cfg).unwrap();
+    let offline = HubConfig {
+        offline: true,
+        ..cfg
+    };
+    let got = hub::resolve(&PINNED, &offline).unwrap();
     assert!(!got.downloaded);
     assert_eq!(got.sha256, WEIGHTS_SHA);
     assert_eq!(server.hits(), 1);
@@ -601,26 +325,14 @@ fn real_sources_and_unpublished_model() {
     );
 }
 
-/// Nothing at all under the cache: no file, and no directory a failed download made.
-fn assert_nothing_cached(cache: &Path) {
-    assert_eq!(files_under(cache), Vec::<PathBuf>::new());
-    let dirs: Vec<_> = fs::read_dir(cache).unwrap().collect();
-    assert!(dirs.is_empty(), "{dirs:?}");
-}
-
 #[test]
 fn endless_body_stops_at_the_size_cap() {
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Endless,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), &server, false);
+    let (server, tmp, mut cfg) = served(UNPINNED_PATH, Reply::Endless);
     cfg.max_download_bytes = 1 << 20;
     let start = Instant::now();
     let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
     assert!(matches!(err, HubError::TooLarge { .. }), "{err:?}");
-    let url = format!("{}{}", server.addr, resolve_path(&UNPINNED));
+    let url = url(&server, &UNPINNED);
     assert_eq!(
         err.to_string(),
         format!("download {url}: body is longer than the 1048576-byte limit; refused")
@@ -631,12 +343,7 @@ fn endless_body_stops_at_the_size_cap() {
 
 #[test]
 fn endless_body_stops_at_the_models_own_cap() {
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Endless,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(UNPINNED_PATH, Reply::Endless);
     let src = Source {
         max_bytes: 3 << 20,
         ..UNPINNED
@@ -644,7 +351,7 @@ fn endless_body_stops_at_the_models_own_cap() {
     let mut received = 0;
     let start = Instant::now();
     let err = hub::resolve_with_progress(&src, &cfg, &mut |p| received = p.received).unwrap_err();
-    let url = format!("{}{}", server.addr, resolve_path(&src));
+    let url = url(&server, &src);
     assert_eq!(
         err.to_string(),
         format!(
@@ -670,12 +377,7 @@ fn endless_body_stops_at_the_models_own_cap() {
 
 #[test]
 fn announced_length_over_the_models_cap_is_refused_before_the_body() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, cfg) = served(PINNED_PATH, Reply::File(WEIGHTS, vec![]));
     let src = Source {
         size: None,
         max_bytes: 1 << 20,
@@ -694,23 +396,8 @@ fn announced_length_over_the_models_cap_is_refused_before_the_body() {
 /// The real taesd source through the binary: an endless body stops at taesd's 64 MiB.
 #[test]
 fn cli_endless_taesd_body_stops_at_its_cap() {
-    let server = Server::start(vec![(
-        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
-        Reply::Endless,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
-    fs::create_dir_all(&home).unwrap();
-    fs::create_dir_all(&work).unwrap();
-    let start = Instant::now();
-    let o = mlc_against(&server, &home, &work, &[]);
-    assert!(start.elapsed() < Duration::from_secs(20));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    let url = format!(
-        "{}/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
-        server.addr
-    );
+    let (err, addr) = cli_download_fails(Reply::Endless, &[], Duration::from_secs(20));
+    let url = format!("{addr}{TAESD_PATH}");
     assert_eq!(
         err.trim_end(),
         format!(
@@ -718,18 +405,11 @@ fn cli_endless_taesd_body_stops_at_its_cap() {
              taesd weights file can hold; refused"
         )
     );
-    assert_nothing_cached(&home.join("hub"));
-    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
 }
 
 #[test]
 fn trickle_is_cut_by_the_rate_floor() {
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Trickle(Duration::from_millis(200)),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, mut cfg) = served(UNPINNED_PATH, Reply::Trickle(Duration::from_millis(200)));
     cfg.rate_window = Duration::from_secs(1);
     let start = Instant::now();
     let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
@@ -768,12 +448,7 @@ fn trickle_is_cut_by_the_rate_floor() {
 #[test]
 fn a_read_idle_for_a_whole_window_is_cut_by_the_rate_floor() {
     // One byte, then nothing for longer than the window: the read itself times out.
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Trickle(Duration::from_secs(2)),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, mut cfg) = served(UNPINNED_PATH, Reply::Trickle(Duration::from_secs(2)));
     cfg.rate_window = Duration::from_secs(1);
     let start = Instant::now();
     let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
@@ -783,73 +458,29 @@ fn a_read_idle_for_a_whole_window_is_cut_by_the_rate_floor() {
     assert_nothing_cached(tmp.path());
 }
 
-/// `mlc build taesd --latent-size 4` against `server`, with its own HF_HOME and extra
-/// environment variables.
-fn mlc_against(
-    server: &Server,
-    home: &Path,
-    work: &Path,
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(["build", "taesd", "--latent-size", "4"])
-        .current_dir(work)
-        .env("HF_HOME", home)
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HUGGINGFACE_HUB_CACHE")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("MLC_DOWNLOAD_TIMEOUT_SECS")
-        .env_remove("MLC_DOWNLOAD_MIN_RATE")
-        .env_remove("MLC_DOWNLOAD_RATE_WINDOW_SECS")
-        .env("HF_ENDPOINT", &server.addr)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
 /// The floor's window and rate from the environment: a trickle stops the binary in about a
 /// window, with a one-line error and nothing left behind.
 #[test]
 fn cli_rate_floor_from_the_environment() {
-    let server = Server::start(vec![(
-        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+    let (err, _) = cli_download_fails(
         Reply::Trickle(Duration::from_millis(100)),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
-    fs::create_dir_all(&home).unwrap();
-    fs::create_dir_all(&work).unwrap();
-    let start = Instant::now();
-    let o = mlc_against(
-        &server,
-        &home,
-        &work,
         &[
             ("MLC_DOWNLOAD_RATE_WINDOW_SECS", "1"),
             ("MLC_DOWNLOAD_MIN_RATE", "50"),
         ],
+        Duration::from_secs(10),
     );
-    assert!(start.elapsed() < Duration::from_secs(10));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.starts_with("error: download ")
             && err.trim_end().lines().count() == 1
             && err.contains("slower than 50 bytes/s over 1 s"),
         "{err}"
     );
-    assert_nothing_cached(&home.join("hub"));
-    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
 }
 
 #[test]
 fn announced_length_over_the_cap_is_refused_before_the_body() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, mut cfg) = served(PINNED_PATH, Reply::File(WEIGHTS, vec![]));
     cfg.max_download_bytes = 1000;
     let mut seen = 0;
     let err = hub::resolve_with_progress(&PINNED, &cfg, &mut |_| seen += 1).unwrap_err();
@@ -864,12 +495,7 @@ fn announced_length_over_the_cap_is_refused_before_the_body() {
 #[test]
 fn announced_length_other_than_the_pinned_size_is_refused_before_the_body() {
     let path = resolve_path(&PINNED);
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(OTHER, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(PINNED_PATH, Reply::File(OTHER, vec![]));
     let mut seen = 0;
     let err = hub::resolve_with_progress(&PINNED, &cfg, &mut |_| seen += 1).unwrap_err();
     let other_len = fs::metadata(OTHER).unwrap().len();
@@ -893,12 +519,7 @@ fn body_without_a_length_stops_at_the_pinned_size() {
         size: Some(1 << 20),
         ..UNPINNED
     };
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Endless,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, cfg) = served(UNPINNED_PATH, Reply::Endless);
     assert!(
         cfg.max_download_bytes > 1 << 30,
         "the general cap is not what stops it"
@@ -928,12 +549,7 @@ fn body_without_a_length_stops_at_the_pinned_size() {
 
 #[test]
 fn slow_body_stops_at_the_deadline() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::Slow,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), &server, false);
+    let (_server, tmp, mut cfg) = served(PINNED_PATH, Reply::Slow);
     cfg.download_timeout = Duration::from_secs(1);
     // The slow reply announces a megabyte, which a pinned size would refuse before the body.
     let src = Source {
@@ -960,41 +576,26 @@ fn slow_body_stops_at_the_deadline() {
 /// trickles in, with a one-line error and nothing left in the cache or the working directory.
 #[test]
 fn cli_download_deadline_from_the_environment() {
-    let server = Server::start(vec![(
-        "/madebyollin/taesd/resolve/main/taesd_decoder.safetensors",
+    let (err, _) = cli_download_fails(
         Reply::Slow,
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let (home, work) = (tmp.path().join("hf"), tmp.path().join("work"));
-    fs::create_dir_all(&home).unwrap();
-    fs::create_dir_all(&work).unwrap();
-    let start = Instant::now();
-    let o = mlc_against(&server, &home, &work, &[("MLC_DOWNLOAD_TIMEOUT_SECS", "1")]);
-    assert!(start.elapsed() < Duration::from_secs(10));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+        &[("MLC_DOWNLOAD_TIMEOUT_SECS", "1")],
+        Duration::from_secs(10),
+    );
     assert!(
         err.starts_with("error: download ")
             && err.trim_end().lines().count() == 1
             && err.contains("not finished after 1 s"),
         "{err}"
     );
-    assert_nothing_cached(&home.join("hub"));
-    assert_eq!(fs::read_dir(&work).unwrap().count(), 0);
 }
 
 #[test]
 fn html_page_for_an_unpinned_model_is_not_cached() {
     const HTML: &[u8] = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>";
-    let server = Server::start(vec![(
-        "/test-org/taesd/resolve/main/taef2_decoder.safetensors",
-        Reply::Body(HTML),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), &server, false);
+    let (server, tmp, cfg) = served(UNPINNED_PATH, Reply::Body(HTML));
     let err = hub::resolve(&UNPINNED, &cfg).unwrap_err();
     assert!(matches!(err, HubError::NotSafetensors { .. }), "{err:?}");
-    let url = format!("{}{}", server.addr, resolve_path(&UNPINNED));
+    let url = url(&server, &UNPINNED);
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!(
@@ -1032,11 +633,7 @@ fn html_page_for_an_unpinned_model_is_not_cached() {
 
 #[test]
 fn incomplete_files_of_dead_downloads_are_removed() {
-    let server = Server::start(vec![(
-        "/test-org/taef2/resolve/0123456789abcdef0123456789abcdef01234567/taef2_decoder.safetensors",
-        Reply::File(WEIGHTS, vec![]),
-    )]);
-    let tmp = tempfile::tempdir().unwrap();
+    let (_server, tmp, cfg) = served(PINNED_PATH, Reply::File(WEIGHTS, vec![]));
     let blobs = tmp.path().join("models--test-org--taef2/blobs");
     fs::create_dir_all(&blobs).unwrap();
     let dead = blobs.join(".mlc-999999-AbC123.incomplete");
@@ -1045,7 +642,7 @@ fn incomplete_files_of_dead_downloads_are_removed() {
     for f in [&dead, &alive, &theirs] {
         fs::write(f, b"partial").unwrap();
     }
-    hub::resolve(&PINNED, &config(tmp.path(), &server, false)).unwrap();
+    hub::resolve(&PINNED, &cfg).unwrap();
     if cfg!(target_os = "linux") {
         assert!(!dead.exists());
     }
