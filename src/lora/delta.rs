@@ -186,24 +186,34 @@ impl Rows {
     /// Adds rows `first..first + n` of the term to `values`, n whole rows of the weight
     /// ([n, inner]), in place. Each value is the same sum whichever block holds it.
     pub fn add(&self, first: usize, values: &mut [f32]) {
-        let n = values.len() / self.inner.max(1);
+        self.add_tile(first, 0, self.inner, values);
+    }
+
+    /// Adds the tile of rows `first..first + n`, columns `col..col + width` of the term to
+    /// `values` ([n, width]) in place. A tile starting on a multiple of the product kernel's
+    /// rows and columns gets each value as the product over the whole weight computes it.
+    pub fn add_tile(&self, first: usize, col: usize, width: usize, values: &mut [f32]) {
+        // The product reads `down` up to (rank - 1) * inner + col + width.
+        assert!(col + width <= self.inner, "tile beyond the weight's columns");
+        let n = values.len() / width.max(1);
         let up = &self.up[first * self.rank..(first + n) * self.rank];
-        // values += alpha * up[n, r] @ down[r, inner], straight into the weight.
+        let down = &self.down[col..];
+        // values += alpha * up[n, r] @ down[r, col..col + width], straight into the weight.
         unsafe {
             matrixmultiply::sgemm(
                 n,
                 self.rank,
-                self.inner,
+                width,
                 self.alpha,
                 up.as_ptr(),
                 self.rank as isize,
                 1,
-                self.down.as_ptr(),
+                down.as_ptr(),
                 self.inner as isize,
                 1,
                 1.0,
                 values.as_mut_ptr(),
-                self.inner as isize,
+                width as isize,
                 1,
             );
         }
