@@ -194,7 +194,10 @@ impl Rows {
     /// rows and columns gets each value as the product over the whole weight computes it.
     pub fn add_tile(&self, first: usize, col: usize, width: usize, values: &mut [f32]) {
         // The product reads `down` up to (rank - 1) * inner + col + width.
-        assert!(col + width <= self.inner, "tile beyond the weight's columns");
+        assert!(
+            col + width <= self.inner,
+            "tile beyond the weight's columns"
+        );
         let n = values.len() / width.max(1);
         let up = &self.up[first * self.rank..(first + n) * self.rank];
         let down = &self.down[col..];

@@ -7,9 +7,9 @@
 //! cache; the values are the whole-weight path's, each rounded once.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 use super::delta::Rows;
+use super::f16c::{narrow_fits, widen};
 
 /// f32 values per block: 256 KiB, within a core's L2 (512 KiB here) with room for the product's
 /// packed panels, so the widening, the products, the check and the rounding stay in cache.
@@ -88,7 +88,11 @@ struct Tiles {
 impl Tiles {
     fn new(inner: usize) -> Tiles {
         let n = inner.div_ceil(MAX_COLS).max(1);
-        let width = inner.div_ceil(n).next_multiple_of(KERNEL_COLS).min(inner).max(1);
+        let width = inner
+            .div_ceil(n)
+            .next_multiple_of(KERNEL_COLS)
+            .min(inner)
+            .max(1);
         let strips = (0..inner)
             .step_by(width)
             .map(|c| (c, width.min(inner - c)))
@@ -108,6 +112,7 @@ fn fuse_part(
     tiles: &Tiles,
     part: &mut [f16],
 ) -> Result<(), Misfit> {
+    let max = crate::weights::check::FP16_MAX;
     let width = tiles.strips.iter().map(|s| s.1).max().unwrap_or(0);
     let mut buf = vec![0f32; tiles.rows.min(part.len() / inner) * width];
     for (b, block) in part.chunks_mut(tiles.rows * inner).enumerate() {
@@ -119,19 +124,22 @@ fn fuse_part(
             let tile = &mut buf[..n * width];
             let segments = || (0..n).map(|r| r * inner + col..r * inner + col + width);
             for (r, seg) in segments().enumerate() {
-                block[seg].convert_to_f32_slice(&mut tile[r * width..(r + 1) * width]);
+                widen(&block[seg], &mut tile[r * width..(r + 1) * width]);
             }
             for t in terms {
                 t.add_tile(row, col, width, tile);
             }
-            let found = tile.chunks(width).enumerate().find_map(|(r, v)| {
-                first_misfit(v).map(|(i, x)| Misfit((row + r) * inner + col + i, x))
-            });
-            if let Some(m) = found {
-                misfit = Some(misfit.map_or(m, |old| if old.0 <= m.0 { old } else { m }));
-            }
             for (r, seg) in segments().enumerate() {
-                block[seg].convert_from_f32_slice(&tile[r * width..(r + 1) * width]);
+                let values = &tile[r * width..(r + 1) * width];
+                if narrow_fits(values, &mut block[seg], max) {
+                    continue;
+                }
+                // The first misfit of the strip: later rows of it come after this one.
+                if let Some((i, x)) = first_misfit(values) {
+                    let m = Misfit((row + r) * inner + col + i, x);
+                    misfit = Some(misfit.map_or(m, |old| if old.0 <= m.0 { old } else { m }));
+                }
+                break;
             }
         }
         if let Some(m) = misfit {
@@ -205,35 +213,74 @@ mod tests {
         }
     }
 
-    /// Blocks, threads and in-place rounding give exactly the whole-weight path's values:
+    /// Tiles, threads and in-place rounding give exactly the whole-weight path's values:
     /// widen everything, add each term over all rows, round once.
     #[test]
-    fn blocks_give_the_whole_weight_values() {
-        // 700 rows of 1000: several blocks (64 rows each) per thread, a short last block, and
-        // a last micro-kernel tile of 4 rows.
-        let (rows, inner) = (700, 1000);
-        let deltas = [low_rank(rows, inner, 4, 1), low_rank(rows, inner, 2, 7)];
-        let weights = [1.0, -0.6];
-        let base: Vec<f16> = (0..rows * inner)
-            .map(|i| f16::from_f32((i % 977) as f32 / 977.0 - 0.5))
-            .collect();
-        let mut whole: Vec<f32> = base.iter().map(|h| h.to_f32()).collect();
-        for (d, w) in deltas.iter().zip(weights) {
-            d.add_to(&[rows, inner], w, &mut whole).unwrap();
+    fn tiles_give_the_whole_weight_values() {
+        // 700 rows of 1000: several tiles (64 rows each) per thread, a short last tile, and a
+        // last micro-kernel tile of 4 rows. 90 rows of 2,603: three column strips, the last
+        // ending in a micro-kernel tile 3 columns wide, a thread's part of 72 rows and one of 18.
+        for (rows, inner) in [(700, 1000), (90, 2603)] {
+            let deltas = [low_rank(rows, inner, 4, 1), low_rank(rows, inner, 2, 7)];
+            let weights = [1.0, -0.6];
+            let base: Vec<f16> = (0..rows * inner)
+                .map(|i| f16::from_f32((i % 977) as f32 / 977.0 - 0.5))
+                .collect();
+            let mut whole: Vec<f32> = base.iter().map(|h| h.to_f32()).collect();
+            for (d, w) in deltas.iter().zip(weights) {
+                d.add_to(&[rows, inner], w, &mut whole).unwrap();
+            }
+            let want: Vec<f16> = whole.iter().map(|&v| f16::from_f32(v)).collect();
+            let terms: Vec<Rows> = deltas
+                .iter()
+                .zip(weights)
+                .map(|(d, w)| d.rows(&[rows, inner], w).unwrap().unwrap())
+                .collect();
+            let mut got = base.clone();
+            fuse_f16(&terms, rows, inner, &mut got).unwrap();
+            assert!(
+                got == want,
+                "tiled fusion differs from the whole-weight one ({rows}x{inner})"
+            );
+            assert!(got != base, "the terms changed nothing");
         }
-        let want: Vec<f16> = whole.iter().map(|&v| f16::from_f32(v)).collect();
-        let terms: Vec<Rows> = deltas
-            .iter()
-            .zip(weights)
-            .map(|(d, w)| d.rows(&[rows, inner], w).unwrap().unwrap())
-            .collect();
-        let mut got = base.clone();
-        fuse_f16(&terms, rows, inner, &mut got).unwrap();
-        assert!(
-            got == want,
-            "blocked fusion differs from the whole-weight one"
+        let strips = Tiles::new(2603).strips;
+        assert_eq!(strips, [(0, 872), (872, 872), (1744, 859)]);
+    }
+
+    /// Rows wider than a tile: the first misfit in the weight's order is named, not the first
+    /// strip's, and a value just past f16's largest is refused as such.
+    #[test]
+    fn the_first_misfit_of_a_wide_weight_is_named() {
+        let (rows, inner) = (100, 2603);
+        let terms = [low_rank(rows, inner, 2, 3)
+            .rows(&[rows, inner], 1e-3)
+            .unwrap()
+            .unwrap()];
+        let mut w = vec![f16::from_f32(0.0); rows * inner];
+        w[9 * inner + 10] = f16::INFINITY;
+        w[5 * inner + 2000] = f16::NAN;
+        let e = fuse_f16(&terms, rows, inner, &mut w).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "the fused weight's value {} is not finite",
+                5 * inner + 2000
+            )
         );
-        assert!(got != base, "the terms changed nothing");
+        let mut w = vec![f16::from_f32(0.0); rows * inner];
+        w[7 * inner + 1500] = f16::MAX;
+        let up = Delta::LowRank {
+            down: Tensor::f32(vec![1, inner], vec![1.0; inner]),
+            up: Tensor::f32(vec![rows, 1], vec![1.0; rows]),
+            alpha: None,
+        };
+        let terms = [up.rows(&[rows, inner], 16.0).unwrap().unwrap()];
+        let e = fuse_f16(&terms, rows, inner, &mut w).unwrap_err();
+        assert!(
+            e.starts_with(&format!("the patched value {} is 65520", 7 * inner + 1500)),
+            "{e}"
+        );
     }
 
     #[test]
@@ -256,5 +303,52 @@ mod tests {
         assert!(e.contains("not 600 rows of 501"), "{e}");
         let e = fuse_f16(&terms, rows / 2, inner * 2, &mut w).unwrap_err();
         assert!(e.contains("rows have 500 values"), "{e}");
+    }
+
+    /// The process's CPU seconds (user + system), all threads.
+    fn cpu_seconds() -> f64 {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        s(u.ru_utime) + s(u.ru_stime)
+    }
+
+    /// What fusing a rank-32 LoRA into SDXL's 722 adapted weights costs, a tenth of each shape
+    /// (`cargo test --release --lib sdxl_rank32_timing -- --ignored --nocapture`; times ten
+    /// for the whole UNet).
+    #[test]
+    #[ignore]
+    fn sdxl_rank32_timing() {
+        // (rows, inner, modules) of the rank-32 bench LoRA (tests/bench/lora_bench.sh).
+        let shapes = [
+            (640, 640, 70),
+            (640, 2048, 20),
+            (640, 2560, 10),
+            (1280, 1280, 372),
+            (1280, 2048, 120),
+            (1280, 5120, 60),
+            (5120, 640, 10),
+            (10240, 1280, 60),
+        ];
+        let (mut wall, mut cpu) = (0.0, 0.0);
+        for (rows, inner, modules) in shapes {
+            let count = (modules as usize).div_ceil(10);
+            let term = low_rank(rows, inner, 32, 5)
+                .rows(&[rows, inner], 0.01)
+                .unwrap()
+                .unwrap();
+            let mut w: Vec<f16> = (0..rows * inner)
+                .map(|i| f16::from_f32((i % 977) as f32 / 977.0 - 0.5))
+                .collect();
+            let (t, c) = (std::time::Instant::now(), cpu_seconds());
+            for _ in 0..count {
+                fuse_f16(std::slice::from_ref(&term), rows, inner, &mut w).unwrap();
+            }
+            let (dt, dc) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+            println!("{rows}x{inner} x{count}: {dt:.3} s wall, {dc:.3} s CPU");
+            wall += dt;
+            cpu += dc;
+        }
+        println!("a tenth of SDXL: {wall:.3} s wall, {cpu:.3} s CPU");
     }
 }
