@@ -4,7 +4,7 @@
 
 use super::formats::{Module, Role};
 use super::lycoris::{Loha, Lokr};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 
 /// The largest delta mlc forms (elements): far above any UNet weight (SDXL's largest has 13 M).
 const MAX_ELEMENTS: usize = 1 << 31;
@@ -241,8 +241,8 @@ fn low_rank_rows(
     let (rank, _, inner) = low_rank_sizes(down, up, target)?;
     let scale = file_scale(alpha, rank);
     Ok(Rows {
-        up: up.to_f32(),
-        down: down.to_f32(),
+        up: widened(up),
+        down: widened(down),
         rank,
         inner,
         alpha: weight * scale,
@@ -297,11 +297,29 @@ fn scalar(key: &str, t: Tensor) -> Result<f32, String> {
 }
 
 fn finite(key: &str, t: Tensor) -> Result<Tensor, String> {
-    match t.to_f32().iter().position(|v| !v.is_finite()) {
+    // A fold without early exit vectorises; the position is looked for only on failure.
+    let bad = match &t.data {
+        TensorData::F16(v) => v.iter().fold(false, |b, x| b | !x.is_finite()),
+        TensorData::F32(v) => v.iter().fold(false, |b, x| b | !x.is_finite()),
+        TensorData::I32(_) | TensorData::Bool(_) => false,
+    };
+    match bad.then(|| t.to_f32().iter().position(|v| !v.is_finite())).flatten() {
         None => Ok(t),
         Some(i) => Err(format!(
             "tensor \"{key}\": value {i} is not finite (NaN or infinity)"
         )),
+    }
+}
+
+/// `t`'s values in f32, an f16 tensor widened a vector at a time.
+fn widened(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        TensorData::F16(h) => {
+            let mut v = vec![0f32; h.len()];
+            super::f16c::widen(h, &mut v);
+            v
+        }
+        _ => t.to_f32(),
     }
 }
 
