@@ -303,7 +303,10 @@ fn finite(key: &str, t: Tensor) -> Result<Tensor, String> {
         TensorData::F32(v) => v.iter().fold(false, |b, x| b | !x.is_finite()),
         TensorData::I32(_) | TensorData::Bool(_) => false,
     };
-    match bad.then(|| t.to_f32().iter().position(|v| !v.is_finite())).flatten() {
+    match bad
+        .then(|| t.to_f32().iter().position(|v| !v.is_finite()))
+        .flatten()
+    {
         None => Ok(t),
         Some(i) => Err(format!(
             "tensor \"{key}\": value {i} is not finite (NaN or infinity)"

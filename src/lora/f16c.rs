@@ -31,8 +31,8 @@ pub(super) fn narrow_fits(src: &[f32], dst: &mut [f16], max: f32) -> bool {
         return unsafe { x86::narrow_fits(src, dst, max) };
     }
     dst.convert_from_f32_slice(src);
-    // `!(a <= max)` is true for NaN too; a fold without early exit vectorises.
-    !src.iter().fold(false, |bad, v| bad | !(v.abs() <= max))
+    // A fold without early exit vectorises.
+    !src.iter().fold(false, |bad, v| bad | v.is_nan() | (v.abs() > max))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -85,7 +85,7 @@ mod x86 {
         for j in whole..n {
             let v = src[j];
             dst[j] = f16::from_f32(v);
-            fits &= v.abs() <= max;
+            fits &= !v.is_nan() & (v.abs() <= max);
         }
         fits
     }
