@@ -4,7 +4,7 @@
 
 use super::formats::{Module, Role};
 use super::lycoris::{Loha, Lokr};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 
 /// The largest delta mlc forms (elements): far above any UNet weight (SDXL's largest has 13 M).
 const MAX_ELEMENTS: usize = 1 << 31;
@@ -186,24 +186,37 @@ impl Rows {
     /// Adds rows `first..first + n` of the term to `values`, n whole rows of the weight
     /// ([n, inner]), in place. Each value is the same sum whichever block holds it.
     pub fn add(&self, first: usize, values: &mut [f32]) {
-        let n = values.len() / self.inner.max(1);
+        self.add_tile(first, 0, self.inner, values);
+    }
+
+    /// Adds the tile of rows `first..first + n`, columns `col..col + width` of the term to
+    /// `values` ([n, width]) in place. A tile starting on a multiple of the product kernel's
+    /// rows and columns gets each value as the product over the whole weight computes it.
+    pub fn add_tile(&self, first: usize, col: usize, width: usize, values: &mut [f32]) {
+        // The product reads `down` up to (rank - 1) * inner + col + width.
+        assert!(
+            col + width <= self.inner,
+            "tile beyond the weight's columns"
+        );
+        let n = values.len() / width.max(1);
         let up = &self.up[first * self.rank..(first + n) * self.rank];
-        // values += alpha * up[n, r] @ down[r, inner], straight into the weight.
+        let down = &self.down[col..];
+        // values += alpha * up[n, r] @ down[r, col..col + width], straight into the weight.
         unsafe {
             matrixmultiply::sgemm(
                 n,
                 self.rank,
-                self.inner,
+                width,
                 self.alpha,
                 up.as_ptr(),
                 self.rank as isize,
                 1,
-                self.down.as_ptr(),
+                down.as_ptr(),
                 self.inner as isize,
                 1,
                 1.0,
                 values.as_mut_ptr(),
-                self.inner as isize,
+                width as isize,
                 1,
             );
         }
@@ -228,8 +241,8 @@ fn low_rank_rows(
     let (rank, _, inner) = low_rank_sizes(down, up, target)?;
     let scale = file_scale(alpha, rank);
     Ok(Rows {
-        up: up.to_f32(),
-        down: down.to_f32(),
+        up: widened(up),
+        down: widened(down),
         rank,
         inner,
         alpha: weight * scale,
@@ -284,11 +297,32 @@ fn scalar(key: &str, t: Tensor) -> Result<f32, String> {
 }
 
 fn finite(key: &str, t: Tensor) -> Result<Tensor, String> {
-    match t.to_f32().iter().position(|v| !v.is_finite()) {
+    // A fold without early exit vectorises; the position is looked for only on failure.
+    let bad = match &t.data {
+        TensorData::F16(v) => v.iter().fold(false, |b, x| b | !x.is_finite()),
+        TensorData::F32(v) => v.iter().fold(false, |b, x| b | !x.is_finite()),
+        TensorData::I32(_) | TensorData::Bool(_) => false,
+    };
+    match bad
+        .then(|| t.to_f32().iter().position(|v| !v.is_finite()))
+        .flatten()
+    {
         None => Ok(t),
         Some(i) => Err(format!(
             "tensor \"{key}\": value {i} is not finite (NaN or infinity)"
         )),
+    }
+}
+
+/// `t`'s values in f32, an f16 tensor widened a vector at a time.
+fn widened(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        TensorData::F16(h) => {
+            let mut v = vec![0f32; h.len()];
+            super::f16c::widen(h, &mut v);
+            v
+        }
+        _ => t.to_f32(),
     }
 }
 

@@ -114,7 +114,7 @@ impl Fusion {
             let file = WeightFile::open(&spec.path)
                 .map_err(|e| fail(strip_file(&e.to_string(), &spec.path)))?;
             let source: &dyn TensorSource = &file;
-            let all = source
+            let mut all = source
                 .read_all()
                 .map_err(|e| fail(strip_file(&e.to_string(), &spec.path)))?;
             let meta = PeftMeta::read(&file.metadata()).map_err(fail)?;
@@ -128,6 +128,7 @@ impl Fusion {
                 skipped: BTreeMap::new(),
                 adapter: None,
             };
+            let count = all.tensors.len();
             let mut done = BTreeSet::new();
             for m in &modules {
                 if m.scope != scope {
@@ -144,7 +145,12 @@ impl Fusion {
                             m.key()
                         ))
                     })?;
-                let read = |k: &str| Ok(all.tensors[k].clone());
+                // Each key is one module's: taken, not copied.
+                let read = |k: &str| {
+                    all.tensors
+                        .remove(k)
+                        .ok_or_else(|| format!("tensor \"{k}\" is read twice"))
+                };
                 let delta = Delta::of(m, read, meta.alpha(m)).map_err(fail)?;
                 delta.check(shape).map_err(|r| {
                     fail(format!(
@@ -183,7 +189,7 @@ impl Fusion {
                     "no tensor is for {model} ({} part \"{}\"; the file's {} tensors: {})",
                     scope.name(),
                     scope.name(),
-                    all.tensors.len(),
+                    count,
                     if skipped.is_empty() {
                         "none".into()
                     } else {

@@ -11,6 +11,7 @@
 //! is read, before fp16 rounding and compression ([`delta`]).
 
 pub mod delta;
+mod f16c;
 pub mod formats;
 mod fusion;
 mod in_place;
