@@ -147,6 +147,7 @@ pub fn main(a: &PipelineArgs) -> Result<()> {
         };
     }
     let r = crate::pipeline::write(&opts)?;
+    report_fp16_checks(&r);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json(&r))?);
         return Ok(());
@@ -168,13 +169,37 @@ pub fn main(a: &PipelineArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line for the parts [`crate::pipeline::vae_check`] evaluated (the VAE built in fp16).
+fn report_fp16_checks(r: &PipelineReport) {
+    let checked: Vec<String> = r
+        .parts
+        .iter()
+        .filter_map(|p| {
+            let c = p.fp16_check.as_ref()?;
+            Some(format!(
+                "{} {:.3e} at {} ({:.1}%)",
+                p.name,
+                c.largest,
+                c.at,
+                100.0 * c.fraction()
+            ))
+        })
+        .collect();
+    if !checked.is_empty() {
+        eprintln!(
+            "fp16 check passed (largest activation on a test input, % of fp16's 65504): {}",
+            checked.join("; ")
+        );
+    }
+}
+
 fn json(r: &PipelineReport) -> serde_json::Value {
     serde_json::json!({
         "folder": r.folder,
         "family": r.family.name(),
         "image_size": r.image_size,
         "checkpoint_sha256": r.checkpoint_sha256,
-        "parts": r.parts.iter().map(|p| serde_json::json!({
+        "parts": r.parts.iter().map(|p| { let mut j = serde_json::json!({
             "name": p.name,
             "bundle": p.bundle,
             "model": p.build.model,
@@ -188,6 +213,12 @@ fn json(r: &PipelineReport) -> serde_json::Value {
             })).collect::<Vec<_>>(),
             "seconds": p.build.timings.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>()
                 + p.compile_time.as_secs_f64(),
-        })).collect::<Vec<_>>(),
+        });
+        if let Some(c) = &p.fp16_check {
+            let mut check = crate::pipeline::vae_check::to_json(c);
+            check["seconds"] = c.time.as_secs_f64().into();
+            j["fp16_activations"] = check;
+        }
+        j }).collect::<Vec<_>>(),
     })
 }

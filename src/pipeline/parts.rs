@@ -5,6 +5,7 @@
 
 use super::checkpoint::{Checkpoint, Component, Family, Layout};
 use super::swift;
+use super::vae_check::Probe;
 use crate::models::{ModelOptions, TransformerLayout};
 use crate::passes::edit_features::FeatureEdits;
 
@@ -35,6 +36,9 @@ pub struct PartSpec {
     pub compressible: bool,
     /// The VAE, whose precision `--vae-precision` sets.
     pub vae: bool,
+    /// Built in fp16, it is first evaluated on this probe with fp16 activations and refused if
+    /// they overflow ([`super::vae_check`]): the VAE, whose activations are the large ones.
+    pub fp16_probe: Option<Probe>,
     /// Read from the refiner's checkpoint (`--refiner`), not the base's.
     pub refiner: bool,
 }
@@ -89,6 +93,7 @@ fn text(
         sizing: Sizing::None,
         compressible: true,
         vae: false,
+        fp16_probe: None,
         refiner: false,
     }
 }
@@ -98,9 +103,11 @@ fn text(
 pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) -> Vec<PartSpec> {
     let single = matches!(checkpoint.layout, Layout::SingleFile(_));
     let family = checkpoint.family;
-    let (unet, vae) = match family {
-        Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae"),
-        Family::Sdxl | Family::SdxlRefiner => ("sdxl-unet", "sdxl-vae"),
+    let (unet, vae, vae_model) = match family {
+        Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae", &crate::models::vae::SD_VAE),
+        Family::Sdxl | Family::SdxlRefiner => {
+            ("sdxl-unet", "sdxl-vae", &crate::models::vae::SDXL_VAE)
+        }
     };
     let mut list = match family {
         // The single file's OpenCLIP tower (the last block dropped, as diffusers converts it)
@@ -172,6 +179,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
             sizing: Sizing::Latent,
             compressible: true,
             vae: false,
+            fp16_probe: None,
             refiner: false,
         },
     );
@@ -197,6 +205,10 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        fp16_probe: Some(Probe::Latent {
+            // Both families' VAEs scale their latents (SD 0.18215, SDXL 0.13025).
+            scaling: vae_model.scaling_factor().unwrap_or(1.0),
+        }),
         refiner: false,
     });
     list.push(PartSpec {
@@ -212,6 +224,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        fp16_probe: Some(Probe::Image),
         refiner: false,
     });
     list
