@@ -5,7 +5,7 @@
 
 use super::checkpoint::{Checkpoint, Component, Family, Layout};
 use super::swift;
-use super::vae_check::Probe;
+use super::vae_check::{Check, Probe};
 use crate::models::{ModelOptions, TransformerLayout};
 use crate::passes::edit_features::FeatureEdits;
 
@@ -36,9 +36,9 @@ pub struct PartSpec {
     pub compressible: bool,
     /// The VAE, whose precision `--vae-precision` sets.
     pub vae: bool,
-    /// Built in fp16, it is first evaluated on this probe with fp16 activations and refused if
+    /// Built in fp16, it is first evaluated on a probe with fp16 activations and refused if
     /// they overflow ([`super::vae_check`]): the VAE, whose activations are the large ones.
-    pub fp16_probe: Option<Probe>,
+    pub fp16_check: Option<Check>,
     /// Read from the refiner's checkpoint (`--refiner`), not the base's.
     pub refiner: bool,
 }
@@ -93,7 +93,7 @@ fn text(
         sizing: Sizing::None,
         compressible: true,
         vae: false,
-        fp16_probe: None,
+        fp16_check: None,
         refiner: false,
     }
 }
@@ -179,7 +179,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
             sizing: Sizing::Latent,
             compressible: true,
             vae: false,
-            fp16_probe: None,
+            fp16_check: None,
             refiner: false,
         },
     );
@@ -205,9 +205,12 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
-        fp16_probe: Some(Probe::Latent {
-            // Both families' VAEs scale their latents (SD 0.18215, SDXL 0.13025).
-            scaling: vae_model.scaling_factor().unwrap_or(1.0),
+        fp16_check: Some(Check {
+            probe: Probe::Latent {
+                // Both families' VAEs scale their latents (SD 0.18215, SDXL 0.13025).
+                scaling: vae_model.scaling_factor().unwrap_or(1.0),
+            },
+            by_default: true,
         }),
         refiner: false,
     });
@@ -224,7 +227,12 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
-        fp16_probe: Some(Probe::Image),
+        // Its activations are smaller; checked when fp16 is asked for, where the check's
+        // second is small beside SDXL's build.
+        fp16_check: Some(Check {
+            probe: Probe::Image,
+            by_default: false,
+        }),
         refiner: false,
     });
     list

@@ -3,8 +3,11 @@
 //! as a device stores it ([`EvalOptions::fp16_activations`], what `mlc run --fp16-activations`
 //! reports), on a deterministic probe input. A part whose activations overflow fp16, or come
 //! within [`MARGIN`] of it, is refused: on a device its image would be NaN or black (SDXL's VAE
-//! is the known case). Which parts get the check, and with which probe, is
-//! [`super::parts::PartSpec::fp16_probe`].
+//! is the known case). Which parts get the check, with which probe, is
+//! [`super::parts::PartSpec::fp16_check`]: both VAE parts when the user asks for fp16
+//! (`--vae-precision fp16`), the decoder alone when fp16 is the family's default (SD 1.x/2.x,
+//! whose VAEs Apple ships in fp16): its activations are the large ones, and the check then
+//! costs the default build well under a second.
 
 use super::write::PipelineError;
 use crate::build::{BuildOptions, Precision, Sizes};
@@ -14,10 +17,10 @@ use crate::package::Package;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The probe's latent side (its image is 8x): small enough that the full-size SDXL VAE's
-/// decoder evaluates in about a second, large enough that every level of the decoder and
-/// encoder sees more than one position (the encoder's deepest level is 1/8 of the image).
-pub const PROBE_LATENT: usize = 8;
+/// The probe's latent side (its image is 8x, 32x32): small enough that the full-size VAE's
+/// decoder builds and evaluates in under a second, large enough that the deepest level's
+/// GroupNorms see 16 positions per channel (256 values per group at 512 channels).
+pub const PROBE_LATENT: usize = 4;
 
 /// A part is refused when an fp16 activation on the probe passes fp16's largest value divided by
 /// this. The probe is one random latent at a small size: a denoised latent has heavier local
@@ -25,6 +28,14 @@ pub const PROBE_LATENT: usize = 8;
 /// peak within 2x of 65,504 on the probe leaves no room for real images. (Real SD 1.x/2.x VAEs,
 /// which ship in fp16, peak well below half the range; SDXL's, which does not, passes it.)
 pub const MARGIN: f32 = 2.0;
+
+/// Which parts are checked ([`super::parts::PartSpec::fp16_check`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Check {
+    pub probe: Probe,
+    /// Also when fp16 is the family's default, not only when the user asks for it.
+    pub by_default: bool,
+}
 
 /// What a part is fed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,16 +65,18 @@ impl Fp16Check {
     }
 }
 
-/// Checks the part `build` describes if it is built in fp16 and `probe` is given (None
-/// otherwise). `asked` says whether the user chose fp16 (`--vae-precision fp16`), for the
-/// error's advice; `part` names the part in it.
+/// Checks the part `build` describes if it is built in fp16 and `check` asks for it (None
+/// otherwise). `asked` says whether the user chose fp16 (`--vae-precision fp16`); `part` names
+/// the part in the error.
 pub fn check(
     part: &'static str,
-    probe: Option<Probe>,
+    check: Option<Check>,
     build: &BuildOptions,
     asked: bool,
 ) -> Result<Option<Fp16Check>, PipelineError> {
-    let Some(probe) = probe.filter(|_| build.precision == Precision::Fp16) else {
+    let Some(Check { probe, .. }) =
+        check.filter(|c| build.precision == Precision::Fp16 && (asked || c.by_default))
+    else {
         return Ok(None);
     };
     let t = Instant::now();

@@ -293,6 +293,18 @@ fn fill(
     image_size: [usize; 2],
     tmp: &Path,
 ) -> Result<PipelineReport, PipelineError> {
+    let checkpoint_of = |spec: &PartSpec| match (spec.refiner, sources.refiner) {
+        (true, Some(r)) => r,
+        _ => sources.base,
+    };
+    // The fp16 checks before any part is built: a refusal comes in a second, not after the
+    // UNet's minute.
+    let mut checks = Vec::with_capacity(specs.len());
+    for (spec, loras) in specs.iter().zip(loras_of) {
+        let b = build_options(opts, checkpoint_of(spec), spec, loras, image_size, tmp)?;
+        let asked = spec.vae && opts.vae_precision.is_some();
+        checks.push(vae_check::check(spec.name(), spec.fp16_check, &b, asked)?);
+    }
     // Each bundle is hashed on a thread of its own while the next part builds (the UNet's
     // weights take seconds to hash); all are joined before the scope ends, on errors too.
     let written = std::thread::scope(|scope| -> Result<Vec<PartReport>, PipelineError> {
@@ -303,14 +315,9 @@ fn fill(
             hashes.push(scope.spawn(move || tree_sha256(&bundle)));
             written.push(p);
         };
-        for (spec, loras) in specs.iter().zip(loras_of) {
-            let checkpoint = match (spec.refiner, sources.refiner) {
-                (true, Some(r)) => r,
-                _ => sources.base,
-            };
-            let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
-            let asked = spec.vae && opts.vae_precision.is_some();
-            let fp16_check = vae_check::check(spec.name(), spec.fp16_probe, &b, asked)?;
+        for ((spec, loras), fp16_check) in specs.iter().zip(loras_of).zip(checks) {
+            let mut b = build_options(opts, checkpoint_of(spec), spec, loras, image_size, tmp)?;
+            b.progress = (opts.progress)(spec.name());
             let fail = |source| PipelineError::Build {
                 part: spec.name(),
                 source: Box::new(source),
@@ -419,7 +426,7 @@ fn compile(
     })
 }
 
-/// The ordinary build options of one part.
+/// The ordinary build options of one part (no progress observer: the caller's to set).
 fn build_options(
     opts: &PipelineOptions,
     checkpoint: &Checkpoint,
@@ -449,7 +456,6 @@ fn build_options(
         b.compression = opts.compression.clone();
     }
     b.loras = loras.to_vec();
-    b.progress = (opts.progress)(spec.name());
     Ok(b)
 }
 
