@@ -252,6 +252,36 @@ mod tests {
     use crate::models::{lookup, FeatureDtype};
     use std::path::PathBuf;
 
+    /// The VAE parts, and only they, get the fp16 check: the decoder also when fp16 is the
+    /// family's default, fed latents at its family's scale.
+    #[test]
+    fn the_vae_parts_get_the_fp16_check() {
+        for (family, scaling) in [
+            (Family::Sd1, 0.18215),
+            (Family::Sd2, 0.18215),
+            (Family::Sdxl, 0.13025),
+        ] {
+            let c = Checkpoint {
+                layout: Layout::SingleFile(PathBuf::from("a.safetensors")),
+                family,
+            };
+            for spec in parts(&c, TransformerLayout::Ane, family == Family::Sdxl) {
+                let want = match spec.swift {
+                    swift::Part::VaeDecoder => Some(Check {
+                        probe: Probe::Latent { scaling },
+                        by_default: true,
+                    }),
+                    swift::Part::VaeEncoder => Some(Check {
+                        probe: Probe::Image,
+                        by_default: false,
+                    }),
+                    _ => None,
+                };
+                assert_eq!(spec.fp16_check, want, "{family:?} {}", spec.name());
+            }
+        }
+    }
+
     /// Every part of every family resolves to a registry model and part, takes the options the
     /// table gives it, and, edited, has exactly the features the Swift code reads, with
     /// Float32 token ids.
