@@ -126,8 +126,8 @@ pub fn check(
         .find(|r| r.fp16 && (r.overflows_fp16() || r.abs_max > limit))
     {
         let magnitude = match r.abs_max > limit {
-            true => format!("{:.4e}", r.abs_max),
-            false => "inf".to_string(),
+            true => r.abs_max,
+            false => f32::INFINITY,
         };
         let why = match r.overflows_fp16() {
             true => format!("past fp16's largest value {FP16_MAX} (infinite on a device)"),
@@ -137,11 +137,11 @@ pub fn check(
         };
         let (flag, advice) = match asked {
             true => (
-                "--vae-precision fp16".to_string(),
+                "--vae-precision fp16",
                 "drop --vae-precision fp16 (the VAE is then built in fp32)",
             ),
             false => (
-                "fp16 (the default)".to_string(),
+                "fp16 (the default)",
                 "build the VAE in fp32 with --vae-precision fp32",
             ),
         };

@@ -128,13 +128,14 @@ pub enum PipelineError {
     Compile { part: &'static str, reason: String },
     /// A part built in fp16 whose activations overflow fp16 (or come close) on the probe:
     /// `reason` says how and what to do.
-    #[error("{part}: {flag}: activation {op} reaches {magnitude} on a test {probe}, {reason}")]
+    #[error("{part}: {flag}: activation {op} reaches {magnitude:.4e} on a test {probe}, {reason}")]
     Fp16Activations {
         part: &'static str,
         /// `--vae-precision fp16`, or the family's default that chose fp16.
-        flag: String,
+        flag: &'static str,
         op: String,
-        magnitude: String,
+        /// Its largest magnitude (infinite when its inputs already were).
+        magnitude: f32,
         probe: &'static str,
         reason: String,
     },
