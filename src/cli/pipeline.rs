@@ -64,7 +64,9 @@ pub struct PipelineArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub quantize: Option<QuantArg>,
     /// The VAE's precision [default: fp16; fp32 for SDXL, whose VAE overflows fp16 (its
-    /// activations pass 65504)].
+    /// activations pass 65504)]. A VAE in fp16 is first evaluated with fp16 activations on a
+    /// test input (the decoder; both parts when fp16 is asked for) and refused if they pass half
+    /// of 65504; the largest goes to mlc.json.
     #[arg(long, value_enum, value_name = "PRECISION")]
     pub vae_precision: Option<PrecisionArg>,
     /// A LoRA fused into every part it has keys for (UNet, text encoders), at WEIGHT
