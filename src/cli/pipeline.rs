@@ -64,7 +64,9 @@ pub struct PipelineArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub quantize: Option<QuantArg>,
     /// The VAE's precision [default: fp16; fp32 for SDXL, whose VAE overflows fp16 (its
-    /// activations pass 65504)].
+    /// activations pass 65504)]. A VAE in fp16 is first evaluated with fp16 activations on a
+    /// test input (the decoder; both parts when fp16 is asked for) and refused if they pass half
+    /// of 65504; the largest goes to mlc.json.
     #[arg(long, value_enum, value_name = "PRECISION")]
     pub vae_precision: Option<PrecisionArg>,
     /// A LoRA fused into every part it has keys for (UNet, text encoders), at WEIGHT
@@ -147,6 +149,7 @@ pub fn main(a: &PipelineArgs) -> Result<()> {
         };
     }
     let r = crate::pipeline::write(&opts)?;
+    report_fp16_checks(&r);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json(&r))?);
         return Ok(());
@@ -168,13 +171,37 @@ pub fn main(a: &PipelineArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line for the parts [`crate::pipeline::vae_check`] evaluated (the VAE built in fp16).
+fn report_fp16_checks(r: &PipelineReport) {
+    let checked: Vec<String> = r
+        .parts
+        .iter()
+        .filter_map(|p| {
+            let c = p.fp16_check.as_ref()?;
+            Some(format!(
+                "{} {:.3e} at {} ({:.1}%)",
+                p.name,
+                c.largest,
+                c.at,
+                100.0 * c.fraction()
+            ))
+        })
+        .collect();
+    if !checked.is_empty() {
+        eprintln!(
+            "fp16 check passed (largest activation on a test input, % of fp16's 65504): {}",
+            checked.join("; ")
+        );
+    }
+}
+
 fn json(r: &PipelineReport) -> serde_json::Value {
     serde_json::json!({
         "folder": r.folder,
         "family": r.family.name(),
         "image_size": r.image_size,
         "checkpoint_sha256": r.checkpoint_sha256,
-        "parts": r.parts.iter().map(|p| serde_json::json!({
+        "parts": r.parts.iter().map(|p| { let mut j = serde_json::json!({
             "name": p.name,
             "bundle": p.bundle,
             "model": p.build.model,
@@ -188,6 +215,12 @@ fn json(r: &PipelineReport) -> serde_json::Value {
             })).collect::<Vec<_>>(),
             "seconds": p.build.timings.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>()
                 + p.compile_time.as_secs_f64(),
-        })).collect::<Vec<_>>(),
+        });
+        if let Some(c) = &p.fp16_check {
+            let mut check = crate::pipeline::vae_check::to_json(c);
+            check["seconds"] = c.time.as_secs_f64().into();
+            j["fp16_activations"] = check;
+        }
+        j }).collect::<Vec<_>>(),
     })
 }

@@ -5,6 +5,7 @@
 
 use super::checkpoint::{Checkpoint, Component, Family, Layout};
 use super::swift;
+use super::vae_check::{Check, Probe};
 use crate::models::{ModelOptions, TransformerLayout};
 use crate::passes::edit_features::FeatureEdits;
 
@@ -35,6 +36,9 @@ pub struct PartSpec {
     pub compressible: bool,
     /// The VAE, whose precision `--vae-precision` sets.
     pub vae: bool,
+    /// Built in fp16, it is first evaluated on a probe with fp16 activations and refused if
+    /// they overflow ([`super::vae_check`]): the VAE, whose activations are the large ones.
+    pub fp16_check: Option<Check>,
     /// Read from the refiner's checkpoint (`--refiner`), not the base's.
     pub refiner: bool,
 }
@@ -89,6 +93,7 @@ fn text(
         sizing: Sizing::None,
         compressible: true,
         vae: false,
+        fp16_check: None,
         refiner: false,
     }
 }
@@ -98,9 +103,11 @@ fn text(
 pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) -> Vec<PartSpec> {
     let single = matches!(checkpoint.layout, Layout::SingleFile(_));
     let family = checkpoint.family;
-    let (unet, vae) = match family {
-        Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae"),
-        Family::Sdxl | Family::SdxlRefiner => ("sdxl-unet", "sdxl-vae"),
+    let (unet, vae, vae_model) = match family {
+        Family::Sd1 | Family::Sd2 => ("sd-unet", "sd-vae", &crate::models::vae::SD_VAE),
+        Family::Sdxl | Family::SdxlRefiner => {
+            ("sdxl-unet", "sdxl-vae", &crate::models::vae::SDXL_VAE)
+        }
     };
     let mut list = match family {
         // The single file's OpenCLIP tower (the last block dropped, as diffusers converts it)
@@ -172,6 +179,7 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
             sizing: Sizing::Latent,
             compressible: true,
             vae: false,
+            fp16_check: None,
             refiner: false,
         },
     );
@@ -197,6 +205,13 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        fp16_check: Some(Check {
+            probe: Probe::Latent {
+                // Both families' VAEs scale their latents (SD 0.18215, SDXL 0.13025).
+                scaling: vae_model.scaling_factor().unwrap_or(1.0),
+            },
+            by_default: true,
+        }),
         refiner: false,
     });
     list.push(PartSpec {
@@ -212,6 +227,12 @@ pub fn parts(checkpoint: &Checkpoint, layout: TransformerLayout, refiner: bool) 
         sizing: Sizing::Image,
         compressible: false,
         vae: true,
+        // Its activations are smaller; checked when fp16 is asked for, where the check's
+        // second is small beside SDXL's build.
+        fp16_check: Some(Check {
+            probe: Probe::Image,
+            by_default: false,
+        }),
         refiner: false,
     });
     list
@@ -230,6 +251,36 @@ mod tests {
     use super::*;
     use crate::models::{lookup, FeatureDtype};
     use std::path::PathBuf;
+
+    /// The VAE parts, and only they, get the fp16 check: the decoder also when fp16 is the
+    /// family's default, fed latents at its family's scale.
+    #[test]
+    fn the_vae_parts_get_the_fp16_check() {
+        for (family, scaling) in [
+            (Family::Sd1, 0.18215),
+            (Family::Sd2, 0.18215),
+            (Family::Sdxl, 0.13025),
+        ] {
+            let c = Checkpoint {
+                layout: Layout::SingleFile(PathBuf::from("a.safetensors")),
+                family,
+            };
+            for spec in parts(&c, TransformerLayout::Ane, family == Family::Sdxl) {
+                let want = match spec.swift {
+                    swift::Part::VaeDecoder => Some(Check {
+                        probe: Probe::Latent { scaling },
+                        by_default: true,
+                    }),
+                    swift::Part::VaeEncoder => Some(Check {
+                        probe: Probe::Image,
+                        by_default: false,
+                    }),
+                    _ => None,
+                };
+                assert_eq!(spec.fp16_check, want, "{family:?} {}", spec.name());
+            }
+        }
+    }
 
     /// Every part of every family resolves to a registry model and part, takes the options the
     /// table gives it, and, edited, has exactly the features the Swift code reads, with

@@ -7,6 +7,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, Family};
 use super::parts::{self, PartSpec, Sizing};
 use super::swift::{self, SwiftError};
 use super::tokenizer::{self, TokenizerError, TokenizerSource};
+use super::vae_check::{self, Fp16Check};
 use crate::build::{BuildError, BuildOptions, BuildReport, Compression, Precision, Sizes};
 use crate::lora::{LoraError, LoraSpec};
 use crate::mil::Target;
@@ -87,6 +88,8 @@ pub struct PartReport {
     /// sha256 over the bundle's files (names and contents).
     pub bundle_sha256: String,
     pub compile_time: Duration,
+    /// A part built in fp16 that [`vae_check`] evaluated: its largest fp16 activation.
+    pub fp16_check: Option<Fp16Check>,
 }
 
 /// What `mlc pipeline` wrote.
@@ -123,6 +126,19 @@ pub enum PipelineError {
     },
     #[error("{part}: compiling: {reason}")]
     Compile { part: &'static str, reason: String },
+    /// A part built in fp16 whose activations overflow fp16 (or come close) on the probe:
+    /// `reason` says how and what to do.
+    #[error("{part}: {flag}: activation {op} reaches {magnitude:.4e} on a test {probe}, {reason}")]
+    Fp16Activations {
+        part: &'static str,
+        /// `--vae-precision fp16`, or the family's default that chose fp16.
+        flag: &'static str,
+        op: String,
+        /// Its largest magnitude (infinite when its inputs already were).
+        magnitude: f32,
+        probe: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Lora(#[from] LoraError),
     #[error(transparent)]
@@ -278,6 +294,18 @@ fn fill(
     image_size: [usize; 2],
     tmp: &Path,
 ) -> Result<PipelineReport, PipelineError> {
+    let checkpoint_of = |spec: &PartSpec| match (spec.refiner, sources.refiner) {
+        (true, Some(r)) => r,
+        _ => sources.base,
+    };
+    // The fp16 checks before any part is built: a refusal comes in a second, not after the
+    // UNet's minute.
+    let mut checks = Vec::with_capacity(specs.len());
+    for (spec, loras) in specs.iter().zip(loras_of) {
+        let b = build_options(opts, checkpoint_of(spec), spec, loras, image_size, tmp)?;
+        let asked = spec.vae && opts.vae_precision.is_some();
+        checks.push(vae_check::check(spec.name(), spec.fp16_check, &b, asked)?);
+    }
     // Each bundle is hashed on a thread of its own while the next part builds (the UNet's
     // weights take seconds to hash); all are joined before the scope ends, on errors too.
     let written = std::thread::scope(|scope| -> Result<Vec<PartReport>, PipelineError> {
@@ -288,12 +316,9 @@ fn fill(
             hashes.push(scope.spawn(move || tree_sha256(&bundle)));
             written.push(p);
         };
-        for (spec, loras) in specs.iter().zip(loras_of) {
-            let checkpoint = match (spec.refiner, sources.refiner) {
-                (true, Some(r)) => r,
-                _ => sources.base,
-            };
-            let b = build_options(opts, checkpoint, spec, loras, image_size, tmp)?;
+        for ((spec, loras), fp16_check) in specs.iter().zip(loras_of).zip(checks) {
+            let mut b = build_options(opts, checkpoint_of(spec), spec, loras, image_size, tmp)?;
+            b.progress = (opts.progress)(spec.name());
             let fail = |source| PipelineError::Build {
                 part: spec.name(),
                 source: Box::new(source),
@@ -315,7 +340,9 @@ fn fill(
                 }
             } else {
                 let report = crate::build::build(&b).map_err(fail)?;
-                add(compile(opts, tmp, spec.swift, report)?);
+                let mut part = compile(opts, tmp, spec.swift, report)?;
+                part.fp16_check = fp16_check;
+                add(part);
             }
         }
         for (p, h) in written.iter_mut().zip(hashes) {
@@ -396,10 +423,11 @@ fn compile(
         bundle,
         build,
         compile_time,
+        fp16_check: None,
     })
 }
 
-/// The ordinary build options of one part.
+/// The ordinary build options of one part (no progress observer: the caller's to set).
 fn build_options(
     opts: &PipelineOptions,
     checkpoint: &Checkpoint,
@@ -429,7 +457,6 @@ fn build_options(
         b.compression = opts.compression.clone();
     }
     b.loras = loras.to_vec();
-    b.progress = (opts.progress)(spec.name());
     Ok(b)
 }
 
@@ -530,9 +557,7 @@ fn manifest(opts: &PipelineOptions, r: &PipelineReport) -> serde_json::Value {
         .parts
         .iter()
         .map(|p| {
-            (
-                p.name.to_string(),
-                json!({
+            let mut part = json!({
                     "model": p.build.model,
                     "part": p.build.part.name(),
                     "weights_sha256": p.build.weights_sha256,
@@ -540,8 +565,11 @@ fn manifest(opts: &PipelineOptions, r: &PipelineReport) -> serde_json::Value {
                     "loras": p.build.loras.iter().map(|l| json!({
                         "file": l.stem, "sha256": l.sha256, "weight": l.weight,
                     })).collect::<Vec<_>>(),
-                }),
-            )
+            });
+            if let Some(c) = &p.fp16_check {
+                part["fp16_activations"] = vae_check::to_json(c);
+            }
+            (p.name.to_string(), part)
         })
         .collect();
     json!({

@@ -389,6 +389,15 @@ struct Builder<'c> {
 }
 
 impl Vae {
+    /// The diffusion model's latent is the VAE's times this (`scaling_factor` in diffusers);
+    /// None for FLUX.2's batch norm.
+    pub fn scaling_factor(&self) -> Option<f32> {
+        match self.scaling {
+            Scaling::Affine { scaling, .. } => Some(scaling),
+            Scaling::BatchNorm => None,
+        }
+    }
+
     /// The architecture of the part's tensors, checked against this model.
     fn part_config(&self, part: Part, weights: &Weights) -> Result<VaeConfig, ModelError> {
         let shapes: BTreeMap<String, Vec<usize>> = weights
