@@ -32,7 +32,8 @@ pub(super) fn narrow_fits(src: &[f32], dst: &mut [f16], max: f32) -> bool {
     }
     dst.convert_from_f32_slice(src);
     // A fold without early exit vectorises.
-    !src.iter().fold(false, |bad, v| bad | v.is_nan() | (v.abs() > max))
+    !src.iter()
+        .fold(false, |bad, v| bad | v.is_nan() | (v.abs() > max))
 }
 
 #[cfg(target_arch = "x86_64")]

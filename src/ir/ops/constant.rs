@@ -31,7 +31,10 @@ pub enum ConstData {
     /// `dtype` (fp32, or fp16 once `cast_fp16` has run: the stored values are rounded when
     /// read, as a dense constant's would have been). Read back where its values are needed,
     /// one constant at a time.
-    Spilled { data: Spilled, dtype: DType },
+    Spilled {
+        data: Spilled,
+        dtype: DType,
+    },
     Palettized(Palettized),
     Quantized(Quantized),
 }
