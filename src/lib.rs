@@ -42,6 +42,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod proto;
 pub mod report;
+pub mod rng;
 pub mod run;
 pub mod tensor;
 pub mod weights;

@@ -180,36 +180,12 @@ pub fn to_json(c: &Fp16Check) -> serde_json::Value {
 /// The deterministic probe of `shape`.
 fn probe_input(probe: Probe, shape: Vec<usize>) -> Array {
     let n = shape.iter().product();
-    let mut rng = SplitMix(0x5eed_f16c);
+    let mut rng = crate::rng::SplitMix64(0x5eed_f16c);
     let data = match probe {
         Probe::Latent { scaling } => (0..n).map(|_| rng.normal() / scaling).collect(),
         Probe::Image => (0..n).map(|_| 2.0 * rng.uniform() - 1.0).collect(),
     };
     Array { shape, data }
-}
-
-/// splitmix64: deterministic, no dependency; Box-Muller for the normal values.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn normal(&mut self) -> f32 {
-        // 1 - u is in (0, 1]: its logarithm is finite.
-        let (u, v) = (1.0 - self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
 }
 
 #[cfg(test)]

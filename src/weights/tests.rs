@@ -2,6 +2,7 @@
 //! robustness sweep over damaged copies of the real files (in memory, through
 //! `Weights::load_bytes`, which is `Weights::load` reading from memory instead of the file).
 
+use crate::rng::SplitMix64 as Rng;
 use std::path::Path;
 
 use super::*;
@@ -249,23 +250,6 @@ fn pth_without_pickle_or_with_big_endian_data_is_rejected() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("byteorder is \"big\""), "{e}");
-}
-
-/// splitmix64: deterministic and good enough to pick cut points and bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Damaged copies of `original`: truncations and 1–4 byte flips, mostly aimed at the `hot`
