@@ -107,9 +107,7 @@ impl Arch {
     }
 }
 
-#[path = "rng.rs"]
-mod rng;
-use rng::Rng;
+use mlc::rng::SplitMix64;
 #[path = "safetensors_header.rs"]
 mod safetensors_header;
 
@@ -119,13 +117,13 @@ fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Fill)>
         .iter()
         .map(|(k, (shape, _))| (k.as_str(), "F16", &shape[..], 2));
     let mut out = safetensors_header::create(path, header);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut buf = Vec::new();
     for (shape, fill) in tensors.values() {
         buf.clear();
         let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
         for _ in 0..shape.iter().product::<usize>() {
-            let u = rng.unit();
+            let u = 2.0 * rng.uniform() - 1.0;
             let v = match fill {
                 Fill::Weight => u / fan_in.sqrt(),
                 Fill::Bias | Fill::Embedding => 0.02 * u,

@@ -35,8 +35,6 @@ use std::path::PathBuf;
 
 // Shared with the other benchmarks.
 #[allow(dead_code)]
-#[path = "rng.rs"]
-mod rng;
 #[path = "safetensors_header.rs"]
 mod safetensors_header;
 #[allow(dead_code)]

@@ -1,14 +1,15 @@
-//! The benchmarks' synthetic tensor files (included with `#[path]` beside `rng.rs` and
-//! `safetensors_header.rs`): what each tensor holds ([`Spec`], [`Fill`]) and the writer that
-//! streams a file of them a chunk at a time, so a file of gigabytes is never in memory.
+//! The benchmarks' synthetic tensor files (included with `#[path]` beside
+//! `safetensors_header.rs`; values from `mlc::rng`): what each tensor holds ([`Spec`], [`Fill`])
+//! and the writer that streams a file of them a chunk at a time, so a file of gigabytes is never
+//! in memory.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::rng::Rng;
 use super::safetensors_header;
+use mlc::rng::SplitMix64;
 
 /// A tensor of the file: shape and how to fill it.
 #[derive(Debug)]
@@ -104,7 +105,7 @@ pub fn write_safetensors(
         (k.as_str(), dtype, &s.shape[..], size)
     });
     let mut out = safetensors_header::create(path, header);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut buf = Vec::with_capacity(2 * CHUNK);
     for s in tensors.values() {
         let fan_in = s.shape.iter().skip(1).product::<usize>().max(1);
@@ -137,7 +138,7 @@ pub fn write_safetensors(
             let mut bits = 0u64;
             for i in 0..n {
                 if i % 4 == 0 {
-                    bits = rng.next();
+                    bits = rng.next_u64();
                 }
                 // 16 bits at a time, uniform in [-1, 1).
                 let u = ((bits >> (16 * (i % 4))) & 0xffff) as f32 / 32768.0 - 1.0;

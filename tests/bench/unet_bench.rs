@@ -22,8 +22,6 @@ use std::path::{Path, PathBuf};
 #[path = "unet_lora.rs"]
 mod lora;
 #[allow(dead_code)]
-#[path = "rng.rs"]
-mod rng;
 #[path = "safetensors_header.rs"]
 mod safetensors_header;
 #[allow(dead_code)]

@@ -176,9 +176,7 @@ impl Arch {
     }
 }
 
-#[path = "rng.rs"]
-mod rng;
-use rng::Rng;
+use mlc::rng::SplitMix64;
 #[path = "safetensors_header.rs"]
 mod safetensors_header;
 
@@ -189,7 +187,7 @@ fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Spec>, seed: u64) {
         _ => (k.as_str(), "F32", &s.shape[..], 4),
     });
     let mut out = safetensors_header::create(path, header);
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut buf = Vec::new();
     for s in tensors.values() {
         let n: usize = s.shape.iter().product();
@@ -199,7 +197,7 @@ fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Spec>, seed: u64) {
             fill => {
                 let fan_in: usize = s.shape[1..].iter().product::<usize>().max(1);
                 for _ in 0..n {
-                    let u = rng.unit();
+                    let u = 2.0 * rng.uniform() - 1.0;
                     let v = match fill {
                         Fill::Weight => u / (fan_in as f32).sqrt(),
                         Fill::Bias => 0.02 * u,
