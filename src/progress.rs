@@ -194,12 +194,24 @@ impl TensorSource for Observed<'_> {
         self.inner.tensors()
     }
 
+    /// A deferred handle counts as read: its tensor is read as the package is written.
     fn in_place(&self, key: &str) -> Option<crate::weights::Spilled> {
-        self.inner.in_place(key)
+        let h = self.inner.in_place(key)?;
+        if h.is_deferred() {
+            self.count(key);
+        }
+        Some(h)
     }
 
     fn read(&self, key: &str) -> Result<Tensor, WeightError> {
         let t = self.inner.read(key)?;
+        self.count(key);
+        Ok(t)
+    }
+}
+
+impl Observed<'_> {
+    fn count(&self, key: &str) {
         if self.progress.is_some() {
             let bytes = self.inner.tensors().get(key).map_or(0, stored_bytes);
             // A tensor read twice counts twice: held at the total, so the count stays in range.
@@ -210,6 +222,5 @@ impl TensorSource for Observed<'_> {
                 .min(self.total);
             self.progress.advance(done);
         }
-        Ok(t)
     }
 }

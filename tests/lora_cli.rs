@@ -78,7 +78,8 @@ fn json_and_metadata_report_the_lora() {
         .unwrap()
         .read_all()
         .unwrap()
-        .content_sha256();
+        .content_sha256()
+        .unwrap();
     let l = &j06["loras"];
     assert_eq!(l.as_array().map(Vec::len), Some(1), "{l}");
     let l = &l[0];

@@ -1,6 +1,7 @@
 //! Large weights are kept as handles (into the weight file, or into a temporary spill file for
-//! patched and `.pth` tensors) until the package writer reads them back: packages are the same
-//! byte for byte whether every tensor is spilled or none is (`MLC_SPILL_MIN_BYTES`).
+//! `.pth` tensors) until the package writer reads them back, a LoRA fused into the weight file's
+//! tensors as they are read back: packages are the same byte for byte whether every tensor is
+//! spilled or none is (`MLC_SPILL_MIN_BYTES`).
 
 mod common;
 
@@ -43,7 +44,7 @@ fn spilled_and_in_memory_weights_give_the_same_package() {
     let tensors = mlc::weights::Weights::load(&sd15).unwrap().tensors;
     common::write_ckpt(&ckpt, &tensors);
     let (sd15, ckpt) = (sd15.to_str().unwrap(), ckpt.to_str().unwrap());
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 7] = [
         &["build", "sd-unet", "--weights", sd15, "--latent-size", "16"],
         &[
             "build",
@@ -68,6 +69,44 @@ fn spilled_and_in_memory_weights_give_the_same_package() {
             &lora,
         ],
         &["build", "sd-unet", "--weights", ckpt, "--latent-size", "16"],
+        // Fused as read back: f16 weights widened for fp32, and read back by palettization.
+        &[
+            "build",
+            "sd-unet",
+            "--weights",
+            sd15,
+            "--latent-size",
+            "16",
+            "--lora",
+            &lora,
+            "--precision",
+            "fp32",
+            "--layout",
+            "ane",
+        ],
+        &[
+            "build",
+            "sd-unet",
+            "--weights",
+            sd15,
+            "--latent-size",
+            "16",
+            "--lora",
+            &lora,
+            "--palettize",
+            "6",
+        ],
+        // Patched as read from a .ckpt, then spilled.
+        &[
+            "build",
+            "sd-unet",
+            "--weights",
+            ckpt,
+            "--latent-size",
+            "16",
+            "--lora",
+            &lora,
+        ],
     ];
     for (i, args) in cases.iter().enumerate() {
         let all = build(args, "0", &dir.path().join(format!("all{i}.mlpackage")));
@@ -125,16 +164,18 @@ fn spilled_weights_are_checked_as_in_memory_ones() {
 
 #[test]
 fn an_unusable_temporary_folder_is_one_line_naming_it() {
-    // The LoRA's patched tensors must go to a spill file; TMPDIR points at a file.
+    // A .ckpt's tensors must go to a spill file; TMPDIR points at a file.
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"x").unwrap();
     let sd15 = shared("fixtures/unet/sd15/original.safetensors");
+    let ckpt = dir.path().join("sd15.ckpt");
+    common::write_ckpt(&ckpt, &mlc::weights::Weights::load(&sd15).unwrap().tensors);
     let lora = shared("fixtures/unet/lora/kohya_sd15.safetensors");
     let out = dir.path().join("x.mlpackage");
     let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
         .args(["build", "sd-unet", "--latent-size", "16", "--weights"])
-        .arg(&sd15)
+        .arg(&ckpt)
         .arg("--lora")
         .arg(&lora)
         .arg("-o")
@@ -150,4 +191,49 @@ fn an_unusable_temporary_folder_is_one_line_naming_it() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_fused_value_fp16_cannot_hold_is_refused_spilled_or_not() {
+    // Fused as the package is written (every tensor a handle) or as read: refused by the
+    // LoRA's file and the weight's key, one line, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let sd15 = shared("fixtures/unet/sd15/original.safetensors");
+    let m = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    let big = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        mlc::tensor::Tensor::f32(shape, vec![200.0; n])
+    };
+    let tensors = std::collections::BTreeMap::from([
+        (format!("{m}.lora_down.weight"), big(vec![4, 32])),
+        (format!("{m}.lora_up.weight"), big(vec![32, 4])),
+    ]);
+    let lora = dir.path().join("huge.safetensors");
+    common::write_safetensors(&lora, &tensors);
+    let key = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    for min in ["0", "18446744073709551615"] {
+        let out = dir.path().join(format!("huge{min}.mlpackage"));
+        let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
+            .args(["build", "sd-unet", "--latent-size", "16", "--weights"])
+            .arg(&sd15)
+            .arg("--lora")
+            .arg(&lora)
+            .arg("-o")
+            .arg(&out)
+            .env("MLC_SPILL_MIN_BYTES", min)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{min}: {err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "huge.safetensors")
+            .collect();
+        assert!(left.is_empty(), "{min}: left {left:?}: {err}");
+        for needle in ["huge.safetensors", key, "65504", "fp32 precision"] {
+            assert!(err.contains(needle), "{min}: {needle:?} is not in: {err}");
+        }
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }

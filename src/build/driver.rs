@@ -99,10 +99,13 @@ pub(super) fn program_file(
         false => plan.model.adapter_view(plan.part, &*file)?,
     };
     let base: &dyn TensorSource = view.as_deref().unwrap_or(&*file);
-    let fusion = super::lora::fusion(plan, base)?;
-    let patched = fusion.as_ref().map(|f| match plan.opts.precision {
-        Precision::Fp16 => Patched::new(base, f),
-        Precision::Fp32 => Patched::new(base, f).widened(),
+    let fusion = super::lora::fusion(plan, base)?.map(std::sync::Arc::new);
+    let patched = fusion.as_ref().map(|f| {
+        let overlay: std::sync::Arc<dyn crate::weights::Overlay> = f.clone();
+        match plan.opts.precision {
+            Precision::Fp16 => Patched::new(base, overlay),
+            Precision::Fp32 => Patched::new(base, overlay).widened(),
+        }
     });
     let source: &dyn TensorSource = match &patched {
         Some(p) => p,
@@ -113,7 +116,8 @@ pub(super) fn program_file(
         .model
         .load(plan.part, &source, &plan.opts.model_options)?;
     let load = ("load weights".to_string(), t.elapsed());
-    let loras = fusion.map(|f| f.summaries).unwrap_or_default();
+    drop(patched);
+    let loras = fusion.map(|f| f.summaries.clone()).unwrap_or_default();
     let (adapters, mut summaries) = super::lora::adapters(plan, base)?;
     summaries.splice(0..0, loras.iter().cloned());
     let mut p = program_from(
@@ -155,18 +159,20 @@ fn program_from(
     let (opts, model, part) = (plan.opts, plan.model, plan.part);
     let progress = &opts.progress;
 
-    // Hashed before declaring: an owned model's tensors leave the weights for the graph.
+    // Hashed before declaring: an owned model's tensors leave the weights for the graph. A
+    // deferred tensor (a LoRA fused as the package is written) is hashed and checked once it
+    // has been read back, after lowering.
     progress.begin(Stage::HashWeights);
     let t = Instant::now();
     let w = match &weights {
         WeightsIn::Borrowed(w) => w,
         WeightsIn::Owned(w) => w,
     };
-    let weights_sha256 = w.content_sha256();
+    let digest = w.digest();
     let weights_path = w.path.clone();
     timings.push(("hash weights".to_string(), t.elapsed()));
     // Before the graph takes the tensors: NaN, infinities, values fp16 cannot hold.
-    crate::weights::check::check_weights(w, opts.precision == Precision::Fp16)?;
+    digest.check(opts.precision == Precision::Fp16)?;
 
     progress.begin(Stage::Declare);
     let t = Instant::now();
@@ -279,7 +285,8 @@ fn program_from(
         Precision::Fp32 => 0,
     };
     let t = Instant::now();
-    let mut info = model_info(plan, &weights_path, &weights_sha256)?;
+    // The weights' hash is set once the lowering has read every deferred tensor.
+    let mut info = model_info(plan, &weights_path, "")?;
     if let Some(list) = super::lora::metadata(loras) {
         info.user_defined.insert("mlc.loras".into(), list);
     }
@@ -345,7 +352,7 @@ fn program_from(
         functions,
         info,
         largest_intermediate: largest,
-        weights_sha256,
+        digest,
         timings,
         kept_float,
         fp32_ops,
@@ -358,7 +365,8 @@ pub(super) struct Programmed {
     pub functions: Functions,
     pub info: mil::lower::ModelInfo,
     pub largest_intermediate: Option<Intermediate>,
-    pub weights_sha256: String,
+    /// The weights' hash and check, finished after lowering.
+    pub digest: crate::weights::Digest,
     pub timings: Vec<(String, Duration)>,
     pub kept_float: Option<KeptFloat>,
     pub fp32_ops: usize,
@@ -368,6 +376,26 @@ pub(super) struct Programmed {
 pub(super) enum Functions {
     One(Graph),
     Several(Vec<(String, Graph)>),
+}
+
+/// The deferred weights of `functions` in the order the lowering writes them.
+fn deferred_in_order(functions: &Functions) -> Vec<crate::weights::Spilled> {
+    let graphs: Vec<&Graph> = match functions {
+        Functions::One(g) => vec![g],
+        Functions::Several(f) => f.iter().map(|(_, g)| g).collect(),
+    };
+    graphs
+        .into_iter()
+        .flat_map(|g| g.nodes())
+        .filter_map(|(_, n)| match &n.op {
+            crate::ir::Op::Const(crate::ir::ConstData::Spilled { data, .. })
+                if data.is_deferred() =>
+            {
+                Some(data.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Lowers a passed program into `blobs` (a package's weight file, or memory).
@@ -381,7 +409,7 @@ pub(super) fn lower_programmed(
         functions,
         info,
         largest_intermediate,
-        weights_sha256,
+        digest,
         mut timings,
         kept_float,
         fp32_ops,
@@ -390,13 +418,22 @@ pub(super) fn lower_programmed(
     let iface = plan.lowering();
     blobs.observe(opts.progress.clone());
     opts.progress.begin(Stage::WriteWeights);
+    // Weights fused as they are written are fused (and hashed) a few ahead of the writer.
+    let prefetch = crate::weights::deferred::Prefetch::start(deferred_in_order(&functions), 2);
     let lowered = match &functions {
         Functions::One(g) => mil::lower::lower_into(g, opts.target, &info, &iface, &mut blobs)?,
         Functions::Several(f) => {
             mil::lower::lower_multifunction_into(f, opts.target, &info, &iface, &mut blobs)?
         }
     };
+    drop(prefetch);
     drop(functions);
+    // Every deferred tensor the package holds has been read: the hash needs no more reading
+    // (unless the graph dropped one), and the check sees the fused values.
+    let weights_sha256 = digest.sha256()?;
+    digest.check(opts.precision == Precision::Fp16)?;
+    let mut lowered = lowered;
+    super::metadata::set_weights_sha256(&mut lowered, &weights_sha256);
     let lowered = if blobs.is_file() {
         let weight_file = match blobs.is_empty() {
             true => None,

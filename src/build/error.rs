@@ -82,6 +82,9 @@ pub enum BuildError {
     /// A LoRA that cannot be fused (`--lora`).
     #[error(transparent)]
     Lora(#[from] crate::lora::LoraError),
+    /// A weight fused as it was written that could not be read back or fused.
+    #[error(transparent)]
+    Digest(#[from] crate::weights::DigestError),
 }
 
 /// What gets a build past an error, for a front end to name in its own terms (the CLI as a

@@ -94,3 +94,12 @@ fn feature_description(f: &Feature, as_image: bool) -> String {
 pub fn function_name(part: Part, image: [usize; 2]) -> String {
     format!("{}_{}x{}", part.function_verb(), image[0], image[1])
 }
+
+/// Sets the weights' hash in a lowered model's metadata (known once the lowering has read every
+/// tensor fused as it was written).
+pub(super) fn set_weights_sha256(model: &mut crate::proto::specification::Model, sha256: &str) {
+    if let Some(meta) = model.description.as_mut().and_then(|d| d.metadata.as_mut()) {
+        meta.user_defined
+            .insert("mlc.weights.sha256".to_string(), sha256.to_string());
+    }
+}

@@ -135,7 +135,7 @@ pub fn build_chunks(
             functions: Functions::One(half),
             info,
             largest_intermediate: p.largest_intermediate.clone(),
-            weights_sha256: p.weights_sha256.clone(),
+            digest: p.digest.clone(),
             timings: p.timings.clone(),
             kept_float: p.kept_float.clone(),
             fp32_ops: p.fp32_ops,

@@ -122,7 +122,9 @@ impl Fusion {
             let mut summary = LoraSummary {
                 path: spec.path.clone(),
                 stem: crate::weights::stem(&spec.path).unwrap_or_default(),
-                sha256: all.content_sha256(),
+                sha256: all
+                    .content_sha256()
+                    .map_err(|e| fail(strip_file(&e.to_string(), &spec.path)))?,
                 weight: spec.weight,
                 modules: 0,
                 skipped: BTreeMap::new(),

@@ -30,13 +30,17 @@ pub const FP16_MAX: f32 = 65504.0;
 
 /// Refuses weights a package cannot hold: NaN or infinite values at any precision, and in an
 /// fp16 build finite values beyond fp16's range (they would be stored as infinities). The first
-/// such tensor in key order is named, spilled or not.
+/// such tensor in key order is named, spilled or not. A deferred tensor ([`super::deferred`])
+/// not read back yet is left to [`super::Digest::check`].
 pub fn check_weights(weights: &Weights, fp16: bool) -> Result<(), WeightCheckError> {
     let path = weights.path.display().to_string();
     for (key, entry) in weights.entries() {
         let values = match entry {
             super::Entry::Memory(t) => Values::of(t),
-            super::Entry::Spilled(s) => s.values,
+            super::Entry::Spilled(s) => match s.summary() {
+                Some((_, values)) => values,
+                None => continue,
+            },
         };
         values.check(&path, key, fp16)?;
     }
@@ -83,7 +87,7 @@ impl Values {
         s
     }
 
-    fn check(&self, path: &str, key: &str, fp16: bool) -> Result<(), WeightCheckError> {
+    pub(crate) fn check(&self, path: &str, key: &str, fp16: bool) -> Result<(), WeightCheckError> {
         let Values {
             len,
             nan,

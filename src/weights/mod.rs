@@ -34,6 +34,7 @@
 
 pub mod check;
 mod decode;
+pub mod deferred;
 pub mod file;
 pub mod patch;
 pub mod prefix;
@@ -49,7 +50,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::tensor::{Tensor, TensorData};
 
@@ -115,24 +116,124 @@ pub struct Weights {
 
 /// A tensor in a spill file, with what the build needs of its values computed as it was read
 /// (its leaf of [`Weights::content_sha256`] and its [`check::Values`]), so they are not read back
-/// for that.
+/// for that; or a deferred handle ([`deferred`]), whose values are computed, and summarised,
+/// when it is first read back.
 #[derive(Debug, Clone)]
 pub struct SpilledTensor {
     pub data: Spilled,
-    leaf: [u8; 32],
-    values: check::Values,
+    /// None for a deferred handle: its own first read takes it.
+    known: Option<deferred::Summary>,
 }
 
 impl SpilledTensor {
     /// What a spilled tensor keeps of `t`, read under the model's `key`: its hash leaf and
     /// value summary.
-    pub fn summary(key: &str, t: &Tensor) -> ([u8; 32], check::Values) {
+    pub fn summarize(key: &str, t: &Tensor) -> deferred::Summary {
         (leaf_sha256(key, t), check::Values::of(t))
     }
 
     pub fn new(data: Spilled, leaf: [u8; 32], values: check::Values) -> SpilledTensor {
-        SpilledTensor { data, leaf, values }
+        SpilledTensor {
+            data,
+            known: Some((leaf, values)),
+        }
     }
+
+    /// A deferred handle, summarised when it is first read back.
+    pub fn deferred(data: Spilled) -> SpilledTensor {
+        SpilledTensor { data, known: None }
+    }
+
+    /// Its summary: as read, or taken by the first read back of a deferred handle; None when
+    /// that has not happened yet.
+    fn summary(&self) -> Option<deferred::Summary> {
+        self.known.or_else(|| self.data.summary_taken())
+    }
+}
+
+/// What the weights hash and the value check need of each tensor, kept when the tensors leave
+/// for the graph: its hash leaf and value summary, or the deferred handle that will have them
+/// once the package writer has read it. [`Digest::sha256`] reads those nobody has.
+#[derive(Clone)]
+pub struct Digest {
+    path: PathBuf,
+    /// In key order.
+    parts: Vec<(String, Part)>,
+}
+
+#[derive(Clone)]
+enum Part {
+    Known(deferred::Summary),
+    Deferred(Spilled),
+}
+
+impl Digest {
+    /// Refuses weights a package cannot hold ([`check::check_weights`]) among the tensors
+    /// whose values are known: all but deferred handles not read yet, which are checked when
+    /// they are (by [`Digest::sha256`] at the latest).
+    pub fn check(&self, fp16: bool) -> Result<(), check::WeightCheckError> {
+        let path = self.path.display().to_string();
+        for (key, part) in &self.parts {
+            let values = match part {
+                Part::Known((_, v)) => Some(*v),
+                Part::Deferred(s) => s.summary_taken().map(|(_, v)| v),
+            };
+            if let Some(values) = values {
+                values.check(&path, key, fp16)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The weights' [`Weights::content_sha256`]. Deferred handles not read yet are read now
+    /// (on all cores); [`Digest::check`] then checks every tensor.
+    pub fn sha256(&self) -> Result<String, DigestError> {
+        let pending: Vec<&Spilled> = self
+            .parts
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Part::Deferred(s) if s.summary_taken().is_none() => Some(s),
+                _ => None,
+            })
+            .collect();
+        let read = crate::parallel::parallel_map(
+            &pending,
+            |s| s.len(),
+            |s| s.summary().map(|r| r.map(|_| ())),
+        );
+        for r in read.into_iter().flatten() {
+            r.map_err(|e| match deferred::is_change_failure(&e) {
+                true => DigestError::Changed(e.to_string()),
+                false => DigestError::Weights(WeightError::Spill {
+                    path: self.path.clone(),
+                    source: e,
+                }),
+            })?;
+        }
+        let mut root = Sha256::new();
+        for (_, part) in &self.parts {
+            let leaf = match part {
+                Part::Known((leaf, _)) => *leaf,
+                Part::Deferred(s) => {
+                    s.summary_taken()
+                        .expect("every deferred handle has been read")
+                        .0
+                }
+            };
+            root.update(leaf);
+        }
+        Ok(root.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Why [`Digest::sha256`] failed: a deferred tensor could not be read back, or its change
+/// failed (a message naming the file and the key).
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("{0}")]
+    Changed(String),
 }
 
 /// One of a [`Weights`]' tensors, wherever it is.
@@ -378,21 +479,34 @@ impl Weights {
     /// and the values as f16 LE when every value survives the round trip f32 → f16 → f32 bit
     /// for bit, else a byte 32 and the values as f32 LE. Same weights → same digest whatever the
     /// container, key layout or stored dtype; an fp16 checkpoint is hashed from its own bytes.
-    pub fn content_sha256(&self) -> String {
+    pub fn content_sha256(&self) -> Result<String, DigestError> {
+        self.digest().sha256()
+    }
+
+    /// The leaves of [`Weights::content_sha256`] and the value summaries, of the tensors in
+    /// memory computed now (on all cores), of spilled ones as read.
+    pub fn digest(&self) -> Digest {
         let entries: Vec<(&String, Entry)> = self.entries().collect();
-        let mut root = Sha256::new();
         let size = |(_, e): &(&String, Entry)| match e {
             Entry::Memory(t) => t.len(),
             Entry::Spilled(_) => 1,
         };
-        let leaf = |(key, e): &(&String, Entry)| match e {
-            Entry::Memory(t) => leaf_sha256(key, t),
-            Entry::Spilled(s) => s.leaf,
+        let part = |(key, e): &(&String, Entry)| match e {
+            Entry::Memory(t) => Part::Known(SpilledTensor::summarize(key, t)),
+            Entry::Spilled(s) => match s.summary() {
+                Some(known) => Part::Known(known),
+                None => Part::Deferred(s.data.clone()),
+            },
         };
-        for leaf in crate::parallel::parallel_map(&entries, size, leaf) {
-            root.update(leaf);
+        let parts = crate::parallel::parallel_map(&entries, size, part);
+        Digest {
+            path: self.path.clone(),
+            parts: entries
+                .iter()
+                .map(|(k, _)| (*k).clone())
+                .zip(parts)
+                .collect(),
         }
-        root.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The file's name without its directory, for messages and metadata.
@@ -421,6 +535,13 @@ fn leaf_sha256(key: &str, t: &Tensor) -> [u8; 32] {
         // to itself, so without NaN the stored bits are the canonical ones.
         TensorData::F16(v) if f16_all_finite(v) || !v.iter().any(|x| x.is_nan()) => {
             h.update([16u8]);
+            // `f16` is a transparent `u16`: on a little-endian machine its memory is its LE
+            // bytes, hashed where they lie instead of copied first.
+            #[cfg(target_endian = "little")]
+            h.update(unsafe {
+                std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
+            });
+            #[cfg(not(target_endian = "little"))]
             for chunk in v.chunks(HASH_BATCH) {
                 let bytes = &mut buf[..2 * chunk.len()];
                 bytes

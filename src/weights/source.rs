@@ -25,9 +25,11 @@ pub trait TensorSource {
     /// key as that file spells it (a view's prefix included).
     fn read(&self, key: &str) -> Result<Tensor, WeightError>;
     /// Where the tensor `key`'s values lie in a file exactly as [`read`](Self::read) gives
-    /// them (an f32 or f16 tensor of a safetensors file, nothing patched), so that a large
-    /// model can keep a handle instead of a copy ([`read_spilling`](Self::read_spilling));
-    /// `None` when they do not (`.pth` storages, bf16, patched tensors).
+    /// them (an f32 or f16 tensor of a safetensors file), or lie there as stored before a
+    /// change that reading them back applies ([`super::deferred`]: a patched tensor), so that
+    /// a large model can keep a handle instead of a copy
+    /// ([`read_spilling`](Self::read_spilling)); `None` when they do not (`.pth` storages,
+    /// bf16).
     fn in_place(&self, _key: &str) -> Option<super::Spilled> {
         None
     }
@@ -74,8 +76,9 @@ impl<'s> dyn TensorSource + 's {
     /// [`SPILL_MIN_BYTES`] only a handle is kept (with its hash leaf and value check, computed
     /// as it is read): to the file it was read from when it lies there as it is read
     /// ([`in_place`](TensorSource::in_place)), else to a temporary file it is written to. The
-    /// model's weights are never all in memory at once. Reading goes on while two threads hash and spill what was read (a few
-    /// tensors in flight at most).
+    /// model's weights are never all in memory at once. Reading goes on while two threads hash
+    /// and spill what was read (a few tensors in flight at most). A deferred handle (a patched
+    /// tensor of the file) is not read at all: its change is applied as it is read back.
     pub fn read_spilling(
         &self,
         wanted: impl IntoIterator<Item = (String, String)>,
@@ -117,7 +120,7 @@ impl<'s> dyn TensorSource + 's {
                         };
                         spill.put(&t)
                     };
-                    let (leaf, values) = SpilledTensor::summary(&key, &t);
+                    let (leaf, values) = SpilledTensor::summarize(&key, &t);
                     let data = match (in_place, spill.lock()) {
                         (Some(data), _) => Ok(data),
                         (None, Ok(mut s)) => put(&mut s),
@@ -147,10 +150,24 @@ impl<'s> dyn TensorSource + 's {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
+                let in_place = self.in_place(&key);
+                // A deferred handle is not read now: its change is applied, and its values
+                // hashed and checked, when it is read back (see `super::deferred`).
+                if let Some(h) = in_place.as_ref().filter(|h| h.is_deferred()) {
+                    if h.len().saturating_mul(h.dtype().byte_size()) >= min {
+                        let s = SpilledTensor::deferred(h.clone().keyed(&model_key));
+                        spilled
+                            .lock()
+                            .expect("no thread panics holding it")
+                            .insert(model_key, s);
+                        continue;
+                    }
+                }
                 let t = self.read(&key)?;
+                let in_place = in_place.filter(|h| !h.is_deferred());
                 if t.len().saturating_mul(t.dtype().byte_size()) < min {
                     weights.tensors.insert(model_key, t);
-                } else if send.send((model_key, t, self.in_place(&key))).is_err() {
+                } else if send.send((model_key, t, in_place)).is_err() {
                     break;
                 }
             }

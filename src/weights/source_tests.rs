@@ -122,11 +122,11 @@ fn an_overlay_patches_its_tensors_once_in_f32_and_passes_others_untouched() {
         ],
     );
     let file = WeightFile::open(&path).unwrap();
-    let overlay = AddTo {
+    let overlay = std::sync::Arc::new(AddTo {
         key: "h",
         value: 0.1,
-    };
-    let patched = Patched::new(&file, &overlay);
+    });
+    let patched = Patched::new(&file, overlay.clone());
     assert_eq!(patched.tensors(), file.tensors());
     let h = patched.read("h").unwrap();
     assert_eq!(h.dtype(), crate::tensor::DType::F16, "stays f16");
@@ -147,7 +147,10 @@ fn an_overlay_patches_its_tensors_once_in_f32_and_passes_others_untouched() {
         .collect();
     assert_ne!(got, &stepwise, "the test values must tell the two apart");
     // Widened (an fp32 build): the patched values unrounded, as f32.
-    let wide = Patched::new(&file, &overlay).widened().read("h").unwrap();
+    let wide = Patched::new(&file, overlay.clone())
+        .widened()
+        .read("h")
+        .unwrap();
     assert_eq!(wide.dtype(), crate::tensor::DType::F32);
     let exact: Vec<f32> = halves
         .iter()
@@ -161,7 +164,7 @@ fn an_overlay_patches_its_tensors_once_in_f32_and_passes_others_untouched() {
         key: "f",
         value: 1.0,
     };
-    let patched_f = Patched::new(&file, &f32_overlay);
+    let patched_f = Patched::new(&file, std::sync::Arc::new(f32_overlay));
     assert_eq!(values(&patched_f.read("f").unwrap()), [1.75, -2.0]);
     let e = message(patched.read("bad").unwrap_err());
     assert!(
@@ -194,7 +197,7 @@ fn an_overlay_changes_the_built_graphs_constant_and_no_other() {
             .collect()
     };
     let plain = consts(&file);
-    let patched = consts(&Patched::new(&file, &overlay));
+    let patched = consts(&Patched::new(&file, std::sync::Arc::new(overlay)));
     assert_eq!(
         plain.keys().collect::<Vec<_>>(),
         patched.keys().collect::<Vec<_>>()
@@ -402,7 +405,7 @@ fn spilling_keeps_handles_whose_hash_check_and_values_are_the_tensors() {
         assert_eq!(w.tensors.keys().collect::<Vec<_>>(), ["c.small"]);
         assert_eq!(w.spilled.len(), 3);
         assert!(w.has("a.big") && w.has("c.small") && !w.has("e"));
-        assert_eq!(w.content_sha256(), whole.content_sha256());
+        assert_eq!(w.content_sha256().unwrap(), whole.content_sha256().unwrap());
         assert_eq!(w.read("a.big", &[8, 8]).unwrap(), whole.tensors["a.big"]);
         assert!(matches!(
             w.read("a.big", &[64]),
@@ -427,4 +430,133 @@ fn spilling_keeps_handles_whose_hash_check_and_values_are_the_tensors() {
     let handle = in_file.in_place("b.big32").unwrap();
     assert_eq!(handle.read().unwrap(), whole.tensors["b.big32"]);
     assert!(copied.in_place("b.big32").is_none());
+}
+
+/// A patched tensor of a file is a deferred handle: not read by `read_spilling`, and read back
+/// as `Patched::read` gives it (f16 rounded once, or widened), its hash leaf and value check
+/// those of the patched values; a failing patch is the same one-line error either way.
+#[test]
+fn patched_tensors_are_patched_as_their_handles_are_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let halves: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 * 0.0137).collect();
+    write(
+        &path,
+        &[
+            ("h", Dtype::F16, vec![8, 8], halves.clone()),
+            ("u", Dtype::F16, vec![64], halves.clone()),
+            ("bad", Dtype::F32, vec![64], halves.clone()),
+        ],
+    );
+    let file = WeightFile::open(&path).unwrap();
+    let overlay = std::sync::Arc::new(AddTo {
+        key: "h",
+        value: 0.1,
+    });
+    let wanted = |keys: &[&str]| -> Vec<(String, String)> {
+        keys.iter()
+            .map(|k| (format!("m.{k}"), k.to_string()))
+            .collect()
+    };
+    for widen in [false, true] {
+        let patched = match widen {
+            false => Patched::new(&file, overlay.clone()),
+            true => Patched::new(&file, overlay.clone()).widened(),
+        };
+        let source: &dyn TensorSource = &patched;
+        let handle = source.in_place("h").unwrap();
+        assert!(handle.is_deferred() && !source.in_place("u").unwrap().is_deferred());
+        let whole = source.read_as(wanted(&["h", "u"])).unwrap();
+        let w = source.read_spilling_from(wanted(&["h", "u"]), 0).unwrap();
+        assert!(w.spilled["m.h"].data.is_deferred());
+        // Nothing of the patched tensor is known before it is read back.
+        assert!(w.spilled["m.h"].data.summary_taken().is_none());
+        let digest = w.digest();
+        assert_eq!(digest.sha256().unwrap(), whole.content_sha256().unwrap());
+        assert!(w.spilled["m.h"].data.summary_taken().is_some());
+        let back = w.read("m.h", &[8, 8]).unwrap();
+        assert_eq!(back, whole.tensors["m.h"], "widen: {widen}");
+        assert_eq!(
+            back.dtype(),
+            match widen {
+                false => crate::tensor::DType::F16,
+                true => crate::tensor::DType::F32,
+            }
+        );
+        let view = w.spilled["m.h"].data.reshaped(vec![64]).unwrap();
+        assert_eq!(
+            view.read().unwrap(),
+            whole.tensors["m.h"].clone().into_reshaped(vec![64])
+        );
+        assert_ne!(
+            view,
+            source.in_place("h").unwrap().reshaped(vec![64]).unwrap()
+        );
+    }
+    // The patch of "bad" fails: at read time through `read`, at read-back time through a handle.
+    let patched = Patched::new(&file, overlay.clone());
+    let source: &dyn TensorSource = &patched;
+    let now = message(source.read("bad").unwrap_err());
+    let w = source
+        .read_spilling_from(wanted(&["bad"]), 0)
+        .expect("a deferred tensor is not read while loading");
+    let later = w.digest().sha256().unwrap_err().to_string();
+    assert_eq!(later, now);
+    assert!(
+        now.contains("this overlay refuses") && now.contains("\"bad\""),
+        "{now}"
+    );
+}
+
+/// A prefetcher computes handles ahead of a reader in its order; a reader that reads in another
+/// order, or stops early, still reads every value right and is never left waiting.
+#[test]
+fn a_prefetcher_computes_ahead_without_changing_what_is_read() {
+    use super::deferred::Prefetch;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let keys: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<f32>)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let v = (0..32).map(|j| (i * 32 + j) as f32 * 0.01).collect();
+            (k.as_str(), Dtype::F16, vec![32], v)
+        })
+        .collect();
+    write(&path, &tensors);
+    let file = WeightFile::open(&path).unwrap();
+    struct All;
+    impl Overlay for All {
+        fn name(&self) -> String {
+            "all".into()
+        }
+        fn patches(&self, _key: &str) -> bool {
+            true
+        }
+        fn patch(&self, _key: &str, _shape: &[usize], v: &mut [f32]) -> Result<(), String> {
+            v.iter_mut().for_each(|x| *x = *x * 2.0 + 1.0);
+            Ok(())
+        }
+    }
+    let patched = Patched::new(&file, std::sync::Arc::new(All));
+    let source: &dyn TensorSource = &patched;
+    let expected: Vec<Tensor> = keys.iter().map(|k| source.read(k).unwrap()).collect();
+    let handles =
+        || -> Vec<super::Spilled> { keys.iter().map(|k| source.in_place(k).unwrap()).collect() };
+    // In order; in reverse (the prefetcher waits for reads that come last); a reader that
+    // stops after two, dropping the prefetcher while it waits.
+    for order in [vec![0, 1, 2, 3, 4, 5], vec![5, 4, 3, 2, 1, 0], vec![0, 1]] {
+        let h = handles();
+        let prefetch = Prefetch::start(h.clone(), 2);
+        for &i in &order {
+            assert_eq!(h[i].read().unwrap(), expected[i], "{order:?}: {i}");
+            // Read twice: computed again, the same.
+            assert_eq!(h[i].read().unwrap(), expected[i]);
+        }
+        drop(prefetch);
+        for (i, h) in h.iter().enumerate() {
+            assert_eq!(h.read().unwrap(), expected[i], "after the prefetcher: {i}");
+        }
+    }
 }

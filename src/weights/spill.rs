@@ -7,12 +7,14 @@
 //! the graph carries the handle ([`crate::ir::ConstData::Spilled`]) and whatever needs the values
 //! (the package writer, compression, evaluation) reads them back, one tensor at a time. The
 //! file's pages belong to the page cache, not to the process, and the file has no name (the OS
-//! removes it when the last handle goes, on any failure too).
+//! removes it when the last handle goes, on any failure too). A handle into the weight file
+//! itself may carry a change applied as it is read ([`super::deferred`]: a fused LoRA).
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
+use super::deferred::{Change, Deferred, Summary};
 use super::{Decoded, FloatKind};
 use crate::tensor::{DType, Tensor, TensorData};
 
@@ -32,8 +34,11 @@ pub struct Spill {
 pub struct Spilled {
     file: Arc<File>,
     offset: u64,
+    /// What [`Spilled::read`] gives: the stored dtype, or the change's.
     dtype: DType,
     pub shape: Vec<usize>,
+    /// A change applied to the stored values as they are read.
+    deferred: Option<Arc<Deferred>>,
 }
 
 impl Spill {
@@ -63,6 +68,7 @@ impl Spill {
             offset,
             dtype,
             shape: t.shape.clone(),
+            deferred: None,
         })
     }
 }
@@ -76,7 +82,69 @@ impl Spilled {
             offset,
             dtype,
             shape,
+            deferred: None,
         }
+    }
+
+    /// This plain handle's values changed by `change` as they are read back, into a tensor of
+    /// dtype `dtype` (`key`: the tensor's key, which [`Spilled::summary`] hashes); None for a
+    /// handle that is already changed (changes do not stack).
+    pub fn deferred(self, change: Arc<dyn Change>, dtype: DType, key: &str) -> Option<Spilled> {
+        if self.deferred.is_some() {
+            return None;
+        }
+        Some(Spilled {
+            deferred: Some(Arc::new(Deferred::new(
+                change,
+                self.dtype,
+                self.shape.clone(),
+                key,
+            ))),
+            dtype,
+            ..self
+        })
+    }
+
+    /// The same handle with the tensor's key (of a model that names it otherwise than its
+    /// file) in its hash leaf; a plain handle is returned as it is.
+    pub fn keyed(self, key: &str) -> Spilled {
+        match &self.deferred {
+            Some(d) => Spilled {
+                deferred: Some(Arc::new(Deferred::new(
+                    d.change.clone(),
+                    d.stored,
+                    d.shape.clone(),
+                    key,
+                ))),
+                ..self
+            },
+            None => self,
+        }
+    }
+
+    /// Whether reading computes the values (from a span of the weight file) rather than
+    /// copies them.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// A deferred handle's hash leaf and value summary, taken by its first read (read now if
+    /// none has been); None for a plain handle, whose reader took them.
+    pub fn summary(&self) -> Option<std::io::Result<Summary>> {
+        let d = self.deferred.as_ref()?;
+        if let Some(s) = d.summary.get() {
+            return Some(Ok(*s));
+        }
+        Some(self.read().map(|_| {
+            *d.summary
+                .get()
+                .expect("a deferred handle's read keeps its summary")
+        }))
+    }
+
+    /// The summary the first read took, if one has.
+    pub fn summary_taken(&self) -> Option<Summary> {
+        self.deferred.as_ref()?.summary.get().copied()
     }
 
     pub fn dtype(&self) -> DType {
@@ -100,47 +168,75 @@ impl Spilled {
         })
     }
 
-    /// The tensor's values, read back from the file.
+    /// The tensor's values, read back from the file (and changed, for a deferred handle, unless
+    /// a [`super::deferred::Prefetch`] has).
     pub fn read(&self) -> std::io::Result<Tensor> {
-        let kind = match self.dtype {
-            DType::F16 => FloatKind::F16,
-            _ => FloatKind::F32,
+        let Some(d) = &self.deferred else {
+            return read_at(&self.file, self.offset, self.dtype, self.shape.clone());
         };
-        let n = self.len();
-        let mut out = Decoded::with_capacity(kind, n).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                format!("cannot allocate {n} elements to read a spilled tensor"),
-            )
-        })?;
-        let size = kind.size();
-        let mut buf = vec![0u8; READ_CHUNK.min(n * size)];
-        let (mut at, mut left) = (self.offset, n * size);
-        while left > 0 {
-            let chunk = &mut buf[..left.min(READ_CHUNK)];
-            read_exact_at(&self.file, chunk, at)?;
-            out.extend(chunk);
-            at += chunk.len() as u64;
-            left -= chunk.len();
+        let whole = match d.take_prefetched() {
+            Some(t) => t,
+            None => self.compute_whole(),
+        };
+        Ok(whole?.into_reshaped(self.shape.clone()))
+    }
+
+    /// A deferred handle's values in the tensor's own shape, computed now.
+    pub(super) fn compute_whole(&self) -> std::io::Result<Tensor> {
+        match &self.deferred {
+            Some(d) => d.apply(read_at(&self.file, self.offset, d.stored, d.shape.clone())?),
+            None => read_at(&self.file, self.offset, self.dtype, self.shape.clone()),
         }
-        let data = match out {
-            Decoded::F16(v) => TensorData::F16(v),
-            Decoded::F32(v) | Decoded::BF16(v) => TensorData::F32(v),
-        };
-        Ok(Tensor {
-            shape: self.shape.clone(),
-            data,
-        })
+    }
+
+    pub(super) fn deferred_part(&self) -> Option<Arc<Deferred>> {
+        self.deferred.clone()
     }
 }
 
-/// Two handles are equal when they name the same bytes of the same file under the same shape.
+/// `shape` values of `dtype` (f32 or f16) at `offset` of `file`.
+fn read_at(file: &File, offset: u64, dtype: DType, shape: Vec<usize>) -> std::io::Result<Tensor> {
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        _ => FloatKind::F32,
+    };
+    let n: usize = shape.iter().product();
+    let mut out = Decoded::with_capacity(kind, n).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("cannot allocate {n} elements to read a spilled tensor"),
+        )
+    })?;
+    let size = kind.size();
+    let mut buf = vec![0u8; READ_CHUNK.min(n * size)];
+    let (mut at, mut left) = (offset, n * size);
+    while left > 0 {
+        let chunk = &mut buf[..left.min(READ_CHUNK)];
+        read_exact_at(file, chunk, at)?;
+        out.extend(chunk);
+        at += chunk.len() as u64;
+        left -= chunk.len();
+    }
+    let data = match out {
+        Decoded::F16(v) => TensorData::F16(v),
+        Decoded::F32(v) | Decoded::BF16(v) => TensorData::F32(v),
+    };
+    Ok(Tensor { shape, data })
+}
+
+/// Two handles are equal when they name the same bytes of the same file under the same shape,
+/// changed by the same change (or neither changed).
 impl PartialEq for Spilled {
     fn eq(&self, other: &Spilled) -> bool {
         Arc::ptr_eq(&self.file, &other.file)
             && self.offset == other.offset
             && self.dtype == other.dtype
             && self.shape == other.shape
+            && match (&self.deferred, &other.deferred) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
     }
 }
 
@@ -148,8 +244,11 @@ impl std::fmt::Debug for Spilled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Spilled({} {:?} at {})",
-            self.dtype, self.shape, self.offset
+            "Spilled({} {:?} at {}{})",
+            self.dtype,
+            self.shape,
+            self.offset,
+            if self.is_deferred() { ", changed" } else { "" }
         )
     }
 }

@@ -122,7 +122,10 @@ impl ConstData {
 
 fn read_back(data: &Spilled) -> Result<Tensor, String> {
     data.read()
-        .map_err(|e| format!("cannot read the weight back from its temporary file: {e}"))
+        .map_err(|e| match crate::weights::deferred::is_change_failure(&e) {
+            true => e.to_string(),
+            false => format!("cannot read the weight back from its temporary file: {e}"),
+        })
 }
 
 pub const MIL: &[MilOp] = &[
