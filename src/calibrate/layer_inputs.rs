@@ -394,16 +394,9 @@ fn sample_positions(total: usize, sample: u64, index: u64) -> Vec<usize> {
     if total <= POSITIONS_PER_SAMPLE {
         return (0..total).collect();
     }
-    let mut state = (sample << 32 | index) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rng = crate::rng::SplitMix64((sample << 32 | index) ^ 0x9e37_79b9_7f4a_7c15);
     let mut pick: Vec<usize> = (0..POSITIONS_PER_SAMPLE)
-        .map(|_| {
-            // splitmix64: cheap, deterministic, no aliasing with the image width.
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) % total as u64) as usize
-        })
+        .map(|_| rng.below(total))
         .collect();
     pick.sort_unstable();
     pick
