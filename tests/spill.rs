@@ -44,71 +44,30 @@ fn spilled_and_in_memory_weights_give_the_same_package() {
     let tensors = mlc::weights::Weights::load(&sd15).unwrap().tensors;
     common::write_ckpt(&ckpt, &tensors);
     let (sd15, ckpt) = (sd15.to_str().unwrap(), ckpt.to_str().unwrap());
-    let cases: [&[&str]; 7] = [
-        &["build", "sd-unet", "--weights", sd15, "--latent-size", "16"],
-        &[
-            "build",
-            "sd-unet",
-            "--weights",
-            sd15,
-            "--latent-size",
-            "16",
-            "--layout",
-            "ane",
-            "--precision",
-            "fp32",
-        ],
-        &[
-            "build",
-            "sd-unet",
-            "--weights",
-            sd15,
-            "--latent-size",
-            "16",
-            "--lora",
-            &lora,
-        ],
-        &["build", "sd-unet", "--weights", ckpt, "--latent-size", "16"],
+    let lora: &[&str] = &["--lora", &lora];
+    // (weights, flags) of `mlc build sd-unet --latent-size 16`.
+    let cases: [(&str, &[&[&str]]); 7] = [
+        (sd15, &[]),
+        (sd15, &[&["--layout", "ane", "--precision", "fp32"]]),
+        (sd15, &[lora]),
+        (ckpt, &[]),
         // Fused as read back: f16 weights widened for fp32, and read back by palettization.
-        &[
-            "build",
-            "sd-unet",
-            "--weights",
-            sd15,
-            "--latent-size",
-            "16",
-            "--lora",
-            &lora,
-            "--precision",
-            "fp32",
-            "--layout",
-            "ane",
-        ],
-        &[
-            "build",
-            "sd-unet",
-            "--weights",
-            sd15,
-            "--latent-size",
-            "16",
-            "--lora",
-            &lora,
-            "--palettize",
-            "6",
-        ],
+        (sd15, &[lora, &["--precision", "fp32", "--layout", "ane"]]),
+        (sd15, &[lora, &["--palettize", "6"]]),
         // Patched as read from a .ckpt, then spilled.
-        &[
+        (ckpt, &[lora]),
+    ];
+    for (i, (weights, flags)) in cases.into_iter().enumerate() {
+        let mut args = vec![
             "build",
             "sd-unet",
             "--weights",
-            ckpt,
+            weights,
             "--latent-size",
             "16",
-            "--lora",
-            &lora,
-        ],
-    ];
-    for (i, args) in cases.iter().enumerate() {
+        ];
+        args.extend(flags.concat());
+        let args = &args[..];
         let all = build(args, "0", &dir.path().join(format!("all{i}.mlpackage")));
         let none = build(
             args,
