@@ -121,6 +121,32 @@ fn spilled_weights_are_checked_as_in_memory_ones() {
     assert_eq!(errors[0], errors[1]);
 }
 
+/// The stderr of `mlc build sd-unet --latent-size 16` of `weights` with `lora`, tensors of at
+/// least `min` bytes spilled (in `tmpdir`, if given), which must fail.
+fn refused_with_lora(
+    weights: &Path,
+    lora: &Path,
+    out: &Path,
+    min: &str,
+    tmpdir: Option<&Path>,
+) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mlc"));
+    c.args(["build", "sd-unet", "--latent-size", "16", "--weights"])
+        .arg(weights)
+        .arg("--lora")
+        .arg(lora)
+        .arg("-o")
+        .arg(out)
+        .env("MLC_SPILL_MIN_BYTES", min);
+    if let Some(t) = tmpdir {
+        c.env("TMPDIR", t);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{min}: {err}");
+    err
+}
+
 #[test]
 fn an_unusable_temporary_folder_is_one_line_naming_it() {
     // A .ckpt's tensors must go to a spill file; TMPDIR points at a file.
@@ -132,19 +158,8 @@ fn an_unusable_temporary_folder_is_one_line_naming_it() {
     common::write_ckpt(&ckpt, &mlc::weights::Weights::load(&sd15).unwrap().tensors);
     let lora = shared("fixtures/unet/lora/kohya_sd15.safetensors");
     let out = dir.path().join("x.mlpackage");
-    let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
-        .args(["build", "sd-unet", "--latent-size", "16", "--weights"])
-        .arg(&ckpt)
-        .arg("--lora")
-        .arg(&lora)
-        .arg("-o")
-        .arg(&out)
-        .env("MLC_SPILL_MIN_BYTES", "0")
-        .env("TMPDIR", &not_a_dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && !out.exists(), "{err}");
+    let err = refused_with_lora(&ckpt, &lora, &out, "0", Some(&not_a_dir));
+    assert!(!out.exists(), "{err}");
     assert!(
         err.contains("temporary file") && err.contains("TMPDIR"),
         "{err}"
@@ -172,18 +187,7 @@ fn a_fused_value_fp16_cannot_hold_is_refused_spilled_or_not() {
     let key = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
     for min in ["0", "18446744073709551615"] {
         let out = dir.path().join(format!("huge{min}.mlpackage"));
-        let o = Command::new(env!("CARGO_BIN_EXE_mlc"))
-            .args(["build", "sd-unet", "--latent-size", "16", "--weights"])
-            .arg(&sd15)
-            .arg("--lora")
-            .arg(&lora)
-            .arg("-o")
-            .arg(&out)
-            .env("MLC_SPILL_MIN_BYTES", min)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{min}: {err}");
+        let err = refused_with_lora(&sd15, &lora, &out, min, None);
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
