@@ -195,6 +195,21 @@ fn sdxl_checkpoint_gives_both_encoders_byte_for_byte() {
             hidden_layer,
         );
         assert_same_package(model, &single, &reference);
+        // Every tensor kept as a handle into the file (a third of a stacked q/k/v one too):
+        // the same package.
+        let handles = out.join(format!("{model}_handles.mlpackage"));
+        let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_mlc"));
+        cli.args(["build", model, "--io-precision", "fp32", "--weights"])
+            .arg(&weights)
+            .arg("-o")
+            .arg(&handles)
+            .env("MLC_SPILL_MIN_BYTES", "0");
+        if let Some(n) = hidden_layer {
+            cli.args(["--hidden-layer", &n.to_string()]);
+        }
+        let o = cli.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_same_package(&format!("{model}, handles"), &files(&handles), &single);
     }
     // The package's numbers are the fixture's (so the equal package is the right one).
     let weights = out.join("clip-bigg_weights/model.safetensors");

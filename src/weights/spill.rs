@@ -122,6 +122,26 @@ impl Spilled {
         }
     }
 
+    /// The `t`-th of three equal parts of this plain handle along its first axis (OpenCLIP's
+    /// stacked q, k, v projections): None for a changed handle, or one whose rows do not split
+    /// in three.
+    pub fn third(&self, t: usize) -> Option<Spilled> {
+        let (&rows, rest) = self.shape.split_first()?;
+        if self.deferred.is_some() || rows % 3 != 0 || t >= 3 {
+            return None;
+        }
+        let part = (self.len() / 3).checked_mul(self.dtype.byte_size())?;
+        let mut shape = vec![rows / 3];
+        shape.extend_from_slice(rest);
+        Some(Spilled {
+            offset: self
+                .offset
+                .checked_add(u64::try_from(part.checked_mul(t)?).ok()?)?,
+            shape,
+            ..self.clone()
+        })
+    }
+
     /// Whether reading computes the values (from a span of the weight file) rather than
     /// copies them.
     pub fn is_deferred(&self) -> bool {
@@ -287,7 +307,7 @@ mod tests {
         let big: Vec<f16> = (0..(READ_CHUNK + 3))
             .map(|i| f16::from_f32(i as f32))
             .collect();
-        let b = Tensor::f16(vec![READ_CHUNK + 3], big);
+        let b = Tensor::f16(vec![READ_CHUNK + 3], big.clone());
         let (sa, sb) = (spill.put(&a).unwrap(), spill.put(&b).unwrap());
         assert_eq!(sb.read().unwrap(), b, "a tensor longer than one read chunk");
         assert_eq!(sa.read().unwrap(), a);
@@ -297,5 +317,28 @@ mod tests {
         assert_ne!(sa, sb);
         assert_eq!(sa, sa.clone());
         assert!(spill.put(&Tensor::i32(vec![1], vec![1])).is_err());
+        // A third of the rows: the middle two of six.
+        let mid = sa.reshaped(vec![3, 2]).unwrap().third(1).unwrap();
+        assert_eq!(
+            mid.read().unwrap(),
+            Tensor::f32(vec![1, 2], vec![3.25, 0.0])
+        );
+        let stacked = Tensor::f16(vec![6], big[..6].to_vec());
+        let thirds: Vec<Tensor> = (0..3)
+            .map(|t| {
+                spill
+                    .put(&stacked)
+                    .unwrap()
+                    .third(t)
+                    .unwrap()
+                    .read()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(thirds[2], Tensor::f16(vec![2], big[4..6].to_vec()));
+        assert!(
+            sa.third(0).is_none() && sa.third(3).is_none(),
+            "2 rows, or a 4th third"
+        );
     }
 }

@@ -216,13 +216,14 @@ impl<'a> TextTower<'a> {
         }
     }
 
-    /// The encoder's tensors, read under the builder's keys.
+    /// The encoder's tensors, read under the builder's keys; the large ones kept as handles
+    /// (bigG's 1.4 GB stay out of memory).
     pub fn read(&self, source: &dyn TensorSource) -> Result<Weights, ModelError> {
         match self {
-            TextTower::Transformers(_) => Ok(source.read_as(self.names(source)?)?),
+            TextTower::Transformers(_) => Ok(source.read_spilling(self.names(source)?)?),
             TextTower::OpenClip(o) => {
                 let wanted = super::transformer::weight_names(o, |k| Some(k.to_string()));
-                Ok((o as &dyn TensorSource).read_as(wanted)?)
+                Ok((o as &dyn TensorSource).read_spilling(wanted)?)
             }
         }
     }

@@ -136,11 +136,7 @@ impl Clip {
     /// The config of loaded weights (their keys are the builder's), with config.json's heads,
     /// epsilon and activation when a CLIP text config sits beside the file.
     fn config_of(&self, weights: &Weights) -> Result<Config, ModelError> {
-        let shapes = weights
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shape.clone()))
-            .collect();
+        let shapes = weights.shapes();
         let mut cfg =
             keys::detect(&shapes, self.activation).map_err(|reason| ModelError::WrongModel {
                 file: weights.path.display().to_string(),

@@ -174,6 +174,17 @@ impl TensorSource for OpenClip<'_> {
         &self.tensors
     }
 
+    /// A whole tensor, or a third of a stacked one (a block of its rows), lies in the file as
+    /// read; a transposed one does not.
+    fn in_place(&self, key: &str) -> Option<crate::weights::Spilled> {
+        let (file, piece) = self.from.get(key)?;
+        match piece {
+            Piece::Whole => self.inner.in_place(file),
+            Piece::Third(t) => self.inner.in_place(file)?.third(*t),
+            Piece::Transposed => None,
+        }
+    }
+
     fn read(&self, key: &str) -> Result<Tensor, WeightError> {
         let Some((file, piece)) = self.from.get(key) else {
             return Err(WeightError::MissingKey {

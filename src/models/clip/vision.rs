@@ -147,12 +147,7 @@ impl ClipVision {
     /// The config of loaded weights (their keys are the builder's), checked against an image
     /// size given on the command line.
     fn config_of(&self, weights: &Weights, fixed: &Bindings) -> Result<Config, ModelError> {
-        let shapes = weights
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shape.clone()))
-            .collect();
-        let cfg = configure(&weights.path, &shapes)?;
+        let cfg = configure(&weights.path, &weights.shapes())?;
         if let Some(&side) = fixed.get(SIDE) {
             let why = if side % cfg.patch != 0 {
                 format!("not a multiple of the patch size {}", cfg.patch)
