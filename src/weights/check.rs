@@ -87,6 +87,11 @@ impl Values {
         s
     }
 
+    /// Whether any value is NaN.
+    pub fn has_nan(&self) -> bool {
+        self.nan > 0
+    }
+
     pub(crate) fn check(&self, path: &str, key: &str, fp16: bool) -> Result<(), WeightCheckError> {
         let Values {
             len,

@@ -129,7 +129,8 @@ impl SpilledTensor {
     /// What a spilled tensor keeps of `t`, read under the model's `key`: its hash leaf and
     /// value summary.
     pub fn summarize(key: &str, t: &Tensor) -> deferred::Summary {
-        (leaf_sha256(key, t), check::Values::of(t))
+        let values = check::Values::of(t);
+        (leaf_sha256(key, t, values.has_nan()), values)
     }
 
     pub fn new(data: Spilled, leaf: [u8; 32], values: check::Values) -> SpilledTensor {
@@ -521,7 +522,8 @@ impl Weights {
 const HASH_BATCH: usize = 4096;
 
 /// One tensor's leaf of [`Weights::content_sha256`].
-fn leaf_sha256(key: &str, t: &Tensor) -> [u8; 32] {
+/// `has_nan`: whether `t` holds a NaN, which the value summary taken beside it has counted.
+fn leaf_sha256(key: &str, t: &Tensor, has_nan: bool) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(key.as_bytes());
     h.update([0u8]);
@@ -533,7 +535,7 @@ fn leaf_sha256(key: &str, t: &Tensor) -> [u8; 32] {
     match &t.data {
         // Every f16 but NaN (whose payload the round trip may change) widens and narrows back
         // to itself, so without NaN the stored bits are the canonical ones.
-        TensorData::F16(v) if f16_all_finite(v) || !v.iter().any(|x| x.is_nan()) => {
+        TensorData::F16(v) if !has_nan => {
             h.update([16u8]);
             // `f16` is a transparent `u16`: on a little-endian machine its memory is its LE
             // bytes, hashed where they lie instead of copied first.
